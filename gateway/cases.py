@@ -1,0 +1,415 @@
+"""Cases: opening an incident, its timeline, and the combined view for one reader.
+
+Until the consent rules land, a reader sees its own partner's items and the
+gateway's own events; every other partner's item is withheld and counted
+(deny by default), so the view never shows data no rule allowed.
+"""
+
+from __future__ import annotations
+
+import base64
+import datetime as dt
+import json
+import re
+import uuid
+from collections import Counter
+from dataclasses import dataclass
+from typing import Protocol
+
+from coopgate.v1 import cases_pb2, common_pb2
+from sqlalchemy import and_, insert, or_, select, update
+from sqlalchemy.ext.asyncio import AsyncConnection
+
+from gateway.admin import load_service
+from gateway.caller import Caller
+from gateway.errors import FieldViolation, InvalidArgument, NotFound, PermissionDenied
+from gateway.idempotency import run_once
+from gateway.pki import Role
+from gateway.pseudonyms import Pseudonyms
+from gateway.store import Store
+from gateway.store.schema import case_events, case_participants, cases, subject_links, subjects
+
+MAX_SUMMARY = 4000
+MAX_LOCAL_ID = 200
+MAX_PAGE_SIZE = 200
+DEFAULT_PAGE_SIZE = 50
+PURPOSE_PATTERN = re.compile(r"^[a-z][a-z0-9-]{1,62}$")
+#: Category of what the customer told the first-contact partner.
+INTERACTION_CATEGORY = "interaction.history"
+#: Category of the gateway's own events (status changes), visible to participants.
+CASE_STATUS_CATEGORY = "case.status"
+
+
+class IncidentStarter(Protocol):
+    """Starts the case's incident workflow; safe to call again for the same case."""
+
+    async def ensure_started(
+        self, case_id: str, service_id: str, first_contact_partner_id: str
+    ) -> None: ...
+
+
+@dataclass(slots=True, frozen=True)
+class CaseRow:
+    case_id: str
+    service_id: str
+    subject_id: str
+    first_contact_partner_id: str
+    first_contact_channel: int
+    status: int
+    summary: str
+    relationship_owner_id: str | None
+    opened_at: dt.datetime
+    last_sequence: int
+
+
+def _now() -> dt.datetime:
+    return dt.datetime.now(dt.UTC)
+
+
+def _validate_purpose(purpose: str) -> None:
+    if not purpose:
+        raise InvalidArgument.field("purpose", "every read declares its purpose")
+    if not PURPOSE_PATTERN.fullmatch(purpose):
+        raise InvalidArgument.field("purpose", "must match [a-z][a-z0-9-]{1,62}")
+
+
+async def append_event(
+    conn: AsyncConnection,
+    case_id: str,
+    item: cases_pb2.TimelineItem,
+    *,
+    source_partner_id: str,
+    category: str,
+) -> int:
+    """Append one timeline item to a case; returns its sequence number."""
+    sequence = (
+        await conn.execute(
+            update(cases)
+            .where(cases.c.case_id == case_id)
+            .values(last_sequence=cases.c.last_sequence + 1, updated_at=_now())
+            .returning(cases.c.last_sequence)
+        )
+    ).scalar_one()
+    item.sequence = sequence
+    await conn.execute(
+        insert(case_events).values(
+            case_id=case_id,
+            sequence=sequence,
+            occurred_at=item.occurred_at.ToDatetime(dt.UTC),
+            source_partner_id=source_partner_id,
+            category=category,
+            item=item.SerializeToString(deterministic=True),
+        )
+    )
+    return int(sequence)
+
+
+async def set_status(
+    conn: AsyncConnection, case_id: str, status: cases_pb2.CaseStatus.ValueType
+) -> None:
+    """Move the case projection to ``status`` and record the change on the timeline."""
+    result = await conn.execute(
+        update(cases).where(cases.c.case_id == case_id).values(status=status, updated_at=_now())
+    )
+    if result.rowcount == 0:
+        raise NotFound(f"case {case_id!r} does not exist")
+    item = cases_pb2.TimelineItem(status_change=cases_pb2.StatusChange(status=status))
+    item.occurred_at.GetCurrentTime()
+    item.status_change.changed_at.CopyFrom(item.occurred_at)
+    await append_event(conn, case_id, item, source_partner_id="", category=CASE_STATUS_CATEGORY)
+
+
+class Cases:
+    def __init__(self, store: Store, pseudonyms: Pseudonyms, starter: IncidentStarter) -> None:
+        self.store = store
+        self.pseudonyms = pseudonyms
+        self.starter = starter
+
+    async def open_case(
+        self, caller: Caller, request: cases_pb2.OpenCaseRequest
+    ) -> cases_pb2.OpenCaseResponse:
+        caller.require(Role.PARTNER, Role.ADVISOR)
+        _validate_open(request)
+
+        async def action(conn: AsyncConnection) -> cases_pb2.OpenCaseResponse:
+            service = await load_service(conn, request.service_id, field="service_id")
+            chain = [c.partner_id for c in service.components]
+            if caller.partner_id not in chain:
+                raise PermissionDenied(
+                    f"partner {caller.partner_id!r} is not in the chain of service "
+                    f"{service.service_id!r}",
+                    reason="NOT_IN_SERVICE_CHAIN",
+                )
+            subject_id = await _subject_for(conn, caller.partner_id, request.customer_local_id)
+            now = _now()
+            case_id = f"case-{uuid.uuid4().hex}"
+            await conn.execute(
+                insert(cases).values(
+                    case_id=case_id,
+                    service_id=service.service_id,
+                    service_version=service.version,
+                    subject_id=subject_id,
+                    first_contact_partner_id=caller.partner_id,
+                    first_contact_channel=request.channel,
+                    status=cases_pb2.CASE_STATUS_RECEIVED,
+                    summary=request.summary,
+                    relationship_owner_id=None,
+                    opened_at=now,
+                    updated_at=now,
+                    last_sequence=0,
+                )
+            )
+            participants = [
+                {
+                    "case_id": case_id,
+                    "partner_id": caller.partner_id,
+                    "role": cases_pb2.PARTICIPANT_ROLE_FIRST_CONTACT,
+                    "person_id": caller.person_id,
+                }
+            ]
+            participants += [
+                {
+                    "case_id": case_id,
+                    "partner_id": partner,
+                    "role": cases_pb2.PARTICIPANT_ROLE_DIAGNOSER,
+                    "person_id": "",
+                }
+                for partner in dict.fromkeys(chain)
+            ]
+            await conn.execute(insert(case_participants), participants)
+            await set_status(conn, case_id, cases_pb2.CASE_STATUS_RECEIVED)
+            contact = cases_pb2.TimelineItem(
+                interaction=cases_pb2.Interaction(
+                    interaction_id=f"int-{uuid.uuid4().hex[:16]}",
+                    partner_id=caller.partner_id,
+                    channel=request.channel,
+                    author_kind=cases_pb2.AUTHOR_KIND_ADVISOR,
+                    author_id=request.author_id or caller.person_id,
+                    summary=request.summary,
+                    category=INTERACTION_CATEGORY,
+                )
+            )
+            contact.occurred_at.FromDatetime(now)
+            contact.interaction.occurred_at.FromDatetime(now)
+            await append_event(
+                conn,
+                case_id,
+                contact,
+                source_partner_id=caller.partner_id,
+                category=INTERACTION_CATEGORY,
+            )
+            row = await _load_case(conn, case_id)
+            return cases_pb2.OpenCaseResponse(
+                case_id=case_id, header=await self._header(conn, caller, row)
+            )
+
+        response, _replayed = await run_once(
+            self.store, caller, "OpenCase", request, cases_pb2.OpenCaseResponse, action
+        )
+        # Also on a replay: a crash between the commit and the start must not
+        # leave a case without its workflow.
+        await self.starter.ensure_started(response.case_id, request.service_id, caller.partner_id)
+        return response
+
+    async def get_view(
+        self, caller: Caller, request: cases_pb2.GetCaseViewRequest
+    ) -> cases_pb2.GetCaseViewResponse:
+        caller.require(Role.PARTNER, Role.ADVISOR)
+        if not request.case_id:
+            raise InvalidArgument.field("case_id", "is required")
+        _validate_purpose(request.purpose)
+        async with self.store.read() as conn:
+            row = await self._visible_case(conn, caller, request.case_id)
+            view = cases_pb2.CaseView(header=await self._header(conn, caller, row))
+            for p in (
+                await conn.execute(
+                    select(case_participants)
+                    .where(case_participants.c.case_id == row.case_id)
+                    .order_by(case_participants.c.role, case_participants.c.partner_id)
+                )
+            ).all():
+                view.participants.add(partner_id=p.partner_id, role=p.role, person_id=p.person_id)
+            events = (
+                await conn.execute(
+                    select(case_events)
+                    .where(case_events.c.case_id == row.case_id)
+                    .order_by(case_events.c.occurred_at, case_events.c.sequence)
+                )
+            ).all()
+        withheld: Counter[tuple[str, str]] = Counter()
+        for event in events:
+            if event.source_partner_id in ("", caller.partner_id):
+                view.timeline.append(cases_pb2.TimelineItem.FromString(event.item))
+            else:
+                withheld[(event.source_partner_id, event.category)] += 1
+            view.position = max(view.position, event.sequence)
+        for (source, category), count in sorted(withheld.items()):
+            view.withheld.add(source_partner_id=source, category=category, count=count)
+        return cases_pb2.GetCaseViewResponse(view=view)
+
+    async def list_cases(
+        self, caller: Caller, request: cases_pb2.ListCasesRequest
+    ) -> cases_pb2.ListCasesResponse:
+        caller.require(Role.PARTNER, Role.ADVISOR)
+        if request.purpose:
+            _validate_purpose(request.purpose)
+        size = request.page.page_size or DEFAULT_PAGE_SIZE
+        if not 0 < size <= MAX_PAGE_SIZE:
+            raise InvalidArgument.field("page.page_size", f"must be in 1..{MAX_PAGE_SIZE}")
+        mine = select(case_participants.c.case_id).where(
+            case_participants.c.partner_id == caller.partner_id
+        )
+        query = select(cases).where(cases.c.case_id.in_(mine))
+        if request.service_id:
+            query = query.where(cases.c.service_id == request.service_id)
+        if request.status:
+            query = query.where(cases.c.status == request.status)
+        if request.subject_id:
+            subject = self.pseudonyms.resolve(caller.partner_id, request.subject_id)
+            query = query.where(cases.c.subject_id == subject)
+        if request.customer_local_id:
+            linked = select(subject_links.c.subject_id).where(
+                subject_links.c.partner_id == caller.partner_id,
+                subject_links.c.local_id == request.customer_local_id,
+            )
+            query = query.where(cases.c.subject_id.in_(linked))
+        if request.page.page_token:
+            opened_at, case_id = _decode_token(request.page.page_token)
+            query = query.where(
+                or_(
+                    cases.c.opened_at < opened_at,
+                    and_(cases.c.opened_at == opened_at, cases.c.case_id < case_id),
+                )
+            )
+        query = query.order_by(cases.c.opened_at.desc(), cases.c.case_id.desc()).limit(size + 1)
+        async with self.store.read() as conn:
+            rows = [_case_row(r) for r in (await conn.execute(query)).all()]
+            response = cases_pb2.ListCasesResponse()
+            for row in rows[:size]:
+                response.cases.append(await self._header(conn, caller, row))
+        if len(rows) > size:
+            last = rows[size - 1]
+            response.next_page_token = _encode_token(last.opened_at, last.case_id)
+        return response
+
+    async def record_status(self, case_id: str, status_name: str) -> None:
+        """Activity body: move the projection to a ``CaseStatus`` by short name."""
+        status = cases_pb2.CaseStatus.Value(f"CASE_STATUS_{status_name}")
+        async with self.store.write() as conn:
+            current = (
+                await conn.execute(select(cases.c.status).where(cases.c.case_id == case_id))
+            ).scalar()
+            if current is None:
+                raise NotFound(f"case {case_id!r} does not exist")
+            if current != status:  # activities may be retried: record each change once
+                await set_status(conn, case_id, status)
+
+    async def _visible_case(self, conn: AsyncConnection, caller: Caller, case_id: str) -> CaseRow:
+        """The case if the caller's partner takes part in it; NOT_FOUND otherwise,
+        so that a case's existence is not revealed to outsiders."""
+        participates = (
+            await conn.execute(
+                select(case_participants.c.partner_id)
+                .where(
+                    case_participants.c.case_id == case_id,
+                    case_participants.c.partner_id == caller.partner_id,
+                )
+                .limit(1)
+            )
+        ).first()
+        if participates is None:
+            raise NotFound(f"case {case_id!r} not found", reason="CASE_NOT_FOUND")
+        return await _load_case(conn, case_id)
+
+    async def _header(
+        self, conn: AsyncConnection, caller: Caller, row: CaseRow
+    ) -> cases_pb2.CaseHeader:
+        header = cases_pb2.CaseHeader(
+            case_id=row.case_id,
+            service_id=row.service_id,
+            status=row.status,  # type: ignore[arg-type]
+            subject_id=self.pseudonyms.for_partner(caller.partner_id, row.subject_id),
+            first_contact_partner_id=row.first_contact_partner_id,
+            first_contact_channel=row.first_contact_channel,  # type: ignore[arg-type]
+            relationship_owner_id=row.relationship_owner_id or "",
+            summary=row.summary if caller.partner_id == row.first_contact_partner_id else "",
+        )
+        header.opened_at.FromDatetime(row.opened_at)
+        resolvers = (
+            await conn.execute(
+                select(case_participants.c.partner_id).where(
+                    case_participants.c.case_id == row.case_id,
+                    case_participants.c.role == cases_pb2.PARTICIPANT_ROLE_RESOLVER,
+                )
+            )
+        ).scalars()
+        header.resolver_ids.extend(sorted(resolvers))
+        return header
+
+
+def _validate_open(request: cases_pb2.OpenCaseRequest) -> None:
+    violations: list[FieldViolation] = []
+    if not request.service_id:
+        violations.append(FieldViolation("service_id", "is required"))
+    if not request.customer_local_id:
+        violations.append(FieldViolation("customer_local_id", "is required"))
+    elif len(request.customer_local_id) > MAX_LOCAL_ID:
+        violations.append(
+            FieldViolation("customer_local_id", f"must be at most {MAX_LOCAL_ID} characters")
+        )
+    if request.channel == common_pb2.CHANNEL_UNSPECIFIED:
+        violations.append(FieldViolation("channel", "must be set"))
+    elif request.channel not in common_pb2.Channel.values():
+        violations.append(FieldViolation("channel", f"unknown channel {request.channel}"))
+    if not request.summary.strip():
+        violations.append(FieldViolation("summary", "describe the problem"))
+    elif len(request.summary) > MAX_SUMMARY:
+        violations.append(FieldViolation("summary", f"must be at most {MAX_SUMMARY} characters"))
+    if violations:
+        raise InvalidArgument(violations)
+
+
+async def _subject_for(conn: AsyncConnection, partner_id: str, local_id: str) -> str:
+    """The internal subject a partner's local customer id maps to (created on first sight)."""
+    existing = (
+        await conn.execute(
+            select(subject_links.c.subject_id).where(
+                subject_links.c.partner_id == partner_id, subject_links.c.local_id == local_id
+            )
+        )
+    ).scalar()
+    if existing is not None:
+        return str(existing)
+    subject_id = uuid.uuid4().hex
+    now = _now()
+    await conn.execute(insert(subjects).values(subject_id=subject_id, created_at=now))
+    await conn.execute(
+        insert(subject_links).values(
+            partner_id=partner_id, local_id=local_id, subject_id=subject_id, linked_at=now
+        )
+    )
+    return subject_id
+
+
+async def _load_case(conn: AsyncConnection, case_id: str) -> CaseRow:
+    row = (await conn.execute(select(cases).where(cases.c.case_id == case_id))).first()
+    if row is None:
+        raise NotFound(f"case {case_id!r} not found", reason="CASE_NOT_FOUND")
+    return _case_row(row)
+
+
+def _case_row(row: object) -> CaseRow:
+    return CaseRow(**{f: getattr(row, f) for f in CaseRow.__dataclass_fields__})
+
+
+def _encode_token(opened_at: dt.datetime, case_id: str) -> str:
+    raw = json.dumps([opened_at.isoformat(), case_id]).encode()
+    return base64.urlsafe_b64encode(raw).decode()
+
+
+def _decode_token(token: str) -> tuple[dt.datetime, str]:
+    try:
+        opened_at, case_id = json.loads(base64.urlsafe_b64decode(token.encode()))
+        return dt.datetime.fromisoformat(opened_at), str(case_id)
+    except (ValueError, TypeError) as exc:
+        raise InvalidArgument.field("page.page_token", "is not a token from this listing") from exc

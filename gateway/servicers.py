@@ -1,0 +1,83 @@
+"""Thin gRPC servicers: proto in, call the domain with the caller, proto out.
+
+RPCs declared in the v1 contract but not yet built answer UNIMPLEMENTED (the
+generated base classes' default).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import grpc
+from coopgate.v1 import admin_pb2, admin_pb2_grpc, cases_pb2, cases_pb2_grpc
+
+from gateway.admin import Admin
+from gateway.caller import current_caller
+from gateway.cases import Cases
+
+Context = grpc.aio.ServicerContext[Any, Any]
+
+
+class CaseServicer(cases_pb2_grpc.CaseServiceServicer):
+    def __init__(self, cases: Cases) -> None:
+        self._cases = cases
+
+    async def OpenCase(
+        self, request: cases_pb2.OpenCaseRequest, context: Context
+    ) -> cases_pb2.OpenCaseResponse:
+        return await self._cases.open_case(current_caller(), request)
+
+    async def GetCaseView(
+        self, request: cases_pb2.GetCaseViewRequest, context: Context
+    ) -> cases_pb2.GetCaseViewResponse:
+        return await self._cases.get_view(current_caller(), request)
+
+    async def ListCases(
+        self, request: cases_pb2.ListCasesRequest, context: Context
+    ) -> cases_pb2.ListCasesResponse:
+        return await self._cases.list_cases(current_caller(), request)
+
+
+class AdminServicer(admin_pb2_grpc.AdminServiceServicer):
+    def __init__(self, admin: Admin) -> None:
+        self._admin = admin
+
+    async def RegisterPartner(
+        self, request: admin_pb2.RegisterPartnerRequest, context: Context
+    ) -> admin_pb2.RegisterPartnerResponse:
+        return await self._admin.register_partner(current_caller(), request)
+
+    async def ListPartners(
+        self, request: admin_pb2.ListPartnersRequest, context: Context
+    ) -> admin_pb2.ListPartnersResponse:
+        return await self._admin.list_partners(current_caller())
+
+    async def DefineService(
+        self, request: admin_pb2.DefineServiceRequest, context: Context
+    ) -> admin_pb2.DefineServiceResponse:
+        return await self._admin.define_service(current_caller(), request)
+
+    async def GetService(
+        self, request: admin_pb2.GetServiceRequest, context: Context
+    ) -> admin_pb2.GetServiceResponse:
+        current_caller()
+        return admin_pb2.GetServiceResponse(
+            service=await self._admin.get_service(request.service_id)
+        )
+
+    async def ListServices(
+        self, request: admin_pb2.ListServicesRequest, context: Context
+    ) -> admin_pb2.ListServicesResponse:
+        current_caller()
+        return await self._admin.list_services()
+
+    async def DefineSharingAgreement(
+        self, request: admin_pb2.DefineSharingAgreementRequest, context: Context
+    ) -> admin_pb2.DefineSharingAgreementResponse:
+        return await self._admin.define_sharing_agreement(current_caller(), request)
+
+    async def ListSharingAgreements(
+        self, request: admin_pb2.ListSharingAgreementsRequest, context: Context
+    ) -> admin_pb2.ListSharingAgreementsResponse:
+        current_caller()
+        return await self._admin.list_sharing_agreements(request)

