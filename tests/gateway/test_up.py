@@ -1,0 +1,198 @@
+"""`coopgate up` as a user runs it: a real process tree (dev server, gateway,
+worker) on free loopback ports; it serves, refuses a second `up` on the same
+data dir, stops cleanly on Ctrl-C with no orphan, and keeps its data."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import socket
+import subprocess
+import sys
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import grpc
+import pytest
+from coopgate.v1 import cases_pb2, cases_pb2_grpc, common_pb2
+from grpc_health.v1 import health_pb2
+
+from partners import PartnerCredentials, secure_channel
+from tests.helpers import health_status
+
+BIN = Path(sys.executable).parent
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+@dataclass
+class UpProcess:
+    data_dir: Path
+    env: dict[str, str]
+    gateway_port: int
+    temporal_port: int
+
+    def start(self) -> subprocess.Popen[bytes]:
+        with self.log.open("ab") as log:
+            return subprocess.Popen(
+                [str(BIN / "coopgate"), "up", "--data-dir", str(self.data_dir)],
+                env=self.env,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                stdin=subprocess.DEVNULL,
+            )
+
+    @property
+    def log(self) -> Path:
+        return self.data_dir.parent / "up.log"
+
+    def credentials(self) -> PartnerCredentials:
+        subprocess.run(
+            [
+                str(BIN / "coopgate"),
+                "ca",
+                "issue",
+                "--partner",
+                "bank-a",
+                "--role",
+                "advisor",
+                "--data-dir",
+                str(self.data_dir),
+            ],
+            check=True,
+            env=self.env,
+            capture_output=True,
+        )
+        clients = self.data_dir / "pki" / "clients"
+        return PartnerCredentials(
+            cert=clients / "bank-a-advisor.pem",
+            key=clients / "bank-a-advisor.key",
+            ca=self.data_dir / "pki" / "ca.pem",
+        )
+
+
+def processes_using(marker: str) -> list[int]:
+    """Pids whose command line mentions ``marker`` (our data dir), from /proc."""
+    pids = []
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            cmdline = (entry / "cmdline").read_bytes().replace(b"\0", b" ").decode()
+        except OSError:
+            continue
+        if marker in cmdline:
+            pids.append(int(entry.name))
+    return pids
+
+
+async def wait_serving(target: str, creds: PartnerCredentials, timeout: float = 60) -> None:
+    async with asyncio.timeout(timeout):
+        while True:
+            async with secure_channel(target, creds) as channel:
+                try:
+                    status = await health_status(channel, timeout=2)
+                    if status == health_pb2.HealthCheckResponse.SERVING:
+                        return
+                except grpc.aio.AioRpcError:
+                    pass
+            await asyncio.sleep(0.3)
+
+
+async def wait_for_file(path: Path, timeout: float = 60) -> None:
+    async with asyncio.timeout(timeout):
+        while not path.exists():
+            await asyncio.sleep(0.1)
+
+
+async def stop(process: subprocess.Popen[bytes], timeout: float = 30) -> int:
+    process.send_signal(signal.SIGINT)
+    async with asyncio.timeout(timeout):
+        while process.poll() is None:
+            await asyncio.sleep(0.1)
+    return process.returncode
+
+
+@pytest.fixture
+async def up(tmp_path: Path) -> AsyncIterator[UpProcess]:
+    gateway_port, temporal_port, ui_port = free_port(), free_port(), free_port()
+    env = dict(os.environ)
+    env.update(
+        COOPGATE_LISTEN=f"127.0.0.1:{gateway_port}",
+        COOPGATE_TEMPORAL_DEV_PORT=str(temporal_port),
+        COOPGATE_TEMPORAL_DEV_UI_PORT=str(ui_port),
+        COOPGATE_LOG_LEVEL="WARNING",
+    )
+    env.pop("COOPGATE_DATABASE_URL", None)
+    env.pop("COOPGATE_TEMPORAL_ADDRESS", None)
+    data_dir = tmp_path / "var"
+    yield UpProcess(data_dir, env, gateway_port, temporal_port)
+    for pid in processes_using(str(data_dir)):  # only what this test started
+        os.kill(pid, signal.SIGKILL)
+
+
+async def test_up_serves_refuses_a_second_up_and_stops_cleanly(up: UpProcess) -> None:
+    target = f"127.0.0.1:{up.gateway_port}"
+    first = up.start()
+    try:
+        await wait_for_file(up.data_dir / "pki" / "ca.pem")
+        creds = up.credentials()
+        await wait_serving(target, creds)
+
+        second = subprocess.run(
+            [str(BIN / "coopgate"), "up", "--data-dir", str(up.data_dir)],
+            env=up.env,
+            capture_output=True,
+            timeout=60,
+        )
+        assert second.returncode == 1
+        assert b"another coopgate process" in second.stderr
+
+        async with secure_channel(target, creds) as channel:
+            opened = await cases_pb2_grpc.CaseServiceStub(channel).OpenCase(
+                cases_pb2.OpenCaseRequest(
+                    idempotency_key="up-1",
+                    service_id="nfc-payment",
+                    customer_local_id="cust-1",
+                    channel=common_pb2.CHANNEL_PHONE,
+                    summary="phone payment refused",
+                )
+            )
+        listed = subprocess.run(
+            [
+                str(BIN / "temporal"),
+                "workflow",
+                "list",
+                "--address",
+                f"127.0.0.1:{up.temporal_port}",
+            ],
+            capture_output=True,
+            timeout=30,
+            check=True,
+        )
+        assert opened.case_id.encode() in listed.stdout
+    finally:
+        code = await stop(first)
+    output = up.log.read_text()
+    assert code == 0, output
+    assert "Coopgate is up" in output
+    assert processes_using(str(up.data_dir)) == []
+
+    # The data dir keeps the case: a new `up` serves it again.
+    again = up.start()
+    try:
+        await wait_serving(target, creds)
+        async with secure_channel(target, creds) as channel:
+            view = await cases_pb2_grpc.CaseServiceStub(channel).GetCaseView(
+                cases_pb2.GetCaseViewRequest(case_id=opened.case_id, purpose="customer-care")
+            )
+        assert view.view.header.case_id == opened.case_id
+    finally:
+        assert await stop(again) == 0
+    assert processes_using(str(up.data_dir)) == []
