@@ -17,15 +17,15 @@ from sqlalchemy import delete, insert, or_, select, update
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from gateway.caller import Caller
-from gateway.errors import FailedPrecondition, FieldViolation, InvalidArgument, NotFound
+from gateway.errors import FieldViolation, InvalidArgument
 from gateway.idempotency import run_once
 from gateway.pki import PARTNER_ID_PATTERN, Role
 from gateway.store import Store
 from gateway.store.schema import partners, service_components, services, sharing_agreements
+from gateway.vocabulary import Vocabulary
 
 SERVICE_ID_PATTERN = re.compile(r"^[a-z][a-z0-9-]{1,62}$")
 NAME_PATTERN = re.compile(r"^[a-z][a-z0-9.-]{0,99}$")
-CATEGORY_PATTERN = re.compile(r"^[a-z][a-z0-9-]*(\.[a-z][a-z0-9-]*)*$")
 
 DEFAULT_DIAGNOSIS_DEADLINE = dt.timedelta(seconds=30)
 DEFAULT_ACCEPTANCE_DEADLINE = dt.timedelta(minutes=15)
@@ -46,8 +46,9 @@ def _duration(value: dt.timedelta) -> duration_pb2.Duration:
 
 
 class Admin:
-    def __init__(self, store: Store) -> None:
+    def __init__(self, store: Store, vocabulary: Vocabulary) -> None:
         self.store = store
+        self.vocabulary = vocabulary
 
     # -- partners ---------------------------------------------------------
 
@@ -212,6 +213,12 @@ class Admin:
         agreement = admin_pb2.SharingAgreement()
         agreement.CopyFrom(request.agreement)
         violations = _agreement_violations(agreement)
+        violations += self.vocabulary.category_violations(
+            "agreement.categories", list(agreement.categories)
+        )
+        violations += self.vocabulary.purpose_violations(
+            "agreement.purposes", list(agreement.purposes)
+        )
         if violations:
             raise InvalidArgument(violations)
 
@@ -380,15 +387,6 @@ def _agreement_violations(agreement: admin_pb2.SharingAgreement) -> list[FieldVi
         violations.append(
             FieldViolation("agreement.recipient_partner_id", "must differ from the source")
         )
-    if not agreement.categories:
-        violations.append(FieldViolation("agreement.categories", "at least one category"))
-    for i, category in enumerate(agreement.categories):
-        if not CATEGORY_PATTERN.fullmatch(category):
-            violations.append(
-                FieldViolation(f"agreement.categories[{i}]", "must be dotted lowercase words")
-            )
-    if not agreement.purposes:
-        violations.append(FieldViolation("agreement.purposes", "at least one purpose"))
     if (
         agreement.HasField("valid_from")
         and agreement.HasField("valid_until")
@@ -398,6 +396,3 @@ def _agreement_violations(agreement: admin_pb2.SharingAgreement) -> list[FieldVi
     if agreement.agreement_id and not re.fullmatch(r"[A-Za-z0-9_.-]{1,64}", agreement.agreement_id):
         violations.append(FieldViolation("agreement.agreement_id", "must be 1-64 [A-Za-z0-9_.-]"))
     return violations
-
-
-__all__ = ["Admin", "FailedPrecondition", "NotFound", "load_service"]

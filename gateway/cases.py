@@ -1,39 +1,50 @@
 """Cases: opening an incident, its timeline, and the combined view for one reader.
 
-Until the consent rules land, a reader sees its own partner's items and the
-gateway's own events; every other partner's item is withheld and counted
-(deny by default), so the view never shows data no rule allowed.
+Every item of the view, and of the live watch, passes the consent decision
+point for this reader and purpose at the moment it is read; withheld items are
+counted per source partner and category so the advisor knows which consent
+to ask for.
 """
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import datetime as dt
 import json
-import re
 import uuid
 from collections import Counter
+from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass
-from typing import Protocol
+from typing import Any, Protocol
 
 from coopgate.v1 import cases_pb2, common_pb2
-from sqlalchemy import and_, insert, or_, select, update
+from sqlalchemy import Row, and_, insert, or_, select, update
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from gateway.admin import load_service
 from gateway.caller import Caller
-from gateway.errors import FieldViolation, InvalidArgument, NotFound, PermissionDenied
+from gateway.consent import ConsentRules, Flow
+from gateway.errors import (
+    FailedPrecondition,
+    FieldViolation,
+    InvalidArgument,
+    NotFound,
+    PermissionDenied,
+)
 from gateway.idempotency import run_once
 from gateway.pki import Role
 from gateway.pseudonyms import Pseudonyms
 from gateway.store import Store
 from gateway.store.schema import case_events, case_participants, cases, subject_links, subjects
+from gateway.vocabulary import Vocabulary
 
 MAX_SUMMARY = 4000
 MAX_LOCAL_ID = 200
 MAX_PAGE_SIZE = 200
 DEFAULT_PAGE_SIZE = 50
-PURPOSE_PATTERN = re.compile(r"^[a-z][a-z0-9-]{1,62}$")
+WATCH_BATCH = 200
+WATCH_POLL_SECONDS = 0.2
 #: Category of what the customer told the first-contact partner.
 INTERACTION_CATEGORY = "interaction.history"
 #: Category of the gateway's own events (status changes), visible to participants.
@@ -64,13 +75,6 @@ class CaseRow:
 
 def _now() -> dt.datetime:
     return dt.datetime.now(dt.UTC)
-
-
-def _validate_purpose(purpose: str) -> None:
-    if not purpose:
-        raise InvalidArgument.field("purpose", "every read declares its purpose")
-    if not PURPOSE_PATTERN.fullmatch(purpose):
-        raise InvalidArgument.field("purpose", "must match [a-z][a-z0-9-]{1,62}")
 
 
 async def append_event(
@@ -120,10 +124,19 @@ async def set_status(
 
 
 class Cases:
-    def __init__(self, store: Store, pseudonyms: Pseudonyms, starter: IncidentStarter) -> None:
+    def __init__(
+        self,
+        store: Store,
+        pseudonyms: Pseudonyms,
+        starter: IncidentStarter,
+        rules: ConsentRules,
+        vocabulary: Vocabulary,
+    ) -> None:
         self.store = store
         self.pseudonyms = pseudonyms
         self.starter = starter
+        self.rules = rules
+        self.vocabulary = vocabulary
 
     async def open_case(
         self, caller: Caller, request: cases_pb2.OpenCaseRequest
@@ -211,13 +224,77 @@ class Cases:
         await self.starter.ensure_started(response.case_id, request.service_id, caller.partner_id)
         return response
 
+    async def append_interaction(
+        self, caller: Caller, request: cases_pb2.AppendInteractionRequest
+    ) -> cases_pb2.AppendInteractionResponse:
+        """A participating partner adds what the customer said or was told, on any channel."""
+        caller.require(Role.PARTNER, Role.ADVISOR)
+        given = request.interaction
+        violations: list[FieldViolation] = []
+        if not request.case_id:
+            violations.append(FieldViolation("case_id", "is required"))
+        if given.channel == common_pb2.CHANNEL_UNSPECIFIED or given.channel not in (
+            common_pb2.Channel.values()
+        ):
+            violations.append(FieldViolation("interaction.channel", "must be set"))
+        if not given.summary.strip():
+            violations.append(FieldViolation("interaction.summary", "is required"))
+        elif len(given.summary) > MAX_SUMMARY:
+            violations.append(
+                FieldViolation("interaction.summary", f"at most {MAX_SUMMARY} characters")
+            )
+        if given.author_kind not in cases_pb2.AuthorKind.values():
+            violations.append(FieldViolation("interaction.author_kind", "unknown value"))
+        category = given.category or INTERACTION_CATEGORY
+        if category not in self.vocabulary.categories:
+            violations.append(
+                FieldViolation("interaction.category", f"unknown data category {category!r}")
+            )
+        if len(given.attachment_refs) > 20 or any(len(r) > 500 for r in given.attachment_refs):
+            violations.append(
+                FieldViolation("interaction.attachment_refs", "at most 20 refs of 500 chars")
+            )
+        if violations:
+            raise InvalidArgument(violations)
+
+        async def action(conn: AsyncConnection) -> cases_pb2.AppendInteractionResponse:
+            row = await self._visible_case(conn, caller, request.case_id)
+            if row.status == cases_pb2.CASE_STATUS_CLOSED:
+                raise FailedPrecondition("the case is closed", reason="CASE_CLOSED")
+            now = _now()
+            interaction = cases_pb2.Interaction()
+            interaction.CopyFrom(given)
+            interaction.interaction_id = f"int-{uuid.uuid4().hex[:16]}"
+            interaction.partner_id = caller.partner_id
+            interaction.category = category
+            interaction.author_kind = given.author_kind or cases_pb2.AUTHOR_KIND_ADVISOR
+            interaction.author_id = given.author_id or caller.person_id
+            if not given.HasField("occurred_at"):
+                interaction.occurred_at.FromDatetime(now)
+            item = cases_pb2.TimelineItem(interaction=interaction)
+            item.occurred_at.CopyFrom(interaction.occurred_at)
+            sequence = await append_event(
+                conn, row.case_id, item, source_partner_id=caller.partner_id, category=category
+            )
+            return cases_pb2.AppendInteractionResponse(interaction=interaction, sequence=sequence)
+
+        response, _ = await run_once(
+            self.store,
+            caller,
+            "AppendInteraction",
+            request,
+            cases_pb2.AppendInteractionResponse,
+            action,
+        )
+        return response
+
     async def get_view(
         self, caller: Caller, request: cases_pb2.GetCaseViewRequest
     ) -> cases_pb2.GetCaseViewResponse:
         caller.require(Role.PARTNER, Role.ADVISOR)
         if not request.case_id:
             raise InvalidArgument.field("case_id", "is required")
-        _validate_purpose(request.purpose)
+        self._check_purpose(request.purpose)
         async with self.store.read() as conn:
             row = await self._visible_case(conn, caller, request.case_id)
             view = cases_pb2.CaseView(header=await self._header(conn, caller, row))
@@ -236,23 +313,92 @@ class Cases:
                     .order_by(case_events.c.occurred_at, case_events.c.sequence)
                 )
             ).all()
-        withheld: Counter[tuple[str, str]] = Counter()
-        for event in events:
-            if event.source_partner_id in ("", caller.partner_id):
-                view.timeline.append(cases_pb2.TimelineItem.FromString(event.item))
-            else:
-                withheld[(event.source_partner_id, event.category)] += 1
-            view.position = max(view.position, event.sequence)
+            allowed, withheld = await self._filter(conn, caller, row, request.purpose, events)
+        view.timeline.extend(allowed)
+        view.position = max((e.sequence for e in events), default=0)
         for (source, category), count in sorted(withheld.items()):
             view.withheld.add(source_partner_id=source, category=category, count=count)
         return cases_pb2.GetCaseViewResponse(view=view)
+
+    async def watch(
+        self, caller: Caller, request: cases_pb2.WatchCaseRequest
+    ) -> AsyncIterator[cases_pb2.WatchCaseResponse]:
+        """Every change after ``after_sequence``, each decided at the moment it is sent.
+
+        Ends when the case is closed and every event was sent. Polls the store,
+        so changes made by any replica or worker reach every watcher.
+        """
+        caller.require(Role.PARTNER, Role.ADVISOR)
+        if not request.case_id:
+            raise InvalidArgument.field("case_id", "is required")
+        if request.after_sequence < 0:
+            raise InvalidArgument.field("after_sequence", "must be 0 or a sequence from the view")
+        self._check_purpose(request.purpose)
+        position = request.after_sequence
+        while True:
+            async with self.store.read() as conn:
+                row = await self._visible_case(conn, caller, request.case_id)
+                events = (
+                    await conn.execute(
+                        select(case_events)
+                        .where(
+                            case_events.c.case_id == row.case_id,
+                            case_events.c.sequence > position,
+                        )
+                        .order_by(case_events.c.sequence)
+                        .limit(WATCH_BATCH)
+                    )
+                ).all()
+                header = await self._header(conn, caller, row)
+                allowed, _ = await self._filter(conn, caller, row, request.purpose, events)
+            for item in allowed:
+                yield cases_pb2.WatchCaseResponse(item=item, header=header)
+            if events:
+                position = events[-1].sequence
+                continue
+            if row.status == cases_pb2.CASE_STATUS_CLOSED:
+                return
+            await asyncio.sleep(WATCH_POLL_SECONDS)
+
+    async def _filter(
+        self,
+        conn: AsyncConnection,
+        caller: Caller,
+        row: CaseRow,
+        purpose: str,
+        events: Sequence[Row[Any]],
+    ) -> tuple[list[cases_pb2.TimelineItem], Counter[tuple[str, str]]]:
+        """Split events into those the consent rules let this reader see and
+        the counts of those withheld."""
+        decisions = await self.rules.decide(
+            conn,
+            reader=caller,
+            subject_id=row.subject_id,
+            service_id=row.service_id,
+            purpose=purpose,
+            flows={Flow(e.source_partner_id, e.category) for e in events},
+            case_id=row.case_id,
+        )
+        allowed: list[cases_pb2.TimelineItem] = []
+        withheld: Counter[tuple[str, str]] = Counter()
+        for event in events:
+            if decisions[Flow(event.source_partner_id, event.category)].allowed:
+                allowed.append(cases_pb2.TimelineItem.FromString(event.item))
+            else:
+                withheld[(event.source_partner_id, event.category)] += 1
+        return allowed, withheld
+
+    def _check_purpose(self, purpose: str) -> None:
+        violation = self.vocabulary.check_purpose("purpose", purpose)
+        if violation is not None:
+            raise InvalidArgument([violation])
 
     async def list_cases(
         self, caller: Caller, request: cases_pb2.ListCasesRequest
     ) -> cases_pb2.ListCasesResponse:
         caller.require(Role.PARTNER, Role.ADVISOR)
         if request.purpose:
-            _validate_purpose(request.purpose)
+            self._check_purpose(request.purpose)
         size = request.page.page_size or DEFAULT_PAGE_SIZE
         if not 0 < size <= MAX_PAGE_SIZE:
             raise InvalidArgument.field("page.page_size", f"must be in 1..{MAX_PAGE_SIZE}")

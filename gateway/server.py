@@ -13,8 +13,10 @@ from coopgate.v1 import (
     cases_pb2,
     cases_pb2_grpc,
     consents_pb2,
+    consents_pb2_grpc,
     identity_pb2,
     work_pb2,
+    work_pb2_grpc,
 )
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
@@ -22,8 +24,15 @@ from opentelemetry.instrumentation.grpc import aio_server_interceptor
 
 from gateway.admin import Admin
 from gateway.cases import Cases
+from gateway.consent import Consents
 from gateway.interceptors import GatewayInterceptor
-from gateway.servicers import AdminServicer, CaseServicer
+from gateway.servicers import (
+    AdminServicer,
+    CaseServicer,
+    ConsentServicer,
+    PartnerWorkServicer,
+)
+from gateway.work import PartnerWork
 
 #: Every service of the v1 contract, by full name (for health and reflection).
 SERVICE_NAMES: tuple[str, ...] = (
@@ -58,6 +67,8 @@ class Domain:
 
     admin: Admin
     cases: Cases
+    consents: Consents
+    work: PartnerWork
 
 
 def create_server(
@@ -71,13 +82,15 @@ def create_server(
             ("grpc.keepalive_permit_without_calls", 1),
         ],
     )
-    # Services of the contract without a servicer yet (consents, audit,
-    # identity, partner work) are listed by reflection and answer UNIMPLEMENTED.
+    # Services of the contract without a servicer yet (audit, identity) are
+    # listed by reflection and answer UNIMPLEMENTED.
     cases_pb2_grpc.add_CaseServiceServicer_to_server(
         CaseServicer(domain.cases),  # type: ignore[abstract]
         server,
     )
     admin_pb2_grpc.add_AdminServiceServicer_to_server(AdminServicer(domain.admin), server)
+    consents_pb2_grpc.add_ConsentServiceServicer_to_server(ConsentServicer(domain.consents), server)
+    work_pb2_grpc.add_PartnerWorkServiceServicer_to_server(PartnerWorkServicer(domain.work), server)
 
     health_servicer = health.aio.HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)

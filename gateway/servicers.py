@@ -6,14 +6,26 @@ generated base classes' default).
 
 from __future__ import annotations
 
+from collections.abc import AsyncIterator
 from typing import Any
 
 import grpc
-from coopgate.v1 import admin_pb2, admin_pb2_grpc, cases_pb2, cases_pb2_grpc
+from coopgate.v1 import (
+    admin_pb2,
+    admin_pb2_grpc,
+    cases_pb2,
+    cases_pb2_grpc,
+    consents_pb2,
+    consents_pb2_grpc,
+    work_pb2,
+    work_pb2_grpc,
+)
 
 from gateway.admin import Admin
 from gateway.caller import current_caller
 from gateway.cases import Cases
+from gateway.consent import Consents
+from gateway.work import PartnerWork
 
 Context = grpc.aio.ServicerContext[Any, Any]
 
@@ -36,6 +48,17 @@ class CaseServicer(cases_pb2_grpc.CaseServiceServicer):
         self, request: cases_pb2.ListCasesRequest, context: Context
     ) -> cases_pb2.ListCasesResponse:
         return await self._cases.list_cases(current_caller(), request)
+
+    async def AppendInteraction(
+        self, request: cases_pb2.AppendInteractionRequest, context: Context
+    ) -> cases_pb2.AppendInteractionResponse:
+        return await self._cases.append_interaction(current_caller(), request)
+
+    async def WatchCase(
+        self, request: cases_pb2.WatchCaseRequest, context: Context
+    ) -> AsyncIterator[cases_pb2.WatchCaseResponse]:
+        async for response in self._cases.watch(current_caller(), request):
+            yield response
 
 
 class AdminServicer(admin_pb2_grpc.AdminServiceServicer):
@@ -81,3 +104,55 @@ class AdminServicer(admin_pb2_grpc.AdminServiceServicer):
     ) -> admin_pb2.ListSharingAgreementsResponse:
         current_caller()
         return await self._admin.list_sharing_agreements(request)
+
+
+class ConsentServicer(consents_pb2_grpc.ConsentServiceServicer):
+    def __init__(self, consents: Consents) -> None:
+        self._consents = consents
+
+    async def GrantConsent(
+        self, request: consents_pb2.GrantConsentRequest, context: Context
+    ) -> consents_pb2.GrantConsentResponse:
+        return await self._consents.grant(current_caller(), request)
+
+    async def RevokeConsent(
+        self, request: consents_pb2.RevokeConsentRequest, context: Context
+    ) -> consents_pb2.RevokeConsentResponse:
+        return await self._consents.revoke(current_caller(), request)
+
+    async def ListConsents(
+        self, request: consents_pb2.ListConsentsRequest, context: Context
+    ) -> consents_pb2.ListConsentsResponse:
+        return await self._consents.list(current_caller(), request)
+
+    async def RequestConsent(
+        self, request: consents_pb2.RequestConsentRequest, context: Context
+    ) -> consents_pb2.RequestConsentResponse:
+        return await self._consents.request(current_caller(), request)
+
+    async def RefuseConsentRequest(
+        self, request: consents_pb2.RefuseConsentRequestRequest, context: Context
+    ) -> consents_pb2.RefuseConsentRequestResponse:
+        return await self._consents.refuse_request(current_caller(), request)
+
+    async def GetReceiptKey(
+        self, request: consents_pb2.GetReceiptKeyRequest, context: Context
+    ) -> consents_pb2.GetReceiptKeyResponse:
+        current_caller()
+        return self._consents.receipt_key()
+
+
+class PartnerWorkServicer(work_pb2_grpc.PartnerWorkServiceServicer):
+    def __init__(self, work: PartnerWork) -> None:
+        self._work = work
+
+    async def Subscribe(
+        self, request: work_pb2.SubscribeRequest, context: Context
+    ) -> AsyncIterator[work_pb2.SubscribeResponse]:
+        async for response in self._work.subscribe(current_caller(), request):
+            yield response
+
+    async def Acknowledge(
+        self, request: work_pb2.AcknowledgeRequest, context: Context
+    ) -> work_pb2.AcknowledgeResponse:
+        return await self._work.acknowledge(current_caller(), request)

@@ -40,6 +40,9 @@ class Settings(BaseSettings):
     task_queue: str = "coopgate-incidents"
 
     shutdown_grace_seconds: float = 5.0
+    vocabulary: Path | None = Field(
+        default=None, description="TOML of data categories and purposes (default: bundled)."
+    )
 
     @property
     def pki_dir(self) -> Path:

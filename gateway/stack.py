@@ -29,13 +29,18 @@ from temporalio.worker import Worker
 from gateway import catalog
 from gateway.activities import IncidentActivities
 from gateway.admin import Admin
+from gateway.audit.log import AuditLog
 from gateway.cases import Cases
+from gateway.consent import ConsentRules, Consents
 from gateway.pki import CertificateAuthority
 from gateway.pseudonyms import Pseudonyms
+from gateway.receipts import ReceiptSigner
 from gateway.server import Domain, ServerTLS, create_server, mark_serving
 from gateway.settings import Settings
 from gateway.store import Store, create_store, migrate
 from gateway.temporal import TemporalIncidentStarter, connect, create_worker
+from gateway.vocabulary import Vocabulary
+from gateway.work import PartnerWork
 
 log = logging.getLogger(__name__)
 
@@ -195,6 +200,7 @@ class Runtime:
     client: Client
     domain: Domain
     activities: IncidentActivities
+    audit: AuditLog
 
 
 @contextlib.asynccontextmanager
@@ -202,24 +208,33 @@ async def open_runtime(
     settings: Settings, *, client: Client | None = None, seed: bool = False
 ) -> AsyncIterator[Runtime]:
     store = create_store(settings.effective_database_url)
+    audit: AuditLog | None = None
     try:
         await migrate(store)
         if client is None:
             client = await connect(settings)
         pseudonyms = Pseudonyms.from_file(settings.secrets_dir / "pseudonym.key")
+        signer = ReceiptSigner.from_file(settings.secrets_dir / "receipt.key")
+        vocabulary = Vocabulary.load(settings.vocabulary)
         starter = TemporalIncidentStarter(client, settings.task_queue)
-        admin = Admin(store)
-        cases = Cases(store, pseudonyms, starter)
+        audit = AuditLog(store)
+        rules = ConsentRules(audit)
+        admin = Admin(store, vocabulary)
+        cases = Cases(store, pseudonyms, starter, rules, vocabulary)
+        consents = Consents(store, vocabulary, pseudonyms, signer, audit)
         if seed:
             await catalog.seed(admin)
         yield Runtime(
             settings=settings,
             store=store,
             client=client,
-            domain=Domain(admin=admin, cases=cases),
+            domain=Domain(admin=admin, cases=cases, consents=consents, work=PartnerWork(store)),
             activities=IncidentActivities(cases),
+            audit=audit,
         )
     finally:
+        if audit is not None:
+            await audit.close()
         await store.close()
 
 

@@ -13,13 +13,20 @@ from pathlib import Path
 import asyncpg
 import grpc
 import pytest
-from coopgate.v1 import admin_pb2_grpc, cases_pb2_grpc
+from coopgate.v1 import admin_pb2_grpc, cases_pb2_grpc, consents_pb2_grpc, work_pb2_grpc
 from temporalio.client import Client
 from temporalio.testing import WorkflowEnvironment
 
 from gateway.pki import CertificateAuthority, Role
 from gateway.settings import Settings
-from gateway.stack import DEV_SERVER_TUNING, Pki, ensure_pki, open_runtime, start_gateway
+from gateway.stack import (
+    DEV_SERVER_TUNING,
+    Pki,
+    Runtime,
+    ensure_pki,
+    open_runtime,
+    start_gateway,
+)
 from gateway.temporal import create_worker
 from partners import PartnerCredentials, secure_channel
 
@@ -129,10 +136,14 @@ class Api:
     channel: grpc.aio.Channel
     cases: cases_pb2_grpc.CaseServiceAsyncStub = field(init=False)
     admin: admin_pb2_grpc.AdminServiceAsyncStub = field(init=False)
+    consents: consents_pb2_grpc.ConsentServiceAsyncStub = field(init=False)
+    work: work_pb2_grpc.PartnerWorkServiceAsyncStub = field(init=False)
 
     def __post_init__(self) -> None:
         self.cases = cases_pb2_grpc.CaseServiceStub(self.channel)
         self.admin = admin_pb2_grpc.AdminServiceStub(self.channel)
+        self.consents = consents_pb2_grpc.ConsentServiceStub(self.channel)
+        self.work = work_pb2_grpc.PartnerWorkServiceStub(self.channel)
 
 
 @dataclass
@@ -142,6 +153,7 @@ class Stack:
     client: Client
     task_queue: str
     settings: Settings
+    runtime: Runtime
     credentials: Callable[[str, Role], PartnerCredentials]
     channels: list[grpc.aio.Channel] = field(default_factory=list)
 
@@ -183,6 +195,7 @@ async def stack(
                 client=temporal_env.client,
                 task_queue=settings.task_queue,
                 settings=settings,
+                runtime=runtime,
                 credentials=credentials,
             )
             try:

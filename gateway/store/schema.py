@@ -181,3 +181,117 @@ idempotency_keys = Table(
     Column("response", LargeBinary, nullable=False),
     Column("created_at", UtcDateTime, nullable=False),
 )
+
+consents = Table(
+    "consents",
+    metadata,
+    Column("consent_id", String(64), primary_key=True),
+    Column("subject_id", String(64), ForeignKey("subjects.subject_id"), nullable=False),
+    Column("source_partner_id", String(63), ForeignKey("partners.partner_id"), nullable=False),
+    Column(
+        "collected_by_partner_id", String(63), ForeignKey("partners.partner_id"), nullable=False
+    ),
+    # coopgate.v1.ConsentState
+    Column("state", Integer, nullable=False),
+    Column("valid_from", UtcDateTime, nullable=False),
+    Column("valid_until", UtcDateTime, nullable=True),
+    # Serialized coopgate.v1.Consent without events; subject_id left empty.
+    Column("definition", LargeBinary, nullable=False),
+    Column("created_at", UtcDateTime, nullable=False),
+    Column("updated_at", UtcDateTime, nullable=False),
+    Index("ix_consents_subject_source", "subject_id", "source_partner_id"),
+)
+
+consent_events = Table(
+    "consent_events",
+    metadata,
+    Column(
+        "consent_id",
+        String(64),
+        ForeignKey("consents.consent_id", ondelete="CASCADE"),
+        primary_key=True,
+    ),
+    Column("sequence", Integer, primary_key=True),
+    Column("state", Integer, nullable=False),
+    Column("at", UtcDateTime, nullable=False),
+    Column("partner_id", String(63), nullable=False),
+    Column("channel", Integer, nullable=False),
+)
+
+consent_requests = Table(
+    "consent_requests",
+    metadata,
+    Column("request_id", String(64), primary_key=True),
+    Column("case_id", String(64), ForeignKey("cases.case_id", ondelete="CASCADE"), nullable=False),
+    Column("subject_id", String(64), ForeignKey("subjects.subject_id"), nullable=False),
+    Column("requested_by_partner_id", String(63), nullable=False),
+    Column("relayed_by_partner_id", String(63), nullable=False),
+    # coopgate.v1.ConsentState: REQUESTED, then GIVEN or REFUSED.
+    Column("state", Integer, nullable=False),
+    # Serialized coopgate.v1.ConsentPrompt.
+    Column("prompt", LargeBinary, nullable=False),
+    Column("consent_id", String(64), nullable=True),
+    Column("created_at", UtcDateTime, nullable=False),
+    Column("resolved_at", UtcDateTime, nullable=True),
+)
+
+work_items = Table(
+    "work_items",
+    metadata,
+    Column("work_id", String(64), primary_key=True),
+    Column("partner_id", String(63), ForeignKey("partners.partner_id"), nullable=False),
+    Column("created_at", UtcDateTime, nullable=False),
+    # Serialized coopgate.v1.WorkItem.
+    Column("item", LargeBinary, nullable=False),
+    Column("deliveries", Integer, nullable=False),
+    Column("acked_at", UtcDateTime, nullable=True),
+    Index("ix_work_items_pending", "partner_id", "acked_at", "created_at"),
+)
+
+audit_head = Table(
+    "audit_head",
+    metadata,
+    # A single row (id = 1): the log's size. Appenders lock it, so two
+    # writers never take the same index.
+    Column("id", Integer, primary_key=True),
+    Column("size", BigInteger, nullable=False),
+)
+
+audit_entries = Table(
+    "audit_entries",
+    metadata,
+    Column("idx", BigInteger, primary_key=True, autoincrement=False),
+    Column("recorded_at", UtcDateTime, nullable=False),
+    Column("kind", String(40), nullable=False),
+    Column("actor_partner_id", String(63), nullable=False),
+    Column("subject_id", String(64), nullable=False),
+    Column("case_id", String(64), nullable=False),
+    Column("purpose", String(63), nullable=False),
+    Column("decision", String(10), nullable=False),
+    # The exact bytes hashed into the leaf (canonical JSON); the other
+    # columns are an index over it.
+    Column("canonical", LargeBinary, nullable=False),
+    Index("ix_audit_entries_subject", "subject_id", "idx"),
+    Index("ix_audit_entries_actor", "actor_partner_id", "idx"),
+    Index("ix_audit_entries_case", "case_id", "idx"),
+    Index("ix_audit_entries_time", "recorded_at"),
+)
+
+audit_nodes = Table(
+    "audit_nodes",
+    metadata,
+    # Hash of the complete subtree of 2**level leaves starting at leaf
+    # idx * 2**level (level 0: the leaf hashes). Proofs read these.
+    Column("level", Integer, primary_key=True, autoincrement=False),
+    Column("idx", BigInteger, primary_key=True, autoincrement=False),
+    Column("hash", LargeBinary, nullable=False),
+)
+
+audit_checkpoints = Table(
+    "audit_checkpoints",
+    metadata,
+    Column("size", BigInteger, primary_key=True, autoincrement=False),
+    Column("root_hash", LargeBinary, nullable=False),
+    Column("note", Text, nullable=False),
+    Column("created_at", UtcDateTime, nullable=False),
+)

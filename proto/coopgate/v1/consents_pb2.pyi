@@ -172,21 +172,27 @@ class ConsentReceipt(_message.Message):
     PAYLOAD_FIELD_NUMBER: _builtins.int
     SIGNATURE_FIELD_NUMBER: _builtins.int
     KEY_ID_FIELD_NUMBER: _builtins.int
+    JWS_FIELD_NUMBER: _builtins.int
     payload: _builtins.bytes
-    """Canonical JSON of the receipt claims."""
+    """Canonical JSON of the receipt claims (Kantara consent receipt fields)."""
     signature: _builtins.bytes
-    """Ed25519 signature over payload."""
+    """Ed25519 signature over the JWS signing input."""
     key_id: _builtins.str
+    jws: _builtins.str
+    """The same receipt as a JWS compact serialization (RFC 7515, alg EdDSA,
+    RFC 8037): what a customer keeps and `coopgate consent verify-receipt` reads.
+    """
     def __init__(
         self,
         *,
         payload: _builtins.bytes = ...,
         signature: _builtins.bytes = ...,
         key_id: _builtins.str = ...,
+        jws: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["key_id", b"key_id", "payload", b"payload", "signature", b"signature"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["jws", b"jws", "key_id", b"key_id", "payload", b"payload", "signature", b"signature"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -414,21 +420,69 @@ class RequestConsentResponse(_message.Message):
 
     CONSENT_REQUEST_ID_FIELD_NUMBER: _builtins.int
     STATE_FIELD_NUMBER: _builtins.int
+    RELAYED_BY_PARTNER_ID_FIELD_NUMBER: _builtins.int
     consent_request_id: _builtins.str
     state: Global___ConsentState.ValueType
+    relayed_by_partner_id: _builtins.str
+    """The partner whose channel carries the request to the customer."""
     def __init__(
         self,
         *,
         consent_request_id: _builtins.str = ...,
         state: Global___ConsentState.ValueType = ...,
+        relayed_by_partner_id: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["consent_request_id", b"consent_request_id", "state", b"state"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["consent_request_id", b"consent_request_id", "relayed_by_partner_id", b"relayed_by_partner_id", "state", b"state"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___RequestConsentResponse: _TypeAlias = RequestConsentResponse  # noqa: Y015
+
+@_typing.final
+class RefuseConsentRequestRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    IDEMPOTENCY_KEY_FIELD_NUMBER: _builtins.int
+    CONSENT_REQUEST_ID_FIELD_NUMBER: _builtins.int
+    CHANNEL_FIELD_NUMBER: _builtins.int
+    idempotency_key: _builtins.str
+    consent_request_id: _builtins.str
+    channel: _common_pb2.Channel.ValueType
+    def __init__(
+        self,
+        *,
+        idempotency_key: _builtins.str = ...,
+        consent_request_id: _builtins.str = ...,
+        channel: _common_pb2.Channel.ValueType = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["channel", b"channel", "consent_request_id", b"consent_request_id", "idempotency_key", b"idempotency_key"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___RefuseConsentRequestRequest: _TypeAlias = RefuseConsentRequestRequest  # noqa: Y015
+
+@_typing.final
+class RefuseConsentRequestResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    STATE_FIELD_NUMBER: _builtins.int
+    state: Global___ConsentState.ValueType
+    def __init__(
+        self,
+        *,
+        state: Global___ConsentState.ValueType = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["state", b"state"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___RefuseConsentRequestResponse: _TypeAlias = RefuseConsentRequestResponse  # noqa: Y015
 
 @_typing.final
 class GetReceiptKeyRequest(_message.Message):

@@ -58,6 +58,11 @@ class ConsentServiceStub:
                 request_serializer=coopgate_dot_v1_dot_consents__pb2.RequestConsentRequest.SerializeToString,
                 response_deserializer=coopgate_dot_v1_dot_consents__pb2.RequestConsentResponse.FromString,
                 _registered_method=True)
+        self.RefuseConsentRequest = channel.unary_unary(
+                '/coopgate.v1.ConsentService/RefuseConsentRequest',
+                request_serializer=coopgate_dot_v1_dot_consents__pb2.RefuseConsentRequestRequest.SerializeToString,
+                response_deserializer=coopgate_dot_v1_dot_consents__pb2.RefuseConsentRequestResponse.FromString,
+                _registered_method=True)
         self.GetReceiptKey = channel.unary_unary(
                 '/coopgate.v1.ConsentService/GetReceiptKey',
                 request_serializer=coopgate_dot_v1_dot_consents__pb2.GetReceiptKeyRequest.SerializeToString,
@@ -98,6 +103,13 @@ class ConsentServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def RefuseConsentRequest(self, request, context):
+        """The customer refused a consent request (relayed by the partner that asked them).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
     def GetReceiptKey(self, request, context):
         """The gateway's published receipt-signing key, for offline verification.
         """
@@ -127,6 +139,11 @@ def add_ConsentServiceServicer_to_server(servicer, server):
                     servicer.RequestConsent,
                     request_deserializer=coopgate_dot_v1_dot_consents__pb2.RequestConsentRequest.FromString,
                     response_serializer=coopgate_dot_v1_dot_consents__pb2.RequestConsentResponse.SerializeToString,
+            ),
+            'RefuseConsentRequest': grpc.unary_unary_rpc_method_handler(
+                    servicer.RefuseConsentRequest,
+                    request_deserializer=coopgate_dot_v1_dot_consents__pb2.RefuseConsentRequestRequest.FromString,
+                    response_serializer=coopgate_dot_v1_dot_consents__pb2.RefuseConsentRequestResponse.SerializeToString,
             ),
             'GetReceiptKey': grpc.unary_unary_rpc_method_handler(
                     servicer.GetReceiptKey,
@@ -246,6 +263,33 @@ class ConsentService:
             '/coopgate.v1.ConsentService/RequestConsent',
             coopgate_dot_v1_dot_consents__pb2.RequestConsentRequest.SerializeToString,
             coopgate_dot_v1_dot_consents__pb2.RequestConsentResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def RefuseConsentRequest(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/coopgate.v1.ConsentService/RefuseConsentRequest',
+            coopgate_dot_v1_dot_consents__pb2.RefuseConsentRequestRequest.SerializeToString,
+            coopgate_dot_v1_dot_consents__pb2.RefuseConsentRequestResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -44,6 +44,8 @@ class ConsentServiceStub:
     """Asks the customer, through the relationship owner's channel, for consent
     at the point of need.
     """
+    RefuseConsentRequest: _grpc.UnaryUnaryMultiCallable[_consents_pb2.RefuseConsentRequestRequest, _consents_pb2.RefuseConsentRequestResponse]
+    """The customer refused a consent request (relayed by the partner that asked them)."""
     GetReceiptKey: _grpc.UnaryUnaryMultiCallable[_consents_pb2.GetReceiptKeyRequest, _consents_pb2.GetReceiptKeyResponse]
     """The gateway's published receipt-signing key, for offline verification."""
 
@@ -63,6 +65,8 @@ class ConsentServiceAsyncStub(ConsentServiceStub):
     """Asks the customer, through the relationship owner's channel, for consent
     at the point of need.
     """
+    RefuseConsentRequest: _aio.UnaryUnaryMultiCallable[_consents_pb2.RefuseConsentRequestRequest, _consents_pb2.RefuseConsentRequestResponse]  # type: ignore[assignment]
+    """The customer refused a consent request (relayed by the partner that asked them)."""
     GetReceiptKey: _aio.UnaryUnaryMultiCallable[_consents_pb2.GetReceiptKeyRequest, _consents_pb2.GetReceiptKeyResponse]  # type: ignore[assignment]
     """The gateway's published receipt-signing key, for offline verification."""
 
@@ -103,6 +107,14 @@ class ConsentServiceServicer(metaclass=_abc_1.ABCMeta):
         """Asks the customer, through the relationship owner's channel, for consent
         at the point of need.
         """
+
+    @_abc_1.abstractmethod
+    def RefuseConsentRequest(
+        self,
+        request: _consents_pb2.RefuseConsentRequestRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_consents_pb2.RefuseConsentRequestResponse, _abc.Awaitable[_consents_pb2.RefuseConsentRequestResponse]]:
+        """The customer refused a consent request (relayed by the partner that asked them)."""
 
     @_abc_1.abstractmethod
     def GetReceiptKey(

@@ -135,6 +135,56 @@ class CustomerNotification(_message.Message):
 Global___CustomerNotification: _TypeAlias = CustomerNotification  # noqa: Y015
 
 @_typing.final
+class ConsentPrompt(_message.Message):
+    """ConsentPrompt asks the customer, through the partner they talk to, to allow
+    a flow of their data; the partner answers with GrantConsent (carrying the
+    consent_request_id) or RefuseConsentRequest.
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    CONSENT_REQUEST_ID_FIELD_NUMBER: _builtins.int
+    CASE_ID_FIELD_NUMBER: _builtins.int
+    CUSTOMER_LOCAL_ID_FIELD_NUMBER: _builtins.int
+    CHANNEL_FIELD_NUMBER: _builtins.int
+    SOURCE_PARTNER_ID_FIELD_NUMBER: _builtins.int
+    RECIPIENT_PARTNER_ID_FIELD_NUMBER: _builtins.int
+    CATEGORIES_FIELD_NUMBER: _builtins.int
+    PURPOSES_FIELD_NUMBER: _builtins.int
+    REASON_FIELD_NUMBER: _builtins.int
+    consent_request_id: _builtins.str
+    case_id: _builtins.str
+    customer_local_id: _builtins.str
+    channel: _common_pb2.Channel.ValueType
+    source_partner_id: _builtins.str
+    recipient_partner_id: _builtins.str
+    reason: _builtins.str
+    @_builtins.property
+    def categories(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]: ...
+    @_builtins.property
+    def purposes(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]: ...
+    def __init__(
+        self,
+        *,
+        consent_request_id: _builtins.str = ...,
+        case_id: _builtins.str = ...,
+        customer_local_id: _builtins.str = ...,
+        channel: _common_pb2.Channel.ValueType = ...,
+        source_partner_id: _builtins.str = ...,
+        recipient_partner_id: _builtins.str = ...,
+        categories: _abc.Iterable[_builtins.str] | None = ...,
+        purposes: _abc.Iterable[_builtins.str] | None = ...,
+        reason: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["case_id", b"case_id", "categories", b"categories", "channel", b"channel", "consent_request_id", b"consent_request_id", "customer_local_id", b"customer_local_id", "purposes", b"purposes", "reason", b"reason", "recipient_partner_id", b"recipient_partner_id", "source_partner_id", b"source_partner_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ConsentPrompt: _TypeAlias = ConsentPrompt  # noqa: Y015
+
+@_typing.final
 class WorkItem(_message.Message):
     DESCRIPTOR: _descriptor.Descriptor
 
@@ -144,6 +194,7 @@ class WorkItem(_message.Message):
     DIAGNOSIS_REQUEST_FIELD_NUMBER: _builtins.int
     OWNERSHIP_OFFER_FIELD_NUMBER: _builtins.int
     CUSTOMER_NOTIFICATION_FIELD_NUMBER: _builtins.int
+    CONSENT_PROMPT_FIELD_NUMBER: _builtins.int
     work_id: _builtins.str
     """Acknowledge with this id."""
     redeliveries: _builtins.int
@@ -156,6 +207,8 @@ class WorkItem(_message.Message):
     def ownership_offer(self) -> Global___OwnershipOffer: ...
     @_builtins.property
     def customer_notification(self) -> Global___CustomerNotification: ...
+    @_builtins.property
+    def consent_prompt(self) -> Global___ConsentPrompt: ...
     def __init__(
         self,
         *,
@@ -165,12 +218,13 @@ class WorkItem(_message.Message):
         diagnosis_request: Global___DiagnosisRequest | None = ...,
         ownership_offer: Global___OwnershipOffer | None = ...,
         customer_notification: Global___CustomerNotification | None = ...,
+        consent_prompt: Global___ConsentPrompt | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["created_at", b"created_at", "customer_notification", b"customer_notification", "diagnosis_request", b"diagnosis_request", "ownership_offer", b"ownership_offer", "payload", b"payload"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["consent_prompt", b"consent_prompt", "created_at", b"created_at", "customer_notification", b"customer_notification", "diagnosis_request", b"diagnosis_request", "ownership_offer", b"ownership_offer", "payload", b"payload"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["created_at", b"created_at", "customer_notification", b"customer_notification", "diagnosis_request", b"diagnosis_request", "ownership_offer", b"ownership_offer", "payload", b"payload", "redeliveries", b"redeliveries", "work_id", b"work_id"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["consent_prompt", b"consent_prompt", "created_at", b"created_at", "customer_notification", b"customer_notification", "diagnosis_request", b"diagnosis_request", "ownership_offer", b"ownership_offer", "payload", b"payload", "redeliveries", b"redeliveries", "work_id", b"work_id"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
-    _WhichOneofReturnType_payload: _TypeAlias = _typing.Literal["diagnosis_request", "ownership_offer", "customer_notification"]  # noqa: Y015
+    _WhichOneofReturnType_payload: _TypeAlias = _typing.Literal["diagnosis_request", "ownership_offer", "customer_notification", "consent_prompt"]  # noqa: Y015
     _WhichOneofArgType_payload: _TypeAlias = _typing.Literal["payload", b"payload"]  # noqa: Y015
     def WhichOneof(self, oneof_group: _WhichOneofArgType_payload) -> _WhichOneofReturnType_payload | None: ...
 
