@@ -6,7 +6,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-stamp
 PROTOS := $(wildcard proto/coopgate/v1/*.proto)
 
-.PHONY: run test setup generate check-generated lint typecheck pytest clean
+.PHONY: run test setup generate check-generated lint typecheck pytest bench clean
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -44,6 +44,10 @@ test: setup generate lint typecheck pytest
 
 run: setup
 	$(BIN)/coopgate up
+
+## Benchmarks (not part of `make test`): figures next to a bare-engine baseline.
+bench: $(STAMP)
+	$(BIN)/python -m tests.benchmarks.consent_decision $(BENCH_ARGS)
 
 clean:
 	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache

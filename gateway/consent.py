@@ -17,7 +17,19 @@ from dataclasses import dataclass
 from typing import Any
 
 from coopgate.v1 import admin_pb2, common_pb2, consents_pb2, work_pb2
-from sqlalchemy import Row, func, insert, or_, select, update
+from sqlalchemy import (
+    Column,
+    ColumnElement,
+    Row,
+    func,
+    insert,
+    literal,
+    null,
+    or_,
+    select,
+    union_all,
+    update,
+)
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from gateway.audit.log import AuditLog, AuditRecord
@@ -107,23 +119,21 @@ class ConsentRules:
         The audit records are durable before this returns, so a read that
         cannot be logged does not happen.
         """
-        at = at or _now()
-        flows = set(flows)
-        decisions: dict[Flow, AccessDecision] = {}
-        foreign = {
-            f for f in flows if f.source_partner_id not in (reader.partner_id, GATEWAY_SOURCE)
-        }
-        for flow in flows - foreign:
-            own = flow.source_partner_id == reader.partner_id
-            decisions[flow] = AccessDecision(True, "own-data" if own else "gateway-event")
+        decisions = await self.evaluate(
+            conn,
+            reader_partner_id=reader.partner_id,
+            subject_id=subject_id,
+            service_id=service_id,
+            purpose=purpose,
+            flows=flows,
+            at=at,
+        )
+        foreign = [
+            d
+            for d in decisions
+            if d.source_partner_id != reader.partner_id and d.source_partner_id != GATEWAY_SOURCE
+        ]
         if foreign:
-            sources = {f.source_partner_id for f in foreign}
-            agreements = await self._agreements(conn, sources, reader.partner_id, service_id, at)
-            grants = await self._consents(conn, subject_id, sources)
-            for flow in foreign:
-                decisions[flow] = _decide_flow(
-                    flow, reader.partner_id, purpose, at, agreements, grants
-                )
             await self.audit.record(
                 [
                     AuditRecord(
@@ -146,53 +156,108 @@ class ConsentRules:
             )
         return decisions
 
-    async def _agreements(
+    async def evaluate(
+        self,
+        conn: AsyncConnection,
+        *,
+        reader_partner_id: str,
+        subject_id: str,
+        service_id: str,
+        purpose: str,
+        flows: Iterable[Flow],
+        at: dt.datetime | None = None,
+    ) -> dict[Flow, AccessDecision]:
+        """The decisions alone, without auditing them (callers audit through ``decide``)."""
+        at = at or _now()
+        decisions: dict[Flow, AccessDecision] = {}
+        foreign: set[Flow] = set()
+        for flow in set(flows):
+            if flow.source_partner_id == reader_partner_id:
+                decisions[flow] = AccessDecision(True, "own-data")
+            elif flow.source_partner_id == GATEWAY_SOURCE:
+                decisions[flow] = AccessDecision(True, "gateway-event")
+            else:
+                foreign.add(flow)
+        if foreign:
+            agreements, grants = await self._lookup(
+                conn,
+                {f.source_partner_id for f in foreign},
+                reader_partner_id,
+                subject_id,
+                service_id,
+                at,
+            )
+            for flow in foreign:
+                decisions[flow] = _decide_flow(
+                    flow, reader_partner_id, purpose, at, agreements, grants
+                )
+        return decisions
+
+    async def _lookup(
         self,
         conn: AsyncConnection,
         sources: set[str],
         recipient: str,
+        subject_id: str,
         service_id: str,
         at: dt.datetime,
-    ) -> list[admin_pb2.SharingAgreement]:
-        rows = await conn.execute(
-            select(sharing_agreements.c.definition).where(
-                sharing_agreements.c.source_partner_id.in_(sources),
-                sharing_agreements.c.recipient_partner_id == recipient,
-                sharing_agreements.c.service_id == service_id,
-                sharing_agreements.c.valid_from <= at,
-                or_(
-                    sharing_agreements.c.valid_until.is_(None),
-                    sharing_agreements.c.valid_until > at,
-                ),
-            )
-        )
-        return [admin_pb2.SharingAgreement.FromString(d) for d in rows.scalars()]
+    ) -> tuple[list[admin_pb2.SharingAgreement], list[Grant]]:
+        """The agreements in force and the subject's consents, in one round trip."""
+        only = next(iter(sources)) if len(sources) == 1 else None
 
-    async def _consents(
-        self, conn: AsyncConnection, subject_id: str, sources: set[str]
-    ) -> list[tuple[str, int, dt.datetime, dt.datetime | None, consents_pb2.Consent]]:
-        rows = await conn.execute(
-            select(
-                consents.c.consent_id,
-                consents.c.state,
-                consents.c.valid_from,
-                consents.c.valid_until,
-                consents.c.definition,
-            ).where(
-                consents.c.subject_id == subject_id,
-                consents.c.source_partner_id.in_(sources),
-            )
+        def source_match(column: Column[str]) -> ColumnElement[bool]:
+            return column == only if only is not None else column.in_(sources)
+
+        grants_query = select(
+            literal("c").label("kind"),
+            consents.c.consent_id,
+            consents.c.state,
+            consents.c.valid_from,
+            consents.c.valid_until,
+            consents.c.definition,
+        ).where(consents.c.subject_id == subject_id, source_match(consents.c.source_partner_id))
+        agreements_query = select(
+            literal("a"),
+            sharing_agreements.c.agreement_id,
+            null(),
+            sharing_agreements.c.valid_from,
+            sharing_agreements.c.valid_until,
+            sharing_agreements.c.definition,
+        ).where(
+            source_match(sharing_agreements.c.source_partner_id),
+            sharing_agreements.c.recipient_partner_id == recipient,
+            sharing_agreements.c.service_id == service_id,
+            sharing_agreements.c.valid_from <= at,
+            or_(
+                sharing_agreements.c.valid_until.is_(None),
+                sharing_agreements.c.valid_until > at,
+            ),
         )
-        return [
-            (
-                r.consent_id,
-                r.state,
-                r.valid_from,
-                r.valid_until,
-                consents_pb2.Consent.FromString(r.definition),
-            )
-            for r in rows
-        ]
+        agreements: list[admin_pb2.SharingAgreement] = []
+        grants: list[Grant] = []
+        for row in await conn.execute(union_all(grants_query, agreements_query)):
+            if row.kind == "a":
+                agreements.append(admin_pb2.SharingAgreement.FromString(row.definition))
+            else:
+                grants.append(
+                    Grant(
+                        row.consent_id,
+                        row.state,
+                        row.valid_from,
+                        row.valid_until,
+                        consents_pb2.Consent.FromString(row.definition),
+                    )
+                )
+        return agreements, grants
+
+
+@dataclass(slots=True, frozen=True)
+class Grant:
+    consent_id: str
+    state: int
+    valid_from: dt.datetime
+    valid_until: dt.datetime | None
+    consent: consents_pb2.Consent
 
 
 def _decide_flow(
@@ -201,7 +266,7 @@ def _decide_flow(
     purpose: str,
     at: dt.datetime,
     agreements: Sequence[admin_pb2.SharingAgreement],
-    grants: Sequence[tuple[str, int, dt.datetime, dt.datetime | None, consents_pb2.Consent]],
+    grants: Sequence[Grant],
 ) -> AccessDecision:
     agreement = next(
         (
@@ -216,7 +281,9 @@ def _decide_flow(
     if agreement is None:
         return AccessDecision(False, "no-sharing-agreement")
     best = "no-consent"
-    for consent_id, state, valid_from, valid_until, consent in grants:
+    for grant in grants:
+        consent_id, state, consent = grant.consent_id, grant.state, grant.consent
+        valid_from, valid_until = grant.valid_from, grant.valid_until
         if consent.source_partner_id != flow.source_partner_id:
             continue
         if reader not in consent.recipient_partner_ids:

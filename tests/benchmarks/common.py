@@ -1,0 +1,70 @@
+"""Shared helpers for the benchmarks (run with `make bench`, not part of `make test`).
+
+Every figure is reported next to a bare-engine baseline measured in the same
+run, on the same database, because these machines are noisy.
+"""
+
+from __future__ import annotations
+
+import os
+import statistics
+import time
+import uuid
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from dataclasses import dataclass
+
+import asyncpg
+
+PG_ADMIN_DSN = os.environ.get("COOPGATE_TEST_PG_DSN", "postgresql://postgres@127.0.0.1:5432/test")
+
+
+@dataclass(slots=True, frozen=True)
+class Latency:
+    p50_us: float
+    p99_us: float
+    mean_us: float
+    n: int
+
+    def __str__(self) -> str:
+        return f"p50 {self.p50_us:8.1f} µs  p99 {self.p99_us:8.1f} µs  (n={self.n})"
+
+
+def summarize(samples_ns: list[int]) -> Latency:
+    ordered = sorted(samples_ns)
+    p99 = ordered[min(len(ordered) - 1, int(len(ordered) * 0.99))]
+    return Latency(
+        p50_us=statistics.median(ordered) / 1000,
+        p99_us=p99 / 1000,
+        mean_us=statistics.fmean(ordered) / 1000,
+        n=len(ordered),
+    )
+
+
+def now_ns() -> int:
+    return time.perf_counter_ns()
+
+
+@asynccontextmanager
+async def database(backend: str, workdir: str) -> AsyncIterator[str]:
+    """A fresh database URL for one benchmark run; dropped afterwards."""
+    if backend == "sqlite":
+        path = os.path.join(workdir, f"bench-{uuid.uuid4().hex[:8]}.db")
+        try:
+            yield f"sqlite+aiosqlite:///{path}"
+        finally:
+            for suffix in ("", "-wal", "-shm"):
+                if os.path.exists(path + suffix):
+                    os.remove(path + suffix)
+        return
+    name = f"coopgate_bench_{uuid.uuid4().hex[:8]}"
+    conn = await asyncpg.connect(PG_ADMIN_DSN)
+    await conn.execute(f'CREATE DATABASE "{name}"')
+    await conn.close()
+    base = PG_ADMIN_DSN.rsplit("/", 1)[0].replace("postgresql://", "postgresql+asyncpg://")
+    try:
+        yield f"{base}/{name}"
+    finally:
+        conn = await asyncpg.connect(PG_ADMIN_DSN)
+        await conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+        await conn.close()
