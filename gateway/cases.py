@@ -32,17 +32,25 @@ from gateway.errors import (
     NotFound,
     PermissionDenied,
 )
-from gateway.idempotency import run_once
+from gateway.idempotency import run_once, run_once_external
 from gateway.pki import Role
 from gateway.pseudonyms import Pseudonyms
 from gateway.store import Store
 from gateway.store.schema import case_events, case_participants, cases, subject_links, subjects
 from gateway.vocabulary import Vocabulary
+from workflows import contracts
 
 MAX_SUMMARY = 4000
 MAX_LOCAL_ID = 200
 MAX_PAGE_SIZE = 200
 DEFAULT_PAGE_SIZE = 50
+FINDINGS_CATEGORY = "diagnostic.findings"
+REPORTABLE_FINDINGS = (
+    cases_pb2.FINDING_STATUS_OK,
+    cases_pb2.FINDING_STATUS_DEGRADED,
+    cases_pb2.FINDING_STATUS_FAULTY,
+    cases_pb2.FINDING_STATUS_UNKNOWN,
+)
 WATCH_BATCH = 200
 WATCH_POLL_SECONDS = 0.2
 #: Category of what the customer told the first-contact partner.
@@ -51,12 +59,24 @@ INTERACTION_CATEGORY = "interaction.history"
 CASE_STATUS_CATEGORY = "case.status"
 
 
-class IncidentStarter(Protocol):
-    """Starts the case's incident workflow; safe to call again for the same case."""
+class Incidents(Protocol):
+    """The line to each case's incident workflow (``gateway.temporal.TemporalIncidents``)."""
 
     async def ensure_started(
         self, case_id: str, service_id: str, first_contact_partner_id: str
     ) -> None: ...
+
+    async def send_finding(self, case_id: str, finding: contracts.Finding) -> None: ...
+
+    async def accept(self, case_id: str, answer: contracts.OwnershipAnswer) -> str: ...
+
+    async def decline(self, case_id: str, answer: contracts.OwnershipAnswer) -> str: ...
+
+    async def resolve(self, case_id: str, request: contracts.ResolveRequest) -> str: ...
+
+    async def confirm(self, case_id: str, answer: contracts.CustomerAnswer) -> str: ...
+
+    async def reopen(self, case_id: str, answer: contracts.CustomerAnswer) -> str: ...
 
 
 @dataclass(slots=True, frozen=True)
@@ -84,8 +104,22 @@ async def append_event(
     *,
     source_partner_id: str,
     category: str,
-) -> int:
-    """Append one timeline item to a case; returns its sequence number."""
+    dedup_key: str | None = None,
+) -> int | None:
+    """Append one timeline item to a case; returns its sequence number.
+
+    With a ``dedup_key`` the append happens once: a retry returns None.
+    """
+    if dedup_key is not None:
+        seen = (
+            await conn.execute(
+                select(case_events.c.sequence).where(
+                    case_events.c.case_id == case_id, case_events.c.dedup_key == dedup_key
+                )
+            )
+        ).first()
+        if seen is not None:
+            return None
     sequence = (
         await conn.execute(
             update(cases)
@@ -103,6 +137,7 @@ async def append_event(
             source_partner_id=source_partner_id,
             category=category,
             item=item.SerializeToString(deterministic=True),
+            dedup_key=dedup_key,
         )
     )
     return int(sequence)
@@ -128,13 +163,13 @@ class Cases:
         self,
         store: Store,
         pseudonyms: Pseudonyms,
-        starter: IncidentStarter,
+        incidents: Incidents,
         rules: ConsentRules,
         vocabulary: Vocabulary,
     ) -> None:
         self.store = store
         self.pseudonyms = pseudonyms
-        self.starter = starter
+        self.incidents = incidents
         self.rules = rules
         self.vocabulary = vocabulary
 
@@ -155,6 +190,28 @@ class Cases:
                 )
             subject_id = await _subject_for(conn, caller.partner_id, request.customer_local_id)
             now = _now()
+            recent = (
+                await conn.execute(
+                    select(cases.c.case_id)
+                    .where(
+                        cases.c.subject_id == subject_id,
+                        cases.c.service_id == service.service_id,
+                        cases.c.status == cases_pb2.CASE_STATUS_RESOLVED,
+                    )
+                    .order_by(cases.c.opened_at.desc())
+                    .limit(1)
+                )
+            ).scalar()
+            if recent is not None:
+                # The same customer reports the same service again while the last
+                # case waits for confirmation: reopen it instead of duplicating.
+                await _append_contact(conn, recent, caller, request, now)
+                row = await _load_case(conn, recent)
+                return cases_pb2.OpenCaseResponse(
+                    case_id=recent,
+                    header=await self._header(conn, caller, row),
+                    reopened_existing=True,
+                )
             case_id = f"case-{uuid.uuid4().hex}"
             await conn.execute(
                 insert(cases).values(
@@ -191,26 +248,7 @@ class Cases:
             ]
             await conn.execute(insert(case_participants), participants)
             await set_status(conn, case_id, cases_pb2.CASE_STATUS_RECEIVED)
-            contact = cases_pb2.TimelineItem(
-                interaction=cases_pb2.Interaction(
-                    interaction_id=f"int-{uuid.uuid4().hex[:16]}",
-                    partner_id=caller.partner_id,
-                    channel=request.channel,
-                    author_kind=cases_pb2.AUTHOR_KIND_ADVISOR,
-                    author_id=request.author_id or caller.person_id,
-                    summary=request.summary,
-                    category=INTERACTION_CATEGORY,
-                )
-            )
-            contact.occurred_at.FromDatetime(now)
-            contact.interaction.occurred_at.FromDatetime(now)
-            await append_event(
-                conn,
-                case_id,
-                contact,
-                source_partner_id=caller.partner_id,
-                category=INTERACTION_CATEGORY,
-            )
+            await _append_contact(conn, case_id, caller, request, now)
             row = await _load_case(conn, case_id)
             return cases_pb2.OpenCaseResponse(
                 case_id=case_id, header=await self._header(conn, caller, row)
@@ -219,9 +257,16 @@ class Cases:
         response, _replayed = await run_once(
             self.store, caller, "OpenCase", request, cases_pb2.OpenCaseResponse, action
         )
+        if response.reopened_existing:
+            if not _replayed:
+                await self.incidents.reopen(
+                    response.case_id,
+                    contracts.CustomerAnswer(partner_id=caller.partner_id, reason=request.summary),
+                )
+            return response
         # Also on a replay: a crash between the commit and the start must not
         # leave a case without its workflow.
-        await self.starter.ensure_started(response.case_id, request.service_id, caller.partner_id)
+        await self.incidents.ensure_started(response.case_id, request.service_id, caller.partner_id)
         return response
 
     async def append_interaction(
@@ -276,7 +321,9 @@ class Cases:
             sequence = await append_event(
                 conn, row.case_id, item, source_partner_id=caller.partner_id, category=category
             )
-            return cases_pb2.AppendInteractionResponse(interaction=interaction, sequence=sequence)
+            return cases_pb2.AppendInteractionResponse(
+                interaction=interaction, sequence=sequence or 0
+            )
 
         response, _ = await run_once(
             self.store,
@@ -287,6 +334,217 @@ class Cases:
             action,
         )
         return response
+
+    async def submit_finding(
+        self, caller: Caller, request: cases_pb2.SubmitFindingRequest
+    ) -> cases_pb2.SubmitFindingResponse:
+        """A chain partner's diagnosis of its component; late findings still count."""
+        caller.require(Role.PARTNER, Role.ADVISOR)
+        given = request.finding
+        violations: list[FieldViolation] = []
+        if not request.case_id:
+            violations.append(FieldViolation("case_id", "is required"))
+        if not given.component:
+            violations.append(FieldViolation("finding.component", "is required"))
+        if given.status not in REPORTABLE_FINDINGS:
+            violations.append(
+                FieldViolation("finding.status", "must be OK, DEGRADED, FAULTY or UNKNOWN")
+            )
+        if not 0.0 <= given.confidence <= 1.0:
+            violations.append(FieldViolation("finding.confidence", "must be in [0, 1]"))
+        if len(given.fault_code) > 100:
+            violations.append(FieldViolation("finding.fault_code", "at most 100 characters"))
+        if len(given.evidence_ref) > 500:
+            violations.append(FieldViolation("finding.evidence_ref", "at most 500 characters"))
+        if violations:
+            raise InvalidArgument(violations)
+
+        async def action(conn: AsyncConnection) -> cases_pb2.SubmitFindingResponse:
+            row = await self._participating_case(conn, caller, request.case_id)
+            service = await load_service(conn, row.service_id, field="case_id")
+            owner = next(
+                (c.partner_id for c in service.components if c.name == given.component), None
+            )
+            if owner is None:
+                raise InvalidArgument.field(
+                    "finding.component", f"service {row.service_id!r} has no such component"
+                )
+            if owner != caller.partner_id:
+                raise PermissionDenied(
+                    f"component {given.component!r} belongs to {owner!r}",
+                    reason="NOT_YOUR_COMPONENT",
+                )
+            finding = cases_pb2.Finding()
+            finding.CopyFrom(given)
+            finding.finding_id = f"fnd-{uuid.uuid4().hex[:16]}"
+            finding.partner_id = caller.partner_id
+            finding.category = FINDINGS_CATEGORY
+            finding.reported_at.FromDatetime(_now())
+            item = cases_pb2.TimelineItem(finding=finding)
+            item.occurred_at.CopyFrom(finding.reported_at)
+            await append_event(
+                conn,
+                row.case_id,
+                item,
+                source_partner_id=caller.partner_id,
+                category=FINDINGS_CATEGORY,
+            )
+            return cases_pb2.SubmitFindingResponse(finding=finding)
+
+        response, _ = await run_once(
+            self.store, caller, "SubmitFinding", request, cases_pb2.SubmitFindingResponse, action
+        )
+        finding = response.finding
+        await self.incidents.send_finding(
+            request.case_id,
+            contracts.Finding(
+                partner_id=finding.partner_id,
+                component=finding.component,
+                status=cases_pb2.FindingStatus.Name(finding.status).removeprefix("FINDING_STATUS_"),
+                confidence=finding.confidence,
+                fault_code=finding.fault_code,
+            ),
+        )
+        return response
+
+    async def answer_offer(
+        self,
+        caller: Caller,
+        request: cases_pb2.AcceptOwnershipRequest | cases_pb2.DeclineOwnershipRequest,
+    ) -> cases_pb2.AcceptOwnershipResponse | cases_pb2.DeclineOwnershipResponse:
+        caller.require(Role.PARTNER, Role.ADVISOR)
+        accept = isinstance(request, cases_pb2.AcceptOwnershipRequest)
+        self._require_ids(request.case_id, request.offer_id, "offer_id")
+        async with self.store.read() as conn:
+            await self._participating_case(conn, caller, request.case_id)
+        reason = "" if accept else request.reason  # type: ignore[union-attr]
+        answer = contracts.OwnershipAnswer(
+            offer_id=request.offer_id, partner_id=caller.partner_id, reason=reason
+        )
+
+        async def effect() -> Any:
+            if accept:
+                await self.incidents.accept(request.case_id, answer)
+                async with self.store.read() as conn:
+                    row = await _load_case(conn, request.case_id)
+                    header = await self._header(conn, caller, row)
+                header.relationship_owner_id = caller.partner_id
+                return cases_pb2.AcceptOwnershipResponse(header=header)
+            await self.incidents.decline(request.case_id, answer)
+            return cases_pb2.DeclineOwnershipResponse()
+
+        response_type: Any = (
+            cases_pb2.AcceptOwnershipResponse if accept else cases_pb2.DeclineOwnershipResponse
+        )
+        method = "AcceptOwnership" if accept else "DeclineOwnership"
+        result: Any = await run_once_external(
+            self.store, caller, method, request, response_type, effect
+        )
+        return result  # type: ignore[no-any-return]
+
+    async def resolve(
+        self, caller: Caller, request: cases_pb2.ResolveCaseRequest
+    ) -> cases_pb2.ResolveCaseResponse:
+        caller.require(Role.PARTNER, Role.ADVISOR)
+        self._require_ids(request.case_id, "x", "")
+        if not request.resolution.strip():
+            raise InvalidArgument.field("resolution", "say what was done")
+        async with self.store.read() as conn:
+            await self._participating_case(conn, caller, request.case_id)
+
+        async def effect() -> cases_pb2.ResolveCaseResponse:
+            await self.incidents.resolve(
+                request.case_id,
+                contracts.ResolveRequest(
+                    partner_id=caller.partner_id, resolution=request.resolution
+                ),
+            )
+            return cases_pb2.ResolveCaseResponse(
+                header=await self._current_header(caller, request.case_id)
+            )
+
+        return await run_once_external(
+            self.store, caller, "ResolveCase", request, cases_pb2.ResolveCaseResponse, effect
+        )
+
+    async def customer_answer(
+        self,
+        caller: Caller,
+        request: cases_pb2.ConfirmResolutionRequest | cases_pb2.ReopenCaseRequest,
+    ) -> cases_pb2.ConfirmResolutionResponse | cases_pb2.ReopenCaseResponse:
+        """The customer confirms the fix or reopens, relayed by a partner."""
+        caller.require(Role.PARTNER, Role.ADVISOR)
+        self._require_ids(request.case_id, "x", "")
+        confirm = isinstance(request, cases_pb2.ConfirmResolutionRequest)
+        async with self.store.read() as conn:
+            await self._participating_case(conn, caller, request.case_id)
+        answer = contracts.CustomerAnswer(
+            partner_id=caller.partner_id,
+            reason="" if confirm else request.reason,  # type: ignore[union-attr]
+        )
+
+        async def effect() -> Any:
+            if confirm:
+                await self.incidents.confirm(request.case_id, answer)
+                return cases_pb2.ConfirmResolutionResponse(
+                    header=await self._current_header(caller, request.case_id)
+                )
+            await self.incidents.reopen(request.case_id, answer)
+            return cases_pb2.ReopenCaseResponse(
+                header=await self._current_header(caller, request.case_id)
+            )
+
+        response_type: Any = (
+            cases_pb2.ConfirmResolutionResponse if confirm else cases_pb2.ReopenCaseResponse
+        )
+        result: Any = await run_once_external(
+            self.store,
+            caller,
+            "ConfirmResolution" if confirm else "ReopenCase",
+            request,
+            response_type,
+            effect,
+        )
+        return result  # type: ignore[no-any-return]
+
+    async def _current_header(self, caller: Caller, case_id: str) -> cases_pb2.CaseHeader:
+        async with self.store.read() as conn:
+            return await self._header(conn, caller, await _load_case(conn, case_id))
+
+    @staticmethod
+    def _require_ids(case_id: str, other: str, other_field: str) -> None:
+        violations = []
+        if not case_id:
+            violations.append(FieldViolation("case_id", "is required"))
+        if other_field and not other:
+            violations.append(FieldViolation(other_field, "is required"))
+        if violations:
+            raise InvalidArgument(violations)
+
+    async def _participating_case(
+        self, conn: AsyncConnection, caller: Caller, case_id: str
+    ) -> CaseRow:
+        """The case for an action: NOT_FOUND if it does not exist, PERMISSION_DENIED
+        if the caller takes no part in it, FAILED_PRECONDITION if it is closed."""
+        row = await _load_case(conn, case_id)
+        takes_part = (
+            await conn.execute(
+                select(case_participants.c.partner_id)
+                .where(
+                    case_participants.c.case_id == case_id,
+                    case_participants.c.partner_id == caller.partner_id,
+                )
+                .limit(1)
+            )
+        ).first()
+        if takes_part is None:
+            raise PermissionDenied(
+                f"partner {caller.partner_id!r} takes no part in this case",
+                reason="NOT_A_PARTICIPANT",
+            )
+        if row.status == cases_pb2.CASE_STATUS_CLOSED:
+            raise FailedPrecondition("the case is closed", reason="CASE_CLOSED")
+        return row
 
     async def get_view(
         self, caller: Caller, request: cases_pb2.GetCaseViewRequest
@@ -491,6 +749,32 @@ class Cases:
         ).scalars()
         header.resolver_ids.extend(sorted(resolvers))
         return header
+
+
+async def _append_contact(
+    conn: AsyncConnection,
+    case_id: str,
+    caller: Caller,
+    request: cases_pb2.OpenCaseRequest,
+    now: dt.datetime,
+) -> None:
+    """The customer's report, as the partner they contacted took it."""
+    contact = cases_pb2.TimelineItem(
+        interaction=cases_pb2.Interaction(
+            interaction_id=f"int-{uuid.uuid4().hex[:16]}",
+            partner_id=caller.partner_id,
+            channel=request.channel,
+            author_kind=cases_pb2.AUTHOR_KIND_ADVISOR,
+            author_id=request.author_id or caller.person_id,
+            summary=request.summary,
+            category=INTERACTION_CATEGORY,
+        )
+    )
+    contact.occurred_at.FromDatetime(now)
+    contact.interaction.occurred_at.FromDatetime(now)
+    await append_event(
+        conn, case_id, contact, source_partner_id=caller.partner_id, category=INTERACTION_CATEGORY
+    )
 
 
 def _validate_open(request: cases_pb2.OpenCaseRequest) -> None:

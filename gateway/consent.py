@@ -113,11 +113,13 @@ class ConsentRules:
         flows: Iterable[Flow],
         case_id: str = "",
         at: dt.datetime | None = None,
+        in_write_transaction: bool = False,
     ) -> dict[Flow, AccessDecision]:
         """Decide every flow for one reader, subject and purpose; audit each decision.
 
         The audit records are durable before this returns, so a read that
-        cannot be logged does not happen.
+        cannot be logged does not happen. A caller already holding a write
+        transaction records them in it (``in_write_transaction``).
         """
         decisions = await self.evaluate(
             conn,
@@ -134,7 +136,12 @@ class ConsentRules:
             if d.source_partner_id != reader.partner_id and d.source_partner_id != GATEWAY_SOURCE
         ]
         if foreign:
-            await self.audit.record(
+            record = (
+                (lambda records: self.audit.record_in(conn, records))
+                if in_write_transaction
+                else self.audit.record
+            )
+            await record(
                 [
                     AuditRecord(
                         kind="access",

@@ -113,3 +113,40 @@ async def run_once(
         # Not a key race: the action itself violated a constraint.
         raise RuntimeError("write failed on a constraint") from conflict
     return response_type.FromString(stored), True
+
+
+async def run_once_external(
+    store: Store,
+    caller: Caller,
+    method: str,
+    request: Message,
+    response_type: type[R],
+    effect: Callable[[], Awaitable[R]],
+) -> R:
+    """Like ``run_once`` for an effect outside the store (a workflow update) that
+    is itself idempotent: a retry replays the stored response; a concurrent
+    duplicate at worst repeats the harmless effect."""
+    key: str = getattr(request, "idempotency_key")  # noqa: B009 - every mutating request has one
+    validate_key(key)
+    fingerprint = request_fingerprint(request)
+    async with store.read() as conn:
+        stored = await _stored(conn, caller, method, key, fingerprint)
+    if stored is not None:
+        return response_type.FromString(stored)
+    response = await effect()
+    try:
+        async with store.write() as conn:
+            if await _stored(conn, caller, method, key, fingerprint) is None:
+                await conn.execute(
+                    insert(idempotency_keys).values(
+                        partner_id=caller.partner_id,
+                        method=method,
+                        idempotency_key=key,
+                        request_hash=fingerprint,
+                        response=response.SerializeToString(deterministic=True),
+                        created_at=dt.datetime.now(dt.UTC),
+                    )
+                )
+    except IntegrityError:
+        pass  # a concurrent duplicate stored the same outcome first
+    return response

@@ -84,10 +84,7 @@ def create_server(
     )
     # Services of the contract without a servicer yet (audit, identity) are
     # listed by reflection and answer UNIMPLEMENTED.
-    cases_pb2_grpc.add_CaseServiceServicer_to_server(
-        CaseServicer(domain.cases),  # type: ignore[abstract]
-        server,
-    )
+    cases_pb2_grpc.add_CaseServiceServicer_to_server(CaseServicer(domain.cases), server)
     admin_pb2_grpc.add_AdminServiceServicer_to_server(AdminServicer(domain.admin), server)
     consents_pb2_grpc.add_ConsentServiceServicer_to_server(ConsentServicer(domain.consents), server)
     work_pb2_grpc.add_PartnerWorkServiceServicer_to_server(PartnerWorkServicer(domain.work), server)

@@ -54,6 +54,44 @@ class CaseServicer(cases_pb2_grpc.CaseServiceServicer):
     ) -> cases_pb2.AppendInteractionResponse:
         return await self._cases.append_interaction(current_caller(), request)
 
+    async def SubmitFinding(
+        self, request: cases_pb2.SubmitFindingRequest, context: Context
+    ) -> cases_pb2.SubmitFindingResponse:
+        return await self._cases.submit_finding(current_caller(), request)
+
+    async def AcceptOwnership(
+        self, request: cases_pb2.AcceptOwnershipRequest, context: Context
+    ) -> cases_pb2.AcceptOwnershipResponse:
+        response = await self._cases.answer_offer(current_caller(), request)
+        assert isinstance(response, cases_pb2.AcceptOwnershipResponse)
+        return response
+
+    async def DeclineOwnership(
+        self, request: cases_pb2.DeclineOwnershipRequest, context: Context
+    ) -> cases_pb2.DeclineOwnershipResponse:
+        response = await self._cases.answer_offer(current_caller(), request)
+        assert isinstance(response, cases_pb2.DeclineOwnershipResponse)
+        return response
+
+    async def ResolveCase(
+        self, request: cases_pb2.ResolveCaseRequest, context: Context
+    ) -> cases_pb2.ResolveCaseResponse:
+        return await self._cases.resolve(current_caller(), request)
+
+    async def ConfirmResolution(
+        self, request: cases_pb2.ConfirmResolutionRequest, context: Context
+    ) -> cases_pb2.ConfirmResolutionResponse:
+        response = await self._cases.customer_answer(current_caller(), request)
+        assert isinstance(response, cases_pb2.ConfirmResolutionResponse)
+        return response
+
+    async def ReopenCase(
+        self, request: cases_pb2.ReopenCaseRequest, context: Context
+    ) -> cases_pb2.ReopenCaseResponse:
+        response = await self._cases.customer_answer(current_caller(), request)
+        assert isinstance(response, cases_pb2.ReopenCaseResponse)
+        return response
+
     async def WatchCase(
         self, request: cases_pb2.WatchCaseRequest, context: Context
     ) -> AsyncIterator[cases_pb2.WatchCaseResponse]:

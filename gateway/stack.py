@@ -38,7 +38,7 @@ from gateway.receipts import ReceiptSigner
 from gateway.server import Domain, ServerTLS, create_server, mark_serving
 from gateway.settings import Settings
 from gateway.store import Store, create_store, migrate
-from gateway.temporal import TemporalIncidentStarter, connect, create_worker
+from gateway.temporal import TemporalIncidents, connect, create_worker
 from gateway.vocabulary import Vocabulary
 from gateway.work import PartnerWork
 
@@ -216,11 +216,11 @@ async def open_runtime(
         pseudonyms = Pseudonyms.from_file(settings.secrets_dir / "pseudonym.key")
         signer = ReceiptSigner.from_file(settings.secrets_dir / "receipt.key")
         vocabulary = Vocabulary.load(settings.vocabulary)
-        starter = TemporalIncidentStarter(client, settings.task_queue)
+        incidents = TemporalIncidents(client, settings.task_queue)
         audit = AuditLog(store)
         rules = ConsentRules(audit)
         admin = Admin(store, vocabulary)
-        cases = Cases(store, pseudonyms, starter, rules, vocabulary)
+        cases = Cases(store, pseudonyms, incidents, rules, vocabulary)
         consents = Consents(store, vocabulary, pseudonyms, signer, audit)
         if seed:
             await catalog.seed(admin)
@@ -229,7 +229,7 @@ async def open_runtime(
             store=store,
             client=client,
             domain=Domain(admin=admin, cases=cases, consents=consents, work=PartnerWork(store)),
-            activities=IncidentActivities(cases),
+            activities=IncidentActivities(store, cases, rules, audit, pseudonyms),
             audit=audit,
         )
     finally:

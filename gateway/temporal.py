@@ -3,8 +3,14 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import Any
 
-from temporalio.client import Client, TLSConfig, WorkflowExecutionStatus
+from temporalio.client import (
+    Client,
+    TLSConfig,
+    WorkflowExecutionStatus,
+    WorkflowUpdateFailedError,
+)
 from temporalio.common import WorkflowIDConflictPolicy, WorkflowIDReusePolicy
 from temporalio.contrib.opentelemetry import TracingInterceptor
 from temporalio.exceptions import WorkflowAlreadyStartedError
@@ -12,9 +18,16 @@ from temporalio.service import RPCError
 from temporalio.worker import Worker
 
 from gateway.activities import IncidentActivities
-from gateway.errors import Unavailable
+from gateway.errors import FailedPrecondition, Unavailable
 from gateway.settings import Settings
-from workflows import IncidentInput, IncidentWorkflow
+from workflows import IncidentWorkflow
+from workflows.contracts import (
+    CustomerAnswer,
+    Finding,
+    IncidentInput,
+    OwnershipAnswer,
+    ResolveRequest,
+)
 
 
 async def connect(settings: Settings) -> Client:
@@ -39,8 +52,11 @@ def _read(path: object) -> bytes | None:
     return Path(str(path)).read_bytes() if path else None
 
 
-class TemporalIncidentStarter:
-    """Starts ``IncidentWorkflow`` with workflow id = case id, at most once."""
+class TemporalIncidents:
+    """The gateway's line to each case's ``IncidentWorkflow`` (workflow id = case id):
+    start it at most once, and pass it findings, ownership answers, resolutions
+    and the customer's confirmation. A rejected update or a finished workflow
+    becomes FAILED_PRECONDITION with the workflow's reason."""
 
     def __init__(self, client: Client, task_queue: str) -> None:
         self._client = client
@@ -73,6 +89,52 @@ class TemporalIncidentStarter:
     async def status(self, case_id: str) -> WorkflowExecutionStatus | None:
         description = await self._client.get_workflow_handle(case_id).describe()
         return description.status
+
+    async def send_finding(self, case_id: str, finding: Finding) -> None:
+        try:
+            await self._client.get_workflow_handle(case_id).signal(
+                IncidentWorkflow.submit_finding, finding
+            )
+        except RPCError as exc:
+            raise _closed_or_unavailable(exc) from exc
+
+    async def accept(self, case_id: str, answer: OwnershipAnswer) -> str:
+        return await self._update(case_id, "accept_ownership", answer)
+
+    async def decline(self, case_id: str, answer: OwnershipAnswer) -> str:
+        return await self._update(case_id, "decline_ownership", answer)
+
+    async def resolve(self, case_id: str, request: ResolveRequest) -> str:
+        return await self._update(case_id, "resolve", request)
+
+    async def confirm(self, case_id: str, answer: CustomerAnswer) -> str:
+        return await self._update(case_id, "confirm", answer)
+
+    async def reopen(self, case_id: str, answer: CustomerAnswer) -> str:
+        return await self._update(case_id, "reopen", answer)
+
+    async def _update(self, case_id: str, name: str, arg: Any) -> str:
+        handle = self._client.get_workflow_handle(case_id)
+        try:
+            result: str = await handle.execute_update(name, arg, result_type=str)
+        except WorkflowUpdateFailedError as exc:
+            cause = exc.cause
+            message = getattr(cause, "message", None) or str(cause or exc)
+            raise FailedPrecondition(message, reason="CASE_STATE_REFUSED") from exc
+        except RPCError as exc:
+            raise _closed_or_unavailable(exc) from exc
+        return result
+
+
+def _closed_or_unavailable(exc: RPCError) -> Exception:
+    from temporalio.service import RPCStatusCode
+
+    if exc.status == RPCStatusCode.NOT_FOUND:
+        return FailedPrecondition("the case is closed", reason="CASE_CLOSED")
+    return Unavailable(
+        "the workflow engine cannot be reached; retry with the same idempotency key",
+        reason="WORKFLOW_ENGINE_UNAVAILABLE",
+    )
 
 
 def create_worker(

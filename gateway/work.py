@@ -12,7 +12,7 @@ import datetime as dt
 from collections.abc import AsyncIterator
 
 from coopgate.v1 import work_pb2
-from sqlalchemy import select, update
+from sqlalchemy import insert, select, update
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from gateway.caller import Caller
@@ -95,3 +95,30 @@ class PartnerWork:
             self.store, caller, "Acknowledge", request, work_pb2.AcknowledgeResponse, action
         )
         return response
+
+
+async def enqueue(
+    conn: AsyncConnection, work_id: str, partner_id: str, item: work_pb2.WorkItem
+) -> bool:
+    """Queue an item for a partner once: the same ``work_id`` again is a no-op.
+
+    Returns whether the item was new.
+    """
+    exists = (
+        await conn.execute(select(work_items.c.work_id).where(work_items.c.work_id == work_id))
+    ).first()
+    if exists is not None:
+        return False
+    now = dt.datetime.now(dt.UTC)
+    item.work_id = work_id
+    item.created_at.FromDatetime(now)
+    await conn.execute(
+        insert(work_items).values(
+            work_id=work_id,
+            partner_id=partner_id,
+            created_at=now,
+            item=item.SerializeToString(deterministic=True),
+            deliveries=0,
+        )
+    )
+    return True

@@ -3,21 +3,8 @@ decisions it uses, and the contracts (names and dataclasses) of the activities
 that ``gateway`` implements. Imports temporalio and the standard library only.
 """
 
-from workflows.contracts import (
-    RECORD_CASE_STATUS,
-    IncidentInput,
-    IncidentOutcome,
-    RecordCaseStatusInput,
-)
 from workflows.incident import IncidentWorkflow
 
 TASK_QUEUE = "coopgate-incidents"
 
-__all__ = [
-    "RECORD_CASE_STATUS",
-    "TASK_QUEUE",
-    "IncidentInput",
-    "IncidentOutcome",
-    "IncidentWorkflow",
-    "RecordCaseStatusInput",
-]
+__all__ = ["TASK_QUEUE", "IncidentWorkflow"]

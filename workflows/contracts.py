@@ -1,14 +1,26 @@
-"""Activity contracts: names and the one dataclass each takes or returns.
+"""Activity contracts and workflow messages: names and the one dataclass each
+takes or returns.
 
-The gateway implements these activities; workflows call them by name, so
-neither package imports the other's code.
+The gateway implements the activities; workflows call them by name, so
+neither package imports the other's code. Statuses and finding states are
+``coopgate.v1`` enum names without their prefix (``"DIAGNOSING"``,
+``"FAULTY"``), as workflows do not import generated code.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
+LOAD_INCIDENT = "load_incident"
 RECORD_CASE_STATUS = "record_case_status"
+REQUEST_DIAGNOSIS = "request_diagnosis"
+RECORD_UNRESPONSIVE = "record_unresponsive"
+RECORD_OWNERSHIP_DECISION = "record_ownership_decision"
+OFFER_OWNERSHIP = "offer_ownership"
+ASSIGN_OWNER = "assign_owner"
+NOTIFY_CUSTOMER = "notify_customer"
+ESCALATE = "escalate"
+RECORD_KPIS = "record_kpis"
 
 
 @dataclass(slots=True, frozen=True)
@@ -16,23 +28,211 @@ class IncidentInput:
     case_id: str
     service_id: str
     first_contact_partner_id: str
+    #: Set when the workflow continues as new: what it carries over.
+    carried: CarriedState | None = None
+
+
+@dataclass(slots=True, frozen=True)
+class CarriedState:
+    round: int
+    reopens: int
+    sla_breaches: tuple[str, ...]
+    owner_id: str
+    owner_assigned_after_s: float | None
 
 
 @dataclass(slots=True, frozen=True)
 class IncidentOutcome:
     case_id: str
     status: str
+    owner_id: str = ""
+
+
+@dataclass(slots=True, frozen=True)
+class ComponentSpec:
+    name: str
+    partner_id: str
+    diagnosis_deadline_s: float
+
+
+@dataclass(slots=True, frozen=True)
+class PolicySpec:
+    host_partner_id: str
+    min_fault_confidence: float
+    acceptance_deadline_s: float
+
+
+@dataclass(slots=True, frozen=True)
+class ServiceLevelSpec:
+    time_to_owner_s: float
+    time_to_resolution_s: float
+    confirmation_window_s: float
+
+
+@dataclass(slots=True, frozen=True)
+class LoadIncidentInput:
+    case_id: str
+
+
+@dataclass(slots=True, frozen=True)
+class IncidentContext:
+    case_id: str
+    service_id: str
+    first_contact_partner_id: str
+    components: tuple[ComponentSpec, ...]
+    policy: PolicySpec
+    service_level: ServiceLevelSpec
+    #: Seconds since the epoch at which the case was opened.
+    opened_at_s: float
 
 
 @dataclass(slots=True, frozen=True)
 class RecordCaseStatusInput:
-    """Move the case projection to ``status`` (a ``coopgate.v1.CaseStatus`` name
-    without its prefix, e.g. ``"DIAGNOSING"``) and append it to the timeline."""
+    """Move the case projection to ``status`` and append it to the timeline."""
 
     case_id: str
     status: str
 
 
 @dataclass(slots=True, frozen=True)
-class CloseCaseSignal:
+class DiagnosisRequestInput:
+    case_id: str
+    request_id: str
+    component: str
+    partner_id: str
+    deadline_s: float
+
+
+@dataclass(slots=True, frozen=True)
+class UnresponsiveInput:
+    case_id: str
+    component: str
+    partner_id: str
+    request_id: str
+
+
+@dataclass(slots=True, frozen=True)
+class Finding:
+    """A partner's diagnosis of its component (``status``: OK, DEGRADED, FAULTY,
+    UNKNOWN or UNRESPONSIVE)."""
+
+    partner_id: str
+    component: str
+    status: str
+    confidence: float = 0.0
+    fault_code: str = ""
+    #: Seconds after the request was sent (None when unresponsive).
+    response_s: float | None = None
+
+
+@dataclass(slots=True, frozen=True)
+class Hypothesis:
+    component: str
+    partner_id: str
+    score: float
+    fault_code: str
+
+
+@dataclass(slots=True, frozen=True)
+class OwnershipDecision:
+    decision_id: str
+    #: Candidates in order; the first who accepts owns the relationship.
+    owner_candidates: tuple[str, ...]
+    resolver_ids: tuple[str, ...]
+    rule: str
+    explanation: str
+    escalate: bool = False
+    hypotheses: tuple[Hypothesis, ...] = ()
+
+
+@dataclass(slots=True, frozen=True)
+class RecordDecisionInput:
+    case_id: str
+    decision: OwnershipDecision
+    findings: tuple[Finding, ...]
+
+
+@dataclass(slots=True, frozen=True)
+class OfferInput:
+    case_id: str
+    offer_id: str
+    partner_id: str
+    decision: OwnershipDecision
+    deadline_s: float
+
+
+@dataclass(slots=True, frozen=True)
+class AssignOwnerInput:
+    case_id: str
+    owner_id: str
+    resolver_ids: tuple[str, ...]
+    accepted: bool
+    #: Why: "accepted", or "fallback: no candidate accepted (no wrong door)".
     reason: str
+
+
+@dataclass(slots=True, frozen=True)
+class NotifyInput:
+    case_id: str
+    #: received, diagnosing, owner-assigned, waiting-on-partner, escalated, resolved,
+    #: closed or reopened
+    milestone: str
+    message: str
+    notification_id: str
+
+
+@dataclass(slots=True, frozen=True)
+class EscalateInput:
+    case_id: str
+    escalation_id: str
+    reason: str
+    expert_partner_id: str
+
+
+@dataclass(slots=True, frozen=True)
+class KpiInput:
+    case_id: str
+    time_to_owner_s: float | None
+    time_to_resolution_s: float | None
+    first_contact_resolution: bool
+    sla_breaches: tuple[str, ...]
+    reopens: int
+    partner_response_s: dict[str, float] = field(default_factory=dict)
+    unresponsive_partners: tuple[str, ...] = ()
+
+
+# -- messages the gateway sends the workflow ---------------------------------
+
+
+@dataclass(slots=True, frozen=True)
+class OwnershipAnswer:
+    offer_id: str
+    partner_id: str
+    reason: str = ""
+
+
+@dataclass(slots=True, frozen=True)
+class ResolveRequest:
+    partner_id: str
+    resolution: str
+
+
+@dataclass(slots=True, frozen=True)
+class CustomerAnswer:
+    """The customer confirmed, or reopened, relayed by ``partner_id``."""
+
+    partner_id: str
+    reason: str = ""
+
+
+@dataclass(slots=True, frozen=True)
+class CaseState:
+    """What the workflow reports about itself (query)."""
+
+    status: str
+    round: int
+    owner_id: str
+    current_offer_id: str
+    current_offer_partner_id: str
+    findings: tuple[Finding, ...]
+    decision: OwnershipDecision | None

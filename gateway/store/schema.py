@@ -12,8 +12,10 @@ from typing import Any
 
 from sqlalchemy import (
     BigInteger,
+    Boolean,
     Column,
     DateTime,
+    Float,
     ForeignKey,
     Index,
     Integer,
@@ -169,6 +171,9 @@ case_events = Table(
     Column("category", String(100), nullable=False),
     # Serialized coopgate.v1.TimelineItem.
     Column("item", LargeBinary, nullable=False),
+    # Deterministic id of an event written by an activity, so a retry writes it once.
+    Column("dedup_key", String(200), nullable=True),
+    Index("uq_case_events_dedup", "case_id", "dedup_key", unique=True),
 )
 
 idempotency_keys = Table(
@@ -238,7 +243,7 @@ consent_requests = Table(
 work_items = Table(
     "work_items",
     metadata,
-    Column("work_id", String(64), primary_key=True),
+    Column("work_id", String(200), primary_key=True),
     Column("partner_id", String(63), ForeignKey("partners.partner_id"), nullable=False),
     Column("created_at", UtcDateTime, nullable=False),
     # Serialized coopgate.v1.WorkItem.
@@ -294,4 +299,21 @@ audit_checkpoints = Table(
     Column("root_hash", LargeBinary, nullable=False),
     Column("note", Text, nullable=False),
     Column("created_at", UtcDateTime, nullable=False),
+)
+
+case_kpis = Table(
+    "case_kpis",
+    metadata,
+    Column(
+        "case_id", String(64), ForeignKey("cases.case_id", ondelete="CASCADE"), primary_key=True
+    ),
+    Column("service_id", String(63), nullable=False),
+    Column("time_to_owner_s", Float, nullable=True),
+    Column("time_to_resolution_s", Float, nullable=True),
+    Column("first_contact_resolution", Boolean, nullable=False),
+    Column("sla_breaches", Integer, nullable=False),
+    Column("reopens", Integer, nullable=False),
+    # JSON: {"sla_breaches": [...], "partner_response_s": {...}, "unresponsive": [...]}
+    Column("details", Text, nullable=False),
+    Column("recorded_at", UtcDateTime, nullable=False),
 )

@@ -181,7 +181,11 @@ async def test_no_consent_withholds_grant_allows_withdrawal_withholds_again(
         rows = (
             await conn.execute(
                 select(audit_entries.c.decision, audit_entries.c.canonical)
-                .where(audit_entries.c.case_id == scene.case_id, audit_entries.c.kind == "access")
+                .where(
+                    audit_entries.c.case_id == scene.case_id,
+                    audit_entries.c.kind == "access",
+                    audit_entries.c.actor_partner_id == "bank-a",
+                )
                 .order_by(audit_entries.c.idx)
             )
         ).all()
@@ -241,10 +245,15 @@ async def test_no_agreement_means_no_flow_even_with_consent(scene: Scene, unique
     )
 
 
-async def next_item(
+async def next_interaction(
     stream: AsyncIterator[cases_pb2.WatchCaseResponse], timeout: float = 5
 ) -> cases_pb2.WatchCaseResponse:
-    return await asyncio.wait_for(anext(stream), timeout)
+    """The next interaction on the stream (the gateway's own events are skipped)."""
+    async with asyncio.timeout(timeout):
+        while True:
+            response = await anext(stream)
+            if response.item.HasField("interaction"):
+                return response
 
 
 async def test_live_stream_stops_the_flow_at_withdrawal(scene: Scene, unique: Key) -> None:
@@ -258,7 +267,7 @@ async def test_live_stream_stops_the_flow_at_withdrawal(scene: Scene, unique: Ke
     stream = call.__aiter__()
     try:
         await telco_says(scene, unique, "second check: applet reinstalled")
-        first = await next_item(stream)
+        first = await next_interaction(stream)
         assert first.item.interaction.summary == "second check: applet reinstalled"
 
         await scene.bank.consents.RevokeConsent(
@@ -279,7 +288,7 @@ async def test_live_stream_stops_the_flow_at_withdrawal(scene: Scene, unique: Ke
             )
         )
         assert own.sequence > hidden
-        following = await next_item(stream)
+        following = await next_interaction(stream)
         assert following.item.interaction.summary == "customer called back"
         assert following.item.sequence == own.sequence
     finally:

@@ -185,6 +185,38 @@ class ConsentPrompt(_message.Message):
 Global___ConsentPrompt: _TypeAlias = ConsentPrompt  # noqa: Y015
 
 @_typing.final
+class CaseNotice(_message.Message):
+    """CaseNotice tells a participating partner about its case: an escalation, a
+    change of owner or resolvers.
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    NOTICE_ID_FIELD_NUMBER: _builtins.int
+    CASE_ID_FIELD_NUMBER: _builtins.int
+    KIND_FIELD_NUMBER: _builtins.int
+    MESSAGE_FIELD_NUMBER: _builtins.int
+    notice_id: _builtins.str
+    case_id: _builtins.str
+    kind: _builtins.str
+    message: _builtins.str
+    def __init__(
+        self,
+        *,
+        notice_id: _builtins.str = ...,
+        case_id: _builtins.str = ...,
+        kind: _builtins.str = ...,
+        message: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["case_id", b"case_id", "kind", b"kind", "message", b"message", "notice_id", b"notice_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___CaseNotice: _TypeAlias = CaseNotice  # noqa: Y015
+
+@_typing.final
 class WorkItem(_message.Message):
     DESCRIPTOR: _descriptor.Descriptor
 
@@ -195,6 +227,7 @@ class WorkItem(_message.Message):
     OWNERSHIP_OFFER_FIELD_NUMBER: _builtins.int
     CUSTOMER_NOTIFICATION_FIELD_NUMBER: _builtins.int
     CONSENT_PROMPT_FIELD_NUMBER: _builtins.int
+    CASE_NOTICE_FIELD_NUMBER: _builtins.int
     work_id: _builtins.str
     """Acknowledge with this id."""
     redeliveries: _builtins.int
@@ -209,6 +242,8 @@ class WorkItem(_message.Message):
     def customer_notification(self) -> Global___CustomerNotification: ...
     @_builtins.property
     def consent_prompt(self) -> Global___ConsentPrompt: ...
+    @_builtins.property
+    def case_notice(self) -> Global___CaseNotice: ...
     def __init__(
         self,
         *,
@@ -219,12 +254,13 @@ class WorkItem(_message.Message):
         ownership_offer: Global___OwnershipOffer | None = ...,
         customer_notification: Global___CustomerNotification | None = ...,
         consent_prompt: Global___ConsentPrompt | None = ...,
+        case_notice: Global___CaseNotice | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["consent_prompt", b"consent_prompt", "created_at", b"created_at", "customer_notification", b"customer_notification", "diagnosis_request", b"diagnosis_request", "ownership_offer", b"ownership_offer", "payload", b"payload"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["case_notice", b"case_notice", "consent_prompt", b"consent_prompt", "created_at", b"created_at", "customer_notification", b"customer_notification", "diagnosis_request", b"diagnosis_request", "ownership_offer", b"ownership_offer", "payload", b"payload"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["consent_prompt", b"consent_prompt", "created_at", b"created_at", "customer_notification", b"customer_notification", "diagnosis_request", b"diagnosis_request", "ownership_offer", b"ownership_offer", "payload", b"payload", "redeliveries", b"redeliveries", "work_id", b"work_id"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["case_notice", b"case_notice", "consent_prompt", b"consent_prompt", "created_at", b"created_at", "customer_notification", b"customer_notification", "diagnosis_request", b"diagnosis_request", "ownership_offer", b"ownership_offer", "payload", b"payload", "redeliveries", b"redeliveries", "work_id", b"work_id"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
-    _WhichOneofReturnType_payload: _TypeAlias = _typing.Literal["diagnosis_request", "ownership_offer", "customer_notification", "consent_prompt"]  # noqa: Y015
+    _WhichOneofReturnType_payload: _TypeAlias = _typing.Literal["diagnosis_request", "ownership_offer", "customer_notification", "consent_prompt", "case_notice"]  # noqa: Y015
     _WhichOneofArgType_payload: _TypeAlias = _typing.Literal["payload", b"payload"]  # noqa: Y015
     def WhichOneof(self, oneof_group: _WhichOneofArgType_payload) -> _WhichOneofReturnType_payload | None: ...
 

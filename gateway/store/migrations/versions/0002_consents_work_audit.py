@@ -93,7 +93,7 @@ def upgrade() -> None:
 
     op.create_table(
         "work_items",
-        sa.Column("work_id", sa.String(length=64), nullable=False),
+        sa.Column("work_id", sa.String(length=200), nullable=False),
         sa.Column("partner_id", sa.String(length=63), nullable=False),
         sa.Column("created_at", sa.DateTime(timezone=True), nullable=False),
         sa.Column("item", sa.LargeBinary(), nullable=False),
