@@ -14,6 +14,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 from collections.abc import Callable
+from dataclasses import replace
 from datetime import datetime, timedelta
 
 from temporalio import workflow
@@ -127,8 +128,8 @@ class IncidentWorkflow:
 
     async def _diagnose(self, context: IncidentContext) -> None:
         """Ask every partner of the chain in parallel; wait for each answer until its
-        deadline; record the silent ones as unresponsive and carry on."""
-        self._findings = {}
+        deadline; record the silent ones as unresponsive and carry on. A finding
+        that arrives before its request went out still counts."""
         now = workflow.now()
         deadlines: dict[str, datetime] = {}
         requests = []
@@ -148,6 +149,9 @@ class IncidentWorkflow:
                 )
             )
         await asyncio.gather(*requests)
+        for name, early in list(self._findings.items()):
+            if early.response_s is None:  # answered before the request went out
+                self._findings[name] = replace(early, response_s=0.0)
         pending = dict(deadlines)
         while pending:
             await self._wait(

@@ -1,0 +1,467 @@
+"""IncidentWorkflow under the time-skipping test server, with the gateway's real
+activities on a real SQLite store: ownership rules, decline and timeout
+chains, fallback, unresponsive partners, SLA escalation after hours of
+simulated time, late findings, reopen with continue-as-new, and replay."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import sys
+import uuid
+from collections.abc import AsyncIterator, Callable
+from dataclasses import dataclass
+from datetime import timedelta
+from pathlib import Path
+
+import pytest
+from coopgate.v1 import admin_pb2, cases_pb2, common_pb2, work_pb2
+from sqlalchemy import select
+from temporalio.client import WorkflowExecutionStatus
+from temporalio.testing import WorkflowEnvironment
+from temporalio.worker import Replayer
+
+from gateway.caller import Caller
+from gateway.errors import FailedPrecondition
+from gateway.pki import Role
+from gateway.settings import Settings
+from gateway.stack import Runtime, open_runtime
+from gateway.store.schema import case_kpis, case_participants, work_items
+from gateway.temporal import create_worker
+from workflows import IncidentWorkflow
+from workflows.contracts import CaseState
+
+BIN = Path(sys.executable).parent
+ADMIN = Caller("coopgate", Role.ADMIN, "test")
+
+
+@pytest.fixture
+async def skipping_env() -> AsyncIterator[WorkflowEnvironment]:
+    """A test server per test: a task left in flight by one test's worker would
+    otherwise hold the shared virtual clock for the next."""
+    env = await WorkflowEnvironment.start_time_skipping(
+        test_server_existing_path=str(BIN / "temporal-test-server")
+    )
+    try:
+        yield env
+    finally:
+        await env.shutdown()
+
+
+@dataclass
+class Incident:
+    runtime: Runtime
+    env: WorkflowEnvironment
+    case_id: str = ""
+    service_id: str = ""
+    customer: str = ""
+
+    def caller(self, partner: str) -> Caller:
+        return Caller(partner, Role.ADVISOR, f"{partner}-advisor")
+
+    async def open(self, partner: str, service: str, customer: str | None = None) -> str:
+        self.customer = customer or f"cust-{uuid.uuid4().hex[:8]}"
+        response = await self.runtime.domain.cases.open_case(
+            self.caller(partner),
+            cases_pb2.OpenCaseRequest(
+                idempotency_key=uuid.uuid4().hex,
+                service_id=service,
+                customer_local_id=self.customer,
+                channel=common_pb2.CHANNEL_PHONE,
+                summary="it does not work",
+            ),
+        )
+        if not self.case_id:
+            self.case_id, self.service_id = response.case_id, service
+        return response.case_id
+
+    async def state(self) -> CaseState:
+        handle = self.env.client.get_workflow_handle(self.case_id)
+        return await handle.query(IncidentWorkflow.state)
+
+    async def until(self, check: Callable[[CaseState], bool], timeout: float = 20) -> CaseState:
+        state = None
+        try:
+            async with asyncio.timeout(timeout):
+                while True:
+                    state = await self.state()
+                    if check(state):
+                        return state
+                    await asyncio.sleep(0.05)
+        except TimeoutError:
+            raise AssertionError(f"workflow never reached the expected state: {state}") from None
+
+    async def finding(
+        self,
+        partner: str,
+        component: str,
+        status: cases_pb2.FindingStatus.ValueType,
+        confidence: float = 0.9,
+        code: str = "",
+    ) -> None:
+        await self.runtime.domain.cases.submit_finding(
+            self.caller(partner),
+            cases_pb2.SubmitFindingRequest(
+                idempotency_key=uuid.uuid4().hex,
+                case_id=self.case_id,
+                finding=cases_pb2.Finding(
+                    component=component, status=status, confidence=confidence, fault_code=code
+                ),
+            ),
+        )
+
+    async def answer_offer(self, partner: str, accept: bool) -> None:
+        state = await self.until(lambda s: s.current_offer_partner_id == partner)
+        request_type = (
+            cases_pb2.AcceptOwnershipRequest if accept else cases_pb2.DeclineOwnershipRequest
+        )
+        await self.runtime.domain.cases.answer_offer(
+            self.caller(partner),
+            request_type(
+                idempotency_key=uuid.uuid4().hex,
+                case_id=self.case_id,
+                offer_id=state.current_offer_id,
+            ),
+        )
+
+    async def resolve(self, partner: str) -> None:
+        await self.until(lambda s: s.status == "OWNED")
+        await self.runtime.domain.cases.resolve(
+            self.caller(partner),
+            cases_pb2.ResolveCaseRequest(
+                idempotency_key=uuid.uuid4().hex,
+                case_id=self.case_id,
+                resolution="SIM applet reinstalled.",
+            ),
+        )
+
+    async def confirm(self, partner: str) -> None:
+        await self.until(lambda s: s.status == "RESOLVED")
+        await self.runtime.domain.cases.customer_answer(
+            self.caller(partner),
+            cases_pb2.ConfirmResolutionRequest(
+                idempotency_key=uuid.uuid4().hex, case_id=self.case_id
+            ),
+        )
+
+    async def view(self, partner: str) -> cases_pb2.CaseView:
+        response = await self.runtime.domain.cases.get_view(
+            self.caller(partner),
+            cases_pb2.GetCaseViewRequest(case_id=self.case_id, purpose="incident-resolution"),
+        )
+        return response.view
+
+    async def view_until(
+        self, partner: str, check: Callable[[cases_pb2.CaseView], bool], timeout: float = 20
+    ) -> cases_pb2.CaseView:
+        """The projection is written by activities, shortly after the workflow decides."""
+        async with asyncio.timeout(timeout):
+            while not check(view := await self.view(partner)):
+                await asyncio.sleep(0.05)
+        return view
+
+    async def work(self, partner: str) -> list[work_pb2.WorkItem]:
+        async with self.runtime.store.read() as conn:
+            rows = await conn.execute(
+                select(work_items.c.item)
+                .where(work_items.c.partner_id == partner)
+                .order_by(work_items.c.created_at)
+            )
+            items = [work_pb2.WorkItem.FromString(r) for r in rows.scalars()]
+        return [
+            i
+            for i in items
+            if self.case_id
+            in (
+                i.diagnosis_request.case_id
+                or i.ownership_offer.case_id
+                or i.customer_notification.case_id
+                or i.case_notice.case_id
+            )
+        ]
+
+
+@pytest.fixture
+async def incident(skipping_env: WorkflowEnvironment, tmp_path: Path) -> AsyncIterator[Incident]:
+    settings = Settings(
+        data_dir=tmp_path,
+        database_url=f"sqlite+aiosqlite:///{tmp_path / 'store.db'}",
+        task_queue=f"tq-{uuid.uuid4()}",
+    )
+    async with open_runtime(settings, client=skipping_env.client, seed=True) as runtime:
+        await _fast_services(runtime)
+        worker = create_worker(skipping_env.client, settings.task_queue, runtime.activities)
+        async with worker:
+            incident = Incident(runtime, skipping_env)
+            try:
+                yield incident
+            finally:
+                if incident.case_id:
+                    handle = skipping_env.client.get_workflow_handle(incident.case_id)
+                    if (await handle.describe()).status == WorkflowExecutionStatus.RUNNING:
+                        await handle.terminate("test finished")
+
+
+async def _fast_services(runtime: Runtime) -> None:
+    """A copy of nfc-payment with a 2-minute owner SLA, for escalation tests."""
+    admin = runtime.domain.admin
+    service = await admin.get_service("nfc-payment")
+    service.service_id = "nfc-fast-sla"
+    service.service_level.time_to_owner.FromTimedelta(timedelta(minutes=2))
+    await admin.define_service(
+        ADMIN, admin_pb2.DefineServiceRequest(idempotency_key="fast", service=service)
+    )
+
+
+FAULTY = cases_pb2.FINDING_STATUS_FAULTY
+OK = cases_pb2.FINDING_STATUS_OK
+DEGRADED = cases_pb2.FINDING_STATUS_DEGRADED
+
+NFC = {
+    "sim-secure-element": "telco-a",
+    "card-token": "bank-a",
+    "payment-terminal": "acquirer-a",
+    "nfc-stack": "handset-a",
+}
+
+
+async def all_answer(incident: Incident, faulty: dict[str, float], chain: dict[str, str]) -> None:
+    for component, partner in chain.items():
+        if component in faulty:
+            await incident.finding(partner, component, FAULTY, faulty[component], "FAULT")
+        else:
+            await incident.finding(partner, component, OK, 0.95)
+
+
+def decisions(view: cases_pb2.CaseView) -> list[cases_pb2.OwnershipDecision]:
+    return [i.ownership_decision for i in view.timeline if i.HasField("ownership_decision")]
+
+
+def milestones(view: cases_pb2.CaseView) -> list[str]:
+    return [i.notification.milestone for i in view.timeline if i.HasField("notification")]
+
+
+async def test_single_fault_resolved_by_its_owner_relationship_kept_by_first_contact(
+    incident: Incident,
+) -> None:
+    await incident.open("bank-a", "nfc-payment")
+    await all_answer(incident, {"sim-secure-element": 0.92}, NFC)
+    state = await incident.until(lambda s: s.decision is not None)
+    assert state.decision is not None
+    assert state.decision.rule == "single-faulty-component"
+    assert state.decision.resolver_ids == ("telco-a",)
+    assert state.decision.owner_candidates[0] == "bank-a"
+    await incident.answer_offer("bank-a", accept=True)
+    await incident.resolve("bank-a")
+    await incident.confirm("bank-a")
+    handle = incident.env.client.get_workflow_handle_for(IncidentWorkflow.run, incident.case_id)
+    outcome = await handle.result()
+    assert (outcome.status, outcome.owner_id) == ("CLOSED", "bank-a")
+
+    view = await incident.view("bank-a")
+    assert view.header.status == cases_pb2.CASE_STATUS_CLOSED
+    assert view.header.relationship_owner_id == "bank-a"
+    assert list(view.header.resolver_ids) == ["telco-a"]
+    (decision,) = decisions(view)
+    assert (
+        "sim-secure-element (telco-a) is FAULTY (FAULT) at confidence 0.92" in decision.explanation
+    )
+    assert milestones(view) == [
+        "received",
+        "diagnosing",
+        "owner-assigned",
+        "resolved",
+        "closed",
+    ]
+    async with incident.runtime.store.read() as conn:
+        kpi = (
+            await conn.execute(select(case_kpis).where(case_kpis.c.case_id == incident.case_id))
+        ).one()
+    assert kpi.first_contact_resolution is True
+    assert kpi.sla_breaches == 0
+    assert set(json.loads(kpi.details)["partner_response_s"]) == set(NFC.values())
+    # Every partner got exactly one diagnosis request.
+    for partner in NFC.values():
+        requests = [w for w in await incident.work(partner) if w.HasField("diagnosis_request")]
+        assert len(requests) == 1, partner
+
+
+async def test_host_named_by_the_service_owns_the_relationship(incident: Incident) -> None:
+    await incident.open("thermo-a", "smart-heating")
+    chain = {"thermostat": "thermo-a", "heating-command": "energy-a", "home-broadband": "isp-a"}
+    await all_answer(incident, {"home-broadband": 0.8}, chain)
+    state = await incident.until(lambda s: s.current_offer_partner_id != "")
+    assert state.decision is not None
+    assert state.decision.owner_candidates[0] == "energy-a"
+    assert state.decision.resolver_ids == ("isp-a",)
+    assert "names energy-a as host" in state.decision.explanation
+    await incident.answer_offer("energy-a", accept=True)
+    state = await incident.until(lambda s: s.status == "OWNED")
+    assert state.owner_id == "energy-a"
+
+
+async def test_several_faults_make_several_resolvers(incident: Incident) -> None:
+    await incident.open("bank-a", "nfc-payment")
+    await all_answer(incident, {"sim-secure-element": 0.9, "nfc-stack": 0.75}, NFC)
+    state = await incident.until(lambda s: s.decision is not None)
+    assert state.decision is not None
+    assert state.decision.rule == "multiple-faulty-components"
+    assert state.decision.resolver_ids == ("telco-a", "handset-a")
+
+
+async def test_decline_then_timeout_falls_back_to_first_contact(incident: Incident) -> None:
+    await incident.open("bank-a", "nfc-payment")
+    await all_answer(incident, {"sim-secure-element": 0.9}, NFC)
+    await incident.answer_offer("bank-a", accept=False)
+    state = await incident.until(lambda s: s.current_offer_partner_id == "telco-a")
+    assert state.status == "AWAITING_OWNER"
+    await incident.env.sleep(timedelta(minutes=20))  # telco-a never answers its offer
+    state = await incident.until(lambda s: s.status == "OWNED")
+    assert state.owner_id == "bank-a"
+    view = await incident.view("bank-a")
+    assert view.header.relationship_owner_id == "bank-a"
+    assert [w.ownership_offer.offer_id != "" for w in await incident.work("telco-a")].count(
+        True
+    ) == 1
+
+
+async def test_silent_partner_is_unresponsive_and_nothing_conclusive_escalates(
+    incident: Incident,
+) -> None:
+    await incident.open("bank-a", "nfc-payment")
+    for component, partner in NFC.items():
+        if partner != "telco-a":
+            await incident.finding(partner, component, OK, 0.9)
+    await incident.env.sleep(timedelta(minutes=3))  # past every diagnosis deadline
+    state = await incident.until(lambda s: s.decision is not None)
+    assert state.decision is not None
+    assert state.decision.rule == "nothing-conclusive"
+    assert state.decision.escalate
+    statuses = {f.component: f.status for f in state.findings}
+    assert statuses["sim-secure-element"] == "UNRESPONSIVE"
+    view = await incident.view("bank-a")
+    assert any(i.HasField("escalation") for i in view.timeline)
+    assert "waiting-on-partner" in milestones(view)
+
+    # A late finding still counts: the operator is now the resolver.
+    await incident.answer_offer("bank-a", accept=True)
+    await incident.until(lambda s: s.status == "OWNED")
+    await incident.finding("telco-a", "sim-secure-element", FAULTY, 0.9, "SE_LOCKED")
+    state = await incident.until(
+        lambda s: s.decision is not None and s.decision.resolver_ids == ("telco-a",)
+    )
+    assert state.decision is not None
+    assert state.decision.rule == "single-faulty-component"
+    await incident.view_until("bank-a", lambda v: list(v.header.resolver_ids) == ["telco-a"])
+
+
+async def test_sla_breach_escalates_to_a_level_two_expert_after_hours(
+    incident: Incident,
+) -> None:
+    await incident.open("bank-a", "nfc-payment")
+    await all_answer(incident, {"sim-secure-element": 0.9}, NFC)
+    await incident.answer_offer("bank-a", accept=True)
+    await incident.until(lambda s: s.status == "OWNED")
+    await incident.env.sleep(timedelta(hours=5))  # time-to-resolution is 4 h
+    view = await incident.view("bank-a")
+    escalations = [i.escalation for i in view.timeline if i.HasField("escalation")]
+    assert [e.reason for e in escalations] == ["SLA time-to-resolution breached"]
+    assert escalations[0].expert_partner_id == "bank-a"
+    async with incident.runtime.store.read() as conn:
+        experts = (
+            await conn.execute(
+                select(case_participants.c.partner_id).where(
+                    case_participants.c.case_id == incident.case_id,
+                    case_participants.c.role == cases_pb2.PARTICIPANT_ROLE_EXPERT,
+                )
+            )
+        ).scalars()
+        assert list(experts) == ["bank-a"]
+    for partner in NFC.values():  # every participant is told
+        notices = [w.case_notice.kind for w in await incident.work(partner)]
+        assert "escalation" in notices, partner
+
+
+async def test_time_to_owner_breach_escalates_while_nobody_owns(incident: Incident) -> None:
+    await incident.open("bank-a", "nfc-fast-sla")
+    await all_answer(incident, {"sim-secure-element": 0.9}, NFC)
+    await incident.until(lambda s: s.current_offer_partner_id == "bank-a")
+    await incident.env.sleep(timedelta(minutes=3))
+    view = await incident.view("bank-a")
+    reasons = [i.escalation.reason for i in view.timeline if i.HasField("escalation")]
+    assert "SLA time-to-owner breached" in reasons
+
+
+async def test_reopen_continues_as_new_and_a_new_report_reopens_instead_of_duplicating(
+    incident: Incident,
+) -> None:
+    await incident.open("bank-a", "nfc-payment")
+    await all_answer(incident, {"sim-secure-element": 0.9}, NFC)
+    await incident.answer_offer("bank-a", accept=True)
+    await incident.resolve("bank-a")
+    await incident.until(lambda s: s.status == "RESOLVED")
+    first_run = (await incident.env.client.get_workflow_handle(incident.case_id).describe()).run_id
+
+    # The customer calls again about the same service: same case, reopened.
+    again = await incident.open("bank-a", "nfc-payment", customer=incident.customer)
+    assert again == incident.case_id
+    state = await incident.until(lambda s: s.round == 2 and s.status == "DIAGNOSING")
+    assert state.owner_id == "bank-a"
+    description = await incident.env.client.get_workflow_handle(incident.case_id).describe()
+    assert description.run_id != first_run
+    assert description.status == WorkflowExecutionStatus.RUNNING
+
+    await all_answer(incident, {"sim-secure-element": 0.9}, NFC)
+    await incident.resolve("bank-a")
+    await incident.confirm("bank-a")
+    outcome = await incident.env.client.get_workflow_handle_for(
+        IncidentWorkflow.run, incident.case_id
+    ).result()
+    assert outcome.status == "CLOSED"
+    async with incident.runtime.store.read() as conn:
+        kpi = (
+            await conn.execute(select(case_kpis).where(case_kpis.c.case_id == incident.case_id))
+        ).one()
+    assert (kpi.reopens, kpi.first_contact_resolution) == (1, False)
+
+
+async def test_wrong_answers_are_refused_and_duplicates_are_harmless(
+    incident: Incident,
+) -> None:
+    await incident.open("bank-a", "nfc-payment")
+    await all_answer(incident, {"sim-secure-element": 0.9}, NFC)
+    await all_answer(incident, {"sim-secure-element": 0.9}, NFC)  # delivered twice
+    state = await incident.until(lambda s: s.current_offer_partner_id == "bank-a")
+    with pytest.raises(FailedPrecondition):
+        await incident.runtime.domain.cases.answer_offer(
+            incident.caller("telco-a"),
+            cases_pb2.AcceptOwnershipRequest(
+                idempotency_key=uuid.uuid4().hex,
+                case_id=incident.case_id,
+                offer_id=state.current_offer_id,
+            ),
+        )
+    with pytest.raises(FailedPrecondition):
+        await incident.runtime.domain.cases.resolve(
+            incident.caller("telco-a"),
+            cases_pb2.ResolveCaseRequest(
+                idempotency_key=uuid.uuid4().hex, case_id=incident.case_id, resolution="x"
+            ),
+        )
+    await incident.answer_offer("bank-a", accept=True)
+    await incident.until(lambda s: s.status == "OWNED")
+    view = await incident.view("bank-a")
+    assert len(decisions(view)) == 1
+
+
+async def test_recorded_history_replays_deterministically(incident: Incident) -> None:
+    await incident.open("bank-a", "nfc-payment")
+    await all_answer(incident, {"sim-secure-element": 0.9}, NFC)
+    await incident.answer_offer("bank-a", accept=False)
+    await incident.answer_offer("telco-a", accept=True)
+    await incident.resolve("telco-a")
+    await incident.confirm("bank-a")
+    handle = incident.env.client.get_workflow_handle(incident.case_id)
+    await handle.result()
+    history = await handle.fetch_history()
+    await Replayer(workflows=[IncidentWorkflow]).replay_workflow(history)
