@@ -23,6 +23,7 @@ from sqlalchemy import Row, and_, insert, or_, select, update
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from gateway.admin import load_service
+from gateway.audit.log import AuditRecord
 from gateway.caller import Caller
 from gateway.consent import ConsentRules, Flow
 from gateway.errors import (
@@ -32,6 +33,7 @@ from gateway.errors import (
     NotFound,
     PermissionDenied,
 )
+from gateway.feed import CaseFeed
 from gateway.idempotency import run_once, run_once_external
 from gateway.pki import Role
 from gateway.pseudonyms import Pseudonyms
@@ -52,7 +54,7 @@ REPORTABLE_FINDINGS = (
     cases_pb2.FINDING_STATUS_UNKNOWN,
 )
 WATCH_BATCH = 200
-WATCH_POLL_SECONDS = 0.2
+WATCH_IDLE_SECONDS = 5.0
 #: Category of what the customer told the first-contact partner.
 INTERACTION_CATEGORY = "interaction.history"
 #: Category of the gateway's own events (status changes), visible to participants.
@@ -166,12 +168,14 @@ class Cases:
         incidents: Incidents,
         rules: ConsentRules,
         vocabulary: Vocabulary,
+        feed: CaseFeed,
     ) -> None:
         self.store = store
         self.pseudonyms = pseudonyms
         self.incidents = incidents
         self.rules = rules
         self.vocabulary = vocabulary
+        self.feed = feed
 
     async def open_case(
         self, caller: Caller, request: cases_pb2.OpenCaseRequest
@@ -188,7 +192,7 @@ class Cases:
                     f"{service.service_id!r}",
                     reason="NOT_IN_SERVICE_CHAIN",
                 )
-            subject_id = await _subject_for(conn, caller.partner_id, request.customer_local_id)
+            subject_id = await subject_for(conn, caller.partner_id, request.customer_local_id)
             now = _now()
             recent = (
                 await conn.execute(
@@ -593,30 +597,37 @@ class Cases:
             raise InvalidArgument.field("after_sequence", "must be 0 or a sequence from the view")
         self._check_purpose(request.purpose)
         position = request.after_sequence
-        while True:
-            async with self.store.read() as conn:
-                row = await self._visible_case(conn, caller, request.case_id)
-                events = (
-                    await conn.execute(
-                        select(case_events)
-                        .where(
-                            case_events.c.case_id == row.case_id,
-                            case_events.c.sequence > position,
+        watcher = self.feed.watch(request.case_id, position)
+        loop = asyncio.get_running_loop()
+        try:
+            while True:
+                async with self.store.read() as conn:
+                    row = await self._visible_case(conn, caller, request.case_id)
+                    events = (
+                        await conn.execute(
+                            select(case_events)
+                            .where(
+                                case_events.c.case_id == row.case_id,
+                                case_events.c.sequence > position,
+                            )
+                            .order_by(case_events.c.sequence)
+                            .limit(WATCH_BATCH)
                         )
-                        .order_by(case_events.c.sequence)
-                        .limit(WATCH_BATCH)
-                    )
-                ).all()
-                header = await self._header(conn, caller, row)
-                allowed, _ = await self._filter(conn, caller, row, request.purpose, events)
-            for item in allowed:
-                yield cases_pb2.WatchCaseResponse(item=item, header=header)
-            if events:
-                position = events[-1].sequence
-                continue
-            if row.status == cases_pb2.CASE_STATUS_CLOSED:
-                return
-            await asyncio.sleep(WATCH_POLL_SECONDS)
+                    ).all()
+                    header = await self._header(conn, caller, row)
+                    allowed, _ = await self._filter(conn, caller, row, request.purpose, events)
+                for item in allowed:
+                    watcher.writing_since = loop.time()
+                    yield cases_pb2.WatchCaseResponse(item=item, header=header)
+                    watcher.writing_since = None
+                if events:
+                    position = watcher.position = events[-1].sequence
+                    continue
+                if row.status == cases_pb2.CASE_STATUS_CLOSED:
+                    return
+                await self.feed.wait(watcher, WATCH_IDLE_SECONDS)
+        finally:
+            self.feed.forget(watcher)
 
     async def _filter(
         self,
@@ -627,15 +638,17 @@ class Cases:
         events: Sequence[Row[Any]],
     ) -> tuple[list[cases_pb2.TimelineItem], Counter[tuple[str, str]]]:
         """Split events into those the consent rules let this reader see and
-        the counts of those withheld."""
-        decisions = await self.rules.decide(
+        the counts of those withheld; audit every decision and the read itself
+        before anything is served."""
+        if not events:
+            return [], Counter()
+        decisions = await self.rules.evaluate(
             conn,
-            reader=caller,
+            reader_partner_id=caller.partner_id,
             subject_id=row.subject_id,
             service_id=row.service_id,
             purpose=purpose,
             flows={Flow(e.source_partner_id, e.category) for e in events},
-            case_id=row.case_id,
         )
         allowed: list[cases_pb2.TimelineItem] = []
         withheld: Counter[tuple[str, str]] = Counter()
@@ -644,6 +657,22 @@ class Cases:
                 allowed.append(cases_pb2.TimelineItem.FromString(event.item))
             else:
                 withheld[(event.source_partner_id, event.category)] += 1
+        records = self.rules.access_records(caller, row.subject_id, row.case_id, purpose, decisions)
+        records.append(
+            AuditRecord(
+                kind="access",
+                action="case.read",
+                actor_partner_id=caller.partner_id,
+                actor_person_id=caller.person_id,
+                subject_id=row.subject_id,
+                case_id=row.case_id,
+                purpose=purpose,
+                categories=tuple(sorted({e.category for e in events})),
+                decision="allow",
+                reason=f"{len(allowed)} items served, {sum(withheld.values())} withheld",
+            )
+        )
+        await self.rules.audit.record(records)
         return allowed, withheld
 
     def _check_purpose(self, purpose: str) -> None:
@@ -799,7 +828,7 @@ def _validate_open(request: cases_pb2.OpenCaseRequest) -> None:
         raise InvalidArgument(violations)
 
 
-async def _subject_for(conn: AsyncConnection, partner_id: str, local_id: str) -> str:
+async def subject_for(conn: AsyncConnection, partner_id: str, local_id: str) -> str:
     """The internal subject a partner's local customer id maps to (created on first sight)."""
     existing = (
         await conn.execute(

@@ -130,38 +130,44 @@ class ConsentRules:
             flows=flows,
             at=at,
         )
-        foreign = [
-            d
-            for d in decisions
-            if d.source_partner_id != reader.partner_id and d.source_partner_id != GATEWAY_SOURCE
-        ]
-        if foreign:
-            record = (
-                (lambda records: self.audit.record_in(conn, records))
-                if in_write_transaction
-                else self.audit.record
-            )
-            await record(
-                [
-                    AuditRecord(
-                        kind="access",
-                        action="read",
-                        actor_partner_id=reader.partner_id,
-                        actor_person_id=reader.person_id,
-                        subject_id=subject_id,
-                        case_id=case_id,
-                        purpose=purpose,
-                        categories=(flow.category,),
-                        source_partner_id=flow.source_partner_id,
-                        decision="allow" if decisions[flow].allowed else "deny",
-                        consent_id=decisions[flow].consent_id,
-                        agreement_id=decisions[flow].agreement_id,
-                        reason=decisions[flow].reason,
-                    )
-                    for flow in sorted(foreign, key=lambda f: (f.source_partner_id, f.category))
-                ]
-            )
+        records = self.access_records(reader, subject_id, case_id, purpose, decisions)
+        if records:
+            if in_write_transaction:
+                await self.audit.record_in(conn, records)
+            else:
+                await self.audit.record(records)
         return decisions
+
+    def access_records(
+        self,
+        reader: Caller,
+        subject_id: str,
+        case_id: str,
+        purpose: str,
+        decisions: dict[Flow, AccessDecision],
+    ) -> list[AuditRecord]:
+        """One audit record per decision about another partner's data."""
+        return [
+            AuditRecord(
+                kind="access",
+                action="read",
+                actor_partner_id=reader.partner_id,
+                actor_person_id=reader.person_id,
+                subject_id=subject_id,
+                case_id=case_id,
+                purpose=purpose,
+                categories=(flow.category,),
+                source_partner_id=flow.source_partner_id,
+                decision="allow" if decision.allowed else "deny",
+                consent_id=decision.consent_id,
+                agreement_id=decision.agreement_id,
+                reason=decision.reason,
+            )
+            for flow, decision in sorted(
+                decisions.items(), key=lambda fd: (fd[0].source_partner_id, fd[0].category)
+            )
+            if flow.source_partner_id not in (reader.partner_id, GATEWAY_SOURCE)
+        ]
 
     async def evaluate(
         self,

@@ -10,14 +10,13 @@ lookup table, and a pseudonym presented by the wrong partner does not decrypt.
 from __future__ import annotations
 
 import base64
-import os
-import secrets
 from pathlib import Path
 
 from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives.ciphers.aead import AESSIV
 
 from gateway.errors import InvalidArgument
+from gateway.keyfiles import read_secret
 
 _PREFIX = "sub_"
 KEY_BYTES = 64  # AES-256-SIV
@@ -31,17 +30,7 @@ class Pseudonyms:
 
     @classmethod
     def from_file(cls, path: Path) -> Pseudonyms:
-        """Load the key, creating it (mode 0600) on first use."""
-        if not path.exists():
-            path.parent.mkdir(parents=True, exist_ok=True)
-            try:
-                fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-            except FileExistsError:
-                pass
-            else:
-                with os.fdopen(fd, "wb") as fh:
-                    fh.write(secrets.token_bytes(KEY_BYTES))
-        return cls(path.read_bytes())
+        return cls(read_secret(path, KEY_BYTES))
 
     def for_partner(self, partner_id: str, subject_id: str) -> str:
         """``subject_id`` is the internal id (32 hex digits)."""

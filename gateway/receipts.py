@@ -11,7 +11,6 @@ from __future__ import annotations
 import base64
 import hashlib
 import json
-import os
 from pathlib import Path
 from typing import Any
 
@@ -19,6 +18,8 @@ from coopgate.v1 import common_pb2, consents_pb2
 from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
+
+from gateway.keyfiles import read_secret
 
 RECEIPT_VERSION = "coopgate-consent-receipt/1"
 
@@ -52,17 +53,8 @@ class ReceiptSigner:
 
     @classmethod
     def from_file(cls, path: Path) -> ReceiptSigner:
-        """Load the 32-byte Ed25519 seed, creating it (mode 0600) on first use."""
-        if not path.exists():
-            path.parent.mkdir(parents=True, exist_ok=True)
-            try:
-                fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-            except FileExistsError:
-                pass
-            else:
-                with os.fdopen(fd, "wb") as fh:
-                    fh.write(Ed25519PrivateKey.generate().private_bytes_raw())
-        return cls(Ed25519PrivateKey.from_private_bytes(path.read_bytes()))
+        """Load the 32-byte Ed25519 private key (random bytes), created on first use."""
+        return cls(Ed25519PrivateKey.from_private_bytes(read_secret(path, 32)))
 
     def receipt(self, consent: consents_pb2.Consent, event: str) -> consents_pb2.ConsentReceipt:
         claims = {

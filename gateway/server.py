@@ -15,6 +15,7 @@ from coopgate.v1 import (
     consents_pb2,
     consents_pb2_grpc,
     identity_pb2,
+    identity_pb2_grpc,
     work_pb2,
     work_pb2_grpc,
 )
@@ -25,11 +26,13 @@ from opentelemetry.instrumentation.grpc import aio_server_interceptor
 from gateway.admin import Admin
 from gateway.cases import Cases
 from gateway.consent import Consents
+from gateway.identity import Identity
 from gateway.interceptors import GatewayInterceptor
 from gateway.servicers import (
     AdminServicer,
     CaseServicer,
     ConsentServicer,
+    IdentityServicer,
     PartnerWorkServicer,
 )
 from gateway.work import PartnerWork
@@ -69,6 +72,7 @@ class Domain:
     cases: Cases
     consents: Consents
     work: PartnerWork
+    identity: Identity
 
 
 def create_server(
@@ -82,12 +86,15 @@ def create_server(
             ("grpc.keepalive_permit_without_calls", 1),
         ],
     )
-    # Services of the contract without a servicer yet (audit, identity) are
-    # listed by reflection and answer UNIMPLEMENTED.
+    # Services of the contract without a servicer yet are listed by
+    # reflection and answer UNIMPLEMENTED.
     cases_pb2_grpc.add_CaseServiceServicer_to_server(CaseServicer(domain.cases), server)
     admin_pb2_grpc.add_AdminServiceServicer_to_server(AdminServicer(domain.admin), server)
     consents_pb2_grpc.add_ConsentServiceServicer_to_server(ConsentServicer(domain.consents), server)
     work_pb2_grpc.add_PartnerWorkServiceServicer_to_server(PartnerWorkServicer(domain.work), server)
+    identity_pb2_grpc.add_IdentityServiceServicer_to_server(
+        IdentityServicer(domain.identity), server
+    )
 
     health_servicer = health.aio.HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)

@@ -17,6 +17,8 @@ from coopgate.v1 import (
     cases_pb2_grpc,
     consents_pb2,
     consents_pb2_grpc,
+    identity_pb2,
+    identity_pb2_grpc,
     work_pb2,
     work_pb2_grpc,
 )
@@ -25,6 +27,7 @@ from gateway.admin import Admin
 from gateway.caller import current_caller
 from gateway.cases import Cases
 from gateway.consent import Consents
+from gateway.identity import Identity
 from gateway.work import PartnerWork
 
 Context = grpc.aio.ServicerContext[Any, Any]
@@ -194,3 +197,38 @@ class PartnerWorkServicer(work_pb2_grpc.PartnerWorkServiceServicer):
         self, request: work_pb2.AcknowledgeRequest, context: Context
     ) -> work_pb2.AcknowledgeResponse:
         return await self._work.acknowledge(current_caller(), request)
+
+
+class IdentityServicer(identity_pb2_grpc.IdentityServiceServicer):
+    def __init__(self, identity: Identity) -> None:
+        self._identity = identity
+
+    async def IssueLinkCode(
+        self, request: identity_pb2.IssueLinkCodeRequest, context: Context
+    ) -> identity_pb2.IssueLinkCodeResponse:
+        return await self._identity.issue_link_code(current_caller(), request)
+
+    async def RedeemLinkCode(
+        self, request: identity_pb2.RedeemLinkCodeRequest, context: Context
+    ) -> identity_pb2.RedeemLinkCodeResponse:
+        return await self._identity.redeem_link_code(current_caller(), request)
+
+    async def Unlink(
+        self, request: identity_pb2.UnlinkRequest, context: Context
+    ) -> identity_pb2.UnlinkResponse:
+        return await self._identity.unlink(current_caller(), request)
+
+    async def ResolveSubject(
+        self, request: identity_pb2.ResolveSubjectRequest, context: Context
+    ) -> identity_pb2.ResolveSubjectResponse:
+        return await self._identity.resolve_subject(current_caller(), request)
+
+    async def RegisterIdentifiers(
+        self, request: identity_pb2.RegisterIdentifiersRequest, context: Context
+    ) -> identity_pb2.RegisterIdentifiersResponse:
+        return await self._identity.register_identifiers(current_caller(), request)
+
+    async def ConfirmMatch(
+        self, request: identity_pb2.ConfirmMatchRequest, context: Context
+    ) -> identity_pb2.ConfirmMatchResponse:
+        return await self._identity.confirm_match(current_caller(), request)

@@ -40,6 +40,9 @@ class Settings(BaseSettings):
     task_queue: str = "coopgate-incidents"
 
     shutdown_grace_seconds: float = 5.0
+    slow_watcher_seconds: float = Field(
+        default=30.0, description="A watch whose client reads nothing for this long is dropped."
+    )
     vocabulary: Path | None = Field(
         default=None, description="TOML of data categories and purposes (default: bundled)."
     )

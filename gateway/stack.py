@@ -32,6 +32,9 @@ from gateway.admin import Admin
 from gateway.audit.log import AuditLog
 from gateway.cases import Cases
 from gateway.consent import ConsentRules, Consents
+from gateway.feed import CaseFeed
+from gateway.identity import IdentifierHasher, Identity
+from gateway.keyfiles import read_secret
 from gateway.pki import CertificateAuthority
 from gateway.pseudonyms import Pseudonyms
 from gateway.receipts import ReceiptSigner
@@ -209,18 +212,21 @@ async def open_runtime(
 ) -> AsyncIterator[Runtime]:
     store = create_store(settings.effective_database_url)
     audit: AuditLog | None = None
+    feed: CaseFeed | None = None
     try:
         await migrate(store)
         if client is None:
             client = await connect(settings)
         pseudonyms = Pseudonyms.from_file(settings.secrets_dir / "pseudonym.key")
         signer = ReceiptSigner.from_file(settings.secrets_dir / "receipt.key")
+        identifier_hasher = IdentifierHasher(read_secret(settings.secrets_dir / "identifier.key"))
         vocabulary = Vocabulary.load(settings.vocabulary)
         incidents = TemporalIncidents(client, settings.task_queue)
         audit = AuditLog(store)
         rules = ConsentRules(audit)
         admin = Admin(store, vocabulary)
-        cases = Cases(store, pseudonyms, incidents, rules, vocabulary)
+        feed = CaseFeed(store, slow_after=settings.slow_watcher_seconds)
+        cases = Cases(store, pseudonyms, incidents, rules, vocabulary, feed)
         consents = Consents(store, vocabulary, pseudonyms, signer, audit)
         if seed:
             await catalog.seed(admin)
@@ -228,11 +234,19 @@ async def open_runtime(
             settings=settings,
             store=store,
             client=client,
-            domain=Domain(admin=admin, cases=cases, consents=consents, work=PartnerWork(store)),
+            domain=Domain(
+                admin=admin,
+                cases=cases,
+                consents=consents,
+                work=PartnerWork(store),
+                identity=Identity(store, pseudonyms, identifier_hasher, audit),
+            ),
             activities=IncidentActivities(store, cases, rules, audit, pseudonyms),
             audit=audit,
         )
     finally:
+        if feed is not None:
+            await feed.close()
         if audit is not None:
             await audit.close()
         await store.close()

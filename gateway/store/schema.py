@@ -317,3 +317,39 @@ case_kpis = Table(
     Column("details", Text, nullable=False),
     Column("recorded_at", UtcDateTime, nullable=False),
 )
+
+link_codes = Table(
+    "link_codes",
+    metadata,
+    # SHA-256 of the one-time code: the code itself is never stored.
+    Column("code_hash", LargeBinary, primary_key=True),
+    Column("partner_id", String(63), nullable=False),
+    Column("subject_id", String(64), ForeignKey("subjects.subject_id"), nullable=False),
+    Column("expires_at", UtcDateTime, nullable=False),
+    Column("used_at", UtcDateTime, nullable=True),
+)
+
+identifier_hashes = Table(
+    "identifier_hashes",
+    metadata,
+    Column("partner_id", String(63), primary_key=True),
+    Column("local_id", String(200), primary_key=True),
+    Column("kind", Integer, primary_key=True),
+    # HMAC-SHA-256 of the normalised identifier under a gateway secret.
+    Column("digest", LargeBinary, primary_key=True),
+    Index("ix_identifier_hashes_digest", "digest"),
+)
+
+match_proposals = Table(
+    "match_proposals",
+    metadata,
+    Column("match_id", String(64), primary_key=True),
+    # The partner whose customer must confirm, and its local id.
+    Column("partner_id", String(63), nullable=False),
+    Column("local_id", String(200), nullable=False),
+    # The subject the customer would join.
+    Column("subject_id", String(64), ForeignKey("subjects.subject_id"), nullable=False),
+    Column("matched_on", String(100), nullable=False),
+    Column("expires_at", UtcDateTime, nullable=False),
+    Column("confirmed_at", UtcDateTime, nullable=True),
+)

@@ -3,9 +3,12 @@
 isort:skip_file
 """
 
+from collections import abc as _abc
 from google.protobuf import descriptor as _descriptor
 from google.protobuf import message as _message
 from google.protobuf import timestamp_pb2 as _timestamp_pb2
+from google.protobuf.internal import containers as _containers
+from google.protobuf.internal import enum_type_wrapper as _enum_type_wrapper
 import builtins as _builtins
 import sys
 import typing as _typing
@@ -16,6 +19,45 @@ else:
     from typing_extensions import TypeAlias as _TypeAlias, Never as _Never
 
 DESCRIPTOR: _descriptor.FileDescriptor
+
+class _IdentifierKind:
+    ValueType = _typing.NewType("ValueType", _builtins.int)
+    V: _TypeAlias = ValueType  # noqa: Y015
+
+class _IdentifierKindEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_IdentifierKind.ValueType], _builtins.type):
+    DESCRIPTOR: _descriptor.EnumDescriptor
+    IDENTIFIER_KIND_UNSPECIFIED: _IdentifierKind.ValueType  # 0
+    IDENTIFIER_KIND_EMAIL: _IdentifierKind.ValueType  # 1
+    IDENTIFIER_KIND_PHONE: _IdentifierKind.ValueType  # 2
+
+class IdentifierKind(_IdentifierKind, metaclass=_IdentifierKindEnumTypeWrapper): ...
+
+IDENTIFIER_KIND_UNSPECIFIED: IdentifierKind.ValueType  # 0
+IDENTIFIER_KIND_EMAIL: IdentifierKind.ValueType  # 1
+IDENTIFIER_KIND_PHONE: IdentifierKind.ValueType  # 2
+Global___IdentifierKind: _TypeAlias = IdentifierKind  # noqa: Y015
+
+@_typing.final
+class Identifier(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    KIND_FIELD_NUMBER: _builtins.int
+    VALUE_FIELD_NUMBER: _builtins.int
+    kind: Global___IdentifierKind.ValueType
+    value: _builtins.str
+    def __init__(
+        self,
+        *,
+        kind: Global___IdentifierKind.ValueType = ...,
+        value: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["kind", b"kind", "value", b"value"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___Identifier: _TypeAlias = Identifier  # noqa: Y015
 
 @_typing.final
 class IssueLinkCodeRequest(_message.Message):
@@ -180,3 +222,123 @@ class ResolveSubjectResponse(_message.Message):
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___ResolveSubjectResponse: _TypeAlias = ResolveSubjectResponse  # noqa: Y015
+
+@_typing.final
+class RegisterIdentifiersRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    IDEMPOTENCY_KEY_FIELD_NUMBER: _builtins.int
+    CUSTOMER_LOCAL_ID_FIELD_NUMBER: _builtins.int
+    IDENTIFIERS_FIELD_NUMBER: _builtins.int
+    idempotency_key: _builtins.str
+    customer_local_id: _builtins.str
+    @_builtins.property
+    def identifiers(self) -> _containers.RepeatedCompositeFieldContainer[Global___Identifier]: ...
+    def __init__(
+        self,
+        *,
+        idempotency_key: _builtins.str = ...,
+        customer_local_id: _builtins.str = ...,
+        identifiers: _abc.Iterable[Global___Identifier] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["customer_local_id", b"customer_local_id", "idempotency_key", b"idempotency_key", "identifiers", b"identifiers"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___RegisterIdentifiersRequest: _TypeAlias = RegisterIdentifiersRequest  # noqa: Y015
+
+@_typing.final
+class MatchProposal(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    MATCH_ID_FIELD_NUMBER: _builtins.int
+    MATCHED_ON_FIELD_NUMBER: _builtins.int
+    EXPIRES_AT_FIELD_NUMBER: _builtins.int
+    match_id: _builtins.str
+    @_builtins.property
+    def matched_on(self) -> _containers.RepeatedScalarFieldContainer[Global___IdentifierKind.ValueType]:
+        """What matched, never the value: e.g. IDENTIFIER_KIND_EMAIL."""
+
+    @_builtins.property
+    def expires_at(self) -> _timestamp_pb2.Timestamp: ...
+    def __init__(
+        self,
+        *,
+        match_id: _builtins.str = ...,
+        matched_on: _abc.Iterable[Global___IdentifierKind.ValueType] | None = ...,
+        expires_at: _timestamp_pb2.Timestamp | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["expires_at", b"expires_at"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["expires_at", b"expires_at", "match_id", b"match_id", "matched_on", b"matched_on"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___MatchProposal: _TypeAlias = MatchProposal  # noqa: Y015
+
+@_typing.final
+class RegisterIdentifiersResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    PROPOSALS_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def proposals(self) -> _containers.RepeatedCompositeFieldContainer[Global___MatchProposal]:
+        """Matches with customers known to other partners, awaiting the customer's
+        confirmation; the other partners are not named.
+        """
+
+    def __init__(
+        self,
+        *,
+        proposals: _abc.Iterable[Global___MatchProposal] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["proposals", b"proposals"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___RegisterIdentifiersResponse: _TypeAlias = RegisterIdentifiersResponse  # noqa: Y015
+
+@_typing.final
+class ConfirmMatchRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    IDEMPOTENCY_KEY_FIELD_NUMBER: _builtins.int
+    MATCH_ID_FIELD_NUMBER: _builtins.int
+    idempotency_key: _builtins.str
+    match_id: _builtins.str
+    def __init__(
+        self,
+        *,
+        idempotency_key: _builtins.str = ...,
+        match_id: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["idempotency_key", b"idempotency_key", "match_id", b"match_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ConfirmMatchRequest: _TypeAlias = ConfirmMatchRequest  # noqa: Y015
+
+@_typing.final
+class ConfirmMatchResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    SUBJECT_ID_FIELD_NUMBER: _builtins.int
+    subject_id: _builtins.str
+    def __init__(
+        self,
+        *,
+        subject_id: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["subject_id", b"subject_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ConfirmMatchResponse: _TypeAlias = ConfirmMatchResponse  # noqa: Y015

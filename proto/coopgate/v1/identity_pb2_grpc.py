@@ -57,6 +57,16 @@ class IdentityServiceStub:
                 request_serializer=coopgate_dot_v1_dot_identity__pb2.ResolveSubjectRequest.SerializeToString,
                 response_deserializer=coopgate_dot_v1_dot_identity__pb2.ResolveSubjectResponse.FromString,
                 _registered_method=True)
+        self.RegisterIdentifiers = channel.unary_unary(
+                '/coopgate.v1.IdentityService/RegisterIdentifiers',
+                request_serializer=coopgate_dot_v1_dot_identity__pb2.RegisterIdentifiersRequest.SerializeToString,
+                response_deserializer=coopgate_dot_v1_dot_identity__pb2.RegisterIdentifiersResponse.FromString,
+                _registered_method=True)
+        self.ConfirmMatch = channel.unary_unary(
+                '/coopgate.v1.IdentityService/ConfirmMatch',
+                request_serializer=coopgate_dot_v1_dot_identity__pb2.ConfirmMatchRequest.SerializeToString,
+                response_deserializer=coopgate_dot_v1_dot_identity__pb2.ConfirmMatchResponse.FromString,
+                _registered_method=True)
 
 
 class IdentityServiceServicer:
@@ -92,6 +102,22 @@ class IdentityServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def RegisterIdentifiers(self, request, context):
+        """Declares identifiers (e-mail, phone) of one of the caller's customers.
+        The gateway keeps only their keyed hashes; a match with another partner's
+        customer becomes a proposal the customer must confirm.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ConfirmMatch(self, request, context):
+        """The customer confirmed (at the caller's channel) that a proposed match is them.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_IdentityServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -114,6 +140,16 @@ def add_IdentityServiceServicer_to_server(servicer, server):
                     servicer.ResolveSubject,
                     request_deserializer=coopgate_dot_v1_dot_identity__pb2.ResolveSubjectRequest.FromString,
                     response_serializer=coopgate_dot_v1_dot_identity__pb2.ResolveSubjectResponse.SerializeToString,
+            ),
+            'RegisterIdentifiers': grpc.unary_unary_rpc_method_handler(
+                    servicer.RegisterIdentifiers,
+                    request_deserializer=coopgate_dot_v1_dot_identity__pb2.RegisterIdentifiersRequest.FromString,
+                    response_serializer=coopgate_dot_v1_dot_identity__pb2.RegisterIdentifiersResponse.SerializeToString,
+            ),
+            'ConfirmMatch': grpc.unary_unary_rpc_method_handler(
+                    servicer.ConfirmMatch,
+                    request_deserializer=coopgate_dot_v1_dot_identity__pb2.ConfirmMatchRequest.FromString,
+                    response_serializer=coopgate_dot_v1_dot_identity__pb2.ConfirmMatchResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -227,6 +263,60 @@ class IdentityService:
             '/coopgate.v1.IdentityService/ResolveSubject',
             coopgate_dot_v1_dot_identity__pb2.ResolveSubjectRequest.SerializeToString,
             coopgate_dot_v1_dot_identity__pb2.ResolveSubjectResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def RegisterIdentifiers(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/coopgate.v1.IdentityService/RegisterIdentifiers',
+            coopgate_dot_v1_dot_identity__pb2.RegisterIdentifiersRequest.SerializeToString,
+            coopgate_dot_v1_dot_identity__pb2.RegisterIdentifiersResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ConfirmMatch(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/coopgate.v1.IdentityService/ConfirmMatch',
+            coopgate_dot_v1_dot_identity__pb2.ConfirmMatchRequest.SerializeToString,
+            coopgate_dot_v1_dot_identity__pb2.ConfirmMatchResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -43,6 +43,13 @@ class IdentityServiceStub:
     Unlink: _grpc.UnaryUnaryMultiCallable[_identity_pb2.UnlinkRequest, _identity_pb2.UnlinkResponse]
     ResolveSubject: _grpc.UnaryUnaryMultiCallable[_identity_pb2.ResolveSubjectRequest, _identity_pb2.ResolveSubjectResponse]
     """The caller's pairwise subject id for one of its customers."""
+    RegisterIdentifiers: _grpc.UnaryUnaryMultiCallable[_identity_pb2.RegisterIdentifiersRequest, _identity_pb2.RegisterIdentifiersResponse]
+    """Declares identifiers (e-mail, phone) of one of the caller's customers.
+    The gateway keeps only their keyed hashes; a match with another partner's
+    customer becomes a proposal the customer must confirm.
+    """
+    ConfirmMatch: _grpc.UnaryUnaryMultiCallable[_identity_pb2.ConfirmMatchRequest, _identity_pb2.ConfirmMatchResponse]
+    """The customer confirmed (at the caller's channel) that a proposed match is them."""
 
 @_typing.type_check_only
 class IdentityServiceAsyncStub(IdentityServiceStub):
@@ -59,6 +66,13 @@ class IdentityServiceAsyncStub(IdentityServiceStub):
     Unlink: _aio.UnaryUnaryMultiCallable[_identity_pb2.UnlinkRequest, _identity_pb2.UnlinkResponse]  # type: ignore[assignment]
     ResolveSubject: _aio.UnaryUnaryMultiCallable[_identity_pb2.ResolveSubjectRequest, _identity_pb2.ResolveSubjectResponse]  # type: ignore[assignment]
     """The caller's pairwise subject id for one of its customers."""
+    RegisterIdentifiers: _aio.UnaryUnaryMultiCallable[_identity_pb2.RegisterIdentifiersRequest, _identity_pb2.RegisterIdentifiersResponse]  # type: ignore[assignment]
+    """Declares identifiers (e-mail, phone) of one of the caller's customers.
+    The gateway keeps only their keyed hashes; a match with another partner's
+    customer becomes a proposal the customer must confirm.
+    """
+    ConfirmMatch: _aio.UnaryUnaryMultiCallable[_identity_pb2.ConfirmMatchRequest, _identity_pb2.ConfirmMatchResponse]  # type: ignore[assignment]
+    """The customer confirmed (at the caller's channel) that a proposed match is them."""
 
 class IdentityServiceServicer(metaclass=_abc_1.ABCMeta):
     """IdentityService links the same customer across partners without ever
@@ -96,5 +110,24 @@ class IdentityServiceServicer(metaclass=_abc_1.ABCMeta):
         context: _ServicerContext,
     ) -> _typing.Union[_identity_pb2.ResolveSubjectResponse, _abc.Awaitable[_identity_pb2.ResolveSubjectResponse]]:
         """The caller's pairwise subject id for one of its customers."""
+
+    @_abc_1.abstractmethod
+    def RegisterIdentifiers(
+        self,
+        request: _identity_pb2.RegisterIdentifiersRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_identity_pb2.RegisterIdentifiersResponse, _abc.Awaitable[_identity_pb2.RegisterIdentifiersResponse]]:
+        """Declares identifiers (e-mail, phone) of one of the caller's customers.
+        The gateway keeps only their keyed hashes; a match with another partner's
+        customer becomes a proposal the customer must confirm.
+        """
+
+    @_abc_1.abstractmethod
+    def ConfirmMatch(
+        self,
+        request: _identity_pb2.ConfirmMatchRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_identity_pb2.ConfirmMatchResponse, _abc.Awaitable[_identity_pb2.ConfirmMatchResponse]]:
+        """The customer confirmed (at the caller's channel) that a proposed match is them."""
 
 def add_IdentityServiceServicer_to_server(servicer: IdentityServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...
