@@ -14,11 +14,11 @@ import datetime as dt
 import json
 import uuid
 from collections import Counter
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncGenerator, Callable, Coroutine, Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol
 
-from coopgate.v1 import cases_pb2, common_pb2
+from coopgate.v1 import admin_pb2, cases_pb2, common_pb2
 from sqlalchemy import Row, and_, insert, or_, select, update
 from sqlalchemy.ext.asyncio import AsyncConnection
 
@@ -38,7 +38,14 @@ from gateway.idempotency import run_once, run_once_external
 from gateway.pki import Role
 from gateway.pseudonyms import Pseudonyms
 from gateway.store import Store
-from gateway.store.schema import case_events, case_participants, cases, subject_links, subjects
+from gateway.store.schema import (
+    case_events,
+    case_participants,
+    cases,
+    services,
+    subject_links,
+    subjects,
+)
 from gateway.vocabulary import Vocabulary
 from workflows import contracts
 
@@ -583,12 +590,16 @@ class Cases:
         return cases_pb2.GetCaseViewResponse(view=view)
 
     async def watch(
-        self, caller: Caller, request: cases_pb2.WatchCaseRequest
-    ) -> AsyncIterator[cases_pb2.WatchCaseResponse]:
+        self,
+        caller: Caller,
+        request: cases_pb2.WatchCaseRequest,
+        on_slow: Callable[[int], Coroutine[Any, Any, None]] | None = None,
+    ) -> AsyncGenerator[cases_pb2.WatchCaseResponse]:
         """Every change after ``after_sequence``, each decided at the moment it is sent.
 
-        Ends when the case is closed and every event was sent. Polls the store,
-        so changes made by any replica or worker reach every watcher.
+        Ends when the case is closed and every event was sent. Changes made by
+        any replica or worker reach every watcher (``CaseFeed``). A watcher that
+        stops reading is dropped through ``on_slow(last sequence it was sent)``.
         """
         caller.require(Role.PARTNER, Role.ADVISOR)
         if not request.case_id:
@@ -597,7 +608,7 @@ class Cases:
             raise InvalidArgument.field("after_sequence", "must be 0 or a sequence from the view")
         self._check_purpose(request.purpose)
         position = request.after_sequence
-        watcher = self.feed.watch(request.case_id, position)
+        watcher = self.feed.watch(request.case_id, position, on_slow)
         loop = asyncio.get_running_loop()
         try:
             while True:
@@ -620,6 +631,7 @@ class Cases:
                     watcher.writing_since = loop.time()
                     yield cases_pb2.WatchCaseResponse(item=item, header=header)
                     watcher.writing_since = None
+                    watcher.delivered = item.sequence
                 if events:
                     position = watcher.position = events[-1].sequence
                     continue
@@ -683,16 +695,23 @@ class Cases:
     async def list_cases(
         self, caller: Caller, request: cases_pb2.ListCasesRequest
     ) -> cases_pb2.ListCasesResponse:
+        """Cases the caller takes part in. With a customer (subject or local id)
+        and a purpose, the customer's history across partners: other partners'
+        cases of this customer appear where the consent rules let the caller
+        see that partner's interaction history, each decision audited."""
         caller.require(Role.PARTNER, Role.ADVISOR)
         if request.purpose:
             self._check_purpose(request.purpose)
         size = request.page.page_size or DEFAULT_PAGE_SIZE
         if not 0 < size <= MAX_PAGE_SIZE:
             raise InvalidArgument.field("page.page_size", f"must be in 1..{MAX_PAGE_SIZE}")
+        history = bool(request.purpose and (request.subject_id or request.customer_local_id))
         mine = select(case_participants.c.case_id).where(
             case_participants.c.partner_id == caller.partner_id
         )
-        query = select(cases).where(cases.c.case_id.in_(mine))
+        query = select(cases)
+        if not history:
+            query = query.where(cases.c.case_id.in_(mine))
         if request.service_id:
             query = query.where(cases.c.service_id == request.service_id)
         if request.status:
@@ -715,11 +734,33 @@ class Cases:
                 )
             )
         query = query.order_by(cases.c.opened_at.desc(), cases.c.case_id.desc()).limit(size + 1)
+        response = cases_pb2.ListCasesResponse()
         async with self.store.read() as conn:
             rows = [_case_row(r) for r in (await conn.execute(query)).all()]
-            response = cases_pb2.ListCasesResponse()
+            taking_part = set(
+                (
+                    await conn.execute(
+                        mine.where(case_participants.c.case_id.in_([r.case_id for r in rows]))
+                    )
+                ).scalars()
+            )
             for row in rows[:size]:
-                response.cases.append(await self._header(conn, caller, row))
+                header = await self._header(conn, caller, row)
+                if row.case_id not in taking_part:
+                    flow = Flow(row.first_contact_partner_id, INTERACTION_CATEGORY)
+                    decided = await self.rules.decide(
+                        conn,
+                        reader=caller,
+                        subject_id=row.subject_id,
+                        service_id=row.service_id,
+                        purpose=request.purpose,
+                        flows=[flow],
+                        case_id=row.case_id,
+                    )
+                    if not decided[flow].allowed:
+                        continue
+                    header.summary = row.summary
+                response.cases.append(header)
         if len(rows) > size:
             last = rows[size - 1]
             response.next_page_token = _encode_token(last.opened_at, last.case_id)
@@ -768,6 +809,17 @@ class Cases:
             summary=row.summary if caller.partner_id == row.first_contact_partner_id else "",
         )
         header.opened_at.FromDatetime(row.opened_at)
+        definition = (
+            await conn.execute(
+                select(services.c.definition).where(services.c.service_id == row.service_id)
+            )
+        ).scalar()
+        if definition is not None:
+            levels = admin_pb2.Service.FromString(definition).service_level
+            header.owner_due_at.FromDatetime(row.opened_at + levels.time_to_owner.ToTimedelta())
+            header.resolution_due_at.FromDatetime(
+                row.opened_at + levels.time_to_resolution.ToTimedelta()
+            )
         resolvers = (
             await conn.execute(
                 select(case_participants.c.partner_id).where(

@@ -105,3 +105,10 @@ class Unavailable(CoopgateError):
 
     code = grpc.StatusCode.UNAVAILABLE
     default_reason = "UNAVAILABLE"
+
+
+class Aborted(CoopgateError):
+    """The call was cut short (e.g. a watcher too slow to keep up); retry or resume."""
+
+    code = grpc.StatusCode.ABORTED
+    default_reason = "ABORTED"

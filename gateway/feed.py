@@ -13,7 +13,9 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+from collections.abc import Callable, Coroutine
 from dataclasses import dataclass, field
+from typing import Any
 
 from sqlalchemy import select
 
@@ -28,10 +30,12 @@ _CHUNK = 500
 class Watcher:
     case_id: str
     position: int
-    task: asyncio.Task[object] | None
+    #: Called once with the last sequence sent when the client stops reading.
+    on_slow: Callable[[int], Coroutine[Any, Any, None]] | None
     moved: asyncio.Event = field(default_factory=asyncio.Event)
     #: Loop time at which the current write to the client began (None: not writing).
     writing_since: float | None = None
+    delivered: int = 0
     dropped: bool = False
 
 
@@ -42,9 +46,15 @@ class CaseFeed:
         self.slow_after = slow_after
         self._watchers: dict[str, set[Watcher]] = {}
         self._poller: asyncio.Task[None] | None = None
+        self._drops: set[asyncio.Task[None]] = set()
 
-    def watch(self, case_id: str, position: int) -> Watcher:
-        watcher = Watcher(case_id, position, asyncio.current_task())
+    def watch(
+        self,
+        case_id: str,
+        position: int,
+        on_slow: Callable[[int], Coroutine[Any, Any, None]] | None = None,
+    ) -> Watcher:
+        watcher = Watcher(case_id, position, on_slow, delivered=position)
         self._watchers.setdefault(case_id, set()).add(watcher)
         if self._poller is None or self._poller.done():
             self._poller = asyncio.create_task(self._poll(), name="case-feed")
@@ -91,8 +101,10 @@ class CaseFeed:
                     since = watcher.writing_since
                     if since is not None and now - since > self.slow_after and not watcher.dropped:
                         watcher.dropped = True
-                        if watcher.task is not None:
-                            watcher.task.cancel()
+                        if watcher.on_slow is not None:
+                            task = asyncio.create_task(watcher.on_slow(watcher.delivered))
+                            self._drops.add(task)
+                            task.add_done_callback(self._drops.discard)
             await asyncio.sleep(self.interval)
         self._poller = None
 

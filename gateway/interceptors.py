@@ -135,14 +135,16 @@ def _wrap_stream(behavior: Callable[..., Any]) -> Callable[..., AsyncIterator[An
             token = set_caller(_caller_from(context))
         except Exception as exc:
             await _abort(context, exc)
+        stream = behavior(request, context)
         try:
-            async for response in behavior(request, context):
+            async for response in stream:
                 yield response
         except grpc.aio.AbortError:
             raise
         except Exception as exc:
             await _abort(context, exc)
         finally:
+            await stream.aclose()
             reset_caller(token)
 
     return wrapper

@@ -6,6 +6,7 @@ generated base classes' default).
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -22,12 +23,15 @@ from coopgate.v1 import (
     work_pb2,
     work_pb2_grpc,
 )
+from grpc_status import rpc_status
 
 from gateway.admin import Admin
 from gateway.caller import current_caller
 from gateway.cases import Cases
 from gateway.consent import Consents
+from gateway.errors import Aborted
 from gateway.identity import Identity
+from gateway.interceptors import status_for
 from gateway.work import PartnerWork
 
 Context = grpc.aio.ServicerContext[Any, Any]
@@ -98,8 +102,22 @@ class CaseServicer(cases_pb2_grpc.CaseServiceServicer):
     async def WatchCase(
         self, request: cases_pb2.WatchCaseRequest, context: Context
     ) -> AsyncIterator[cases_pb2.WatchCaseResponse]:
-        async for response in self._cases.watch(current_caller(), request):
-            yield response
+        async def drop(resume_after: int) -> None:
+            error = Aborted(
+                "this watcher stopped reading and was dropped; "
+                "watch again with after_sequence to resume",
+                reason="SLOW_CONSUMER",
+                metadata={"resume_after": str(resume_after)},
+            )
+            with contextlib.suppress(grpc.aio.AbortError):
+                await context.abort_with_status(rpc_status.to_status(status_for(error)))
+
+        stream = self._cases.watch(current_caller(), request, on_slow=drop)
+        try:
+            async for response in stream:
+                yield response
+        finally:
+            await stream.aclose()
 
 
 class AdminServicer(admin_pb2_grpc.AdminServiceServicer):

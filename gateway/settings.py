@@ -46,6 +46,14 @@ class Settings(BaseSettings):
     vocabulary: Path | None = Field(
         default=None, description="TOML of data categories and purposes (default: bundled)."
     )
+    audit_origin: str | None = Field(
+        default=None,
+        description="Origin line of the audit log's checkpoints, also the name of their key; "
+        "default coopgate.dev/audit/<server_name>. Never change it for a running log.",
+    )
+    checkpoint_interval_seconds: float = Field(
+        default=10.0, description="How often a grown audit log gets a signed checkpoint; 0: never."
+    )
 
     @property
     def pki_dir(self) -> Path:
@@ -60,6 +68,10 @@ class Settings(BaseSettings):
         if self.database_url:
             return self.database_url
         return f"sqlite+aiosqlite:///{(self.data_dir / 'coopgate.db').resolve()}"
+
+    @property
+    def effective_audit_origin(self) -> str:
+        return self.audit_origin or f"coopgate.dev/audit/{self.server_name}"
 
     @property
     def effective_temporal_address(self) -> str:
