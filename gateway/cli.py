@@ -13,6 +13,7 @@ import typer
 from rich.console import Console
 
 from gateway.audit.cli import audit_app
+from gateway.case_cli import case_app
 from gateway.consent_cli import agreement_app, consent_app
 from gateway.pki import CertificateAuthority, Role
 from gateway.settings import Settings
@@ -21,6 +22,7 @@ app = typer.Typer(no_args_is_help=True, add_completion=False, help="The Coopgate
 ca_app = typer.Typer(no_args_is_help=True, help="The gateway's certificate authority.")
 app.add_typer(ca_app, name="ca")
 app.add_typer(audit_app, name="audit")
+app.add_typer(case_app, name="case")
 app.add_typer(consent_app, name="consent")
 app.add_typer(agreement_app, name="agreement")
 

@@ -2,12 +2,21 @@
 
 from __future__ import annotations
 
-from typing import cast
+import asyncio
+import os
+import sys
+from pathlib import Path
+from typing import TYPE_CHECKING, cast
 
 import grpc
 from google.rpc import error_details_pb2, status_pb2
 from grpc_health.v1 import health_pb2
 from grpc_status import rpc_status
+
+from gateway.pki import Role
+
+if TYPE_CHECKING:
+    from tests.conftest import Stack
 
 
 def rich_status(error: grpc.aio.AioRpcError) -> status_pb2.Status:
@@ -44,3 +53,29 @@ async def health_status(channel: grpc.aio.Channel, service: str = "", timeout: f
         health_pb2.HealthCheckRequest(service=service), timeout=timeout
     )
     return reply.status
+
+
+COOPGATE = str(Path(sys.executable).parent / "coopgate")
+
+
+async def run_coopgate(*args: str) -> tuple[int, str, str]:
+    """Run the `coopgate` command; returns (exit status, stdout, stderr)."""
+    process = await asyncio.create_subprocess_exec(
+        COOPGATE,
+        *args,
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
+        env={**os.environ, "COLUMNS": "250"},  # rich wraps at 80 columns when piped
+    )
+    stdout, stderr = await asyncio.wait_for(process.communicate(), 60)
+    assert process.returncode is not None
+    return process.returncode, stdout.decode(), stderr.decode()
+
+
+def client_args(stack: Stack, partner: str, role: Role) -> list[str]:
+    """Options that make a `coopgate` client command talk to the test stack."""
+    creds = stack.credentials(partner, role)
+    return [
+        "--as", partner, "--role", role.value, "--target", stack.target,
+        "--cert", str(creds.cert), "--key", str(creds.key), "--ca", str(creds.ca),
+    ]  # fmt: skip

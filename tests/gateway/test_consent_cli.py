@@ -3,9 +3,7 @@ the running gateway over mTLS; receipts verified offline."""
 
 from __future__ import annotations
 
-import asyncio
 import json
-import sys
 from collections.abc import Callable
 from pathlib import Path
 
@@ -13,25 +11,8 @@ from coopgate.v1 import admin_pb2, cases_pb2, common_pb2
 
 from gateway.pki import Role
 from tests.conftest import Stack
-
-COOPGATE = str(Path(sys.executable).parent / "coopgate")
-
-
-async def run(*args: str) -> tuple[int, str, str]:
-    process = await asyncio.create_subprocess_exec(
-        COOPGATE, *args, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE
-    )
-    stdout, stderr = await asyncio.wait_for(process.communicate(), 60)
-    assert process.returncode is not None
-    return process.returncode, stdout.decode(), stderr.decode()
-
-
-def client_args(stack: Stack, partner: str, role: Role) -> list[str]:
-    creds = stack.credentials(partner, role)
-    return [
-        "--as", partner, "--role", role.value, "--target", stack.target,
-        "--cert", str(creds.cert), "--key", str(creds.key), "--ca", str(creds.ca),
-    ]  # fmt: skip
+from tests.helpers import client_args
+from tests.helpers import run_coopgate as run
 
 
 async def test_grant_verify_list_revoke_from_the_command_line(
