@@ -13,9 +13,9 @@ import base64
 import datetime as dt
 import json
 import uuid
-from collections import Counter
+from collections import Counter, OrderedDict
 from collections.abc import AsyncGenerator, Callable, Coroutine, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 from coopgate.v1 import admin_pb2, cases_pb2, common_pb2
@@ -25,7 +25,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 from gateway.admin import load_service
 from gateway.audit.log import AuditRecord
 from gateway.caller import Caller
-from gateway.consent import ConsentRules, Flow
+from gateway.consent import AccessDecision, ConsentRules, Flow
 from gateway.errors import (
     FailedPrecondition,
     FieldViolation,
@@ -61,6 +61,7 @@ REPORTABLE_FINDINGS = (
     cases_pb2.FINDING_STATUS_UNKNOWN,
 )
 WATCH_BATCH = 200
+TIMELINE_CACHE_CASES = 512
 WATCH_IDLE_SECONDS = 5.0
 #: Category of what the customer told the first-contact partner.
 INTERACTION_CATEGORY = "interaction.history"
@@ -89,9 +90,30 @@ class Incidents(Protocol):
 
 
 @dataclass(slots=True, frozen=True)
+class TimelineEvent:
+    sequence: int
+    source_partner_id: str
+    category: str
+    item: cases_pb2.TimelineItem
+    flow: Flow = field(init=False)
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "flow", Flow(self.source_partner_id, self.category))
+
+
+@dataclass(slots=True, frozen=True)
+class WatchBatch:
+    row: CaseRow
+    header: cases_pb2.CaseHeader
+    events: list[TimelineEvent]
+    decisions: dict[Flow, AccessDecision]
+
+
+@dataclass(slots=True, frozen=True)
 class CaseRow:
     case_id: str
     service_id: str
+    service_version: int
     subject_id: str
     first_contact_partner_id: str
     first_contact_channel: int
@@ -183,6 +205,9 @@ class Cases:
         self.rules = rules
         self.vocabulary = vocabulary
         self.feed = feed
+        self._timelines: OrderedDict[str, tuple[int, list[TimelineEvent]]] = OrderedDict()
+        self._levels: dict[tuple[str, int], admin_pb2.ServiceLevel] = {}
+        self._inflight: dict[tuple[str, str, str, int, int], asyncio.Future[WatchBatch]] = {}
 
     async def open_case(
         self, caller: Caller, request: cases_pb2.OpenCaseRequest
@@ -566,28 +591,62 @@ class Cases:
         self._check_purpose(request.purpose)
         async with self.store.read() as conn:
             row = await self._visible_case(conn, caller, request.case_id)
-            view = cases_pb2.CaseView(header=await self._header(conn, caller, row))
-            for p in (
+            participants = (
                 await conn.execute(
                     select(case_participants)
                     .where(case_participants.c.case_id == row.case_id)
                     .order_by(case_participants.c.role, case_participants.c.partner_id)
                 )
-            ).all():
-                view.participants.add(partner_id=p.partner_id, role=p.role, person_id=p.person_id)
-            events = (
-                await conn.execute(
-                    select(case_events)
-                    .where(case_events.c.case_id == row.case_id)
-                    .order_by(case_events.c.occurred_at, case_events.c.sequence)
-                )
             ).all()
-            allowed, withheld = await self._filter(conn, caller, row, request.purpose, events)
+            header = await self._header(conn, caller, row, participants)
+            events = await self._timeline(conn, row)
+            allowed, withheld, records = await self._filter(
+                conn, caller, row, request.purpose, events
+            )
+        # Durable before anything is served: a read that cannot be logged does not happen.
+        await self.rules.audit.record(records)
+        view = cases_pb2.CaseView(header=header)
+        for p in participants:
+            view.participants.add(partner_id=p.partner_id, role=p.role, person_id=p.person_id)
         view.timeline.extend(allowed)
         view.position = max((e.sequence for e in events), default=0)
         for (source, category), count in sorted(withheld.items()):
             view.withheld.add(source_partner_id=source, category=category, count=count)
         return cases_pb2.GetCaseViewResponse(view=view)
+
+    async def _timeline(self, conn: AsyncConnection, row: CaseRow) -> list[TimelineEvent]:
+        """The case's events in time order, parsed once per version of the case:
+        events are append-only, so ``last_sequence`` identifies the content."""
+        cached = self._timelines.get(row.case_id)
+        if cached is not None and cached[0] == row.last_sequence:
+            self._timelines.move_to_end(row.case_id)
+            return cached[1]
+        rows = (
+            await conn.execute(
+                select(
+                    case_events.c.sequence,
+                    case_events.c.source_partner_id,
+                    case_events.c.category,
+                    case_events.c.item,
+                )
+                .where(case_events.c.case_id == row.case_id)
+                .order_by(case_events.c.occurred_at, case_events.c.sequence)
+            )
+        ).all()
+        events = [
+            TimelineEvent(
+                r.sequence,
+                r.source_partner_id,
+                r.category,
+                cases_pb2.TimelineItem.FromString(r.item),
+            )
+            for r in rows
+        ]
+        if events and max(e.sequence for e in events) == row.last_sequence:
+            self._timelines[row.case_id] = (row.last_sequence, events)
+            while len(self._timelines) > TIMELINE_CACHE_CASES:
+                self._timelines.popitem(last=False)
+        return events
 
     async def watch(
         self,
@@ -612,21 +671,15 @@ class Cases:
         loop = asyncio.get_running_loop()
         try:
             while True:
-                async with self.store.read() as conn:
-                    row = await self._visible_case(conn, caller, request.case_id)
-                    events = (
-                        await conn.execute(
-                            select(case_events)
-                            .where(
-                                case_events.c.case_id == row.case_id,
-                                case_events.c.sequence > position,
-                            )
-                            .order_by(case_events.c.sequence)
-                            .limit(WATCH_BATCH)
+                batch = await self._watch_batch(caller, request.case_id, request.purpose, position)
+                row, header, events = batch.row, batch.header, batch.events
+                allowed = [e.item for e in events if batch.decisions[e.flow].allowed]
+                if events:
+                    await self.rules.audit.record(
+                        self._read_records(
+                            caller, row, request.purpose, batch.decisions, events, len(allowed)
                         )
-                    ).all()
-                    header = await self._header(conn, caller, row)
-                    allowed, _ = await self._filter(conn, caller, row, request.purpose, events)
+                    )
                 for item in allowed:
                     watcher.writing_since = loop.time()
                     yield cases_pb2.WatchCaseResponse(item=item, header=header)
@@ -641,34 +694,61 @@ class Cases:
         finally:
             self.feed.forget(watcher)
 
-    async def _filter(
+    async def _watch_batch(
+        self, caller: Caller, case_id: str, purpose: str, position: int
+    ) -> WatchBatch:
+        """The events after ``position`` and their decisions for one partner and
+        purpose. Watchers of the same partner waiting at the same position share
+        one in-flight read (a thousand watchers wake with a few queries); a read
+        started before a consent change here is never joined after it."""
+        key = (case_id, caller.partner_id, purpose, position, self.rules.epoch)
+        shared = self._inflight.get(key)
+        if shared is None:
+            shared = asyncio.ensure_future(self._read_batch(caller, case_id, purpose, position))
+            self._inflight[key] = shared
+            shared.add_done_callback(lambda _: self._inflight.pop(key, None))
+        return await asyncio.shield(shared)
+
+    async def _read_batch(
+        self, caller: Caller, case_id: str, purpose: str, position: int
+    ) -> WatchBatch:
+        async with self.store.read() as conn:
+            row = await self._visible_case(conn, caller, case_id)
+            events = [
+                TimelineEvent(
+                    r.sequence,
+                    r.source_partner_id,
+                    r.category,
+                    cases_pb2.TimelineItem.FromString(r.item),
+                )
+                for r in await conn.execute(
+                    select(case_events)
+                    .where(case_events.c.case_id == row.case_id, case_events.c.sequence > position)
+                    .order_by(case_events.c.sequence)
+                    .limit(WATCH_BATCH)
+                )
+            ]
+            header = await self._header(conn, caller, row)
+            decisions = await self.rules.evaluate(
+                conn,
+                reader_partner_id=caller.partner_id,
+                subject_id=row.subject_id,
+                service_id=row.service_id,
+                purpose=purpose,
+                flows={e.flow for e in events},
+            )
+        return WatchBatch(row, header, events, decisions)
+
+    def _read_records(
         self,
-        conn: AsyncConnection,
         caller: Caller,
         row: CaseRow,
         purpose: str,
-        events: Sequence[Row[Any]],
-    ) -> tuple[list[cases_pb2.TimelineItem], Counter[tuple[str, str]]]:
-        """Split events into those the consent rules let this reader see and
-        the counts of those withheld; audit every decision and the read itself
-        before anything is served."""
-        if not events:
-            return [], Counter()
-        decisions = await self.rules.evaluate(
-            conn,
-            reader_partner_id=caller.partner_id,
-            subject_id=row.subject_id,
-            service_id=row.service_id,
-            purpose=purpose,
-            flows={Flow(e.source_partner_id, e.category) for e in events},
-        )
-        allowed: list[cases_pb2.TimelineItem] = []
-        withheld: Counter[tuple[str, str]] = Counter()
-        for event in events:
-            if decisions[Flow(event.source_partner_id, event.category)].allowed:
-                allowed.append(cases_pb2.TimelineItem.FromString(event.item))
-            else:
-                withheld[(event.source_partner_id, event.category)] += 1
+        decisions: dict[Flow, AccessDecision],
+        events: Sequence[TimelineEvent],
+        served: int,
+    ) -> list[AuditRecord]:
+        """The audit records of one read: each decision, and the read itself."""
         records = self.rules.access_records(caller, row.subject_id, row.case_id, purpose, decisions)
         records.append(
             AuditRecord(
@@ -681,11 +761,41 @@ class Cases:
                 purpose=purpose,
                 categories=tuple(sorted({e.category for e in events})),
                 decision="allow",
-                reason=f"{len(allowed)} items served, {sum(withheld.values())} withheld",
+                reason=f"{served} items served, {len(events) - served} withheld",
             )
         )
-        await self.rules.audit.record(records)
-        return allowed, withheld
+        return records
+
+    async def _filter(
+        self,
+        conn: AsyncConnection,
+        caller: Caller,
+        row: CaseRow,
+        purpose: str,
+        events: Sequence[TimelineEvent],
+    ) -> tuple[list[cases_pb2.TimelineItem], Counter[tuple[str, str]], list[AuditRecord]]:
+        """Split events into those the consent rules let this reader see and the
+        counts of those withheld, with the audit records of the read (the
+        caller records them before serving anything)."""
+        if not events:
+            return [], Counter(), []
+        decisions = await self.rules.evaluate(
+            conn,
+            reader_partner_id=caller.partner_id,
+            subject_id=row.subject_id,
+            service_id=row.service_id,
+            purpose=purpose,
+            flows={e.flow for e in events},
+        )
+        allowed: list[cases_pb2.TimelineItem] = []
+        withheld: Counter[tuple[str, str]] = Counter()
+        for event in events:
+            if decisions[event.flow].allowed:
+                allowed.append(event.item)
+            else:
+                withheld[(event.source_partner_id, event.category)] += 1
+        records = self._read_records(caller, row, purpose, decisions, events, len(allowed))
+        return allowed, withheld, records
 
     def _check_purpose(self, purpose: str) -> None:
         violation = self.vocabulary.check_purpose("purpose", purpose)
@@ -781,22 +891,27 @@ class Cases:
     async def _visible_case(self, conn: AsyncConnection, caller: Caller, case_id: str) -> CaseRow:
         """The case if the caller's partner takes part in it; NOT_FOUND otherwise,
         so that a case's existence is not revealed to outsiders."""
-        participates = (
-            await conn.execute(
-                select(case_participants.c.partner_id)
-                .where(
-                    case_participants.c.case_id == case_id,
-                    case_participants.c.partner_id == caller.partner_id,
-                )
-                .limit(1)
+        takes_part = (
+            select(case_participants.c.case_id)
+            .where(
+                case_participants.c.case_id == case_id,
+                case_participants.c.partner_id == caller.partner_id,
             )
+            .exists()
+        )
+        row = (
+            await conn.execute(select(cases).where(cases.c.case_id == case_id, takes_part))
         ).first()
-        if participates is None:
+        if row is None:
             raise NotFound(f"case {case_id!r} not found", reason="CASE_NOT_FOUND")
-        return await _load_case(conn, case_id)
+        return _case_row(row)
 
     async def _header(
-        self, conn: AsyncConnection, caller: Caller, row: CaseRow
+        self,
+        conn: AsyncConnection,
+        caller: Caller,
+        row: CaseRow,
+        participants: Sequence[Row[Any]] | None = None,
     ) -> cases_pb2.CaseHeader:
         header = cases_pb2.CaseHeader(
             case_id=row.case_id,
@@ -809,27 +924,45 @@ class Cases:
             summary=row.summary if caller.partner_id == row.first_contact_partner_id else "",
         )
         header.opened_at.FromDatetime(row.opened_at)
-        definition = (
-            await conn.execute(
-                select(services.c.definition).where(services.c.service_id == row.service_id)
-            )
-        ).scalar()
-        if definition is not None:
-            levels = admin_pb2.Service.FromString(definition).service_level
+        levels = await self._service_levels(conn, row)
+        if levels is not None:
             header.owner_due_at.FromDatetime(row.opened_at + levels.time_to_owner.ToTimedelta())
             header.resolution_due_at.FromDatetime(
                 row.opened_at + levels.time_to_resolution.ToTimedelta()
             )
-        resolvers = (
-            await conn.execute(
-                select(case_participants.c.partner_id).where(
-                    case_participants.c.case_id == row.case_id,
-                    case_participants.c.role == cases_pb2.PARTICIPANT_ROLE_RESOLVER,
+        if participants is None:
+            participants = (
+                await conn.execute(
+                    select(case_participants).where(case_participants.c.case_id == row.case_id)
                 )
+            ).all()
+        header.resolver_ids.extend(
+            sorted(
+                p.partner_id for p in participants if p.role == cases_pb2.PARTICIPANT_ROLE_RESOLVER
             )
-        ).scalars()
-        header.resolver_ids.extend(sorted(resolvers))
+        )
         return header
+
+    async def _service_levels(
+        self, conn: AsyncConnection, row: CaseRow
+    ) -> admin_pb2.ServiceLevel | None:
+        """The service levels the case was opened under (cached per service version)."""
+        key = (row.service_id, row.service_version)
+        if key not in self._levels:
+            found = (
+                await conn.execute(
+                    select(services.c.version, services.c.definition).where(
+                        services.c.service_id == row.service_id
+                    )
+                )
+            ).first()
+            if found is None:
+                return None
+            levels = admin_pb2.Service.FromString(found.definition).service_level
+            if found.version != row.service_version:
+                return levels  # the service changed since: use the current levels, uncached
+            self._levels[key] = levels
+        return self._levels[key]
 
 
 async def _append_contact(

@@ -101,6 +101,9 @@ class ConsentRules:
 
     def __init__(self, audit: AuditLog) -> None:
         self.audit = audit
+        #: Bumped by every consent change made through this process; readers
+        #: that share an in-flight read never join one started before a change.
+        self.epoch = 0
 
     async def decide(
         self,
@@ -341,7 +344,9 @@ class Consents:
         pseudonyms: Pseudonyms,
         signer: ReceiptSigner,
         audit: AuditLog,
+        rules: ConsentRules,
     ) -> None:
+        self.rules = rules
         self.store = store
         self.vocabulary = vocabulary
         self.pseudonyms = pseudonyms
@@ -413,6 +418,7 @@ class Consents:
         response, _ = await run_once(
             self.store, caller, "GrantConsent", request, consents_pb2.GrantConsentResponse, action
         )
+        self.rules.epoch += 1  # after the commit too: no shared read started before it is joined
         return response
 
     async def revoke(
@@ -473,6 +479,7 @@ class Consents:
         response, _ = await run_once(
             self.store, caller, "RevokeConsent", request, consents_pb2.RevokeConsentResponse, action
         )
+        self.rules.epoch += 1  # after the commit too: no shared read started before it is joined
         return response
 
     async def list(
@@ -773,6 +780,7 @@ class Consents:
         channel: int,
         now: dt.datetime,
     ) -> None:
+        self.rules.epoch += 1
         sequence = (
             await conn.execute(
                 select(func.count())

@@ -29,7 +29,9 @@ from temporalio.worker import Worker
 from gateway import catalog
 from gateway.activities import IncidentActivities
 from gateway.admin import Admin
+from gateway.audit.checkpoints import Checkpointer, load_signer
 from gateway.audit.log import AuditLog
+from gateway.audit.service import Audit
 from gateway.cases import Cases
 from gateway.consent import ConsentRules, Consents
 from gateway.feed import CaseFeed
@@ -213,6 +215,7 @@ async def open_runtime(
     store = create_store(settings.effective_database_url)
     audit: AuditLog | None = None
     feed: CaseFeed | None = None
+    checkpoints: asyncio.Task[None] | None = None
     try:
         await migrate(store)
         if client is None:
@@ -224,12 +227,20 @@ async def open_runtime(
         incidents = TemporalIncidents(client, settings.task_queue)
         audit = AuditLog(store)
         rules = ConsentRules(audit)
-        admin = Admin(store, vocabulary)
+        admin = Admin(store, vocabulary, audit)
+        checkpointer = Checkpointer(
+            store,
+            load_signer(settings.secrets_dir / "checkpoint.key", settings.effective_audit_origin),
+        )
         feed = CaseFeed(store, slow_after=settings.slow_watcher_seconds)
         cases = Cases(store, pseudonyms, incidents, rules, vocabulary, feed)
-        consents = Consents(store, vocabulary, pseudonyms, signer, audit)
+        consents = Consents(store, vocabulary, pseudonyms, signer, audit, rules)
         if seed:
             await catalog.seed(admin)
+        if settings.checkpoint_interval_seconds > 0:
+            checkpoints = asyncio.create_task(
+                checkpointer.run(settings.checkpoint_interval_seconds), name="audit-checkpoints"
+            )
         yield Runtime(
             settings=settings,
             store=store,
@@ -240,11 +251,16 @@ async def open_runtime(
                 consents=consents,
                 work=PartnerWork(store),
                 identity=Identity(store, pseudonyms, identifier_hasher, audit),
+                audit=Audit(store, checkpointer, pseudonyms),
             ),
             activities=IncidentActivities(store, cases, rules, audit, pseudonyms),
             audit=audit,
         )
     finally:
+        if checkpoints is not None:
+            checkpoints.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await checkpoints
         if feed is not None:
             await feed.close()
         if audit is not None:

@@ -1,0 +1,333 @@
+"""Benchmark: the consent-filtered view of a case with 200 timeline items from 4
+partners, served over mTLS, at 1, 16 and 64 concurrent callers, next to a bare
+grpc.aio echo server (same mTLS, same response size) measured in the same run;
+then 1,000 concurrent watchers, each timed from an event to its delivery.
+
+The load runs in a separate process, so client and server each have a core.
+
+    python -m tests.benchmarks.case_view [--seconds 5] [--watchers 1000] [--backend sqlite]
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import sys
+import tempfile
+import time
+import uuid
+from pathlib import Path
+
+import grpc
+from coopgate.v1 import admin_pb2, cases_pb2, cases_pb2_grpc, common_pb2, consents_pb2
+from temporalio.testing import WorkflowEnvironment
+
+from gateway.caller import Caller
+from gateway.pki import Role
+from gateway.settings import Settings
+from gateway.stack import DEV_SERVER_TUNING, Runtime, ensure_pki, open_runtime, start_gateway
+from tests.benchmarks.common import database, summarize
+
+ECHO_METHOD = "/bench.Echo/Get"
+PARTNERS = ("bank-a", "telco-a", "acquirer-a", "handset-a")
+CATEGORIES = {
+    "bank-a": "interaction.history",
+    "telco-a": "device.sim",
+    "acquirer-a": "payment.transactions",
+    "handset-a": "device.handset",
+}
+
+
+def _channel(target: str, cert: str, key: str, ca: str) -> grpc.aio.Channel:
+    credentials = grpc.ssl_channel_credentials(
+        root_certificates=Path(ca).read_bytes(),
+        private_key=Path(key).read_bytes(),
+        certificate_chain=Path(cert).read_bytes(),
+    )
+    return grpc.aio.secure_channel(
+        target, credentials, options=[("grpc.ssl_target_name_override", "localhost")]
+    )
+
+
+async def client_load(args: argparse.Namespace) -> None:
+    """The load generator (child process): prints one JSON line of results."""
+    channel = _channel(args.target, args.cert, args.key, args.ca)
+    if args.method == "echo":
+        echo = channel.unary_unary(ECHO_METHOD)
+
+        async def one() -> int:
+            return len(await echo(b"x"))
+
+    else:
+        stub = cases_pb2_grpc.CaseServiceStub(channel)
+        request = cases_pb2.GetCaseViewRequest(case_id=args.case_id, purpose="incident-resolution")
+
+        async def one() -> int:
+            response = await stub.GetCaseView(request)
+            return response.ByteSize()
+
+    size = await one()
+    samples: list[int] = []
+    deadline = time.perf_counter() + args.seconds
+
+    async def caller() -> None:
+        while time.perf_counter() < deadline:
+            t0 = time.perf_counter_ns()
+            await one()
+            samples.append(time.perf_counter_ns() - t0)
+
+    started = time.perf_counter()
+    await asyncio.gather(*(caller() for _ in range(args.concurrency)))
+    elapsed = time.perf_counter() - started
+    latency = summarize(samples)
+    print(
+        json.dumps(
+            {
+                "rps": len(samples) / elapsed,
+                "p50_ms": latency.p50_us / 1000,
+                "p99_ms": latency.p99_us / 1000,
+                "bytes": size,
+            }
+        ),
+        flush=True,
+    )
+    await channel.close()
+
+
+async def client_watchers(args: argparse.Namespace) -> None:
+    """Open N watches; report when each received the marker event (child process)."""
+    channels = [_channel(args.target, args.cert, args.key, args.ca) for _ in range(8)]
+    ready = 0
+    arrivals: list[float] = []
+    all_ready = asyncio.Event()
+
+    async def watcher(i: int) -> None:
+        nonlocal ready
+        stub = cases_pb2_grpc.CaseServiceStub(channels[i % len(channels)])
+        call = stub.WatchCase(
+            cases_pb2.WatchCaseRequest(
+                case_id=args.case_id, purpose="incident-resolution", after_sequence=args.after
+            )
+        )
+        first = True
+        async for response in call:
+            if first:
+                first = False
+                ready += 1
+                if ready == args.watchers:
+                    all_ready.set()
+            if response.item.interaction.summary == "marker":
+                arrivals.append(time.time())
+                call.cancel()
+                return
+
+    tasks = [asyncio.create_task(watcher(i)) for i in range(args.watchers)]
+    await asyncio.wait_for(all_ready.wait(), 120)
+    print("READY", flush=True)
+    await asyncio.wait_for(asyncio.gather(*tasks, return_exceptions=True), 60)
+    print(json.dumps({"arrivals": arrivals}), flush=True)
+    for channel in channels:
+        await channel.close()
+
+
+def echo_server(payload: bytes) -> grpc.aio.Server:
+    async def get(request: bytes, context: grpc.aio.ServicerContext[bytes, bytes]) -> bytes:
+        return payload
+
+    server = grpc.aio.server()
+    server.add_generic_rpc_handlers(
+        [
+            grpc.method_handlers_generic_handler(
+                "bench.Echo", {"Get": grpc.unary_unary_rpc_method_handler(get)}
+            )
+        ]
+    )
+    return server
+
+
+async def seed_case(runtime: Runtime, service_id: str) -> tuple[str, int]:
+    """A case at the bank with 200 items from 4 partners; the bank may see all of it."""
+    domain = runtime.domain
+    admin = Caller("coopgate", Role.ADMIN)
+    for partner in PARTNERS[1:]:
+        await domain.admin.define_sharing_agreement(
+            admin,
+            admin_pb2.DefineSharingAgreementRequest(
+                idempotency_key=uuid.uuid4().hex,
+                agreement=admin_pb2.SharingAgreement(
+                    source_partner_id=partner,
+                    recipient_partner_id="bank-a",
+                    service_id=service_id,
+                    categories=[CATEGORIES[partner]],
+                    purposes=["incident-resolution"],
+                ),
+            ),
+        )
+    bank = Caller("bank-a", Role.ADVISOR, "bench")
+    opened = await domain.cases.open_case(
+        bank,
+        cases_pb2.OpenCaseRequest(
+            idempotency_key=uuid.uuid4().hex,
+            service_id=service_id,
+            customer_local_id="bench-customer",
+            channel=common_pb2.CHANNEL_PHONE,
+            summary="cannot pay by phone",
+        ),
+    )
+    for partner in PARTNERS[1:]:
+        await domain.consents.grant(
+            bank,
+            consents_pb2.GrantConsentRequest(
+                idempotency_key=uuid.uuid4().hex,
+                customer_local_id="bench-customer",
+                source_partner_id=partner,
+                recipient_partner_ids=["bank-a"],
+                categories=[CATEGORIES[partner]],
+                purposes=["incident-resolution"],
+                channel=common_pb2.CHANNEL_PHONE,
+                notice_version="bench",
+            ),
+        )
+    count = 0
+    while True:
+        view = await domain.cases.get_view(
+            bank,
+            cases_pb2.GetCaseViewRequest(case_id=opened.case_id, purpose="incident-resolution"),
+        )
+        count = len(view.view.timeline)
+        if count >= 200:
+            return opened.case_id, view.view.position
+        for i in range(200 - count):
+            partner = PARTNERS[i % 4]
+            await domain.cases.append_interaction(
+                Caller(partner, Role.ADVISOR, "bench"),
+                cases_pb2.AppendInteractionRequest(
+                    idempotency_key=uuid.uuid4().hex,
+                    case_id=opened.case_id,
+                    interaction=cases_pb2.Interaction(
+                        channel=common_pb2.CHANNEL_CHAT,
+                        summary=f"{partner} note {i}: checked component state, nothing unusual",
+                        category=CATEGORIES[partner],
+                    ),
+                ),
+            )
+
+
+async def run_child(args: list[str]) -> str:
+    process = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "tests.benchmarks.case_view", *args, stdout=asyncio.subprocess.PIPE
+    )
+    stdout, _ = await process.communicate()
+    return stdout.decode().strip().splitlines()[-1]
+
+
+async def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--seconds", type=float, default=5)
+    parser.add_argument("--watchers", type=int, default=1000)
+    parser.add_argument("--backend", choices=["sqlite", "postgres"], default="sqlite")
+    parser.add_argument("--client", choices=["load", "watchers"])
+    parser.add_argument("--method", choices=["view", "echo"], default="view")
+    parser.add_argument("--target")
+    parser.add_argument("--case-id")
+    parser.add_argument("--after", type=int, default=0)
+    parser.add_argument("--concurrency", type=int, default=1)
+    parser.add_argument("--cert")
+    parser.add_argument("--key")
+    parser.add_argument("--ca")
+    args = parser.parse_args()
+    if args.client == "load":
+        await client_load(args)
+        return
+    if args.client == "watchers":
+        await client_watchers(args)
+        return
+
+    with tempfile.TemporaryDirectory() as workdir:
+        env = await WorkflowEnvironment.start_local(
+            dev_server_existing_path=str(Path(sys.executable).parent / "temporal"),
+            dev_server_extra_args=list(DEV_SERVER_TUNING),
+        )
+        async with database(args.backend, workdir) as url:
+            settings = Settings(
+                data_dir=Path(workdir),
+                listen="127.0.0.1:0",
+                database_url=url,
+                task_queue=f"bench-{uuid.uuid4()}",
+            )
+            pki = ensure_pki(settings)
+            files = pki.ca.issue_client(Path(workdir) / "clients", "bank-a", Role.ADVISOR)
+            tls = ["--cert", str(files.cert), "--key", str(files.key), "--ca", str(files.ca)]
+            async with open_runtime(settings, client=env.client, seed=True) as runtime:
+                # No worker: the case stays as seeded, the view is what is measured.
+                case_id, position = await seed_case(runtime, "nfc-payment")
+                gateway = await start_gateway(runtime, pki)
+                target = f"127.0.0.1:{gateway.port}"
+                probe = await runtime.domain.cases.get_view(
+                    Caller("bank-a", Role.ADVISOR),
+                    cases_pb2.GetCaseViewRequest(case_id=case_id, purpose="incident-resolution"),
+                )
+                payload = probe.SerializeToString()
+                echo = echo_server(payload)
+                echo_port = echo.add_secure_port("127.0.0.1:0", pki.server.credentials())
+                await echo.start()
+                print(
+                    f"[{args.backend}] view of {len(probe.view.timeline)} items, "
+                    f"{len(payload)} bytes; withheld {len(probe.view.withheld)} groups"
+                )
+                for concurrency in (1, 16, 64):
+                    results = {}
+                    for method, where in (("echo", f"127.0.0.1:{echo_port}"), ("view", target)):
+                        line = await run_child(
+                            [
+                                "--client", "load", "--method", method, "--target", where,
+                                "--case-id", case_id, "--concurrency", str(concurrency),
+                                "--seconds", str(args.seconds), *tls,
+                            ]
+                        )  # fmt: skip
+                        results[method] = json.loads(line)
+                    view, bare = results["view"], results["echo"]
+                    print(
+                        f"  {concurrency:>2} callers: view {view['rps']:7.0f} rps "
+                        f"p50 {view['p50_ms']:6.2f} ms p99 {view['p99_ms']:6.2f} ms | "
+                        f"echo {bare['rps']:7.0f} rps p50 {bare['p50_ms']:6.2f} ms "
+                        f"p99 {bare['p99_ms']:6.2f} ms | view/echo {view['rps'] / bare['rps']:.0%}"
+                    )
+                await echo.stop(0)
+
+                watchers = await asyncio.create_subprocess_exec(
+                    sys.executable, "-m", "tests.benchmarks.case_view", "--client", "watchers",
+                    "--target", target, "--case-id", case_id, "--after", str(position - 1),
+                    "--watchers", str(args.watchers), *tls,
+                    stdout=asyncio.subprocess.PIPE,
+                )  # fmt: skip
+                assert watchers.stdout is not None
+                ready = await asyncio.wait_for(watchers.stdout.readline(), 180)
+                assert ready.strip() == b"READY", ready
+                sent = time.time()
+                await runtime.domain.cases.append_interaction(
+                    Caller("bank-a", Role.ADVISOR),
+                    cases_pb2.AppendInteractionRequest(
+                        idempotency_key=uuid.uuid4().hex,
+                        case_id=case_id,
+                        interaction=cases_pb2.Interaction(
+                            channel=common_pb2.CHANNEL_CHAT, summary="marker"
+                        ),
+                    ),
+                )
+                result = json.loads((await watchers.stdout.readline()).decode())
+                await watchers.wait()
+                delays = sorted(t - sent for t in result["arrivals"])
+                within = sum(d <= 1.0 for d in delays)
+                print(
+                    f"  {args.watchers} watchers: {len(delays)} received the event; "
+                    f"{within} within 1 s; p50 {delays[len(delays) // 2] * 1000:.0f} ms, "
+                    f"max {delays[-1] * 1000:.0f} ms"
+                )
+                await gateway.stop(0)
+        await env.shutdown()
+
+
+if __name__ == "__main__":
+    asyncio.run(main())
