@@ -54,7 +54,7 @@ async def client_load(args: argparse.Namespace) -> None:
     """The load generator (child process): prints one JSON line of results."""
     channel = _channel(args.target, args.cert, args.key, args.ca)
     if args.method == "echo":
-        echo = channel.unary_unary(ECHO_METHOD)
+        echo: grpc.aio.UnaryUnaryMultiCallable[bytes, bytes] = channel.unary_unary(ECHO_METHOD)
 
         async def one() -> int:
             return len(await echo(b"x"))
