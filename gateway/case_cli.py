@@ -18,15 +18,14 @@ from rich.text import Text
 from gateway.client import (
     CaOpt,
     CertOpt,
-    ClientOptions,
     KeyOpt,
     PartnerOpt,
     RoleOpt,
     TargetOpt,
     call,
+    client_options,
 )
 from gateway.pki import Role
-from gateway.settings import Settings
 
 case_app = typer.Typer(no_args_is_help=True, help="The combined, consent-filtered case view.")
 out = Console()
@@ -34,21 +33,6 @@ out = Console()
 DataDirOpt = Annotated[Path | None, typer.Option("--data-dir", help="Gateway state directory.")]
 PurposeOpt = Annotated[str, typer.Option(help="Why you read: every read declares its purpose.")]
 JsonOpt = Annotated[bool, typer.Option("--json", help="Print JSON instead of a timeline.")]
-
-
-def _options(
-    data_dir: Path | None,
-    partner: str,
-    role: Role,
-    target: str | None,
-    cert: Path | None,
-    key: Path | None,
-    ca: Path | None,
-) -> ClientOptions:
-    settings = Settings()
-    if data_dir is not None:
-        settings = settings.model_copy(update={"data_dir": data_dir})
-    return ClientOptions(settings, partner, role, target, cert, key, ca)
 
 
 def _enum(enum: object, value: int, prefix: str) -> str:
@@ -147,7 +131,7 @@ def show(
     ca: CaOpt = None,
 ) -> None:
     """The combined view of a case for your partner and purpose."""
-    options = _options(data_dir, partner, role, target, cert, key, ca)
+    options = client_options(data_dir, partner, role, target, cert, key, ca)
 
     async def go() -> cases_pb2.CaseView:
         async with options.channel() as channel:
@@ -178,7 +162,7 @@ def watch(
     ca: CaOpt = None,
 ) -> None:
     """Follow a case live until it closes (Ctrl-C to stop)."""
-    options = _options(data_dir, partner, role, target, cert, key, ca)
+    options = client_options(data_dir, partner, role, target, cert, key, ca)
 
     async def go() -> None:
         async with options.channel() as channel:
@@ -219,7 +203,7 @@ def list_cases(
     ca: CaOpt = None,
 ) -> None:
     """Cases you take part in, or one customer's history."""
-    options = _options(data_dir, partner, role, target, cert, key, ca)
+    options = client_options(data_dir, partner, role, target, cert, key, ca)
 
     async def go() -> list[cases_pb2.CaseHeader]:
         found: list[cases_pb2.CaseHeader] = []

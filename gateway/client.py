@@ -63,6 +63,22 @@ class ClientOptions:
         )
 
 
+def client_options(
+    data_dir: Path | None,
+    partner: str,
+    role: Role,
+    target: str | None,
+    cert: Path | None,
+    key: Path | None,
+    ca: Path | None,
+) -> ClientOptions:
+    """Client options from the common CLI flags, over the configured settings."""
+    settings = Settings()
+    if data_dir is not None:
+        settings = settings.model_copy(update={"data_dir": data_dir})
+    return ClientOptions(settings, partner, role, target, cert, key, ca)
+
+
 PartnerOpt = Annotated[str, typer.Option("--as", help="Act as this partner (certificate O).")]
 RoleOpt = Annotated[Role, typer.Option("--role", help="Certificate role (OU).")]
 TargetOpt = Annotated[str | None, typer.Option(help="Gateway address (default: COOPGATE_LISTEN).")]

@@ -18,17 +18,16 @@ from rich.table import Table
 from gateway.client import (
     CaOpt,
     CertOpt,
-    ClientOptions,
     KeyOpt,
     PartnerOpt,
     RoleOpt,
     TargetOpt,
     call,
+    client_options,
     new_key,
 )
 from gateway.pki import Role
 from gateway.receipts import ReceiptError, verify_receipt
-from gateway.settings import Settings
 
 consent_app = typer.Typer(no_args_is_help=True, help="Customer consents and their receipts.")
 agreement_app = typer.Typer(no_args_is_help=True, help="Sharing agreements between partners.")
@@ -37,21 +36,6 @@ err = Console(stderr=True)
 
 DataDirOpt = Annotated[Path | None, typer.Option("--data-dir", help="Gateway state directory.")]
 JsonOpt = Annotated[bool, typer.Option("--json", help="Print JSON instead of a table.")]
-
-
-def _options(
-    data_dir: Path | None,
-    partner: str,
-    role: Role,
-    target: str | None,
-    cert: Path | None,
-    key: Path | None,
-    ca: Path | None,
-) -> ClientOptions:
-    settings = Settings()
-    if data_dir is not None:
-        settings = settings.model_copy(update={"data_dir": data_dir})
-    return ClientOptions(settings, partner, role, target, cert, key, ca)
 
 
 def _channel_value(name: str) -> int:
@@ -102,7 +86,7 @@ def grant(
     )
     if until:
         request.valid_until.FromDatetime(dt.datetime.fromisoformat(until))
-    options = _options(data_dir, partner, role, target, cert, key, ca)
+    options = client_options(data_dir, partner, role, target, cert, key, ca)
 
     async def go() -> consents_pb2.GrantConsentResponse:
         async with options.channel() as ch:
@@ -129,7 +113,7 @@ def revoke(
     ca: CaOpt = None,
 ) -> None:
     """Record the customer's withdrawal; takes effect on the very next read."""
-    options = _options(data_dir, partner, role, target, cert, key, ca)
+    options = client_options(data_dir, partner, role, target, cert, key, ca)
     request = consents_pb2.RevokeConsentRequest(
         idempotency_key=new_key(),
         consent_id=consent_id,
@@ -160,7 +144,7 @@ def list_consents(
     ca: CaOpt = None,
 ) -> None:
     """List a customer's consents that involve you (compliance: all)."""
-    options = _options(data_dir, partner, role, target, cert, key, ca)
+    options = client_options(data_dir, partner, role, target, cert, key, ca)
 
     async def go() -> list[consents_pb2.Consent]:
         found: list[consents_pb2.Consent] = []
@@ -212,7 +196,7 @@ def request_consent(
     ca: CaOpt = None,
 ) -> None:
     """Ask the customer, through the relationship owner's channel, for consent."""
-    options = _options(data_dir, partner, role, target, cert, key, ca)
+    options = client_options(data_dir, partner, role, target, cert, key, ca)
     request = consents_pb2.RequestConsentRequest(
         idempotency_key=new_key(),
         case_id=case,
@@ -240,7 +224,7 @@ def receipt_key(
     ca: CaOpt = None,
 ) -> None:
     """Print the gateway's receipt-signing public key (base64), to publish or keep."""
-    options = _options(data_dir, partner, role, target, cert, key, ca)
+    options = client_options(data_dir, partner, role, target, cert, key, ca)
 
     async def go() -> consents_pb2.GetReceiptKeyResponse:
         async with options.channel() as ch:
@@ -292,7 +276,7 @@ def define_agreement(
     ca: CaOpt = None,
 ) -> None:
     """Define (or redefine) a sharing agreement. Needs an admin certificate."""
-    options = _options(data_dir, partner, role, target, cert, key, ca)
+    options = client_options(data_dir, partner, role, target, cert, key, ca)
     agreement = admin_pb2.SharingAgreement(
         agreement_id=agreement_id or "",
         source_partner_id=source,
@@ -329,7 +313,7 @@ def list_agreements(
     ca: CaOpt = None,
 ) -> None:
     """List sharing agreements."""
-    options = _options(data_dir, partner, role, target, cert, key, ca)
+    options = client_options(data_dir, partner, role, target, cert, key, ca)
 
     async def go() -> admin_pb2.ListSharingAgreementsResponse:
         async with options.channel() as ch:

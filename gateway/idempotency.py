@@ -69,6 +69,26 @@ async def _stored(
     return bytes(row.response)
 
 
+async def _remember(
+    conn: AsyncConnection,
+    caller: Caller,
+    method: str,
+    key: str,
+    fingerprint: bytes,
+    response: Message,
+) -> None:
+    await conn.execute(
+        insert(idempotency_keys).values(
+            partner_id=caller.partner_id,
+            method=method,
+            idempotency_key=key,
+            request_hash=fingerprint,
+            response=response.SerializeToString(deterministic=True),
+            created_at=dt.datetime.now(dt.UTC),
+        )
+    )
+
+
 async def run_once(
     store: Store,
     caller: Caller,
@@ -92,16 +112,7 @@ async def run_once(
                 if stored is not None:
                     return response_type.FromString(stored), True
                 response = await action(conn)
-                await conn.execute(
-                    insert(idempotency_keys).values(
-                        partner_id=caller.partner_id,
-                        method=method,
-                        idempotency_key=key,
-                        request_hash=fingerprint,
-                        response=response.SerializeToString(deterministic=True),
-                        created_at=dt.datetime.now(dt.UTC),
-                    )
-                )
+                await _remember(conn, caller, method, key, fingerprint, response)
                 return response, False
         except IntegrityError as exc:
             # Most likely a concurrent call with the same key won the race:
@@ -137,16 +148,7 @@ async def run_once_external(
     try:
         async with store.write() as conn:
             if await _stored(conn, caller, method, key, fingerprint) is None:
-                await conn.execute(
-                    insert(idempotency_keys).values(
-                        partner_id=caller.partner_id,
-                        method=method,
-                        idempotency_key=key,
-                        request_hash=fingerprint,
-                        response=response.SerializeToString(deterministic=True),
-                        created_at=dt.datetime.now(dt.UTC),
-                    )
-                )
+                await _remember(conn, caller, method, key, fingerprint, response)
     except IntegrityError:
         pass  # a concurrent duplicate stored the same outcome first
     return response
