@@ -6,7 +6,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-stamp
 PROTOS := $(wildcard proto/coopgate/v1/*.proto)
 
-.PHONY: run test setup generate check-generated lint typecheck pytest bench clean
+.PHONY: run test setup generate check-generated lint typecheck pytest bench clean demo
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -45,9 +45,14 @@ test: setup generate lint typecheck pytest
 run: setup
 	$(BIN)/coopgate up
 
+## The scenarios end to end on a throwaway stack, reference partners as separate processes.
+demo: setup
+	$(BIN)/python -m partners.demo --own-stack
+
 ## Benchmarks (not part of `make test`): figures next to a bare-engine baseline.
 bench: $(STAMP)
 	$(BIN)/python -m tests.benchmarks.consent_decision $(BENCH_ARGS)
+	$(BIN)/python -m tests.benchmarks.audit_log $(AUDIT_BENCH_ARGS)
 
 clean:
 	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache

@@ -188,8 +188,13 @@ class IncidentActivities:
                 subject_id=self._pseudonyms.for_partner(request.partner_id, case.subject_id),
             )
             diagnosis.deadline.FromDatetime(_ts(request.deadline_s))
+            summary = self._cases.sealer.open_text(
+                await self._cases.sealer.key(conn, case.case_id),
+                case.summary,
+                f"{case.case_id}/summary",
+            )
             if request.partner_id == case.first_contact_partner_id:
-                diagnosis.summary = case.summary
+                diagnosis.summary = summary
             else:
                 flow = Flow(case.first_contact_partner_id, INTERACTION_CATEGORY)
                 decided = await self._rules.decide(
@@ -203,7 +208,7 @@ class IncidentActivities:
                     in_write_transaction=True,
                 )
                 if decided[flow].allowed:
-                    diagnosis.summary = case.summary
+                    diagnosis.summary = summary
             await enqueue(
                 conn,
                 f"{request.request_id}:diagnosis",
@@ -226,6 +231,7 @@ class IncidentActivities:
             item.occurred_at.CopyFrom(finding.reported_at)
             await append_event(
                 conn,
+                self._cases.sealer,
                 request.case_id,
                 item,
                 source_partner_id="",
@@ -244,6 +250,7 @@ class IncidentActivities:
             item.occurred_at.CopyFrom(item.ownership_decision.decided_at)
             if not await append_event(
                 conn,
+                self._cases.sealer,
                 request.case_id,
                 item,
                 source_partner_id="",
@@ -323,7 +330,9 @@ class IncidentActivities:
                 if case.status != cases_pb2.CASE_STATUS_OWNED and case.status in (
                     cases_pb2.CASE_STATUS_AWAITING_OWNER,
                 ):
-                    await set_status(conn, case.case_id, cases_pb2.CASE_STATUS_OWNED)
+                    await set_status(
+                        conn, self._cases.sealer, case.case_id, cases_pb2.CASE_STATUS_OWNED
+                    )
                 return  # a retry: already recorded
             await conn.execute(
                 update(cases)
@@ -360,7 +369,9 @@ class IncidentActivities:
                 cases_pb2.CASE_STATUS_AWAITING_OWNER,
                 cases_pb2.CASE_STATUS_DIAGNOSING,
             ):
-                await set_status(conn, case.case_id, cases_pb2.CASE_STATUS_OWNED)
+                await set_status(
+                    conn, self._cases.sealer, case.case_id, cases_pb2.CASE_STATUS_OWNED
+                )
             await self._audit.record_in(
                 conn,
                 [
@@ -402,7 +413,7 @@ class IncidentActivities:
             case = (
                 await conn.execute(select(cases).where(cases.c.case_id == request.case_id))
             ).one()
-            partner, channel = await _last_contact(conn, case)
+            partner, channel = await _last_contact(conn, self._cases, case)
             notification = cases_pb2.Notification(
                 notification_id=request.notification_id,
                 partner_id=partner,
@@ -415,6 +426,7 @@ class IncidentActivities:
             item.occurred_at.CopyFrom(notification.sent_at)
             if not await append_event(
                 conn,
+                self._cases.sealer,
                 case.case_id,
                 item,
                 source_partner_id="",
@@ -452,6 +464,7 @@ class IncidentActivities:
             item.occurred_at.CopyFrom(escalation.escalated_at)
             if not await append_event(
                 conn,
+                self._cases.sealer,
                 request.case_id,
                 item,
                 source_partner_id="",
@@ -549,11 +562,11 @@ async def _local_id(conn: AsyncConnection, partner_id: str, subject_id: str) -> 
     return str(found) if found is not None else ""
 
 
-async def _last_contact(conn: AsyncConnection, case: Any) -> tuple[str, int]:
+async def _last_contact(conn: AsyncConnection, domain: Cases, case: Any) -> tuple[str, int]:
     """The partner and channel of the customer's latest contact on this case."""
     rows = (
         await conn.execute(
-            select(case_events.c.item)
+            select(case_events)
             .where(
                 case_events.c.case_id == case.case_id,
                 case_events.c.category == INTERACTION_CATEGORY,
@@ -561,9 +574,9 @@ async def _last_contact(conn: AsyncConnection, case: Any) -> tuple[str, int]:
             .order_by(case_events.c.sequence.desc())
             .limit(20)
         )
-    ).scalars()
-    for raw in rows:
-        interaction = cases_pb2.TimelineItem.FromString(raw).interaction
+    ).all()
+    for event in await domain.open_events(conn, case.case_id, rows):
+        interaction = event.item.interaction
         if await _local_id(conn, interaction.partner_id, case.subject_id):
             return interaction.partner_id, interaction.channel
     return case.first_contact_partner_id, case.first_contact_channel

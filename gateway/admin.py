@@ -7,15 +7,18 @@ Mutations need the admin role; reads are open to every authenticated caller
 from __future__ import annotations
 
 import datetime as dt
+import hashlib
 import re
 import uuid
 from typing import Literal
 
 from coopgate.v1 import admin_pb2
 from google.protobuf import duration_pb2
+from google.protobuf.message import Message
 from sqlalchemy import delete, insert, or_, select, update
 from sqlalchemy.ext.asyncio import AsyncConnection
 
+from gateway.audit.log import AuditLog, AuditRecord
 from gateway.caller import Caller
 from gateway.errors import FieldViolation, InvalidArgument
 from gateway.idempotency import run_once
@@ -39,6 +42,12 @@ def _now() -> dt.datetime:
     return dt.datetime.now(dt.UTC)
 
 
+def _digest(message: Message) -> str:
+    """SHA-256 of a definition's deterministic encoding: the audit entry pins exactly what
+    was defined without holding it."""
+    return hashlib.sha256(message.SerializeToString(deterministic=True)).hexdigest()
+
+
 def _duration(value: dt.timedelta) -> duration_pb2.Duration:
     d = duration_pb2.Duration()
     d.FromTimedelta(value)
@@ -46,9 +55,12 @@ def _duration(value: dt.timedelta) -> duration_pb2.Duration:
 
 
 class Admin:
-    def __init__(self, store: Store, vocabulary: Vocabulary) -> None:
+    """Every change is audited in the transaction that makes it."""
+
+    def __init__(self, store: Store, vocabulary: Vocabulary, audit: AuditLog) -> None:
         self.store = store
         self.vocabulary = vocabulary
+        self.audit = audit
 
     # -- partners ---------------------------------------------------------
 
@@ -98,6 +110,24 @@ class Admin:
                 kind=request.kind,
             )
             partner.created_at.FromDatetime(created_at)
+            await self.audit.record_in(
+                conn,
+                [
+                    AuditRecord(
+                        kind="admin",
+                        action="admin.partner-registered"
+                        if existing is None
+                        else "admin.partner-updated",
+                        actor_partner_id=caller.partner_id,
+                        actor_person_id=caller.person_id,
+                        details=(
+                            ("partner", partner.partner_id),
+                            ("kind", admin_pb2.PartnerKind.Name(partner.kind)),
+                            ("definition_sha256", _digest(partner)),
+                        ),
+                    )
+                ],
+            )
             return admin_pb2.RegisterPartnerResponse(partner=partner)
 
         response, _ = await run_once(
@@ -184,6 +214,26 @@ class Admin:
                     for i, c in enumerate(service.components)
                 ],
             )
+            await self.audit.record_in(
+                conn,
+                [
+                    AuditRecord(
+                        kind="admin",
+                        action="admin.service-defined",
+                        actor_partner_id=caller.partner_id,
+                        actor_person_id=caller.person_id,
+                        details=(
+                            ("service", service.service_id),
+                            ("version", str(service.version)),
+                            (
+                                "chain",
+                                ",".join(f"{c.name}={c.partner_id}" for c in service.components),
+                            ),
+                            ("definition_sha256", _digest(service)),
+                        ),
+                    )
+                ],
+            )
             return admin_pb2.DefineServiceResponse(service=service)
 
         response, _ = await run_once(
@@ -265,6 +315,27 @@ class Admin:
                 await conn.execute(
                     insert(sharing_agreements).values(agreement_id=agreement.agreement_id, **values)
                 )
+            await self.audit.record_in(
+                conn,
+                [
+                    AuditRecord(
+                        kind="admin",
+                        action="admin.agreement-redefined" if exists else "admin.agreement-defined",
+                        actor_partner_id=caller.partner_id,
+                        actor_person_id=caller.person_id,
+                        source_partner_id=agreement.source_partner_id,
+                        agreement_id=agreement.agreement_id,
+                        categories=tuple(agreement.categories),
+                        purpose=",".join(agreement.purposes),
+                        details=(
+                            ("recipient", agreement.recipient_partner_id),
+                            ("service", agreement.service_id),
+                            ("valid_until", valid_until.isoformat() if valid_until else ""),
+                            ("definition_sha256", _digest(agreement)),
+                        ),
+                    )
+                ],
+            )
             return admin_pb2.DefineSharingAgreementResponse(agreement=agreement)
 
         response, _ = await run_once(

@@ -37,6 +37,7 @@ from gateway.feed import CaseFeed
 from gateway.idempotency import run_once, run_once_external
 from gateway.pki import Role
 from gateway.pseudonyms import Pseudonyms
+from gateway.sealing import ERASED_TEXT, Erased, Sealer
 from gateway.store import Store
 from gateway.store.schema import (
     case_events,
@@ -130,6 +131,7 @@ def _now() -> dt.datetime:
 
 async def append_event(
     conn: AsyncConnection,
+    sealer: Sealer,
     case_id: str,
     item: cases_pb2.TimelineItem,
     *,
@@ -160,6 +162,7 @@ async def append_event(
         )
     ).scalar_one()
     item.sequence = sequence
+    key = await sealer.key(conn, case_id)
     await conn.execute(
         insert(case_events).values(
             case_id=case_id,
@@ -167,7 +170,9 @@ async def append_event(
             occurred_at=item.occurred_at.ToDatetime(dt.UTC),
             source_partner_id=source_partner_id,
             category=category,
-            item=item.SerializeToString(deterministic=True),
+            item=sealer.seal(
+                key, item.SerializeToString(deterministic=True), f"{case_id}/{sequence}"
+            ),
             dedup_key=dedup_key,
         )
     )
@@ -175,7 +180,7 @@ async def append_event(
 
 
 async def set_status(
-    conn: AsyncConnection, case_id: str, status: cases_pb2.CaseStatus.ValueType
+    conn: AsyncConnection, sealer: Sealer, case_id: str, status: cases_pb2.CaseStatus.ValueType
 ) -> None:
     """Move the case projection to ``status`` and record the change on the timeline."""
     result = await conn.execute(
@@ -186,7 +191,9 @@ async def set_status(
     item = cases_pb2.TimelineItem(status_change=cases_pb2.StatusChange(status=status))
     item.occurred_at.GetCurrentTime()
     item.status_change.changed_at.CopyFrom(item.occurred_at)
-    await append_event(conn, case_id, item, source_partner_id="", category=CASE_STATUS_CATEGORY)
+    await append_event(
+        conn, sealer, case_id, item, source_partner_id="", category=CASE_STATUS_CATEGORY
+    )
 
 
 class Cases:
@@ -198,6 +205,7 @@ class Cases:
         rules: ConsentRules,
         vocabulary: Vocabulary,
         feed: CaseFeed,
+        sealer: Sealer,
     ) -> None:
         self.store = store
         self.pseudonyms = pseudonyms
@@ -205,6 +213,7 @@ class Cases:
         self.rules = rules
         self.vocabulary = vocabulary
         self.feed = feed
+        self.sealer = sealer
         self._timelines: OrderedDict[str, tuple[int, list[TimelineEvent]]] = OrderedDict()
         self._levels: dict[tuple[str, int], admin_pb2.ServiceLevel] = {}
         self._inflight: dict[tuple[str, str, str, int, int], asyncio.Future[WatchBatch]] = {}
@@ -241,7 +250,7 @@ class Cases:
             if recent is not None:
                 # The same customer reports the same service again while the last
                 # case waits for confirmation: reopen it instead of duplicating.
-                await _append_contact(conn, recent, caller, request, now)
+                await _append_contact(conn, self.sealer, recent, caller, request, now)
                 row = await _load_case(conn, recent)
                 return cases_pb2.OpenCaseResponse(
                     case_id=recent,
@@ -258,12 +267,18 @@ class Cases:
                     first_contact_partner_id=caller.partner_id,
                     first_contact_channel=request.channel,
                     status=cases_pb2.CASE_STATUS_RECEIVED,
-                    summary=request.summary,
+                    summary="",
                     relationship_owner_id=None,
                     opened_at=now,
                     updated_at=now,
                     last_sequence=0,
                 )
+            )
+            key = await self.sealer.create_key(conn, case_id)
+            await conn.execute(
+                update(cases)
+                .where(cases.c.case_id == case_id)
+                .values(summary=self.sealer.seal_text(key, request.summary, f"{case_id}/summary"))
             )
             participants = [
                 {
@@ -283,8 +298,8 @@ class Cases:
                 for partner in dict.fromkeys(chain)
             ]
             await conn.execute(insert(case_participants), participants)
-            await set_status(conn, case_id, cases_pb2.CASE_STATUS_RECEIVED)
-            await _append_contact(conn, case_id, caller, request, now)
+            await set_status(conn, self.sealer, case_id, cases_pb2.CASE_STATUS_RECEIVED)
+            await _append_contact(conn, self.sealer, case_id, caller, request, now)
             row = await _load_case(conn, case_id)
             return cases_pb2.OpenCaseResponse(
                 case_id=case_id, header=await self._header(conn, caller, row)
@@ -355,7 +370,12 @@ class Cases:
             item = cases_pb2.TimelineItem(interaction=interaction)
             item.occurred_at.CopyFrom(interaction.occurred_at)
             sequence = await append_event(
-                conn, row.case_id, item, source_partner_id=caller.partner_id, category=category
+                conn,
+                self.sealer,
+                row.case_id,
+                item,
+                source_partner_id=caller.partner_id,
+                category=category,
             )
             return cases_pb2.AppendInteractionResponse(
                 interaction=interaction, sequence=sequence or 0
@@ -420,6 +440,7 @@ class Cases:
             item.occurred_at.CopyFrom(finding.reported_at)
             await append_event(
                 conn,
+                self.sealer,
                 row.case_id,
                 item,
                 source_partner_id=caller.partner_id,
@@ -614,11 +635,45 @@ class Cases:
             view.withheld.add(source_partner_id=source, category=category, count=count)
         return cases_pb2.GetCaseViewResponse(view=view)
 
+    async def _erased(self, conn: AsyncConnection, row: CaseRow) -> bool:
+        return await self.sealer.key(conn, row.case_id) is None
+
+    async def summary(self, conn: AsyncConnection, row: CaseRow) -> str:
+        """The customer's own words as first reported (unless erased)."""
+        key = await self.sealer.key(conn, row.case_id)
+        return self.sealer.open_text(key, row.summary, f"{row.case_id}/summary")
+
+    async def open_events(
+        self, conn: AsyncConnection, case_id: str, rows: Sequence[Row[Any]]
+    ) -> list[TimelineEvent]:
+        """Unseal stored events; those of an erased case keep only their place."""
+        key = await self.sealer.key(conn, case_id)
+        events = []
+        for r in rows:
+            try:
+                item = cases_pb2.TimelineItem.FromString(
+                    self.sealer.open(key, r.item, f"{case_id}/{r.sequence}")
+                )
+            except Erased:
+                item = cases_pb2.TimelineItem(
+                    sequence=r.sequence,
+                    interaction=cases_pb2.Interaction(
+                        partner_id=r.source_partner_id, summary=ERASED_TEXT, category=r.category
+                    ),
+                )
+                item.occurred_at.FromDatetime(r.occurred_at)
+            events.append(TimelineEvent(r.sequence, r.source_partner_id, r.category, item))
+        return events
+
     async def _timeline(self, conn: AsyncConnection, row: CaseRow) -> list[TimelineEvent]:
         """The case's events in time order, parsed once per version of the case:
         events are append-only, so ``last_sequence`` identifies the content."""
         cached = self._timelines.get(row.case_id)
-        if cached is not None and cached[0] == row.last_sequence:
+        if (
+            cached is not None
+            and cached[0] == row.last_sequence
+            and not await self._erased(conn, row)
+        ):
             self._timelines.move_to_end(row.case_id)
             return cached[1]
         rows = (
@@ -627,21 +682,14 @@ class Cases:
                     case_events.c.sequence,
                     case_events.c.source_partner_id,
                     case_events.c.category,
+                    case_events.c.occurred_at,
                     case_events.c.item,
                 )
                 .where(case_events.c.case_id == row.case_id)
                 .order_by(case_events.c.occurred_at, case_events.c.sequence)
             )
         ).all()
-        events = [
-            TimelineEvent(
-                r.sequence,
-                r.source_partner_id,
-                r.category,
-                cases_pb2.TimelineItem.FromString(r.item),
-            )
-            for r in rows
-        ]
+        events = await self.open_events(conn, row.case_id, rows)
         if events and max(e.sequence for e in events) == row.last_sequence:
             self._timelines[row.case_id] = (row.last_sequence, events)
             while len(self._timelines) > TIMELINE_CACHE_CASES:
@@ -714,20 +762,20 @@ class Cases:
     ) -> WatchBatch:
         async with self.store.read() as conn:
             row = await self._visible_case(conn, caller, case_id)
-            events = [
-                TimelineEvent(
-                    r.sequence,
-                    r.source_partner_id,
-                    r.category,
-                    cases_pb2.TimelineItem.FromString(r.item),
-                )
-                for r in await conn.execute(
-                    select(case_events)
-                    .where(case_events.c.case_id == row.case_id, case_events.c.sequence > position)
-                    .order_by(case_events.c.sequence)
-                    .limit(WATCH_BATCH)
-                )
-            ]
+            events = await self.open_events(
+                conn,
+                row.case_id,
+                (
+                    await conn.execute(
+                        select(case_events)
+                        .where(
+                            case_events.c.case_id == row.case_id, case_events.c.sequence > position
+                        )
+                        .order_by(case_events.c.sequence)
+                        .limit(WATCH_BATCH)
+                    )
+                ).all(),
+            )
             header = await self._header(conn, caller, row)
             decisions = await self.rules.evaluate(
                 conn,
@@ -869,7 +917,7 @@ class Cases:
                     )
                     if not decided[flow].allowed:
                         continue
-                    header.summary = row.summary
+                    header.summary = await self.summary(conn, row)
                 response.cases.append(header)
         if len(rows) > size:
             last = rows[size - 1]
@@ -886,7 +934,7 @@ class Cases:
             if current is None:
                 raise NotFound(f"case {case_id!r} does not exist")
             if current != status:  # activities may be retried: record each change once
-                await set_status(conn, case_id, status)
+                await set_status(conn, self.sealer, case_id, status)
 
     async def _visible_case(self, conn: AsyncConnection, caller: Caller, case_id: str) -> CaseRow:
         """The case if the caller's partner takes part in it; NOT_FOUND otherwise,
@@ -921,7 +969,11 @@ class Cases:
             first_contact_partner_id=row.first_contact_partner_id,
             first_contact_channel=row.first_contact_channel,  # type: ignore[arg-type]
             relationship_owner_id=row.relationship_owner_id or "",
-            summary=row.summary if caller.partner_id == row.first_contact_partner_id else "",
+            summary=(
+                await self.summary(conn, row)
+                if caller.partner_id == row.first_contact_partner_id
+                else ""
+            ),
         )
         header.opened_at.FromDatetime(row.opened_at)
         levels = await self._service_levels(conn, row)
@@ -967,6 +1019,7 @@ class Cases:
 
 async def _append_contact(
     conn: AsyncConnection,
+    sealer: Sealer,
     case_id: str,
     caller: Caller,
     request: cases_pb2.OpenCaseRequest,
@@ -987,7 +1040,12 @@ async def _append_contact(
     contact.occurred_at.FromDatetime(now)
     contact.interaction.occurred_at.FromDatetime(now)
     await append_event(
-        conn, case_id, contact, source_partner_id=caller.partner_id, category=INTERACTION_CATEGORY
+        conn,
+        sealer,
+        case_id,
+        contact,
+        source_partner_id=caller.partner_id,
+        category=INTERACTION_CATEGORY,
     )
 
 

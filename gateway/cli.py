@@ -145,6 +145,29 @@ def ca_issue(
     print(f"cert: {files.cert}\nkey:  {files.key}\nca:   {files.ca}")
 
 
+@app.command()
+def demo(
+    scenarios: Annotated[
+        list[str] | None,
+        typer.Argument(
+            metavar="SCENARIO", help="nfc-payment, smart-heating, transit-pass (default: all)."
+        ),
+    ] = None,
+    data_dir: DataDir = None,
+) -> None:
+    """Play scenarios against the stack `make run` started, with the reference partners.
+
+    Runs `python -m partners.demo` as a subprocess: the gateway never imports partners.
+    """
+    import subprocess
+
+    settings = _settings(data_dir)
+    command = [sys.executable, "-m", "partners.demo", *(scenarios or [])]
+    command += ["--target", settings.listen, "--data-dir", str(settings.data_dir)]
+    command += ["--server-name", settings.server_name]
+    raise typer.Exit(subprocess.run(command, check=False).returncode)
+
+
 def main() -> None:
     """Entry point; ends through one explicit exit path (temporalio sdk-python#300)."""
     code: int = 0

@@ -28,6 +28,7 @@ from gateway.errors import FailedPrecondition, FieldViolation, InvalidArgument, 
 from gateway.idempotency import run_once
 from gateway.pki import Role
 from gateway.pseudonyms import Pseudonyms
+from gateway.sealing import Sealer
 from gateway.store import Store
 from gateway.store.schema import (
     cases,
@@ -92,8 +93,14 @@ class IdentifierHasher:
 
 class Identity:
     def __init__(
-        self, store: Store, pseudonyms: Pseudonyms, hasher: IdentifierHasher, audit: AuditLog
+        self,
+        store: Store,
+        pseudonyms: Pseudonyms,
+        hasher: IdentifierHasher,
+        audit: AuditLog,
+        sealer: Sealer,
     ) -> None:
+        self.sealer = sealer
         self.store = store
         self.pseudonyms = pseudonyms
         self.hasher = hasher
@@ -338,6 +345,55 @@ class Identity:
 
         response, _ = await run_once(
             self.store, caller, "Unlink", request, identity_pb2.UnlinkResponse, action
+        )
+        return response
+
+    async def erase(
+        self, caller: Caller, request: identity_pb2.EraseCustomerRequest
+    ) -> identity_pb2.EraseCustomerResponse:
+        """Crypto-shred the customer's cases and forget every partner's link to them."""
+        caller.require(Role.PARTNER, Role.ADVISOR)
+        _require_local_id(request.customer_local_id)
+
+        async def action(conn: AsyncConnection) -> identity_pb2.EraseCustomerResponse:
+            subject = await _linked_subject(conn, caller.partner_id, request.customer_local_id)
+            if subject is None:
+                raise NotFound("no such customer of yours", reason="UNKNOWN_CUSTOMER")
+            erased = await self.sealer.erase(conn, subject)
+            links = (
+                await conn.execute(
+                    select(subject_links.c.partner_id, subject_links.c.local_id).where(
+                        subject_links.c.subject_id == subject
+                    )
+                )
+            ).all()
+            for partner_id, local_id in links:
+                await conn.execute(
+                    delete(identifier_hashes).where(
+                        identifier_hashes.c.partner_id == partner_id,
+                        identifier_hashes.c.local_id == local_id,
+                    )
+                )
+            for table in (subject_links, link_codes, match_proposals):
+                await conn.execute(delete(table).where(table.c.subject_id == subject))
+            await self.audit.record_in(
+                conn,
+                [
+                    AuditRecord(
+                        kind="erasure",
+                        action="subject.erased",
+                        actor_partner_id=caller.partner_id,
+                        actor_person_id=caller.person_id,
+                        subject_id=subject,
+                        reason="customer request (right to erasure)",
+                        details=(("cases", ",".join(erased)), ("links", str(len(links)))),
+                    )
+                ],
+            )
+            return identity_pb2.EraseCustomerResponse(erased_cases=len(erased))
+
+        response, _ = await run_once(
+            self.store, caller, "EraseCustomer", request, identity_pb2.EraseCustomerResponse, action
         )
         return response
 

@@ -10,6 +10,7 @@ from coopgate.v1 import (
     admin_pb2,
     admin_pb2_grpc,
     audit_pb2,
+    audit_pb2_grpc,
     cases_pb2,
     cases_pb2_grpc,
     consents_pb2,
@@ -24,6 +25,7 @@ from grpc_reflection.v1alpha import reflection
 from opentelemetry.instrumentation.grpc import aio_server_interceptor
 
 from gateway.admin import Admin
+from gateway.audit.service import Audit, AuditServicer
 from gateway.cases import Cases
 from gateway.consent import Consents
 from gateway.identity import Identity
@@ -73,6 +75,7 @@ class Domain:
     consents: Consents
     work: PartnerWork
     identity: Identity
+    audit: Audit
 
 
 def create_server(
@@ -95,6 +98,7 @@ def create_server(
     identity_pb2_grpc.add_IdentityServiceServicer_to_server(
         IdentityServicer(domain.identity), server
     )
+    audit_pb2_grpc.add_AuditServiceServicer_to_server(AuditServicer(domain.audit), server)
 
     health_servicer = health.aio.HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)

@@ -246,6 +246,11 @@ class IdentityServicer(identity_pb2_grpc.IdentityServiceServicer):
     ) -> identity_pb2.RegisterIdentifiersResponse:
         return await self._identity.register_identifiers(current_caller(), request)
 
+    async def EraseCustomer(
+        self, request: identity_pb2.EraseCustomerRequest, context: Context
+    ) -> identity_pb2.EraseCustomerResponse:
+        return await self._identity.erase(current_caller(), request)
+
     async def ConfirmMatch(
         self, request: identity_pb2.ConfirmMatchRequest, context: Context
     ) -> identity_pb2.ConfirmMatchResponse:

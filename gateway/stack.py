@@ -40,6 +40,7 @@ from gateway.keyfiles import read_secret
 from gateway.pki import CertificateAuthority
 from gateway.pseudonyms import Pseudonyms
 from gateway.receipts import ReceiptSigner
+from gateway.sealing import Sealer
 from gateway.server import Domain, ServerTLS, create_server, mark_serving
 from gateway.settings import Settings
 from gateway.store import Store, create_store, migrate
@@ -233,7 +234,8 @@ async def open_runtime(
             load_signer(settings.secrets_dir / "checkpoint.key", settings.effective_audit_origin),
         )
         feed = CaseFeed(store, slow_after=settings.slow_watcher_seconds)
-        cases = Cases(store, pseudonyms, incidents, rules, vocabulary, feed)
+        sealer = Sealer(read_secret(settings.secrets_dir / "master.key"))
+        cases = Cases(store, pseudonyms, incidents, rules, vocabulary, feed, sealer)
         consents = Consents(store, vocabulary, pseudonyms, signer, audit, rules)
         if seed:
             await catalog.seed(admin)
@@ -250,7 +252,7 @@ async def open_runtime(
                 cases=cases,
                 consents=consents,
                 work=PartnerWork(store),
-                identity=Identity(store, pseudonyms, identifier_hasher, audit),
+                identity=Identity(store, pseudonyms, identifier_hasher, audit, sealer),
                 audit=Audit(store, checkpointer, pseudonyms),
             ),
             activities=IncidentActivities(store, cases, rules, audit, pseudonyms),

@@ -1,7 +1,83 @@
-"""What a partner runs: a client over the generated gRPC API. Partners are
-outside companies: this package imports the generated stubs (``coopgate.v1``)
-and never ``gateway`` or ``workflows``."""
+"""What a partner runs: an async client SDK over the generated gRPC API, and
+reference partner backends (``partners.reference``) played by the scenarios
+(``partners.scenarios``) and the demo (``python -m partners.demo``).
+
+Partners are outside companies: this package imports the generated stubs
+(``coopgate.v1``) and never ``gateway`` or ``workflows``.
+"""
 
 from partners.channel import PartnerCredentials, secure_channel
+from partners.client import PartnerClient
+from partners.enums import (
+    AuthorKind,
+    CaseStatus,
+    Channel,
+    ConsentState,
+    FindingStatus,
+    ParticipantRole,
+    Purpose,
+)
+from partners.errors import (
+    AlreadyExists,
+    DeadlineExceeded,
+    FailedPrecondition,
+    FieldViolation,
+    GatewayError,
+    Internal,
+    InvalidArgument,
+    NotFound,
+    PermissionDenied,
+    Unauthenticated,
+    Unavailable,
+    Unimplemented,
+)
+from partners.retry import Backoff, RetryPolicy
+from partners.work import (
+    CaseNotice,
+    ConsentPrompt,
+    CustomerNotification,
+    DiagnosisRequest,
+    Handler,
+    OwnershipDecision,
+    OwnershipOffer,
+    SubscriptionStats,
+    WorkItem,
+    WorkSubscription,
+)
 
-__all__ = ["PartnerCredentials", "secure_channel"]
+__all__ = [
+    "AlreadyExists",
+    "AuthorKind",
+    "Backoff",
+    "CaseNotice",
+    "CaseStatus",
+    "Channel",
+    "ConsentPrompt",
+    "ConsentState",
+    "CustomerNotification",
+    "DeadlineExceeded",
+    "DiagnosisRequest",
+    "FailedPrecondition",
+    "FieldViolation",
+    "FindingStatus",
+    "GatewayError",
+    "Handler",
+    "Internal",
+    "InvalidArgument",
+    "NotFound",
+    "OwnershipDecision",
+    "OwnershipOffer",
+    "ParticipantRole",
+    "PartnerClient",
+    "PartnerCredentials",
+    "PermissionDenied",
+    "Purpose",
+    "RetryPolicy",
+    "SubscriptionStats",
+    "Unauthenticated",
+    "Unavailable",
+    "Unimplemented",
+    "WorkItem",
+    "WorkSubscription",
+    "secure_channel",
+]

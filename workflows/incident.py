@@ -55,7 +55,7 @@ with workflow.unsafe.imports_passed_through():
     )
     from workflows.ownership import decide_ownership
 
-_ACTIVITY_TIMEOUT = timedelta(seconds=30)
+_ACTIVITY_TIMEOUT = timedelta(seconds=10)
 _RETRY = RetryPolicy(
     initial_interval=timedelta(milliseconds=200), maximum_interval=timedelta(seconds=30)
 )
@@ -511,7 +511,10 @@ class IncidentWorkflow:
 
     @confirm.validator
     def _validate_confirm(self, answer: CustomerAnswer) -> None:
-        self._validate_customer(answer)
+        self._validate_customer(answer, "confirm")
+        assert self._context is not None
+        if answer.partner_id not in (self._owner, self._context.first_contact_partner_id):
+            raise ValueError("relay the customer's confirmation through the owner or first contact")
 
     @workflow.update
     def reopen(self, answer: CustomerAnswer) -> str:
@@ -521,14 +524,17 @@ class IncidentWorkflow:
 
     @reopen.validator
     def _validate_reopen(self, answer: CustomerAnswer) -> None:
-        self._validate_customer(answer)
+        """Any participating partner may relay a reopening (the customer may come
+        back through another door); the gateway checks participation."""
+        self._validate_customer(answer, "reopen")
 
-    def _validate_customer(self, answer: CustomerAnswer) -> None:
-        if self._resolution is None or self._status not in ("RESOLVED",):
-            raise ValueError("the case is not waiting for the customer's confirmation")
-        assert self._context is not None
-        if answer.partner_id not in (self._owner, self._context.first_contact_partner_id):
-            raise ValueError("relay the customer's answer through the owner or first contact")
+    def _validate_customer(self, answer: CustomerAnswer, kind: str) -> None:
+        if self._customer is not None and self._customer[0] == kind:
+            return  # the same answer again: harmless
+        # _resolved_at is set before the RESOLVED status is recorded, so an answer
+        # sent as soon as the view shows RESOLVED is never refused.
+        if self._resolved_at is None or self._customer is not None:
+            raise ValueError("the case is not waiting for the customer's answer")
 
     @workflow.query
     def state(self) -> CaseState:

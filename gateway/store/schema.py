@@ -353,3 +353,14 @@ match_proposals = Table(
     Column("expires_at", UtcDateTime, nullable=False),
     Column("confirmed_at", UtcDateTime, nullable=True),
 )
+
+case_keys = Table(
+    "case_keys",
+    metadata,
+    Column(
+        "case_id", String(64), ForeignKey("cases.case_id", ondelete="CASCADE"), primary_key=True
+    ),
+    # The case's data key wrapped under the master key (nonce || AES-GCM); NULL once erased.
+    Column("wrapped_key", LargeBinary, nullable=True),
+    Column("destroyed_at", UtcDateTime, nullable=True),
+)

@@ -47,7 +47,8 @@ async def quick_service(admin: Api, unique: Key) -> str:
     ).service
     service.service_id = unique("nfc")
     for component in service.components:
-        component.diagnosis_deadline.FromTimedelta(timedelta(seconds=20))
+        # Long enough to outlast a killed worker's activity timeout (10 s).
+        component.diagnosis_deadline.FromTimedelta(timedelta(seconds=30))
     service.ownership_policy.acceptance_deadline.FromTimedelta(timedelta(seconds=20))
     await admin.admin.DefineService(
         admin_pb2.DefineServiceRequest(idempotency_key=unique("k"), service=service)

@@ -33,6 +33,12 @@ class _AuditKindEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_AuditKind.V
     AUDIT_KIND_OWNERSHIP_DECISION: _AuditKind.ValueType  # 3
     AUDIT_KIND_ADMIN_CHANGE: _AuditKind.ValueType  # 4
     AUDIT_KIND_CASE_EVENT: _AuditKind.ValueType  # 5
+    AUDIT_KIND_ESCALATION: _AuditKind.ValueType  # 6
+    """A breached service level escalated to a level-2 expert."""
+    AUDIT_KIND_IDENTITY_LINK: _AuditKind.ValueType  # 7
+    """Linking and unlinking a partner's customer id to a subject."""
+    AUDIT_KIND_ERASURE: _AuditKind.ValueType  # 8
+    """A customer's data erased (its key destroyed); the log stays verifiable."""
 
 class AuditKind(_AuditKind, metaclass=_AuditKindEnumTypeWrapper): ...
 
@@ -42,6 +48,12 @@ AUDIT_KIND_ACCESS_DECISION: AuditKind.ValueType  # 2
 AUDIT_KIND_OWNERSHIP_DECISION: AuditKind.ValueType  # 3
 AUDIT_KIND_ADMIN_CHANGE: AuditKind.ValueType  # 4
 AUDIT_KIND_CASE_EVENT: AuditKind.ValueType  # 5
+AUDIT_KIND_ESCALATION: AuditKind.ValueType  # 6
+"""A breached service level escalated to a level-2 expert."""
+AUDIT_KIND_IDENTITY_LINK: AuditKind.ValueType  # 7
+"""Linking and unlinking a partner's customer id to a subject."""
+AUDIT_KIND_ERASURE: AuditKind.ValueType  # 8
+"""A customer's data erased (its key destroyed); the log stays verifiable."""
 Global___AuditKind: _TypeAlias = AuditKind  # noqa: Y015
 
 class _Decision:

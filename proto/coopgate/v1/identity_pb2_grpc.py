@@ -67,6 +67,11 @@ class IdentityServiceStub:
                 request_serializer=coopgate_dot_v1_dot_identity__pb2.ConfirmMatchRequest.SerializeToString,
                 response_deserializer=coopgate_dot_v1_dot_identity__pb2.ConfirmMatchResponse.FromString,
                 _registered_method=True)
+        self.EraseCustomer = channel.unary_unary(
+                '/coopgate.v1.IdentityService/EraseCustomer',
+                request_serializer=coopgate_dot_v1_dot_identity__pb2.EraseCustomerRequest.SerializeToString,
+                response_deserializer=coopgate_dot_v1_dot_identity__pb2.EraseCustomerResponse.FromString,
+                _registered_method=True)
 
 
 class IdentityServiceServicer:
@@ -118,6 +123,15 @@ class IdentityServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def EraseCustomer(self, request, context):
+        """The customer's right to erasure, relayed by a partner that knows them: the
+        keys of their cases are destroyed (their data becomes unreadable) and every
+        partner's link to them is removed; the audit log keeps its references.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_IdentityServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -150,6 +164,11 @@ def add_IdentityServiceServicer_to_server(servicer, server):
                     servicer.ConfirmMatch,
                     request_deserializer=coopgate_dot_v1_dot_identity__pb2.ConfirmMatchRequest.FromString,
                     response_serializer=coopgate_dot_v1_dot_identity__pb2.ConfirmMatchResponse.SerializeToString,
+            ),
+            'EraseCustomer': grpc.unary_unary_rpc_method_handler(
+                    servicer.EraseCustomer,
+                    request_deserializer=coopgate_dot_v1_dot_identity__pb2.EraseCustomerRequest.FromString,
+                    response_serializer=coopgate_dot_v1_dot_identity__pb2.EraseCustomerResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -317,6 +336,33 @@ class IdentityService:
             '/coopgate.v1.IdentityService/ConfirmMatch',
             coopgate_dot_v1_dot_identity__pb2.ConfirmMatchRequest.SerializeToString,
             coopgate_dot_v1_dot_identity__pb2.ConfirmMatchResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def EraseCustomer(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/coopgate.v1.IdentityService/EraseCustomer',
+            coopgate_dot_v1_dot_identity__pb2.EraseCustomerRequest.SerializeToString,
+            coopgate_dot_v1_dot_identity__pb2.EraseCustomerResponse.FromString,
             options,
             channel_credentials,
             insecure,

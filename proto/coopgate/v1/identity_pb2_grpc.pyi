@@ -50,6 +50,11 @@ class IdentityServiceStub:
     """
     ConfirmMatch: _grpc.UnaryUnaryMultiCallable[_identity_pb2.ConfirmMatchRequest, _identity_pb2.ConfirmMatchResponse]
     """The customer confirmed (at the caller's channel) that a proposed match is them."""
+    EraseCustomer: _grpc.UnaryUnaryMultiCallable[_identity_pb2.EraseCustomerRequest, _identity_pb2.EraseCustomerResponse]
+    """The customer's right to erasure, relayed by a partner that knows them: the
+    keys of their cases are destroyed (their data becomes unreadable) and every
+    partner's link to them is removed; the audit log keeps its references.
+    """
 
 @_typing.type_check_only
 class IdentityServiceAsyncStub(IdentityServiceStub):
@@ -73,6 +78,11 @@ class IdentityServiceAsyncStub(IdentityServiceStub):
     """
     ConfirmMatch: _aio.UnaryUnaryMultiCallable[_identity_pb2.ConfirmMatchRequest, _identity_pb2.ConfirmMatchResponse]  # type: ignore[assignment]
     """The customer confirmed (at the caller's channel) that a proposed match is them."""
+    EraseCustomer: _aio.UnaryUnaryMultiCallable[_identity_pb2.EraseCustomerRequest, _identity_pb2.EraseCustomerResponse]  # type: ignore[assignment]
+    """The customer's right to erasure, relayed by a partner that knows them: the
+    keys of their cases are destroyed (their data becomes unreadable) and every
+    partner's link to them is removed; the audit log keeps its references.
+    """
 
 class IdentityServiceServicer(metaclass=_abc_1.ABCMeta):
     """IdentityService links the same customer across partners without ever
@@ -129,5 +139,16 @@ class IdentityServiceServicer(metaclass=_abc_1.ABCMeta):
         context: _ServicerContext,
     ) -> _typing.Union[_identity_pb2.ConfirmMatchResponse, _abc.Awaitable[_identity_pb2.ConfirmMatchResponse]]:
         """The customer confirmed (at the caller's channel) that a proposed match is them."""
+
+    @_abc_1.abstractmethod
+    def EraseCustomer(
+        self,
+        request: _identity_pb2.EraseCustomerRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_identity_pb2.EraseCustomerResponse, _abc.Awaitable[_identity_pb2.EraseCustomerResponse]]:
+        """The customer's right to erasure, relayed by a partner that knows them: the
+        keys of their cases are destroyed (their data becomes unreadable) and every
+        partner's link to them is removed; the audit log keeps its references.
+        """
 
 def add_IdentityServiceServicer_to_server(servicer: IdentityServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...

@@ -1,0 +1,93 @@
+"""Customer data at rest, sealed per case so that it can be erased.
+
+Each case has its own AES-256-GCM key, stored wrapped under the gateway's
+master key. Timeline items and the case summary are sealed with it (the case
+id and sequence as associated data, so a blob cannot be moved). Erasing a
+customer destroys the keys of their cases (crypto-shredding): the data stays
+in place, unreadable, while the audit log — which holds references and hashes
+only — stays complete and verifiable.
+"""
+
+from __future__ import annotations
+
+import base64
+import datetime as dt
+import os
+
+from cryptography.exceptions import InvalidTag
+from cryptography.hazmat.primitives.ciphers.aead import AESGCM
+from sqlalchemy import insert, select, update
+from sqlalchemy.ext.asyncio import AsyncConnection
+
+from gateway.store.schema import case_keys, cases
+
+NONCE = 12
+ERASED_TEXT = "[erased at the customer's request]"
+
+
+class Erased(Exception):
+    """The case's key was destroyed: its data can no longer be read."""
+
+
+class Sealer:
+    def __init__(self, master_key: bytes) -> None:
+        self._master = AESGCM(master_key)
+
+    async def create_key(self, conn: AsyncConnection, case_id: str) -> AESGCM:
+        key = AESGCM.generate_key(bit_length=256)
+        nonce = os.urandom(NONCE)
+        wrapped = nonce + self._master.encrypt(nonce, key, case_id.encode())
+        await conn.execute(insert(case_keys).values(case_id=case_id, wrapped_key=wrapped))
+        return AESGCM(key)
+
+    async def key(self, conn: AsyncConnection, case_id: str) -> AESGCM | None:
+        """The case's key, or None once erased."""
+        wrapped = (
+            await conn.execute(
+                select(case_keys.c.wrapped_key).where(case_keys.c.case_id == case_id)
+            )
+        ).scalar()
+        if wrapped is None:
+            return None
+        key = self._master.decrypt(wrapped[:NONCE], wrapped[NONCE:], case_id.encode())
+        return AESGCM(key)
+
+    @staticmethod
+    def seal(key: AESGCM | None, plaintext: bytes, aad: str) -> bytes:
+        """Sealed bytes; with no key (an erased case) a throwaway one: unreadable."""
+        key = key or AESGCM(AESGCM.generate_key(bit_length=256))
+        nonce = os.urandom(NONCE)
+        return nonce + key.encrypt(nonce, plaintext, aad.encode())
+
+    @staticmethod
+    def open(key: AESGCM | None, sealed: bytes, aad: str) -> bytes:
+        if key is None:
+            raise Erased(aad)
+        try:
+            return key.decrypt(sealed[:NONCE], sealed[NONCE:], aad.encode())
+        except InvalidTag as exc:
+            raise Erased(aad) from exc
+
+    def seal_text(self, key: AESGCM | None, text: str, aad: str) -> str:
+        return base64.b64encode(self.seal(key, text.encode(), aad)).decode()
+
+    def open_text(self, key: AESGCM | None, sealed: str, aad: str) -> str:
+        try:
+            return self.open(key, base64.b64decode(sealed), aad).decode()
+        except Erased:
+            return ERASED_TEXT
+
+    async def erase(self, conn: AsyncConnection, subject_id: str) -> list[str]:
+        """Destroy the keys of every case of this subject; returns those cases."""
+        case_ids = list(
+            (
+                await conn.execute(select(cases.c.case_id).where(cases.c.subject_id == subject_id))
+            ).scalars()
+        )
+        if case_ids:
+            await conn.execute(
+                update(case_keys)
+                .where(case_keys.c.case_id.in_(case_ids))
+                .values(wrapped_key=None, destroyed_at=dt.datetime.now(dt.UTC))
+            )
+        return case_ids
