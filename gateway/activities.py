@@ -169,6 +169,35 @@ class IncidentActivities:
     @activity.defn(name=RECORD_CASE_STATUS)
     async def record_case_status(self, request: RecordCaseStatusInput) -> None:
         await self._cases.record_status(request.case_id, request.status)
+        if request.status == "CLOSED":
+            await self._tell_participants_closed(request.case_id)
+
+    async def _tell_participants_closed(self, case_id: str) -> None:
+        async with self._store.write() as conn:
+            case = (await conn.execute(select(cases).where(cases.c.case_id == case_id))).one()
+            rows = (
+                await conn.execute(
+                    select(case_participants.c.partner_id, case_participants.c.role).where(
+                        case_participants.c.case_id == case_id
+                    )
+                )
+            ).all()
+            resolvers = sorted(p for p, role in rows if role == cases_pb2.PARTICIPANT_ROLE_RESOLVER)
+            for partner in sorted({p for p, _ in rows}):
+                notice = work_pb2.CaseNotice(
+                    notice_id=f"{case_id}:closed",
+                    case_id=case_id,
+                    kind="closed",
+                    message="the case is closed",
+                    relationship_owner_id=case.relationship_owner_id or "",
+                    resolver_ids=resolvers,
+                )
+                await enqueue(
+                    conn,
+                    f"{case_id}:closed:{partner}",
+                    partner,
+                    work_pb2.WorkItem(case_notice=notice),
+                )
 
     @activity.defn(name=REQUEST_DIAGNOSIS)
     async def request_diagnosis(self, request: DiagnosisRequestInput) -> None:
@@ -394,6 +423,8 @@ class IncidentActivities:
                     notice_id=f"{case.case_id}:owner:{request.owner_id}:{','.join(request.resolver_ids)}",
                     case_id=case.case_id,
                     kind="ownership",
+                    relationship_owner_id=request.owner_id,
+                    resolver_ids=list(request.resolver_ids),
                     message=(
                         f"{request.owner_id} owns the relationship; resolvers: "
                         f"{', '.join(request.resolver_ids) or 'none'} ({request.reason})"

@@ -67,6 +67,7 @@ class PartnerBackend:
         self.faulty, self.accepts = faulty, accepts
         self.seen: Counter[str] = Counter()
         self.notifications: list[work_pb2.CustomerNotification] = []
+        self.notices: list[work_pb2.CaseNotice] = []
 
     async def run(self) -> None:
         while True:
@@ -122,6 +123,8 @@ class PartnerBackend:
                     )
             elif kind == "customer_notification":
                 self.notifications.append(item.customer_notification)
+            elif kind == "case_notice":
+                self.notices.append(item.case_notice)
         await self.api.work.Acknowledge(
             work_pb2.AcknowledgeRequest(
                 idempotency_key=f"ack-{item.work_id}", work_ids=[item.work_id]
@@ -204,8 +207,18 @@ async def test_four_partners_answer_over_grpc_and_the_case_closes_with_the_right
         running["bank-a"].accepts = False
         view = await play_to_closure(stack.api("telco-a", Role.ADVISOR), opened.case_id, unique)
         async with asyncio.timeout(15):
-            while "closed" not in {n.milestone for n in running["bank-a"].notifications}:
+            while "closed" not in {n.milestone for n in running["bank-a"].notifications} or not [
+                n for n in running["handset-a"].notices if n.kind == "closed"
+            ]:
                 await asyncio.sleep(0.1)
+    # Every participant is told who owns and who resolves, and when the case closes.
+    ownership = [n for n in running["telco-a"].notices if n.kind == "ownership"]
+    assert (ownership[-1].relationship_owner_id, list(ownership[-1].resolver_ids)) == (
+        "telco-a",
+        ["telco-a"],
+    )
+    (closed,) = [n for n in running["handset-a"].notices if n.kind == "closed"]
+    assert closed.relationship_owner_id == "telco-a"
     assert view.header.relationship_owner_id == "telco-a"
     assert list(view.header.resolver_ids) == ["telco-a"]
     (decision,) = [i.ownership_decision for i in view.timeline if i.HasField("ownership_decision")]

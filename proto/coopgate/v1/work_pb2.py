@@ -27,7 +27,7 @@ from coopgate.v1 import common_pb2 as coopgate_dot_v1_dot_common__pb2
 from google.protobuf import timestamp_pb2 as google_dot_protobuf_dot_timestamp__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x16\x63oopgate/v1/work.proto\x12\x0b\x63oopgate.v1\x1a\x17\x63oopgate/v1/cases.proto\x1a\x18\x63oopgate/v1/common.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"\xcc\x01\n\x10\x44iagnosisRequest\x12\x12\n\nrequest_id\x18\x01 \x01(\t\x12\x0f\n\x07\x63\x61se_id\x18\x02 \x01(\t\x12\x12\n\nservice_id\x18\x03 \x01(\t\x12\x11\n\tcomponent\x18\x04 \x01(\t\x12\x19\n\x11\x63ustomer_local_id\x18\x05 \x01(\t\x12\x12\n\nsubject_id\x18\x06 \x01(\t\x12\x0f\n\x07summary\x18\x07 \x01(\t\x12,\n\x08\x64\x65\x61\x64line\x18\x08 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"\xa7\x01\n\x0eOwnershipOffer\x12\x10\n\x08offer_id\x18\x01 \x01(\t\x12\x0f\n\x07\x63\x61se_id\x18\x02 \x01(\t\x12\x12\n\nservice_id\x18\x03 \x01(\t\x12\x30\n\x08\x64\x65\x63ision\x18\x04 \x01(\x0b\x32\x1e.coopgate.v1.OwnershipDecision\x12,\n\x08\x64\x65\x61\x64line\x18\x05 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"\xa6\x01\n\x14\x43ustomerNotification\x12\x17\n\x0fnotification_id\x18\x01 \x01(\t\x12\x0f\n\x07\x63\x61se_id\x18\x02 \x01(\t\x12\x19\n\x11\x63ustomer_local_id\x18\x03 \x01(\t\x12%\n\x07\x63hannel\x18\x04 \x01(\x0e\x32\x14.coopgate.v1.Channel\x12\x11\n\tmilestone\x18\x05 \x01(\t\x12\x0f\n\x07message\x18\x06 \x01(\t\"\xed\x01\n\rConsentPrompt\x12\x1a\n\x12\x63onsent_request_id\x18\x01 \x01(\t\x12\x0f\n\x07\x63\x61se_id\x18\x02 \x01(\t\x12\x19\n\x11\x63ustomer_local_id\x18\x03 \x01(\t\x12%\n\x07\x63hannel\x18\x04 \x01(\x0e\x32\x14.coopgate.v1.Channel\x12\x19\n\x11source_partner_id\x18\x05 \x01(\t\x12\x1c\n\x14recipient_partner_id\x18\x06 \x01(\t\x12\x12\n\ncategories\x18\x07 \x03(\t\x12\x10\n\x08purposes\x18\x08 \x03(\t\x12\x0e\n\x06reason\x18\t \x01(\t\"O\n\nCaseNotice\x12\x11\n\tnotice_id\x18\x01 \x01(\t\x12\x0f\n\x07\x63\x61se_id\x18\x02 \x01(\t\x12\x0c\n\x04kind\x18\x03 \x01(\t\x12\x0f\n\x07message\x18\x04 \x01(\t\"\x8a\x03\n\x08WorkItem\x12\x0f\n\x07work_id\x18\x01 \x01(\t\x12.\n\ncreated_at\x18\x02 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x14\n\x0credeliveries\x18\x03 \x01(\x05\x12:\n\x11\x64iagnosis_request\x18\x04 \x01(\x0b\x32\x1d.coopgate.v1.DiagnosisRequestH\x00\x12\x36\n\x0fownership_offer\x18\x05 \x01(\x0b\x32\x1b.coopgate.v1.OwnershipOfferH\x00\x12\x42\n\x15\x63ustomer_notification\x18\x06 \x01(\x0b\x32!.coopgate.v1.CustomerNotificationH\x00\x12\x34\n\x0e\x63onsent_prompt\x18\x07 \x01(\x0b\x32\x1a.coopgate.v1.ConsentPromptH\x00\x12.\n\x0b\x63\x61se_notice\x18\x08 \x01(\x0b\x32\x17.coopgate.v1.CaseNoticeH\x00\x42\t\n\x07payload\")\n\x10SubscribeRequest\x12\x15\n\rmax_in_flight\x18\x01 \x01(\x05\"8\n\x11SubscribeResponse\x12#\n\x04item\x18\x01 \x01(\x0b\x32\x15.coopgate.v1.WorkItem\"?\n\x12\x41\x63knowledgeRequest\x12\x17\n\x0fidempotency_key\x18\x01 \x01(\t\x12\x10\n\x08work_ids\x18\x02 \x03(\t\"+\n\x13\x41\x63knowledgeResponse\x12\x14\n\x0c\x61\x63knowledged\x18\x01 \x01(\x05\x32\xb4\x01\n\x12PartnerWorkService\x12L\n\tSubscribe\x12\x1d.coopgate.v1.SubscribeRequest\x1a\x1e.coopgate.v1.SubscribeResponse0\x01\x12P\n\x0b\x41\x63knowledge\x12\x1f.coopgate.v1.AcknowledgeRequest\x1a .coopgate.v1.AcknowledgeResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x16\x63oopgate/v1/work.proto\x12\x0b\x63oopgate.v1\x1a\x17\x63oopgate/v1/cases.proto\x1a\x18\x63oopgate/v1/common.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"\xcc\x01\n\x10\x44iagnosisRequest\x12\x12\n\nrequest_id\x18\x01 \x01(\t\x12\x0f\n\x07\x63\x61se_id\x18\x02 \x01(\t\x12\x12\n\nservice_id\x18\x03 \x01(\t\x12\x11\n\tcomponent\x18\x04 \x01(\t\x12\x19\n\x11\x63ustomer_local_id\x18\x05 \x01(\t\x12\x12\n\nsubject_id\x18\x06 \x01(\t\x12\x0f\n\x07summary\x18\x07 \x01(\t\x12,\n\x08\x64\x65\x61\x64line\x18\x08 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"\xa7\x01\n\x0eOwnershipOffer\x12\x10\n\x08offer_id\x18\x01 \x01(\t\x12\x0f\n\x07\x63\x61se_id\x18\x02 \x01(\t\x12\x12\n\nservice_id\x18\x03 \x01(\t\x12\x30\n\x08\x64\x65\x63ision\x18\x04 \x01(\x0b\x32\x1e.coopgate.v1.OwnershipDecision\x12,\n\x08\x64\x65\x61\x64line\x18\x05 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"\xa6\x01\n\x14\x43ustomerNotification\x12\x17\n\x0fnotification_id\x18\x01 \x01(\t\x12\x0f\n\x07\x63\x61se_id\x18\x02 \x01(\t\x12\x19\n\x11\x63ustomer_local_id\x18\x03 \x01(\t\x12%\n\x07\x63hannel\x18\x04 \x01(\x0e\x32\x14.coopgate.v1.Channel\x12\x11\n\tmilestone\x18\x05 \x01(\t\x12\x0f\n\x07message\x18\x06 \x01(\t\"\xed\x01\n\rConsentPrompt\x12\x1a\n\x12\x63onsent_request_id\x18\x01 \x01(\t\x12\x0f\n\x07\x63\x61se_id\x18\x02 \x01(\t\x12\x19\n\x11\x63ustomer_local_id\x18\x03 \x01(\t\x12%\n\x07\x63hannel\x18\x04 \x01(\x0e\x32\x14.coopgate.v1.Channel\x12\x19\n\x11source_partner_id\x18\x05 \x01(\t\x12\x1c\n\x14recipient_partner_id\x18\x06 \x01(\t\x12\x12\n\ncategories\x18\x07 \x03(\t\x12\x10\n\x08purposes\x18\x08 \x03(\t\x12\x0e\n\x06reason\x18\t \x01(\t\"\x84\x01\n\nCaseNotice\x12\x11\n\tnotice_id\x18\x01 \x01(\t\x12\x0f\n\x07\x63\x61se_id\x18\x02 \x01(\t\x12\x0c\n\x04kind\x18\x03 \x01(\t\x12\x0f\n\x07message\x18\x04 \x01(\t\x12\x1d\n\x15relationship_owner_id\x18\x05 \x01(\t\x12\x14\n\x0cresolver_ids\x18\x06 \x03(\t\"\x8a\x03\n\x08WorkItem\x12\x0f\n\x07work_id\x18\x01 \x01(\t\x12.\n\ncreated_at\x18\x02 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x14\n\x0credeliveries\x18\x03 \x01(\x05\x12:\n\x11\x64iagnosis_request\x18\x04 \x01(\x0b\x32\x1d.coopgate.v1.DiagnosisRequestH\x00\x12\x36\n\x0fownership_offer\x18\x05 \x01(\x0b\x32\x1b.coopgate.v1.OwnershipOfferH\x00\x12\x42\n\x15\x63ustomer_notification\x18\x06 \x01(\x0b\x32!.coopgate.v1.CustomerNotificationH\x00\x12\x34\n\x0e\x63onsent_prompt\x18\x07 \x01(\x0b\x32\x1a.coopgate.v1.ConsentPromptH\x00\x12.\n\x0b\x63\x61se_notice\x18\x08 \x01(\x0b\x32\x17.coopgate.v1.CaseNoticeH\x00\x42\t\n\x07payload\")\n\x10SubscribeRequest\x12\x15\n\rmax_in_flight\x18\x01 \x01(\x05\"8\n\x11SubscribeResponse\x12#\n\x04item\x18\x01 \x01(\x0b\x32\x15.coopgate.v1.WorkItem\"?\n\x12\x41\x63knowledgeRequest\x12\x17\n\x0fidempotency_key\x18\x01 \x01(\t\x12\x10\n\x08work_ids\x18\x02 \x03(\t\"+\n\x13\x41\x63knowledgeResponse\x12\x14\n\x0c\x61\x63knowledged\x18\x01 \x01(\x05\x32\xb4\x01\n\x12PartnerWorkService\x12L\n\tSubscribe\x12\x1d.coopgate.v1.SubscribeRequest\x1a\x1e.coopgate.v1.SubscribeResponse0\x01\x12P\n\x0b\x41\x63knowledge\x12\x1f.coopgate.v1.AcknowledgeRequest\x1a .coopgate.v1.AcknowledgeResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -42,18 +42,18 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_CUSTOMERNOTIFICATION']._serialized_end=667
   _globals['_CONSENTPROMPT']._serialized_start=670
   _globals['_CONSENTPROMPT']._serialized_end=907
-  _globals['_CASENOTICE']._serialized_start=909
-  _globals['_CASENOTICE']._serialized_end=988
-  _globals['_WORKITEM']._serialized_start=991
-  _globals['_WORKITEM']._serialized_end=1385
-  _globals['_SUBSCRIBEREQUEST']._serialized_start=1387
-  _globals['_SUBSCRIBEREQUEST']._serialized_end=1428
-  _globals['_SUBSCRIBERESPONSE']._serialized_start=1430
-  _globals['_SUBSCRIBERESPONSE']._serialized_end=1486
-  _globals['_ACKNOWLEDGEREQUEST']._serialized_start=1488
-  _globals['_ACKNOWLEDGEREQUEST']._serialized_end=1551
-  _globals['_ACKNOWLEDGERESPONSE']._serialized_start=1553
-  _globals['_ACKNOWLEDGERESPONSE']._serialized_end=1596
-  _globals['_PARTNERWORKSERVICE']._serialized_start=1599
-  _globals['_PARTNERWORKSERVICE']._serialized_end=1779
+  _globals['_CASENOTICE']._serialized_start=910
+  _globals['_CASENOTICE']._serialized_end=1042
+  _globals['_WORKITEM']._serialized_start=1045
+  _globals['_WORKITEM']._serialized_end=1439
+  _globals['_SUBSCRIBEREQUEST']._serialized_start=1441
+  _globals['_SUBSCRIBEREQUEST']._serialized_end=1482
+  _globals['_SUBSCRIBERESPONSE']._serialized_start=1484
+  _globals['_SUBSCRIBERESPONSE']._serialized_end=1540
+  _globals['_ACKNOWLEDGEREQUEST']._serialized_start=1542
+  _globals['_ACKNOWLEDGEREQUEST']._serialized_end=1605
+  _globals['_ACKNOWLEDGERESPONSE']._serialized_start=1607
+  _globals['_ACKNOWLEDGERESPONSE']._serialized_end=1650
+  _globals['_PARTNERWORKSERVICE']._serialized_start=1653
+  _globals['_PARTNERWORKSERVICE']._serialized_end=1833
 # @@protoc_insertion_point(module_scope)

@@ -196,10 +196,17 @@ class CaseNotice(_message.Message):
     CASE_ID_FIELD_NUMBER: _builtins.int
     KIND_FIELD_NUMBER: _builtins.int
     MESSAGE_FIELD_NUMBER: _builtins.int
+    RELATIONSHIP_OWNER_ID_FIELD_NUMBER: _builtins.int
+    RESOLVER_IDS_FIELD_NUMBER: _builtins.int
     notice_id: _builtins.str
     case_id: _builtins.str
     kind: _builtins.str
+    """"ownership", "escalation" or "closed"."""
     message: _builtins.str
+    relationship_owner_id: _builtins.str
+    """The case's relationship owner and resolvers after this notice."""
+    @_builtins.property
+    def resolver_ids(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]: ...
     def __init__(
         self,
         *,
@@ -207,10 +214,12 @@ class CaseNotice(_message.Message):
         case_id: _builtins.str = ...,
         kind: _builtins.str = ...,
         message: _builtins.str = ...,
+        relationship_owner_id: _builtins.str = ...,
+        resolver_ids: _abc.Iterable[_builtins.str] | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["case_id", b"case_id", "kind", b"kind", "message", b"message", "notice_id", b"notice_id"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["case_id", b"case_id", "kind", b"kind", "message", b"message", "notice_id", b"notice_id", "relationship_owner_id", b"relationship_owner_id", "resolver_ids", b"resolver_ids"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
