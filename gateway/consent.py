@@ -18,9 +18,8 @@ from typing import Any
 
 from coopgate.v1 import admin_pb2, common_pb2, consents_pb2, work_pb2
 from sqlalchemy import (
-    Column,
-    ColumnElement,
     Row,
+    bindparam,
     func,
     insert,
     literal,
@@ -47,6 +46,7 @@ from gateway.pseudonyms import Pseudonyms
 from gateway.receipts import ReceiptSigner
 from gateway.store import Store
 from gateway.store.schema import (
+    UtcDateTime,
     case_participants,
     cases,
     consent_events,
@@ -219,39 +219,16 @@ class ConsentRules:
         at: dt.datetime,
     ) -> tuple[list[admin_pb2.SharingAgreement], list[Grant]]:
         """The agreements in force and the subject's consents, in one round trip."""
-        only = next(iter(sources)) if len(sources) == 1 else None
-
-        def source_match(column: Column[str]) -> ColumnElement[bool]:
-            return column == only if only is not None else column.in_(sources)
-
-        grants_query = select(
-            literal("c").label("kind"),
-            consents.c.consent_id,
-            consents.c.state,
-            consents.c.valid_from,
-            consents.c.valid_until,
-            consents.c.definition,
-        ).where(consents.c.subject_id == subject_id, source_match(consents.c.source_partner_id))
-        agreements_query = select(
-            literal("a"),
-            sharing_agreements.c.agreement_id,
-            null(),
-            sharing_agreements.c.valid_from,
-            sharing_agreements.c.valid_until,
-            sharing_agreements.c.definition,
-        ).where(
-            source_match(sharing_agreements.c.source_partner_id),
-            sharing_agreements.c.recipient_partner_id == recipient,
-            sharing_agreements.c.service_id == service_id,
-            sharing_agreements.c.valid_from <= at,
-            or_(
-                sharing_agreements.c.valid_until.is_(None),
-                sharing_agreements.c.valid_until > at,
-            ),
-        )
         agreements: list[admin_pb2.SharingAgreement] = []
         grants: list[Grant] = []
-        for row in await conn.execute(union_all(grants_query, agreements_query)):
+        params = {
+            "subject": subject_id,
+            "sources": sorted(sources),
+            "recipient": recipient,
+            "service": service_id,
+            "at": at,
+        }
+        for row in await conn.execute(_LOOKUP, params):
             if row.kind == "a":
                 agreements.append(admin_pb2.SharingAgreement.FromString(row.definition))
             else:
@@ -265,6 +242,40 @@ class ConsentRules:
                     )
                 )
         return agreements, grants
+
+
+#: The subject's consents from the given sources and the agreements in force for
+#: the reader and service: one statement, built once (the decision is on every read).
+_LOOKUP = union_all(
+    select(
+        literal("c").label("kind"),
+        consents.c.consent_id,
+        consents.c.state,
+        consents.c.valid_from,
+        consents.c.valid_until,
+        consents.c.definition,
+    ).where(
+        consents.c.subject_id == bindparam("subject"),
+        consents.c.source_partner_id.in_(bindparam("sources", expanding=True)),
+    ),
+    select(
+        literal("a"),
+        sharing_agreements.c.agreement_id,
+        null(),
+        sharing_agreements.c.valid_from,
+        sharing_agreements.c.valid_until,
+        sharing_agreements.c.definition,
+    ).where(
+        sharing_agreements.c.source_partner_id.in_(bindparam("sources", expanding=True)),
+        sharing_agreements.c.recipient_partner_id == bindparam("recipient"),
+        sharing_agreements.c.service_id == bindparam("service"),
+        sharing_agreements.c.valid_from <= bindparam("at", type_=UtcDateTime()),
+        or_(
+            sharing_agreements.c.valid_until.is_(None),
+            sharing_agreements.c.valid_until > bindparam("at", type_=UtcDateTime()),
+        ),
+    ),
+)
 
 
 @dataclass(slots=True, frozen=True)
