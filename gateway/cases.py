@@ -19,7 +19,7 @@ from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 from coopgate.v1 import admin_pb2, cases_pb2, common_pb2
-from sqlalchemy import Row, and_, insert, or_, select, update
+from sqlalchemy import Row, and_, bindparam, insert, or_, select, update
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from gateway.admin import load_service
@@ -68,6 +68,35 @@ WATCH_IDLE_SECONDS = 5.0
 INTERACTION_CATEGORY = "interaction.history"
 #: Category of the gateway's own events (status changes), visible to participants.
 CASE_STATUS_CATEGORY = "case.status"
+
+
+# Statements on the read paths, built once (SQLAlchemy construction costs more
+# than the query itself on these hot paths).
+_VISIBLE_CASE = select(cases).where(
+    cases.c.case_id == bindparam("case_id"),
+    select(case_participants.c.case_id)
+    .where(
+        case_participants.c.case_id == bindparam("case_id"),
+        case_participants.c.partner_id == bindparam("partner_id"),
+    )
+    .exists(),
+)
+_PARTICIPANTS = (
+    select(case_participants)
+    .where(case_participants.c.case_id == bindparam("case_id"))
+    .order_by(case_participants.c.role, case_participants.c.partner_id)
+)
+_TIMELINE = (
+    select(
+        case_events.c.sequence,
+        case_events.c.source_partner_id,
+        case_events.c.category,
+        case_events.c.occurred_at,
+        case_events.c.item,
+    )
+    .where(case_events.c.case_id == bindparam("case_id"))
+    .order_by(case_events.c.occurred_at, case_events.c.sequence)
+)
 
 
 class Incidents(Protocol):
@@ -612,13 +641,7 @@ class Cases:
         self._check_purpose(request.purpose)
         async with self.store.read() as conn:
             row = await self._visible_case(conn, caller, request.case_id)
-            participants = (
-                await conn.execute(
-                    select(case_participants)
-                    .where(case_participants.c.case_id == row.case_id)
-                    .order_by(case_participants.c.role, case_participants.c.partner_id)
-                )
-            ).all()
+            participants = (await conn.execute(_PARTICIPANTS, {"case_id": row.case_id})).all()
             header = await self._header(conn, caller, row, participants)
             events = await self._timeline(conn, row)
             allowed, withheld, records = await self._filter(
@@ -676,19 +699,7 @@ class Cases:
         ):
             self._timelines.move_to_end(row.case_id)
             return cached[1]
-        rows = (
-            await conn.execute(
-                select(
-                    case_events.c.sequence,
-                    case_events.c.source_partner_id,
-                    case_events.c.category,
-                    case_events.c.occurred_at,
-                    case_events.c.item,
-                )
-                .where(case_events.c.case_id == row.case_id)
-                .order_by(case_events.c.occurred_at, case_events.c.sequence)
-            )
-        ).all()
+        rows = (await conn.execute(_TIMELINE, {"case_id": row.case_id})).all()
         events = await self.open_events(conn, row.case_id, rows)
         if events and max(e.sequence for e in events) == row.last_sequence:
             self._timelines[row.case_id] = (row.last_sequence, events)
@@ -939,16 +950,8 @@ class Cases:
     async def _visible_case(self, conn: AsyncConnection, caller: Caller, case_id: str) -> CaseRow:
         """The case if the caller's partner takes part in it; NOT_FOUND otherwise,
         so that a case's existence is not revealed to outsiders."""
-        takes_part = (
-            select(case_participants.c.case_id)
-            .where(
-                case_participants.c.case_id == case_id,
-                case_participants.c.partner_id == caller.partner_id,
-            )
-            .exists()
-        )
         row = (
-            await conn.execute(select(cases).where(cases.c.case_id == case_id, takes_part))
+            await conn.execute(_VISIBLE_CASE, {"case_id": case_id, "partner_id": caller.partner_id})
         ).first()
         if row is None:
             raise NotFound(f"case {case_id!r} not found", reason="CASE_NOT_FOUND")

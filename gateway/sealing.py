@@ -16,13 +16,16 @@ import os
 
 from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
-from sqlalchemy import insert, select, update
+from sqlalchemy import bindparam, insert, select, update
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from gateway.store.schema import case_keys, cases
 
 NONCE = 12
 ERASED_TEXT = "[erased at the customer's request]"
+
+
+_KEY = select(case_keys.c.wrapped_key).where(case_keys.c.case_id == bindparam("case_id"))
 
 
 class Erased(Exception):
@@ -42,11 +45,7 @@ class Sealer:
 
     async def key(self, conn: AsyncConnection, case_id: str) -> AESGCM | None:
         """The case's key, or None once erased."""
-        wrapped = (
-            await conn.execute(
-                select(case_keys.c.wrapped_key).where(case_keys.c.case_id == case_id)
-            )
-        ).scalar()
+        wrapped = (await conn.execute(_KEY, {"case_id": case_id})).scalar()
         if wrapped is None:
             return None
         key = self._master.decrypt(wrapped[:NONCE], wrapped[NONCE:], case_id.encode())
