@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import contextlib
 import json
-from pathlib import Path
 from typing import Annotated
 
 import typer
@@ -18,6 +17,8 @@ from rich.text import Text
 from gateway.client import (
     CaOpt,
     CertOpt,
+    DataDirOpt,
+    JsonOpt,
     KeyOpt,
     PartnerOpt,
     RoleOpt,
@@ -30,9 +31,7 @@ from gateway.pki import Role
 case_app = typer.Typer(no_args_is_help=True, help="The combined, consent-filtered case view.")
 out = Console()
 
-DataDirOpt = Annotated[Path | None, typer.Option("--data-dir", help="Gateway state directory.")]
 PurposeOpt = Annotated[str, typer.Option(help="Why you read: every read declares its purpose.")]
-JsonOpt = Annotated[bool, typer.Option("--json", help="Print JSON instead of a timeline.")]
 
 
 def _enum(enum: object, value: int, prefix: str) -> str:

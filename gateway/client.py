@@ -79,6 +79,8 @@ def client_options(
     return ClientOptions(settings, partner, role, target, cert, key, ca)
 
 
+DataDirOpt = Annotated[Path | None, typer.Option("--data-dir", help="Gateway state directory.")]
+JsonOpt = Annotated[bool, typer.Option("--json", help="Print JSON instead of a table.")]
 PartnerOpt = Annotated[str, typer.Option("--as", help="Act as this partner (certificate O).")]
 RoleOpt = Annotated[Role, typer.Option("--role", help="Certificate role (OU).")]
 TargetOpt = Annotated[str | None, typer.Option(help="Gateway address (default: COOPGATE_LISTEN).")]

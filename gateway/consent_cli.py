@@ -18,6 +18,8 @@ from rich.table import Table
 from gateway.client import (
     CaOpt,
     CertOpt,
+    DataDirOpt,
+    JsonOpt,
     KeyOpt,
     PartnerOpt,
     RoleOpt,
@@ -33,9 +35,6 @@ consent_app = typer.Typer(no_args_is_help=True, help="Customer consents and thei
 agreement_app = typer.Typer(no_args_is_help=True, help="Sharing agreements between partners.")
 out = Console()
 err = Console(stderr=True)
-
-DataDirOpt = Annotated[Path | None, typer.Option("--data-dir", help="Gateway state directory.")]
-JsonOpt = Annotated[bool, typer.Option("--json", help="Print JSON instead of a table.")]
 
 
 def _channel_value(name: str) -> int:

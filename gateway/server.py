@@ -89,8 +89,6 @@ def create_server(
             ("grpc.keepalive_permit_without_calls", 1),
         ],
     )
-    # Services of the contract without a servicer yet are listed by
-    # reflection and answer UNIMPLEMENTED.
     cases_pb2_grpc.add_CaseServiceServicer_to_server(CaseServicer(domain.cases), server)
     admin_pb2_grpc.add_AdminServiceServicer_to_server(AdminServicer(domain.admin), server)
     consents_pb2_grpc.add_ConsentServiceServicer_to_server(ConsentServicer(domain.consents), server)

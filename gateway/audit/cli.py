@@ -30,6 +30,8 @@ from gateway.client import (
     CaOpt,
     CertOpt,
     ClientOptions,
+    DataDirOpt,
+    JsonOpt,
     KeyOpt,
     PartnerOpt,
     RoleOpt,
@@ -176,8 +178,6 @@ def _verified_checkpoint(file: Path, keys: list[str]) -> Checkpoint:
 
 out = Console()
 
-DataDirOpt = Annotated[Path | None, typer.Option("--data-dir", help="Gateway state directory.")]
-JsonOpt = Annotated[bool, typer.Option("--json", help="Print JSON instead of a table.")]
 EXPORT_PAGE = 1000
 E = TypeVar("E", bound=int)
 

@@ -56,6 +56,8 @@ from gateway.store.schema import audit_entries, audit_head, audit_nodes
 from tests.benchmarks.common import database, now_ns, summarize
 
 CHUNK = 50_000
+#: Where the indexed baseline's own rows start, past the copied log.
+BASELINE_INDEX = 1 << 40
 PURPOSES = ["incident-diagnosis", "incident-resolution"]
 CATEGORIES = ["device.sim", "payment.card", "diagnostic.findings"]
 
@@ -283,10 +285,16 @@ async def measure_appends(
 
     def indexed_row(i: int) -> dict[str, object]:
         n = i % len(records)
-        return entry_row(i, records[n], at, entries[n])
+        return entry_row(BASELINE_INDEX + i, records[n], at, entries[n])
 
     async with store.engine.begin() as conn:
         await conn.run_sync(scratch_metadata.create_all)
+        # As many rows as the log, so its indexes are as deep and as scattered.
+        await conn.execute(
+            insert(indexed_scratch).from_select(
+                [c.name for c in audit_entries.columns], select(audit_entries)
+            )
+        )
     log = AuditLog(store)
 
     t0 = now_ns()
