@@ -19,6 +19,7 @@ from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 from coopgate.v1 import admin_pb2, cases_pb2, common_pb2
+from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 from sqlalchemy import Row, and_, bindparam, insert, or_, select, update
 from sqlalchemy.ext.asyncio import AsyncConnection
 
@@ -37,7 +38,7 @@ from gateway.feed import CaseFeed
 from gateway.idempotency import run_once, run_once_external
 from gateway.pki import Role
 from gateway.pseudonyms import Pseudonyms
-from gateway.sealing import ERASED_TEXT, Erased, Sealer
+from gateway.sealing import ERASED_TEXT, MISSING, Erased, Missing, Sealer
 from gateway.store import Store
 from gateway.store.schema import (
     case_events,
@@ -642,8 +643,9 @@ class Cases:
         async with self.store.read() as conn:
             row = await self._visible_case(conn, caller, request.case_id)
             participants = (await conn.execute(_PARTICIPANTS, {"case_id": row.case_id})).all()
-            header = await self._header(conn, caller, row, participants)
-            events = await self._timeline(conn, row)
+            key = await self.sealer.key(conn, row.case_id)
+            header = await self._header(conn, caller, row, participants, key)
+            events = await self._timeline(conn, row, key)
             allowed, withheld, records = await self._filter(
                 conn, caller, row, request.purpose, events
             )
@@ -658,19 +660,24 @@ class Cases:
             view.withheld.add(source_partner_id=source, category=category, count=count)
         return cases_pb2.GetCaseViewResponse(view=view)
 
-    async def _erased(self, conn: AsyncConnection, row: CaseRow) -> bool:
-        return await self.sealer.key(conn, row.case_id) is None
-
-    async def summary(self, conn: AsyncConnection, row: CaseRow) -> str:
+    async def summary(
+        self, conn: AsyncConnection, row: CaseRow, key: AESGCM | Missing | None = MISSING
+    ) -> str:
         """The customer's own words as first reported (unless erased)."""
-        key = await self.sealer.key(conn, row.case_id)
+        if isinstance(key, Missing):
+            key = await self.sealer.key(conn, row.case_id)
         return self.sealer.open_text(key, row.summary, f"{row.case_id}/summary")
 
     async def open_events(
-        self, conn: AsyncConnection, case_id: str, rows: Sequence[Row[Any]]
+        self,
+        conn: AsyncConnection,
+        case_id: str,
+        rows: Sequence[Row[Any]],
+        key: AESGCM | Missing | None = MISSING,
     ) -> list[TimelineEvent]:
         """Unseal stored events; those of an erased case keep only their place."""
-        key = await self.sealer.key(conn, case_id)
+        if isinstance(key, Missing):
+            key = await self.sealer.key(conn, case_id)
         events = []
         for r in rows:
             try:
@@ -688,19 +695,17 @@ class Cases:
             events.append(TimelineEvent(r.sequence, r.source_partner_id, r.category, item))
         return events
 
-    async def _timeline(self, conn: AsyncConnection, row: CaseRow) -> list[TimelineEvent]:
+    async def _timeline(
+        self, conn: AsyncConnection, row: CaseRow, key: AESGCM | None
+    ) -> list[TimelineEvent]:
         """The case's events in time order, parsed once per version of the case:
         events are append-only, so ``last_sequence`` identifies the content."""
         cached = self._timelines.get(row.case_id)
-        if (
-            cached is not None
-            and cached[0] == row.last_sequence
-            and not await self._erased(conn, row)
-        ):
+        if cached is not None and cached[0] == row.last_sequence and key is not None:
             self._timelines.move_to_end(row.case_id)
             return cached[1]
         rows = (await conn.execute(_TIMELINE, {"case_id": row.case_id})).all()
-        events = await self.open_events(conn, row.case_id, rows)
+        events = await self.open_events(conn, row.case_id, rows, key)
         if events and max(e.sequence for e in events) == row.last_sequence:
             self._timelines[row.case_id] = (row.last_sequence, events)
             while len(self._timelines) > TIMELINE_CACHE_CASES:
@@ -963,6 +968,7 @@ class Cases:
         caller: Caller,
         row: CaseRow,
         participants: Sequence[Row[Any]] | None = None,
+        key: AESGCM | Missing | None = MISSING,
     ) -> cases_pb2.CaseHeader:
         header = cases_pb2.CaseHeader(
             case_id=row.case_id,

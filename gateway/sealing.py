@@ -28,6 +28,13 @@ ERASED_TEXT = "[erased at the customer's request]"
 _KEY = select(case_keys.c.wrapped_key).where(case_keys.c.case_id == bindparam("case_id"))
 
 
+class Missing:
+    """Marks an argument not given (distinct from None, which means erased)."""
+
+
+MISSING = Missing()
+
+
 class Erased(Exception):
     """The case's key was destroyed: its data can no longer be read."""
 
