@@ -14,7 +14,7 @@ from collections.abc import Callable
 from typing import Any
 
 from coopgate.v1 import cases_pb2, work_pb2
-from sqlalchemy import delete, insert, select, update
+from sqlalchemy import delete, insert, or_, select, update
 from sqlalchemy.ext.asyncio import AsyncConnection
 from temporalio import activity
 
@@ -37,6 +37,7 @@ from gateway.store.schema import (
     case_participants,
     cases,
     services,
+    sharing_agreements,
     subject_links,
 )
 from gateway.work import enqueue
@@ -134,25 +135,58 @@ class IncidentActivities:
                     select(services.c.definition).where(services.c.service_id == case.service_id)
                 )
             ).scalar_one()
+            now = dt.datetime.now(dt.UTC)
+            agreements = [
+                admin_pb2.SharingAgreement.FromString(d)
+                for d in (
+                    await conn.execute(
+                        select(sharing_agreements.c.definition)
+                        .where(
+                            sharing_agreements.c.service_id == case.service_id,
+                            sharing_agreements.c.valid_from <= now,
+                            or_(
+                                sharing_agreements.c.valid_until.is_(None),
+                                sharing_agreements.c.valid_until > now,
+                            ),
+                        )
+                        .order_by(sharing_agreements.c.agreement_id)
+                    )
+                ).scalars()
+            ]
         service = admin_pb2.Service.FromString(definition)
+        first = case.first_contact_partner_id
+        policy = service.ownership_policy
+        policy_from = "the service"
+        for agreement in agreements:
+            if agreement.recipient_partner_id == first and agreement.HasField("ownership_override"):
+                override = agreement.ownership_override
+                merged = admin_pb2.OwnershipPolicy()
+                merged.CopyFrom(policy)
+                if override.host_partner_id:
+                    merged.host_partner_id = override.host_partner_id
+                if override.min_fault_confidence:
+                    merged.min_fault_confidence = override.min_fault_confidence
+                if override.HasField("acceptance_deadline"):
+                    merged.acceptance_deadline.CopyFrom(override.acceptance_deadline)
+                policy, policy_from = merged, f"agreement {agreement.agreement_id}"
+                break
         return IncidentContext(
             case_id=case.case_id,
             service_id=case.service_id,
-            first_contact_partner_id=case.first_contact_partner_id,
+            first_contact_partner_id=first,
             components=tuple(
                 ComponentSpec(
                     name=c.name,
                     partner_id=c.partner_id,
-                    diagnosis_deadline_s=c.diagnosis_deadline.ToTimedelta().total_seconds(),
+                    diagnosis_deadline_s=_agreed_deadline(agreements, c, first),
                 )
                 for c in service.components
             ),
             policy=PolicySpec(
-                host_partner_id=service.ownership_policy.host_partner_id,
-                min_fault_confidence=service.ownership_policy.min_fault_confidence,
-                acceptance_deadline_s=(
-                    service.ownership_policy.acceptance_deadline.ToTimedelta().total_seconds()
-                ),
+                host_partner_id=policy.host_partner_id,
+                min_fault_confidence=policy.min_fault_confidence,
+                acceptance_deadline_s=policy.acceptance_deadline.ToTimedelta().total_seconds(),
+                source=policy_from,
             ),
             service_level=ServiceLevelSpec(
                 time_to_owner_s=service.service_level.time_to_owner.ToTimedelta().total_seconds(),
@@ -576,6 +610,21 @@ class IncidentActivities:
                     recorded_at=_now(),
                 )
             )
+
+
+def _agreed_deadline(agreements: list[Any], component: Any, first_contact: str) -> float:
+    """The component owner's diagnosis deadline: from its agreement with the
+    partner first contacted when there is one, else any agreement it has as
+    source for this service, else the service's default."""
+    agreed = [
+        a
+        for a in agreements
+        if a.source_partner_id == component.partner_id and a.HasField("source_diagnosis_deadline")
+    ]
+    agreed.sort(key=lambda a: a.recipient_partner_id != first_contact)
+    if agreed:
+        return float(agreed[0].source_diagnosis_deadline.ToTimedelta().total_seconds())
+    return float(component.diagnosis_deadline.ToTimedelta().total_seconds())
 
 
 async def _local_id(conn: AsyncConnection, partner_id: str, subject_id: str) -> str:

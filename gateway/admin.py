@@ -275,6 +275,12 @@ class Admin:
         async def action(conn: AsyncConnection) -> admin_pb2.DefineSharingAgreementResponse:
             service = await load_service(conn, agreement.service_id, field="agreement.service_id")
             chain = {c.partner_id for c in service.components}
+            override = agreement.ownership_override
+            if override.host_partner_id and override.host_partner_id not in chain:
+                raise InvalidArgument.field(
+                    "agreement.ownership_override.host_partner_id",
+                    "the host must own a component of the service",
+                )
             for field in ("source_partner_id", "recipient_partner_id"):
                 if getattr(agreement, field) not in chain:
                     raise InvalidArgument.field(
@@ -464,6 +470,21 @@ def _agreement_violations(agreement: admin_pb2.SharingAgreement) -> list[FieldVi
         and agreement.valid_until.ToDatetime() <= agreement.valid_from.ToDatetime()
     ):
         violations.append(FieldViolation("agreement.valid_until", "must be after valid_from"))
+    if agreement.HasField("source_diagnosis_deadline") and (
+        agreement.source_diagnosis_deadline.ToTimedelta() <= dt.timedelta(0)
+    ):
+        violations.append(FieldViolation("agreement.source_diagnosis_deadline", "must be positive"))
+    override = agreement.ownership_override
+    if not 0 <= override.min_fault_confidence <= 1:
+        violations.append(
+            FieldViolation("agreement.ownership_override.min_fault_confidence", "must be in (0, 1]")
+        )
+    if override.HasField("acceptance_deadline") and (
+        override.acceptance_deadline.ToTimedelta() <= dt.timedelta(0)
+    ):
+        violations.append(
+            FieldViolation("agreement.ownership_override.acceptance_deadline", "must be positive")
+        )
     if agreement.agreement_id and not re.fullmatch(r"[A-Za-z0-9_.-]{1,64}", agreement.agreement_id):
         violations.append(FieldViolation("agreement.agreement_id", "must be 1-64 [A-Za-z0-9_.-]"))
     return violations

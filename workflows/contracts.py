@@ -60,6 +60,8 @@ class PolicySpec:
     host_partner_id: str
     min_fault_confidence: float
     acceptance_deadline_s: float
+    #: Where the policy comes from: "the service" or "agreement <id>".
+    source: str = "the service"
 
 
 @dataclass(slots=True, frozen=True)

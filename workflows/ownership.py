@@ -56,10 +56,11 @@ def decide_ownership(
     ]
     resolvers = tuple(dict.fromkeys(f.partner_id for f in confident))
     preferred = context.policy.host_partner_id or context.first_contact_partner_id
+    origin = context.policy.source
     why_owner = (
-        f"the service names {preferred} as host"
+        f"{origin} names {preferred} as host"
         if context.policy.host_partner_id
-        else f"{preferred} was contacted first and the service names no host"
+        else f"{preferred} was contacted first and {origin} names no host"
     )
     summary = _summarise(findings, context)
     if len(confident) == 1:

@@ -16,6 +16,7 @@ from pathlib import Path
 
 import pytest
 from coopgate.v1 import admin_pb2, cases_pb2, common_pb2, work_pb2
+from google.protobuf import duration_pb2
 from sqlalchemy import select
 from temporalio.client import WorkflowExecutionStatus
 from temporalio.testing import WorkflowEnvironment
@@ -465,3 +466,38 @@ async def test_recorded_history_replays_deterministically(incident: Incident) ->
     await handle.result()
     history = await handle.fetch_history()
     await Replayer(workflows=[IncidentWorkflow]).replay_workflow(history)
+
+
+async def test_an_agreement_overrides_the_policy_and_the_partners_deadline(
+    incident: Incident,
+) -> None:
+    deadline = duration_pb2.Duration()
+    deadline.FromTimedelta(timedelta(minutes=5))
+    await incident.runtime.domain.admin.define_sharing_agreement(
+        ADMIN,
+        admin_pb2.DefineSharingAgreementRequest(
+            idempotency_key=uuid.uuid4().hex,
+            agreement=admin_pb2.SharingAgreement(
+                agreement_id="agr-sim-host",
+                source_partner_id="telco-a",
+                recipient_partner_id="bank-a",
+                service_id="nfc-payment",
+                categories=["diagnostic.findings"],
+                purposes=["incident-diagnosis"],
+                source_diagnosis_deadline=deadline,
+                ownership_override=admin_pb2.OwnershipPolicy(host_partner_id="telco-a"),
+            ),
+        ),
+    )
+    await incident.open("bank-a", "nfc-payment")
+    for component, partner in NFC.items():
+        if partner != "telco-a":
+            await incident.finding(partner, component, OK, 0.9)
+    await incident.env.sleep(timedelta(minutes=3))  # past the service's 30 s, not the agreed 5 min
+    state = await incident.state()
+    assert state.decision is None  # still waiting for the operator, within its agreed time
+    await incident.finding("telco-a", "sim-secure-element", FAULTY, 0.9, "SE_LOCKED")
+    state = await incident.until(lambda s: s.decision is not None)
+    assert state.decision is not None
+    assert state.decision.owner_candidates[0] == "telco-a"
+    assert "agreement agr-sim-host names telco-a as host" in state.decision.explanation

@@ -26,15 +26,15 @@ from google.protobuf import duration_pb2 as google_dot_protobuf_dot_duration__pb
 from google.protobuf import timestamp_pb2 as google_dot_protobuf_dot_timestamp__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x17\x63oopgate/v1/admin.proto\x12\x0b\x63oopgate.v1\x1a\x1egoogle/protobuf/duration.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"\x8b\x01\n\x07Partner\x12\x12\n\npartner_id\x18\x01 \x01(\t\x12\x14\n\x0c\x64isplay_name\x18\x02 \x01(\t\x12&\n\x04kind\x18\x03 \x01(\x0e\x32\x18.coopgate.v1.PartnerKind\x12.\n\ncreated_at\x18\x04 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"y\n\tComponent\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x12\n\npartner_id\x18\x02 \x01(\t\x12\x13\n\x0b\x64\x65scription\x18\x03 \x01(\t\x12\x35\n\x12\x64iagnosis_deadline\x18\x04 \x01(\x0b\x32\x19.google.protobuf.Duration\"\x80\x01\n\x0fOwnershipPolicy\x12\x17\n\x0fhost_partner_id\x18\x01 \x01(\t\x12\x1c\n\x14min_fault_confidence\x18\x02 \x01(\x01\x12\x36\n\x13\x61\x63\x63\x65ptance_deadline\x18\x03 \x01(\x0b\x32\x19.google.protobuf.Duration\"\xaf\x01\n\x0cServiceLevel\x12\x30\n\rtime_to_owner\x18\x01 \x01(\x0b\x32\x19.google.protobuf.Duration\x12\x35\n\x12time_to_resolution\x18\x02 \x01(\x0b\x32\x19.google.protobuf.Duration\x12\x36\n\x13\x63onfirmation_window\x18\x03 \x01(\x0b\x32\x19.google.protobuf.Duration\"\xda\x01\n\x07Service\x12\x12\n\nservice_id\x18\x01 \x01(\t\x12\x14\n\x0c\x64isplay_name\x18\x02 \x01(\t\x12*\n\ncomponents\x18\x03 \x03(\x0b\x32\x16.coopgate.v1.Component\x12\x36\n\x10ownership_policy\x18\x04 \x01(\x0b\x32\x1c.coopgate.v1.OwnershipPolicy\x12\x30\n\rservice_level\x18\x05 \x01(\x0b\x32\x19.coopgate.v1.ServiceLevel\x12\x0f\n\x07version\x18\x06 \x01(\x03\"\xfc\x01\n\x10SharingAgreement\x12\x14\n\x0c\x61greement_id\x18\x01 \x01(\t\x12\x19\n\x11source_partner_id\x18\x02 \x01(\t\x12\x1c\n\x14recipient_partner_id\x18\x03 \x01(\t\x12\x12\n\nservice_id\x18\x04 \x01(\t\x12\x12\n\ncategories\x18\x05 \x03(\t\x12\x10\n\x08purposes\x18\x06 \x03(\t\x12.\n\nvalid_from\x18\x07 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12/\n\x0bvalid_until\x18\x08 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"\x83\x01\n\x16RegisterPartnerRequest\x12\x17\n\x0fidempotency_key\x18\x01 \x01(\t\x12\x12\n\npartner_id\x18\x02 \x01(\t\x12\x14\n\x0c\x64isplay_name\x18\x03 \x01(\t\x12&\n\x04kind\x18\x04 \x01(\x0e\x32\x18.coopgate.v1.PartnerKind\"@\n\x17RegisterPartnerResponse\x12%\n\x07partner\x18\x01 \x01(\x0b\x32\x14.coopgate.v1.Partner\"\x15\n\x13ListPartnersRequest\">\n\x14ListPartnersResponse\x12&\n\x08partners\x18\x01 \x03(\x0b\x32\x14.coopgate.v1.Partner\"V\n\x14\x44\x65\x66ineServiceRequest\x12\x17\n\x0fidempotency_key\x18\x01 \x01(\t\x12%\n\x07service\x18\x02 \x01(\x0b\x32\x14.coopgate.v1.Service\">\n\x15\x44\x65\x66ineServiceResponse\x12%\n\x07service\x18\x01 \x01(\x0b\x32\x14.coopgate.v1.Service\"\'\n\x11GetServiceRequest\x12\x12\n\nservice_id\x18\x01 \x01(\t\";\n\x12GetServiceResponse\x12%\n\x07service\x18\x01 \x01(\x0b\x32\x14.coopgate.v1.Service\"\x15\n\x13ListServicesRequest\">\n\x14ListServicesResponse\x12&\n\x08services\x18\x01 \x03(\x0b\x32\x14.coopgate.v1.Service\"j\n\x1d\x44\x65\x66ineSharingAgreementRequest\x12\x17\n\x0fidempotency_key\x18\x01 \x01(\t\x12\x30\n\tagreement\x18\x02 \x01(\x0b\x32\x1d.coopgate.v1.SharingAgreement\"R\n\x1e\x44\x65\x66ineSharingAgreementResponse\x12\x30\n\tagreement\x18\x01 \x01(\x0b\x32\x1d.coopgate.v1.SharingAgreement\"F\n\x1cListSharingAgreementsRequest\x12\x12\n\npartner_id\x18\x01 \x01(\t\x12\x12\n\nservice_id\x18\x02 \x01(\t\"R\n\x1dListSharingAgreementsResponse\x12\x31\n\nagreements\x18\x01 \x03(\x0b\x32\x1d.coopgate.v1.SharingAgreement*\x8b\x02\n\x0bPartnerKind\x12\x1c\n\x18PARTNER_KIND_UNSPECIFIED\x10\x00\x12\x19\n\x15PARTNER_KIND_OPERATOR\x10\x01\x12\x15\n\x11PARTNER_KIND_BANK\x10\x02\x12\x19\n\x15PARTNER_KIND_MERCHANT\x10\x03\x12\x19\n\x15PARTNER_KIND_ACQUIRER\x10\x04\x12\x1a\n\x16PARTNER_KIND_TRANSPORT\x10\x05\x12\x17\n\x13PARTNER_KIND_ENERGY\x10\x06\x12\x1d\n\x19PARTNER_KIND_DEVICE_MAKER\x10\x07\x12\"\n\x1ePARTNER_KIND_INTERNET_PROVIDER\x10\x08\x32\xa0\x05\n\x0c\x41\x64minService\x12\\\n\x0fRegisterPartner\x12#.coopgate.v1.RegisterPartnerRequest\x1a$.coopgate.v1.RegisterPartnerResponse\x12S\n\x0cListPartners\x12 .coopgate.v1.ListPartnersRequest\x1a!.coopgate.v1.ListPartnersResponse\x12V\n\rDefineService\x12!.coopgate.v1.DefineServiceRequest\x1a\".coopgate.v1.DefineServiceResponse\x12M\n\nGetService\x12\x1e.coopgate.v1.GetServiceRequest\x1a\x1f.coopgate.v1.GetServiceResponse\x12S\n\x0cListServices\x12 .coopgate.v1.ListServicesRequest\x1a!.coopgate.v1.ListServicesResponse\x12q\n\x16\x44\x65\x66ineSharingAgreement\x12*.coopgate.v1.DefineSharingAgreementRequest\x1a+.coopgate.v1.DefineSharingAgreementResponse\x12n\n\x15ListSharingAgreements\x12).coopgate.v1.ListSharingAgreementsRequest\x1a*.coopgate.v1.ListSharingAgreementsResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x17\x63oopgate/v1/admin.proto\x12\x0b\x63oopgate.v1\x1a\x1egoogle/protobuf/duration.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"\x8b\x01\n\x07Partner\x12\x12\n\npartner_id\x18\x01 \x01(\t\x12\x14\n\x0c\x64isplay_name\x18\x02 \x01(\t\x12&\n\x04kind\x18\x03 \x01(\x0e\x32\x18.coopgate.v1.PartnerKind\x12.\n\ncreated_at\x18\x04 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"y\n\tComponent\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x12\n\npartner_id\x18\x02 \x01(\t\x12\x13\n\x0b\x64\x65scription\x18\x03 \x01(\t\x12\x35\n\x12\x64iagnosis_deadline\x18\x04 \x01(\x0b\x32\x19.google.protobuf.Duration\"\x80\x01\n\x0fOwnershipPolicy\x12\x17\n\x0fhost_partner_id\x18\x01 \x01(\t\x12\x1c\n\x14min_fault_confidence\x18\x02 \x01(\x01\x12\x36\n\x13\x61\x63\x63\x65ptance_deadline\x18\x03 \x01(\x0b\x32\x19.google.protobuf.Duration\"\xaf\x01\n\x0cServiceLevel\x12\x30\n\rtime_to_owner\x18\x01 \x01(\x0b\x32\x19.google.protobuf.Duration\x12\x35\n\x12time_to_resolution\x18\x02 \x01(\x0b\x32\x19.google.protobuf.Duration\x12\x36\n\x13\x63onfirmation_window\x18\x03 \x01(\x0b\x32\x19.google.protobuf.Duration\"\xda\x01\n\x07Service\x12\x12\n\nservice_id\x18\x01 \x01(\t\x12\x14\n\x0c\x64isplay_name\x18\x02 \x01(\t\x12*\n\ncomponents\x18\x03 \x03(\x0b\x32\x16.coopgate.v1.Component\x12\x36\n\x10ownership_policy\x18\x04 \x01(\x0b\x32\x1c.coopgate.v1.OwnershipPolicy\x12\x30\n\rservice_level\x18\x05 \x01(\x0b\x32\x19.coopgate.v1.ServiceLevel\x12\x0f\n\x07version\x18\x06 \x01(\x03\"\xf4\x02\n\x10SharingAgreement\x12\x14\n\x0c\x61greement_id\x18\x01 \x01(\t\x12\x19\n\x11source_partner_id\x18\x02 \x01(\t\x12\x1c\n\x14recipient_partner_id\x18\x03 \x01(\t\x12\x12\n\nservice_id\x18\x04 \x01(\t\x12\x12\n\ncategories\x18\x05 \x03(\t\x12\x10\n\x08purposes\x18\x06 \x03(\t\x12.\n\nvalid_from\x18\x07 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12/\n\x0bvalid_until\x18\x08 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12<\n\x19source_diagnosis_deadline\x18\t \x01(\x0b\x32\x19.google.protobuf.Duration\x12\x38\n\x12ownership_override\x18\n \x01(\x0b\x32\x1c.coopgate.v1.OwnershipPolicy\"\x83\x01\n\x16RegisterPartnerRequest\x12\x17\n\x0fidempotency_key\x18\x01 \x01(\t\x12\x12\n\npartner_id\x18\x02 \x01(\t\x12\x14\n\x0c\x64isplay_name\x18\x03 \x01(\t\x12&\n\x04kind\x18\x04 \x01(\x0e\x32\x18.coopgate.v1.PartnerKind\"@\n\x17RegisterPartnerResponse\x12%\n\x07partner\x18\x01 \x01(\x0b\x32\x14.coopgate.v1.Partner\"\x15\n\x13ListPartnersRequest\">\n\x14ListPartnersResponse\x12&\n\x08partners\x18\x01 \x03(\x0b\x32\x14.coopgate.v1.Partner\"V\n\x14\x44\x65\x66ineServiceRequest\x12\x17\n\x0fidempotency_key\x18\x01 \x01(\t\x12%\n\x07service\x18\x02 \x01(\x0b\x32\x14.coopgate.v1.Service\">\n\x15\x44\x65\x66ineServiceResponse\x12%\n\x07service\x18\x01 \x01(\x0b\x32\x14.coopgate.v1.Service\"\'\n\x11GetServiceRequest\x12\x12\n\nservice_id\x18\x01 \x01(\t\";\n\x12GetServiceResponse\x12%\n\x07service\x18\x01 \x01(\x0b\x32\x14.coopgate.v1.Service\"\x15\n\x13ListServicesRequest\">\n\x14ListServicesResponse\x12&\n\x08services\x18\x01 \x03(\x0b\x32\x14.coopgate.v1.Service\"j\n\x1d\x44\x65\x66ineSharingAgreementRequest\x12\x17\n\x0fidempotency_key\x18\x01 \x01(\t\x12\x30\n\tagreement\x18\x02 \x01(\x0b\x32\x1d.coopgate.v1.SharingAgreement\"R\n\x1e\x44\x65\x66ineSharingAgreementResponse\x12\x30\n\tagreement\x18\x01 \x01(\x0b\x32\x1d.coopgate.v1.SharingAgreement\"F\n\x1cListSharingAgreementsRequest\x12\x12\n\npartner_id\x18\x01 \x01(\t\x12\x12\n\nservice_id\x18\x02 \x01(\t\"R\n\x1dListSharingAgreementsResponse\x12\x31\n\nagreements\x18\x01 \x03(\x0b\x32\x1d.coopgate.v1.SharingAgreement*\x8b\x02\n\x0bPartnerKind\x12\x1c\n\x18PARTNER_KIND_UNSPECIFIED\x10\x00\x12\x19\n\x15PARTNER_KIND_OPERATOR\x10\x01\x12\x15\n\x11PARTNER_KIND_BANK\x10\x02\x12\x19\n\x15PARTNER_KIND_MERCHANT\x10\x03\x12\x19\n\x15PARTNER_KIND_ACQUIRER\x10\x04\x12\x1a\n\x16PARTNER_KIND_TRANSPORT\x10\x05\x12\x17\n\x13PARTNER_KIND_ENERGY\x10\x06\x12\x1d\n\x19PARTNER_KIND_DEVICE_MAKER\x10\x07\x12\"\n\x1ePARTNER_KIND_INTERNET_PROVIDER\x10\x08\x32\xa0\x05\n\x0c\x41\x64minService\x12\\\n\x0fRegisterPartner\x12#.coopgate.v1.RegisterPartnerRequest\x1a$.coopgate.v1.RegisterPartnerResponse\x12S\n\x0cListPartners\x12 .coopgate.v1.ListPartnersRequest\x1a!.coopgate.v1.ListPartnersResponse\x12V\n\rDefineService\x12!.coopgate.v1.DefineServiceRequest\x1a\".coopgate.v1.DefineServiceResponse\x12M\n\nGetService\x12\x1e.coopgate.v1.GetServiceRequest\x1a\x1f.coopgate.v1.GetServiceResponse\x12S\n\x0cListServices\x12 .coopgate.v1.ListServicesRequest\x1a!.coopgate.v1.ListServicesResponse\x12q\n\x16\x44\x65\x66ineSharingAgreement\x12*.coopgate.v1.DefineSharingAgreementRequest\x1a+.coopgate.v1.DefineSharingAgreementResponse\x12n\n\x15ListSharingAgreements\x12).coopgate.v1.ListSharingAgreementsRequest\x1a*.coopgate.v1.ListSharingAgreementsResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'coopgate.v1.admin_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
-  _globals['_PARTNERKIND']._serialized_start=2132
-  _globals['_PARTNERKIND']._serialized_end=2399
+  _globals['_PARTNERKIND']._serialized_start=2252
+  _globals['_PARTNERKIND']._serialized_end=2519
   _globals['_PARTNER']._serialized_start=106
   _globals['_PARTNER']._serialized_end=245
   _globals['_COMPONENT']._serialized_start=247
@@ -46,35 +46,35 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_SERVICE']._serialized_start=680
   _globals['_SERVICE']._serialized_end=898
   _globals['_SHARINGAGREEMENT']._serialized_start=901
-  _globals['_SHARINGAGREEMENT']._serialized_end=1153
-  _globals['_REGISTERPARTNERREQUEST']._serialized_start=1156
-  _globals['_REGISTERPARTNERREQUEST']._serialized_end=1287
-  _globals['_REGISTERPARTNERRESPONSE']._serialized_start=1289
-  _globals['_REGISTERPARTNERRESPONSE']._serialized_end=1353
-  _globals['_LISTPARTNERSREQUEST']._serialized_start=1355
-  _globals['_LISTPARTNERSREQUEST']._serialized_end=1376
-  _globals['_LISTPARTNERSRESPONSE']._serialized_start=1378
-  _globals['_LISTPARTNERSRESPONSE']._serialized_end=1440
-  _globals['_DEFINESERVICEREQUEST']._serialized_start=1442
-  _globals['_DEFINESERVICEREQUEST']._serialized_end=1528
-  _globals['_DEFINESERVICERESPONSE']._serialized_start=1530
-  _globals['_DEFINESERVICERESPONSE']._serialized_end=1592
-  _globals['_GETSERVICEREQUEST']._serialized_start=1594
-  _globals['_GETSERVICEREQUEST']._serialized_end=1633
-  _globals['_GETSERVICERESPONSE']._serialized_start=1635
-  _globals['_GETSERVICERESPONSE']._serialized_end=1694
-  _globals['_LISTSERVICESREQUEST']._serialized_start=1696
-  _globals['_LISTSERVICESREQUEST']._serialized_end=1717
-  _globals['_LISTSERVICESRESPONSE']._serialized_start=1719
-  _globals['_LISTSERVICESRESPONSE']._serialized_end=1781
-  _globals['_DEFINESHARINGAGREEMENTREQUEST']._serialized_start=1783
-  _globals['_DEFINESHARINGAGREEMENTREQUEST']._serialized_end=1889
-  _globals['_DEFINESHARINGAGREEMENTRESPONSE']._serialized_start=1891
-  _globals['_DEFINESHARINGAGREEMENTRESPONSE']._serialized_end=1973
-  _globals['_LISTSHARINGAGREEMENTSREQUEST']._serialized_start=1975
-  _globals['_LISTSHARINGAGREEMENTSREQUEST']._serialized_end=2045
-  _globals['_LISTSHARINGAGREEMENTSRESPONSE']._serialized_start=2047
-  _globals['_LISTSHARINGAGREEMENTSRESPONSE']._serialized_end=2129
-  _globals['_ADMINSERVICE']._serialized_start=2402
-  _globals['_ADMINSERVICE']._serialized_end=3074
+  _globals['_SHARINGAGREEMENT']._serialized_end=1273
+  _globals['_REGISTERPARTNERREQUEST']._serialized_start=1276
+  _globals['_REGISTERPARTNERREQUEST']._serialized_end=1407
+  _globals['_REGISTERPARTNERRESPONSE']._serialized_start=1409
+  _globals['_REGISTERPARTNERRESPONSE']._serialized_end=1473
+  _globals['_LISTPARTNERSREQUEST']._serialized_start=1475
+  _globals['_LISTPARTNERSREQUEST']._serialized_end=1496
+  _globals['_LISTPARTNERSRESPONSE']._serialized_start=1498
+  _globals['_LISTPARTNERSRESPONSE']._serialized_end=1560
+  _globals['_DEFINESERVICEREQUEST']._serialized_start=1562
+  _globals['_DEFINESERVICEREQUEST']._serialized_end=1648
+  _globals['_DEFINESERVICERESPONSE']._serialized_start=1650
+  _globals['_DEFINESERVICERESPONSE']._serialized_end=1712
+  _globals['_GETSERVICEREQUEST']._serialized_start=1714
+  _globals['_GETSERVICEREQUEST']._serialized_end=1753
+  _globals['_GETSERVICERESPONSE']._serialized_start=1755
+  _globals['_GETSERVICERESPONSE']._serialized_end=1814
+  _globals['_LISTSERVICESREQUEST']._serialized_start=1816
+  _globals['_LISTSERVICESREQUEST']._serialized_end=1837
+  _globals['_LISTSERVICESRESPONSE']._serialized_start=1839
+  _globals['_LISTSERVICESRESPONSE']._serialized_end=1901
+  _globals['_DEFINESHARINGAGREEMENTREQUEST']._serialized_start=1903
+  _globals['_DEFINESHARINGAGREEMENTREQUEST']._serialized_end=2009
+  _globals['_DEFINESHARINGAGREEMENTRESPONSE']._serialized_start=2011
+  _globals['_DEFINESHARINGAGREEMENTRESPONSE']._serialized_end=2093
+  _globals['_LISTSHARINGAGREEMENTSREQUEST']._serialized_start=2095
+  _globals['_LISTSHARINGAGREEMENTSREQUEST']._serialized_end=2165
+  _globals['_LISTSHARINGAGREEMENTSRESPONSE']._serialized_start=2167
+  _globals['_LISTSHARINGAGREEMENTSRESPONSE']._serialized_end=2249
+  _globals['_ADMINSERVICE']._serialized_start=2522
+  _globals['_ADMINSERVICE']._serialized_end=3194
 # @@protoc_insertion_point(module_scope)

@@ -233,6 +233,8 @@ class SharingAgreement(_message.Message):
     PURPOSES_FIELD_NUMBER: _builtins.int
     VALID_FROM_FIELD_NUMBER: _builtins.int
     VALID_UNTIL_FIELD_NUMBER: _builtins.int
+    SOURCE_DIAGNOSIS_DEADLINE_FIELD_NUMBER: _builtins.int
+    OWNERSHIP_OVERRIDE_FIELD_NUMBER: _builtins.int
     agreement_id: _builtins.str
     source_partner_id: _builtins.str
     """The partner holding the data (controller)."""
@@ -251,6 +253,19 @@ class SharingAgreement(_message.Message):
     def valid_from(self) -> _timestamp_pb2.Timestamp: ...
     @_builtins.property
     def valid_until(self) -> _timestamp_pb2.Timestamp: ...
+    @_builtins.property
+    def source_diagnosis_deadline(self) -> _duration_pb2.Duration:
+        """What the two partners agreed for incidents of this service, overriding the
+        service's defaults while the agreement is in force:
+        how long the source partner has to diagnose its component(s)...
+        """
+
+    @_builtins.property
+    def ownership_override(self) -> Global___OwnershipPolicy:
+        """...and, when the recipient was contacted first, who holds the relationship
+        (a host) and how confident a fault must be (unset fields keep the service's).
+        """
+
     def __init__(
         self,
         *,
@@ -262,10 +277,12 @@ class SharingAgreement(_message.Message):
         purposes: _abc.Iterable[_builtins.str] | None = ...,
         valid_from: _timestamp_pb2.Timestamp | None = ...,
         valid_until: _timestamp_pb2.Timestamp | None = ...,
+        source_diagnosis_deadline: _duration_pb2.Duration | None = ...,
+        ownership_override: Global___OwnershipPolicy | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["valid_from", b"valid_from", "valid_until", b"valid_until"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["ownership_override", b"ownership_override", "source_diagnosis_deadline", b"source_diagnosis_deadline", "valid_from", b"valid_from", "valid_until", b"valid_until"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["agreement_id", b"agreement_id", "categories", b"categories", "purposes", b"purposes", "recipient_partner_id", b"recipient_partner_id", "service_id", b"service_id", "source_partner_id", b"source_partner_id", "valid_from", b"valid_from", "valid_until", b"valid_until"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["agreement_id", b"agreement_id", "categories", b"categories", "ownership_override", b"ownership_override", "purposes", b"purposes", "recipient_partner_id", b"recipient_partner_id", "service_id", b"service_id", "source_diagnosis_deadline", b"source_diagnosis_deadline", "source_partner_id", b"source_partner_id", "valid_from", b"valid_from", "valid_until", b"valid_until"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
