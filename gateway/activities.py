@@ -217,21 +217,18 @@ class IncidentActivities:
                 )
             ).all()
             resolvers = sorted(p for p, role in rows if role == cases_pb2.PARTICIPANT_ROLE_RESOLVER)
-            for partner in sorted({p for p, _ in rows}):
-                notice = work_pb2.CaseNotice(
+            await _tell(
+                conn,
+                {p for p, _ in rows},
+                work_pb2.CaseNotice(
                     notice_id=f"{case_id}:closed",
                     case_id=case_id,
                     kind="closed",
                     message="the case is closed",
                     relationship_owner_id=case.relationship_owner_id or "",
                     resolver_ids=resolvers,
-                )
-                await enqueue(
-                    conn,
-                    f"{case_id}:closed:{partner}",
-                    partner,
-                    work_pb2.WorkItem(case_notice=notice),
-                )
+                ),
+            )
 
     @activity.defn(name=REQUEST_DIAGNOSIS)
     async def request_diagnosis(self, request: DiagnosisRequestInput) -> None:
@@ -452,9 +449,13 @@ class IncidentActivities:
                     )
                 ],
             )
-            for partner in sorted({request.owner_id, *request.resolver_ids}):
-                notice = work_pb2.CaseNotice(
-                    notice_id=f"{case.case_id}:owner:{request.owner_id}:{','.join(request.resolver_ids)}",
+            await _tell(
+                conn,
+                {request.owner_id, *request.resolver_ids},
+                work_pb2.CaseNotice(
+                    notice_id=(
+                        f"{case.case_id}:owner:{request.owner_id}:{','.join(request.resolver_ids)}"
+                    ),
                     case_id=case.case_id,
                     kind="ownership",
                     relationship_owner_id=request.owner_id,
@@ -463,13 +464,8 @@ class IncidentActivities:
                         f"{request.owner_id} owns the relationship; resolvers: "
                         f"{', '.join(request.resolver_ids) or 'none'} ({request.reason})"
                     ),
-                )
-                await enqueue(
-                    conn,
-                    f"{notice.notice_id}:{partner}",
-                    partner,
-                    work_pb2.WorkItem(case_notice=notice),
-                )
+                ),
+            )
 
     @activity.defn(name=NOTIFY_CUSTOMER)
     async def notify_customer(self, request: NotifyInput) -> None:
@@ -566,20 +562,17 @@ class IncidentActivities:
                     ).scalars()
                 )
             )
-            for partner in partners:
-                notice = work_pb2.CaseNotice(
+            await _tell(
+                conn,
+                set(partners),
+                work_pb2.CaseNotice(
                     notice_id=request.escalation_id,
                     case_id=request.case_id,
                     kind="escalation",
                     message=f"escalated to a level-2 expert of {request.expert_partner_id}: "
                     f"{request.reason}",
-                )
-                await enqueue(
-                    conn,
-                    f"{request.escalation_id}:{partner}",
-                    partner,
-                    work_pb2.WorkItem(case_notice=notice),
-                )
+                ),
+            )
 
     @activity.defn(name=RECORD_KPIS)
     async def record_kpis(self, request: KpiInput) -> None:
@@ -610,6 +603,14 @@ class IncidentActivities:
                     recorded_at=_now(),
                 )
             )
+
+
+async def _tell(conn: AsyncConnection, partners: set[str], notice: work_pb2.CaseNotice) -> None:
+    """Queue one case notice to each partner, once (work id = notice id + partner)."""
+    for partner in sorted(partners):
+        item = work_pb2.WorkItem()
+        item.case_notice.CopyFrom(notice)
+        await enqueue(conn, f"{notice.notice_id}:{partner}", partner, item)
 
 
 def _agreed_deadline(agreements: list[Any], component: Any, first_contact: str) -> float:
