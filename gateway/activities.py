@@ -13,7 +13,7 @@ import json
 from collections.abc import Callable
 from typing import Any
 
-from coopgate.v1 import cases_pb2, work_pb2
+from coopgate.v1 import admin_pb2, cases_pb2, work_pb2
 from sqlalchemy import delete, insert, or_, select, update
 from sqlalchemy.ext.asyncio import AsyncConnection
 from temporalio import activity
@@ -124,8 +124,6 @@ class IncidentActivities:
 
     @activity.defn(name=LOAD_INCIDENT)
     async def load_incident(self, request: LoadIncidentInput) -> IncidentContext:
-        from coopgate.v1 import admin_pb2
-
         async with self._store.read() as conn:
             case = (
                 await conn.execute(select(cases).where(cases.c.case_id == request.case_id))

@@ -23,6 +23,7 @@ from pathlib import Path
 from typing import IO
 
 import grpc
+from grpc_health.v1 import health
 from temporalio.client import Client
 from temporalio.worker import Worker
 
@@ -274,10 +275,10 @@ async def open_runtime(
 class RunningGateway:
     server: grpc.aio.Server
     port: int
-    health: object
+    health: health.aio.HealthServicer
 
     async def stop(self, grace: float) -> None:
-        await mark_serving(self.health, False)  # type: ignore[arg-type]
+        await mark_serving(self.health, False)
         await self.server.stop(grace)
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
+from pathlib import Path
 from typing import Any
 
 from temporalio.client import (
@@ -46,10 +47,8 @@ async def connect(settings: Settings) -> Client:
     )
 
 
-def _read(path: object) -> bytes | None:
-    from pathlib import Path
-
-    return Path(str(path)).read_bytes() if path else None
+def _read(path: Path | None) -> bytes | None:
+    return path.read_bytes() if path else None
 
 
 class TemporalIncidents:

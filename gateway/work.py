@@ -41,7 +41,9 @@ class PartnerWork:
             raise InvalidArgument.field("max_in_flight", f"must be in 1..{MAX_IN_FLIGHT}")
         sent: set[str] = set()
         while True:
-            async with self.store.write() as conn:
+            # An idle poll only reads: a write transaction (on SQLite, the one
+            # writer lock) is taken only when there is something to deliver.
+            async with self.store.read() as conn:
                 rows = (
                     await conn.execute(
                         select(work_items.c.work_id, work_items.c.item, work_items.c.deliveries)
@@ -53,15 +55,15 @@ class PartnerWork:
                         .limit(in_flight + len(sent))
                     )
                 ).all()
-                fresh = [r for r in rows if r.work_id not in sent][: max(0, in_flight - len(sent))]
-                if fresh:
+            fresh = [r for r in rows if r.work_id not in sent][: max(0, in_flight - len(sent))]
+            if fresh:
+                async with self.store.write() as conn:
                     await conn.execute(
                         update(work_items)
                         .where(work_items.c.work_id.in_([r.work_id for r in fresh]))
                         .values(deliveries=work_items.c.deliveries + 1)
                     )
-                pending = {r.work_id for r in rows}
-            sent &= pending  # acknowledged items leave the in-flight window
+            sent &= {r.work_id for r in rows}  # acknowledged items leave the in-flight window
             for row in fresh:
                 item = work_pb2.WorkItem.FromString(row.item)
                 item.redeliveries = row.deliveries

@@ -320,18 +320,26 @@ async def test_killing_the_worker_mid_incident_loses_nothing_and_sends_nothing_t
     assert list(view.header.resolver_ids) == ["telco-a"]
     for partner, backend in running.items():
         assert backend.seen["diagnosis_request"] == 1, (partner, log.read_text()[-2000:])
+    # Work ids are primary keys, so count what was queued: a re-run activity that
+    # minted new ids would show here as a second request or notification.
     async with gw.runtime.store.read() as conn:
-        ids = list(
-            (
+        items = [
+            work_pb2.WorkItem.FromString(raw)
+            for raw in (
                 await conn.execute(
-                    select(work_items.c.work_id).where(
-                        work_items.c.work_id.like(f"{opened.case_id}%")
-                    )
+                    select(work_items.c.item).where(work_items.c.work_id.like(f"{opened.case_id}%"))
                 )
             ).scalars()
-        )
-    assert len(ids) == len(set(ids))
-    notifications = [
-        i.notification.notification_id for i in view.timeline if i.HasField("notification")
-    ]
-    assert len(notifications) == len(set(notifications))
+        ]
+    kinds = Counter(i.WhichOneof("payload") for i in items)
+    assert kinds["diagnosis_request"] == len(CHAIN)
+    assert kinds["ownership_offer"] == 1
+    queued = Counter(
+        i.customer_notification.milestone for i in items if i.HasField("customer_notification")
+    )
+    on_timeline = Counter(
+        i.notification.milestone for i in view.timeline if i.HasField("notification")
+    )
+    for milestone in ("received", "diagnosing", "owner-assigned", "resolved"):
+        assert queued[milestone] == 1, (milestone, queued)
+        assert on_timeline[milestone] == 1, (milestone, on_timeline)
