@@ -67,7 +67,7 @@ class Settings(BaseSettings):
     def effective_database_url(self) -> str:
         if self.database_url:
             return self.database_url
-        return f"sqlite+aiosqlite:///{(self.data_dir / 'coopgate.db').resolve()}"
+        return f"sqlite:///{(self.data_dir / 'coopgate.db').resolve()}"
 
     @property
     def effective_audit_origin(self) -> str:

@@ -85,7 +85,7 @@ async def database_url(
     request: pytest.FixtureRequest, tmp_path: Path, pg_database_factory: Callable[[], object]
 ) -> str:
     if request.param == "sqlite":
-        return f"sqlite+aiosqlite:///{tmp_path / 'store.db'}"
+        return f"sqlite:///{tmp_path / 'store.db'}"
     url = await pg_database_factory()  # type: ignore[misc]
     assert isinstance(url, str)
     return url
@@ -175,7 +175,7 @@ async def stack(
     """The gateway and a worker, over the real dev server, on each store backend."""
     data_dir = tmp_path_factory.mktemp(f"stack-{request.param}")
     if request.param == "sqlite":
-        url = f"sqlite+aiosqlite:///{data_dir / 'coopgate.db'}"
+        url = f"sqlite:///{data_dir / 'coopgate.db'}"
     else:
         url = await pg_database_factory()  # type: ignore[misc]
         assert isinstance(url, str)

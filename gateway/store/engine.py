@@ -1,12 +1,19 @@
 """The store's engine: async SQLAlchemy over SQLite (embedded) or PostgreSQL.
 
 SQLite is set up for a server: foreign keys on, WAL, ``synchronous=NORMAL``,
-a busy timeout, and ``BEGIN IMMEDIATE`` for writers so two writers queue at
-the start of their transactions instead of failing half-way.
+and ``BEGIN IMMEDIATE`` for writers so two writers queue at the start of their
+transactions instead of failing half-way. Statements run inline on the event
+loop (`inline_sqlite`), so nothing may wait inside SQLite: writers of this
+process queue on an asyncio lock, and a write lock held by another process is
+retried with asynchronous back-off (SQLite's own busy handler would block the
+loop); readers never wait for writers in WAL mode.
 """
 
 from __future__ import annotations
 
+import asyncio
+import sqlite3
+import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import Any
@@ -17,8 +24,14 @@ from sqlalchemy.exc import DBAPIError, OperationalError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
 
 from gateway.errors import Unavailable
+from gateway.store.inline_sqlite import DRIVER as INLINE_DRIVER
 
 _WRITER = "coopgate_writer"
+#: How long a writer waits for another process's write lock before UNAVAILABLE.
+SQLITE_LOCK_WAIT_SECONDS = 10.0
+#: SQLite's own busy wait, which blocks the loop: only for the rare reader wait
+#: (WAL index recovery); writers' waits happen in `_begin_sqlite_writer`.
+_SQLITE_BUSY_MS = 20
 
 
 class Store:
@@ -26,10 +39,9 @@ class Store:
 
     def __init__(self, engine: AsyncEngine) -> None:
         self.engine = engine
-
-    @property
-    def is_sqlite(self) -> bool:
-        return self.engine.dialect.name == "sqlite"
+        self.is_sqlite = engine.dialect.name == "sqlite"
+        # One writer at a time per process: SQLite has one write lock per database.
+        self._write_lock = asyncio.Lock() if self.is_sqlite else None
 
     @asynccontextmanager
     async def read(self) -> AsyncIterator[AsyncConnection]:
@@ -39,15 +51,21 @@ class Store:
     @asynccontextmanager
     async def write(self) -> AsyncIterator[AsyncConnection]:
         """A write transaction, committed when the block exits cleanly."""
-        async with self._transaction(writer=True) as conn:
+        if self._write_lock is None:
+            async with self._transaction(writer=True) as conn:
+                yield conn
+            return
+        async with self._write_lock, self._transaction(writer=True) as conn:
             yield conn
 
     @asynccontextmanager
     async def _transaction(self, *, writer: bool) -> AsyncIterator[AsyncConnection]:
         try:
-            async with self.engine.connect() as conn:
+            async with self._connection() as conn:
                 if writer:
                     conn = await conn.execution_options(**{_WRITER: True})
+                    if self.is_sqlite:
+                        await _begin_sqlite_writer(conn)
                 async with conn.begin():
                     yield conn
         except (OperationalError, OSError, ConnectionError) as exc:
@@ -59,14 +77,60 @@ class Store:
                 ) from exc
             raise
 
+    @asynccontextmanager
+    async def _connection(self) -> AsyncIterator[AsyncConnection]:
+        if not self.is_sqlite:
+            # Closing talks to the server: SQLAlchemy finishes it in a task of its own,
+            # so that a cancelled caller still returns a clean connection to the pool.
+            async with self.engine.connect() as conn:
+                yield conn
+            return
+        # Inline SQLite closes without suspending, so nothing can interrupt it; the
+        # task SQLAlchemy's context manager would spawn only yields to the loop, and
+        # lets the pool overflow while connections wait to be returned.
+        conn = await self.engine.connect()
+        try:
+            yield conn
+        finally:
+            await conn.close()
+
     async def close(self) -> None:
         await self.engine.dispose()
+
+
+async def _begin_sqlite_writer(conn: AsyncConnection) -> None:
+    """Take the write lock with BEGIN IMMEDIATE, backing off asynchronously while
+    another process holds it (SQLAlchemy's ``begin`` then adopts the transaction:
+    the "begin" event emits nothing for writers, and the driver's commit and
+    rollback end whatever transaction the connection is in)."""
+    raw = await conn.get_raw_connection()
+    dbapi = raw.driver_connection
+    assert dbapi is not None
+    deadline = time.monotonic() + SQLITE_LOCK_WAIT_SECONDS
+    pause = 0.001
+    while True:
+        try:
+            dbapi.execute("BEGIN IMMEDIATE")
+            return
+        except sqlite3.OperationalError as exc:
+            if "locked" not in str(exc):
+                raise Unavailable(
+                    "the store cannot be reached", reason="STORE_UNAVAILABLE"
+                ) from exc
+            if time.monotonic() > deadline:
+                raise Unavailable(
+                    "the store is locked by another process", reason="STORE_BUSY"
+                ) from exc
+        await asyncio.sleep(pause)
+        pause = min(pause * 2, 0.05)
 
 
 def create_store(url: str, **engine_kwargs: Any) -> Store:
     parsed = make_url(url)
     if parsed.get_backend_name() == "sqlite":
-        engine = create_async_engine(url, **engine_kwargs)
+        # Any sqlite URL runs on the inline driver (see inline_sqlite).
+        parsed = parsed.set(drivername=f"sqlite+{INLINE_DRIVER}")
+        engine = create_async_engine(parsed, **engine_kwargs)
         _configure_sqlite(engine)
     else:
         engine_kwargs.setdefault("pool_pre_ping", True)
@@ -86,12 +150,12 @@ def _configure_sqlite(engine: AsyncEngine) -> None:
             "PRAGMA foreign_keys=ON",
             "PRAGMA journal_mode=WAL",
             "PRAGMA synchronous=NORMAL",
-            "PRAGMA busy_timeout=10000",
+            f"PRAGMA busy_timeout={_SQLITE_BUSY_MS}",
         ):
             cursor.execute(pragma)
         cursor.close()
 
     @event.listens_for(sync_engine, "begin")
     def _on_begin(conn: Any) -> None:
-        writer = conn.get_execution_options().get(_WRITER, False)
-        conn.exec_driver_sql("BEGIN IMMEDIATE" if writer else "BEGIN")
+        if not conn.get_execution_options().get(_WRITER, False):
+            conn.exec_driver_sql("BEGIN")  # writers began in `_begin_sqlite_writer`

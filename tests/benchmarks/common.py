@@ -51,7 +51,7 @@ async def database(backend: str, workdir: str) -> AsyncIterator[str]:
     if backend == "sqlite":
         path = os.path.join(workdir, f"bench-{uuid.uuid4().hex[:8]}.db")
         try:
-            yield f"sqlite+aiosqlite:///{path}"
+            yield f"sqlite:///{path}"
         finally:
             for suffix in ("", "-wal", "-shm"):
                 if os.path.exists(path + suffix):

@@ -246,7 +246,7 @@ async def workerless_gateway(
     settings = Settings(
         data_dir=tmp_path,
         listen="127.0.0.1:0",
-        database_url=f"sqlite+aiosqlite:///{tmp_path / 'coopgate.db'}",
+        database_url=f"sqlite:///{tmp_path / 'coopgate.db'}",
         task_queue=f"tq-{uuid.uuid4()}",
         temporal_address=temporal_env.client.service_client.config.target_host,
     )

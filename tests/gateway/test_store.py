@@ -67,7 +67,7 @@ async def test_the_migrated_schema_matches_the_table_definitions(database_url: s
 
 
 async def test_sqlite_runs_with_foreign_keys_and_wal(tmp_path: object) -> None:
-    store = create_store(f"sqlite+aiosqlite:///{tmp_path}/pragmas.db")
+    store = create_store(f"sqlite:///{tmp_path}/pragmas.db")
     try:
         async with store.read() as conn:
             fk = (await conn.execute(text("PRAGMA foreign_keys"))).scalar()
@@ -89,5 +89,123 @@ async def test_sqlite_runs_with_foreign_keys_and_wal(tmp_path: object) -> None:
                 pass
             else:
                 raise AssertionError("foreign keys are not enforced")
+    finally:
+        await store.close()
+
+
+async def test_sqlite_statements_run_on_the_loop_thread(tmp_path: object) -> None:
+    """The inline driver: no thread hop per statement (the point of `inline_sqlite`)."""
+    import threading
+
+    store = create_store(f"sqlite:///{tmp_path}/inline.db")
+    try:
+        async with store.read() as conn:
+            raw = await conn.get_raw_connection()
+            assert raw.driver_connection is not None
+            threads: set[int] = set()
+
+            def where_am_i() -> int:
+                threads.add(threading.get_ident())
+                return 1
+
+            raw.driver_connection.create_function("where_am_i", 0, where_am_i)
+            await conn.execute(text("SELECT where_am_i()"))
+        assert threads == {threading.get_ident()}
+    finally:
+        await store.close()
+
+
+async def test_a_sqlite_writer_waits_for_another_process_without_blocking_the_loop(
+    tmp_path: object,
+) -> None:
+    """Another connection (as another process would) holds the write lock for 300 ms:
+    the store's writer waits with asynchronous back-off, the loop keeps serving reads
+    meanwhile, and the write commits once the lock is released."""
+    import asyncio
+    import sqlite3
+    import time
+
+    path = f"{tmp_path}/locked.db"
+    store = create_store(f"sqlite:///{path}")
+    other = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
+    try:
+        async with store.write() as conn:
+            await conn.execute(text("CREATE TABLE t (x INTEGER)"))
+        other.execute("BEGIN IMMEDIATE")
+        started = time.monotonic()
+
+        async def write() -> float:
+            async with store.write() as conn:
+                await conn.execute(text("INSERT INTO t VALUES (1)"))
+            return time.monotonic() - started
+
+        writer = asyncio.create_task(write())
+        ticks = 0
+        while not writer.done():
+            async with store.read() as conn:  # readers are not held up by the lock
+                await conn.execute(text("SELECT count(*) FROM t"))
+            ticks += 1
+            await asyncio.sleep(0.01)
+            if time.monotonic() - started > 0.3 and other.in_transaction:
+                other.execute("ROLLBACK")
+        waited = await writer
+        assert waited >= 0.3  # it did wait for the lock...
+        assert ticks >= 10  # ...while the loop went on (a blocked loop would tick once)
+        async with store.read() as conn:
+            assert (await conn.execute(text("SELECT count(*) FROM t"))).scalar() == 1
+    finally:
+        other.close()
+        await store.close()
+
+
+async def test_a_sqlite_writer_gives_up_as_unavailable_when_the_lock_is_never_released(
+    tmp_path: object, monkeypatch: object
+) -> None:
+    import sqlite3
+
+    import pytest
+
+    from gateway.errors import Unavailable
+    from gateway.store import engine
+
+    assert isinstance(monkeypatch, pytest.MonkeyPatch)
+    monkeypatch.setattr(engine, "SQLITE_LOCK_WAIT_SECONDS", 0.2)
+    path = f"{tmp_path}/stuck.db"
+    store = create_store(f"sqlite:///{path}")
+    other = sqlite3.connect(path, isolation_level=None)
+    try:
+        async with store.write() as conn:
+            await conn.execute(text("CREATE TABLE t (x INTEGER)"))
+        other.execute("BEGIN IMMEDIATE")
+        with pytest.raises(Unavailable) as caught:
+            async with store.write() as conn:
+                await conn.execute(text("INSERT INTO t VALUES (1)"))
+        assert caught.value.reason == "STORE_BUSY"
+        other.execute("ROLLBACK")
+        async with store.read() as conn:  # nothing was written
+            assert (await conn.execute(text("SELECT count(*) FROM t"))).scalar() == 0
+    finally:
+        other.close()
+        await store.close()
+
+
+async def test_concurrent_sqlite_writers_in_one_process_all_commit(tmp_path: object) -> None:
+    import asyncio
+
+    store = create_store(f"sqlite:///{tmp_path}/many.db")
+    try:
+        async with store.write() as conn:
+            await conn.execute(text("CREATE TABLE t (x INTEGER)"))
+
+        async def write(i: int) -> None:
+            async with store.write() as conn:
+                await conn.execute(text("INSERT INTO t VALUES (:x)"), {"x": i})
+                await asyncio.sleep(0)  # a transaction that yields mid-way
+                await conn.execute(text("INSERT INTO t VALUES (:x)"), {"x": -i})
+
+        await asyncio.gather(*(write(i) for i in range(1, 51)))
+        async with store.read() as conn:
+            total = (await conn.execute(text("SELECT count(*), sum(x) FROM t"))).one()
+        assert tuple(total) == (100, 0)
     finally:
         await store.close()

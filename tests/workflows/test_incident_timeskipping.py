@@ -186,7 +186,7 @@ class Incident:
 async def incident(skipping_env: WorkflowEnvironment, tmp_path: Path) -> AsyncIterator[Incident]:
     settings = Settings(
         data_dir=tmp_path,
-        database_url=f"sqlite+aiosqlite:///{tmp_path / 'store.db'}",
+        database_url=f"sqlite:///{tmp_path / 'store.db'}",
         task_queue=f"tq-{uuid.uuid4()}",
     )
     async with open_runtime(settings, client=skipping_env.client, seed=True) as runtime:

@@ -152,7 +152,7 @@ async def test_the_runtime_publishes_checkpoints_on_its_own(
 ) -> None:
     settings = Settings(
         data_dir=tmp_path,
-        database_url=f"sqlite+aiosqlite:///{tmp_path / 'store.db'}",
+        database_url=f"sqlite:///{tmp_path / 'store.db'}",
         checkpoint_interval_seconds=0.05,
     )
     async with open_runtime(settings, client=temporal_env.client) as runtime:
