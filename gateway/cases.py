@@ -13,7 +13,7 @@ import base64
 import datetime as dt
 import json
 import uuid
-from collections import Counter, OrderedDict
+from collections import OrderedDict
 from collections.abc import AsyncGenerator, Callable, Coroutine, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol
@@ -42,6 +42,7 @@ from gateway.sealing import ERASED_TEXT, MISSING, Erased, Missing, Sealer
 from gateway.store import Store
 from gateway.store.schema import (
     case_events,
+    case_keys,
     case_participants,
     cases,
     services,
@@ -82,9 +83,21 @@ _VISIBLE_CASE = select(cases).where(
     )
     .exists(),
 )
-_PARTICIPANTS = (
-    select(case_participants)
-    .where(case_participants.c.case_id == bindparam("case_id"))
+#: The case, its key and every participant, in one statement: one row per participant.
+_VIEW_CASE = (
+    select(
+        cases,
+        case_keys.c.wrapped_key,
+        case_participants.c.partner_id.label("participant_id"),
+        case_participants.c.role.label("participant_role"),
+        case_participants.c.person_id.label("participant_person_id"),
+    )
+    .select_from(
+        cases.join(case_participants, case_participants.c.case_id == cases.c.case_id).outerjoin(
+            case_keys, case_keys.c.case_id == cases.c.case_id
+        )
+    )
+    .where(cases.c.case_id == bindparam("case_id"))
     .order_by(case_participants.c.role, case_participants.c.partner_id)
 )
 _TIMELINE = (
@@ -130,6 +143,48 @@ class TimelineEvent:
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "flow", Flow(self.source_partner_id, self.category))
+
+
+@dataclass(slots=True, frozen=True)
+class Participant:
+    partner_id: str
+    role: int
+    person_id: str
+
+
+@dataclass(slots=True, frozen=True)
+class Timeline:
+    """A case's events at one version, parsed and encoded once: events are append-only,
+    so the last sequence identifies the content. What a reader is served is chosen per
+    read from the decisions of that read; nothing here depends on a decision."""
+
+    events: list[TimelineEvent]
+    #: The distinct flows, and for each event the index of its flow.
+    flows: tuple[Flow, ...]
+    flow_index: list[int]
+    #: How many events each flow has.
+    counts: list[int]
+    #: Each event as an encoded ``CaseView.timeline`` field, ready to be joined.
+    encoded: list[bytes]
+    categories: tuple[str, ...]
+    position: int
+
+    @classmethod
+    def of(cls, events: list[TimelineEvent]) -> Timeline:
+        index: dict[Flow, int] = {}
+        flow_index = [index.setdefault(e.flow, len(index)) for e in events]
+        counts = [0] * len(index)
+        for i in flow_index:
+            counts[i] += 1
+        return cls(
+            events=events,
+            flows=tuple(index),
+            flow_index=flow_index,
+            counts=counts,
+            encoded=[_encoded_field(_TIMELINE_FIELD, e.item.SerializeToString()) for e in events],
+            categories=tuple(sorted({f.category for f in index})),
+            position=max((e.sequence for e in events), default=0),
+        )
 
 
 @dataclass(slots=True, frozen=True)
@@ -244,7 +299,7 @@ class Cases:
         self.vocabulary = vocabulary
         self.feed = feed
         self.sealer = sealer
-        self._timelines: OrderedDict[str, tuple[int, list[TimelineEvent]]] = OrderedDict()
+        self._timelines: OrderedDict[str, tuple[int, Timeline]] = OrderedDict()
         self._levels: dict[tuple[str, int], admin_pb2.ServiceLevel] = {}
         self._inflight: dict[tuple[str, str, str, int, int], asyncio.Future[WatchBatch]] = {}
 
@@ -641,24 +696,61 @@ class Cases:
             raise InvalidArgument.field("case_id", "is required")
         self._check_purpose(request.purpose)
         async with self.store.read() as conn:
-            row = await self._visible_case(conn, caller, request.case_id)
-            participants = (await conn.execute(_PARTICIPANTS, {"case_id": row.case_id})).all()
-            key = await self.sealer.key(conn, row.case_id)
+            rows = (await conn.execute(_VIEW_CASE, {"case_id": request.case_id})).all()
+            if not any(r.participant_id == caller.partner_id for r in rows):
+                # Absent and not ours look the same: a case's existence is not revealed.
+                raise NotFound(f"case {request.case_id!r} not found", reason="CASE_NOT_FOUND")
+            row = _case_row(rows[0])
+            participants = [
+                Participant(r.participant_id, r.participant_role, r.participant_person_id)
+                for r in rows
+            ]
+            key = self.sealer.unwrap(row.case_id, rows[0].wrapped_key)
             header = await self._header(conn, caller, row, participants, key)
-            events = await self._timeline(conn, row, key)
-            allowed, withheld, records = await self._filter(
-                conn, caller, row, request.purpose, events
+            timeline = await self._timeline(conn, row, key)
+            decisions = await self.rules.evaluate(
+                conn,
+                reader_partner_id=caller.partner_id,
+                subject_id=row.subject_id,
+                service_id=row.service_id,
+                purpose=request.purpose,
+                flows=timeline.flows,
             )
+        shown = [decisions[flow].allowed for flow in timeline.flows]
+        served = sum(n for n, ok in zip(timeline.counts, shown, strict=True) if ok)
         # Durable before anything is served: a read that cannot be logged does not happen.
-        await self.rules.audit.record(records)
-        view = cases_pb2.CaseView(header=header)
+        await self.rules.audit.record(
+            self._read_records(
+                caller,
+                row,
+                request.purpose,
+                decisions,
+                timeline.categories,
+                served,
+                len(timeline.events) - served,
+            )
+        )
+        view = cases_pb2.CaseView(header=header, position=timeline.position)
         for p in participants:
             view.participants.add(partner_id=p.partner_id, role=p.role, person_id=p.person_id)
-        view.timeline.extend(allowed)
-        view.position = max((e.sequence for e in events), default=0)
-        for (source, category), count in sorted(withheld.items()):
+        withheld = sorted(
+            (flow.source_partner_id, flow.category, count)
+            for flow, count, ok in zip(timeline.flows, timeline.counts, shown, strict=True)
+            if not ok
+        )
+        for source, category, count in withheld:
             view.withheld.add(source_partner_id=source, category=category, count=count)
-        return cases_pb2.GetCaseViewResponse(view=view)
+        # The items are joined already encoded (a repeated field's encoding is the
+        # concatenation of its elements'); one parse hands gRPC a message, at a fifth
+        # of the cost of copying 200 parsed items into it.
+        items = b"".join(
+            encoded
+            for encoded, i in zip(timeline.encoded, timeline.flow_index, strict=True)
+            if shown[i]
+        )
+        return cases_pb2.GetCaseViewResponse.FromString(
+            _encoded_field(_VIEW_FIELD, view.SerializeToString() + items)
+        )
 
     async def summary(
         self, conn: AsyncConnection, row: CaseRow, key: AESGCM | Missing | None = MISSING
@@ -695,22 +787,19 @@ class Cases:
             events.append(TimelineEvent(r.sequence, r.source_partner_id, r.category, item))
         return events
 
-    async def _timeline(
-        self, conn: AsyncConnection, row: CaseRow, key: AESGCM | None
-    ) -> list[TimelineEvent]:
-        """The case's events in time order, parsed once per version of the case:
-        events are append-only, so ``last_sequence`` identifies the content."""
+    async def _timeline(self, conn: AsyncConnection, row: CaseRow, key: AESGCM | None) -> Timeline:
+        """The case's events in time order, parsed once per version of the case."""
         cached = self._timelines.get(row.case_id)
         if cached is not None and cached[0] == row.last_sequence and key is not None:
             self._timelines.move_to_end(row.case_id)
             return cached[1]
         rows = (await conn.execute(_TIMELINE, {"case_id": row.case_id})).all()
-        events = await self.open_events(conn, row.case_id, rows, key)
-        if events and max(e.sequence for e in events) == row.last_sequence:
-            self._timelines[row.case_id] = (row.last_sequence, events)
+        timeline = Timeline.of(await self.open_events(conn, row.case_id, rows, key))
+        if timeline.events and timeline.position == row.last_sequence and key is not None:
+            self._timelines[row.case_id] = (row.last_sequence, timeline)
             while len(self._timelines) > TIMELINE_CACHE_CASES:
                 self._timelines.popitem(last=False)
-        return events
+        return timeline
 
     async def watch(
         self,
@@ -741,7 +830,13 @@ class Cases:
                 if events:
                     await self.rules.audit.record(
                         self._read_records(
-                            caller, row, request.purpose, batch.decisions, events, len(allowed)
+                            caller,
+                            row,
+                            request.purpose,
+                            batch.decisions,
+                            sorted({e.category for e in events}),
+                            len(allowed),
+                            len(events) - len(allowed),
                         )
                     )
                 for item in allowed:
@@ -809,8 +904,9 @@ class Cases:
         row: CaseRow,
         purpose: str,
         decisions: dict[Flow, AccessDecision],
-        events: Sequence[TimelineEvent],
+        categories: Sequence[str],
         served: int,
+        withheld: int,
     ) -> list[AuditRecord]:
         """The audit records of one read: each decision, and the read itself."""
         records = self.rules.access_records(caller, row.subject_id, row.case_id, purpose, decisions)
@@ -823,43 +919,12 @@ class Cases:
                 subject_id=row.subject_id,
                 case_id=row.case_id,
                 purpose=purpose,
-                categories=tuple(sorted({e.category for e in events})),
+                categories=tuple(categories),
                 decision="allow",
-                reason=f"{served} items served, {len(events) - served} withheld",
+                reason=f"{served} items served, {withheld} withheld",
             )
         )
         return records
-
-    async def _filter(
-        self,
-        conn: AsyncConnection,
-        caller: Caller,
-        row: CaseRow,
-        purpose: str,
-        events: Sequence[TimelineEvent],
-    ) -> tuple[list[cases_pb2.TimelineItem], Counter[tuple[str, str]], list[AuditRecord]]:
-        """Split events into those the consent rules let this reader see and the
-        counts of those withheld, with the audit records of the read (the
-        caller records them before serving anything)."""
-        if not events:
-            return [], Counter(), []
-        decisions = await self.rules.evaluate(
-            conn,
-            reader_partner_id=caller.partner_id,
-            subject_id=row.subject_id,
-            service_id=row.service_id,
-            purpose=purpose,
-            flows={e.flow for e in events},
-        )
-        allowed: list[cases_pb2.TimelineItem] = []
-        withheld: Counter[tuple[str, str]] = Counter()
-        for event in events:
-            if decisions[event.flow].allowed:
-                allowed.append(event.item)
-            else:
-                withheld[(event.source_partner_id, event.category)] += 1
-        records = self._read_records(caller, row, purpose, decisions, events, len(allowed))
-        return allowed, withheld, records
 
     def _check_purpose(self, purpose: str) -> None:
         violation = self.vocabulary.check_purpose("purpose", purpose)
@@ -967,7 +1032,7 @@ class Cases:
         conn: AsyncConnection,
         caller: Caller,
         row: CaseRow,
-        participants: Sequence[Row[Any]] | None = None,
+        participants: Sequence[Participant | Row[Any]] | None = None,
         key: AESGCM | Missing | None = MISSING,
     ) -> cases_pb2.CaseHeader:
         header = cases_pb2.CaseHeader(
@@ -979,7 +1044,7 @@ class Cases:
             first_contact_channel=row.first_contact_channel,  # type: ignore[arg-type]
             relationship_owner_id=row.relationship_owner_id or "",
             summary=(
-                await self.summary(conn, row)
+                await self.summary(conn, row, key)
                 if caller.partner_id == row.first_contact_partner_id
                 else ""
             ),
@@ -1124,3 +1189,18 @@ def _decode_token(token: str) -> tuple[dt.datetime, str]:
         return dt.datetime.fromisoformat(opened_at), str(case_id)
     except (ValueError, TypeError) as exc:
         raise InvalidArgument.field("page.page_token", "is not a token from this listing") from exc
+
+
+_VIEW_FIELD = 1  # GetCaseViewResponse.view
+_TIMELINE_FIELD = 3  # CaseView.timeline
+
+
+def _encoded_field(number: int, payload: bytes) -> bytes:
+    """A length-delimited protobuf field: key, varint length, payload."""
+    header = bytearray([number << 3 | 2])
+    size = len(payload)
+    while size > 0x7F:
+        header.append(size & 0x7F | 0x80)
+        size >>= 7
+    header.append(size)
+    return bytes(header) + payload

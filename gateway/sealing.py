@@ -13,6 +13,7 @@ from __future__ import annotations
 import base64
 import datetime as dt
 import os
+from collections import OrderedDict
 
 from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
@@ -39,9 +40,14 @@ class Erased(Exception):
     """The case's key was destroyed: its data can no longer be read."""
 
 
+#: Unwrapped case keys kept, by wrapped bytes (see `Sealer.unwrap`).
+UNWRAPPED_CACHE = 4096
+
+
 class Sealer:
     def __init__(self, master_key: bytes) -> None:
         self._master = AESGCM(master_key)
+        self._unwrapped: OrderedDict[tuple[str, bytes], AESGCM] = OrderedDict()
 
     async def create_key(self, conn: AsyncConnection, case_id: str) -> AESGCM:
         key = AESGCM.generate_key(bit_length=256)
@@ -52,11 +58,22 @@ class Sealer:
 
     async def key(self, conn: AsyncConnection, case_id: str) -> AESGCM | None:
         """The case's key, or None once erased."""
-        wrapped = (await conn.execute(_KEY, {"case_id": case_id})).scalar()
+        return self.unwrap(case_id, (await conn.execute(_KEY, {"case_id": case_id})).scalar())
+
+    def unwrap(self, case_id: str, wrapped: bytes | None) -> AESGCM | None:
+        """The key stored wrapped as ``wrapped`` (None: erased). Every read still fetches
+        the wrapped key from the store, so an erasure anywhere takes effect at once; what
+        is kept is only the unwrapping of bytes already seen."""
         if wrapped is None:
             return None
-        key = self._master.decrypt(wrapped[:NONCE], wrapped[NONCE:], case_id.encode())
-        return AESGCM(key)
+        cache_key = (case_id, bytes(wrapped))
+        key = self._unwrapped.get(cache_key)
+        if key is None:
+            raw = self._master.decrypt(wrapped[:NONCE], wrapped[NONCE:], case_id.encode())
+            key = self._unwrapped[cache_key] = AESGCM(raw)
+            if len(self._unwrapped) > UNWRAPPED_CACHE:
+                self._unwrapped.popitem(last=False)
+        return key
 
     @staticmethod
     def seal(key: AESGCM | None, plaintext: bytes, aad: str) -> bytes:
