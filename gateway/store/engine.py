@@ -143,7 +143,7 @@ def _configure_sqlite(engine: AsyncEngine) -> None:
 
     @event.listens_for(sync_engine, "connect")
     def _on_connect(dbapi_connection: Any, _record: Any) -> None:
-        # Let SQLAlchemy's "begin" event below emit BEGIN itself.
+        # Let the "begin" event below emit BEGIN itself (writers: `_begin_sqlite_writer`).
         dbapi_connection.isolation_level = None
         cursor = dbapi_connection.cursor()
         for pragma in (
@@ -158,4 +158,5 @@ def _configure_sqlite(engine: AsyncEngine) -> None:
     @event.listens_for(sync_engine, "begin")
     def _on_begin(conn: Any) -> None:
         if not conn.get_execution_options().get(_WRITER, False):
-            conn.exec_driver_sql("BEGIN")  # writers began in `_begin_sqlite_writer`
+            # Straight to the driver: an execution through SQLAlchemy costs more than BEGIN.
+            conn.connection.driver_connection.execute("BEGIN")
