@@ -20,6 +20,7 @@ from typing import Any, Protocol
 
 from coopgate.v1 import admin_pb2, cases_pb2, common_pb2
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
+from google.protobuf import timestamp_pb2
 from sqlalchemy import Row, and_, bindparam, insert, or_, select, update
 from sqlalchemy.ext.asyncio import AsyncConnection
 
@@ -1049,12 +1050,12 @@ class Cases:
                 else ""
             ),
         )
-        header.opened_at.FromDatetime(row.opened_at)
+        _set_time(header.opened_at, row.opened_at)
         levels = await self._service_levels(conn, row)
         if levels is not None:
-            header.owner_due_at.FromDatetime(row.opened_at + levels.time_to_owner.ToTimedelta())
-            header.resolution_due_at.FromDatetime(
-                row.opened_at + levels.time_to_resolution.ToTimedelta()
+            _set_time(header.owner_due_at, row.opened_at + levels.time_to_owner.ToTimedelta())
+            _set_time(
+                header.resolution_due_at, row.opened_at + levels.time_to_resolution.ToTimedelta()
             )
         if participants is None:
             participants = (
@@ -1204,3 +1205,14 @@ def _encoded_field(number: int, payload: bytes) -> bytes:
         size >>= 7
     header.append(size)
     return bytes(header) + payload
+
+
+_EPOCH = dt.datetime(1970, 1, 1, tzinfo=dt.UTC)
+
+
+def _set_time(stamp: timestamp_pb2.Timestamp, at: dt.datetime) -> None:
+    """``stamp.FromDatetime(at)`` for an aware datetime, without its generic conversions
+    (three of them were a tenth of a header's cost)."""
+    delta = at - _EPOCH
+    stamp.seconds = delta.days * 86_400 + delta.seconds
+    stamp.nanos = delta.microseconds * 1_000

@@ -11,13 +11,18 @@ takes effect on the very next read. Every decision is audited.
 from __future__ import annotations
 
 import datetime as dt
+import functools
 import uuid
+from collections import OrderedDict
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TypeVar
 
 from coopgate.v1 import admin_pb2, common_pb2, consents_pb2, work_pb2
+from google.protobuf.message import Message
 from sqlalchemy import (
+    BindParameter,
+    CompoundSelect,
     Row,
     bindparam,
     func,
@@ -221,16 +226,17 @@ class ConsentRules:
         """The agreements in force and the subject's consents, in one round trip."""
         agreements: list[admin_pb2.SharingAgreement] = []
         grants: list[Grant] = []
-        params = {
+        params: dict[str, object] = {
             "subject": subject_id,
-            "sources": sorted(sources),
             "recipient": recipient,
             "service": service_id,
             "at": at,
         }
-        for row in await conn.execute(_LOOKUP, params):
+        ordered = sorted(sources)
+        params.update((f"source{n}", source) for n, source in enumerate(ordered))
+        for row in await conn.execute(_lookup_statement(len(ordered)), params):
             if row.kind == "a":
-                agreements.append(admin_pb2.SharingAgreement.FromString(row.definition))
+                agreements.append(_parsed(admin_pb2.SharingAgreement, row.definition))
             else:
                 grants.append(
                     Grant(
@@ -238,44 +244,66 @@ class ConsentRules:
                         row.state,
                         row.valid_from,
                         row.valid_until,
-                        consents_pb2.Consent.FromString(row.definition),
+                        _parsed(consents_pb2.Consent, row.definition),
                     )
                 )
         return agreements, grants
 
 
-#: The subject's consents from the given sources and the agreements in force for
-#: the reader and service: one statement, built once (the decision is on every read).
-_LOOKUP = union_all(
-    select(
-        literal("c").label("kind"),
-        consents.c.consent_id,
-        consents.c.state,
-        consents.c.valid_from,
-        consents.c.valid_until,
-        consents.c.definition,
-    ).where(
-        consents.c.subject_id == bindparam("subject"),
-        consents.c.source_partner_id.in_(bindparam("sources", expanding=True)),
-    ),
-    select(
-        literal("a"),
-        sharing_agreements.c.agreement_id,
-        null(),
-        sharing_agreements.c.valid_from,
-        sharing_agreements.c.valid_until,
-        sharing_agreements.c.definition,
-    ).where(
-        sharing_agreements.c.source_partner_id.in_(bindparam("sources", expanding=True)),
-        sharing_agreements.c.recipient_partner_id == bindparam("recipient"),
-        sharing_agreements.c.service_id == bindparam("service"),
-        sharing_agreements.c.valid_from <= bindparam("at", type_=UtcDateTime()),
-        or_(
-            sharing_agreements.c.valid_until.is_(None),
-            sharing_agreements.c.valid_until > bindparam("at", type_=UtcDateTime()),
+@functools.lru_cache(maxsize=64)
+def _lookup_statement(sources: int) -> CompoundSelect[Any]:
+    """The subject's consents from the given sources and the agreements in force for the
+    reader and service, in one statement; one per number of sources, built and compiled
+    once (an expanding IN list is re-rendered at every execution, and the decision is
+    on every read)."""
+    names: list[BindParameter[str]] = [bindparam(f"source{n}") for n in range(sources)]
+    return union_all(
+        select(
+            literal("c").label("kind"),
+            consents.c.consent_id,
+            consents.c.state,
+            consents.c.valid_from,
+            consents.c.valid_until,
+            consents.c.definition,
+        ).where(
+            consents.c.subject_id == bindparam("subject"),
+            consents.c.source_partner_id.in_(names),
         ),
-    ),
-)
+        select(
+            literal("a"),
+            sharing_agreements.c.agreement_id,
+            null(),
+            sharing_agreements.c.valid_from,
+            sharing_agreements.c.valid_until,
+            sharing_agreements.c.definition,
+        ).where(
+            sharing_agreements.c.source_partner_id.in_(names),
+            sharing_agreements.c.recipient_partner_id == bindparam("recipient"),
+            sharing_agreements.c.service_id == bindparam("service"),
+            sharing_agreements.c.valid_from <= bindparam("at", type_=UtcDateTime()),
+            or_(
+                sharing_agreements.c.valid_until.is_(None),
+                sharing_agreements.c.valid_until > bindparam("at", type_=UtcDateTime()),
+            ),
+        ),
+    )
+
+
+_Definition = TypeVar("_Definition", admin_pb2.SharingAgreement, consents_pb2.Consent)
+#: Parsed consent and agreement definitions, by their stored bytes: the bytes are read
+#: at every decision, only their parsing is kept. Callers never modify the messages.
+_PARSED: OrderedDict[tuple[type[Message], bytes], Message] = OrderedDict()
+PARSED_CACHE = 16384
+
+
+def _parsed(kind: type[_Definition], definition: bytes) -> _Definition:
+    key = (kind, bytes(definition))
+    message = _PARSED.get(key)
+    if message is None:
+        message = _PARSED[key] = kind.FromString(definition)
+        if len(_PARSED) > PARSED_CACHE:
+            _PARSED.popitem(last=False)
+    return message  # type: ignore[return-value]
 
 
 @dataclass(slots=True, frozen=True)

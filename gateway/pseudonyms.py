@@ -10,6 +10,7 @@ lookup table, and a pseudonym presented by the wrong partner does not decrypt.
 from __future__ import annotations
 
 import base64
+import functools
 from pathlib import Path
 
 from cryptography.exceptions import InvalidTag
@@ -19,6 +20,8 @@ from gateway.errors import InvalidArgument
 from gateway.keyfiles import read_secret
 
 _PREFIX = "sub_"
+#: Pseudonyms kept, by (partner, subject).
+PSEUDONYM_CACHE = 8192
 KEY_BYTES = 64  # AES-256-SIV
 
 
@@ -27,13 +30,18 @@ class Pseudonyms:
         if len(key) != KEY_BYTES:
             raise ValueError(f"pseudonym key must be {KEY_BYTES} bytes")
         self._siv = AESSIV(key)
+        self._for_partner = functools.lru_cache(maxsize=PSEUDONYM_CACHE)(self._seal)
 
     @classmethod
     def from_file(cls, path: Path) -> Pseudonyms:
         return cls(read_secret(path, KEY_BYTES))
 
     def for_partner(self, partner_id: str, subject_id: str) -> str:
-        """``subject_id`` is the internal id (32 hex digits)."""
+        """``subject_id`` is the internal id (32 hex digits). A pure function of its
+        arguments (deterministic encryption), so the most recent are kept."""
+        return self._for_partner(partner_id, subject_id)
+
+    def _seal(self, partner_id: str, subject_id: str) -> str:
         sealed = self._siv.encrypt(bytes.fromhex(subject_id), [partner_id.encode()])
         return _PREFIX + base64.b32encode(sealed).decode().rstrip("=").lower()
 
