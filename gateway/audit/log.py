@@ -16,10 +16,12 @@ import contextlib
 import datetime as dt
 import json
 import logging
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, fields
+from json.encoder import encode_basestring as _json_string
 
 from sqlalchemy import insert, update
+from sqlalchemy.engine import Dialect
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from gateway.audit.merkle import leaf_hash, node_hash
@@ -57,15 +59,82 @@ class AuditRecord:
 _RECORD_FIELDS = fields(AuditRecord)
 
 
-def canonical(record: AuditRecord, at: dt.datetime) -> bytes:
-    """The bytes hashed into the leaf: sorted-key compact JSON, UTF-8."""
-    # A flat copy: asdict's recursive deep copy was most of an append's Python time.
+def _reference_canonical(record: AuditRecord, at_text: str) -> bytes:
+    """The definition of an entry's bytes: sorted-key compact JSON, UTF-8. `_encode` is a
+    faster spelling of it and falls back here for any value that is not a plain string."""
     body: dict[str, object] = {f.name: getattr(record, f.name) for f in _RECORD_FIELDS}
     body["categories"] = list(record.categories)
     body["details"] = dict(record.details)
-    body["at"] = at.astimezone(dt.UTC).isoformat().replace("+00:00", "Z")
+    body["at"] = at_text
     body["v"] = ENTRY_VERSION
     return json.dumps(body, sort_keys=True, separators=(",", ":"), ensure_ascii=False).encode()
+
+
+def _at_text(at: dt.datetime) -> str:
+    return at.astimezone(dt.UTC).isoformat().replace("+00:00", "Z")
+
+
+def _encode(record: AuditRecord, at_text: str, at_json: str) -> bytes:
+    """`_reference_canonical`, byte for byte, in a fifth of its time: the keys are fixed,
+    so the object is one format string and each value goes through the JSON module's own
+    string encoder (the C one), which refuses anything but a string."""
+    s = _json_string
+    try:
+        details = ",".join(f"{s(k)}:{s(v)}" for k, v in sorted(dict(record.details).items()))
+        text = (
+            f'{{"action":{s(record.action)},"actor_partner_id":{s(record.actor_partner_id)},'
+            f'"actor_person_id":{s(record.actor_person_id)},'
+            f'"agreement_id":{s(record.agreement_id)},"at":{at_json},'
+            f'"case_id":{s(record.case_id)},"categories":[{",".join(map(s, record.categories))}],'
+            f'"consent_id":{s(record.consent_id)},"decision":{s(record.decision)},'
+            f'"details":{{{details}}},"kind":{s(record.kind)},"purpose":{s(record.purpose)},'
+            f'"reason":{s(record.reason)},"source_partner_id":{s(record.source_partner_id)},'
+            f'"subject_id":{s(record.subject_id)},"v":{ENTRY_VERSION}}}'
+        )
+    except TypeError:  # a value that is not a string: JSON decides how it reads
+        return _reference_canonical(record, at_text)
+    return text.encode()
+
+
+def canonical(record: AuditRecord, at: dt.datetime) -> bytes:
+    """The bytes hashed into the leaf: sorted-key compact JSON, UTF-8."""
+    at_text = _at_text(at)
+    return _encode(record, at_text, _json_string(at_text))
+
+
+@dataclass(slots=True, frozen=True)
+class _Inserts:
+    """The two INSERTs of an append, compiled once per dialect and run on the driver with
+    positional rows: SQLAlchemy's per-row parameter processing (a dict per row, a type
+    processor per value) cost more than everything else an append does. The one typed
+    value, the batch's timestamp, goes through its column's processor once per batch."""
+
+    entries: str
+    nodes: str
+    recorded_at: Callable[[dt.datetime], object]
+
+    @classmethod
+    def compile(cls, dialect: Dialect) -> _Inserts:
+        entries = insert(audit_entries).compile(dialect=dialect)
+        nodes = insert(audit_nodes).compile(dialect=dialect)
+        # The row tuples below are built in exactly this column order.
+        assert entries.positiontup == [c.name for c in _ENTRY_COLUMNS], entries.positiontup
+        assert nodes.positiontup == ["level", "idx", "hash"], nodes.positiontup
+        # The dialect's implementation, so the value is stored as a Core insert stores it.
+        column_type = audit_entries.c.recorded_at.type.dialect_impl(dialect)
+        processor = column_type.bind_processor(dialect)
+        return cls(entries.string, nodes.string, processor or (lambda at: at))
+
+
+_ENTRY_COLUMNS = list(audit_entries.columns)
+_inserts: dict[type[Dialect], _Inserts] = {}
+
+
+def _inserts_for(dialect: Dialect) -> _Inserts:
+    inserts = _inserts.get(type(dialect))
+    if inserts is None:
+        inserts = _inserts[type(dialect)] = _Inserts.compile(dialect)
+    return inserts
 
 
 async def append(conn: AsyncConnection, records: Sequence[AuditRecord]) -> list[int]:
@@ -80,43 +149,42 @@ async def append(conn: AsyncConnection, records: Sequence[AuditRecord]) -> list[
         .values(size=audit_head.c.size + len(records))
         .returning(audit_head.c.size)
     )
-    size = int((await conn.execute(moved)).scalar_one()) - len(records)
+    first = int((await conn.execute(moved)).scalar_one()) - len(records)
     # The left siblings a new leaf may be merged with: the subtrees of the current root.
-    known = await fetch_nodes(conn, root_nodes(size))
+    known = await fetch_nodes(conn, root_nodes(first))
     now = dt.datetime.now(dt.UTC)
+    at_text = _at_text(now)
+    at_json = _json_string(at_text)
+    inserts = _inserts_for(conn.dialect)
+    stored_at = inserts.recorded_at(now)
     entry_rows = []
     node_rows = []
-    indices = []
-    for record in records:
-        index = size
-        entry = canonical(record, now)
+    for index, record in enumerate(records, start=first):
+        entry = _encode(record, at_text, at_json)
         node = leaf_hash(entry)
-        known[(0, index)] = node
-        node_rows.append({"level": 0, "idx": index, "hash": node})
+        node_rows.append((0, index, node))
         level, position = 0, index
         while position & 1:  # this leaf closes a complete subtree at the next level
             node = node_hash(known[(level, position - 1)], node)
             level, position = level + 1, position >> 1
-            known[(level, position)] = node
-            node_rows.append({"level": level, "idx": position, "hash": node})
+            node_rows.append((level, position, node))
+        known[(level, position)] = node  # a left sibling for the leaves that follow
         entry_rows.append(
-            {
-                "idx": index,
-                "recorded_at": now,
-                "kind": record.kind,
-                "actor_partner_id": record.actor_partner_id,
-                "subject_id": record.subject_id,
-                "case_id": record.case_id,
-                "purpose": record.purpose,
-                "decision": record.decision,
-                "canonical": entry,
-            }
+            (
+                index,
+                stored_at,
+                record.kind,
+                record.actor_partner_id,
+                record.subject_id,
+                record.case_id,
+                record.purpose,
+                record.decision,
+                entry,
+            )
         )
-        indices.append(index)
-        size += 1
-    await conn.execute(insert(audit_entries), entry_rows)
-    await conn.execute(insert(audit_nodes), node_rows)
-    return indices
+    await conn.exec_driver_sql(inserts.entries, entry_rows)
+    await conn.exec_driver_sql(inserts.nodes, node_rows)
+    return list(range(first, first + len(records)))
 
 
 class AuditLog:
