@@ -167,3 +167,63 @@ async def test_appended_rows_read_back_as_core_writes_them(store: Store) -> None
         ).all()
     assert raw[0].recorded_at == raw[1].recorded_at
     assert type(raw[0].recorded_at) is type(raw[1].recorded_at)
+
+
+async def _audit_rows(store: Store) -> tuple[list[tuple[Any, ...]], list[tuple[Any, ...]]]:
+    async with store.read() as conn:
+        entries = (await conn.execute(select(audit_entries).order_by(audit_entries.c.idx))).all()
+        nodes = (
+            await conn.execute(select(audit_nodes).order_by(audit_nodes.c.level, audit_nodes.c.idx))
+        ).all()
+    return [tuple(r) for r in entries], [tuple(r) for r in nodes]
+
+
+async def _sqlite_ddl(store: Store) -> dict[str, str]:
+    async with store.read() as conn:
+        rows = await conn.exec_driver_sql(
+            "SELECT name, sql FROM sqlite_master WHERE tbl_name IN ('audit_entries', 'audit_nodes')"
+            " AND sql IS NOT NULL"
+        )
+        return {row.name: " ".join(row.sql.replace('"', "").split()) for row in rows}
+
+
+async def test_the_layout_migration_keeps_the_log_in_both_directions(store: Store) -> None:
+    """0006 rebuilds the SQLite tables (a no-op on PostgreSQL): every entry and subtree hash
+    survives up and down, the log keeps growing afterwards, and on SQLite the tables are
+    exactly what the table definitions create (entries on their rowid, nodes without one)."""
+    from gateway.audit import root, root_from_leaf_hashes
+    from gateway.audit.store_tree import load_tree, root_nodes
+    from gateway.store.migrate import downgrade
+    from gateway.store.schema import metadata
+
+    await downgrade(store, "0005")
+    async with store.write() as conn:
+        await append(conn, [RECORD] * 11)
+    before = await _audit_rows(store)
+    await migrate(store)
+    assert await _audit_rows(store) == before
+    async with store.write() as conn:
+        await append(conn, [RECORD] * 6)
+    entries, _ = await _audit_rows(store)
+    leaves = [leaf_hash(entry[-1]) for entry in entries]
+    assert [entry[0] for entry in entries] == list(range(17))
+    async with store.read() as conn:
+        tree = await load_tree(conn, 17, root_nodes(17))
+    assert root(tree, 17) == root_from_leaf_hashes(leaves)
+
+    if store.is_sqlite:
+        fresh = create_store("sqlite://")
+        try:
+            async with fresh.engine.begin() as conn:
+                await conn.run_sync(metadata.create_all)
+            defined = await _sqlite_ddl(fresh)
+        finally:
+            await fresh.close()
+        migrated = await _sqlite_ddl(store)
+        assert migrated == defined
+        assert "idx INTEGER NOT NULL" in migrated["audit_entries"]
+        assert migrated["audit_nodes"].endswith("WITHOUT ROWID")
+
+    after = await _audit_rows(store)
+    await downgrade(store, "0005")
+    assert await _audit_rows(store) == after
