@@ -227,3 +227,36 @@ async def test_the_layout_migration_keeps_the_log_in_both_directions(store: Stor
     after = await _audit_rows(store)
     await downgrade(store, "0005")
     assert await _audit_rows(store) == after
+
+
+async def test_proof_reads_hold_no_transaction_on_postgresql(store: Store) -> None:
+    """`statement_reads`: on PostgreSQL each statement commits on its own (no BEGIN and
+    ROLLBACK round trips around a proof), and the connection goes back to the pool
+    transactional again; on SQLite it is the store's read transaction."""
+    from gateway.audit.store_tree import statement_reads
+
+    async def in_transaction(conn: Any) -> bool:
+        await conn.execute(select(audit_nodes.c.idx).limit(1))
+        raw = (await conn.get_raw_connection()).driver_connection
+        if store.is_sqlite:
+            return bool(raw.in_transaction)
+        return bool(raw.is_in_transaction())
+
+    async with statement_reads(store) as conn:
+        assert await in_transaction(conn) is store.is_sqlite
+    for _ in range(3):  # whichever pooled connection comes back
+        async with store.read() as conn:
+            assert await in_transaction(conn)
+
+
+async def test_proof_reads_of_an_unreachable_store_are_unavailable() -> None:
+    from gateway.audit.store_tree import statement_reads
+    from gateway.errors import Unavailable
+
+    store = create_store("postgresql+asyncpg://postgres@127.0.0.1:9/nothing")
+    try:
+        with pytest.raises(Unavailable):
+            async with statement_reads(store) as conn:
+                await conn.execute(select(audit_nodes.c.idx))
+    finally:
+        await store.close()
