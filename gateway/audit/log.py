@@ -20,12 +20,12 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, fields
 from json.encoder import encode_basestring as _json_string
 
-from sqlalchemy import insert, update
+from sqlalchemy import BigInteger, Connection, Integer, bindparam, insert, update
 from sqlalchemy.engine import Dialect
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from gateway.audit.merkle import leaf_hash, node_hash
-from gateway.audit.store_tree import fetch_nodes, root_nodes
+from gateway.audit.store_tree import Node, read_nodes, root_nodes
 from gateway.store import Store
 from gateway.store.schema import audit_entries, audit_head, audit_nodes
 
@@ -103,60 +103,84 @@ def canonical(record: AuditRecord, at: dt.datetime) -> bytes:
 
 
 @dataclass(slots=True, frozen=True)
-class _Inserts:
-    """The two INSERTs of an append, compiled once per dialect and run on the driver with
-    positional rows: SQLAlchemy's per-row parameter processing (a dict per row, a type
-    processor per value) cost more than everything else an append does. The one typed
-    value, the batch's timestamp, goes through its column's processor once per batch."""
+class _Statements:
+    """An append's statements, compiled once per dialect and run on the driver with
+    positional rows: SQLAlchemy's per-statement and per-row work (building and caching
+    the statement, a dict per row, a type processor per value) cost more than everything
+    else an append does. The one typed value, the batch's timestamp, goes through its
+    column's processor once per batch."""
 
+    move_head: str
+    move_head_params: tuple[str, ...]
     entries: str
     nodes: str
     recorded_at: Callable[[dt.datetime], object]
 
     @classmethod
-    def compile(cls, dialect: Dialect) -> _Inserts:
+    def compile(cls, dialect: Dialect) -> _Statements:
+        # Moving the head first takes its row lock (SQLite writers are already serialized
+        # by BEGIN IMMEDIATE): until commit no other writer can take these indices.
+        move_head = (
+            update(audit_head)
+            .where(audit_head.c.id == bindparam("head", type_=Integer))
+            .values(size=audit_head.c.size + bindparam("count", type_=BigInteger))
+            .returning(audit_head.c.size)
+            .compile(dialect=dialect)
+        )
         entries = insert(audit_entries).compile(dialect=dialect)
         nodes = insert(audit_nodes).compile(dialect=dialect)
-        # The row tuples below are built in exactly this column order.
-        assert entries.positiontup == [c.name for c in _ENTRY_COLUMNS], entries.positiontup
-        assert nodes.positiontup == ["level", "idx", "hash"], nodes.positiontup
+        # The row tuples are built in exactly this column order.
+        assert entries.positiontup == [c.name for c in audit_entries.columns]
+        assert nodes.positiontup == ["level", "idx", "hash"]
+        assert move_head.positiontup is not None
         # The dialect's implementation, so the value is stored as a Core insert stores it.
         column_type = audit_entries.c.recorded_at.type.dialect_impl(dialect)
         processor = column_type.bind_processor(dialect)
-        return cls(entries.string, nodes.string, processor or (lambda at: at))
+        return cls(
+            move_head.string,
+            tuple(move_head.positiontup),
+            entries.string,
+            nodes.string,
+            processor or (lambda at: at),
+        )
 
 
-_ENTRY_COLUMNS = list(audit_entries.columns)
-_inserts: dict[type[Dialect], _Inserts] = {}
+_statements: dict[type[Dialect], _Statements] = {}
 
 
-def _inserts_for(dialect: Dialect) -> _Inserts:
-    inserts = _inserts.get(type(dialect))
-    if inserts is None:
-        inserts = _inserts[type(dialect)] = _Inserts.compile(dialect)
-    return inserts
+def _statements_for(dialect: Dialect) -> _Statements:
+    statements = _statements.get(type(dialect))
+    if statements is None:
+        statements = _statements[type(dialect)] = _Statements.compile(dialect)
+    return statements
 
 
-async def append(conn: AsyncConnection, records: Sequence[AuditRecord]) -> list[int]:
-    """Append ``records`` inside the caller's write transaction; returns their indices."""
-    if not records:
-        return []
-    # Moving the head first takes its row lock (SQLite writers are already serialized by
-    # BEGIN IMMEDIATE): until commit no other writer can take these indices.
-    moved = (
-        update(audit_head)
-        .where(audit_head.c.id == 1)
-        .values(size=audit_head.c.size + len(records))
-        .returning(audit_head.c.size)
+#: The log's size and the hashes of the subtrees its root is made of: what an append
+#: needs to know of the tree before it.
+Frontier = tuple[int, dict[Node, bytes]]
+
+
+def _append(
+    conn: Connection, records: Sequence[AuditRecord], before: Frontier | None
+) -> tuple[list[int], Frontier]:
+    """Runs synchronously inside the connection: one hop into the driver for the whole
+    append. `before`, when it describes the size the head moved from, saves the query
+    for the left siblings (committed subtree hashes never change)."""
+    statements = _statements_for(conn.dialect)
+    count = len(records)
+    params = {"head": 1, "count": count}
+    moved = conn.exec_driver_sql(
+        statements.move_head, tuple(params[name] for name in statements.move_head_params)
     )
-    first = int((await conn.execute(moved)).scalar_one()) - len(records)
-    # The left siblings a new leaf may be merged with: the subtrees of the current root.
-    known = await fetch_nodes(conn, root_nodes(first))
+    first = int(moved.scalar_one()) - count
+    if before is not None and before[0] == first:
+        known = dict(before[1])
+    else:  # the left siblings a new leaf may be merged with: the subtrees of the root
+        known = read_nodes(conn, root_nodes(first))
     now = dt.datetime.now(dt.UTC)
     at_text = _at_text(now)
     at_json = _json_string(at_text)
-    inserts = _inserts_for(conn.dialect)
-    stored_at = inserts.recorded_at(now)
+    stored_at = statements.recorded_at(now)
     entry_rows = []
     node_rows = []
     for index, record in enumerate(records, start=first):
@@ -182,9 +206,18 @@ async def append(conn: AsyncConnection, records: Sequence[AuditRecord]) -> list[
                 entry,
             )
         )
-    await conn.exec_driver_sql(inserts.entries, entry_rows)
-    await conn.exec_driver_sql(inserts.nodes, node_rows)
-    return list(range(first, first + len(records)))
+    conn.exec_driver_sql(statements.entries, entry_rows)
+    conn.exec_driver_sql(statements.nodes, node_rows)
+    size = first + count
+    return list(range(first, size)), (size, {node: known[node] for node in root_nodes(size)})
+
+
+async def append(conn: AsyncConnection, records: Sequence[AuditRecord]) -> list[int]:
+    """Append ``records`` inside the caller's write transaction; returns their indices."""
+    if not records:
+        return []
+    indices, _ = await conn.run_sync(_append, records, None)
+    return indices
 
 
 class AuditLog:
@@ -196,6 +229,9 @@ class AuditLog:
             asyncio.Queue()
         )
         self._task: asyncio.Task[None] | None = None
+        # The tree as of this appender's last commit: only committed subtree hashes are
+        # kept, so another writer's appends (the head moved) merely cost the query again.
+        self._frontier: Frontier | None = None
 
     async def record_in(self, conn: AsyncConnection, records: Sequence[AuditRecord]) -> list[int]:
         """Record as part of the caller's transaction (committed with the action)."""
@@ -219,14 +255,17 @@ class AuditLog:
                 item = self._queue.get_nowait()
                 batch.append(item)
                 count += len(item[0])
+            merged = [record for records, _ in batch for record in records]
             try:
                 async with self.store.write() as conn:
-                    indices = await append(conn, [r for records, _ in batch for r in records])
+                    indices, frontier = await conn.run_sync(_append, merged, self._frontier)
             except Exception as exc:
+                self._frontier = None
                 for _, future in batch:
                     if not future.done():
                         future.set_exception(exc)
                 continue
+            self._frontier = frontier
             offset = 0
             for records, future in batch:
                 if not future.done():

@@ -11,7 +11,7 @@ import functools
 from collections.abc import AsyncIterator, Collection, Iterable, Mapping
 from contextlib import asynccontextmanager
 
-from sqlalchemy import TextClause, select, text
+from sqlalchemy import Connection, TextClause, select, text
 from sqlalchemy.exc import DBAPIError, OperationalError
 from sqlalchemy.ext.asyncio import AsyncConnection
 
@@ -84,16 +84,23 @@ def _nodes_query(count: int) -> TextClause:
     )
 
 
-async def fetch_nodes(conn: AsyncConnection, wanted: Collection[Node]) -> dict[Node, bytes]:
-    """The stored hashes of those of `wanted` that exist, in one query."""
+def read_nodes(conn: Connection, wanted: Collection[Node]) -> dict[Node, bytes]:
+    """`fetch_nodes` for code already running synchronously inside the connection."""
     if not wanted:
         return {}
     params: dict[str, int] = {}
     for n, (level, index) in enumerate(wanted):
         params[f"l{n}"] = level
         params[f"i{n}"] = index
-    rows = await conn.execute(_nodes_query(len(wanted)), params)
+    rows = conn.execute(_nodes_query(len(wanted)), params)
     return {(row.level, row.idx): bytes(row.hash) for row in rows}
+
+
+async def fetch_nodes(conn: AsyncConnection, wanted: Collection[Node]) -> dict[Node, bytes]:
+    """The stored hashes of those of `wanted` that exist, in one query."""
+    if not wanted:
+        return {}
+    return await conn.run_sync(read_nodes, wanted)
 
 
 async def load_tree(conn: AsyncConnection, size: int, wanted: Collection[Node]) -> StoredTree:
