@@ -16,14 +16,16 @@ import contextlib
 import datetime as dt
 import json
 import logging
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, fields
+from json.encoder import encode_basestring as _json_string
 
-from sqlalchemy import insert, update
+from sqlalchemy import BigInteger, Connection, Integer, bindparam, insert, update
+from sqlalchemy.engine import Dialect
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from gateway.audit.merkle import leaf_hash, node_hash
-from gateway.audit.store_tree import fetch_nodes, root_nodes
+from gateway.audit.store_tree import Node, read_nodes, root_nodes
 from gateway.store import Store
 from gateway.store.schema import audit_entries, audit_head, audit_nodes
 
@@ -57,65 +59,164 @@ class AuditRecord:
 _RECORD_FIELDS = fields(AuditRecord)
 
 
-def canonical(record: AuditRecord, at: dt.datetime) -> bytes:
-    """The bytes hashed into the leaf: sorted-key compact JSON, UTF-8."""
-    # A flat copy: asdict's recursive deep copy was most of an append's Python time.
+def _reference_canonical(record: AuditRecord, at_text: str) -> bytes:
+    """The definition of an entry's bytes: sorted-key compact JSON, UTF-8. `_encode` is a
+    faster spelling of it and falls back here for any value that is not a plain string."""
     body: dict[str, object] = {f.name: getattr(record, f.name) for f in _RECORD_FIELDS}
     body["categories"] = list(record.categories)
     body["details"] = dict(record.details)
-    body["at"] = at.astimezone(dt.UTC).isoformat().replace("+00:00", "Z")
+    body["at"] = at_text
     body["v"] = ENTRY_VERSION
     return json.dumps(body, sort_keys=True, separators=(",", ":"), ensure_ascii=False).encode()
+
+
+def _at_text(at: dt.datetime) -> str:
+    return at.astimezone(dt.UTC).isoformat().replace("+00:00", "Z")
+
+
+def _encode(record: AuditRecord, at_text: str, at_json: str) -> bytes:
+    """`_reference_canonical`, byte for byte, in a fifth of its time: the keys are fixed,
+    so the object is one format string and each value goes through the JSON module's own
+    string encoder (the C one), which refuses anything but a string."""
+    s = _json_string
+    try:
+        details = ",".join(f"{s(k)}:{s(v)}" for k, v in sorted(dict(record.details).items()))
+        text = (
+            f'{{"action":{s(record.action)},"actor_partner_id":{s(record.actor_partner_id)},'
+            f'"actor_person_id":{s(record.actor_person_id)},'
+            f'"agreement_id":{s(record.agreement_id)},"at":{at_json},'
+            f'"case_id":{s(record.case_id)},"categories":[{",".join(map(s, record.categories))}],'
+            f'"consent_id":{s(record.consent_id)},"decision":{s(record.decision)},'
+            f'"details":{{{details}}},"kind":{s(record.kind)},"purpose":{s(record.purpose)},'
+            f'"reason":{s(record.reason)},"source_partner_id":{s(record.source_partner_id)},'
+            f'"subject_id":{s(record.subject_id)},"v":{ENTRY_VERSION}}}'
+        )
+    except TypeError:  # a value that is not a string: JSON decides how it reads
+        return _reference_canonical(record, at_text)
+    return text.encode()
+
+
+def canonical(record: AuditRecord, at: dt.datetime) -> bytes:
+    """The bytes hashed into the leaf: sorted-key compact JSON, UTF-8."""
+    at_text = _at_text(at)
+    return _encode(record, at_text, _json_string(at_text))
+
+
+@dataclass(slots=True, frozen=True)
+class _Statements:
+    """An append's statements, compiled once per dialect and run on the driver with
+    positional rows: SQLAlchemy's per-statement and per-row work (building and caching
+    the statement, a dict per row, a type processor per value) cost more than everything
+    else an append does. The one typed value, the batch's timestamp, goes through its
+    column's processor once per batch."""
+
+    move_head: str
+    move_head_params: tuple[str, ...]
+    entries: str
+    nodes: str
+    recorded_at: Callable[[dt.datetime], object]
+
+    @classmethod
+    def compile(cls, dialect: Dialect) -> _Statements:
+        # Moving the head first takes its row lock (SQLite writers are already serialized
+        # by BEGIN IMMEDIATE): until commit no other writer can take these indices.
+        move_head = (
+            update(audit_head)
+            .where(audit_head.c.id == bindparam("head", type_=Integer))
+            .values(size=audit_head.c.size + bindparam("count", type_=BigInteger))
+            .returning(audit_head.c.size)
+            .compile(dialect=dialect)
+        )
+        entries = insert(audit_entries).compile(dialect=dialect)
+        nodes = insert(audit_nodes).compile(dialect=dialect)
+        # The row tuples are built in exactly this column order.
+        assert entries.positiontup == [c.name for c in audit_entries.columns]
+        assert nodes.positiontup == ["level", "idx", "hash"]
+        assert move_head.positiontup is not None
+        # The dialect's implementation, so the value is stored as a Core insert stores it.
+        column_type = audit_entries.c.recorded_at.type.dialect_impl(dialect)
+        processor = column_type.bind_processor(dialect)
+        return cls(
+            move_head.string,
+            tuple(move_head.positiontup),
+            entries.string,
+            nodes.string,
+            processor or (lambda at: at),
+        )
+
+
+_statements: dict[type[Dialect], _Statements] = {}
+
+
+def _statements_for(dialect: Dialect) -> _Statements:
+    statements = _statements.get(type(dialect))
+    if statements is None:
+        statements = _statements[type(dialect)] = _Statements.compile(dialect)
+    return statements
+
+
+#: The log's size and the hashes of the subtrees its root is made of: what an append
+#: needs to know of the tree before it.
+Frontier = tuple[int, dict[Node, bytes]]
+
+
+def _append(
+    conn: Connection, records: Sequence[AuditRecord], before: Frontier | None
+) -> tuple[list[int], Frontier]:
+    """Runs synchronously inside the connection: one hop into the driver for the whole
+    append. `before`, when it describes the size the head moved from, saves the query
+    for the left siblings (committed subtree hashes never change)."""
+    statements = _statements_for(conn.dialect)
+    count = len(records)
+    params = {"head": 1, "count": count}
+    moved = conn.exec_driver_sql(
+        statements.move_head, tuple(params[name] for name in statements.move_head_params)
+    )
+    first = int(moved.scalar_one()) - count
+    if before is not None and before[0] == first:
+        known = dict(before[1])
+    else:  # the left siblings a new leaf may be merged with: the subtrees of the root
+        known = read_nodes(conn, root_nodes(first))
+    now = dt.datetime.now(dt.UTC)
+    at_text = _at_text(now)
+    at_json = _json_string(at_text)
+    stored_at = statements.recorded_at(now)
+    entry_rows = []
+    node_rows = []
+    for index, record in enumerate(records, start=first):
+        entry = _encode(record, at_text, at_json)
+        node = leaf_hash(entry)
+        node_rows.append((0, index, node))
+        level, position = 0, index
+        while position & 1:  # this leaf closes a complete subtree at the next level
+            node = node_hash(known[(level, position - 1)], node)
+            level, position = level + 1, position >> 1
+            node_rows.append((level, position, node))
+        known[(level, position)] = node  # a left sibling for the leaves that follow
+        entry_rows.append(
+            (
+                index,
+                stored_at,
+                record.kind,
+                record.actor_partner_id,
+                record.subject_id,
+                record.case_id,
+                record.purpose,
+                record.decision,
+                entry,
+            )
+        )
+    conn.exec_driver_sql(statements.entries, entry_rows)
+    conn.exec_driver_sql(statements.nodes, node_rows)
+    size = first + count
+    return list(range(first, size)), (size, {node: known[node] for node in root_nodes(size)})
 
 
 async def append(conn: AsyncConnection, records: Sequence[AuditRecord]) -> list[int]:
     """Append ``records`` inside the caller's write transaction; returns their indices."""
     if not records:
         return []
-    # Moving the head first takes its row lock (SQLite writers are already serialized by
-    # BEGIN IMMEDIATE): until commit no other writer can take these indices.
-    moved = (
-        update(audit_head)
-        .where(audit_head.c.id == 1)
-        .values(size=audit_head.c.size + len(records))
-        .returning(audit_head.c.size)
-    )
-    size = int((await conn.execute(moved)).scalar_one()) - len(records)
-    # The left siblings a new leaf may be merged with: the subtrees of the current root.
-    known = await fetch_nodes(conn, root_nodes(size))
-    now = dt.datetime.now(dt.UTC)
-    entry_rows = []
-    node_rows = []
-    indices = []
-    for record in records:
-        index = size
-        entry = canonical(record, now)
-        node = leaf_hash(entry)
-        known[(0, index)] = node
-        node_rows.append({"level": 0, "idx": index, "hash": node})
-        level, position = 0, index
-        while position & 1:  # this leaf closes a complete subtree at the next level
-            node = node_hash(known[(level, position - 1)], node)
-            level, position = level + 1, position >> 1
-            known[(level, position)] = node
-            node_rows.append({"level": level, "idx": position, "hash": node})
-        entry_rows.append(
-            {
-                "idx": index,
-                "recorded_at": now,
-                "kind": record.kind,
-                "actor_partner_id": record.actor_partner_id,
-                "subject_id": record.subject_id,
-                "case_id": record.case_id,
-                "purpose": record.purpose,
-                "decision": record.decision,
-                "canonical": entry,
-            }
-        )
-        indices.append(index)
-        size += 1
-    await conn.execute(insert(audit_entries), entry_rows)
-    await conn.execute(insert(audit_nodes), node_rows)
+    indices, _ = await conn.run_sync(_append, records, None)
     return indices
 
 
@@ -128,6 +229,9 @@ class AuditLog:
             asyncio.Queue()
         )
         self._task: asyncio.Task[None] | None = None
+        # The tree as of this appender's last commit: only committed subtree hashes are
+        # kept, so another writer's appends (the head moved) merely cost the query again.
+        self._frontier: Frontier | None = None
 
     async def record_in(self, conn: AsyncConnection, records: Sequence[AuditRecord]) -> list[int]:
         """Record as part of the caller's transaction (committed with the action)."""
@@ -151,14 +255,17 @@ class AuditLog:
                 item = self._queue.get_nowait()
                 batch.append(item)
                 count += len(item[0])
+            merged = [record for records, _ in batch for record in records]
             try:
                 async with self.store.write() as conn:
-                    indices = await append(conn, [r for records, _ in batch for r in records])
+                    indices, frontier = await conn.run_sync(_append, merged, self._frontier)
             except Exception as exc:
+                self._frontier = None
                 for _, future in batch:
                     if not future.done():
                         future.set_exception(exc)
                 continue
+            self._frontier = frontier
             offset = 0
             for records, future in batch:
                 if not future.done():

@@ -32,6 +32,7 @@ from gateway.audit.store_tree import (
     inclusion_nodes,
     load_tree,
     log_size,
+    statement_reads,
 )
 from gateway.caller import Caller, current_caller
 from gateway.errors import FieldViolation, InvalidArgument, NotFound
@@ -264,7 +265,7 @@ class Audit:
         return response
 
     async def _tree(self, size: int, wanted: set[Node], field: str) -> StoredTree:
-        async with self.store.read() as conn:
+        async with statement_reads(self.store) as conn:
             try:
                 return await load_tree(conn, size, wanted)
             except LogTooShort:

@@ -8,12 +8,16 @@ proof ever rehashes the log.
 from __future__ import annotations
 
 import functools
-from collections.abc import Collection, Iterable, Mapping
+from collections.abc import AsyncIterator, Collection, Iterable, Mapping
+from contextlib import asynccontextmanager
 
-from sqlalchemy import TextClause, select, text
+from sqlalchemy import Connection, TextClause, select, text
+from sqlalchemy.exc import DBAPIError, OperationalError
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from gateway.audit.merkle import consistency_ranges, inclusion_ranges, perfect_subtrees
+from gateway.errors import Unavailable
+from gateway.store import Store
 from gateway.store.schema import audit_head
 
 Node = tuple[int, int]
@@ -80,16 +84,23 @@ def _nodes_query(count: int) -> TextClause:
     )
 
 
-async def fetch_nodes(conn: AsyncConnection, wanted: Collection[Node]) -> dict[Node, bytes]:
-    """The stored hashes of those of `wanted` that exist, in one query."""
+def read_nodes(conn: Connection, wanted: Collection[Node]) -> dict[Node, bytes]:
+    """`fetch_nodes` for code already running synchronously inside the connection."""
     if not wanted:
         return {}
     params: dict[str, int] = {}
     for n, (level, index) in enumerate(wanted):
         params[f"l{n}"] = level
         params[f"i{n}"] = index
-    rows = await conn.execute(_nodes_query(len(wanted)), params)
+    rows = conn.execute(_nodes_query(len(wanted)), params)
     return {(row.level, row.idx): bytes(row.hash) for row in rows}
+
+
+async def fetch_nodes(conn: AsyncConnection, wanted: Collection[Node]) -> dict[Node, bytes]:
+    """The stored hashes of those of `wanted` that exist, in one query."""
+    if not wanted:
+        return {}
+    return await conn.run_sync(read_nodes, wanted)
 
 
 async def load_tree(conn: AsyncConnection, size: int, wanted: Collection[Node]) -> StoredTree:
@@ -108,3 +119,24 @@ async def log_size(conn: AsyncConnection) -> int:
     return int(
         (await conn.execute(select(audit_head.c.size).where(audit_head.c.id == 1))).scalar_one()
     )
+
+
+@asynccontextmanager
+async def statement_reads(store: Store) -> AsyncIterator[AsyncConnection]:
+    """A connection for reads that each stand alone, such as a proof's one query. On
+    PostgreSQL it runs in autocommit: a statement is its own snapshot, and BEGIN and
+    ROLLBACK were two of a proof's four round trips. SQLite transactions cost no round
+    trip, so there it is the store's read transaction."""
+    if store.is_sqlite:
+        async with store.read() as conn:
+            yield conn
+        return
+    try:
+        async with store.engine.connect() as conn:
+            yield await conn.execution_options(isolation_level="AUTOCOMMIT")
+    except (OperationalError, OSError, ConnectionError) as exc:
+        raise Unavailable("the store cannot be reached", reason="STORE_UNAVAILABLE") from exc
+    except DBAPIError as exc:
+        if exc.connection_invalidated:
+            raise Unavailable("the store connection was lost", reason="STORE_UNAVAILABLE") from exc
+        raise

@@ -262,10 +262,14 @@ audit_head = Table(
     Column("size", BigInteger, nullable=False),
 )
 
+#: The leaf index: on SQLite an INTEGER primary key, so the index is the table's own rowid
+#: (a BIGINT key would be a second B-tree written on every append).
+_LEAF_INDEX = BigInteger().with_variant(Integer(), "sqlite")
+
 audit_entries = Table(
     "audit_entries",
     metadata,
-    Column("idx", BigInteger, primary_key=True, autoincrement=False),
+    Column("idx", _LEAF_INDEX, primary_key=True, autoincrement=False),
     Column("recorded_at", UtcDateTime, nullable=False),
     Column("kind", String(40), nullable=False),
     Column("actor_partner_id", String(63), nullable=False),
@@ -290,6 +294,8 @@ audit_nodes = Table(
     Column("level", Integer, primary_key=True, autoincrement=False),
     Column("idx", BigInteger, primary_key=True, autoincrement=False),
     Column("hash", LargeBinary, nullable=False),
+    # SQLite: the rows live in the primary key's B-tree (no rowid table beside it).
+    sqlite_with_rowid=False,
 )
 
 audit_checkpoints = Table(

@@ -151,3 +151,43 @@ async def test_concurrent_appenders_never_share_an_index(store: Store) -> None:
         assert await log_size(conn) == expected
         tree = await load_tree(conn, expected, root_nodes(expected))
     assert root(tree, expected) == root_from_leaf_hashes(leaves)
+
+
+async def test_appenders_of_two_replicas_and_a_rolled_back_append_keep_one_tree(
+    store: Store,
+) -> None:
+    """Each `AuditLog` remembers the tree as of its last commit: a replica's appends in
+    between, or an append that rolled back, must not make it merge a leaf with a stale
+    or uncommitted sibling."""
+    first, second = AuditLog(store), AuditLog(store)
+
+    class Abandoned(Exception):
+        pass
+
+    try:
+        await first.record([record(n) for n in range(3)])
+        with pytest.raises(Abandoned):
+            async with store.write() as conn:
+                await first.record_in(conn, [record(100 + n) for n in range(5)])
+                raise Abandoned
+        await first.record([record(3)])
+        await second.record([record(n) for n in range(4, 9)])
+        await first.record([record(9), record(10)])
+        await first.record([record(11)])
+        with pytest.raises(UnicodeEncodeError):  # a batch that fails inside the append
+            await first.record([AuditRecord(kind="access", actor_partner_id="x", reason="\ud800")])
+        await second.record([record(12)])
+        await first.record([record(13)])
+    finally:
+        await first.close()
+        await second.close()
+
+    indices, leaves, stored = await stored_leaves(store)
+    assert indices == list(range(14))
+    assert [stored[i] for i in indices] == leaves
+    memory = MemoryTree(leaves)
+    async with store.read() as conn:
+        assert await log_size(conn) == 14
+        for size in range(1, 15):
+            tree = await load_tree(conn, size, root_nodes(size))
+            assert root(tree, size) == root(memory, size)
