@@ -1,0 +1,75 @@
+"""The group appender: callers that come together share a commit; a lone caller is
+committed at once; every record gets its own index, on SQLite and PostgreSQL."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+
+import pytest
+from sqlalchemy import event, func, select
+
+from gateway.audit.log import AuditLog, AuditRecord
+from gateway.store import Store, create_store, migrate
+from gateway.store.schema import audit_entries
+
+
+@pytest.fixture
+async def store(database_url: str) -> AsyncIterator[Store]:
+    store = create_store(database_url)
+    await migrate(store)
+    try:
+        yield store
+    finally:
+        await store.close()
+
+
+def _record(n: int) -> AuditRecord:
+    return AuditRecord(kind="access", action="read", actor_partner_id="bank-a", reason=str(n))
+
+
+def _count_commits(store: Store) -> list[int]:
+    commits = [0]
+
+    @event.listens_for(store.engine.sync_engine, "commit")
+    def _committed(_conn: object) -> None:
+        commits[0] += 1
+
+    return commits
+
+
+async def test_sequential_callers_are_committed_one_by_one_without_waiting(store: Store) -> None:
+    audit = AuditLog(store)
+    commits = _count_commits(store)
+    try:
+        indices = [await audit.record([_record(n)]) for n in range(20)]
+    finally:
+        await audit.close()
+    assert [i for [i] in indices] == list(range(indices[0][0], indices[0][0] + 20))
+    assert commits[0] == 20
+    assert audit.lingered == 0
+
+
+async def test_concurrent_callers_share_commits_and_each_record_has_its_index(
+    store: Store,
+) -> None:
+    audit = AuditLog(store)
+    commits = _count_commits(store)
+    callers = 200
+    try:
+        # Callers arriving in waves, as requests do: each wave while the previous commits.
+        async def caller(n: int) -> list[int]:
+            await asyncio.sleep((n % 10) * 0.0005)
+            return await audit.record([_record(n), _record(-n)])
+
+        results = await asyncio.gather(*(caller(n) for n in range(callers)))
+    finally:
+        await audit.close()
+    indices = sorted(i for pair in results for i in pair)
+    assert indices == list(range(indices[0], indices[0] + 2 * callers))
+    assert all(b == a + 1 for a, b in results)  # one caller's records stay together
+    assert commits[0] < callers / 4  # shared commits, not one per caller
+    assert audit.lingered > 0
+    async with store.read() as conn:
+        stored = (await conn.execute(select(func.count()).select_from(audit_entries))).scalar()
+    assert stored == 2 * callers
