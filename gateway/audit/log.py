@@ -271,8 +271,7 @@ class AuditLog:
             linger = len(batch) > 1
             merged = [record for records, _ in batch for record in records]
             try:
-                async with self.store.write() as conn:
-                    indices, frontier = await conn.run_sync(_append, merged, self._frontier)
+                indices, frontier = await self.store.run_write(_append, merged, self._frontier)
             except Exception as exc:
                 self._frontier = None
                 for _, future in batch:

@@ -14,19 +14,22 @@ from __future__ import annotations
 import asyncio
 import sqlite3
 import time
-from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
-from typing import Any
+from collections.abc import AsyncIterator, Callable, Iterator
+from contextlib import asynccontextmanager, contextmanager
+from typing import Any, Concatenate, ParamSpec, TypeVar
 
-from sqlalchemy import event
+from sqlalchemy import Connection, event
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import DBAPIError, OperationalError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
+from sqlalchemy.util import await_only, greenlet_spawn
 
 from gateway.errors import Unavailable
 from gateway.store.inline_sqlite import DRIVER as INLINE_DRIVER
 
 _WRITER = "coopgate_writer"
+P = ParamSpec("P")
+T = TypeVar("T")
 #: How long a writer waits for another process's write lock before UNAVAILABLE.
 SQLITE_LOCK_WAIT_SECONDS = 10.0
 #: SQLite's own busy wait, which blocks the loop: only for the rare reader wait
@@ -60,22 +63,49 @@ class Store:
 
     @asynccontextmanager
     async def _transaction(self, *, writer: bool) -> AsyncIterator[AsyncConnection]:
-        try:
+        with _store_errors():
             async with self._connection() as conn:
                 if writer:
                     conn = await conn.execution_options(**{_WRITER: True})
                     if self.is_sqlite:
-                        await _begin_sqlite_writer(conn)
+                        await conn.run_sync(_begin_sqlite_writer)
                 async with conn.begin():
                     yield conn
-        except (OperationalError, OSError, ConnectionError) as exc:
-            raise Unavailable("the store cannot be reached", reason="STORE_UNAVAILABLE") from exc
-        except DBAPIError as exc:
-            if exc.connection_invalidated:
-                raise Unavailable(
-                    "the store connection was lost", reason="STORE_UNAVAILABLE"
-                ) from exc
-            raise
+
+    async def run_read(
+        self, fn: Callable[Concatenate[Connection, P], T], *args: P.args, **kwargs: P.kwargs
+    ) -> T:
+        """``fn(conn, ...)`` in a read transaction, on a synchronous connection: the whole
+        transaction in one greenlet, where `read` costs one per statement, and as many
+        again to connect, begin, commit and close (measured: 175 -> 100 µs for a
+        two-statement read on SQLite). For the hottest reads."""
+        with _store_errors():
+            return await greenlet_spawn(self._run_in, fn, False, args, kwargs)
+
+    async def run_write(
+        self, fn: Callable[Concatenate[Connection, P], T], *args: P.args, **kwargs: P.kwargs
+    ) -> T:
+        """``fn(conn, ...)`` in a write transaction, as `run_read` does a read."""
+        with _store_errors():
+            if self._write_lock is None:
+                return await greenlet_spawn(self._run_in, fn, True, args, kwargs)
+            async with self._write_lock:
+                return await greenlet_spawn(self._run_in, fn, True, args, kwargs)
+
+    def _run_in(
+        self,
+        fn: Callable[..., T],
+        writer: bool,
+        args: tuple[object, ...],
+        kwargs: dict[str, object],
+    ) -> T:
+        with self.engine.sync_engine.connect() as conn:
+            if writer:
+                conn = conn.execution_options(**{_WRITER: True})
+                if self.is_sqlite:
+                    _begin_sqlite_writer(conn)
+            with conn.begin():
+                return fn(conn, *args, **kwargs)
 
     @asynccontextmanager
     async def _connection(self) -> AsyncIterator[AsyncConnection]:
@@ -98,13 +128,13 @@ class Store:
         await self.engine.dispose()
 
 
-async def _begin_sqlite_writer(conn: AsyncConnection) -> None:
+def _begin_sqlite_writer(conn: Connection) -> None:
     """Take the write lock with BEGIN IMMEDIATE, backing off asynchronously while
     another process holds it (SQLAlchemy's ``begin`` then adopts the transaction:
     the "begin" event emits nothing for writers, and the driver's commit and
-    rollback end whatever transaction the connection is in)."""
-    raw = await conn.get_raw_connection()
-    dbapi = raw.driver_connection
+    rollback end whatever transaction the connection is in). Runs in SQLAlchemy's
+    greenlet, whose awaits suspend the calling task, not the loop."""
+    dbapi = conn.connection.driver_connection
     assert dbapi is not None
     deadline = time.monotonic() + SQLITE_LOCK_WAIT_SECONDS
     pause = 0.001
@@ -121,8 +151,21 @@ async def _begin_sqlite_writer(conn: AsyncConnection) -> None:
                 raise Unavailable(
                     "the store is locked by another process", reason="STORE_BUSY"
                 ) from exc
-        await asyncio.sleep(pause)
+        await_only(asyncio.sleep(pause))
         pause = min(pause * 2, 0.05)
+
+
+@contextmanager
+def _store_errors() -> Iterator[None]:
+    """The store's failures as the domain's: UNAVAILABLE when it cannot be reached."""
+    try:
+        yield
+    except (OperationalError, OSError, ConnectionError) as exc:
+        raise Unavailable("the store cannot be reached", reason="STORE_UNAVAILABLE") from exc
+    except DBAPIError as exc:
+        if exc.connection_invalidated:
+            raise Unavailable("the store connection was lost", reason="STORE_UNAVAILABLE") from exc
+        raise
 
 
 def create_store(url: str, **engine_kwargs: Any) -> Store:
