@@ -21,7 +21,7 @@ from typing import Any, Protocol
 from coopgate.v1 import admin_pb2, cases_pb2, common_pb2
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 from google.protobuf import timestamp_pb2
-from sqlalchemy import Row, and_, bindparam, insert, or_, select, update
+from sqlalchemy import Connection, Row, and_, bindparam, insert, or_, select, update
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from gateway.admin import load_service
@@ -696,27 +696,9 @@ class Cases:
         if not request.case_id:
             raise InvalidArgument.field("case_id", "is required")
         self._check_purpose(request.purpose)
-        async with self.store.read() as conn:
-            rows = (await conn.execute(_VIEW_CASE, {"case_id": request.case_id})).all()
-            if not any(r.participant_id == caller.partner_id for r in rows):
-                # Absent and not ours look the same: a case's existence is not revealed.
-                raise NotFound(f"case {request.case_id!r} not found", reason="CASE_NOT_FOUND")
-            row = _case_row(rows[0])
-            participants = [
-                Participant(r.participant_id, r.participant_role, r.participant_person_id)
-                for r in rows
-            ]
-            key = self.sealer.unwrap(row.case_id, rows[0].wrapped_key)
-            header = await self._header(conn, caller, row, participants, key)
-            timeline = await self._timeline(conn, row, key)
-            decisions = await self.rules.evaluate(
-                conn,
-                reader_partner_id=caller.partner_id,
-                subject_id=row.subject_id,
-                service_id=row.service_id,
-                purpose=request.purpose,
-                flows=timeline.flows,
-            )
+        row, participants, header, timeline, decisions = await self.store.run_read(
+            self._view_in, caller, request.case_id, request.purpose
+        )
         shown = [decisions[flow].allowed for flow in timeline.flows]
         served = sum(n for n, ok in zip(timeline.counts, shown, strict=True) if ok)
         # Durable before anything is served: a read that cannot be logged does not happen.
@@ -753,12 +735,44 @@ class Cases:
             _encoded_field(_VIEW_FIELD, view.SerializeToString() + items)
         )
 
+    def _view_in(
+        self, conn: Connection, caller: Caller, case_id: str, purpose: str
+    ) -> tuple[
+        CaseRow, list[Participant], cases_pb2.CaseHeader, Timeline, dict[Flow, AccessDecision]
+    ]:
+        """What one view reads, in one read transaction (see `Store.run_read`)."""
+        rows = conn.execute(_VIEW_CASE, {"case_id": case_id}).all()
+        if not any(r.participant_id == caller.partner_id for r in rows):
+            # Absent and not ours look the same: a case's existence is not revealed.
+            raise NotFound(f"case {case_id!r} not found", reason="CASE_NOT_FOUND")
+        row = _case_row(rows[0])
+        participants = [
+            Participant(r.participant_id, r.participant_role, r.participant_person_id) for r in rows
+        ]
+        key = self.sealer.unwrap(row.case_id, rows[0].wrapped_key)
+        header = self._header_in(conn, caller, row, participants, key)
+        timeline = self._timeline_in(conn, row, key)
+        decisions = self.rules.evaluate_in(
+            conn,
+            reader_partner_id=caller.partner_id,
+            subject_id=row.subject_id,
+            service_id=row.service_id,
+            purpose=purpose,
+            flows=timeline.flows,
+        )
+        return row, participants, header, timeline, decisions
+
     async def summary(
         self, conn: AsyncConnection, row: CaseRow, key: AESGCM | Missing | None = MISSING
     ) -> str:
         """The customer's own words as first reported (unless erased)."""
+        return await conn.run_sync(self.summary_in, row, key)
+
+    def summary_in(
+        self, conn: Connection, row: CaseRow, key: AESGCM | Missing | None = MISSING
+    ) -> str:
         if isinstance(key, Missing):
-            key = await self.sealer.key(conn, row.case_id)
+            key = self.sealer.key_in(conn, row.case_id)
         return self.sealer.open_text(key, row.summary, f"{row.case_id}/summary")
 
     async def open_events(
@@ -769,8 +783,17 @@ class Cases:
         key: AESGCM | Missing | None = MISSING,
     ) -> list[TimelineEvent]:
         """Unseal stored events; those of an erased case keep only their place."""
+        return await conn.run_sync(self.open_events_in, case_id, rows, key)
+
+    def open_events_in(
+        self,
+        conn: Connection,
+        case_id: str,
+        rows: Sequence[Row[Any]],
+        key: AESGCM | Missing | None = MISSING,
+    ) -> list[TimelineEvent]:
         if isinstance(key, Missing):
-            key = await self.sealer.key(conn, case_id)
+            key = self.sealer.key_in(conn, case_id)
         events = []
         for r in rows:
             try:
@@ -788,14 +811,14 @@ class Cases:
             events.append(TimelineEvent(r.sequence, r.source_partner_id, r.category, item))
         return events
 
-    async def _timeline(self, conn: AsyncConnection, row: CaseRow, key: AESGCM | None) -> Timeline:
+    def _timeline_in(self, conn: Connection, row: CaseRow, key: AESGCM | None) -> Timeline:
         """The case's events in time order, parsed once per version of the case."""
         cached = self._timelines.get(row.case_id)
         if cached is not None and cached[0] == row.last_sequence and key is not None:
             self._timelines.move_to_end(row.case_id)
             return cached[1]
-        rows = (await conn.execute(_TIMELINE, {"case_id": row.case_id})).all()
-        timeline = Timeline.of(await self.open_events(conn, row.case_id, rows, key))
+        rows = conn.execute(_TIMELINE, {"case_id": row.case_id}).all()
+        timeline = Timeline.of(self.open_events_in(conn, row.case_id, rows, key))
         if timeline.events and timeline.position == row.last_sequence and key is not None:
             self._timelines[row.case_id] = (row.last_sequence, timeline)
             while len(self._timelines) > TIMELINE_CACHE_CASES:
@@ -1036,6 +1059,16 @@ class Cases:
         participants: Sequence[Participant | Row[Any]] | None = None,
         key: AESGCM | Missing | None = MISSING,
     ) -> cases_pb2.CaseHeader:
+        return await conn.run_sync(self._header_in, caller, row, participants, key)
+
+    def _header_in(
+        self,
+        conn: Connection,
+        caller: Caller,
+        row: CaseRow,
+        participants: Sequence[Participant | Row[Any]] | None = None,
+        key: AESGCM | Missing | None = MISSING,
+    ) -> cases_pb2.CaseHeader:
         header = cases_pb2.CaseHeader(
             case_id=row.case_id,
             service_id=row.service_id,
@@ -1045,23 +1078,21 @@ class Cases:
             first_contact_channel=row.first_contact_channel,  # type: ignore[arg-type]
             relationship_owner_id=row.relationship_owner_id or "",
             summary=(
-                await self.summary(conn, row, key)
+                self.summary_in(conn, row, key)
                 if caller.partner_id == row.first_contact_partner_id
                 else ""
             ),
         )
         _set_time(header.opened_at, row.opened_at)
-        levels = await self._service_levels(conn, row)
+        levels = self._service_levels_in(conn, row)
         if levels is not None:
             _set_time(header.owner_due_at, row.opened_at + levels.time_to_owner.ToTimedelta())
             _set_time(
                 header.resolution_due_at, row.opened_at + levels.time_to_resolution.ToTimedelta()
             )
         if participants is None:
-            participants = (
-                await conn.execute(
-                    select(case_participants).where(case_participants.c.case_id == row.case_id)
-                )
+            participants = conn.execute(
+                select(case_participants).where(case_participants.c.case_id == row.case_id)
             ).all()
         header.resolver_ids.extend(
             sorted(
@@ -1070,17 +1101,13 @@ class Cases:
         )
         return header
 
-    async def _service_levels(
-        self, conn: AsyncConnection, row: CaseRow
-    ) -> admin_pb2.ServiceLevel | None:
+    def _service_levels_in(self, conn: Connection, row: CaseRow) -> admin_pb2.ServiceLevel | None:
         """The service levels the case was opened under (cached per service version)."""
         key = (row.service_id, row.service_version)
         if key not in self._levels:
-            found = (
-                await conn.execute(
-                    select(services.c.version, services.c.definition).where(
-                        services.c.service_id == row.service_id
-                    )
+            found = conn.execute(
+                select(services.c.version, services.c.definition).where(
+                    services.c.service_id == row.service_id
                 )
             ).first()
             if found is None:

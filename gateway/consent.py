@@ -23,6 +23,7 @@ from google.protobuf.message import Message
 from sqlalchemy import (
     BindParameter,
     CompoundSelect,
+    Connection,
     Row,
     bindparam,
     func,
@@ -189,6 +190,28 @@ class ConsentRules:
         at: dt.datetime | None = None,
     ) -> dict[Flow, AccessDecision]:
         """The decisions alone, without auditing them (callers audit through ``decide``)."""
+        return await conn.run_sync(
+            self.evaluate_in,
+            reader_partner_id=reader_partner_id,
+            subject_id=subject_id,
+            service_id=service_id,
+            purpose=purpose,
+            flows=flows,
+            at=at,
+        )
+
+    def evaluate_in(
+        self,
+        conn: Connection,
+        *,
+        reader_partner_id: str,
+        subject_id: str,
+        service_id: str,
+        purpose: str,
+        flows: Iterable[Flow],
+        at: dt.datetime | None = None,
+    ) -> dict[Flow, AccessDecision]:
+        """`evaluate` on a synchronous connection (inside `Store.run_read`)."""
         at = at or _now()
         decisions: dict[Flow, AccessDecision] = {}
         foreign: set[Flow] = set()
@@ -200,7 +223,7 @@ class ConsentRules:
             else:
                 foreign.add(flow)
         if foreign:
-            agreements, grants = await self._lookup(
+            agreements, grants = _lookup(
                 conn,
                 {f.source_partner_id for f in foreign},
                 reader_partner_id,
@@ -214,40 +237,40 @@ class ConsentRules:
                 )
         return decisions
 
-    async def _lookup(
-        self,
-        conn: AsyncConnection,
-        sources: set[str],
-        recipient: str,
-        subject_id: str,
-        service_id: str,
-        at: dt.datetime,
-    ) -> tuple[list[admin_pb2.SharingAgreement], list[Grant]]:
-        """The agreements in force and the subject's consents, in one round trip."""
-        agreements: list[admin_pb2.SharingAgreement] = []
-        grants: list[Grant] = []
-        params: dict[str, object] = {
-            "subject": subject_id,
-            "recipient": recipient,
-            "service": service_id,
-            "at": at,
-        }
-        ordered = sorted(sources)
-        params.update((f"source{n}", source) for n, source in enumerate(ordered))
-        for row in await conn.execute(_lookup_statement(len(ordered)), params):
-            if row.kind == "a":
-                agreements.append(_parsed(admin_pb2.SharingAgreement, row.definition))
-            else:
-                grants.append(
-                    Grant(
-                        row.consent_id,
-                        row.state,
-                        row.valid_from,
-                        row.valid_until,
-                        _parsed(consents_pb2.Consent, row.definition),
-                    )
+
+def _lookup(
+    conn: Connection,
+    sources: set[str],
+    recipient: str,
+    subject_id: str,
+    service_id: str,
+    at: dt.datetime,
+) -> tuple[list[admin_pb2.SharingAgreement], list[Grant]]:
+    """The agreements in force and the subject's consents, in one round trip."""
+    agreements: list[admin_pb2.SharingAgreement] = []
+    grants: list[Grant] = []
+    params: dict[str, object] = {
+        "subject": subject_id,
+        "recipient": recipient,
+        "service": service_id,
+        "at": at,
+    }
+    ordered = sorted(sources)
+    params.update((f"source{n}", source) for n, source in enumerate(ordered))
+    for row in conn.execute(_lookup_statement(len(ordered)), params):
+        if row.kind == "a":
+            agreements.append(_parsed(admin_pb2.SharingAgreement, row.definition))
+        else:
+            grants.append(
+                Grant(
+                    row.consent_id,
+                    row.state,
+                    row.valid_from,
+                    row.valid_until,
+                    _parsed(consents_pb2.Consent, row.definition),
                 )
-        return agreements, grants
+            )
+    return agreements, grants
 
 
 @functools.lru_cache(maxsize=64)

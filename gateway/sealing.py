@@ -17,7 +17,7 @@ from collections import OrderedDict
 
 from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
-from sqlalchemy import bindparam, insert, select, update
+from sqlalchemy import Connection, bindparam, insert, select, update
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from gateway.store.schema import case_keys, cases
@@ -59,6 +59,10 @@ class Sealer:
     async def key(self, conn: AsyncConnection, case_id: str) -> AESGCM | None:
         """The case's key, or None once erased."""
         return self.unwrap(case_id, (await conn.execute(_KEY, {"case_id": case_id})).scalar())
+
+    def key_in(self, conn: Connection, case_id: str) -> AESGCM | None:
+        """`key` on a synchronous connection."""
+        return self.unwrap(case_id, conn.execute(_KEY, {"case_id": case_id}).scalar())
 
     def unwrap(self, case_id: str, wrapped: bytes | None) -> AESGCM | None:
         """The key stored wrapped as ``wrapped`` (None: erased). Every read still fetches
