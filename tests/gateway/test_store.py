@@ -209,3 +209,34 @@ async def test_concurrent_sqlite_writers_in_one_process_all_commit(tmp_path: obj
         assert tuple(total) == (100, 0)
     finally:
         await store.close()
+
+
+async def test_sqlite_wal_is_checkpointed_off_the_loop(tmp_path: object) -> None:
+    """Store connections never checkpoint at commit (that stalled the loop); the store's
+    checkpointer thread copies the log back, so the database file holds the writes."""
+    import asyncio
+    import os
+
+    path = f"{tmp_path}/wal.db"
+    store = create_store(f"sqlite:///{path}")
+    try:
+        async with store.read() as conn:
+            assert (await conn.execute(text("PRAGMA wal_autocheckpoint"))).scalar() == 0
+        async with store.write() as conn:
+            await conn.execute(text("CREATE TABLE t (x BLOB)"))
+        for _ in range(200):
+            async with store.write() as conn:
+                await conn.execute(text("INSERT INTO t VALUES (randomblob(4000))"))
+        assert store.checkpointer is not None
+        runs = store.checkpointer.runs
+        for _ in range(100):  # a few checkpointer periods
+            if store.checkpointer.runs > runs + 1:
+                break
+            await asyncio.sleep(0.05)
+        assert store.checkpointer.runs > runs + 1
+        # The rows reached the database file itself (without a checkpoint they would
+        # only be in the -wal file: no store connection checkpoints).
+        assert os.path.getsize(path) > 200 * 4000
+    finally:
+        await store.close()
+    assert store.checkpointer is None
