@@ -260,3 +260,24 @@ async def test_proof_reads_of_an_unreachable_store_are_unavailable() -> None:
                 await conn.execute(select(audit_nodes.c.idx))
     finally:
         await store.close()
+
+
+async def test_an_over_long_column_value_is_refused_or_kept_whole(store: Store) -> None:
+    """PostgreSQL refuses a subject id longer than its column, as a Core insert would; it is
+    never stored cut short (its indexed column would no longer match the entry)."""
+    from sqlalchemy.exc import DBAPIError
+
+    long = AuditRecord(kind="access", actor_partner_id="bank-a", subject_id="f" * 65)
+    try:
+        async with store.write() as conn:
+            await append(conn, [RECORD, long])
+    except DBAPIError:
+        assert not store.is_sqlite  # SQLite does not enforce VARCHAR lengths
+        entries, nodes = await _audit_rows(store)
+        assert (entries, nodes) == ([], [])
+        return
+    async with store.read() as conn:
+        stored = (
+            await conn.execute(select(audit_entries.c.subject_id).where(audit_entries.c.idx == 1))
+        ).scalar_one()
+    assert stored == long.subject_id
