@@ -20,7 +20,7 @@ from collections.abc import AsyncIterator, Callable, Iterator
 from contextlib import asynccontextmanager, contextmanager
 from typing import Any, Concatenate, ParamSpec, TypeVar
 
-from sqlalchemy import Connection, event
+from sqlalchemy import Connection, Engine, create_engine, event
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import DBAPIError, OperationalError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
@@ -85,8 +85,9 @@ class WalCheckpointer:
 class Store:
     """Owns the engine; hands out read and write transactions."""
 
-    def __init__(self, engine: AsyncEngine) -> None:
+    def __init__(self, engine: AsyncEngine, scans: Engine | None = None) -> None:
         self.engine = engine
+        self._scans = scans
         self.is_sqlite = engine.dialect.name == "sqlite"
         # One writer at a time per process: SQLite has one write lock per database.
         self._write_lock = asyncio.Lock() if self.is_sqlite else None
@@ -141,6 +142,24 @@ class Store:
             async with self._write_lock:
                 return await greenlet_spawn(self._run_in, fn, True, args, kwargs)
 
+    async def run_scan(
+        self, fn: Callable[Concatenate[Connection, P], T], *args: P.args, **kwargs: P.kwargs
+    ) -> T:
+        """``fn(conn, ...)`` in a read transaction that may take long (a filter no index
+        serves, over a large log): on SQLite, whose statements otherwise run on the loop,
+        it runs on a worker thread with a connection of its own, so that every other
+        request goes on meanwhile (sqlite3 releases the GIL while it steps); on
+        PostgreSQL it is `run_read`, whose waits are already asynchronous."""
+        if self._scans is None:
+            return await self.run_read(fn, *args, **kwargs)
+        scans = self._scans
+
+        def scan() -> T:
+            with _store_errors(), scans.connect() as conn, conn.begin():
+                return fn(conn, *args, **kwargs)
+
+        return await asyncio.to_thread(scan)
+
     def _run_in(
         self,
         fn: Callable[..., T],
@@ -178,6 +197,8 @@ class Store:
             self.checkpointer.stop()
             self.checkpointer = None
         await self.engine.dispose()
+        if self._scans is not None:
+            self._scans.dispose()
 
 
 def _begin_sqlite_writer(conn: Connection) -> None:
@@ -226,16 +247,16 @@ def create_store(url: str, **engine_kwargs: Any) -> Store:
         # Any sqlite URL runs on the inline driver (see inline_sqlite).
         parsed = parsed.set(drivername=f"sqlite+{INLINE_DRIVER}")
         engine = create_async_engine(parsed, **engine_kwargs)
-        _configure_sqlite(engine)
-    else:
-        engine_kwargs.setdefault("pool_pre_ping", True)
-        engine = create_async_engine(url, **engine_kwargs)
-    return Store(engine)
+        _configure_sqlite(engine.sync_engine)
+        # Long scans run on a thread of their own, on plain pysqlite connections.
+        scans = create_engine(parsed.set(drivername="sqlite+pysqlite"), pool_size=2)
+        _configure_sqlite(scans)
+        return Store(engine, scans)
+    engine_kwargs.setdefault("pool_pre_ping", True)
+    return Store(create_async_engine(url, **engine_kwargs))
 
 
-def _configure_sqlite(engine: AsyncEngine) -> None:
-    sync_engine = engine.sync_engine
-
+def _configure_sqlite(sync_engine: Engine) -> None:
     @event.listens_for(sync_engine, "connect")
     def _on_connect(dbapi_connection: Any, _record: Any) -> None:
         # Let the "begin" event below emit BEGIN itself (writers: `_begin_sqlite_writer`).

@@ -240,3 +240,40 @@ async def test_sqlite_wal_is_checkpointed_off_the_loop(tmp_path: object) -> None
     finally:
         await store.close()
     assert store.checkpointer is None
+
+
+async def test_a_long_scan_runs_off_the_loop(database_url: str) -> None:
+    """`run_scan` on SQLite runs on a worker thread: the scan below can only finish if
+    the event loop keeps running while it is in progress (on PostgreSQL the statement's
+    wait is asynchronous anyway)."""
+    import asyncio
+    import threading
+
+    from sqlalchemy import Connection
+
+    store = create_store(database_url)
+    loop_ran = threading.Event()
+    scanning = threading.Event()
+
+    def scan(conn: Connection) -> int:
+        scanning.set()
+        # Stands in for a long statement: holds the scan until the loop has run on.
+        assert loop_ran.wait(10), "the loop was blocked by the scan"
+        return int(conn.execute(text("SELECT 41 + 1")).scalar_one())
+
+    async def the_loop_goes_on() -> None:
+        while not scanning.is_set():
+            await asyncio.sleep(0.001)
+        async with store.read() as conn:  # another request, served meanwhile
+            await conn.execute(text("SELECT 1"))
+        loop_ran.set()
+
+    try:
+        if store.is_sqlite:
+            result, _ = await asyncio.gather(store.run_scan(scan), the_loop_goes_on())
+            assert result == 42
+        else:
+            loop_ran.set()
+            assert await store.run_scan(scan) == 42
+    finally:
+        await store.close()
