@@ -252,7 +252,10 @@ def create_store(url: str, **engine_kwargs: Any) -> Store:
         scans = create_engine(parsed.set(drivername="sqlite+pysqlite"), pool_size=2)
         _configure_sqlite(scans)
         return Store(engine, scans)
-    engine_kwargs.setdefault("pool_pre_ping", True)
+    # No ping before each checkout: it was one of a proof's two round trips and two of
+    # a view's. A connection the server dropped fails its statement instead, which the
+    # store reports as UNAVAILABLE (clients retry those) while SQLAlchemy invalidates
+    # the pool, so the retry gets a fresh connection.
     return Store(create_async_engine(url, **engine_kwargs))
 
 

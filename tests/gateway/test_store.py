@@ -277,3 +277,44 @@ async def test_a_long_scan_runs_off_the_loop(database_url: str) -> None:
             assert await store.run_scan(scan) == 42
     finally:
         await store.close()
+
+
+async def test_a_dropped_postgresql_connection_fails_once_as_unavailable(
+    pg_database_factory: object,
+) -> None:
+    """No ping before each checkout: when the server drops the pooled connections, the
+    next statement fails as UNAVAILABLE (nothing half-done), and the one after it runs
+    on a fresh connection."""
+    from collections.abc import Awaitable, Callable
+
+    import asyncpg
+    import pytest
+
+    from gateway.errors import Unavailable
+    from tests.conftest import PG_ADMIN_DSN
+
+    assert callable(pg_database_factory)
+    factory: Callable[[], Awaitable[str]] = pg_database_factory
+    url = await factory()
+    store = create_store(url)
+    try:
+        async with store.read() as conn:
+            await conn.execute(text("SELECT 1"))
+        database = store.engine.url.database
+        admin = await asyncpg.connect(PG_ADMIN_DSN)
+        try:
+            dropped = await admin.fetchval(
+                "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity"
+                " WHERE datname = $1 AND pid <> pg_backend_pid()",
+                database,
+            )
+        finally:
+            await admin.close()
+        assert dropped >= 1
+        with pytest.raises(Unavailable):
+            async with store.read() as conn:
+                await conn.execute(text("SELECT 1"))
+        async with store.read() as conn:
+            assert (await conn.execute(text("SELECT 2"))).scalar() == 2
+    finally:
+        await store.close()
