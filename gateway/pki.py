@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import datetime as dt
 import enum
+import functools
 import ipaddress
 import os
 import re
@@ -196,8 +197,11 @@ class CertificateAuthority:
 
 
 @lru_cache(maxsize=4096)
+@functools.lru_cache(maxsize=1024)
 def identity_from_pem(pem: bytes) -> CertIdentity:
-    """Read partner and role from a client certificate the TLS layer already verified."""
+    """Read partner and role from a client certificate the TLS layer already verified
+    (a pure function of the certificate: the most recent are kept, every call of a
+    connection presents the same one)."""
     cert = x509.load_pem_x509_certificate(pem)
     orgs = cert.subject.get_attributes_for_oid(NameOID.ORGANIZATION_NAME)
     units = cert.subject.get_attributes_for_oid(NameOID.ORGANIZATIONAL_UNIT_NAME)
