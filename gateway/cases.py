@@ -84,23 +84,6 @@ _VISIBLE_CASE = select(cases).where(
     )
     .exists(),
 )
-#: The case, its key and every participant, in one statement: one row per participant.
-_VIEW_CASE = (
-    select(
-        cases,
-        case_keys.c.wrapped_key,
-        case_participants.c.partner_id.label("participant_id"),
-        case_participants.c.role.label("participant_role"),
-        case_participants.c.person_id.label("participant_person_id"),
-    )
-    .select_from(
-        cases.join(case_participants, case_participants.c.case_id == cases.c.case_id).outerjoin(
-            case_keys, case_keys.c.case_id == cases.c.case_id
-        )
-    )
-    .where(cases.c.case_id == bindparam("case_id"))
-    .order_by(case_participants.c.role, case_participants.c.partner_id)
-)
 _TIMELINE = (
     select(
         case_events.c.sequence,
@@ -209,6 +192,25 @@ class CaseRow:
     relationship_owner_id: str | None
     opened_at: dt.datetime
     last_sequence: int
+
+
+#: The case, its key and every participant, in one statement: one row per participant.
+_VIEW_CASE = (
+    select(
+        *(cases.c[name] for name in CaseRow.__dataclass_fields__),
+        case_keys.c.wrapped_key,
+        case_participants.c.partner_id.label("participant_id"),
+        case_participants.c.role.label("participant_role"),
+        case_participants.c.person_id.label("participant_person_id"),
+    )
+    .select_from(
+        cases.join(case_participants, case_participants.c.case_id == cases.c.case_id).outerjoin(
+            case_keys, case_keys.c.case_id == cases.c.case_id
+        )
+    )
+    .where(cases.c.case_id == bindparam("case_id"))
+    .order_by(case_participants.c.role, case_participants.c.partner_id)
+)
 
 
 def _now() -> dt.datetime:

@@ -296,8 +296,9 @@ def _lookup_statement(sources: int) -> CompoundSelect[Any]:
             literal("a"),
             sharing_agreements.c.agreement_id,
             null(),
-            sharing_agreements.c.valid_from,
-            sharing_agreements.c.valid_until,
+            # In force is decided by the WHERE clause: no timestamps to convert.
+            null(),
+            null(),
             sharing_agreements.c.definition,
         ).where(
             sharing_agreements.c.source_partner_id.in_(names),
