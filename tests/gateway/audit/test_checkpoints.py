@@ -7,7 +7,6 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import stat
-from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest
@@ -30,20 +29,10 @@ from gateway.audit.log import AuditRecord, append
 from gateway.audit.store_tree import consistency_nodes, load_tree
 from gateway.settings import Settings
 from gateway.stack import open_runtime
-from gateway.store import Store, create_store, migrate
+from gateway.store import Store
 from gateway.store.schema import audit_checkpoints, audit_entries, audit_head, audit_nodes
 
 ORIGIN = "coopgate.test/audit/checkpoints"
-
-
-@pytest.fixture
-async def store(database_url: str) -> AsyncIterator[Store]:
-    store = create_store(database_url)
-    await migrate(store)
-    try:
-        yield store
-    finally:
-        await store.close()
 
 
 async def add(store: Store, count: int) -> None:

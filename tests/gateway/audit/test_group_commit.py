@@ -4,24 +4,12 @@ committed at once; every record gets its own index, on SQLite and PostgreSQL."""
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator
 
-import pytest
 from sqlalchemy import event, func, select
 
 from gateway.audit.log import AuditLog, AuditRecord
-from gateway.store import Store, create_store, migrate
+from gateway.store import Store
 from gateway.store.schema import audit_entries
-
-
-@pytest.fixture
-async def store(database_url: str) -> AsyncIterator[Store]:
-    store = create_store(database_url)
-    await migrate(store)
-    try:
-        yield store
-    finally:
-        await store.close()
 
 
 def _record(n: int) -> AuditRecord:

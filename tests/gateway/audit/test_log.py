@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import datetime as dt
 import json
-from collections.abc import AsyncIterator
 from typing import Any
 
 import pytest
@@ -118,16 +117,6 @@ def test_a_lone_surrogate_is_refused_as_before() -> None:
         reference(odd, AT)
     with pytest.raises(UnicodeEncodeError):
         canonical(odd, AT)
-
-
-@pytest.fixture
-async def store(database_url: str) -> AsyncIterator[Store]:
-    store = create_store(database_url)
-    await migrate(store)
-    try:
-        yield store
-    finally:
-        await store.close()
 
 
 async def test_appended_rows_read_back_as_core_writes_them(store: Store) -> None:

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import asyncio
 import random
-from collections.abc import AsyncIterator
 
 import pytest
 from sqlalchemy import select
@@ -29,18 +28,8 @@ from gateway.audit.store_tree import (
     log_size,
     root_nodes,
 )
-from gateway.store import Store, create_store, migrate
+from gateway.store import Store
 from gateway.store.schema import audit_entries, audit_nodes
-
-
-@pytest.fixture
-async def store(database_url: str) -> AsyncIterator[Store]:
-    store = create_store(database_url)
-    await migrate(store)
-    try:
-        yield store
-    finally:
-        await store.close()
 
 
 def record(n: int) -> AuditRecord:
