@@ -12,12 +12,11 @@ from collections.abc import AsyncIterator, Collection, Iterable, Mapping
 from contextlib import asynccontextmanager
 
 from sqlalchemy import Connection, TextClause, select, text
-from sqlalchemy.exc import DBAPIError, OperationalError
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from gateway.audit.merkle import consistency_ranges, inclusion_ranges, perfect_subtrees
-from gateway.errors import Unavailable
 from gateway.store import Store
+from gateway.store.engine import store_errors
 from gateway.store.schema import audit_head
 
 Node = tuple[int, int]
@@ -131,12 +130,6 @@ async def statement_reads(store: Store) -> AsyncIterator[AsyncConnection]:
         async with store.read() as conn:
             yield conn
         return
-    try:
+    with store_errors():
         async with store.engine.connect() as conn:
             yield await conn.execution_options(isolation_level="AUTOCOMMIT")
-    except (OperationalError, OSError, ConnectionError) as exc:
-        raise Unavailable("the store cannot be reached", reason="STORE_UNAVAILABLE") from exc
-    except DBAPIError as exc:
-        if exc.connection_invalidated:
-            raise Unavailable("the store connection was lost", reason="STORE_UNAVAILABLE") from exc
-        raise

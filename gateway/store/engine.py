@@ -113,7 +113,7 @@ class Store:
 
     @asynccontextmanager
     async def _transaction(self, *, writer: bool) -> AsyncIterator[AsyncConnection]:
-        with _store_errors():
+        with store_errors():
             async with self._connection() as conn:
                 if writer:
                     conn = await conn.execution_options(**{_WRITER: True})
@@ -129,14 +129,14 @@ class Store:
         transaction in one greenlet, where `read` costs one per statement, and as many
         again to connect, begin, commit and close (measured: 175 -> 100 µs for a
         two-statement read on SQLite). For the hottest reads."""
-        with _store_errors():
+        with store_errors():
             return await greenlet_spawn(self._run_in, fn, False, args, kwargs)
 
     async def run_write(
         self, fn: Callable[Concatenate[Connection, P], T], *args: P.args, **kwargs: P.kwargs
     ) -> T:
         """``fn(conn, ...)`` in a write transaction, as `run_read` does a read."""
-        with _store_errors():
+        with store_errors():
             if self._write_lock is None:
                 return await greenlet_spawn(self._run_in, fn, True, args, kwargs)
             async with self._write_lock:
@@ -155,7 +155,7 @@ class Store:
         scans = self._scans
 
         def scan() -> T:
-            with _store_errors(), scans.connect() as conn, conn.begin():
+            with store_errors(), scans.connect() as conn, conn.begin():
                 return fn(conn, *args, **kwargs)
 
         return await asyncio.to_thread(scan)
@@ -229,7 +229,7 @@ def _begin_sqlite_writer(conn: Connection) -> None:
 
 
 @contextmanager
-def _store_errors() -> Iterator[None]:
+def store_errors() -> Iterator[None]:
     """The store's failures as the domain's: UNAVAILABLE when it cannot be reached."""
     try:
         yield
