@@ -104,12 +104,24 @@ class Store:
     @asynccontextmanager
     async def write(self) -> AsyncIterator[AsyncConnection]:
         """A write transaction, committed when the block exits cleanly."""
-        if self._write_lock is None:
-            async with self._transaction(writer=True) as conn:
-                yield conn
-            return
-        async with self._write_lock, self._transaction(writer=True) as conn:
+        async with self._writer_turn(), self._transaction(writer=True) as conn:
             yield conn
+
+    @asynccontextmanager
+    async def _writer_turn(self) -> AsyncIterator[None]:
+        """This process's turn to write (SQLite): bounded like a wait for another process,
+        so that a write awaited from inside another write fails instead of hanging."""
+        if self._write_lock is None:
+            yield
+            return
+        try:
+            await asyncio.wait_for(self._write_lock.acquire(), SQLITE_LOCK_WAIT_SECONDS)
+        except TimeoutError:
+            raise Unavailable("the store is busy with another write", reason="STORE_BUSY") from None
+        try:
+            yield
+        finally:
+            self._write_lock.release()
 
     @asynccontextmanager
     async def _transaction(self, *, writer: bool) -> AsyncIterator[AsyncConnection]:
@@ -137,9 +149,7 @@ class Store:
     ) -> T:
         """``fn(conn, ...)`` in a write transaction, as `run_read` does a read."""
         with store_errors():
-            if self._write_lock is None:
-                return await greenlet_spawn(self._run_in, fn, True, args, kwargs)
-            async with self._write_lock:
+            async with self._writer_turn():
                 return await greenlet_spawn(self._run_in, fn, True, args, kwargs)
 
     async def run_scan(

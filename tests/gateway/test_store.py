@@ -318,3 +318,31 @@ async def test_a_dropped_postgresql_connection_fails_once_as_unavailable(
             assert (await conn.execute(text("SELECT 2"))).scalar() == 2
     finally:
         await store.close()
+
+
+async def test_a_write_awaited_inside_another_write_fails_instead_of_hanging(
+    tmp_path: object, monkeypatch: object
+) -> None:
+    """SQLite has one writer: a write that waits for one its own caller holds would wait
+    forever. It gives up as UNAVAILABLE after the lock wait, and nothing is written."""
+    import pytest
+
+    from gateway.errors import Unavailable
+    from gateway.store import engine
+
+    assert isinstance(monkeypatch, pytest.MonkeyPatch)
+    monkeypatch.setattr(engine, "SQLITE_LOCK_WAIT_SECONDS", 0.2)
+    store = create_store(f"sqlite:///{tmp_path}/nested.db")
+    try:
+        async with store.write() as conn:
+            await conn.execute(text("CREATE TABLE t (x INTEGER)"))
+        with pytest.raises(Unavailable) as caught:
+            async with store.write() as outer:
+                await outer.execute(text("INSERT INTO t VALUES (1)"))
+                async with store.write() as inner:
+                    await inner.execute(text("INSERT INTO t VALUES (2)"))
+        assert caught.value.reason == "STORE_BUSY"
+        async with store.read() as conn:
+            assert (await conn.execute(text("SELECT count(*) FROM t"))).scalar() == 0
+    finally:
+        await store.close()
