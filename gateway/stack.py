@@ -254,7 +254,7 @@ async def open_runtime(
                 consents=consents,
                 work=PartnerWork(store),
                 identity=Identity(store, pseudonyms, identifier_hasher, audit, sealer),
-                audit=Audit(store, checkpointer, pseudonyms),
+                audit=Audit(store, checkpointer, pseudonyms, audit),
             ),
             activities=IncidentActivities(store, cases, rules, audit, pseudonyms),
             audit=audit,

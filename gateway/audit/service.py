@@ -24,6 +24,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 from gateway.audit import merkle
 from gateway.audit.checkpoints import Checkpointer
 from gateway.audit.kinds import DECISION_NAMES, DECISIONS, KIND_NAMES, KINDS
+from gateway.audit.log import AuditLog, AuditRecord
 from gateway.audit.store_tree import (
     LogTooShort,
     Node,
@@ -45,6 +46,29 @@ DEFAULT_PAGE_SIZE = 100
 MAX_PAGE_SIZE = 1000
 SUBJECT_ID = re.compile(r"[0-9a-f]{1,64}")
 _TOKEN_PREFIX = "after:"
+
+
+def _listing_record(caller: Caller, request: audit_pb2.QueryAuditRequest) -> AuditRecord:
+    filters = {
+        "subject_id": request.subject_id,
+        "partner_id": request.partner_id,
+        "case_id": request.case_id,
+        "purpose": request.purpose,
+        "decision": DECISION_NAMES.get(request.decision, ""),
+        "kind": KIND_NAMES.get(request.kind, ""),
+    }
+    if request.HasField("time_range"):
+        filters["time_range"] = json.dumps(
+            [request.time_range.start.ToJsonString(), request.time_range.end.ToJsonString()]
+        )
+    return AuditRecord(
+        kind="access",
+        action="audit.query",
+        actor_partner_id=caller.partner_id,
+        actor_person_id=caller.person_id,
+        decision="allow",
+        details=tuple(sorted((k, v) for k, v in filters.items() if v)),
+    )
 
 
 def _entry_body(canonical: bytes) -> dict[str, Any]:
@@ -103,10 +127,13 @@ def _in_time_range(query: Select[Any], time_range: common_pb2.TimeRange) -> Sele
 class Audit:
     """What AuditService does; who may do it is checked here, the servicer only passes on."""
 
-    def __init__(self, store: Store, checkpointer: Checkpointer, pseudonyms: Pseudonyms) -> None:
+    def __init__(
+        self, store: Store, checkpointer: Checkpointer, pseudonyms: Pseudonyms, log: AuditLog
+    ) -> None:
         self.store = store
         self.checkpointer = checkpointer
         self.pseudonyms = pseudonyms
+        self.log = log
 
     async def query(
         self, caller: Caller, request: audit_pb2.QueryAuditRequest
@@ -151,6 +178,11 @@ class Audit:
         # A filter no index serves can scan the whole log: off the loop (`run_scan`).
         page = query.limit(size + 1)
         rows = await self.store.run_scan(lambda conn: conn.execute(page).all())
+        if not request.page.page_token:
+            # Reading the log is itself logged, once per listing (its first page): who
+            # looked, for what. The filters go in the details, so that the record does
+            # not join the subject's or the case's own trail.
+            await self.log.record([_listing_record(caller, request)])
         response = audit_pb2.QueryAuditResponse()
         for row in rows[:size]:
             body = _entry_body(row.canonical)
@@ -249,14 +281,32 @@ class Audit:
         # Every disclosure of the subject, unpaged: read off the loop (`run_scan`).
         rows = await self.store.run_scan(lambda conn: conn.execute(query).all())
         response = audit_pb2.SubjectAccessReportResponse()
-        for row in rows:
-            body = _entry_body(row.canonical)
-            source = str(body.get("source_partner_id", ""))
-            if body.get("action") != "read" or source in ("", row.actor_partner_id):
-                continue
+        disclosed = [(row, _entry_body(row.canonical)) for row in rows]
+        disclosed = [
+            (row, body)
+            for row, body in disclosed
+            if body.get("action") == "read"
+            and str(body.get("source_partner_id", "")) not in ("", row.actor_partner_id)
+        ]
+        # The report discloses the subject's data flows: it is an access of its own,
+        # logged before it is served (it never lists itself: its action is not a read).
+        await self.log.record(
+            [
+                AuditRecord(
+                    kind="access",
+                    action="audit.subject-report",
+                    actor_partner_id=caller.partner_id,
+                    actor_person_id=caller.person_id,
+                    subject_id=subject,
+                    decision="allow",
+                    reason=f"{len(disclosed)} disclosures reported",
+                )
+            ]
+        )
+        for row, body in disclosed:
             disclosure = response.disclosures.add(
                 recipient_partner_id=row.actor_partner_id,
-                source_partner_id=source,
+                source_partner_id=str(body["source_partner_id"]),
                 categories=_strings(body.get("categories")),
                 purpose=row.purpose,
                 consent_id=str(body.get("consent_id", "")),

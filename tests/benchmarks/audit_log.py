@@ -381,12 +381,15 @@ async def run(url: str, args: argparse.Namespace) -> None:
         t0 = now_ns()
         tree = await populate(store, args.entries, random.Random(20261123))
         print(f"  populated in {(now_ns() - t0) / 1e9:.1f} s")
+        log = AuditLog(store)
         audit = Audit(
             store,
             Checkpointer(store, Signer.generate("coopgate.bench/audit")),
             Pseudonyms(bytes(KEY_BYTES)),
+            log,
         )
         await measure_proofs(audit, store, tree, args.samples)
+        await log.close()
         await measure_appends(store, args.single, args.batched, args.producers)
         await measure_checkpoint(store)
     finally:

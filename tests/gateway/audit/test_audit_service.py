@@ -350,3 +350,62 @@ async def test_the_report_follows_the_customer_through_identity_merges(
     assert [(d.source_partner_id, d.consent_id) for d in report.disclosures] == [
         ("telco-a", disclosure.consent_id)
     ]
+
+
+async def test_reading_the_log_is_logged(stack: Stack, disclosure: Disclosure) -> None:
+    """Who looked at the log: each subject access report is an access entry on the
+    subject (never listed as a disclosure itself), and each listing is logged once,
+    on its first page, with its filters."""
+    since = at(dt.datetime.now(dt.UTC) - dt.timedelta(seconds=1))
+    bank = audit_stub(disclosure.bank)
+    request = audit_pb2.SubjectAccessReportRequest(customer_local_id=disclosure.customer)
+    first = await bank.SubjectAccessReport(request)
+    second = await bank.SubjectAccessReport(request)
+    assert len(second.disclosures) == len(first.disclosures) == 1
+
+    subject = (await case_entries(stack, disclosure.case_id))[0].subject_id
+    compliance = audit_stub(stack.api("coopgate", Role.COMPLIANCE))
+    on_subject = await compliance.QueryAudit(
+        audit_pb2.QueryAuditRequest(
+            subject_id=subject,
+            partner_id="bank-a",
+            kind=audit_pb2.AUDIT_KIND_ACCESS_DECISION,
+            page=common_pb2.PageRequest(page_size=1000),
+        )
+    )
+    reports = [e for e in on_subject.entries if entry_body(e)["action"] == "audit.subject-report"]
+    assert len(reports) == 2
+    assert {entry_body(e)["reason"] for e in reports} == {"1 disclosures reported"}
+
+    # A listing of several pages over this test's own case: logged once, not per page
+    # (`case_entries` above was one listing of the case too).
+    token, pages = "", 0
+    while True:
+        page = await compliance.QueryAudit(
+            audit_pb2.QueryAuditRequest(
+                case_id=disclosure.case_id,
+                page=common_pb2.PageRequest(page_size=1, page_token=token),
+            )
+        )
+        pages += 1
+        token = page.next_page_token
+        if not token:
+            break
+    assert pages >= 2
+    listings = await compliance.QueryAudit(
+        audit_pb2.QueryAuditRequest(
+            partner_id="coopgate",
+            kind=audit_pb2.AUDIT_KIND_ACCESS_DECISION,
+            time_range=common_pb2.TimeRange(start=since),
+            page=common_pb2.PageRequest(page_size=1000),
+        )
+    )
+    assert not listings.next_page_token
+    mine = [
+        entry_body(e)
+        for e in listings.entries
+        if entry_body(e)["action"] == "audit.query"
+        and entry_body(e)["details"].get("case_id") == disclosure.case_id
+    ]
+    assert len(mine) == 2
+    assert {m["case_id"] for m in mine} == {""}  # filters stay in the details
