@@ -114,10 +114,17 @@ class Store:
         if self._write_lock is None:
             yield
             return
-        try:
-            await asyncio.wait_for(self._write_lock.acquire(), SQLITE_LOCK_WAIT_SECONDS)
-        except TimeoutError:
-            raise Unavailable("the store is busy with another write", reason="STORE_BUSY") from None
+        if not self._write_lock.locked():
+            # Free: taken at once. (`wait_for` runs the wait in a task of its own, a loop
+            # iteration per write: measured at a quarter of the case view's throughput.)
+            await self._write_lock.acquire()
+        else:
+            try:
+                await asyncio.wait_for(self._write_lock.acquire(), SQLITE_LOCK_WAIT_SECONDS)
+            except TimeoutError:
+                raise Unavailable(
+                    "the store is busy with another write", reason="STORE_BUSY"
+                ) from None
         try:
             yield
         finally:
