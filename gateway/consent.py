@@ -13,13 +13,11 @@ from __future__ import annotations
 import datetime as dt
 import functools
 import uuid
-from collections import OrderedDict
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
-from typing import Any, TypeVar
+from typing import Any
 
 from coopgate.v1 import admin_pb2, common_pb2, consents_pb2, work_pb2
-from google.protobuf.message import Message
 from sqlalchemy import (
     BindParameter,
     CompoundSelect,
@@ -259,7 +257,7 @@ def _lookup(
     params.update((f"source{n}", source) for n, source in enumerate(ordered))
     for row in conn.execute(_lookup_statement(len(ordered)), params):
         if row.kind == "a":
-            agreements.append(_parsed(admin_pb2.SharingAgreement, row.definition))
+            agreements.append(_parse_agreement(bytes(row.definition)))
         else:
             grants.append(
                 Grant(
@@ -267,7 +265,7 @@ def _lookup(
                     row.state,
                     row.valid_from,
                     row.valid_until,
-                    _parsed(consents_pb2.Consent, row.definition),
+                    _parse_consent(bytes(row.definition)),
                 )
             )
     return agreements, grants
@@ -313,21 +311,11 @@ def _lookup_statement(sources: int) -> CompoundSelect[Any]:
     )
 
 
-_Definition = TypeVar("_Definition", admin_pb2.SharingAgreement, consents_pb2.Consent)
-#: Parsed consent and agreement definitions, by their stored bytes: the bytes are read
-#: at every decision, only their parsing is kept. Callers never modify the messages.
-_PARSED: OrderedDict[tuple[type[Message], bytes], Message] = OrderedDict()
+#: Parsed consent and agreement definitions kept, by their stored bytes: the bytes are
+#: read at every decision, only their parsing is kept. Callers never modify them.
 PARSED_CACHE = 16384
-
-
-def _parsed(kind: type[_Definition], definition: bytes) -> _Definition:
-    key = (kind, bytes(definition))
-    message = _PARSED.get(key)
-    if message is None:
-        message = _PARSED[key] = kind.FromString(definition)
-        if len(_PARSED) > PARSED_CACHE:
-            _PARSED.popitem(last=False)
-    return message  # type: ignore[return-value]
+_parse_agreement = functools.lru_cache(maxsize=PARSED_CACHE)(admin_pb2.SharingAgreement.FromString)
+_parse_consent = functools.lru_cache(maxsize=PARSED_CACHE)(consents_pb2.Consent.FromString)
 
 
 @dataclass(slots=True, frozen=True)

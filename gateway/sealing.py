@@ -12,8 +12,8 @@ from __future__ import annotations
 
 import base64
 import datetime as dt
+import functools
 import os
-from collections import OrderedDict
 
 from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
@@ -47,7 +47,7 @@ UNWRAPPED_CACHE = 4096
 class Sealer:
     def __init__(self, master_key: bytes) -> None:
         self._master = AESGCM(master_key)
-        self._unwrapped: OrderedDict[tuple[str, bytes], AESGCM] = OrderedDict()
+        self._unwrapped = functools.lru_cache(maxsize=UNWRAPPED_CACHE)(self._unwrap)
 
     async def create_key(self, conn: AsyncConnection, case_id: str) -> AESGCM:
         key = AESGCM.generate_key(bit_length=256)
@@ -58,7 +58,7 @@ class Sealer:
 
     async def key(self, conn: AsyncConnection, case_id: str) -> AESGCM | None:
         """The case's key, or None once erased."""
-        return self.unwrap(case_id, (await conn.execute(_KEY, {"case_id": case_id})).scalar())
+        return await conn.run_sync(self.key_in, case_id)
 
     def key_in(self, conn: Connection, case_id: str) -> AESGCM | None:
         """`key` on a synchronous connection."""
@@ -68,16 +68,11 @@ class Sealer:
         """The key stored wrapped as ``wrapped`` (None: erased). Every read still fetches
         the wrapped key from the store, so an erasure anywhere takes effect at once; what
         is kept is only the unwrapping of bytes already seen."""
-        if wrapped is None:
-            return None
-        cache_key = (case_id, bytes(wrapped))
-        key = self._unwrapped.get(cache_key)
-        if key is None:
-            raw = self._master.decrypt(wrapped[:NONCE], wrapped[NONCE:], case_id.encode())
-            key = self._unwrapped[cache_key] = AESGCM(raw)
-            if len(self._unwrapped) > UNWRAPPED_CACHE:
-                self._unwrapped.popitem(last=False)
-        return key
+        return None if wrapped is None else self._unwrapped(case_id, bytes(wrapped))
+
+    def _unwrap(self, case_id: str, wrapped: bytes) -> AESGCM:
+        raw = self._master.decrypt(wrapped[:NONCE], wrapped[NONCE:], case_id.encode())
+        return AESGCM(raw)
 
     @staticmethod
     def seal(key: AESGCM | None, plaintext: bytes, aad: str) -> bytes:
