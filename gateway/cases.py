@@ -41,11 +41,13 @@ from gateway.pki import Role
 from gateway.pseudonyms import Pseudonyms
 from gateway.sealing import ERASED_TEXT, MISSING, Erased, Missing, Sealer
 from gateway.store import Store
+from gateway.store.engine import driver_statement
 from gateway.store.schema import (
     case_events,
     case_keys,
     case_participants,
     cases,
+    change_counters,
     services,
     subject_links,
     subjects,
@@ -66,6 +68,8 @@ REPORTABLE_FINDINGS = (
 )
 WATCH_BATCH = 200
 TIMELINE_CACHE_CASES = 512
+#: Views kept as served, per case, reader partner and purpose (see `ServedView`).
+VIEW_CACHE_ENTRIES = 1024
 WATCH_IDLE_SECONDS = 5.0
 #: Category of what the customer told the first-contact partner.
 INTERACTION_CATEGORY = "interaction.history"
@@ -180,6 +184,29 @@ class WatchBatch:
 
 
 @dataclass(slots=True, frozen=True)
+class ServedView:
+    """A view as served to one reader partner for one purpose, kept with everything it
+    was made from: the rows of the case statement (the case, its key, its participants,
+    the subject's consents version and the agreements version, the last two bumped by
+    database triggers at every change) and the first moment a validity period that took
+    part in its decisions starts or ends. A later read that finds the same rows before
+    that moment would make the same view, so it is served again; its audit records are
+    written for each read all the same."""
+
+    rows: Sequence[tuple[Any, ...]]
+    holds_until: dt.datetime | None
+    row: CaseRow
+    decisions: dict[Flow, AccessDecision]
+    categories: tuple[str, ...]
+    served: int
+    withheld: int
+    response: cases_pb2.GetCaseViewResponse
+
+    def holds(self, rows: Sequence[tuple[Any, ...]], at: dt.datetime) -> bool:
+        return (self.holds_until is None or at < self.holds_until) and rows == self.rows
+
+
+@dataclass(slots=True, frozen=True)
 class CaseRow:
     case_id: str
     service_id: str
@@ -194,23 +221,32 @@ class CaseRow:
     last_sequence: int
 
 
+_CASE_ROW_FIELDS = tuple(CaseRow.__dataclass_fields__)
 #: The case, its key and every participant, in one statement: one row per participant.
 _VIEW_CASE = (
     select(
-        *(cases.c[name] for name in CaseRow.__dataclass_fields__),
+        *(cases.c[name] for name in _CASE_ROW_FIELDS),
         case_keys.c.wrapped_key,
         case_participants.c.partner_id.label("participant_id"),
         case_participants.c.role.label("participant_role"),
         case_participants.c.person_id.label("participant_person_id"),
+        # What the consent decision read depends on, versioned by the database.
+        subjects.c.consents_version,
+        select(change_counters.c.value)
+        .where(change_counters.c.name == "sharing_agreements")
+        .scalar_subquery()
+        .label("agreements_version"),
     )
     .select_from(
-        cases.join(case_participants, case_participants.c.case_id == cases.c.case_id).outerjoin(
-            case_keys, case_keys.c.case_id == cases.c.case_id
-        )
+        cases.join(case_participants, case_participants.c.case_id == cases.c.case_id)
+        .join(subjects, subjects.c.subject_id == cases.c.subject_id)
+        .outerjoin(case_keys, case_keys.c.case_id == cases.c.case_id)
     )
     .where(cases.c.case_id == bindparam("case_id"))
     .order_by(case_participants.c.role, case_participants.c.partner_id)
 )
+_VIEW_CASE_KEY = len(_CASE_ROW_FIELDS)
+_VIEW_CASE_PARTICIPANT = _VIEW_CASE_KEY + 1
 
 
 def _now() -> dt.datetime:
@@ -303,6 +339,7 @@ class Cases:
         self.feed = feed
         self.sealer = sealer
         self._timelines: OrderedDict[str, tuple[int, Timeline]] = OrderedDict()
+        self._views: OrderedDict[tuple[str, str, str], ServedView] = OrderedDict()
         self._levels: dict[tuple[str, int], admin_pb2.ServiceLevel] = {}
         self._inflight: dict[tuple[str, str, str, int, int], asyncio.Future[WatchBatch]] = {}
 
@@ -698,23 +735,64 @@ class Cases:
         if not request.case_id:
             raise InvalidArgument.field("case_id", "is required")
         self._check_purpose(request.purpose)
-        row, participants, header, timeline, decisions = await self.store.run_read(
-            self._view_in, caller, request.case_id, request.purpose
-        )
-        shown = [decisions[flow].allowed for flow in timeline.flows]
-        served = sum(n for n, ok in zip(timeline.counts, shown, strict=True) if ok)
+        rows = await self.store.read_rows(_VIEW_CASE, {"case_id": request.case_id})
+        _require_participant(rows, caller, request.case_id)
+        key = (request.case_id, caller.partner_id, request.purpose)
+        view = self._views.get(key)
+        if view is not None and view.holds(rows, _now()):
+            self._views.move_to_end(key)
+        else:
+            view = await self.store.run_read(
+                self._make_view, caller, request.case_id, request.purpose
+            )
+            self._views[key] = view
+            self._views.move_to_end(key)
+            while len(self._views) > VIEW_CACHE_ENTRIES:
+                self._views.popitem(last=False)
         # Durable before anything is served: a read that cannot be logged does not happen.
         await self.rules.audit.record(
             self._read_records(
                 caller,
-                row,
+                view.row,
                 request.purpose,
-                decisions,
-                timeline.categories,
-                served,
-                len(timeline.events) - served,
+                view.decisions,
+                view.categories,
+                view.served,
+                view.withheld,
             )
         )
+        return view.response
+
+    def _make_view(
+        self, conn: Connection, caller: Caller, case_id: str, purpose: str
+    ) -> ServedView:
+        """The view for one reader and purpose, made in one read transaction (see
+        `Store.run_read`); kept with the case statement's rows as the driver returned
+        them, which later reads compare theirs with (`ServedView`)."""
+        at = _now()
+        raw = driver_statement(_VIEW_CASE, conn.dialect).rows(conn, {"case_id": case_id})
+        _require_participant(raw, caller, case_id)
+        rows = conn.execute(_VIEW_CASE, {"case_id": case_id}).all()
+        first = rows[0]
+        row = CaseRow(*first[: len(_CASE_ROW_FIELDS)])
+        participants = [
+            Participant(*r[_VIEW_CASE_PARTICIPANT : _VIEW_CASE_PARTICIPANT + 3]) for r in rows
+        ]
+        key = self.sealer.unwrap(row.case_id, first[_VIEW_CASE_KEY])
+        header = self._header_in(conn, caller, row, participants, key)
+        timeline = self._timeline_in(conn, row, key)
+        decided = self.rules.evaluate_until_in(
+            conn,
+            reader_partner_id=caller.partner_id,
+            subject_id=row.subject_id,
+            service_id=row.service_id,
+            purpose=purpose,
+            flows=timeline.flows,
+            at=at,
+        )
+        decisions = decided.decisions
+        shown = [decisions[flow].allowed for flow in timeline.flows]
+        served = sum(n for n, ok in zip(timeline.counts, shown, strict=True) if ok)
         view = cases_pb2.CaseView(header=header, position=timeline.position)
         for p in participants:
             view.participants.add(partner_id=p.partner_id, role=p.role, person_id=p.person_id)
@@ -733,36 +811,19 @@ class Cases:
             for encoded, i in zip(timeline.encoded, timeline.flow_index, strict=True)
             if shown[i]
         )
-        return cases_pb2.GetCaseViewResponse.FromString(
+        response = cases_pb2.GetCaseViewResponse.FromString(
             _encoded_field(_VIEW_FIELD, view.SerializeToString() + items)
         )
-
-    def _view_in(
-        self, conn: Connection, caller: Caller, case_id: str, purpose: str
-    ) -> tuple[
-        CaseRow, list[Participant], cases_pb2.CaseHeader, Timeline, dict[Flow, AccessDecision]
-    ]:
-        """What one view reads, in one read transaction (see `Store.run_read`)."""
-        rows = conn.execute(_VIEW_CASE, {"case_id": case_id}).all()
-        if not any(r.participant_id == caller.partner_id for r in rows):
-            # Absent and not ours look the same: a case's existence is not revealed.
-            raise NotFound(f"case {case_id!r} not found", reason="CASE_NOT_FOUND")
-        row = _case_row(rows[0])
-        participants = [
-            Participant(r.participant_id, r.participant_role, r.participant_person_id) for r in rows
-        ]
-        key = self.sealer.unwrap(row.case_id, rows[0].wrapped_key)
-        header = self._header_in(conn, caller, row, participants, key)
-        timeline = self._timeline_in(conn, row, key)
-        decisions = self.rules.evaluate_in(
-            conn,
-            reader_partner_id=caller.partner_id,
-            subject_id=row.subject_id,
-            service_id=row.service_id,
-            purpose=purpose,
-            flows=timeline.flows,
+        return ServedView(
+            rows=raw,
+            holds_until=decided.holds_until,
+            row=row,
+            decisions=decisions,
+            categories=timeline.categories,
+            served=served,
+            withheld=len(timeline.events) - served,
+            response=response,
         )
-        return row, participants, header, timeline, decisions
 
     async def summary(
         self, conn: AsyncConnection, row: CaseRow, key: AESGCM | Missing | None = MISSING
@@ -1202,6 +1263,13 @@ async def _load_case(conn: AsyncConnection, case_id: str) -> CaseRow:
     if row is None:
         raise NotFound(f"case {case_id!r} not found", reason="CASE_NOT_FOUND")
     return _case_row(row)
+
+
+def _require_participant(rows: Sequence[tuple[Any, ...]], caller: Caller, case_id: str) -> None:
+    """Rows of `_VIEW_CASE`: absent and not ours look the same (a case's existence is not
+    revealed to outsiders)."""
+    if not any(r[_VIEW_CASE_PARTICIPANT] == caller.partner_id for r in rows):
+        raise NotFound(f"case {case_id!r} not found", reason="CASE_NOT_FOUND")
 
 
 def _case_row(row: object) -> CaseRow:

@@ -210,6 +210,29 @@ class ConsentRules:
         at: dt.datetime | None = None,
     ) -> dict[Flow, AccessDecision]:
         """`evaluate` on a synchronous connection (inside `Store.run_read`)."""
+        return self.evaluate_until_in(
+            conn,
+            reader_partner_id=reader_partner_id,
+            subject_id=subject_id,
+            service_id=service_id,
+            purpose=purpose,
+            flows=flows,
+            at=at,
+        ).decisions
+
+    def evaluate_until_in(
+        self,
+        conn: Connection,
+        *,
+        reader_partner_id: str,
+        subject_id: str,
+        service_id: str,
+        purpose: str,
+        flows: Iterable[Flow],
+        at: dt.datetime | None = None,
+    ) -> Decisions:
+        """`evaluate_in`, and until when its answer holds if no consent or agreement
+        changes (the next start or end of a validity period that took part)."""
         at = at or _now()
         decisions: dict[Flow, AccessDecision] = {}
         foreign: set[Flow] = set()
@@ -220,20 +243,35 @@ class ConsentRules:
                 decisions[flow] = AccessDecision(True, "gateway-event")
             else:
                 foreign.add(flow)
-        if foreign:
-            agreements, grants = _lookup(
-                conn,
-                {f.source_partner_id for f in foreign},
-                reader_partner_id,
-                subject_id,
-                service_id,
-                at,
+        if not foreign:
+            return Decisions(decisions, None)
+        found = _lookup(
+            conn,
+            {f.source_partner_id for f in foreign},
+            reader_partner_id,
+            subject_id,
+            service_id,
+            at,
+        )
+        for flow in foreign:
+            decisions[flow] = _decide_flow(
+                flow, reader_partner_id, purpose, at, found.agreements, found.grants
             )
-            for flow in foreign:
-                decisions[flow] = _decide_flow(
-                    flow, reader_partner_id, purpose, at, agreements, grants
-                )
-        return decisions
+        return Decisions(decisions, found.holds_until)
+
+
+@dataclass(slots=True, frozen=True)
+class Decisions:
+    decisions: dict[Flow, AccessDecision]
+    #: The first moment a validity period read for them starts or ends (None: never).
+    holds_until: dt.datetime | None
+
+
+@dataclass(slots=True, frozen=True)
+class _Found:
+    agreements: list[admin_pb2.SharingAgreement]
+    grants: list[Grant]
+    holds_until: dt.datetime | None
 
 
 def _lookup(
@@ -243,10 +281,12 @@ def _lookup(
     subject_id: str,
     service_id: str,
     at: dt.datetime,
-) -> tuple[list[admin_pb2.SharingAgreement], list[Grant]]:
-    """The agreements in force and the subject's consents, in one round trip."""
+) -> _Found:
+    """The agreements in force and the subject's consents, in one round trip; and the
+    first moment after ``at`` at which one of their validity periods starts or ends."""
     agreements: list[admin_pb2.SharingAgreement] = []
     grants: list[Grant] = []
+    changes: list[dt.datetime] = []
     params: dict[str, object] = {
         "subject": subject_id,
         "recipient": recipient,
@@ -256,27 +296,32 @@ def _lookup(
     ordered = sorted(sources)
     params.update((f"source{n}", source) for n, source in enumerate(ordered))
     for row in conn.execute(_lookup_statement(len(ordered)), params):
+        valid_from, valid_until = row.valid_from, row.valid_until
+        if valid_from > at:
+            changes.append(valid_from)
+        if valid_until is not None and valid_until > at:
+            changes.append(valid_until)
         if row.kind == "a":
-            agreements.append(_parse_agreement(bytes(row.definition)))
+            if valid_from <= at:
+                agreements.append(_parse_agreement(bytes(row.definition)))
         else:
             grants.append(
                 Grant(
                     row.consent_id,
                     row.state,
-                    row.valid_from,
-                    row.valid_until,
+                    valid_from,
+                    valid_until,
                     _parse_consent(bytes(row.definition)),
                 )
             )
-    return agreements, grants
+    return _Found(agreements, grants, min(changes, default=None))
 
 
 @functools.lru_cache(maxsize=64)
 def _lookup_statement(sources: int) -> CompoundSelect[Any]:
-    """The subject's consents from the given sources and the agreements in force for the
-    reader and service, in one statement; one per number of sources, built and compiled
-    once (an expanding IN list is re-rendered at every execution, and the decision is
-    on every read)."""
+    """The subject's consents from the given sources and the agreements not yet ended
+    for the reader and service, in one statement; one per number of sources, built and
+    compiled once (an expanding IN list is re-rendered at every execution)."""
     names: list[BindParameter[str]] = [bindparam(f"source{n}") for n in range(sources)]
     return union_all(
         select(
@@ -294,15 +339,14 @@ def _lookup_statement(sources: int) -> CompoundSelect[Any]:
             literal("a"),
             sharing_agreements.c.agreement_id,
             null(),
-            # In force is decided by the WHERE clause: no timestamps to convert.
-            null(),
-            null(),
+            # Those yet to start come too: when they start, the decision may change.
+            sharing_agreements.c.valid_from,
+            sharing_agreements.c.valid_until,
             sharing_agreements.c.definition,
         ).where(
             sharing_agreements.c.source_partner_id.in_(names),
             sharing_agreements.c.recipient_partner_id == bindparam("recipient"),
             sharing_agreements.c.service_id == bindparam("service"),
-            sharing_agreements.c.valid_from <= bindparam("at", type_=UtcDateTime()),
             or_(
                 sharing_agreements.c.valid_until.is_(None),
                 sharing_agreements.c.valid_until > bindparam("at", type_=UtcDateTime()),

@@ -16,14 +16,16 @@ import logging
 import sqlite3
 import threading
 import time
-from collections.abc import AsyncIterator, Callable, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator, Mapping
 from contextlib import asynccontextmanager, contextmanager
+from dataclasses import dataclass
 from typing import Any, Concatenate, ParamSpec, TypeVar
 
-from sqlalchemy import Connection, Engine, create_engine, event
+from sqlalchemy import ClauseElement, Connection, Dialect, Engine, create_engine, event
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import DBAPIError, OperationalError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
+from sqlalchemy.sql.compiler import SQLCompiler
 from sqlalchemy.util import await_only, greenlet_spawn
 
 from gateway.errors import Unavailable
@@ -82,6 +84,39 @@ class WalCheckpointer:
         self._thread.join()
 
 
+@dataclass(frozen=True, slots=True)
+class DriverStatement:
+    """A statement compiled once for a dialect, to run on the driver with positional
+    parameters; its rows come back as the driver returns them (no type processing)."""
+
+    sql: str
+    names: tuple[str, ...]
+    defaults: dict[str, Any]
+
+    def parameters(self, params: Mapping[str, object]) -> tuple[object, ...]:
+        return tuple(params[n] if n in params else self.defaults[n] for n in self.names)
+
+    def rows(self, conn: Connection, params: Mapping[str, object]) -> list[tuple[Any, ...]]:
+        """Run on ``conn`` (inside `Store.run_read`/`run_write`)."""
+        return [tuple(r) for r in conn.exec_driver_sql(self.sql, self.parameters(params))]
+
+
+_driver_statements: dict[tuple[ClauseElement, str], DriverStatement] = {}
+
+
+def driver_statement(statement: ClauseElement, dialect: Dialect) -> DriverStatement:
+    key = (statement, dialect.name)
+    found = _driver_statements.get(key)
+    if found is None:
+        compiled = statement.compile(dialect=dialect)
+        assert isinstance(compiled, SQLCompiler)
+        assert compiled.positiontup is not None, "a positional paramstyle is expected"
+        found = _driver_statements[key] = DriverStatement(
+            compiled.string, tuple(compiled.positiontup), dict(compiled.params)
+        )
+    return found
+
+
 class Store:
     """Owns the engine; hands out read and write transactions."""
 
@@ -92,9 +127,10 @@ class Store:
         # One writer at a time per process: SQLite has one write lock per database.
         self._write_lock = asyncio.Lock() if self.is_sqlite else None
         database = engine.url.database if self.is_sqlite else None
-        self.checkpointer = (
-            WalCheckpointer(database) if database and database != ":memory:" else None
-        )
+        self._path = database if database and database != ":memory:" else None
+        self.checkpointer = WalCheckpointer(self._path) if self._path else None
+        #: SQLite: the loop thread's connection for `read_rows`.
+        self._hot: sqlite3.Connection | None = None
 
     @asynccontextmanager
     async def read(self) -> AsyncIterator[AsyncConnection]:
@@ -150,6 +186,32 @@ class Store:
         two-statement read on SQLite). For the hottest reads."""
         with store_errors():
             return await greenlet_spawn(self._run_in, fn, False, args, kwargs)
+
+    async def read_rows(
+        self, statement: ClauseElement, params: Mapping[str, object]
+    ) -> list[tuple[Any, ...]]:
+        """One statement's rows as the driver returns them, outside any transaction: a
+        single statement reads one consistent snapshot by itself. The cheapest read
+        there is, for a check made at every request (is what was read before still
+        current?): on SQLite a connection of its own on the loop thread, called directly;
+        on PostgreSQL one round trip in autocommit (no BEGIN, no ROLLBACK)."""
+        compiled = driver_statement(statement, self.engine.dialect)
+        values = compiled.parameters(params)
+        if self.is_sqlite and self._path is not None:
+            try:
+                if self._hot is None:
+                    self._hot = _connect_hot(self._path)
+                return self._hot.execute(compiled.sql, values).fetchall()
+            except sqlite3.Error as exc:
+                raise Unavailable(
+                    "the store cannot be reached", reason="STORE_UNAVAILABLE"
+                ) from exc
+        with store_errors():
+            async with self._connection() as conn:
+                if not self.is_sqlite:
+                    conn = await conn.execution_options(isolation_level="AUTOCOMMIT")
+                result = await conn.exec_driver_sql(compiled.sql, values)
+                return [tuple(r) for r in result.all()]
 
     async def run_write(
         self, fn: Callable[Concatenate[Connection, P], T], *args: P.args, **kwargs: P.kwargs
@@ -210,6 +272,9 @@ class Store:
             await conn.close()
 
     async def close(self) -> None:
+        if self._hot is not None:
+            self._hot.close()
+            self._hot = None
         if self.checkpointer is not None:
             self.checkpointer.stop()
             self.checkpointer = None
@@ -243,6 +308,12 @@ def _begin_sqlite_writer(conn: Connection) -> None:
                 ) from exc
         await_only(asyncio.sleep(pause))
         pause = min(pause * 2, 0.05)
+
+
+def _connect_hot(path: str) -> sqlite3.Connection:
+    conn = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
+    conn.execute(f"PRAGMA busy_timeout={_SQLITE_BUSY_MS}")
+    return conn
 
 
 @contextmanager

@@ -113,6 +113,17 @@ subjects = Table(
     metadata,
     Column("subject_id", String(64), primary_key=True),
     Column("created_at", UtcDateTime, nullable=False),
+    #: Bumped by a trigger at every change to the subject's consents (migration 0007).
+    Column("consents_version", BigInteger, nullable=False, server_default="0"),
+)
+
+#: Versions the database keeps of whole tables, bumped by triggers (migration 0007):
+#: ``sharing_agreements`` changes with every agreement written.
+change_counters = Table(
+    "change_counters",
+    metadata,
+    Column("name", String(63), primary_key=True),
+    Column("value", BigInteger, nullable=False),
 )
 
 subject_links = Table(
