@@ -193,10 +193,15 @@ def _append(
     statements = _statements_for(conn.dialect)
     count = len(records)
     params = {"head": 1, "count": count}
-    moved = conn.exec_driver_sql(
-        statements.move_head, tuple(params[name] for name in statements.move_head_params)
-    )
-    first = int(moved.scalar_one()) - count
+    head_params = tuple(params[name] for name in statements.move_head_params)
+    # SQLite: straight to the sqlite3 cursor, inside the transaction SQLAlchemy holds
+    # (its execution layer cost as much as the three statements and the commit).
+    driver = conn.connection.dbapi_connection if conn.dialect.name == "sqlite" else None
+    cursor = driver.cursor() if driver is not None else None
+    if cursor is not None:
+        first = int(cursor.execute(statements.move_head, head_params).fetchone()[0]) - count
+    else:
+        first = int(conn.exec_driver_sql(statements.move_head, head_params).scalar_one()) - count
     if before is not None and before[0] == first:
         known = dict(before[1])
     else:  # the left siblings a new leaf may be merged with: the subtrees of the root
@@ -236,6 +241,10 @@ def _append(
             *map(list, zip(*node_rows, strict=True)),
         ]
         conn.exec_driver_sql(statements.both_as_arrays, tuple(columns))
+    elif cursor is not None:
+        cursor.executemany(statements.entries, entry_rows)
+        cursor.executemany(statements.nodes, node_rows)
+        cursor.close()
     else:
         conn.exec_driver_sql(statements.entries, entry_rows)
         conn.exec_driver_sql(statements.nodes, node_rows)

@@ -321,7 +321,7 @@ def store_errors() -> Iterator[None]:
     """The store's failures as the domain's: UNAVAILABLE when it cannot be reached."""
     try:
         yield
-    except (OperationalError, OSError, ConnectionError) as exc:
+    except (OperationalError, sqlite3.OperationalError, OSError, ConnectionError) as exc:
         raise Unavailable("the store cannot be reached", reason="STORE_UNAVAILABLE") from exc
     except DBAPIError as exc:
         if exc.connection_invalidated:
