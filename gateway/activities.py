@@ -263,7 +263,6 @@ class IncidentActivities:
                     purpose=DIAGNOSIS_PURPOSE,
                     flows=[flow],
                     case_id=case.case_id,
-                    in_write_transaction=True,
                 )
                 if decided[flow].allowed:
                     diagnosis.summary = summary

@@ -1061,6 +1061,7 @@ class Cases:
             )
         query = query.order_by(cases.c.opened_at.desc(), cases.c.case_id.desc()).limit(size + 1)
         response = cases_pb2.ListCasesResponse()
+        records: list[AuditRecord] = []
         async with self.store.read() as conn:
             rows = [_case_row(r) for r in (await conn.execute(query)).all()]
             taking_part = set(
@@ -1074,19 +1075,24 @@ class Cases:
                 header = await self._header(conn, caller, row)
                 if row.case_id not in taking_part:
                     flow = Flow(row.first_contact_partner_id, INTERACTION_CATEGORY)
-                    decided = await self.rules.decide(
+                    decided = await self.rules.evaluate(
                         conn,
-                        reader=caller,
+                        reader_partner_id=caller.partner_id,
                         subject_id=row.subject_id,
                         service_id=row.service_id,
                         purpose=request.purpose,
                         flows=[flow],
-                        case_id=row.case_id,
+                    )
+                    records += self.rules.access_records(
+                        caller, row.subject_id, row.case_id, request.purpose, decided
                     )
                     if not decided[flow].allowed:
                         continue
                     header.summary = await self.summary(conn, row)
                 response.cases.append(header)
+        # Durable before anything is served; recorded once the connection is returned
+        # (the group commit needs one of the pool's connections itself).
+        await self.rules.audit.record(records)
         if len(rows) > size:
             last = rows[size - 1]
             response.next_page_token = _encode_token(last.opened_at, last.case_id)

@@ -120,14 +120,12 @@ class ConsentRules:
         flows: Iterable[Flow],
         case_id: str = "",
         at: dt.datetime | None = None,
-        in_write_transaction: bool = False,
     ) -> dict[Flow, AccessDecision]:
-        """Decide every flow for one reader, subject and purpose; audit each decision.
-
-        The audit records are durable before this returns, so a read that
-        cannot be logged does not happen. A caller already holding a write
-        transaction records them in it (``in_write_transaction``).
-        """
+        """Decide every flow for one reader, subject and purpose, inside the caller's
+        write transaction, and audit each decision in it: a read that cannot be logged
+        does not happen. (A reader outside a write transaction uses `evaluate` and
+        records `access_records` once its connection is returned: the group commit
+        needs a connection of the pool itself.)"""
         decisions = await self.evaluate(
             conn,
             reader_partner_id=reader.partner_id,
@@ -139,10 +137,7 @@ class ConsentRules:
         )
         records = self.access_records(reader, subject_id, case_id, purpose, decisions)
         if records:
-            if in_write_transaction:
-                await self.audit.record_in(conn, records)
-            else:
-                await self.audit.record(records)
+            await self.audit.record_in(conn, records)
         return decisions
 
     def access_records(

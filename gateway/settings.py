@@ -26,6 +26,12 @@ class Settings(BaseSettings):
         default=None,
         description="SQLAlchemy async URL; default: SQLite file in data_dir.",
     )
+    database_pool_size: int = Field(
+        default=32,
+        ge=1,
+        description="Connections each gateway process keeps open to the store (as many "
+        "again may be opened for a burst, and closed after it).",
+    )
 
     temporal_address: str | None = Field(
         default=None,

@@ -214,7 +214,7 @@ class Runtime:
 async def open_runtime(
     settings: Settings, *, client: Client | None = None, seed: bool = False
 ) -> AsyncIterator[Runtime]:
-    store = create_store(settings.effective_database_url)
+    store = create_store(settings.effective_database_url, pool_size=settings.database_pool_size)
     audit: AuditLog | None = None
     feed: CaseFeed | None = None
     checkpoints: asyncio.Task[None] | None = None

@@ -24,6 +24,7 @@ from typing import Any, Concatenate, ParamSpec, TypeVar
 from sqlalchemy import ClauseElement, Connection, Dialect, Engine, create_engine, event
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import DBAPIError, OperationalError
+from sqlalchemy.exc import TimeoutError as PoolTimeout
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
 from sqlalchemy.sql.compiler import SQLCompiler
 from sqlalchemy.util import await_only, greenlet_spawn
@@ -321,6 +322,8 @@ def store_errors() -> Iterator[None]:
     """The store's failures as the domain's: UNAVAILABLE when it cannot be reached."""
     try:
         yield
+    except PoolTimeout as exc:
+        raise Unavailable("every connection to the store is in use", reason="STORE_BUSY") from exc
     except (OperationalError, sqlite3.OperationalError, OSError, ConnectionError) as exc:
         raise Unavailable("the store cannot be reached", reason="STORE_UNAVAILABLE") from exc
     except DBAPIError as exc:
@@ -329,8 +332,17 @@ def store_errors() -> Iterator[None]:
         raise
 
 
-def create_store(url: str, **engine_kwargs: Any) -> Store:
+def create_store(url: str, *, pool_size: int = 32, **engine_kwargs: Any) -> Store:
+    """The store at ``url``, whose pool keeps ``pool_size`` connections open and opens no
+    more: a request beyond them waits for one. (SQLAlchemy's default keeps 5 and opens
+    10 more for bursts, closed again on return: under 16 concurrent views on PostgreSQL,
+    that churn cost more CPU than the views, 2.3 ms per view against 0.5 ms.) Nothing
+    may wait for a second connection while holding one: the audit group commit takes
+    one of its own, so readers record their reads after returning theirs."""
     parsed = make_url(url)
+    if parsed.get_backend_name() != "sqlite" or parsed.database not in (None, "", ":memory:"):
+        engine_kwargs.setdefault("pool_size", pool_size)
+        engine_kwargs.setdefault("max_overflow", 0)
     if parsed.get_backend_name() == "sqlite":
         # Any sqlite URL runs on the inline driver (see inline_sqlite).
         parsed = parsed.set(drivername=f"sqlite+{INLINE_DRIVER}")
