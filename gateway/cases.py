@@ -187,11 +187,11 @@ class WatchBatch:
 class ServedView:
     """A view as served to one reader partner for one purpose, kept with everything it
     was made from: the rows of the case statement (the case, its key, its participants,
-    the subject's consents version and the agreements version, the last two bumped by
-    database triggers at every change) and the first moment a validity period that took
-    part in its decisions starts or ends. A later read that finds the same rows before
-    that moment would make the same view, so it is served again; its audit records are
-    written for each read all the same."""
+    the subject's consents version and the agreements version, both bumped by database
+    triggers at every change, and its service's current version) and the first moment
+    a validity period that took part in its decisions starts or ends. A later read that
+    finds the same rows before that moment would make the same view, so it is served
+    again; its audit records are written for each read all the same."""
 
     rows: Sequence[tuple[Any, ...]]
     holds_until: dt.datetime | None
@@ -236,10 +236,13 @@ _VIEW_CASE = (
         .where(change_counters.c.name == "sharing_agreements")
         .scalar_subquery()
         .label("agreements_version"),
+        # The header's service levels come from the service's definition.
+        services.c.version.label("current_service_version"),
     )
     .select_from(
         cases.join(case_participants, case_participants.c.case_id == cases.c.case_id)
         .join(subjects, subjects.c.subject_id == cases.c.subject_id)
+        .join(services, services.c.service_id == cases.c.service_id)
         .outerjoin(case_keys, case_keys.c.case_id == cases.c.case_id)
     )
     .where(cases.c.case_id == bindparam("case_id"))

@@ -2,8 +2,9 @@
 
 Every change to a subject's consents bumps ``subjects.consents_version``; every change
 to the sharing agreements bumps the ``sharing_agreements`` row of ``change_counters``.
-Triggers do it, so no write path (merges, erasure, a hand-made fix) can forget; a
-reader that finds both versions unchanged knows the rows behind a decision are too.
+Triggers do it (on PostgreSQL TRUNCATE too; SQLite has none), so no write path (merges,
+erasure, a hand-made fix) can forget; a reader that finds both versions unchanged knows
+the rows behind a decision are too.
 
 Revision ID: 0007
 Revises: 0006
@@ -60,6 +61,18 @@ _POSTGRESQL = [
     CREATE TRIGGER tr_consents_version AFTER INSERT OR UPDATE OR DELETE ON consents
     FOR EACH ROW EXECUTE FUNCTION coopgate_consents_version()
     """,
+    # TRUNCATE fires no row trigger: every subject's consents changed.
+    """
+    CREATE FUNCTION coopgate_consents_truncated() RETURNS trigger LANGUAGE plpgsql AS $$
+    BEGIN
+        UPDATE subjects SET consents_version = consents_version + 1;
+        RETURN NULL;
+    END $$
+    """,
+    """
+    CREATE TRIGGER tr_consents_truncated AFTER TRUNCATE ON consents
+    FOR EACH STATEMENT EXECUTE FUNCTION coopgate_consents_truncated()
+    """,
     f"""
     CREATE FUNCTION coopgate_sharing_agreements_version() RETURNS trigger
     LANGUAGE plpgsql AS $$
@@ -70,7 +83,7 @@ _POSTGRESQL = [
     """,
     """
     CREATE TRIGGER tr_sharing_agreements_version
-    AFTER INSERT OR UPDATE OR DELETE ON sharing_agreements
+    AFTER INSERT OR UPDATE OR DELETE OR TRUNCATE ON sharing_agreements
     FOR EACH STATEMENT EXECUTE FUNCTION coopgate_sharing_agreements_version()
     """,
 ]
@@ -100,6 +113,8 @@ def downgrade() -> None:
     if op.get_bind().dialect.name == "postgresql":
         op.execute("DROP TRIGGER tr_sharing_agreements_version ON sharing_agreements")
         op.execute("DROP FUNCTION coopgate_sharing_agreements_version()")
+        op.execute("DROP TRIGGER tr_consents_truncated ON consents")
+        op.execute("DROP FUNCTION coopgate_consents_truncated()")
         op.execute("DROP TRIGGER tr_consents_version ON consents")
         op.execute("DROP FUNCTION coopgate_consents_version()")
     else:
