@@ -4,8 +4,11 @@ decision point every read of another partner's data goes through.
 A flow of category C from partner A to partner B for purpose P is allowed only
 when, at the moment of the read, (1) a sharing agreement A→B covers C and P
 for the case's service and (2) the customer's consent, given and not
-withdrawn or expired, covers A→B, C and P. Nothing is cached: a withdrawal
-takes effect on the very next read. Every decision is audited.
+withdrawn or expired, covers A→B, C and P. Decisions are made from the store at
+each call; the case view keeps its last decisions only with the versions of the
+consents and agreements they read, which database triggers bump at every change, and
+until the next validity period boundary (`Cases.get_view`): a withdrawal takes effect
+on the very next read. Every decision is audited.
 """
 
 from __future__ import annotations
@@ -101,7 +104,7 @@ def _active(valid_from: dt.datetime, valid_until: dt.datetime | None, at: dt.dat
 
 
 class ConsentRules:
-    """The decision point. Reads the store on every call; holds no cache."""
+    """The decision point. Reads the store on every call; holds no decision."""
 
     def __init__(self, audit: AuditLog) -> None:
         self.audit = audit
