@@ -4,7 +4,9 @@ grpc.aio echo server (same mTLS, same response size) measured in the same run;
 then 1,000 concurrent watchers, each timed from an event to its delivery.
 
 The load runs in a separate process, so client and server each have a core; both
-clients take the reply as bytes (the server is what is measured).
+clients take the reply as bytes (the server is what is measured). A third server, the
+gateway's own interceptors around the same fixed reply, shows what any gateway method
+costs before it does anything (the floor the view stands on).
 
     python -m tests.benchmarks.case_view [--seconds 5] [--rounds 3] [--watchers 1000]
         [--backend sqlite|postgres]
@@ -23,9 +25,11 @@ from pathlib import Path
 
 import grpc
 from coopgate.v1 import admin_pb2, cases_pb2, cases_pb2_grpc, common_pb2, consents_pb2
+from opentelemetry.instrumentation.grpc import aio_server_interceptor
 from temporalio.testing import WorkflowEnvironment
 
 from gateway.caller import Caller
+from gateway.interceptors import GatewayInterceptor
 from gateway.pki import Role
 from gateway.settings import Settings
 from gateway.stack import DEV_SERVER_TUNING, Runtime, ensure_pki, open_runtime, start_gateway
@@ -55,7 +59,7 @@ def _channel(target: str, cert: str, key: str, ca: str) -> grpc.aio.Channel:
 async def client_load(args: argparse.Namespace) -> None:
     """The load generator (child process): prints one JSON line of results."""
     channel = _channel(args.target, args.cert, args.key, args.ca)
-    if args.method == "echo":
+    if args.method in ("echo", "floor"):
         echo: grpc.aio.UnaryUnaryMultiCallable[bytes, bytes] = channel.unary_unary(ECHO_METHOD)
 
         async def one() -> int:
@@ -141,11 +145,19 @@ async def client_watchers(args: argparse.Namespace) -> None:
         await channel.close()
 
 
-def echo_server(payload: bytes) -> grpc.aio.Server:
+def echo_server(payload: bytes, *, gateway_interceptors: bool = False) -> grpc.aio.Server:
+    """The bare echo server; with ``gateway_interceptors``, the gateway's own server stack
+    (tracing, the caller from the certificate, error mapping) around the same fixed reply:
+    what any gateway method costs before it does anything."""
+
     async def get(request: bytes, context: grpc.aio.ServicerContext[bytes, bytes]) -> bytes:
         return payload
 
-    server = grpc.aio.server()
+    server = grpc.aio.server(
+        interceptors=[aio_server_interceptor(), GatewayInterceptor()]  # type: ignore[no-untyped-call]
+        if gateway_interceptors
+        else None
+    )
     server.add_generic_rpc_handlers(
         [
             grpc.method_handlers_generic_handler(
@@ -244,7 +256,7 @@ async def main() -> None:
     parser.add_argument("--watchers", type=int, default=1000)
     parser.add_argument("--backend", choices=["sqlite", "postgres"], default="sqlite")
     parser.add_argument("--client", choices=["load", "watchers"])
-    parser.add_argument("--method", choices=["view", "echo"], default="view")
+    parser.add_argument("--method", choices=["view", "echo", "floor"], default="view")
     parser.add_argument("--target")
     parser.add_argument("--case-id")
     parser.add_argument("--after", type=int, default=0)
@@ -288,6 +300,9 @@ async def main() -> None:
                 echo = echo_server(payload)
                 echo_port = echo.add_secure_port("127.0.0.1:0", pki.server.credentials())
                 await echo.start()
+                floor = echo_server(payload, gateway_interceptors=True)
+                floor_port = floor.add_secure_port("127.0.0.1:0", pki.server.credentials())
+                await floor.start()
                 print(
                     f"[{args.backend}] view of {len(probe.view.timeline)} items, "
                     f"{len(payload)} bytes; withheld {len(probe.view.withheld)} groups"
@@ -295,10 +310,11 @@ async def main() -> None:
                 for concurrency in (1, 16, 64):
                     # Echo and view alternate, `--rounds` times each: the machine's noise
                     # falls on both, and the medians are reported.
-                    runs: dict[str, list[dict[str, float]]] = {"echo": [], "view": []}
+                    runs: dict[str, list[dict[str, float]]] = {"echo": [], "floor": [], "view": []}
                     for _ in range(args.rounds):
                         for method, where in (
                             ("echo", f"127.0.0.1:{echo_port}"),
+                            ("floor", f"127.0.0.1:{floor_port}"),
                             ("view", target),
                         ):
                             line = await run_child(
@@ -310,6 +326,7 @@ async def main() -> None:
                             )  # fmt: skip
                             runs[method].append(json.loads(line))
                     view, bare = _median_run(runs["view"]), _median_run(runs["echo"])
+                    fixed = _median_run(runs["floor"])
                     ratios = sorted(
                         v["rps"] / e["rps"] for v, e in zip(runs["view"], runs["echo"], strict=True)
                     )
@@ -318,9 +335,13 @@ async def main() -> None:
                         f"p50 {view['p50_ms']:6.2f} ms p99 {view['p99_ms']:6.2f} ms | "
                         f"echo {bare['rps']:7.0f} rps p50 {bare['p50_ms']:6.2f} ms "
                         f"p99 {bare['p99_ms']:6.2f} ms | view/echo {view['rps'] / bare['rps']:.0%} "
-                        f"(rounds: {', '.join(f'{r:.0%}' for r in ratios)})"
+                        f"(rounds: {', '.join(f'{r:.0%}' for r in ratios)})\n"
+                        f"      gateway stack, fixed reply: {fixed['rps']:7.0f} rps "
+                        f"p50 {fixed['p50_ms']:6.2f} ms p99 {fixed['p99_ms']:6.2f} ms "
+                        f"({fixed['rps'] / bare['rps']:.0%} of echo)"
                     )
                 await echo.stop(0)
+                await floor.stop(0)
 
                 if args.watchers > 0:
                     watchers = await asyncio.create_subprocess_exec(
