@@ -186,8 +186,8 @@ class ConsentRules:
         at: dt.datetime | None = None,
     ) -> dict[Flow, AccessDecision]:
         """The decisions alone, without auditing them (callers audit through ``decide``)."""
-        return await conn.run_sync(
-            self.evaluate_in,
+        decided = await conn.run_sync(
+            self.evaluate_until_in,
             reader_partner_id=reader_partner_id,
             subject_id=subject_id,
             service_id=service_id,
@@ -195,28 +195,7 @@ class ConsentRules:
             flows=flows,
             at=at,
         )
-
-    def evaluate_in(
-        self,
-        conn: Connection,
-        *,
-        reader_partner_id: str,
-        subject_id: str,
-        service_id: str,
-        purpose: str,
-        flows: Iterable[Flow],
-        at: dt.datetime | None = None,
-    ) -> dict[Flow, AccessDecision]:
-        """`evaluate` on a synchronous connection (inside `Store.run_read`)."""
-        return self.evaluate_until_in(
-            conn,
-            reader_partner_id=reader_partner_id,
-            subject_id=subject_id,
-            service_id=service_id,
-            purpose=purpose,
-            flows=flows,
-            at=at,
-        ).decisions
+        return decided.decisions
 
     def evaluate_until_in(
         self,
@@ -229,8 +208,9 @@ class ConsentRules:
         flows: Iterable[Flow],
         at: dt.datetime | None = None,
     ) -> Decisions:
-        """`evaluate_in`, and until when its answer holds if no consent or agreement
-        changes (the next start or end of a validity period that took part)."""
+        """`evaluate` on a synchronous connection (inside `Store.run_read`), and until
+        when its answer holds if no consent or agreement changes (the next start or end
+        of a validity period that took part)."""
         at = at or _now()
         decisions: dict[Flow, AccessDecision] = {}
         foreign: set[Flow] = set()

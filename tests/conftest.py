@@ -27,6 +27,7 @@ from gateway.stack import (
     open_runtime,
     start_gateway,
 )
+from gateway.store import Store, create_store, migrate
 from gateway.temporal import create_worker
 from partners import PartnerCredentials, secure_channel
 
@@ -89,6 +90,17 @@ async def database_url(
     url = await pg_database_factory()  # type: ignore[misc]
     assert isinstance(url, str)
     return url
+
+
+@pytest.fixture
+async def store(database_url: str) -> AsyncIterator[Store]:
+    """A migrated store on each backend, closed after the test."""
+    store = create_store(database_url)
+    await migrate(store)
+    try:
+        yield store
+    finally:
+        await store.close()
 
 
 @pytest.fixture(scope="session")

@@ -115,17 +115,6 @@ async def other_writer(stack: Stack) -> AsyncIterator[Store]:
         await store.close()
 
 
-@pytest.fixture
-async def store(database_url: str) -> AsyncIterator[Store]:
-    """A migrated store on each backend, closed after the test."""
-    store = create_store(database_url)
-    await migrate(store)
-    try:
-        yield store
-    finally:
-        await store.close()
-
-
 async def quiesce(stack: Stack, case_id: str) -> None:
     """Stop the case's workflow and wait until its last activities have landed, so that
     nothing but the test changes the case afterwards."""
@@ -662,6 +651,17 @@ def _consent(consent_id: str, subject_id: str) -> dict[str, Any]:
     }
 
 
+def _agreement(agreement_id: str, now: dt.datetime) -> dict[str, Any]:
+    return {
+        "agreement_id": agreement_id,
+        "source_partner_id": "p-a",
+        "recipient_partner_id": "p-b",
+        "service_id": "svc",
+        "definition": b"",
+        "valid_from": now,
+    }
+
+
 async def _seed(conn: AsyncConnection, *subject_ids: str) -> None:
     """Two partners, a service and the given subjects (for consents and agreements)."""
     now = _now()
@@ -768,16 +768,7 @@ async def test_consent_and_agreement_versions_follow_every_change(store: Store) 
     assert await change(delete(consents).where(consent)) == (4, 2, 0)
 
     agreement = sharing_agreements.c.agreement_id == "a1"
-    assert await change(
-        insert(sharing_agreements).values(
-            agreement_id="a1",
-            source_partner_id="p-a",
-            recipient_partner_id="p-b",
-            service_id="svc",
-            definition=b"",
-            valid_from=now,
-        )
-    ) == (4, 2, 1)
+    assert await change(insert(sharing_agreements).values(_agreement("a1", now))) == (4, 2, 1)
     assert await change(update(sharing_agreements).where(agreement).values(valid_until=now)) == (
         4,
         2,
@@ -808,16 +799,7 @@ async def test_truncating_consents_or_agreements_changes_the_versions_on_postgre
     async with store.write() as conn:
         await _seed(conn, "s1", "s2")
         await conn.execute(insert(consents).values(_consent("c1", "s1")))
-        await conn.execute(
-            insert(sharing_agreements).values(
-                agreement_id="a1",
-                source_partner_id="p-a",
-                recipient_partner_id="p-b",
-                service_id="svc",
-                definition=b"",
-                valid_from=now,
-            )
-        )
+        await conn.execute(insert(sharing_agreements).values(_agreement("a1", now)))
     assert await _versions(store) == (1, 0, 1)
     async with store.write() as conn:
         await conn.exec_driver_sql("TRUNCATE consents CASCADE")

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import sys
-from collections.abc import AsyncIterator, Callable
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -13,21 +13,9 @@ import pytest
 from coopgate.v1 import admin_pb2, audit_pb2_grpc, cases_pb2, common_pb2, consents_pb2
 
 from gateway.pki import Role
-from gateway.store import Store, create_store, migrate
 from tests.conftest import Api, Stack
 
 COOPGATE = str(Path(sys.executable).parent / "coopgate")
-
-
-@pytest.fixture
-async def store(database_url: str) -> AsyncIterator[Store]:
-    """A migrated store on each backend, closed after the test."""
-    store = create_store(database_url)
-    await migrate(store)
-    try:
-        yield store
-    finally:
-        await store.close()
 
 
 def audit_stub(api: Api) -> audit_pb2_grpc.AuditServiceAsyncStub:
