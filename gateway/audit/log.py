@@ -235,19 +235,17 @@ def _append(
                 entry,
             )
         )
-    if statements.both_as_arrays is not None:
+    if cursor is not None:
+        cursor.executemany(statements.entries, entry_rows)
+        cursor.executemany(statements.nodes, node_rows)
+        cursor.close()
+    else:
+        assert statements.both_as_arrays is not None  # the other backend is PostgreSQL
         columns = [
             *map(list, zip(*entry_rows, strict=True)),
             *map(list, zip(*node_rows, strict=True)),
         ]
         conn.exec_driver_sql(statements.both_as_arrays, tuple(columns))
-    elif cursor is not None:
-        cursor.executemany(statements.entries, entry_rows)
-        cursor.executemany(statements.nodes, node_rows)
-        cursor.close()
-    else:
-        conn.exec_driver_sql(statements.entries, entry_rows)
-        conn.exec_driver_sql(statements.nodes, node_rows)
     size = first + count
     return list(range(first, size)), (size, {node: known[node] for node in root_nodes(size)})
 
