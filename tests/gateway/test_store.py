@@ -372,3 +372,41 @@ async def test_a_free_sqlite_write_starts_without_yielding_to_the_loop(tmp_path:
         assert ran
     finally:
         await store.close()
+
+
+async def test_read_rows_on_a_dropped_postgresql_connection_fails_once_as_unavailable(
+    pg_database_factory: object,
+) -> None:
+    """`Store.read_rows` talks to asyncpg itself: a connection the server dropped fails
+    as UNAVAILABLE, is thrown away, and the next read runs on a fresh one."""
+    from collections.abc import Awaitable, Callable
+
+    import asyncpg
+    import pytest
+    from sqlalchemy import literal, select
+
+    from gateway.errors import Unavailable
+    from tests.conftest import PG_ADMIN_DSN
+
+    assert callable(pg_database_factory)
+    factory: Callable[[], Awaitable[str]] = pg_database_factory
+    store = create_store(await factory(), pool_size=1)
+    statement = select(literal(7).label("n"))
+    try:
+        assert await store.read_rows(statement, {}) == [(7,)]
+        admin = await asyncpg.connect(PG_ADMIN_DSN)
+        try:
+            dropped = await admin.fetchval(
+                "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity"
+                " WHERE datname = $1 AND pid <> pg_backend_pid()",
+                store.engine.url.database,
+            )
+        finally:
+            await admin.close()
+        assert dropped == 1
+        with pytest.raises(Unavailable) as failed:
+            await store.read_rows(statement, {})
+        assert failed.value.reason == "STORE_UNAVAILABLE"
+        assert await store.read_rows(statement, {}) == [(7,)]
+    finally:
+        await store.close()
