@@ -219,7 +219,14 @@ class Store:
                 assert driver is not None
                 try:
                     records = await driver.fetch(compiled.sql, *values)
-                except (asyncpg.PostgresConnectionError, asyncpg.InterfaceError, OSError) as exc:
+                except (
+                    asyncpg.PostgresConnectionError,
+                    asyncpg.InterfaceError,
+                    # the server's goodbye still being read when the statement goes out
+                    # ("another operation is in progress"): the connection is as lost
+                    asyncpg.InternalClientError,
+                    OSError,
+                ) as exc:
                     await conn.invalidate()
                     raise Unavailable(
                         "the store connection was lost", reason="STORE_UNAVAILABLE"

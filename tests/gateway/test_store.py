@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import asyncio
+
+import pytest
 from sqlalchemy import inspect, text
 
 from gateway.store import create_store, migrate
@@ -374,11 +377,15 @@ async def test_a_free_sqlite_write_starts_without_yielding_to_the_loop(tmp_path:
         await store.close()
 
 
+@pytest.mark.parametrize("goodbye", ["unread", "read"])
 async def test_read_rows_on_a_dropped_postgresql_connection_fails_once_as_unavailable(
-    pg_database_factory: object,
+    pg_database_factory: object, goodbye: str
 ) -> None:
     """`Store.read_rows` talks to asyncpg itself: a connection the server dropped fails
-    as UNAVAILABLE, is thrown away, and the next read runs on a fresh one."""
+    as UNAVAILABLE, is thrown away, and the next read runs on a fresh one. Whether the
+    loop has read the server's goodbye yet or not (then asyncpg refuses the statement as
+    "another operation in progress": the race CI once hit)."""
+    import time
     from collections.abc import Awaitable, Callable
 
     import asyncpg
@@ -404,6 +411,10 @@ async def test_read_rows_on_a_dropped_postgresql_connection_fails_once_as_unavai
         finally:
             await admin.close()
         assert dropped == 1
+        if goodbye == "read":
+            await asyncio.sleep(0.3)
+        else:  # on the socket, the loop kept from reading it
+            time.sleep(0.3)  # noqa: ASYNC251 (the point: the loop must not run)
         with pytest.raises(Unavailable) as failed:
             await store.read_rows(statement, {})
         assert failed.value.reason == "STORE_UNAVAILABLE"
