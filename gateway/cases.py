@@ -200,7 +200,8 @@ class ServedView:
     categories: tuple[str, ...]
     served: int
     withheld: int
-    response: cases_pb2.GetCaseViewResponse
+    #: The `GetCaseViewResponse`, encoded once: served as these bytes (see `Encoded`).
+    encoded: bytes
 
     def holds(self, rows: Sequence[tuple[Any, ...]], at: dt.datetime) -> bool:
         return (self.holds_until is None or at < self.holds_until) and rows == self.rows
@@ -734,6 +735,14 @@ class Cases:
     async def get_view(
         self, caller: Caller, request: cases_pb2.GetCaseViewRequest
     ) -> cases_pb2.GetCaseViewResponse:
+        """The view for one reader and purpose (see `serve_view`)."""
+        served = await self.serve_view(caller, request)
+        return cases_pb2.GetCaseViewResponse.FromString(served.encoded)
+
+    async def serve_view(self, caller: Caller, request: cases_pb2.GetCaseViewRequest) -> ServedView:
+        """The view for one reader and purpose, its reading audited: kept and served
+        again while what it was made from is current (`ServedView`), made anew
+        otherwise. The service sends its `encoded` response as it is."""
         caller.require(Role.PARTNER, Role.ADVISOR)
         if not request.case_id:
             raise InvalidArgument.field("case_id", "is required")
@@ -764,7 +773,7 @@ class Cases:
                 view.withheld,
             )
         )
-        return view.response
+        return view
 
     def _make_view(
         self, conn: Connection, caller: Caller, case_id: str, purpose: str
@@ -807,15 +816,13 @@ class Cases:
         for source, category, count in withheld:
             view.withheld.add(source_partner_id=source, category=category, count=count)
         # The items are joined already encoded (a repeated field's encoding is the
-        # concatenation of its elements'); one parse hands gRPC a message, at a fifth
-        # of the cost of copying 200 parsed items into it.
+        # concatenation of its elements'), and the response stays encoded: a parsed
+        # message would be encoded again at every read (measured: 9% of the gateway's
+        # time serving a kept 31 KB view).
         items = b"".join(
             encoded
             for encoded, i in zip(timeline.encoded, timeline.flow_index, strict=True)
             if shown[i]
-        )
-        response = cases_pb2.GetCaseViewResponse.FromString(
-            _encoded_field(_VIEW_FIELD, view.SerializeToString() + items)
         )
         return ServedView(
             rows=raw,
@@ -825,7 +832,7 @@ class Cases:
             categories=timeline.categories,
             served=served,
             withheld=len(timeline.events) - served,
-            response=response,
+            encoded=_encoded_field(_VIEW_FIELD, view.SerializeToString() + items),
         )
 
     async def summary(

@@ -31,7 +31,7 @@ from gateway.cases import Cases
 from gateway.consent import Consents
 from gateway.errors import Aborted
 from gateway.identity import Identity
-from gateway.interceptors import status_for
+from gateway.interceptors import Encoded, status_for
 from gateway.work import PartnerWork
 
 Context = grpc.aio.ServicerContext[Any, Any]
@@ -46,10 +46,9 @@ class CaseServicer(cases_pb2_grpc.CaseServiceServicer):
     ) -> cases_pb2.OpenCaseResponse:
         return await self._cases.open_case(current_caller(), request)
 
-    async def GetCaseView(
-        self, request: cases_pb2.GetCaseViewRequest, context: Context
-    ) -> cases_pb2.GetCaseViewResponse:
-        return await self._cases.get_view(current_caller(), request)
+    async def GetCaseView(self, request: cases_pb2.GetCaseViewRequest, context: Context) -> Any:
+        # A `GetCaseViewResponse`, sent as encoded when the view was made.
+        return Encoded((await self._cases.serve_view(current_caller(), request)).encoded)
 
     async def ListCases(
         self, request: cases_pb2.ListCasesRequest, context: Context

@@ -12,12 +12,22 @@ from coopgate.v1 import cases_pb2, cases_pb2_grpc
 
 from gateway.caller import current_caller
 from gateway.errors import FailedPrecondition
-from gateway.interceptors import GatewayInterceptor
+from gateway.interceptors import Encoded, GatewayInterceptor
 from gateway.pki import Role
 from gateway.stack import Pki
 from partners import PartnerCredentials, secure_channel
 
 SECRET = "password=hunter2 at /srv/db.sqlite line 42"
+#: A response encoded by hand, fields out of protobuf's own order (the view's items
+#: come after the header it encodes): sent as these bytes, not encoded again.
+ENCODED = (
+    cases_pb2.GetCaseViewResponse(
+        view=cases_pb2.CaseView(timeline=[cases_pb2.TimelineItem(sequence=2)])
+    ).SerializeToString()
+    + cases_pb2.GetCaseViewResponse(
+        view=cases_pb2.CaseView(header=cases_pb2.CaseHeader(case_id="sent-as-is"))
+    ).SerializeToString()
+)
 
 
 class ExplodingCases(cases_pb2_grpc.CaseServiceServicer):
@@ -29,6 +39,8 @@ class ExplodingCases(cases_pb2_grpc.CaseServiceServicer):
             raise RuntimeError(SECRET)
         if request.case_id == "closed":
             raise FailedPrecondition("case is closed", reason="CASE_CLOSED")
+        if request.case_id == "encoded":
+            return Encoded(ENCODED)  # type: ignore[return-value]
         return cases_pb2.GetCaseViewResponse(
             view=cases_pb2.CaseView(
                 header=cases_pb2.CaseHeader(case_id=caller.partner_id, summary=caller.person_id)
@@ -99,3 +111,27 @@ async def test_caller_comes_from_the_certificate_and_person_from_metadata(
     )
     assert response.view.header.case_id == "bank-a"
     assert response.view.header.summary == "advisor-7"
+
+
+async def test_a_response_encoded_already_is_sent_as_it_is(exploding: grpc.aio.Channel) -> None:
+    raw: grpc.aio.UnaryUnaryMultiCallable[cases_pb2.GetCaseViewRequest, bytes] = (
+        exploding.unary_unary(
+            "/coopgate.v1.CaseService/GetCaseView",
+            request_serializer=cases_pb2.GetCaseViewRequest.SerializeToString,
+        )
+    )
+    sent = await raw(cases_pb2.GetCaseViewRequest(case_id="encoded"))
+    assert sent == ENCODED
+    assert sent != cases_pb2.GetCaseViewResponse.FromString(sent).SerializeToString()
+    parsed = await cases_pb2_grpc.CaseServiceStub(exploding).GetCaseView(
+        cases_pb2.GetCaseViewRequest(case_id="encoded")
+    )
+    assert parsed.view.header.case_id == "sent-as-is"
+    assert [item.sequence for item in parsed.view.timeline] == [2]
+    # and a message is still encoded as usual
+    assert (
+        cases_pb2.GetCaseViewResponse.FromString(
+            await raw(cases_pb2.GetCaseViewRequest(case_id="ok"))
+        ).view.header.case_id
+        == "bank-a"
+    )
