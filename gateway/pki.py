@@ -16,7 +16,6 @@ import ipaddress
 import os
 import re
 from dataclasses import dataclass
-from functools import lru_cache
 from pathlib import Path
 
 from cryptography import x509
@@ -196,7 +195,6 @@ class CertificateAuthority:
         return files
 
 
-@lru_cache(maxsize=4096)
 @functools.lru_cache(maxsize=1024)
 def identity_from_pem(pem: bytes) -> CertIdentity:
     """Read partner and role from a client certificate the TLS layer already verified

@@ -32,7 +32,14 @@ from gateway.caller import Caller
 from gateway.interceptors import GatewayInterceptor
 from gateway.pki import Role
 from gateway.settings import Settings
-from gateway.stack import DEV_SERVER_TUNING, Runtime, ensure_pki, open_runtime, start_gateway
+from gateway.stack import (
+    DEV_SERVER_TUNING,
+    Runtime,
+    ensure_pki,
+    freeze_heap,
+    open_runtime,
+    start_gateway,
+)
 from tests.benchmarks.common import database, summarize
 
 ECHO_METHOD = "/bench.Echo/Get"
@@ -291,6 +298,7 @@ async def main() -> None:
                 # No worker: the case stays as seeded, the view is what is measured.
                 case_id, position = await seed_case(runtime, "nfc-payment")
                 gateway = await start_gateway(runtime, pki)
+                freeze_heap()  # as `coopgate up` and `coopgate gateway` do once serving
                 target = f"127.0.0.1:{gateway.port}"
                 probe = await runtime.domain.cases.get_view(
                     Caller("bank-a", Role.ADVISOR),
