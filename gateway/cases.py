@@ -70,6 +70,8 @@ WATCH_BATCH = 200
 TIMELINE_CACHE_CASES = 512
 #: Views kept as served, per case, reader partner and purpose (see `ServedView`).
 VIEW_CACHE_ENTRIES = 1024
+#: Reader persons whose audit records a kept view keeps (beyond, they are made again).
+_KEPT_READERS = 64
 WATCH_IDLE_SECONDS = 5.0
 #: Category of what the customer told the first-contact partner.
 INTERACTION_CATEGORY = "interaction.history"
@@ -202,6 +204,9 @@ class ServedView:
     withheld: int
     #: The `GetCaseViewResponse`, encoded once: served as these bytes (see `Encoded`).
     encoded: bytes
+    #: The audit records of one reading, per reader person (all else is the view's):
+    #: the same records are appended at every reading, with its own time.
+    read_records: dict[str, list[AuditRecord]] = field(default_factory=dict)
 
     def holds(self, rows: Sequence[tuple[Any, ...]], at: dt.datetime) -> bool:
         return (self.holds_until is None or at < self.holds_until) and rows == self.rows
@@ -761,9 +766,11 @@ class Cases:
             self._views.move_to_end(key)
             while len(self._views) > VIEW_CACHE_ENTRIES:
                 self._views.popitem(last=False)
-        # Durable before anything is served: a read that cannot be logged does not happen.
-        await self.rules.audit.record(
-            self._read_records(
+        records = view.read_records.get(caller.person_id)
+        if records is None:
+            if len(view.read_records) >= _KEPT_READERS:
+                view.read_records.clear()
+            records = view.read_records[caller.person_id] = self._read_records(
                 caller,
                 view.row,
                 request.purpose,
@@ -772,7 +779,8 @@ class Cases:
                 view.served,
                 view.withheld,
             )
-        )
+        # Durable before anything is served: a read that cannot be logged does not happen.
+        await self.rules.audit.record(records)
         return view
 
     def _make_view(

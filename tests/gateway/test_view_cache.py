@@ -613,6 +613,29 @@ async def test_every_read_is_audited_whether_its_view_was_kept_or_built(
     assert len(rebuilt.timeline) == served + 1
 
 
+async def test_each_reader_person_of_a_kept_view_is_audited_as_itself(
+    stack: Stack, unique: Key, builds: Builds
+) -> None:
+    """The records a kept view keeps are per person: advisors of the same partner
+    reading the same kept view are each named in their own records."""
+    shared = await shared_case(stack, unique)
+    await grant(shared, unique)
+    request = cases_pb2.GetCaseViewRequest(case_id=shared.case_id, purpose=PURPOSE)
+    await shared.bank.cases.GetCaseView(request, metadata=(("x-coopgate-person", "ada"),))
+    made = builds.count
+    for person in ("bob", "ada", "bob"):
+        await shared.bank.cases.GetCaseView(request, metadata=(("x-coopgate-person", person),))
+    assert builds.count == made  # one view, kept, for all four reads
+    trail = await audit_trail(stack, shared.case_id)
+    assert [r["actor_person_id"] for r in case_reads(trail)][-4:] == ["ada", "bob", "ada", "bob"]
+    assert [d["actor_person_id"] for d in sim_decisions(trail)][-4:] == [
+        "ada",
+        "bob",
+        "ada",
+        "bob",
+    ]
+
+
 # -- 6. migration 0007 ---------------------------------------------------------------
 
 
