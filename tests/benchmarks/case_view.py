@@ -4,11 +4,13 @@ grpc.aio echo server (same mTLS, same response size) measured in the same run;
 then 1,000 concurrent watchers, each timed from an event to its delivery.
 
 The load runs in a separate process, so client and server each have a core; both
-clients take the reply as bytes (the server is what is measured). A third server, the
+clients take the reply as bytes (the server is what is measured). Each run is preceded
+by `--warmup` seconds of the same load, not counted. A third server, the
 gateway's own interceptors around the same fixed reply, shows what any gateway method
 costs before it does anything (the floor the view stands on).
 
-    python -m tests.benchmarks.case_view [--seconds 5] [--rounds 3] [--watchers 1000]
+    python -m tests.benchmarks.case_view [--seconds 5] [--warmup 0.5] [--rounds 3]
+        [--watchers 1000]
         [--backend sqlite|postgres]
 """
 
@@ -16,6 +18,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import gc
 import json
 import sys
 import tempfile
@@ -89,23 +92,29 @@ async def client_load(args: argparse.Namespace) -> None:
             return len(await view(request))
 
     size = await one()
+    # The load generator's own collector stays out of what it measures (timeit turns it
+    # off for the same reason): what it made to start is frozen, none of it walked.
+    gc.collect()
+    gc.freeze()
     samples: list[int] = []
-    deadline = time.perf_counter() + args.seconds
+    # All callers start at once: their first calls (connection windows, the server's
+    # first batch of them) are a warm-up, run but not counted.
+    measured_from = time.perf_counter_ns() + int(args.warmup * 1e9)
+    deadline_ns = measured_from + int(args.seconds * 1e9)
 
     async def caller() -> None:
-        while time.perf_counter() < deadline:
-            t0 = time.perf_counter_ns()
+        while (t0 := time.perf_counter_ns()) < deadline_ns:
             await one()
-            samples.append(time.perf_counter_ns() - t0)
+            if t0 >= measured_from:
+                samples.append(time.perf_counter_ns() - t0)
 
-    started = time.perf_counter()
     await asyncio.gather(*(caller() for _ in range(args.concurrency)))
-    elapsed = time.perf_counter() - started
     latency = summarize(samples)
     print(
         json.dumps(
             {
-                "rps": len(samples) / elapsed,
+                # calls started in the measured window, over its length
+                "rps": len(samples) / args.seconds,
                 "p50_ms": latency.p50_us / 1000,
                 "p99_ms": latency.p99_us / 1000,
                 "bytes": size,
@@ -259,6 +268,7 @@ async def run_child(args: list[str]) -> str:
 async def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--seconds", type=float, default=5)
+    parser.add_argument("--warmup", type=float, default=0.5, help="seconds of load not counted")
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--watchers", type=int, default=1000)
     parser.add_argument("--backend", choices=["sqlite", "postgres"], default="sqlite")
@@ -329,7 +339,8 @@ async def main() -> None:
                                 [
                                     "--client", "load", "--method", method, "--target", where,
                                     "--case-id", case_id, "--concurrency", str(concurrency),
-                                    "--seconds", str(args.seconds), *tls,
+                                    "--seconds", str(args.seconds),
+                                    "--warmup", str(args.warmup), *tls,
                                 ]
                             )  # fmt: skip
                             runs[method].append(json.loads(line))
