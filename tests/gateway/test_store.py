@@ -378,46 +378,63 @@ async def test_a_free_sqlite_write_starts_without_yielding_to_the_loop(tmp_path:
 
 
 @pytest.mark.parametrize("goodbye", ["unread", "read"])
-async def test_read_rows_on_a_dropped_postgresql_connection_fails_once_as_unavailable(
+async def test_read_rows_after_the_server_dropped_its_connection_reads_on_a_fresh_one(
     pg_database_factory: object, goodbye: str
 ) -> None:
-    """`Store.read_rows` talks to asyncpg itself: a connection the server dropped fails
-    as UNAVAILABLE, is thrown away, and the next read runs on a fresh one. Whether the
-    loop has read the server's goodbye yet or not (then asyncpg refuses the statement as
-    "another operation in progress": the race CI once hit)."""
+    """`Store.read_rows` runs on an asyncpg pool of its own: a connection the server
+    dropped while it was idle is replaced, and the read served, whether the loop had
+    read the server's goodbye before the read came or not."""
     import time
     from collections.abc import Awaitable, Callable
 
     import asyncpg
-    import pytest
-    from sqlalchemy import literal, select
+    from sqlalchemy import func, select
 
-    from gateway.errors import Unavailable
     from tests.conftest import PG_ADMIN_DSN
 
     assert callable(pg_database_factory)
     factory: Callable[[], Awaitable[str]] = pg_database_factory
     store = create_store(await factory(), pool_size=1)
-    statement = select(literal(7).label("n"))
+    backend = select(func.pg_backend_pid())
     try:
-        assert await store.read_rows(statement, {}) == [(7,)]
+        [(first,)] = await store.read_rows(backend, {})
         admin = await asyncpg.connect(PG_ADMIN_DSN)
         try:
-            dropped = await admin.fetchval(
-                "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity"
-                " WHERE datname = $1 AND pid <> pg_backend_pid()",
-                store.engine.url.database,
-            )
+            assert await admin.fetchval("SELECT pg_terminate_backend($1)", first)
         finally:
             await admin.close()
-        assert dropped == 1
         if goodbye == "read":
             await asyncio.sleep(0.3)
         else:  # on the socket, the loop kept from reading it
             time.sleep(0.3)  # noqa: ASYNC251 (the point: the loop must not run)
+        [(second,)] = await store.read_rows(backend, {})
+        assert second != first
+    finally:
+        await store.close()
+
+
+async def test_a_read_the_server_ends_mid_statement_is_unavailable_and_the_next_is_served(
+    pg_database_factory: object,
+) -> None:
+    """A connection lost in the middle of `read_rows` (here the server ends it while the
+    statement runs, as a restart would) is UNAVAILABLE, which clients retry, and is
+    thrown away: the next read runs on a fresh one."""
+    from collections.abc import Awaitable, Callable
+
+    from sqlalchemy import func, select
+
+    from gateway.errors import Unavailable
+
+    assert callable(pg_database_factory)
+    factory: Callable[[], Awaitable[str]] = pg_database_factory
+    store = create_store(await factory(), pool_size=1)
+    backend = select(func.pg_backend_pid())
+    try:
+        [(first,)] = await store.read_rows(backend, {})
         with pytest.raises(Unavailable) as failed:
-            await store.read_rows(statement, {})
+            await store.read_rows(select(func.pg_terminate_backend(func.pg_backend_pid())), {})
         assert failed.value.reason == "STORE_UNAVAILABLE"
-        assert await store.read_rows(statement, {}) == [(7,)]
+        [(second,)] = await store.read_rows(backend, {})
+        assert second != first
     finally:
         await store.close()
