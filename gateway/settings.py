@@ -29,8 +29,9 @@ class Settings(BaseSettings):
     database_pool_size: int = Field(
         default=32,
         ge=1,
-        description="Connections each gateway process keeps open to the store (as many "
-        "again may be opened for a burst, and closed after it).",
+        description="Connections each gateway process keeps open to the store, and opens "
+        "no more (on PostgreSQL, the case view's currency check has a pool of as many "
+        "again).",
     )
 
     temporal_address: str | None = Field(
