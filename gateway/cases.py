@@ -351,6 +351,10 @@ class Cases:
         self._views: OrderedDict[tuple[str, str, str], ServedView] = OrderedDict()
         self._levels: dict[tuple[str, int], admin_pb2.ServiceLevel] = {}
         self._inflight: dict[tuple[str, str, str, int, int], asyncio.Future[WatchBatch]] = {}
+        #: Views being made, per key, with the rows their maker had read.
+        self._making: dict[
+            tuple[str, str, str], tuple[Sequence[tuple[Any, ...]], asyncio.Future[ServedView]]
+        ] = {}
 
     async def open_case(
         self, caller: Caller, request: cases_pb2.OpenCaseRequest
@@ -759,13 +763,7 @@ class Cases:
         if view is not None and view.holds(rows, _now()):
             self._views.move_to_end(key)
         else:
-            view = await self.store.run_read(
-                self._make_view, caller, request.case_id, request.purpose
-            )
-            self._views[key] = view
-            self._views.move_to_end(key)
-            while len(self._views) > VIEW_CACHE_ENTRIES:
-                self._views.popitem(last=False)
+            view = await self._make_once(key, rows, caller)
         records = view.read_records.get(caller.person_id)
         if records is None:
             if len(view.read_records) >= _KEPT_READERS:
@@ -781,6 +779,44 @@ class Cases:
             )
         # Durable before anything is served: a read that cannot be logged does not happen.
         await self.rules.audit.record(records)
+        return view
+
+    async def _make_once(
+        self, key: tuple[str, str, str], rows: Sequence[tuple[Any, ...]], caller: Caller
+    ) -> ServedView:
+        """The view made anew, once for all the readers that find it out of date at the
+        same time: after a change to a case that many advisors watch, the first makes
+        it and those that read the same rows meanwhile wait for that one (made from
+        rows at least as recent as theirs) instead of each making their own. Should
+        that making fail, each waiter makes its own."""
+        making = self._making.get(key)
+        if making is not None and making[0] == rows:
+            try:
+                return await asyncio.shield(making[1])
+            except asyncio.CancelledError:
+                if not making[1].cancelled():
+                    raise  # this reader went away
+            except Exception:  # the maker's error: this reader makes its own
+                pass
+        future: asyncio.Future[ServedView] = asyncio.get_running_loop().create_future()
+        entry = self._making[key] = (rows, future)
+        try:
+            view = await self.store.run_read(self._make_view, caller, key[0], key[2])
+        except BaseException as exc:
+            if isinstance(exc, Exception):
+                future.set_exception(exc)
+                future.exception()  # retrieved here: waiters, if any, read it too
+            else:
+                future.cancel()
+            raise
+        finally:
+            if self._making.get(key) is entry:
+                del self._making[key]
+        future.set_result(view)
+        self._views[key] = view
+        self._views.move_to_end(key)
+        while len(self._views) > VIEW_CACHE_ENTRIES:
+            self._views.popitem(last=False)
         return view
 
     def _make_view(

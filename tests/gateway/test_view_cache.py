@@ -636,6 +636,25 @@ async def test_each_reader_person_of_a_kept_view_is_audited_as_itself(
     ]
 
 
+async def test_readers_finding_the_view_out_of_date_together_make_it_once(
+    stack: Stack, unique: Key, builds: Builds
+) -> None:
+    """After a change, concurrent readers of the same view wait for the one being made
+    from the rows they read instead of each making their own. (On SQLite a making
+    never yields the loop, so readers find it made; on PostgreSQL they overlap.)"""
+    shared = await shared_case(stack, unique)
+    await grant(shared, unique)
+    before = await read_until_kept(builds, shared.bank, shared.case_id)
+    await say(shared.bank, shared.case_id, "customer called back", unique)
+    made = builds.count
+    views = await asyncio.gather(*(read(shared.bank, shared.case_id) for _ in range(24)))
+    assert builds.count == made + 1
+    assert all(view == views[0] for view in views)
+    assert len(views[0].timeline) == len(before.timeline) + 1
+    trail = await audit_trail(stack, shared.case_id)
+    assert len(case_reads(trail)) >= 24 + 2  # each reading audited, shared making or not
+
+
 # -- 6. migration 0007 ---------------------------------------------------------------
 
 
