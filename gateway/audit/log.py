@@ -184,6 +184,62 @@ def _statements_for(dialect: Dialect) -> _Statements:
 Frontier = tuple[int, dict[Node, bytes]]
 
 
+@dataclass(slots=True)
+class _Rows:
+    """An append's rows, positional, in the tables' column order."""
+
+    entries: list[tuple[object, ...]]
+    nodes: list[tuple[int, int, bytes]]
+
+    def as_arrays(self) -> list[list[object]]:
+        """One array per column, entries' then nodes' (PostgreSQL's unnest)."""
+        return [
+            *map(list, zip(*self.entries, strict=True)),
+            *map(list, zip(*self.nodes, strict=True)),
+        ]
+
+
+def _leaves(
+    records: Sequence[AuditRecord],
+    first: int,
+    known: dict[Node, bytes],
+    recorded_at: Callable[[dt.datetime], object],
+) -> tuple[_Rows, Frontier]:
+    """The entries and subtree hashes of ``records`` appended at index ``first``, given
+    the hashes of the subtrees the root is made of at that size (``known``, updated in
+    place); with the frontier after them."""
+    now = dt.datetime.now(dt.UTC)
+    at_text = _at_text(now)
+    at_json = _json_string(at_text)
+    stored_at = recorded_at(now)
+    rows = _Rows([], [])
+    for index, record in enumerate(records, start=first):
+        entry = _encode(record, at_text, at_json)
+        node = leaf_hash(entry)
+        rows.nodes.append((0, index, node))
+        level, position = 0, index
+        while position & 1:  # this leaf closes a complete subtree at the next level
+            node = node_hash(known[(level, position - 1)], node)
+            level, position = level + 1, position >> 1
+            rows.nodes.append((level, position, node))
+        known[(level, position)] = node  # a left sibling for the leaves that follow
+        rows.entries.append(
+            (
+                index,
+                stored_at,
+                record.kind,
+                record.actor_partner_id,
+                record.subject_id,
+                record.case_id,
+                record.purpose,
+                record.decision,
+                entry,
+            )
+        )
+    size = first + len(records)
+    return rows, (size, {node: known[node] for node in root_nodes(size)})
+
+
 def _append(
     conn: Connection, records: Sequence[AuditRecord], before: Frontier | None
 ) -> tuple[list[int], Frontier]:
@@ -206,48 +262,15 @@ def _append(
         known = dict(before[1])
     else:  # the left siblings a new leaf may be merged with: the subtrees of the root
         known = read_nodes(conn, root_nodes(first))
-    now = dt.datetime.now(dt.UTC)
-    at_text = _at_text(now)
-    at_json = _json_string(at_text)
-    stored_at = statements.recorded_at(now)
-    entry_rows = []
-    node_rows = []
-    for index, record in enumerate(records, start=first):
-        entry = _encode(record, at_text, at_json)
-        node = leaf_hash(entry)
-        node_rows.append((0, index, node))
-        level, position = 0, index
-        while position & 1:  # this leaf closes a complete subtree at the next level
-            node = node_hash(known[(level, position - 1)], node)
-            level, position = level + 1, position >> 1
-            node_rows.append((level, position, node))
-        known[(level, position)] = node  # a left sibling for the leaves that follow
-        entry_rows.append(
-            (
-                index,
-                stored_at,
-                record.kind,
-                record.actor_partner_id,
-                record.subject_id,
-                record.case_id,
-                record.purpose,
-                record.decision,
-                entry,
-            )
-        )
+    rows, frontier = _leaves(records, first, known, statements.recorded_at)
     if cursor is not None:
-        cursor.executemany(statements.entries, entry_rows)
-        cursor.executemany(statements.nodes, node_rows)
+        cursor.executemany(statements.entries, rows.entries)
+        cursor.executemany(statements.nodes, rows.nodes)
         cursor.close()
     else:
         assert statements.both_as_arrays is not None  # the other backend is PostgreSQL
-        columns = [
-            *map(list, zip(*entry_rows, strict=True)),
-            *map(list, zip(*node_rows, strict=True)),
-        ]
-        conn.exec_driver_sql(statements.both_as_arrays, tuple(columns))
-    size = first + count
-    return list(range(first, size)), (size, {node: known[node] for node in root_nodes(size)})
+        conn.exec_driver_sql(statements.both_as_arrays, tuple(rows.as_arrays()))
+    return list(range(first, frontier[0])), frontier
 
 
 async def append(conn: AsyncConnection, records: Sequence[AuditRecord]) -> list[int]:
