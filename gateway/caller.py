@@ -7,6 +7,7 @@ authorization.
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Iterable
 from contextvars import ContextVar
 from dataclasses import dataclass
@@ -59,4 +60,8 @@ def set_caller(caller: Caller | None) -> object:
 
 
 def reset_caller(token: object) -> None:
-    _current.reset(token)  # type: ignore[arg-type]
+    """Undo `set_caller`. A server stream abandoned while suspended at a reply is closed
+    later by the loop, in a task and context of its own, where this call's caller was
+    never set: there is nothing to undo there (and ContextVar.reset would refuse)."""
+    with contextlib.suppress(ValueError):
+        _current.reset(token)  # type: ignore[arg-type]
