@@ -3,13 +3,17 @@
 from __future__ import annotations
 
 import asyncio
+from collections.abc import AsyncIterator
 
 import pytest
-from sqlalchemy import inspect, text
+from sqlalchemy import func, inspect, select, text
 
-from gateway.store import create_store, migrate
+from gateway.store import Store, create_store, migrate
 from gateway.store.migrate import current_revision, downgrade
 from gateway.store.schema import metadata
+
+#: Which server process serves a connection.
+BACKEND_PID = select(func.pg_backend_pid())
 
 EXPECTED_TABLES = set(metadata.tables)
 
@@ -377,64 +381,58 @@ async def test_a_free_sqlite_write_starts_without_yielding_to_the_loop(tmp_path:
         await store.close()
 
 
+@pytest.fixture
+async def pg_store(pg_database_factory: object) -> AsyncIterator[Store]:
+    """A store on a fresh PostgreSQL database, one connection to a pool."""
+    from collections.abc import Awaitable, Callable
+
+    assert callable(pg_database_factory)
+    factory: Callable[[], Awaitable[str]] = pg_database_factory
+    store = create_store(await factory(), pool_size=1)
+    try:
+        yield store
+    finally:
+        await store.close()
+
+
 @pytest.mark.parametrize("goodbye", ["unread", "read"])
 async def test_read_rows_after_the_server_dropped_its_connection_reads_on_a_fresh_one(
-    pg_database_factory: object, goodbye: str
+    pg_store: Store, goodbye: str
 ) -> None:
     """`Store.read_rows` runs on an asyncpg pool of its own: a connection the server
     dropped while it was idle is replaced, and the read served, whether the loop had
     read the server's goodbye before the read came or not."""
     import time
-    from collections.abc import Awaitable, Callable
 
     import asyncpg
-    from sqlalchemy import func, select
 
     from tests.conftest import PG_ADMIN_DSN
 
-    assert callable(pg_database_factory)
-    factory: Callable[[], Awaitable[str]] = pg_database_factory
-    store = create_store(await factory(), pool_size=1)
-    backend = select(func.pg_backend_pid())
+    [(first,)] = await pg_store.read_rows(BACKEND_PID, {})
+    admin = await asyncpg.connect(PG_ADMIN_DSN)
     try:
-        [(first,)] = await store.read_rows(backend, {})
-        admin = await asyncpg.connect(PG_ADMIN_DSN)
-        try:
-            assert await admin.fetchval("SELECT pg_terminate_backend($1)", first)
-        finally:
-            await admin.close()
-        if goodbye == "read":
-            await asyncio.sleep(0.3)
-        else:  # on the socket, the loop kept from reading it
-            time.sleep(0.3)  # noqa: ASYNC251 (the point: the loop must not run)
-        [(second,)] = await store.read_rows(backend, {})
-        assert second != first
+        assert await admin.fetchval("SELECT pg_terminate_backend($1)", first)
     finally:
-        await store.close()
+        await admin.close()
+    if goodbye == "read":
+        await asyncio.sleep(0.3)
+    else:  # on the socket, the loop kept from reading it
+        time.sleep(0.3)  # noqa: ASYNC251 (the point: the loop must not run)
+    [(second,)] = await pg_store.read_rows(BACKEND_PID, {})
+    assert second != first
 
 
 async def test_a_read_the_server_ends_mid_statement_is_unavailable_and_the_next_is_served(
-    pg_database_factory: object,
+    pg_store: Store,
 ) -> None:
     """A connection lost in the middle of `read_rows` (here the server ends it while the
     statement runs, as a restart would) is UNAVAILABLE, which clients retry, and is
     thrown away: the next read runs on a fresh one."""
-    from collections.abc import Awaitable, Callable
-
-    from sqlalchemy import func, select
-
     from gateway.errors import Unavailable
 
-    assert callable(pg_database_factory)
-    factory: Callable[[], Awaitable[str]] = pg_database_factory
-    store = create_store(await factory(), pool_size=1)
-    backend = select(func.pg_backend_pid())
-    try:
-        [(first,)] = await store.read_rows(backend, {})
-        with pytest.raises(Unavailable) as failed:
-            await store.read_rows(select(func.pg_terminate_backend(func.pg_backend_pid())), {})
-        assert failed.value.reason == "STORE_UNAVAILABLE"
-        [(second,)] = await store.read_rows(backend, {})
-        assert second != first
-    finally:
-        await store.close()
+    [(first,)] = await pg_store.read_rows(BACKEND_PID, {})
+    with pytest.raises(Unavailable) as failed:
+        await pg_store.read_rows(select(func.pg_terminate_backend(func.pg_backend_pid())), {})
+    assert failed.value.reason == "STORE_UNAVAILABLE"
+    [(second,)] = await pg_store.read_rows(BACKEND_PID, {})
+    assert second != first
