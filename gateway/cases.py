@@ -21,7 +21,19 @@ from typing import Any, Protocol
 from coopgate.v1 import admin_pb2, cases_pb2, common_pb2
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 from google.protobuf import timestamp_pb2
-from sqlalchemy import Connection, Row, and_, bindparam, insert, or_, select, update
+from sqlalchemy import (
+    ARRAY,
+    Connection,
+    Row,
+    String,
+    and_,
+    any_,
+    bindparam,
+    insert,
+    or_,
+    select,
+    update,
+)
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from gateway.admin import load_service
@@ -41,6 +53,7 @@ from gateway.pki import Role
 from gateway.pseudonyms import Pseudonyms
 from gateway.sealing import ERASED_TEXT, MISSING, Erased, Missing, Sealer
 from gateway.store import Store
+from gateway.store.batched import BatchedRows
 from gateway.store.engine import driver_statement
 from gateway.store.schema import (
     case_events,
@@ -229,7 +242,7 @@ class CaseRow:
 
 _CASE_ROW_FIELDS = tuple(CaseRow.__dataclass_fields__)
 #: The case, its key and every participant, in one statement: one row per participant.
-_VIEW_CASE = (
+_VIEW_CASE_SELECT = (
     select(
         *(cases.c[name] for name in _CASE_ROW_FIELDS),
         case_keys.c.wrapped_key,
@@ -251,8 +264,12 @@ _VIEW_CASE = (
         .join(services, services.c.service_id == cases.c.service_id)
         .outerjoin(case_keys, case_keys.c.case_id == cases.c.case_id)
     )
-    .where(cases.c.case_id == bindparam("case_id"))
     .order_by(case_participants.c.role, case_participants.c.partner_id)
+)
+_VIEW_CASE = _VIEW_CASE_SELECT.where(cases.c.case_id == bindparam("case_id"))
+#: The same rows for several cases, each case's in the same order (PostgreSQL).
+_VIEW_CASES = _VIEW_CASE_SELECT.where(
+    cases.c.case_id == any_(bindparam("keys", type_=ARRAY(String)))
 )
 _VIEW_CASE_KEY = len(_CASE_ROW_FIELDS)
 _VIEW_CASE_PARTICIPANT = _VIEW_CASE_KEY + 1
@@ -351,6 +368,8 @@ class Cases:
         self._views: OrderedDict[tuple[str, str, str], ServedView] = OrderedDict()
         self._levels: dict[tuple[str, int], admin_pb2.ServiceLevel] = {}
         self._inflight: dict[tuple[str, str, str, int, int], asyncio.Future[WatchBatch]] = {}
+        #: The view's currency check, read for all the requests that come together.
+        self._view_rows = BatchedRows(store, _VIEW_CASE, _VIEW_CASES, "case_id", 0)
         #: Views being made, per key, with the rows their maker had read.
         self._making: dict[
             tuple[str, str, str], tuple[Sequence[tuple[Any, ...]], asyncio.Future[ServedView]]
@@ -756,7 +775,7 @@ class Cases:
         if not request.case_id:
             raise InvalidArgument.field("case_id", "is required")
         self._check_purpose(request.purpose)
-        rows = await self.store.read_rows(_VIEW_CASE, {"case_id": request.case_id})
+        rows = await self._view_rows.rows(request.case_id)
         _require_participant(rows, caller, request.case_id)
         key = (request.case_id, caller.partner_id, request.purpose)
         view = self._views.get(key)

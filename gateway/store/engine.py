@@ -275,6 +275,11 @@ class Store:
                         min_size=0,
                         max_size=self._reads_size,
                         reset=keep_as_is,
+                        # Its statements are few, prepared once per connection, and read
+                        # by key: a plan made once serves. (Left to choose, PostgreSQL
+                        # planned a lookup by an array of keys anew at every execution,
+                        # 0.3 ms of its 0.46.)
+                        server_settings={"plan_cache_mode": "force_generic_plan"},
                     )
                 except _CONNECTION_LOST as exc:
                     raise Unavailable(
