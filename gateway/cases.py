@@ -821,12 +821,12 @@ class Cases:
         entry = self._making[key] = (rows, future)
         try:
             view = await self.store.run_read(self._make_view, caller, key[0], key[2])
-        except BaseException as exc:
-            if isinstance(exc, Exception):
-                future.set_exception(exc)
-                future.exception()  # retrieved here: waiters, if any, read it too
-            else:
-                future.cancel()
+        except Exception as exc:
+            future.set_exception(exc)
+            future.exception()  # retrieved here: waiters, if any, read it too
+            raise
+        except BaseException:  # this maker went away: its waiters make their own
+            future.cancel()
             raise
         finally:
             if self._making.get(key) is entry:

@@ -30,8 +30,8 @@ class Settings(BaseSettings):
         default=32,
         ge=1,
         description="Connections each gateway process keeps open to the store, and opens "
-        "no more (on PostgreSQL, the case view's currency check has a pool of as many "
-        "again).",
+        "no more (on PostgreSQL, the case view's currency check and the audit log's "
+        "batches share a pool of as many again).",
     )
 
     temporal_address: str | None = Field(

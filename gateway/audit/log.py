@@ -369,8 +369,9 @@ class AuditLog:
         """One batch, durably. On PostgreSQL, knowing the tree as of its last commit,
         the appender stores the batch in one statement, a transaction by itself: one
         round trip where BEGIN, moving the head, the rows and COMMIT took four (at one
-        caller: 1.4 ms -> 0.4 ms). When another writer moved the head meanwhile,
-        nothing was written, and it appends the way any writer does."""
+        caller, an audited read waited 1.4 ms for its record, now 0.75). When another
+        writer moved the head meanwhile, nothing was written, and it appends the way
+        any writer does."""
         statements = _statements_for(self.store.engine.dialect)
         before = self._frontier
         if before is not None and statements.guarded_append is not None:

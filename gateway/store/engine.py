@@ -43,8 +43,8 @@ SQLITE_LOCK_WAIT_SECONDS = 10.0
 #: SQLite's own busy wait, which blocks the loop: only for the rare reader wait
 #: (WAL index recovery); writers' waits happen in `_begin_sqlite_writer`.
 _SQLITE_BUSY_MS = 20
-#: How long `read_rows` waits for a connection of its pool (PostgreSQL).
-_READS_WAIT_SECONDS = 30.0
+#: How long `fetch_alone` waits for a connection of its pool (PostgreSQL).
+_DRIVER_POOL_WAIT_SECONDS = 30.0
 #: What asyncpg raises when a connection is lost or cannot be made. Operator
 #: intervention (class 57): the server shutting down or ending the connection while a
 #: statement runs, or not accepting connections yet. InternalClientError: the server's
@@ -136,7 +136,7 @@ class Store:
     """Owns the engine; hands out read and write transactions."""
 
     def __init__(
-        self, engine: AsyncEngine, scans: Engine | None = None, *, reads_size: int = 32
+        self, engine: AsyncEngine, scans: Engine | None = None, *, driver_pool_size: int = 32
     ) -> None:
         self.engine = engine
         self._scans = scans
@@ -148,10 +148,10 @@ class Store:
         self.checkpointer = WalCheckpointer(self._path) if self._path else None
         #: SQLite: the loop thread's connection for `read_rows`.
         self._hot: sqlite3.Connection | None = None
-        #: PostgreSQL: `fetch_alone`'s asyncpg pool, of up to ``reads_size`` connections.
-        self._reads: asyncpg.Pool | None = None
-        self._reads_size = reads_size
-        self._reads_opening = asyncio.Lock()
+        #: PostgreSQL: `fetch_alone`'s asyncpg pool, of up to ``driver_pool_size`` connections.
+        self._driver_pool: asyncpg.Pool | None = None
+        self._driver_pool_size = driver_pool_size
+        self._driver_pool_opening = asyncio.Lock()
 
     @asynccontextmanager
     async def read(self) -> AsyncIterator[AsyncConnection]:
@@ -241,9 +241,11 @@ class Store:
         its own, on asyncpg itself through a pool of its own, with no BEGIN or COMMIT
         round trip: a statement is atomic and, with ``synchronous_commit`` on, durable
         when it returns. Its rows as tuples. A connection lost is UNAVAILABLE."""
-        pool = self._reads if self._reads is not None else await self._open_reads()
         try:
-            async with pool.acquire(timeout=_READS_WAIT_SECONDS) as driver:
+            pool = self._driver_pool
+            if pool is None:
+                pool = await self._open_driver_pool()
+            async with pool.acquire(timeout=_DRIVER_POOL_WAIT_SECONDS) as driver:
                 try:
                     records = await driver.fetch(sql, *values)
                 except _CONNECTION_LOST as exc:
@@ -255,37 +257,31 @@ class Store:
             raise Unavailable(
                 "every connection to the store is in use", reason="STORE_BUSY"
             ) from None
-        except _CONNECTION_LOST as exc:  # could not connect
+        except _CONNECTION_LOST as exc:  # could not connect (or open the pool)
             raise Unavailable("the store cannot be reached", reason="STORE_UNAVAILABLE") from exc
         return [tuple(r) for r in records]
 
-    async def _open_reads(self) -> asyncpg.Pool:
+    async def _open_driver_pool(self) -> asyncpg.Pool:
         """The `fetch_alone` pool, opened on the loop of its first statement."""
-        async with self._reads_opening:
-            if self._reads is None:
+        async with self._driver_pool_opening:
+            if self._driver_pool is None:
 
                 async def keep_as_is(connection: asyncpg.Connection) -> None:
                     """`fetch_alone` leaves no session state behind: nothing to reset
                     (asyncpg's default reset is a round trip at every release)."""
 
                 url = self.engine.url.set(drivername="postgresql")
-                try:
-                    self._reads = await asyncpg.create_pool(
-                        url.render_as_string(hide_password=False),
-                        min_size=0,
-                        max_size=self._reads_size,
-                        reset=keep_as_is,
-                        # Its statements are few, prepared once per connection, and read
-                        # by key: a plan made once serves. (Left to choose, PostgreSQL
-                        # planned a lookup by an array of keys anew at every execution,
-                        # 0.3 ms of its 0.46.)
-                        server_settings={"plan_cache_mode": "force_generic_plan"},
-                    )
-                except _CONNECTION_LOST as exc:
-                    raise Unavailable(
-                        "the store cannot be reached", reason="STORE_UNAVAILABLE"
-                    ) from exc
-            return self._reads
+                self._driver_pool = await asyncpg.create_pool(
+                    url.render_as_string(hide_password=False),
+                    min_size=0,
+                    max_size=self._driver_pool_size,
+                    reset=keep_as_is,
+                    # Its statements are few, prepared once per connection, and read by
+                    # key: a plan made once serves. (Left to choose, PostgreSQL planned a
+                    # lookup by an array of keys anew at every execution, 0.3 ms of 0.46.)
+                    server_settings={"plan_cache_mode": "force_generic_plan"},
+                )
+            return self._driver_pool
 
     async def run_write(
         self, fn: Callable[Concatenate[Connection, P], T], *args: P.args, **kwargs: P.kwargs
@@ -352,9 +348,9 @@ class Store:
         if self.checkpointer is not None:
             self.checkpointer.stop()
             self.checkpointer = None
-        if self._reads is not None:
-            await self._reads.close()
-            self._reads = None
+        if self._driver_pool is not None:
+            await self._driver_pool.close()
+            self._driver_pool = None
         await self.engine.dispose()
         if self._scans is not None:
             self._scans.dispose()
@@ -432,7 +428,7 @@ def create_store(url: str, *, pool_size: int = 32, **engine_kwargs: Any) -> Stor
     # a view's. A connection the server dropped fails its statement instead, which the
     # store reports as UNAVAILABLE (clients retry those) while SQLAlchemy invalidates
     # the pool, so the retry gets a fresh connection.
-    return Store(create_async_engine(url, **engine_kwargs), reads_size=pool_size)
+    return Store(create_async_engine(url, **engine_kwargs), driver_pool_size=pool_size)
 
 
 def _configure_sqlite(sync_engine: Engine) -> None:
