@@ -28,27 +28,27 @@ from grpc_health.v1 import health
 from temporalio.client import Client
 from temporalio.worker import Worker
 
-from gateway import catalog
-from gateway.activities import IncidentActivities
-from gateway.admin import Admin
+from gateway.admin import catalog
+from gateway.admin.registry import Admin
+from gateway.api.server import Domain, ServerTLS, create_server, mark_serving
 from gateway.audit.checkpoints import Checkpointer, load_signer
 from gateway.audit.log import AuditLog
 from gateway.audit.service import Audit
-from gateway.cases import Cases
-from gateway.consent import ConsentRules, Consents
-from gateway.feed import CaseFeed
-from gateway.identity import IdentifierHasher, Identity
-from gateway.keyfiles import read_secret
-from gateway.pki import CertificateAuthority
-from gateway.pseudonyms import Pseudonyms
-from gateway.receipts import ReceiptSigner
-from gateway.sealing import Sealer
-from gateway.server import Domain, ServerTLS, create_server, mark_serving
+from gateway.cases.feed import CaseFeed
+from gateway.cases.service import Cases
+from gateway.consent.receipts import ReceiptSigner
+from gateway.consent.rules import ConsentRules, Consents
+from gateway.consent.vocabulary import Vocabulary
+from gateway.crypto.keyfiles import read_secret
+from gateway.crypto.pki import CertificateAuthority
+from gateway.crypto.pseudonyms import Pseudonyms
+from gateway.crypto.sealing import Sealer
+from gateway.identity.linking import IdentifierHasher, Identity
+from gateway.orchestration.activities import IncidentActivities
+from gateway.orchestration.temporal import TemporalIncidents, connect, create_worker
 from gateway.settings import Settings
 from gateway.store import Store, create_store, migrate
-from gateway.temporal import TemporalIncidents, connect, create_worker
-from gateway.vocabulary import Vocabulary
-from gateway.work import PartnerWork
+from gateway.work.delivery import PartnerWork
 
 log = logging.getLogger(__name__)
 
@@ -332,7 +332,7 @@ async def run_up(
             freeze_heap()
             async with worker:
                 if announce:
-                    from gateway.console import announce_stack
+                    from gateway.banner import announce_stack
 
                     announce_stack(settings, gateway.port, embedded=dev_server is not None)
                 if ready is not None:

@@ -17,7 +17,9 @@ from coopgate.v1 import admin_pb2_grpc, cases_pb2_grpc, consents_pb2_grpc, work_
 from temporalio.client import Client
 from temporalio.testing import WorkflowEnvironment
 
-from gateway.pki import CertificateAuthority, Role
+from gateway.core.caller import Role
+from gateway.crypto.pki import CertificateAuthority
+from gateway.orchestration.temporal import create_worker
 from gateway.settings import Settings
 from gateway.stack import (
     DEV_SERVER_TUNING,
@@ -28,7 +30,6 @@ from gateway.stack import (
     start_gateway,
 )
 from gateway.store import Store, create_store, migrate
-from gateway.temporal import create_worker
 from partners import PartnerCredentials, secure_channel
 
 PG_ADMIN_DSN = os.environ.get("COOPGATE_TEST_PG_DSN", "postgresql://postgres@127.0.0.1:5432/test")

@@ -13,7 +13,7 @@ from google.rpc import error_details_pb2, status_pb2
 from grpc_health.v1 import health_pb2
 from grpc_status import rpc_status
 
-from gateway.pki import Role
+from gateway.core.caller import Role
 
 if TYPE_CHECKING:
     from tests.conftest import Stack

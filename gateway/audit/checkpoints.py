@@ -34,8 +34,8 @@ from gateway.audit.store_tree import (
     log_size,
     root_nodes,
 )
-from gateway.errors import FailedPrecondition
-from gateway.keyfiles import read_secret
+from gateway.core.errors import FailedPrecondition
+from gateway.crypto.keyfiles import read_secret
 from gateway.store import Store
 from gateway.store.schema import audit_checkpoints, audit_head
 

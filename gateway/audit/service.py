@@ -35,10 +35,10 @@ from gateway.audit.store_tree import (
     log_size,
     statement_reads,
 )
-from gateway.caller import Caller, current_caller
-from gateway.errors import FieldViolation, InvalidArgument, NotFound
-from gateway.pki import PARTNER_ID_PATTERN, Role
-from gateway.pseudonyms import Pseudonyms
+from gateway.core.caller import Caller, Role, current_caller
+from gateway.core.errors import FieldViolation, InvalidArgument, NotFound
+from gateway.crypto.pki import PARTNER_ID_PATTERN
+from gateway.crypto.pseudonyms import Pseudonyms
 from gateway.store import Store
 from gateway.store.schema import audit_entries, audit_nodes, subject_links
 

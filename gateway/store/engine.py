@@ -30,7 +30,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_en
 from sqlalchemy.sql.compiler import SQLCompiler
 from sqlalchemy.util import await_only, greenlet_spawn
 
-from gateway.errors import Unavailable
+from gateway.core.errors import Unavailable
 from gateway.store.inline_sqlite import DRIVER as INLINE_DRIVER
 
 log = logging.getLogger(__name__)

@@ -51,7 +51,7 @@ from gateway.audit.checkpoints import Checkpointer
 from gateway.audit.log import AuditLog, AuditRecord, canonical
 from gateway.audit.service import Audit
 from gateway.audit.store_tree import statement_reads
-from gateway.pseudonyms import KEY_BYTES, Pseudonyms
+from gateway.crypto.pseudonyms import KEY_BYTES, Pseudonyms
 from gateway.store import Store, create_store, migrate
 from gateway.store.schema import audit_entries, audit_head, audit_nodes
 from tests.benchmarks.common import database, now_ns, summarize

@@ -31,9 +31,8 @@ from coopgate.v1 import admin_pb2, cases_pb2, cases_pb2_grpc, common_pb2, consen
 from opentelemetry.instrumentation.grpc import aio_server_interceptor
 from temporalio.testing import WorkflowEnvironment
 
-from gateway.caller import Caller
-from gateway.interceptors import GatewayInterceptor
-from gateway.pki import Role
+from gateway.api.interceptors import GatewayInterceptor
+from gateway.core.caller import Caller, Role
 from gateway.settings import Settings
 from gateway.stack import (
     DEV_SERVER_TUNING,

@@ -20,7 +20,7 @@ from coopgate.v1 import admin_pb2, consents_pb2
 from sqlalchemy import func, insert, select, text
 
 from gateway.audit.log import AuditLog
-from gateway.consent import ConsentRules, Flow
+from gateway.consent.rules import ConsentRules, Flow
 from gateway.store import create_store, migrate
 from gateway.store.schema import (
     consents,

@@ -7,7 +7,7 @@ import asyncio
 import contextlib
 from collections.abc import AsyncIterator, Callable, Iterable, Mapping
 
-from gateway.pki import Role
+from gateway.core.caller import Role
 from partners import PartnerClient
 from partners.reference import COMPANIES, Faults, ReferenceBackend
 from partners.scenarios import Stage

@@ -8,7 +8,7 @@ from collections.abc import AsyncIterator
 
 import pytest
 
-from gateway.pki import Role
+from gateway.core.caller import Role
 from partners.reference import COMPANIES
 from partners.scenarios import Cast, RecordingNarrator, Stage
 from tests.conftest import Stack

@@ -9,7 +9,7 @@ import os
 import signal
 import sys
 
-from gateway.pki import Role
+from gateway.core.caller import Role
 from partners import Channel
 from partners.scenarios import Stage
 

@@ -13,7 +13,7 @@ import grpc
 import pytest
 from coopgate.v1 import cases_pb2
 
-from gateway.pki import Role
+from gateway.core.caller import Role
 from partners import (
     Channel,
     DiagnosisRequest,

@@ -22,13 +22,12 @@ from temporalio.client import WorkflowExecutionStatus
 from temporalio.testing import WorkflowEnvironment
 from temporalio.worker import Replayer
 
-from gateway.caller import Caller
-from gateway.errors import FailedPrecondition
-from gateway.pki import Role
+from gateway.core.caller import Caller, Role
+from gateway.core.errors import FailedPrecondition
+from gateway.orchestration.temporal import create_worker
 from gateway.settings import Settings
 from gateway.stack import Runtime, open_runtime
 from gateway.store.schema import case_kpis, case_participants, work_items
-from gateway.temporal import create_worker
 from workflows import IncidentWorkflow
 from workflows.contracts import CaseState
 

@@ -17,9 +17,9 @@ from google.protobuf import timestamp_pb2
 
 from gateway.audit import Checkpoint, Verifier, leaf_hash, open_note
 from gateway.audit.merkle import verify_consistency, verify_inclusion
-from gateway.pki import Role
+from gateway.core.caller import Role
 from tests.conftest import Stack
-from tests.gateway.audit.conftest import Disclosure, audit_stub
+from tests.gateway.conftest import Disclosure, audit_stub
 from tests.helpers import field_violations
 
 

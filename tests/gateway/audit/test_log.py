@@ -240,7 +240,7 @@ async def test_proof_reads_hold_no_transaction_on_postgresql(store: Store) -> No
 
 async def test_proof_reads_of_an_unreachable_store_are_unavailable() -> None:
     from gateway.audit.store_tree import statement_reads
-    from gateway.errors import Unavailable
+    from gateway.core.errors import Unavailable
 
     store = create_store("postgresql+asyncpg://postgres@127.0.0.1:9/nothing")
     try:

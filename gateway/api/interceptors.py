@@ -1,0 +1,185 @@
+"""The gateway's one server interceptor: authenticate, then map errors.
+
+grpc.aio interceptors cannot see the servicer context, so this one wraps each
+handler's behaviour: it reads the caller from the verified client certificate
+(``auth_context``), makes it available through ``gateway.core.caller``, and turns
+domain errors into a ``google.rpc.Status`` with ``ErrorInfo`` and, for bad
+input, ``BadRequest`` field violations. Any other exception becomes INTERNAL
+with a reference id in the log and nothing else.
+"""
+
+from __future__ import annotations
+
+import logging
+import uuid
+from collections.abc import AsyncIterator, Awaitable, Callable
+from dataclasses import dataclass
+from typing import Any, NoReturn
+
+import grpc
+from google.protobuf import any_pb2
+from google.protobuf.message import Message
+from google.rpc import code_pb2, error_details_pb2, status_pb2
+from grpc_status import rpc_status
+
+from gateway.core.caller import Caller, person_from_metadata, reset_caller, set_caller
+from gateway.core.errors import ERROR_DOMAIN, CoopgateError, InvalidArgument, Unauthenticated
+from gateway.crypto.pki import identity_from_pem
+
+log = logging.getLogger(__name__)
+
+#: Infrastructure services any holder of a valid certificate may call.
+_OPEN_SERVICES = ("/grpc.health.v1.Health/", "/grpc.reflection.")
+
+
+@dataclass(slots=True, frozen=True)
+class Encoded:
+    """A response its method encoded already (a view kept and served many times): sent
+    as these bytes instead of being encoded again. A unary method of a service behind
+    `GatewayInterceptor` may return one in place of its message."""
+
+    data: bytes
+
+
+def _sending_encoded(
+    serialize: Callable[[Any], bytes] | None,
+) -> Callable[[Any], bytes] | None:
+    if serialize is None:
+        return None
+
+    def serializer(response: Any) -> bytes:
+        return response.data if type(response) is Encoded else serialize(response)
+
+    return serializer
+
+
+def status_for(error: CoopgateError) -> status_pb2.Status:
+    """The rich ``google.rpc.Status`` for a domain error."""
+    details: list[Message] = []
+    info = error_details_pb2.ErrorInfo(
+        reason=error.reason, domain=ERROR_DOMAIN, metadata=error.metadata
+    )
+    details.append(info)
+    if isinstance(error, InvalidArgument):
+        details.append(
+            error_details_pb2.BadRequest(
+                field_violations=[
+                    error_details_pb2.BadRequest.FieldViolation(
+                        field=v.field, description=v.description
+                    )
+                    for v in error.violations
+                ]
+            )
+        )
+    packed = []
+    for detail in details:
+        any_msg = any_pb2.Any()
+        any_msg.Pack(detail)
+        packed.append(any_msg)
+    return status_pb2.Status(code=error.code.value[0], message=error.message, details=packed)
+
+
+def _caller_from(context: grpc.aio.ServicerContext[Any, Any]) -> Caller:
+    pems = context.auth_context().get("x509_pem_cert")
+    if not pems:
+        raise Unauthenticated("a client certificate is required")
+    identity = identity_from_pem(next(iter(pems)))
+    return Caller(
+        partner_id=identity.partner_id,
+        role=identity.role,
+        person_id=person_from_metadata(context.invocation_metadata()),
+    )
+
+
+async def _abort(context: grpc.aio.ServicerContext[Any, Any], exc: BaseException) -> NoReturn:
+    if isinstance(exc, CoopgateError):
+        await context.abort_with_status(rpc_status.to_status(status_for(exc)))
+    ref = uuid.uuid4().hex[:12]
+    log.error("unexpected error (ref %s)", ref, exc_info=exc)
+    internal = status_pb2.Status(code=code_pb2.INTERNAL, message=f"internal error (ref {ref})")
+    await context.abort_with_status(rpc_status.to_status(internal))
+
+
+class GatewayInterceptor(grpc.aio.ServerInterceptor):
+    """Authentication from the certificate and the error mapping, for every RPC."""
+
+    def __init__(self) -> None:
+        self._wrapped: dict[
+            str, tuple[grpc.RpcMethodHandler[Any, Any], grpc.RpcMethodHandler[Any, Any]]
+        ] = {}
+
+    async def intercept_service(
+        self,
+        continuation: Callable[
+            [grpc.HandlerCallDetails], Awaitable[grpc.RpcMethodHandler[Any, Any] | None]
+        ],
+        handler_call_details: grpc.HandlerCallDetails,
+    ) -> grpc.RpcMethodHandler[Any, Any] | None:
+        handler = await continuation(handler_call_details)
+        if handler is None:
+            return handler
+        method = handler_call_details.method
+        if method.startswith(_OPEN_SERVICES):
+            return handler
+        # One wrapped handler per method and handler, built once (this runs for every call).
+        wrapped = self._wrapped.get(method)
+        if wrapped is None or wrapped[0] is not handler:
+            wrapped = self._wrapped[method] = (handler, _wrap(handler))
+        return wrapped[1]
+
+
+def _wrap(handler: grpc.RpcMethodHandler[Any, Any]) -> grpc.RpcMethodHandler[Any, Any]:
+    if handler.unary_unary is not None:
+        return grpc.unary_unary_rpc_method_handler(
+            _wrap_unary(handler.unary_unary),
+            request_deserializer=handler.request_deserializer,
+            response_serializer=_sending_encoded(handler.response_serializer),
+        )
+    if handler.unary_stream is not None:
+        return grpc.unary_stream_rpc_method_handler(
+            _wrap_stream(handler.unary_stream),
+            request_deserializer=handler.request_deserializer,
+            response_serializer=handler.response_serializer,
+        )
+    return handler
+
+
+def _wrap_unary(behavior: Callable[..., Any]) -> Callable[..., Awaitable[Any]]:
+    async def wrapper(request: Any, context: grpc.aio.ServicerContext[Any, Any]) -> Any:
+        try:
+            token = set_caller(_caller_from(context))
+        except Exception as exc:
+            await _abort(context, exc)
+        try:
+            return await behavior(request, context)
+        except grpc.aio.AbortError:
+            raise
+        except Exception as exc:
+            await _abort(context, exc)
+        finally:
+            reset_caller(token)
+
+    return wrapper
+
+
+def _wrap_stream(behavior: Callable[..., Any]) -> Callable[..., AsyncIterator[Any]]:
+    async def wrapper(
+        request: Any, context: grpc.aio.ServicerContext[Any, Any]
+    ) -> AsyncIterator[Any]:
+        try:
+            token = set_caller(_caller_from(context))
+        except Exception as exc:
+            await _abort(context, exc)
+        stream = behavior(request, context)
+        try:
+            async for response in stream:
+                yield response
+        except grpc.aio.AbortError:
+            raise
+        except Exception as exc:
+            await _abort(context, exc)
+        finally:
+            await stream.aclose()
+            reset_caller(token)
+
+    return wrapper

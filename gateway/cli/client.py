@@ -1,0 +1,113 @@
+"""The CLI's own gRPC client: an mTLS channel from certificates issued by
+`coopgate ca issue`, and readable reporting of gRPC errors."""
+
+from __future__ import annotations
+
+import asyncio
+import uuid
+from collections.abc import Awaitable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Annotated, TypeVar
+
+import grpc
+import typer
+from google.rpc import error_details_pb2
+from grpc_status import rpc_status
+from rich.console import Console
+
+from gateway.core.caller import Role
+from gateway.settings import Settings
+
+T = TypeVar("T")
+err = Console(stderr=True)
+
+
+@dataclass(slots=True, frozen=True)
+class ClientOptions:
+    settings: Settings
+    partner: str
+    role: Role
+    target: str | None = None
+    cert: Path | None = None
+    key: Path | None = None
+    ca: Path | None = None
+
+    def files(self) -> tuple[Path, Path, Path]:
+        clients = self.settings.pki_dir / "clients"
+        stem = f"{self.partner}-{self.role.value}"
+        return (
+            self.cert or clients / f"{stem}.pem",
+            self.key or clients / f"{stem}.key",
+            self.ca or self.settings.pki_dir / "ca.pem",
+        )
+
+    def channel(self) -> grpc.aio.Channel:
+        cert, key, ca = self.files()
+        for path in (cert, key, ca):
+            if not path.exists():
+                err.print(
+                    f"[red]error:[/red] {path} not found; issue it with "
+                    f"`coopgate ca issue --partner {self.partner} --role {self.role.value}`"
+                )
+                raise typer.Exit(1)
+        credentials = grpc.ssl_channel_credentials(
+            root_certificates=ca.read_bytes(),
+            private_key=key.read_bytes(),
+            certificate_chain=cert.read_bytes(),
+        )
+        return grpc.aio.secure_channel(
+            self.target or self.settings.listen,
+            credentials,
+            options=[("grpc.ssl_target_name_override", self.settings.server_name)],
+        )
+
+
+def client_options(
+    data_dir: Path | None,
+    partner: str,
+    role: Role,
+    target: str | None,
+    cert: Path | None,
+    key: Path | None,
+    ca: Path | None,
+) -> ClientOptions:
+    """Client options from the common CLI flags, over the configured settings."""
+    settings = Settings()
+    if data_dir is not None:
+        settings = settings.model_copy(update={"data_dir": data_dir})
+    return ClientOptions(settings, partner, role, target, cert, key, ca)
+
+
+DataDirOpt = Annotated[Path | None, typer.Option("--data-dir", help="Gateway state directory.")]
+JsonOpt = Annotated[bool, typer.Option("--json", help="Print JSON instead of a table.")]
+PartnerOpt = Annotated[str, typer.Option("--as", help="Act as this partner (certificate O).")]
+RoleOpt = Annotated[Role, typer.Option("--role", help="Certificate role (OU).")]
+TargetOpt = Annotated[str | None, typer.Option(help="Gateway address (default: COOPGATE_LISTEN).")]
+CertOpt = Annotated[Path | None, typer.Option("--cert", help="Client certificate PEM.")]
+KeyOpt = Annotated[Path | None, typer.Option("--key", help="Client key PEM.")]
+CaOpt = Annotated[Path | None, typer.Option("--ca", help="Gateway CA PEM.")]
+
+
+def new_key() -> str:
+    """A fresh idempotency key for one CLI invocation."""
+    return f"cli-{uuid.uuid4().hex}"
+
+
+def call(coro: Awaitable[T]) -> T:
+    """Run one client call; a gRPC error becomes a readable message and exit 1."""
+
+    async def run() -> T:
+        return await coro
+
+    try:
+        return asyncio.run(run())
+    except grpc.aio.AioRpcError as exc:
+        err.print(f"[red]{exc.code().name}[/red]: {exc.details()}")
+        status = rpc_status.from_call(exc)  # type: ignore[arg-type]
+        for detail in status.details if status is not None else ():
+            bad = error_details_pb2.BadRequest()
+            if detail.Unpack(bad):
+                for violation in bad.field_violations:
+                    err.print(f"  {violation.field}: {violation.description}")
+        raise typer.Exit(1) from None

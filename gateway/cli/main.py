@@ -1,0 +1,181 @@
+"""The `coopgate` command line."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import sys
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from rich.console import Console
+
+from gateway.cli.audit import audit_app
+from gateway.cli.case import case_app
+from gateway.cli.consent import agreement_app, consent_app
+from gateway.core.caller import Role
+from gateway.crypto.pki import CertificateAuthority
+from gateway.settings import Settings
+
+app = typer.Typer(no_args_is_help=True, add_completion=False, help="The Coopgate gateway.")
+ca_app = typer.Typer(no_args_is_help=True, help="The gateway's certificate authority.")
+app.add_typer(ca_app, name="ca")
+app.add_typer(audit_app, name="audit")
+app.add_typer(case_app, name="case")
+app.add_typer(consent_app, name="consent")
+app.add_typer(agreement_app, name="agreement")
+
+err = Console(stderr=True)
+
+DataDir = Annotated[
+    Path | None,
+    typer.Option("--data-dir", help="State directory (default: $COOPGATE_DATA_DIR or ./var)."),
+]
+
+
+def _settings(data_dir: Path | None) -> Settings:
+    settings = Settings()
+    if data_dir is not None:
+        settings = settings.model_copy(update={"data_dir": data_dir})
+    return settings
+
+
+def _logging() -> None:
+    logging.basicConfig(
+        level=os.environ.get("COOPGATE_LOG_LEVEL", "INFO"),
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+    )
+
+
+def _run(coro: object) -> None:
+    from gateway.stack import StackError
+
+    try:
+        asyncio.run(coro)  # type: ignore[arg-type]
+    except StackError as exc:
+        err.print(f"[red]error:[/red] {exc}")
+        raise typer.Exit(1) from None
+    except KeyboardInterrupt:
+        pass
+
+
+@app.command()
+def up(
+    data_dir: DataDir = None,
+    seed: Annotated[bool, typer.Option(help="Load the reference catalogue.")] = True,
+) -> None:
+    """Run the whole stack (Temporal dev server, gateway, worker) in the foreground."""
+    from gateway.stack import run_up
+
+    _logging()
+    _run(run_up(_settings(data_dir), seed=seed))
+
+
+@app.command()
+def gateway(data_dir: DataDir = None) -> None:
+    """Run one gateway replica against the configured store and Temporal."""
+    from gateway.stack import run_gateway
+
+    _logging()
+    _run(run_gateway(_settings(data_dir)))
+
+
+@app.command()
+def worker(data_dir: DataDir = None) -> None:
+    """Run a Temporal worker alone against the configured store and Temporal."""
+    from gateway.stack import run_worker
+
+    _logging()
+    _run(run_worker(_settings(data_dir)))
+
+
+@app.command()
+def migrate(data_dir: DataDir = None) -> None:
+    """Bring the store's schema up to date."""
+    from gateway.store import create_store
+    from gateway.store import migrate as do_migrate
+
+    async def go() -> None:
+        store = create_store(_settings(data_dir).effective_database_url)
+        try:
+            await do_migrate(store)
+        finally:
+            await store.close()
+
+    _run(go())
+    err.print("schema is up to date")
+
+
+@ca_app.command("init")
+def ca_init(data_dir: DataDir = None) -> None:
+    """Create the certificate authority in DATA_DIR/pki."""
+    settings = _settings(data_dir)
+    ca = CertificateAuthority(settings.pki_dir)
+    try:
+        ca.init()
+    except FileExistsError as exc:
+        err.print(f"[red]error:[/red] {exc}")
+        raise typer.Exit(1) from None
+    err.print(f"CA created: {ca.cert_path}")
+
+
+@ca_app.command("issue")
+def ca_issue(
+    partner: Annotated[str, typer.Option(help="Partner id, written as the certificate's O.")],
+    role: Annotated[Role, typer.Option(help="Role, written as the certificate's OU.")],
+    out: Annotated[
+        Path | None, typer.Option(help="Output directory (default DATA_DIR/pki/clients).")
+    ] = None,
+    data_dir: DataDir = None,
+) -> None:
+    """Issue a client certificate for a partner and role."""
+    from gateway.core.errors import InvalidArgument
+
+    settings = _settings(data_dir)
+    ca = CertificateAuthority(settings.pki_dir)
+    try:
+        files = ca.issue_client(out or settings.pki_dir / "clients", partner, role)
+    except FileNotFoundError as exc:
+        err.print(f"[red]error:[/red] {exc}")
+        raise typer.Exit(1) from None
+    except InvalidArgument as exc:
+        err.print(f"[red]error:[/red] {exc.violations[0].description}")
+        raise typer.Exit(2) from None
+    print(f"cert: {files.cert}\nkey:  {files.key}\nca:   {files.ca}")
+
+
+@app.command()
+def demo(
+    scenarios: Annotated[
+        list[str] | None,
+        typer.Argument(
+            metavar="SCENARIO", help="nfc-payment, smart-heating, transit-pass (default: all)."
+        ),
+    ] = None,
+    data_dir: DataDir = None,
+) -> None:
+    """Play scenarios against the stack `make run` started, with the reference partners.
+
+    Runs `python -m partners.demo` as a subprocess: the gateway never imports partners.
+    """
+    import subprocess
+
+    settings = _settings(data_dir)
+    command = [sys.executable, "-m", "partners.demo", *(scenarios or [])]
+    command += ["--target", settings.listen, "--data-dir", str(settings.data_dir)]
+    command += ["--server-name", settings.server_name]
+    raise typer.Exit(subprocess.run(command, check=False).returncode)
+
+
+def main() -> None:
+    """Entry point; ends through one explicit exit path (temporalio sdk-python#300)."""
+    code: int = 0
+    try:
+        app()
+    except SystemExit as exc:
+        code = exc.code if isinstance(exc.code, int) else (0 if exc.code is None else 1)
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(code)

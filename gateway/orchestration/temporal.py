@@ -1,0 +1,149 @@
+"""The gateway's side of Temporal: the client, the worker, and starting incidents."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from temporalio.client import (
+    Client,
+    TLSConfig,
+    WorkflowExecutionStatus,
+    WorkflowUpdateFailedError,
+)
+from temporalio.common import WorkflowIDConflictPolicy, WorkflowIDReusePolicy
+from temporalio.contrib.opentelemetry import TracingInterceptor
+from temporalio.exceptions import WorkflowAlreadyStartedError
+from temporalio.service import RPCError
+from temporalio.worker import Worker
+
+from gateway.core.errors import FailedPrecondition, Unavailable
+from gateway.orchestration.activities import IncidentActivities
+from gateway.settings import Settings
+from workflows import IncidentWorkflow
+from workflows.contracts import (
+    CustomerAnswer,
+    Finding,
+    IncidentInput,
+    OwnershipAnswer,
+    ResolveRequest,
+)
+
+
+async def connect(settings: Settings) -> Client:
+    tls: TLSConfig | bool = False
+    if settings.temporal_tls_cert or settings.temporal_tls_ca:
+        tls = TLSConfig(
+            server_root_ca_cert=_read(settings.temporal_tls_ca),
+            client_cert=_read(settings.temporal_tls_cert),
+            client_private_key=_read(settings.temporal_tls_key),
+        )
+    return await Client.connect(
+        settings.effective_temporal_address,
+        namespace=settings.temporal_namespace,
+        tls=tls,
+        interceptors=[TracingInterceptor()],
+    )
+
+
+def _read(path: Path | None) -> bytes | None:
+    return path.read_bytes() if path else None
+
+
+class TemporalIncidents:
+    """The gateway's line to each case's ``IncidentWorkflow`` (workflow id = case id):
+    start it at most once, and pass it findings, ownership answers, resolutions
+    and the customer's confirmation. A rejected update or a finished workflow
+    becomes FAILED_PRECONDITION with the workflow's reason."""
+
+    def __init__(self, client: Client, task_queue: str) -> None:
+        self._client = client
+        self._task_queue = task_queue
+
+    async def ensure_started(
+        self, case_id: str, service_id: str, first_contact_partner_id: str
+    ) -> None:
+        try:
+            await self._client.start_workflow(
+                IncidentWorkflow.run,
+                IncidentInput(
+                    case_id=case_id,
+                    service_id=service_id,
+                    first_contact_partner_id=first_contact_partner_id,
+                ),
+                id=case_id,
+                task_queue=self._task_queue,
+                id_reuse_policy=WorkflowIDReusePolicy.REJECT_DUPLICATE,
+                id_conflict_policy=WorkflowIDConflictPolicy.USE_EXISTING,
+            )
+        except WorkflowAlreadyStartedError:
+            return  # already ran to completion: nothing to start again
+        except RPCError as exc:
+            raise Unavailable(
+                "the workflow engine cannot be reached; retry with the same idempotency key",
+                reason="WORKFLOW_ENGINE_UNAVAILABLE",
+            ) from exc
+
+    async def status(self, case_id: str) -> WorkflowExecutionStatus | None:
+        description = await self._client.get_workflow_handle(case_id).describe()
+        return description.status
+
+    async def send_finding(self, case_id: str, finding: Finding) -> None:
+        try:
+            await self._client.get_workflow_handle(case_id).signal(
+                IncidentWorkflow.submit_finding, finding
+            )
+        except RPCError as exc:
+            raise _closed_or_unavailable(exc) from exc
+
+    async def accept(self, case_id: str, answer: OwnershipAnswer) -> str:
+        return await self._update(case_id, "accept_ownership", answer)
+
+    async def decline(self, case_id: str, answer: OwnershipAnswer) -> str:
+        return await self._update(case_id, "decline_ownership", answer)
+
+    async def resolve(self, case_id: str, request: ResolveRequest) -> str:
+        return await self._update(case_id, "resolve", request)
+
+    async def confirm(self, case_id: str, answer: CustomerAnswer) -> str:
+        return await self._update(case_id, "confirm", answer)
+
+    async def reopen(self, case_id: str, answer: CustomerAnswer) -> str:
+        return await self._update(case_id, "reopen", answer)
+
+    async def _update(self, case_id: str, name: str, arg: Any) -> str:
+        handle = self._client.get_workflow_handle(case_id)
+        try:
+            result: str = await handle.execute_update(name, arg, result_type=str)
+        except WorkflowUpdateFailedError as exc:
+            cause = exc.cause
+            message = getattr(cause, "message", None) or str(cause or exc)
+            raise FailedPrecondition(message, reason="CASE_STATE_REFUSED") from exc
+        except RPCError as exc:
+            raise _closed_or_unavailable(exc) from exc
+        return result
+
+
+def _closed_or_unavailable(exc: RPCError) -> Exception:
+    from temporalio.service import RPCStatusCode
+
+    if exc.status == RPCStatusCode.NOT_FOUND:
+        return FailedPrecondition("the case is closed", reason="CASE_CLOSED")
+    return Unavailable(
+        "the workflow engine cannot be reached; retry with the same idempotency key",
+        reason="WORKFLOW_ENGINE_UNAVAILABLE",
+    )
+
+
+def create_worker(
+    client: Client, task_queue: str, activities: IncidentActivities, **kwargs: object
+) -> Worker:
+    workflows: Sequence[type] = [IncidentWorkflow]
+    return Worker(
+        client,
+        task_queue=task_queue,
+        workflows=workflows,
+        activities=activities.all(),
+        **kwargs,  # type: ignore[arg-type]
+    )

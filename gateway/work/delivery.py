@@ -1,0 +1,125 @@
+"""Partner work delivery: a server-streaming subscription with acknowledgement.
+
+Items wait in the store until the partner acknowledges them, so delivery is
+at least once: a stream that breaks before the acknowledgement gets the item
+again on the next subscription. Within one stream an item is sent once.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import datetime as dt
+from collections.abc import AsyncIterator
+
+from coopgate.v1 import work_pb2
+from sqlalchemy import insert, select, update
+from sqlalchemy.ext.asyncio import AsyncConnection
+
+from gateway.core.caller import Caller, Role
+from gateway.core.errors import InvalidArgument
+from gateway.store import Store
+from gateway.store.idempotency import run_once
+from gateway.store.schema import work_items
+
+POLL_SECONDS = 0.2
+DEFAULT_IN_FLIGHT = 32
+MAX_IN_FLIGHT = 1000
+MAX_ACK_BATCH = 1000
+
+
+class PartnerWork:
+    def __init__(self, store: Store) -> None:
+        self.store = store
+
+    async def subscribe(
+        self, caller: Caller, request: work_pb2.SubscribeRequest
+    ) -> AsyncIterator[work_pb2.SubscribeResponse]:
+        caller.require(Role.PARTNER)
+        in_flight = request.max_in_flight or DEFAULT_IN_FLIGHT
+        if not 0 < in_flight <= MAX_IN_FLIGHT:
+            raise InvalidArgument.field("max_in_flight", f"must be in 1..{MAX_IN_FLIGHT}")
+        sent: set[str] = set()
+        while True:
+            # An idle poll only reads: a write transaction (on SQLite, the one
+            # writer lock) is taken only when there is something to deliver.
+            async with self.store.read() as conn:
+                rows = (
+                    await conn.execute(
+                        select(work_items.c.work_id, work_items.c.item, work_items.c.deliveries)
+                        .where(
+                            work_items.c.partner_id == caller.partner_id,
+                            work_items.c.acked_at.is_(None),
+                        )
+                        .order_by(work_items.c.created_at, work_items.c.work_id)
+                        .limit(in_flight + len(sent))
+                    )
+                ).all()
+            fresh = [r for r in rows if r.work_id not in sent][: max(0, in_flight - len(sent))]
+            if fresh:
+                async with self.store.write() as conn:
+                    await conn.execute(
+                        update(work_items)
+                        .where(work_items.c.work_id.in_([r.work_id for r in fresh]))
+                        .values(deliveries=work_items.c.deliveries + 1)
+                    )
+            sent &= {r.work_id for r in rows}  # acknowledged items leave the in-flight window
+            for row in fresh:
+                item = work_pb2.WorkItem.FromString(row.item)
+                item.redeliveries = row.deliveries
+                sent.add(row.work_id)
+                yield work_pb2.SubscribeResponse(item=item)
+            if not fresh:
+                await asyncio.sleep(POLL_SECONDS)
+
+    async def acknowledge(
+        self, caller: Caller, request: work_pb2.AcknowledgeRequest
+    ) -> work_pb2.AcknowledgeResponse:
+        caller.require(Role.PARTNER)
+        if not request.work_ids:
+            raise InvalidArgument.field("work_ids", "at least one work id")
+        if len(request.work_ids) > MAX_ACK_BATCH:
+            raise InvalidArgument.field("work_ids", f"at most {MAX_ACK_BATCH} per call")
+
+        async def action(conn: AsyncConnection) -> work_pb2.AcknowledgeResponse:
+            result = await conn.execute(
+                update(work_items)
+                .where(
+                    work_items.c.work_id.in_(set(request.work_ids)),
+                    work_items.c.partner_id == caller.partner_id,
+                    work_items.c.acked_at.is_(None),
+                )
+                .values(acked_at=dt.datetime.now(dt.UTC))
+            )
+            return work_pb2.AcknowledgeResponse(acknowledged=result.rowcount)
+
+        response, _ = await run_once(
+            self.store, caller, "Acknowledge", request, work_pb2.AcknowledgeResponse, action
+        )
+        return response
+
+
+async def enqueue(
+    conn: AsyncConnection, work_id: str, partner_id: str, item: work_pb2.WorkItem
+) -> bool:
+    """Queue an item for a partner once: the same ``work_id`` again is a no-op.
+
+    Returns whether the item was new.
+    """
+    exists = (
+        await conn.execute(select(work_items.c.work_id).where(work_items.c.work_id == work_id))
+    ).first()
+    if exists is not None:
+        return False
+    now = dt.datetime.now(dt.UTC)
+    item.work_id = work_id
+    item.created_at.FromDatetime(now)
+    await conn.execute(
+        insert(work_items).values(
+            work_id=work_id,
+            partner_id=partner_id,
+            created_at=now,
+            item=item.SerializeToString(deterministic=True),
+            deliveries=0,
+        )
+    )
+    return True

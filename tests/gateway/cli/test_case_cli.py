@@ -1,0 +1,87 @@
+"""`coopgate case show|list|watch` as an advisor runs them against the gateway."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from collections.abc import Callable
+
+from coopgate.v1 import cases_pb2, common_pb2
+
+from gateway.core.caller import Role
+from tests.conftest import Stack
+from tests.helpers import COOPGATE, client_args, run_coopgate
+
+
+async def test_show_list_and_watch_render_the_combined_view(
+    stack: Stack, unique: Callable[[str], str]
+) -> None:
+    bank, telco = stack.api("bank-a", Role.ADVISOR), stack.api("telco-a", Role.ADVISOR)
+    customer = unique("cust")
+    opened = await bank.cases.OpenCase(
+        cases_pb2.OpenCaseRequest(
+            idempotency_key=unique("k"),
+            service_id="nfc-payment",
+            customer_local_id=customer,
+            channel=common_pb2.CHANNEL_PHONE,
+            summary="phone payment refused at the till",
+        )
+    )
+    await telco.cases.AppendInteraction(
+        cases_pb2.AppendInteractionRequest(
+            idempotency_key=unique("k"),
+            case_id=opened.case_id,
+            interaction=cases_pb2.Interaction(
+                channel=common_pb2.CHANNEL_STORE, summary="checked the SIM", category="device.sim"
+            ),
+        )
+    )
+    bank_args = client_args(stack, "bank-a", Role.ADVISOR)
+
+    code, out, err = await run_coopgate("case", "show", opened.case_id, *bank_args)
+    assert code == 0, err
+    assert "phone payment refused at the till" in out
+    assert "device.sim from telco-a" in out  # withheld, and said so
+    assert "checked the SIM" not in out
+
+    code, out, err = await run_coopgate("case", "show", opened.case_id, *bank_args, "--json")
+    assert code == 0, err
+    assert json.loads(out)["header"]["caseId"] == opened.case_id
+
+    code, out, err = await run_coopgate(
+        "case", "list", *bank_args, "--customer", customer, "--json"
+    )
+    assert code == 0, err
+    assert [c["caseId"] for c in json.loads(out)] == [opened.case_id]
+
+    code, out, err = await run_coopgate(
+        "case", "show", opened.case_id, *client_args(stack, "energy-a", Role.ADVISOR)
+    )
+    assert code == 1
+    assert "NOT_FOUND" in err
+
+    watcher = await asyncio.create_subprocess_exec(
+        COOPGATE, "case", "watch", opened.case_id, *bank_args, "--json",
+        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
+    )  # fmt: skip
+    try:
+        assert watcher.stdout is not None
+        async with asyncio.timeout(30):
+            first = json.loads(await watcher.stdout.readline())
+            assert first["item"]["sequence"] == "1"
+            await bank.cases.AppendInteraction(
+                cases_pb2.AppendInteractionRequest(
+                    idempotency_key=unique("k"),
+                    case_id=opened.case_id,
+                    interaction=cases_pb2.Interaction(
+                        channel=common_pb2.CHANNEL_EMAIL, summary="sent the customer a follow-up"
+                    ),
+                )
+            )
+            while True:
+                line = json.loads(await watcher.stdout.readline())
+                if line["item"].get("interaction", {}).get("summary", "").startswith("sent"):
+                    break
+    finally:
+        watcher.terminate()
+        await watcher.wait()

@@ -1,0 +1,419 @@
+"""Consent enforcement against the running gateway over mTLS: a partner's read
+of another partner's data needs a sharing agreement AND the customer's
+consent for that purpose, at the moment of the read."""
+
+from __future__ import annotations
+
+import asyncio
+import datetime as dt
+from collections.abc import AsyncIterator, Callable
+from dataclasses import dataclass
+
+import grpc
+import pytest
+from coopgate.v1 import admin_pb2, cases_pb2, common_pb2, consents_pb2, work_pb2
+from sqlalchemy import select
+
+from gateway.consent.receipts import ReceiptError, verify_receipt
+from gateway.core.caller import Role
+from gateway.store.schema import audit_entries
+from tests.conftest import Api, Stack
+from tests.helpers import error_info, field_violations
+
+Key = Callable[[str], str]
+
+
+@dataclass
+class Scene:
+    """A case opened at the bank, with one item of the operator's data on it."""
+
+    case_id: str
+    service_id: str
+    customer: str
+    bank: Api
+    telco: Api
+    admin: Api
+    agreement_id: str
+
+
+async def telco_says(scene: Scene, unique: Key, summary: str) -> int:
+    response = await scene.telco.cases.AppendInteraction(
+        cases_pb2.AppendInteractionRequest(
+            idempotency_key=unique("k"),
+            case_id=scene.case_id,
+            interaction=cases_pb2.Interaction(
+                channel=common_pb2.CHANNEL_STORE,
+                summary=summary,
+                category="device.sim",
+                author_kind=cases_pb2.AUTHOR_KIND_ADVISOR,
+            ),
+        )
+    )
+    return response.sequence
+
+
+async def define_agreement(
+    scene_admin: Api, unique: Key, service_id: str, categories: list[str], agreement_id: str
+) -> str:
+    response = await scene_admin.admin.DefineSharingAgreement(
+        admin_pb2.DefineSharingAgreementRequest(
+            idempotency_key=unique("k"),
+            agreement=admin_pb2.SharingAgreement(
+                agreement_id=agreement_id,
+                source_partner_id="telco-a",
+                recipient_partner_id="bank-a",
+                service_id=service_id,
+                categories=categories,
+                purposes=["incident-diagnosis", "incident-resolution"],
+            ),
+        )
+    )
+    return response.agreement.agreement_id
+
+
+@pytest.fixture
+async def scene(stack: Stack, unique: Key) -> Scene:
+    """Each test gets its own service, so agreements made by one test do not
+    leak into another's decisions."""
+    admin = stack.api("coopgate", Role.ADMIN)
+    nfc = await admin.admin.GetService(admin_pb2.GetServiceRequest(service_id="nfc-payment"))
+    service = nfc.service
+    service.service_id = unique("nfc")
+    await admin.admin.DefineService(
+        admin_pb2.DefineServiceRequest(idempotency_key=unique("k"), service=service)
+    )
+    bank = stack.api("bank-a", Role.ADVISOR)
+    customer = unique("cust")
+    opened = await bank.cases.OpenCase(
+        cases_pb2.OpenCaseRequest(
+            idempotency_key=unique("k"),
+            service_id=service.service_id,
+            customer_local_id=customer,
+            channel=common_pb2.CHANNEL_PHONE,
+            summary="cannot pay by phone at the restaurant",
+        )
+    )
+    agreement_id = await define_agreement(
+        admin, unique, service.service_id, ["device.sim"], unique("agr")
+    )
+    scene = Scene(
+        opened.case_id,
+        service.service_id,
+        customer,
+        bank,
+        stack.api("telco-a"),
+        admin,
+        agreement_id,
+    )
+    await telco_says(scene, unique, "SIM applet locked after OTA update")
+    return scene
+
+
+def grant(scene: Scene, unique: Key, **overrides: object) -> consents_pb2.GrantConsentRequest:
+    fields: dict[str, object] = {
+        "idempotency_key": unique("k"),
+        "customer_local_id": scene.customer,
+        "source_partner_id": "telco-a",
+        "recipient_partner_ids": ["bank-a"],
+        "categories": ["device.sim"],
+        "purposes": ["incident-resolution"],
+        "channel": common_pb2.CHANNEL_PHONE,
+        "notice_version": "bank-a/notice/2026-10",
+    }
+    fields.update(overrides)
+    return consents_pb2.GrantConsentRequest(**fields)  # type: ignore[arg-type]
+
+
+async def view(api: Api, case_id: str, purpose: str = "incident-resolution") -> cases_pb2.CaseView:
+    return (
+        await api.cases.GetCaseView(cases_pb2.GetCaseViewRequest(case_id=case_id, purpose=purpose))
+    ).view
+
+
+def telco_items(v: cases_pb2.CaseView) -> list[str]:
+    return [
+        i.interaction.summary
+        for i in v.timeline
+        if i.HasField("interaction") and i.interaction.partner_id == "telco-a"
+    ]
+
+
+def withheld(v: cases_pb2.CaseView) -> dict[tuple[str, str], int]:
+    return {(w.source_partner_id, w.category): w.count for w in v.withheld}
+
+
+async def test_no_consent_withholds_grant_allows_withdrawal_withholds_again(
+    stack: Stack, scene: Scene, unique: Key
+) -> None:
+    before = await view(scene.bank, scene.case_id)
+    assert telco_items(before) == []
+    assert withheld(before) == {("telco-a", "device.sim"): 1}
+
+    granted = await scene.bank.consents.GrantConsent(grant(scene, unique))
+    consent = granted.consent
+    assert consent.state == consents_pb2.CONSENT_STATE_GIVEN
+    assert [e.state for e in consent.events] == [consents_pb2.CONSENT_STATE_GIVEN]
+    assert consent.collected_by_partner_id == "bank-a"
+    assert consent.legal_basis == consents_pb2.LEGAL_BASIS_CONSENT
+
+    allowed = await view(scene.bank, scene.case_id)
+    assert telco_items(allowed) == ["SIM applet locked after OTA update"]
+    assert withheld(allowed) == {}
+
+    revoked = await scene.bank.consents.RevokeConsent(
+        consents_pb2.RevokeConsentRequest(
+            idempotency_key=unique("k"),
+            consent_id=consent.consent_id,
+            channel=common_pb2.CHANNEL_APP,
+        )
+    )
+    assert revoked.consent.state == consents_pb2.CONSENT_STATE_WITHDRAWN
+    assert [e.state for e in revoked.consent.events] == [
+        consents_pb2.CONSENT_STATE_GIVEN,
+        consents_pb2.CONSENT_STATE_WITHDRAWN,
+    ]
+    after = await view(scene.bank, scene.case_id)
+    assert telco_items(after) == []
+    assert withheld(after) == {("telco-a", "device.sim"): 1}
+
+    # Every decision is in the audit log, with the ids that allowed it.
+    async with stack.runtime.store.read() as conn:
+        rows = (
+            await conn.execute(
+                select(audit_entries.c.decision, audit_entries.c.canonical)
+                .where(
+                    audit_entries.c.case_id == scene.case_id,
+                    audit_entries.c.kind == "access",
+                    audit_entries.c.actor_partner_id == "bank-a",
+                )
+                .order_by(audit_entries.c.idx)
+            )
+        ).all()
+    # One decision about the operator's data per read (plus a record of each read).
+    rows = [r for r in rows if b'"action":"read"' in r.canonical]
+    assert [r.decision for r in rows] == ["deny", "allow", "deny"]
+    assert consent.consent_id.encode() in rows[1].canonical
+    assert scene.agreement_id.encode() in rows[1].canonical
+    assert b"consent-withdrawn" in rows[2].canonical
+
+
+async def test_purpose_not_covered_and_marketing_never_ride_along(
+    scene: Scene, unique: Key
+) -> None:
+    await scene.bank.consents.GrantConsent(grant(scene, unique))
+    assert telco_items(await view(scene.bank, scene.case_id, "incident-resolution"))
+    assert telco_items(await view(scene.bank, scene.case_id, "incident-diagnosis")) == []
+    assert telco_items(await view(scene.bank, scene.case_id, "marketing")) == []
+
+    with pytest.raises(grpc.aio.AioRpcError) as caught:
+        await scene.bank.consents.GrantConsent(
+            grant(scene, unique, purposes=["incident-resolution", "marketing"])
+        )
+    assert caught.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert "purposes" in field_violations(caught.value)
+
+    with pytest.raises(grpc.aio.AioRpcError) as caught:
+        await scene.bank.cases.GetCaseView(
+            cases_pb2.GetCaseViewRequest(case_id=scene.case_id, purpose="curiosity")
+        )
+    assert field_violations(caught.value) == {"purpose": "unknown purpose 'curiosity'"}
+
+
+async def test_no_agreement_means_no_flow_even_with_consent(scene: Scene, unique: Key) -> None:
+    await scene.bank.consents.GrantConsent(grant(scene, unique))
+    assert telco_items(await view(scene.bank, scene.case_id))
+    # The partners narrow their agreement: the consent alone opens nothing.
+    await define_agreement(
+        scene.admin, unique, scene.service_id, ["diagnostic.findings"], scene.agreement_id
+    )
+    narrowed = await view(scene.bank, scene.case_id)
+    assert telco_items(narrowed) == []
+    assert withheld(narrowed) == {("telco-a", "device.sim"): 1}
+
+    # No agreement lets the acquirer share transactions with the bank at all:
+    # the customer's consent cannot open that flow.
+    with pytest.raises(grpc.aio.AioRpcError) as caught:
+        await scene.bank.consents.GrantConsent(
+            grant(
+                scene, unique, source_partner_id="acquirer-a", categories=["payment.transactions"]
+            )
+        )
+    assert caught.value.code() == grpc.StatusCode.FAILED_PRECONDITION
+    info = error_info(caught.value)
+    assert info.reason == "NO_SHARING_AGREEMENT"
+    assert (info.metadata["source"], info.metadata["category"]) == (
+        "acquirer-a",
+        "payment.transactions",
+    )
+
+
+async def next_interaction(
+    stream: AsyncIterator[cases_pb2.WatchCaseResponse], timeout: float = 5
+) -> cases_pb2.WatchCaseResponse:
+    """The next interaction on the stream (the gateway's own events are skipped)."""
+    async with asyncio.timeout(timeout):
+        while True:
+            response = await anext(stream)
+            if response.item.HasField("interaction"):
+                return response
+
+
+async def test_live_stream_stops_the_flow_at_withdrawal(scene: Scene, unique: Key) -> None:
+    granted = await scene.bank.consents.GrantConsent(grant(scene, unique))
+    start = (await view(scene.bank, scene.case_id)).position
+    call = scene.bank.cases.WatchCase(
+        cases_pb2.WatchCaseRequest(
+            case_id=scene.case_id, purpose="incident-resolution", after_sequence=start
+        )
+    )
+    stream = call.__aiter__()
+    try:
+        await telco_says(scene, unique, "second check: applet reinstalled")
+        first = await next_interaction(stream)
+        assert first.item.interaction.summary == "second check: applet reinstalled"
+
+        await scene.bank.consents.RevokeConsent(
+            consents_pb2.RevokeConsentRequest(
+                idempotency_key=unique("k"),
+                consent_id=granted.consent.consent_id,
+                channel=common_pb2.CHANNEL_PHONE,
+            )
+        )
+        hidden = await telco_says(scene, unique, "third check: must not be seen")
+        own = await scene.bank.cases.AppendInteraction(
+            cases_pb2.AppendInteractionRequest(
+                idempotency_key=unique("k"),
+                case_id=scene.case_id,
+                interaction=cases_pb2.Interaction(
+                    channel=common_pb2.CHANNEL_PHONE, summary="customer called back"
+                ),
+            )
+        )
+        assert own.sequence > hidden
+        following = await next_interaction(stream)
+        assert following.item.interaction.summary == "customer called back"
+        assert following.item.sequence == own.sequence
+    finally:
+        call.cancel()
+
+
+async def test_receipts_verify_offline_and_tampering_is_detected(scene: Scene, unique: Key) -> None:
+    granted = await scene.bank.consents.GrantConsent(grant(scene, unique))
+    key = await scene.bank.consents.GetReceiptKey(consents_pb2.GetReceiptKeyRequest())
+    claims = verify_receipt(granted.receipt.jws, key.public_key)
+    assert claims["consent_id"] == granted.consent.consent_id
+    assert claims["event"] == "given"
+    assert claims["purposes"] == ["incident-resolution"]
+    assert claims["subject"] == granted.consent.subject_id
+
+    header, payload, signature = granted.receipt.jws.split(".")
+    forged_claims = payload[:-4] + ("AAAA" if payload[-4:] != "AAAA" else "BBBB")
+    for forged in (
+        f"{header}.{forged_claims}.{signature}",
+        f"{header}.{payload}.{signature[:-4]}AAAA",
+        "not-a-receipt",
+    ):
+        with pytest.raises(ReceiptError):
+            verify_receipt(forged, key.public_key)
+    with pytest.raises(ReceiptError):
+        verify_receipt(granted.receipt.jws, bytes(32))
+
+
+async def test_bad_grants_name_the_problem_and_change_nothing(scene: Scene, unique: Key) -> None:
+    cases: list[tuple[dict[str, object], str]] = [
+        ({"categories": ["dna"]}, "categories[0]"),
+        ({"purposes": ["resale"]}, "purposes[0]"),
+        ({"recipient_partner_ids": ["nobody-here"]}, "recipient_partner_ids"),
+        ({"channel": common_pb2.CHANNEL_UNSPECIFIED}, "channel"),
+        ({"notice_version": ""}, "notice_version"),
+    ]
+    past = dt.datetime.now(dt.UTC) - dt.timedelta(days=1)
+    for overrides, field in cases:
+        with pytest.raises(grpc.aio.AioRpcError) as caught:
+            await scene.bank.consents.GrantConsent(grant(scene, unique, **overrides))
+        assert caught.value.code() == grpc.StatusCode.INVALID_ARGUMENT, overrides
+        assert field in field_violations(caught.value), overrides
+    request = grant(scene, unique)
+    request.valid_until.FromDatetime(past)
+    with pytest.raises(grpc.aio.AioRpcError) as caught:
+        await scene.bank.consents.GrantConsent(request)
+    assert "valid_until" in field_violations(caught.value)
+    listed = await scene.bank.consents.ListConsents(
+        consents_pb2.ListConsentsRequest(customer_local_id=scene.customer)
+    )
+    assert list(listed.consents) == []
+
+
+async def test_only_the_customers_own_partners_grant_or_withdraw(scene: Scene, unique: Key) -> None:
+    granted = await scene.bank.consents.GrantConsent(grant(scene, unique))
+    # The operator does not know this customer under the bank's id.
+    with pytest.raises(grpc.aio.AioRpcError) as caught:
+        await scene.telco.consents.GrantConsent(grant(scene, unique))
+    assert caught.value.code() == grpc.StatusCode.NOT_FOUND
+    with pytest.raises(grpc.aio.AioRpcError) as caught:
+        await scene.telco.consents.RevokeConsent(
+            consents_pb2.RevokeConsentRequest(
+                idempotency_key=unique("k"),
+                consent_id=granted.consent.consent_id,
+                channel=common_pb2.CHANNEL_STORE,
+            )
+        )
+    assert caught.value.code() == grpc.StatusCode.PERMISSION_DENIED
+    assert error_info(caught.value).reason == "NOT_YOUR_CUSTOMER"
+    with pytest.raises(grpc.aio.AioRpcError) as caught:
+        await scene.telco.consents.ListConsents(consents_pb2.ListConsentsRequest())
+    assert caught.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    still = await view(scene.bank, scene.case_id)
+    assert telco_items(still) == ["SIM applet locked after OTA update"]
+
+
+async def test_consent_request_reaches_the_customer_and_becomes_a_grant(
+    stack: Stack, scene: Scene, unique: Key
+) -> None:
+    asked = await scene.bank.consents.RequestConsent(
+        consents_pb2.RequestConsentRequest(
+            idempotency_key=unique("k"),
+            case_id=scene.case_id,
+            source_partner_id="telco-a",
+            categories=["device.sim"],
+            purposes=["incident-resolution"],
+            reason="to see the operator's SIM check",
+        )
+    )
+    assert asked.relayed_by_partner_id == "bank-a"
+    backend = stack.api("bank-a", Role.PARTNER)
+    call = backend.work.Subscribe(work_pb2.SubscribeRequest(max_in_flight=100))
+    prompt = None
+    try:
+        async with asyncio.timeout(20):
+            async for response in call:
+                if response.item.consent_prompt.consent_request_id == asked.consent_request_id:
+                    prompt = response.item
+                    break
+                # Other tests' work for the bank: acknowledge it so the window moves on.
+                await backend.work.Acknowledge(
+                    work_pb2.AcknowledgeRequest(
+                        idempotency_key=unique("k"), work_ids=[response.item.work_id]
+                    )
+                )
+    finally:
+        call.cancel()
+    assert prompt is not None
+    assert prompt.consent_prompt.customer_local_id == scene.customer
+    assert prompt.consent_prompt.channel == common_pb2.CHANNEL_PHONE
+    acked = await backend.work.Acknowledge(
+        work_pb2.AcknowledgeRequest(idempotency_key=unique("k"), work_ids=[prompt.work_id])
+    )
+    assert acked.acknowledged == 1
+
+    await scene.bank.consents.GrantConsent(
+        grant(scene, unique, consent_request_id=asked.consent_request_id)
+    )
+    assert telco_items(await view(scene.bank, scene.case_id))
+    with pytest.raises(grpc.aio.AioRpcError) as caught:
+        await scene.bank.consents.RefuseConsentRequest(
+            consents_pb2.RefuseConsentRequestRequest(
+                idempotency_key=unique("k"), consent_request_id=asked.consent_request_id
+            )
+        )
+    assert error_info(caught.value).reason == "REQUEST_ANSWERED"
