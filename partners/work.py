@@ -14,10 +14,10 @@ import asyncio
 import contextlib
 import datetime as dt
 import logging
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from types import TracebackType
-from typing import TYPE_CHECKING, Self
+from typing import Protocol, Self
 
 import grpc
 from coopgate.v1 import work_pb2
@@ -26,9 +26,6 @@ from google.protobuf import timestamp_pb2
 from partners.enums import Channel
 from partners.errors import GatewayError, from_rpc_error
 from partners.retry import Backoff, RetryPolicy
-
-if TYPE_CHECKING:
-    from partners.client import PartnerClient
 
 log = logging.getLogger(__name__)
 
@@ -233,6 +230,23 @@ class SubscriptionStats:
     acknowledged: int = 0
 
 
+class WorkSource(Protocol):
+    """What a subscription needs from the client that made it (``PartnerClient``):
+    the stream of work, and acknowledging what was handled."""
+
+    def _subscribe_call(
+        self, max_in_flight: int
+    ) -> grpc.aio.UnaryStreamCall[work_pb2.SubscribeRequest, work_pb2.SubscribeResponse]: ...
+
+    async def acknowledge(
+        self,
+        work_ids: Sequence[str],
+        *,
+        idempotency_key: str | None = None,
+        deadline: float | None = None,
+    ) -> int: ...
+
+
 class _Drop:
     """Queue marker: end the current stream and subscribe again."""
 
@@ -259,7 +273,7 @@ class WorkSubscription:
 
     def __init__(
         self,
-        client: PartnerClient,
+        client: WorkSource,
         handler: Handler,
         *,
         max_in_flight: int = 16,
