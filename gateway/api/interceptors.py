@@ -18,7 +18,7 @@ from typing import Any, NoReturn
 
 import grpc
 from google.protobuf import any_pb2
-from google.protobuf.message import Message
+from google.protobuf.message import DecodeError, Message
 from google.rpc import code_pb2, error_details_pb2, status_pb2
 from grpc_status import rpc_status
 
@@ -51,6 +51,39 @@ def _sending_encoded(
         return response.data if type(response) is Encoded else serialize(response)
 
     return serializer
+
+
+@dataclass(slots=True, frozen=True)
+class _Undecodable:
+    """What a request that does not decode becomes: the handler answers INVALID_ARGUMENT
+    naming the message it expected (grpc would answer UNKNOWN with an internal class
+    name)."""
+
+    type_name: str
+
+
+def _decoding(
+    deserialize: Callable[[bytes], Any] | None,
+) -> Callable[[bytes], Any] | None:
+    if deserialize is None:
+        return None
+    descriptor = getattr(getattr(deserialize, "__self__", None), "DESCRIPTOR", None)
+    undecodable = _Undecodable(descriptor.full_name if descriptor is not None else "request")
+
+    def deserializer(data: bytes) -> Any:
+        try:
+            return deserialize(data)
+        except DecodeError:
+            return undecodable
+
+    return deserializer
+
+
+def _decoded(request: Any) -> None:
+    if type(request) is _Undecodable:
+        raise InvalidArgument.field(
+            "request", f"is not a valid {request.type_name}", reason="UNDECODABLE_REQUEST"
+        )
 
 
 def status_for(error: CoopgateError) -> status_pb2.Status:
@@ -132,13 +165,13 @@ def _wrap(handler: grpc.RpcMethodHandler[Any, Any]) -> grpc.RpcMethodHandler[Any
     if handler.unary_unary is not None:
         return grpc.unary_unary_rpc_method_handler(
             _wrap_unary(handler.unary_unary),
-            request_deserializer=handler.request_deserializer,
+            request_deserializer=_decoding(handler.request_deserializer),
             response_serializer=_sending_encoded(handler.response_serializer),
         )
     if handler.unary_stream is not None:
         return grpc.unary_stream_rpc_method_handler(
             _wrap_stream(handler.unary_stream),
-            request_deserializer=handler.request_deserializer,
+            request_deserializer=_decoding(handler.request_deserializer),
             response_serializer=handler.response_serializer,
         )
     return handler
@@ -151,6 +184,7 @@ def _wrap_unary(behavior: Callable[..., Any]) -> Callable[..., Awaitable[Any]]:
         except Exception as exc:
             await _abort(context, exc)
         try:
+            _decoded(request)
             return await behavior(request, context)
         except grpc.aio.AbortError:
             raise
@@ -169,6 +203,11 @@ def _wrap_stream(behavior: Callable[..., Any]) -> Callable[..., AsyncIterator[An
         try:
             token = set_caller(_caller_from(context))
         except Exception as exc:
+            await _abort(context, exc)
+        try:
+            _decoded(request)
+        except Exception as exc:
+            reset_caller(token)
             await _abort(context, exc)
         stream = behavior(request, context)
         try:

@@ -78,6 +78,12 @@ class Domain:
     audit: Audit
 
 
+#: The largest request the gateway reads, and the largest response it sends (a view of
+#: many items is the largest; the stores bound what it can hold).
+MAX_REQUEST_BYTES = 4 * 1024 * 1024
+MAX_RESPONSE_BYTES = 16 * 1024 * 1024
+
+
 def create_server(
     address: str, tls: ServerTLS, domain: Domain
 ) -> tuple[grpc.aio.Server, int, health.aio.HealthServicer]:
@@ -85,7 +91,11 @@ def create_server(
     server = grpc.aio.server(
         interceptors=[aio_server_interceptor(), GatewayInterceptor()],  # type: ignore[no-untyped-call]
         options=[
-            ("grpc.max_receive_message_length", 4 * 1024 * 1024),
+            ("grpc.max_receive_message_length", MAX_REQUEST_BYTES),
+            ("grpc.max_send_message_length", MAX_RESPONSE_BYTES),
+            # Bind exclusively: with SO_REUSEPORT (grpc's default) a second gateway could
+            # bind the same port and the kernel would split partners' calls between them.
+            ("grpc.so_reuseport", 0),
             ("grpc.keepalive_permit_without_calls", 1),
         ],
     )

@@ -15,6 +15,24 @@ import grpc
 #: ``google.rpc.ErrorInfo.domain`` for every error the gateway raises.
 ERROR_DOMAIN = "coopgate.dev"
 
+# What an error may carry back to the caller. A status travels in trailers, which a
+# default grpcio client refuses beyond 8 KiB (16 KiB hard): a 1 MiB id echoed in the
+# message and again in the details made 2 MB of them, and the caller saw
+# RESOURCE_EXHAUSTED instead of its real status. With these bounds a whole status,
+# details base64-encoded, stays under 4 KiB whatever the request held.
+MAX_MESSAGE = 240
+MAX_METADATA = 8
+MAX_METADATA_KEY = 40
+MAX_METADATA_VALUE = 64
+MAX_VIOLATIONS = 8
+MAX_FIELD = 100
+MAX_DESCRIPTION = 160
+
+
+def clip(text: str, limit: int) -> str:
+    """``text`` cut to ``limit`` characters, an ellipsis marking the cut."""
+    return text if len(text) <= limit else text[: limit - 1] + "\u2026"
+
 
 @dataclass(slots=True, frozen=True)
 class FieldViolation:
@@ -22,6 +40,10 @@ class FieldViolation:
 
     field: str
     description: str
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "field", clip(self.field, MAX_FIELD))
+        object.__setattr__(self, "description", clip(self.description, MAX_DESCRIPTION))
 
 
 class CoopgateError(Exception):
@@ -41,10 +63,14 @@ class CoopgateError(Exception):
         reason: str | None = None,
         metadata: Mapping[str, str] | None = None,
     ) -> None:
+        message = clip(message, MAX_MESSAGE)
         super().__init__(message)
         self.message = message
         self.reason = reason or self.default_reason
-        self.metadata: dict[str, str] = dict(metadata or {})
+        self.metadata: dict[str, str] = {
+            clip(key, MAX_METADATA_KEY): clip(value, MAX_METADATA_VALUE)
+            for key, value in list((metadata or {}).items())[:MAX_METADATA]
+        }
 
 
 class InvalidArgument(CoopgateError):
@@ -60,8 +86,11 @@ class InvalidArgument(CoopgateError):
         reason: str | None = None,
         metadata: Mapping[str, str] | None = None,
     ) -> None:
-        self.violations = tuple(violations)
+        self.violations = tuple(violations[:MAX_VIOLATIONS])
         fields = ", ".join(f"{v.field}: {v.description}" for v in self.violations)
+        more = len(violations) - len(self.violations)
+        if more:
+            fields += f" (and {more} more)"
         super().__init__(f"invalid request: {fields}", reason=reason, metadata=metadata)
 
     @classmethod
