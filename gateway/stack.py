@@ -37,7 +37,8 @@ from gateway.audit.service import Audit
 from gateway.cases.feed import CaseFeed
 from gateway.cases.service import Cases
 from gateway.consent.receipts import ReceiptSigner
-from gateway.consent.rules import ConsentRules, Consents
+from gateway.consent.records import Consents
+from gateway.consent.rules import ConsentRules
 from gateway.consent.vocabulary import Vocabulary
 from gateway.crypto.keyfiles import read_secret
 from gateway.crypto.pki import CertificateAuthority

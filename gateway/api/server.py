@@ -35,7 +35,7 @@ from gateway.api.servicers import (
 )
 from gateway.audit.service import Audit, AuditServicer
 from gateway.cases.service import Cases
-from gateway.consent.rules import Consents
+from gateway.consent.records import Consents
 from gateway.identity.linking import Identity
 from gateway.work.delivery import PartnerWork
 

@@ -28,7 +28,7 @@ from grpc_status import rpc_status
 from gateway.admin.registry import Admin
 from gateway.api.interceptors import Encoded, status_for
 from gateway.cases.service import Cases
-from gateway.consent.rules import Consents
+from gateway.consent.records import Consents
 from gateway.core.caller import current_caller
 from gateway.core.errors import Aborted
 from gateway.identity.linking import Identity
