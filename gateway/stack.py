@@ -17,6 +17,7 @@ import logging
 import os
 import shutil
 import signal
+import socket
 import sys
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
@@ -24,6 +25,7 @@ from pathlib import Path
 from typing import IO
 
 import grpc
+import psutil
 from grpc_health.v1 import health
 from temporalio.client import Client
 from temporalio.worker import Worker
@@ -117,6 +119,48 @@ def ensure_pki(settings: Settings) -> Pki:
     if not (cert.exists() and key.exists()):
         ca.issue_server(settings.pki_dir, [settings.server_name])
     return Pki(ca=ca, server=ServerTLS(cert=cert, key=key, client_ca=ca.cert_path))
+
+
+def _holder(port: int) -> str:
+    """Who listens on ``port`` on this machine, as far as this process may know."""
+    try:
+        for conn in psutil.net_connections(kind="tcp"):
+            if conn.status == psutil.CONN_LISTEN and conn.laddr and conn.laddr.port == port:
+                if conn.pid is None:
+                    return "another process"
+                try:
+                    return f"pid {conn.pid} ({' '.join(psutil.Process(conn.pid).cmdline())[:120]})"
+                except psutil.Error:
+                    return f"pid {conn.pid}"
+    except psutil.Error:
+        pass
+    return "another process"
+
+
+def require_free_port(host: str, port: int, what: str) -> None:
+    """Refuse to start when ``host:port`` is taken, naming the port and what holds it: a
+    server sharing it (SO_REUSEPORT) would split partners' calls between two stacks."""
+    if port == 0:
+        return
+    family = socket.AF_INET6 if ":" in host.strip("[]") else socket.AF_INET
+    with socket.socket(family, socket.SOCK_STREAM) as probe:
+        # SO_REUSEADDR: a port left in TIME_WAIT by a stopped stack is free; a listener is not.
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            probe.bind((host.strip("[]"), port))
+        except OSError as exc:
+            raise StackError(
+                f"port {port} ({what}) on {host} is taken by {_holder(port)}: stop it, or choose "
+                f"another port ({exc.strerror})"
+            ) from None
+
+
+def require_free_ports(settings: Settings, *, embedded: bool) -> None:
+    host, _, port = settings.listen.rpartition(":")
+    require_free_port(host, int(port), "the gateway, COOPGATE_LISTEN")
+    if embedded:
+        require_free_port("127.0.0.1", settings.temporal_dev_port, "the Temporal dev server")
+        require_free_port("127.0.0.1", settings.temporal_dev_ui_port, "the Temporal UI")
 
 
 def temporal_binary() -> str:
@@ -285,9 +329,14 @@ class RunningGateway:
 
 
 async def start_gateway(runtime: Runtime, pki: Pki) -> RunningGateway:
-    server, port, health_servicer = create_server(
-        runtime.settings.listen, pki.server, runtime.domain
-    )
+    try:
+        server, port, health_servicer = create_server(
+            runtime.settings.listen, pki.server, runtime.domain
+        )
+    except OSError as exc:
+        _, _, wanted = runtime.settings.listen.rpartition(":")
+        holder = _holder(int(wanted)) if wanted.isdigit() and wanted != "0" else "another process"
+        raise StackError(f"{exc} (held by {holder})") from None
     await server.start()
     await mark_serving(health_servicer, True)
     return RunningGateway(server=server, port=port, health=health_servicer)
@@ -323,6 +372,7 @@ async def run_up(
     stop = stop or asyncio.Event()
     try:
         pki = ensure_pki(settings)
+        require_free_ports(settings, embedded=settings.temporal_address is None)
         # The dev server is spawned before any gRPC object exists in this process.
         if settings.temporal_address is None:
             dev_server = await start_dev_server(settings)

@@ -118,9 +118,12 @@ def create_server(
         ),
         server,
     )
-    port = server.add_secure_port(address, tls.credentials())
+    try:
+        port = server.add_secure_port(address, tls.credentials())
+    except RuntimeError:  # grpc: "Failed to bind to address"
+        port = 0
     if port == 0:
-        raise OSError(f"cannot listen on {address}")
+        raise OSError(f"cannot listen on {address}: the address is taken or not this host's")
     return server, port, health_servicer
 
 

@@ -154,6 +154,20 @@ async def test_up_serves_refuses_a_second_up_and_stops_cleanly(up: UpProcess) ->
         assert second.returncode == 1
         assert b"another coopgate process" in second.stderr
 
+        # Another data dir on the same ports: refused, naming the port and its holder,
+        # before anything binds it a second time.
+        other = subprocess.run(
+            [str(BIN / "coopgate"), "up", "--data-dir", str(up.data_dir.parent / "other")],
+            env=up.env,
+            capture_output=True,
+            timeout=60,
+        )
+        assert other.returncode == 1, other.stderr
+        said = b" ".join(other.stderr.split())
+        assert f"port {up.gateway_port} (the gateway".encode() in said
+        assert f"pid {first.pid}".encode() in said
+        assert processes_using(str(up.data_dir.parent / "other")) == []
+
         async with secure_channel(target, creds) as channel:
             opened = await cases_pb2_grpc.CaseServiceStub(channel).OpenCase(
                 cases_pb2.OpenCaseRequest(
@@ -227,3 +241,26 @@ print("ok", frozen)
     )
     assert done.returncode == 0, done.stderr
     assert done.stdout.startswith("ok ")
+
+
+@pytest.mark.parametrize("taken", ["gateway", "temporal", "ui"])
+def test_up_refuses_a_taken_port_naming_it_and_its_holder(up: UpProcess, taken: str) -> None:
+    port = {
+        "gateway": up.gateway_port,
+        "temporal": up.temporal_port,
+        "ui": int(up.env["COOPGATE_TEMPORAL_DEV_UI_PORT"]),
+    }[taken]
+    with socket.socket() as holder:
+        holder.bind(("127.0.0.1", port))
+        holder.listen()
+        refused = subprocess.run(
+            [str(BIN / "coopgate"), "up", "--data-dir", str(up.data_dir)],
+            env=up.env,
+            capture_output=True,
+            timeout=60,
+        )
+    said = b" ".join(refused.stderr.split())
+    assert refused.returncode == 1, said
+    assert f"port {port} (".encode() in said
+    assert f"pid {os.getpid()}".encode() in said
+    assert not (up.data_dir / "temporal.db").exists()  # no dev server was started
