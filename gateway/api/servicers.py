@@ -39,62 +39,66 @@ Context = grpc.aio.ServicerContext[Any, Any]
 
 class CaseServicer(cases_pb2_grpc.CaseServiceServicer):
     def __init__(self, cases: Cases) -> None:
-        self._cases = cases
+        self._intake = cases.intake
+        self._progress = cases.progress
+        self._views = cases.views
+        self._watching = cases.watching
+        self._listing = cases.listing
 
     async def OpenCase(
         self, request: cases_pb2.OpenCaseRequest, context: Context
     ) -> cases_pb2.OpenCaseResponse:
-        return await self._cases.open_case(current_caller(), request)
+        return await self._intake.open_case(current_caller(), request)
 
     async def GetCaseView(self, request: cases_pb2.GetCaseViewRequest, context: Context) -> Any:
         # A `GetCaseViewResponse`, sent as encoded when the view was made.
-        return Encoded((await self._cases.serve_view(current_caller(), request)).encoded)
+        return Encoded((await self._views.serve_view(current_caller(), request)).encoded)
 
     async def ListCases(
         self, request: cases_pb2.ListCasesRequest, context: Context
     ) -> cases_pb2.ListCasesResponse:
-        return await self._cases.list_cases(current_caller(), request)
+        return await self._listing.list_cases(current_caller(), request)
 
     async def AppendInteraction(
         self, request: cases_pb2.AppendInteractionRequest, context: Context
     ) -> cases_pb2.AppendInteractionResponse:
-        return await self._cases.append_interaction(current_caller(), request)
+        return await self._intake.append_interaction(current_caller(), request)
 
     async def SubmitFinding(
         self, request: cases_pb2.SubmitFindingRequest, context: Context
     ) -> cases_pb2.SubmitFindingResponse:
-        return await self._cases.submit_finding(current_caller(), request)
+        return await self._intake.submit_finding(current_caller(), request)
 
     async def AcceptOwnership(
         self, request: cases_pb2.AcceptOwnershipRequest, context: Context
     ) -> cases_pb2.AcceptOwnershipResponse:
-        response = await self._cases.answer_offer(current_caller(), request)
+        response = await self._progress.answer_offer(current_caller(), request)
         assert isinstance(response, cases_pb2.AcceptOwnershipResponse)
         return response
 
     async def DeclineOwnership(
         self, request: cases_pb2.DeclineOwnershipRequest, context: Context
     ) -> cases_pb2.DeclineOwnershipResponse:
-        response = await self._cases.answer_offer(current_caller(), request)
+        response = await self._progress.answer_offer(current_caller(), request)
         assert isinstance(response, cases_pb2.DeclineOwnershipResponse)
         return response
 
     async def ResolveCase(
         self, request: cases_pb2.ResolveCaseRequest, context: Context
     ) -> cases_pb2.ResolveCaseResponse:
-        return await self._cases.resolve(current_caller(), request)
+        return await self._progress.resolve(current_caller(), request)
 
     async def ConfirmResolution(
         self, request: cases_pb2.ConfirmResolutionRequest, context: Context
     ) -> cases_pb2.ConfirmResolutionResponse:
-        response = await self._cases.customer_answer(current_caller(), request)
+        response = await self._progress.customer_answer(current_caller(), request)
         assert isinstance(response, cases_pb2.ConfirmResolutionResponse)
         return response
 
     async def ReopenCase(
         self, request: cases_pb2.ReopenCaseRequest, context: Context
     ) -> cases_pb2.ReopenCaseResponse:
-        response = await self._cases.customer_answer(current_caller(), request)
+        response = await self._progress.customer_answer(current_caller(), request)
         assert isinstance(response, cases_pb2.ReopenCaseResponse)
         return response
 
@@ -111,7 +115,7 @@ class CaseServicer(cases_pb2_grpc.CaseServiceServicer):
             with contextlib.suppress(grpc.aio.AbortError):
                 await context.abort_with_status(rpc_status.to_status(status_for(error)))
 
-        stream = self._cases.watch(current_caller(), request, on_slow=drop)
+        stream = self._watching.watch(current_caller(), request, on_slow=drop)
         try:
             async for response in stream:
                 yield response

@@ -19,13 +19,13 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 from temporalio import activity
 
 from gateway.audit.log import AuditLog, AuditRecord
-from gateway.cases.service import (
+from gateway.cases.rows import (
     CASE_STATUS_CATEGORY,
     INTERACTION_CATEGORY,
-    Cases,
     append_event,
     set_status,
 )
+from gateway.cases.service import Cases
 from gateway.consent.rules import ConsentRules, Flow
 from gateway.core.caller import Caller, Role
 from gateway.crypto.pseudonyms import Pseudonyms
@@ -199,7 +199,7 @@ class IncidentActivities:
 
     @activity.defn(name=RECORD_CASE_STATUS)
     async def record_case_status(self, request: RecordCaseStatusInput) -> None:
-        await self._cases.record_status(request.case_id, request.status)
+        await self._cases.progress.record_status(request.case_id, request.status)
         if request.status == "CLOSED":
             await self._tell_participants_closed(request.case_id)
 
@@ -245,8 +245,8 @@ class IncidentActivities:
                 subject_id=self._pseudonyms.for_partner(request.partner_id, case.subject_id),
             )
             diagnosis.deadline.FromDatetime(_ts(request.deadline_s))
-            summary = self._cases.sealer.open_text(
-                await self._cases.sealer.key(conn, case.case_id),
+            summary = self._cases.reader.sealer.open_text(
+                await self._cases.reader.sealer.key(conn, case.case_id),
                 case.summary,
                 f"{case.case_id}/summary",
             )
@@ -287,7 +287,7 @@ class IncidentActivities:
             item.occurred_at.CopyFrom(finding.reported_at)
             await append_event(
                 conn,
-                self._cases.sealer,
+                self._cases.reader.sealer,
                 request.case_id,
                 item,
                 source_partner_id="",
@@ -306,7 +306,7 @@ class IncidentActivities:
             item.occurred_at.CopyFrom(item.ownership_decision.decided_at)
             if not await append_event(
                 conn,
-                self._cases.sealer,
+                self._cases.reader.sealer,
                 request.case_id,
                 item,
                 source_partner_id="",
@@ -387,7 +387,7 @@ class IncidentActivities:
                     cases_pb2.CASE_STATUS_AWAITING_OWNER,
                 ):
                     await set_status(
-                        conn, self._cases.sealer, case.case_id, cases_pb2.CASE_STATUS_OWNED
+                        conn, self._cases.reader.sealer, case.case_id, cases_pb2.CASE_STATUS_OWNED
                     )
                 return  # a retry: already recorded
             await conn.execute(
@@ -426,7 +426,7 @@ class IncidentActivities:
                 cases_pb2.CASE_STATUS_DIAGNOSING,
             ):
                 await set_status(
-                    conn, self._cases.sealer, case.case_id, cases_pb2.CASE_STATUS_OWNED
+                    conn, self._cases.reader.sealer, case.case_id, cases_pb2.CASE_STATUS_OWNED
                 )
             await self._audit.record_in(
                 conn,
@@ -483,7 +483,7 @@ class IncidentActivities:
             item.occurred_at.CopyFrom(notification.sent_at)
             if not await append_event(
                 conn,
-                self._cases.sealer,
+                self._cases.reader.sealer,
                 case.case_id,
                 item,
                 source_partner_id="",
@@ -521,7 +521,7 @@ class IncidentActivities:
             item.occurred_at.CopyFrom(escalation.escalated_at)
             if not await append_event(
                 conn,
-                self._cases.sealer,
+                self._cases.reader.sealer,
                 request.case_id,
                 item,
                 source_partner_id="",
@@ -652,7 +652,7 @@ async def _last_contact(conn: AsyncConnection, domain: Cases, case: Any) -> tupl
             .limit(20)
         )
     ).all()
-    for event in await domain.open_events(conn, case.case_id, rows):
+    for event in await domain.reader.open_events(conn, case.case_id, rows):
         interaction = event.item.interaction
         if await _local_id(conn, interaction.partner_id, case.subject_id):
             return interaction.partner_id, interaction.channel

@@ -202,7 +202,7 @@ async def seed_case(runtime: Runtime, service_id: str) -> tuple[str, int]:
             ),
         )
     bank = Caller("bank-a", Role.ADVISOR, "bench")
-    opened = await domain.cases.open_case(
+    opened = await domain.cases.intake.open_case(
         bank,
         cases_pb2.OpenCaseRequest(
             idempotency_key=uuid.uuid4().hex,
@@ -228,7 +228,7 @@ async def seed_case(runtime: Runtime, service_id: str) -> tuple[str, int]:
         )
     count = 0
     while True:
-        view = await domain.cases.get_view(
+        view = await domain.cases.views.get_view(
             bank,
             cases_pb2.GetCaseViewRequest(case_id=opened.case_id, purpose="incident-resolution"),
         )
@@ -237,7 +237,7 @@ async def seed_case(runtime: Runtime, service_id: str) -> tuple[str, int]:
             return opened.case_id, view.view.position
         for i in range(200 - count):
             partner = PARTNERS[i % 4]
-            await domain.cases.append_interaction(
+            await domain.cases.intake.append_interaction(
                 Caller(partner, Role.ADVISOR, "bench"),
                 cases_pb2.AppendInteractionRequest(
                     idempotency_key=uuid.uuid4().hex,
@@ -309,7 +309,7 @@ async def main() -> None:
                 gateway = await start_gateway(runtime, pki)
                 freeze_heap()  # as `coopgate up` and `coopgate gateway` do once serving
                 target = f"127.0.0.1:{gateway.port}"
-                probe = await runtime.domain.cases.get_view(
+                probe = await runtime.domain.cases.views.get_view(
                     Caller("bank-a", Role.ADVISOR),
                     cases_pb2.GetCaseViewRequest(case_id=case_id, purpose="incident-resolution"),
                 )
@@ -372,7 +372,7 @@ async def main() -> None:
                     ready = await asyncio.wait_for(watchers.stdout.readline(), 180)
                     assert ready.strip() == b"READY", ready
                     sent = time.time()
-                    await runtime.domain.cases.append_interaction(
+                    await runtime.domain.cases.intake.append_interaction(
                         Caller("bank-a", Role.ADVISOR),
                         cases_pb2.AppendInteractionRequest(
                             idempotency_key=uuid.uuid4().hex,

@@ -61,7 +61,7 @@ class Incident:
 
     async def open(self, partner: str, service: str, customer: str | None = None) -> str:
         self.customer = customer or f"cust-{uuid.uuid4().hex[:8]}"
-        response = await self.runtime.domain.cases.open_case(
+        response = await self.runtime.domain.cases.intake.open_case(
             self.caller(partner),
             cases_pb2.OpenCaseRequest(
                 idempotency_key=uuid.uuid4().hex,
@@ -99,7 +99,7 @@ class Incident:
         confidence: float = 0.9,
         code: str = "",
     ) -> None:
-        await self.runtime.domain.cases.submit_finding(
+        await self.runtime.domain.cases.intake.submit_finding(
             self.caller(partner),
             cases_pb2.SubmitFindingRequest(
                 idempotency_key=uuid.uuid4().hex,
@@ -115,7 +115,7 @@ class Incident:
         request_type = (
             cases_pb2.AcceptOwnershipRequest if accept else cases_pb2.DeclineOwnershipRequest
         )
-        await self.runtime.domain.cases.answer_offer(
+        await self.runtime.domain.cases.progress.answer_offer(
             self.caller(partner),
             request_type(
                 idempotency_key=uuid.uuid4().hex,
@@ -126,7 +126,7 @@ class Incident:
 
     async def resolve(self, partner: str) -> None:
         await self.until(lambda s: s.status == "OWNED")
-        await self.runtime.domain.cases.resolve(
+        await self.runtime.domain.cases.progress.resolve(
             self.caller(partner),
             cases_pb2.ResolveCaseRequest(
                 idempotency_key=uuid.uuid4().hex,
@@ -137,7 +137,7 @@ class Incident:
 
     async def confirm(self, partner: str) -> None:
         await self.until(lambda s: s.status == "RESOLVED")
-        await self.runtime.domain.cases.customer_answer(
+        await self.runtime.domain.cases.progress.customer_answer(
             self.caller(partner),
             cases_pb2.ConfirmResolutionRequest(
                 idempotency_key=uuid.uuid4().hex, case_id=self.case_id
@@ -145,7 +145,7 @@ class Incident:
         )
 
     async def view(self, partner: str) -> cases_pb2.CaseView:
-        response = await self.runtime.domain.cases.get_view(
+        response = await self.runtime.domain.cases.views.get_view(
             self.caller(partner),
             cases_pb2.GetCaseViewRequest(case_id=self.case_id, purpose="incident-resolution"),
         )
@@ -433,7 +433,7 @@ async def test_wrong_answers_are_refused_and_duplicates_are_harmless(
     await all_answer(incident, {"sim-secure-element": 0.9}, NFC)  # delivered twice
     state = await incident.until(lambda s: s.current_offer_partner_id == "bank-a")
     with pytest.raises(FailedPrecondition):
-        await incident.runtime.domain.cases.answer_offer(
+        await incident.runtime.domain.cases.progress.answer_offer(
             incident.caller("telco-a"),
             cases_pb2.AcceptOwnershipRequest(
                 idempotency_key=uuid.uuid4().hex,
@@ -442,7 +442,7 @@ async def test_wrong_answers_are_refused_and_duplicates_are_harmless(
             ),
         )
     with pytest.raises(FailedPrecondition):
-        await incident.runtime.domain.cases.resolve(
+        await incident.runtime.domain.cases.progress.resolve(
             incident.caller("telco-a"),
             cases_pb2.ResolveCaseRequest(
                 idempotency_key=uuid.uuid4().hex, case_id=incident.case_id, resolution="x"

@@ -177,7 +177,7 @@ async def test_watch_ends_cleanly_when_the_case_closes(stack: Stack, unique: Key
     # Stand in for the workflow's last step: stop it, then close the projection.
     await stack.client.get_workflow_handle(case_id).terminate("closing for the test")
     await asyncio.sleep(0.5)
-    await stack.runtime.domain.cases.record_status(case_id, "CLOSED")
+    await stack.runtime.domain.cases.progress.record_status(case_id, "CLOSED")
     async with asyncio.timeout(10):
         received = [r async for r in call]
     assert received[-1].item.status_change.status == cases_pb2.CASE_STATUS_CLOSED
@@ -188,7 +188,7 @@ async def test_a_slow_watcher_is_cut_off_without_slowing_another(stack: Stack, u
     service_id = await own_service(stack, unique, [])
     bank = stack.api("bank-a", Role.ADVISOR)
     case_id = await open_case(bank, service_id, unique("c"), unique)
-    feed = stack.runtime.domain.cases.feed
+    feed = stack.runtime.domain.cases.watching.feed
     feed.slow_after, before = 1.0, feed.slow_after
     # A client that never reads, with a small flow-control window.
     slow_channel = grpc.aio.secure_channel(

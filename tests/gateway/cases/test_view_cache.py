@@ -1,4 +1,4 @@
-"""The kept case view: `Cases.get_view` serves a view again only while nothing it was made
+"""The kept case view: `CaseViews.get_view` serves a view again only while nothing it was made
 from has changed. Every test reads a view until it is kept (the second read builds
 nothing), then changes one thing the view depends on (through the API, through another
 writer on the same database, or only by letting time pass) and checks that the very
@@ -41,7 +41,7 @@ from sqlalchemy import (
 )
 from sqlalchemy.ext.asyncio import AsyncConnection
 
-from gateway.cases.service import _VIEW_CASE, Cases, ServedView
+from gateway.cases.view import _VIEW_CASE, CaseViews, ServedView
 from gateway.core.caller import Caller, Role
 from gateway.core.errors import Unavailable
 from gateway.store import Store, create_store, migrate
@@ -83,7 +83,7 @@ def _stamp(at: dt.datetime) -> timestamp_pb2.Timestamp:
 
 @dataclass
 class Builds:
-    """How many views `Cases._make_view` built: a read that adds none was served kept."""
+    """How many views `CaseViews._make_view` built: a read that adds none was served kept."""
 
     count: int = 0
 
@@ -91,15 +91,15 @@ class Builds:
 @pytest.fixture
 def builds(monkeypatch: pytest.MonkeyPatch) -> Builds:
     made = Builds()
-    original = Cases._make_view
+    original = CaseViews._make_view
 
     def counted(
-        self: Cases, conn: Connection, caller: Caller, case_id: str, purpose: str
+        self: CaseViews, conn: Connection, caller: Caller, case_id: str, purpose: str
     ) -> ServedView:
         made.count += 1
         return original(self, conn, caller, case_id, purpose)
 
-    monkeypatch.setattr(Cases, "_make_view", counted)
+    monkeypatch.setattr(CaseViews, "_make_view", counted)
     return made
 
 
@@ -153,7 +153,7 @@ def shows_sim(view: cases_pb2.CaseView) -> bool:
 
 
 def kept(stack: Stack, case_id: str, partner: str = "bank-a", purpose: str = PURPOSE) -> ServedView:
-    return stack.runtime.domain.cases._views[(case_id, partner, purpose)]
+    return stack.runtime.domain.cases.views._views[(case_id, partner, purpose)]
 
 
 async def current_rows(stack: Stack, case_id: str) -> list[tuple[Any, ...]]:
@@ -512,7 +512,7 @@ async def test_changes_to_the_case_show_on_the_next_view(
     before = await read_until_kept(builds, shared.bank, case_id)
 
     # A status change, through the gateway's own activity (with its timeline event).
-    await stack.runtime.domain.cases.record_status(case_id, "DIAGNOSING")
+    await stack.runtime.domain.cases.progress.record_status(case_id, "DIAGNOSING")
     after = await read(shared.bank, case_id)
     assert after.header.status == cases_pb2.CASE_STATUS_DIAGNOSING
     assert after.timeline[-1].status_change.status == cases_pb2.CASE_STATUS_DIAGNOSING

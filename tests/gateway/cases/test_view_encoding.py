@@ -10,14 +10,9 @@ from google.protobuf import timestamp_pb2
 from hypothesis import given
 from hypothesis import strategies as st
 
-from gateway.cases.service import (
-    _TIMELINE_FIELD,
-    _VIEW_FIELD,
-    Timeline,
-    TimelineEvent,
-    _encoded_field,
-    _set_time,
-)
+from gateway.cases.reader import _set_time
+from gateway.cases.rows import TimelineEvent
+from gateway.cases.view import _TIMELINE_FIELD, _VIEW_FIELD, Timeline, _encoded_field
 
 
 @given(

@@ -1,0 +1,148 @@
+"""The live watch of a case: every change after a position, each decided at the moment
+it is sent; woken by the `CaseFeed`."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncGenerator, Callable, Coroutine
+from dataclasses import dataclass
+from typing import Any
+
+from coopgate.v1 import cases_pb2
+from sqlalchemy import select
+
+from gateway.cases.feed import CaseFeed
+from gateway.cases.reader import CaseReader
+from gateway.cases.rows import CaseRow, TimelineEvent, _visible_case
+from gateway.consent.rules import AccessDecision, ConsentRules, Flow
+from gateway.core.caller import Caller, Role
+from gateway.core.errors import InvalidArgument
+from gateway.store import Store
+from gateway.store.schema import case_events
+
+WATCH_BATCH = 200
+WATCH_IDLE_SECONDS = 5.0
+
+
+@dataclass(slots=True, frozen=True)
+class WatchBatch:
+    row: CaseRow
+    header: cases_pb2.CaseHeader
+    events: list[TimelineEvent]
+    decisions: dict[Flow, AccessDecision]
+
+
+class CaseWatch:
+    """Live watches of cases (`watch`), woken by the feed when their case moves."""
+
+    def __init__(
+        self, store: Store, rules: ConsentRules, feed: CaseFeed, reader: CaseReader
+    ) -> None:
+        self.store = store
+        self.rules = rules
+        self.feed = feed
+        self.reader = reader
+        # The reader's methods the watch calls, bound once: on the watch's path they cost
+        # what they did as this class's own.
+        self._check_purpose = reader.check_purpose
+        self._read_records = reader.read_records
+        self._header = reader.header
+        self._open_events = reader.open_events
+        self._inflight: dict[tuple[str, str, str, int, int], asyncio.Future[WatchBatch]] = {}
+
+    async def watch(
+        self,
+        caller: Caller,
+        request: cases_pb2.WatchCaseRequest,
+        on_slow: Callable[[int], Coroutine[Any, Any, None]] | None = None,
+    ) -> AsyncGenerator[cases_pb2.WatchCaseResponse]:
+        """Every change after ``after_sequence``, each decided at the moment it is sent.
+
+        Ends when the case is closed and every event was sent. Changes made by
+        any replica or worker reach every watcher (``CaseFeed``). A watcher that
+        stops reading is dropped through ``on_slow(last sequence it was sent)``.
+        """
+        caller.require(Role.PARTNER, Role.ADVISOR)
+        if not request.case_id:
+            raise InvalidArgument.field("case_id", "is required")
+        if request.after_sequence < 0:
+            raise InvalidArgument.field("after_sequence", "must be 0 or a sequence from the view")
+        self._check_purpose(request.purpose)
+        position = request.after_sequence
+        watcher = self.feed.watch(request.case_id, position, on_slow)
+        loop = asyncio.get_running_loop()
+        try:
+            while True:
+                batch = await self._watch_batch(caller, request.case_id, request.purpose, position)
+                row, header, events = batch.row, batch.header, batch.events
+                allowed = [e.item for e in events if batch.decisions[e.flow].allowed]
+                if events:
+                    await self.rules.audit.record(
+                        self._read_records(
+                            caller,
+                            row,
+                            request.purpose,
+                            batch.decisions,
+                            sorted({e.category for e in events}),
+                            len(allowed),
+                            len(events) - len(allowed),
+                        )
+                    )
+                for item in allowed:
+                    watcher.writing_since = loop.time()
+                    yield cases_pb2.WatchCaseResponse(item=item, header=header)
+                    watcher.writing_since = None
+                    watcher.delivered = item.sequence
+                if events:
+                    position = watcher.position = events[-1].sequence
+                    continue
+                if row.status == cases_pb2.CASE_STATUS_CLOSED:
+                    return
+                await self.feed.wait(watcher, WATCH_IDLE_SECONDS)
+        finally:
+            self.feed.forget(watcher)
+
+    async def _watch_batch(
+        self, caller: Caller, case_id: str, purpose: str, position: int
+    ) -> WatchBatch:
+        """The events after ``position`` and their decisions for one partner and
+        purpose. Watchers of the same partner waiting at the same position share
+        one in-flight read (a thousand watchers wake with a few queries); a read
+        started before a consent change here is never joined after it."""
+        key = (case_id, caller.partner_id, purpose, position, self.rules.epoch)
+        shared = self._inflight.get(key)
+        if shared is None:
+            shared = asyncio.ensure_future(self._read_batch(caller, case_id, purpose, position))
+            self._inflight[key] = shared
+            shared.add_done_callback(lambda _: self._inflight.pop(key, None))
+        return await asyncio.shield(shared)
+
+    async def _read_batch(
+        self, caller: Caller, case_id: str, purpose: str, position: int
+    ) -> WatchBatch:
+        async with self.store.read() as conn:
+            row = await _visible_case(conn, caller, case_id)
+            events = await self._open_events(
+                conn,
+                row.case_id,
+                (
+                    await conn.execute(
+                        select(case_events)
+                        .where(
+                            case_events.c.case_id == row.case_id, case_events.c.sequence > position
+                        )
+                        .order_by(case_events.c.sequence)
+                        .limit(WATCH_BATCH)
+                    )
+                ).all(),
+            )
+            header = await self._header(conn, caller, row)
+            decisions = await self.rules.evaluate(
+                conn,
+                reader_partner_id=caller.partner_id,
+                subject_id=row.subject_id,
+                service_id=row.service_id,
+                purpose=purpose,
+                flows={e.flow for e in events},
+            )
+        return WatchBatch(row, header, events, decisions)
