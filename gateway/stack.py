@@ -42,9 +42,10 @@ from gateway.consent.receipts import ReceiptSigner
 from gateway.consent.records import Consents
 from gateway.consent.rules import ConsentRules
 from gateway.consent.vocabulary import Vocabulary
-from gateway.crypto.keyfiles import read_secret
-from gateway.crypto.pki import CertificateAuthority
+from gateway.crypto.keyfiles import KeyFileError, read_secret
+from gateway.crypto.pki import CertificateAuthority, check_server_files
 from gateway.crypto.pseudonyms import Pseudonyms
+from gateway.crypto.revocation import crl_path
 from gateway.crypto.sealing import Sealer
 from gateway.identity.linking import IdentifierHasher, Identity
 from gateway.orchestration.activities import IncidentActivities
@@ -112,13 +113,28 @@ class Pki:
 def ensure_pki(settings: Settings) -> Pki:
     """The dev CA and the gateway's server certificate, created on first run."""
     ca = CertificateAuthority(settings.pki_dir)
-    if not ca.exists():
+    if not ca.cert_path.exists() and not ca.key_path.exists():
         ca.init()
     cert = settings.pki_dir / "server.pem"
     key = settings.pki_dir / "server.key"
-    if not (cert.exists() and key.exists()):
-        ca.issue_server(settings.pki_dir, [settings.server_name])
-    return Pki(ca=ca, server=ServerTLS(cert=cert, key=key, client_ca=ca.cert_path))
+    try:
+        if not ca.cert_path.exists():
+            raise KeyFileError(f"{ca.cert_path} is missing (its key is there)")
+        ca.check()
+        if not cert.exists() and not key.exists():
+            ca.issue_server(settings.pki_dir, [settings.server_name])
+        check_server_files(cert, key)
+    except KeyFileError as exc:
+        raise StackError(
+            f"{exc}. Restore the file, or move {settings.pki_dir} aside to start with a new "
+            "CA (every partner's certificate must then be issued again)"
+        ) from None
+    return Pki(
+        ca=ca,
+        server=ServerTLS(
+            cert=cert, key=key, client_ca=ca.cert_path, crl=crl_path(settings.pki_dir)
+        ),
+    )
 
 
 def _holder(port: int) -> str:

@@ -25,6 +25,7 @@ from grpc_status import rpc_status
 from gateway.core.caller import Caller, person_from_metadata, reset_caller, set_caller
 from gateway.core.errors import ERROR_DOMAIN, CoopgateError, InvalidArgument, Unauthenticated
 from gateway.crypto.pki import identity_from_pem
+from gateway.crypto.revocation import RevocationList
 
 log = logging.getLogger(__name__)
 
@@ -112,11 +113,17 @@ def status_for(error: CoopgateError) -> status_pb2.Status:
     return status_pb2.Status(code=error.code.value[0], message=error.message, details=packed)
 
 
-def _caller_from(context: grpc.aio.ServicerContext[Any, Any]) -> Caller:
+def _caller_from(
+    context: grpc.aio.ServicerContext[Any, Any], revoked: RevocationList | None
+) -> Caller:
     pems = context.auth_context().get("x509_pem_cert")
     if not pems:
         raise Unauthenticated("a client certificate is required")
     identity = identity_from_pem(next(iter(pems)))
+    if revoked is not None and revoked.is_revoked(identity.serial):
+        raise Unauthenticated(
+            "this client certificate has been revoked", reason="CERTIFICATE_REVOKED"
+        )
     return Caller(
         partner_id=identity.partner_id,
         role=identity.role,
@@ -136,7 +143,8 @@ async def _abort(context: grpc.aio.ServicerContext[Any, Any], exc: BaseException
 class GatewayInterceptor(grpc.aio.ServerInterceptor):
     """Authentication from the certificate and the error mapping, for every RPC."""
 
-    def __init__(self) -> None:
+    def __init__(self, revoked: RevocationList | None = None) -> None:
+        self._revoked = revoked
         self._wrapped: dict[
             str, tuple[grpc.RpcMethodHandler[Any, Any], grpc.RpcMethodHandler[Any, Any]]
         ] = {}
@@ -157,30 +165,34 @@ class GatewayInterceptor(grpc.aio.ServerInterceptor):
         # One wrapped handler per method and handler, built once (this runs for every call).
         wrapped = self._wrapped.get(method)
         if wrapped is None or wrapped[0] is not handler:
-            wrapped = self._wrapped[method] = (handler, _wrap(handler))
+            wrapped = self._wrapped[method] = (handler, _wrap(handler, self._revoked))
         return wrapped[1]
 
 
-def _wrap(handler: grpc.RpcMethodHandler[Any, Any]) -> grpc.RpcMethodHandler[Any, Any]:
+def _wrap(
+    handler: grpc.RpcMethodHandler[Any, Any], revoked: RevocationList | None
+) -> grpc.RpcMethodHandler[Any, Any]:
     if handler.unary_unary is not None:
         return grpc.unary_unary_rpc_method_handler(
-            _wrap_unary(handler.unary_unary),
+            _wrap_unary(handler.unary_unary, revoked),
             request_deserializer=_decoding(handler.request_deserializer),
             response_serializer=_sending_encoded(handler.response_serializer),
         )
     if handler.unary_stream is not None:
         return grpc.unary_stream_rpc_method_handler(
-            _wrap_stream(handler.unary_stream),
+            _wrap_stream(handler.unary_stream, revoked),
             request_deserializer=_decoding(handler.request_deserializer),
             response_serializer=handler.response_serializer,
         )
     return handler
 
 
-def _wrap_unary(behavior: Callable[..., Any]) -> Callable[..., Awaitable[Any]]:
+def _wrap_unary(
+    behavior: Callable[..., Any], revoked: RevocationList | None
+) -> Callable[..., Awaitable[Any]]:
     async def wrapper(request: Any, context: grpc.aio.ServicerContext[Any, Any]) -> Any:
         try:
-            token = set_caller(_caller_from(context))
+            token = set_caller(_caller_from(context, revoked))
         except Exception as exc:
             await _abort(context, exc)
         try:
@@ -196,12 +208,14 @@ def _wrap_unary(behavior: Callable[..., Any]) -> Callable[..., Awaitable[Any]]:
     return wrapper
 
 
-def _wrap_stream(behavior: Callable[..., Any]) -> Callable[..., AsyncIterator[Any]]:
+def _wrap_stream(
+    behavior: Callable[..., Any], revoked: RevocationList | None
+) -> Callable[..., AsyncIterator[Any]]:
     async def wrapper(
         request: Any, context: grpc.aio.ServicerContext[Any, Any]
     ) -> AsyncIterator[Any]:
         try:
-            token = set_caller(_caller_from(context))
+            token = set_caller(_caller_from(context, revoked))
         except Exception as exc:
             await _abort(context, exc)
         try:

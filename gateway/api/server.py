@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -36,8 +37,13 @@ from gateway.api.servicers import (
 from gateway.audit.service import Audit, AuditServicer
 from gateway.cases.service import Cases
 from gateway.consent.records import Consents
+from gateway.crypto.keyfiles import KeyFileError
+from gateway.crypto.pki import check_server_files
+from gateway.crypto.revocation import RevocationList
 from gateway.identity.linking import Identity
 from gateway.work.delivery import PartnerWork
+
+log = logging.getLogger(__name__)
 
 #: Every service of the v1 contract, by full name (for health and reflection).
 SERVICE_NAMES: tuple[str, ...] = (
@@ -57,13 +63,52 @@ class ServerTLS:
     cert: Path
     key: Path
     client_ca: Path
+    #: The CA's revocation list, checked on every call (None: nothing is revoked).
+    crl: Path | None = None
 
     def credentials(self) -> grpc.ServerCredentials:
-        return grpc.ssl_server_credentials(
+        """Credentials that follow the files: a server certificate replaced on disk (with
+        its key) is presented from the next handshake on; connections already open, and
+        their streams, go on with the one they began with."""
+        loaded = self._files()
+
+        def fetch() -> grpc.ServerCertificateConfiguration | None:
+            nonlocal loaded
+            try:
+                now = self._files()
+                if now == loaded:
+                    return None
+                configuration = self._configuration()
+            except (OSError, KeyFileError) as exc:  # half-written: keep the one in use
+                log.warning("server certificate not reloaded: %s", exc)
+                return None
+            loaded = now
+            log.info("server certificate reloaded from %s", self.cert)
+            return configuration
+
+        # grpc calls `fetch` at each handshake; None means "no change" (the stubs say
+        # it always returns a configuration).
+        return grpc.dynamic_ssl_server_credentials(
+            self._configuration(),
+            fetch,  # type: ignore[arg-type]
+            require_client_authentication=True,
+        )
+
+    def _files(self) -> tuple[tuple[int, int], ...]:
+        return tuple(
+            (stat.st_mtime_ns, stat.st_size)
+            for stat in (self.cert.stat(), self.key.stat(), self.client_ca.stat())
+        )
+
+    def _configuration(self) -> grpc.ServerCertificateConfiguration:
+        check_server_files(self.cert, self.key)
+        return grpc.ssl_server_certificate_configuration(
             [(self.key.read_bytes(), self.cert.read_bytes())],
             root_certificates=self.client_ca.read_bytes(),
-            require_client_auth=True,
         )
+
+    def revocations(self) -> RevocationList | None:
+        return None if self.crl is None else RevocationList(self.crl, self.client_ca)
 
 
 @dataclass(slots=True)
@@ -89,7 +134,7 @@ def create_server(
 ) -> tuple[grpc.aio.Server, int, health.aio.HealthServicer]:
     """Build the server (not started). Returns it, its bound port and its health servicer."""
     server = grpc.aio.server(
-        interceptors=[aio_server_interceptor(), GatewayInterceptor()],  # type: ignore[no-untyped-call]
+        interceptors=[aio_server_interceptor(), GatewayInterceptor(tls.revocations())],  # type: ignore[no-untyped-call]
         options=[
             ("grpc.max_receive_message_length", MAX_REQUEST_BYTES),
             ("grpc.max_send_message_length", MAX_RESPONSE_BYTES),

@@ -50,11 +50,12 @@ def _logging() -> None:
 
 
 def _run(coro: object) -> None:
+    from gateway.crypto.keyfiles import KeyFileError
     from gateway.stack import StackError
 
     try:
         asyncio.run(coro)  # type: ignore[arg-type]
-    except StackError as exc:
+    except (StackError, KeyFileError) as exc:
         err.print(f"[red]error:[/red] {exc}")
         raise typer.Exit(1) from None
     except KeyboardInterrupt:
@@ -132,18 +133,37 @@ def ca_issue(
 ) -> None:
     """Issue a client certificate for a partner and role."""
     from gateway.core.errors import InvalidArgument
+    from gateway.crypto.keyfiles import KeyFileError
 
     settings = _settings(data_dir)
     ca = CertificateAuthority(settings.pki_dir)
     try:
         files = ca.issue_client(out or settings.pki_dir / "clients", partner, role)
-    except FileNotFoundError as exc:
+    except (FileNotFoundError, KeyFileError) as exc:
         err.print(f"[red]error:[/red] {exc}")
         raise typer.Exit(1) from None
     except InvalidArgument as exc:
         err.print(f"[red]error:[/red] {exc.violations[0].description}")
         raise typer.Exit(2) from None
     print(f"cert: {files.cert}\nkey:  {files.key}\nca:   {files.ca}")
+
+
+@ca_app.command("revoke")
+def ca_revoke(
+    cert: Annotated[Path, typer.Argument(help="The client certificate (PEM) to revoke.")],
+    data_dir: DataDir = None,
+) -> None:
+    """Revoke a client certificate: every gateway refuses it from its next call on."""
+    from gateway.crypto.keyfiles import KeyFileError
+
+    settings = _settings(data_dir)
+    ca = CertificateAuthority(settings.pki_dir)
+    try:
+        serial = ca.revoke(cert.read_bytes())
+    except (FileNotFoundError, ValueError, KeyFileError) as exc:
+        err.print(f"[red]error:[/red] {exc}")
+        raise typer.Exit(1) from None
+    err.print(f"revoked serial {serial:x}; listed in {settings.pki_dir / 'crl.pem'}")
 
 
 @app.command()

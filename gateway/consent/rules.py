@@ -7,7 +7,7 @@ for the case's service and (2) the customer's consent, given and not
 withdrawn or expired, covers A→B, C and P. Decisions are made from the store at
 each call; the case view keeps its last decisions only with the versions of the
 consents and agreements they read, which database triggers bump at every change, and
-until the next validity period boundary (`Cases.get_view`): a withdrawal takes effect
+until the next validity period boundary (`CaseViews.get_view`): a withdrawal takes effect
 on the very next read. Every decision is audited.
 """
 

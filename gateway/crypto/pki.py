@@ -24,6 +24,8 @@ from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
 from gateway.core.caller import Role
 from gateway.core.errors import InvalidArgument, Unauthenticated
+from gateway.crypto.keyfiles import KeyFileError, check_key_file
+from gateway.crypto.revocation import crl_path, read_crl, write_crl
 
 PARTNER_ID_PATTERN = re.compile(r"^[a-z][a-z0-9-]{1,62}$")
 _CA_VALIDITY = dt.timedelta(days=3650)
@@ -36,6 +38,7 @@ class CertIdentity:
 
     partner_id: str
     role: Role
+    serial: int = 0
 
 
 @dataclass(slots=True, frozen=True)
@@ -113,13 +116,27 @@ class CertificateAuthority:
         self.cert_path.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
 
     def _load(self) -> tuple[x509.Certificate, ec.EllipticCurvePrivateKey]:
-        if not self.exists():
+        if not self.cert_path.exists():
             raise FileNotFoundError(f"no CA in {self.directory}: run `coopgate ca init` first")
         cert = x509.load_pem_x509_certificate(self.cert_path.read_bytes())
-        key = serialization.load_pem_private_key(self.key_path.read_bytes(), password=None)
-        if not isinstance(key, ec.EllipticCurvePrivateKey):
-            raise ValueError("CA key is not an EC key")
-        return cert, key
+        return cert, load_key_for(self.key_path, cert)
+
+    def check(self) -> None:
+        """The CA's key is there, 0600, and the key of its certificate."""
+        self._load()
+
+    def revoke(self, cert_pem: bytes) -> int:
+        """Add a certificate this CA issued to its revocation list; returns its serial.
+        Gateways refuse it from their next call on (they re-read the list when it changes)."""
+        ca_cert, ca_key = self._load()
+        cert = x509.load_pem_x509_certificate(cert_pem)
+        if cert.issuer != ca_cert.subject:
+            raise ValueError("this certificate was not issued by this CA")
+        path = crl_path(self.directory)
+        revoked = read_crl(path, ca_cert)
+        revoked.setdefault(cert.serial_number, _now())
+        write_crl(path, ca_cert, ca_key, revoked)
+        return cert.serial_number
 
     def issue_server(self, out_dir: Path, hostnames: list[str]) -> IssuedFiles:
         """A server certificate for the gateway, valid for ``hostnames`` and loopback."""
@@ -203,7 +220,28 @@ def identity_from_pem(pem: bytes) -> CertIdentity:
         raise Unauthenticated(
             f"client certificate role {units[0].value!r} is not a Coopgate role"
         ) from None
-    return CertIdentity(partner_id=str(orgs[0].value), role=role)
+    return CertIdentity(partner_id=str(orgs[0].value), role=role, serial=cert.serial_number)
+
+
+def load_key_for(key_path: Path, cert: x509.Certificate) -> ec.EllipticCurvePrivateKey:
+    """The private key in ``key_path``, checked: mode 0600 and the key of ``cert``."""
+    if not key_path.exists():
+        raise KeyFileError(f"{key_path} is missing (its certificate is there)")
+    check_key_file(key_path)
+    try:
+        key = serialization.load_pem_private_key(key_path.read_bytes(), password=None)
+    except ValueError:
+        raise KeyFileError(f"{key_path} is not a readable PEM private key") from None
+    if not isinstance(key, ec.EllipticCurvePrivateKey) or key.public_key() != cert.public_key():
+        raise KeyFileError(f"{key_path} is not the key of its certificate")
+    return key
+
+
+def check_server_files(cert_path: Path, key_path: Path) -> None:
+    """The server's certificate and key belong together (both present, matched, 0600)."""
+    if not cert_path.exists():
+        raise KeyFileError(f"{cert_path} is missing (its key is there)")
+    load_key_for(key_path, x509.load_pem_x509_certificate(cert_path.read_bytes()))
 
 
 def _write_key(path: Path, key: ec.EllipticCurvePrivateKey) -> None:
