@@ -43,6 +43,7 @@ from gateway.crypto.keyfiles import read_secret
 from gateway.crypto.pki import CertificateAuthority
 from gateway.crypto.pseudonyms import Pseudonyms
 from gateway.crypto.sealing import Sealer
+from gateway.identity.erasure import Erasure
 from gateway.identity.linking import IdentifierHasher, Identity
 from gateway.orchestration.activities import IncidentActivities
 from gateway.orchestration.temporal import TemporalIncidents, connect, create_worker
@@ -254,7 +255,8 @@ async def open_runtime(
                 cases=cases,
                 consents=consents,
                 work=PartnerWork(store),
-                identity=Identity(store, pseudonyms, identifier_hasher, audit, sealer),
+                identity=Identity(store, pseudonyms, identifier_hasher, audit),
+                erasure=Erasure(store, audit, sealer),
                 audit=Audit(store, checkpointer, pseudonyms, audit),
             ),
             activities=IncidentActivities(store, cases, rules, audit, pseudonyms),

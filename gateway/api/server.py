@@ -36,6 +36,7 @@ from gateway.api.servicers import (
 from gateway.audit.service import Audit, AuditServicer
 from gateway.cases.service import Cases
 from gateway.consent.rules import Consents
+from gateway.identity.erasure import Erasure
 from gateway.identity.linking import Identity
 from gateway.work.delivery import PartnerWork
 
@@ -75,6 +76,7 @@ class Domain:
     consents: Consents
     work: PartnerWork
     identity: Identity
+    erasure: Erasure
     audit: Audit
 
 
@@ -94,7 +96,7 @@ def create_server(
     consents_pb2_grpc.add_ConsentServiceServicer_to_server(ConsentServicer(domain.consents), server)
     work_pb2_grpc.add_PartnerWorkServiceServicer_to_server(PartnerWorkServicer(domain.work), server)
     identity_pb2_grpc.add_IdentityServiceServicer_to_server(
-        IdentityServicer(domain.identity), server
+        IdentityServicer(domain.identity, domain.erasure), server
     )
     audit_pb2_grpc.add_AuditServiceServicer_to_server(AuditServicer(domain.audit), server)
 

@@ -31,6 +31,7 @@ from gateway.cases.service import Cases
 from gateway.consent.rules import Consents
 from gateway.core.caller import current_caller
 from gateway.core.errors import Aborted
+from gateway.identity.erasure import Erasure
 from gateway.identity.linking import Identity
 from gateway.work.delivery import PartnerWork
 
@@ -217,8 +218,9 @@ class PartnerWorkServicer(work_pb2_grpc.PartnerWorkServiceServicer):
 
 
 class IdentityServicer(identity_pb2_grpc.IdentityServiceServicer):
-    def __init__(self, identity: Identity) -> None:
+    def __init__(self, identity: Identity, erasure: Erasure) -> None:
         self._identity = identity
+        self._erasure = erasure
 
     async def IssueLinkCode(
         self, request: identity_pb2.IssueLinkCodeRequest, context: Context
@@ -248,7 +250,7 @@ class IdentityServicer(identity_pb2_grpc.IdentityServiceServicer):
     async def EraseCustomer(
         self, request: identity_pb2.EraseCustomerRequest, context: Context
     ) -> identity_pb2.EraseCustomerResponse:
-        return await self._identity.erase(current_caller(), request)
+        return await self._erasure.erase(current_caller(), request)
 
     async def ConfirmMatch(
         self, request: identity_pb2.ConfirmMatchRequest, context: Context
