@@ -29,6 +29,7 @@ from temporalio.client import Client
 from temporalio.worker import Worker
 
 from gateway.admin import catalog
+from gateway.admin.agreements import SharingAgreements
 from gateway.admin.registry import Admin
 from gateway.api.server import Domain, ServerTLS, create_server, mark_serving
 from gateway.audit.checkpoints import Checkpointer, load_signer
@@ -252,6 +253,7 @@ async def open_runtime(
             client=client,
             domain=Domain(
                 admin=admin,
+                agreements=SharingAgreements(store, vocabulary, audit),
                 cases=cases,
                 consents=consents,
                 work=PartnerWork(store),

@@ -24,6 +24,7 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 from opentelemetry.instrumentation.grpc import aio_server_interceptor
 
+from gateway.admin.agreements import SharingAgreements
 from gateway.admin.registry import Admin
 from gateway.api.interceptors import GatewayInterceptor
 from gateway.api.servicers import (
@@ -72,6 +73,7 @@ class Domain:
     """What the servicers call."""
 
     admin: Admin
+    agreements: SharingAgreements
     cases: Cases
     consents: Consents
     work: PartnerWork
@@ -92,7 +94,9 @@ def create_server(
         ],
     )
     cases_pb2_grpc.add_CaseServiceServicer_to_server(CaseServicer(domain.cases), server)
-    admin_pb2_grpc.add_AdminServiceServicer_to_server(AdminServicer(domain.admin), server)
+    admin_pb2_grpc.add_AdminServiceServicer_to_server(
+        AdminServicer(domain.admin, domain.agreements), server
+    )
     consents_pb2_grpc.add_ConsentServiceServicer_to_server(ConsentServicer(domain.consents), server)
     work_pb2_grpc.add_PartnerWorkServiceServicer_to_server(PartnerWorkServicer(domain.work), server)
     identity_pb2_grpc.add_IdentityServiceServicer_to_server(

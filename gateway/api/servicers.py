@@ -25,6 +25,7 @@ from coopgate.v1 import (
 )
 from grpc_status import rpc_status
 
+from gateway.admin.agreements import SharingAgreements
 from gateway.admin.registry import Admin
 from gateway.api.interceptors import Encoded, status_for
 from gateway.cases.service import Cases
@@ -121,8 +122,9 @@ class CaseServicer(cases_pb2_grpc.CaseServiceServicer):
 
 
 class AdminServicer(admin_pb2_grpc.AdminServiceServicer):
-    def __init__(self, admin: Admin) -> None:
+    def __init__(self, admin: Admin, agreements: SharingAgreements) -> None:
         self._admin = admin
+        self._agreements = agreements
 
     async def RegisterPartner(
         self, request: admin_pb2.RegisterPartnerRequest, context: Context
@@ -156,13 +158,13 @@ class AdminServicer(admin_pb2_grpc.AdminServiceServicer):
     async def DefineSharingAgreement(
         self, request: admin_pb2.DefineSharingAgreementRequest, context: Context
     ) -> admin_pb2.DefineSharingAgreementResponse:
-        return await self._admin.define_sharing_agreement(current_caller(), request)
+        return await self._agreements.define_sharing_agreement(current_caller(), request)
 
     async def ListSharingAgreements(
         self, request: admin_pb2.ListSharingAgreementsRequest, context: Context
     ) -> admin_pb2.ListSharingAgreementsResponse:
         current_caller()
-        return await self._admin.list_sharing_agreements(request)
+        return await self._agreements.list_sharing_agreements(request)
 
 
 class ConsentServicer(consents_pb2_grpc.ConsentServiceServicer):
