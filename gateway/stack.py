@@ -31,6 +31,7 @@ from temporalio.client import Client
 from temporalio.worker import Worker
 
 from gateway.admin import catalog
+from gateway.admin.agreements import SharingAgreements
 from gateway.admin.registry import Admin
 from gateway.api.server import Domain, ServerTLS, create_server, mark_serving
 from gateway.audit.checkpoints import Checkpointer, load_signer
@@ -47,6 +48,7 @@ from gateway.crypto.pki import CertificateAuthority, check_server_files
 from gateway.crypto.pseudonyms import Pseudonyms
 from gateway.crypto.revocation import crl_path
 from gateway.crypto.sealing import Sealer
+from gateway.identity.erasure import Erasure
 from gateway.identity.linking import IdentifierHasher, Identity
 from gateway.orchestration.activities import IncidentActivities
 from gateway.orchestration.temporal import TemporalIncidents, connect, create_worker
@@ -312,10 +314,12 @@ async def open_runtime(
             client=client,
             domain=Domain(
                 admin=admin,
+                agreements=SharingAgreements(store, vocabulary, audit),
                 cases=cases,
                 consents=consents,
                 work=PartnerWork(store),
-                identity=Identity(store, pseudonyms, identifier_hasher, audit, sealer),
+                identity=Identity(store, pseudonyms, identifier_hasher, audit),
+                erasure=Erasure(store, audit, sealer),
                 audit=Audit(store, checkpointer, pseudonyms, audit),
             ),
             activities=IncidentActivities(store, cases, rules, audit, pseudonyms),

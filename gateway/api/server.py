@@ -25,6 +25,7 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 from opentelemetry.instrumentation.grpc import aio_server_interceptor
 
+from gateway.admin.agreements import SharingAgreements
 from gateway.admin.registry import Admin
 from gateway.api.interceptors import GatewayInterceptor
 from gateway.api.servicers import (
@@ -40,6 +41,7 @@ from gateway.consent.records import Consents
 from gateway.crypto.keyfiles import KeyFileError
 from gateway.crypto.pki import check_server_files
 from gateway.crypto.revocation import RevocationList
+from gateway.identity.erasure import Erasure
 from gateway.identity.linking import Identity
 from gateway.work.delivery import PartnerWork
 
@@ -116,10 +118,12 @@ class Domain:
     """What the servicers call."""
 
     admin: Admin
+    agreements: SharingAgreements
     cases: Cases
     consents: Consents
     work: PartnerWork
     identity: Identity
+    erasure: Erasure
     audit: Audit
 
 
@@ -145,11 +149,13 @@ def create_server(
         ],
     )
     cases_pb2_grpc.add_CaseServiceServicer_to_server(CaseServicer(domain.cases), server)
-    admin_pb2_grpc.add_AdminServiceServicer_to_server(AdminServicer(domain.admin), server)
+    admin_pb2_grpc.add_AdminServiceServicer_to_server(
+        AdminServicer(domain.admin, domain.agreements), server
+    )
     consents_pb2_grpc.add_ConsentServiceServicer_to_server(ConsentServicer(domain.consents), server)
     work_pb2_grpc.add_PartnerWorkServiceServicer_to_server(PartnerWorkServicer(domain.work), server)
     identity_pb2_grpc.add_IdentityServiceServicer_to_server(
-        IdentityServicer(domain.identity), server
+        IdentityServicer(domain.identity, domain.erasure), server
     )
     audit_pb2_grpc.add_AuditServiceServicer_to_server(AuditServicer(domain.audit), server)
 

@@ -25,12 +25,14 @@ from coopgate.v1 import (
 )
 from grpc_status import rpc_status
 
+from gateway.admin.agreements import SharingAgreements
 from gateway.admin.registry import Admin
 from gateway.api.interceptors import Encoded, status_for
 from gateway.cases.service import Cases
 from gateway.consent.records import Consents
 from gateway.core.caller import current_caller
 from gateway.core.errors import Aborted
+from gateway.identity.erasure import Erasure
 from gateway.identity.linking import Identity
 from gateway.work.delivery import PartnerWork
 
@@ -124,8 +126,9 @@ class CaseServicer(cases_pb2_grpc.CaseServiceServicer):
 
 
 class AdminServicer(admin_pb2_grpc.AdminServiceServicer):
-    def __init__(self, admin: Admin) -> None:
+    def __init__(self, admin: Admin, agreements: SharingAgreements) -> None:
         self._admin = admin
+        self._agreements = agreements
 
     async def RegisterPartner(
         self, request: admin_pb2.RegisterPartnerRequest, context: Context
@@ -159,13 +162,13 @@ class AdminServicer(admin_pb2_grpc.AdminServiceServicer):
     async def DefineSharingAgreement(
         self, request: admin_pb2.DefineSharingAgreementRequest, context: Context
     ) -> admin_pb2.DefineSharingAgreementResponse:
-        return await self._admin.define_sharing_agreement(current_caller(), request)
+        return await self._agreements.define_sharing_agreement(current_caller(), request)
 
     async def ListSharingAgreements(
         self, request: admin_pb2.ListSharingAgreementsRequest, context: Context
     ) -> admin_pb2.ListSharingAgreementsResponse:
         current_caller()
-        return await self._admin.list_sharing_agreements(request)
+        return await self._agreements.list_sharing_agreements(request)
 
 
 class ConsentServicer(consents_pb2_grpc.ConsentServiceServicer):
@@ -221,8 +224,9 @@ class PartnerWorkServicer(work_pb2_grpc.PartnerWorkServiceServicer):
 
 
 class IdentityServicer(identity_pb2_grpc.IdentityServiceServicer):
-    def __init__(self, identity: Identity) -> None:
+    def __init__(self, identity: Identity, erasure: Erasure) -> None:
         self._identity = identity
+        self._erasure = erasure
 
     async def IssueLinkCode(
         self, request: identity_pb2.IssueLinkCodeRequest, context: Context
@@ -252,7 +256,7 @@ class IdentityServicer(identity_pb2_grpc.IdentityServiceServicer):
     async def EraseCustomer(
         self, request: identity_pb2.EraseCustomerRequest, context: Context
     ) -> identity_pb2.EraseCustomerResponse:
-        return await self._identity.erase(current_caller(), request)
+        return await self._erasure.erase(current_caller(), request)
 
     async def ConfirmMatch(
         self, request: identity_pb2.ConfirmMatchRequest, context: Context

@@ -25,8 +25,7 @@ from gateway.audit.log import AuditLog, AuditRecord
 from gateway.core.caller import Caller, Role
 from gateway.core.errors import FailedPrecondition, FieldViolation, InvalidArgument, NotFound
 from gateway.crypto.pseudonyms import Pseudonyms
-from gateway.crypto.sealing import Sealer
-from gateway.identity.subjects import subject_for
+from gateway.identity.subjects import linked_subject, require_local_id, subject_for
 from gateway.store import Store
 from gateway.store.idempotency import run_once
 from gateway.store.schema import (
@@ -97,9 +96,7 @@ class Identity:
         pseudonyms: Pseudonyms,
         hasher: IdentifierHasher,
         audit: AuditLog,
-        sealer: Sealer,
     ) -> None:
-        self.sealer = sealer
         self.store = store
         self.pseudonyms = pseudonyms
         self.hasher = hasher
@@ -109,7 +106,7 @@ class Identity:
         self, caller: Caller, request: identity_pb2.IssueLinkCodeRequest
     ) -> identity_pb2.IssueLinkCodeResponse:
         caller.require(Role.PARTNER, Role.ADVISOR)
-        _require_local_id(request.customer_local_id)
+        require_local_id(request.customer_local_id)
 
         async def action(conn: AsyncConnection) -> identity_pb2.IssueLinkCodeResponse:
             subject = await subject_for(conn, caller.partner_id, request.customer_local_id)
@@ -141,7 +138,7 @@ class Identity:
         self, caller: Caller, request: identity_pb2.RedeemLinkCodeRequest
     ) -> identity_pb2.RedeemLinkCodeResponse:
         caller.require(Role.PARTNER, Role.ADVISOR)
-        _require_local_id(request.customer_local_id)
+        require_local_id(request.customer_local_id)
         code = request.link_code.strip().upper().replace("-", "").replace(" ", "")
         if len(code) != CODE_LENGTH or any(c not in CODE_ALPHABET for c in code):
             raise InvalidArgument.field("link_code", f"{CODE_LENGTH} characters of [0-9A-Z]")
@@ -186,7 +183,7 @@ class Identity:
         self, caller: Caller, request: identity_pb2.RegisterIdentifiersRequest
     ) -> identity_pb2.RegisterIdentifiersResponse:
         caller.require(Role.PARTNER, Role.ADVISOR)
-        _require_local_id(request.customer_local_id)
+        require_local_id(request.customer_local_id)
         if not request.identifiers or len(request.identifiers) > MAX_IDENTIFIERS:
             raise InvalidArgument.field("identifiers", f"1 to {MAX_IDENTIFIERS} identifiers")
         digests: list[tuple[int, bytes]] = []
@@ -311,10 +308,10 @@ class Identity:
         """Detach the caller's customer id from the shared subject: from now on
         it is a subject of its own. Past cases keep their history."""
         caller.require(Role.PARTNER, Role.ADVISOR)
-        _require_local_id(request.customer_local_id)
+        require_local_id(request.customer_local_id)
 
         async def action(conn: AsyncConnection) -> identity_pb2.UnlinkResponse:
-            current = await _linked_subject(conn, caller.partner_id, request.customer_local_id)
+            current = await linked_subject(conn, caller.partner_id, request.customer_local_id)
             if current is None:
                 raise NotFound("no such customer of yours", reason="UNKNOWN_CUSTOMER")
             fresh = uuid.uuid4().hex
@@ -347,62 +344,13 @@ class Identity:
         )
         return response
 
-    async def erase(
-        self, caller: Caller, request: identity_pb2.EraseCustomerRequest
-    ) -> identity_pb2.EraseCustomerResponse:
-        """Crypto-shred the customer's cases and forget every partner's link to them."""
-        caller.require(Role.PARTNER, Role.ADVISOR)
-        _require_local_id(request.customer_local_id)
-
-        async def action(conn: AsyncConnection) -> identity_pb2.EraseCustomerResponse:
-            subject = await _linked_subject(conn, caller.partner_id, request.customer_local_id)
-            if subject is None:
-                raise NotFound("no such customer of yours", reason="UNKNOWN_CUSTOMER")
-            erased = await self.sealer.erase(conn, subject)
-            links = (
-                await conn.execute(
-                    select(subject_links.c.partner_id, subject_links.c.local_id).where(
-                        subject_links.c.subject_id == subject
-                    )
-                )
-            ).all()
-            for partner_id, local_id in links:
-                await conn.execute(
-                    delete(identifier_hashes).where(
-                        identifier_hashes.c.partner_id == partner_id,
-                        identifier_hashes.c.local_id == local_id,
-                    )
-                )
-            for table in (subject_links, link_codes, match_proposals):
-                await conn.execute(delete(table).where(table.c.subject_id == subject))
-            await self.audit.record_in(
-                conn,
-                [
-                    AuditRecord(
-                        kind="erasure",
-                        action="subject.erased",
-                        actor_partner_id=caller.partner_id,
-                        actor_person_id=caller.person_id,
-                        subject_id=subject,
-                        reason="customer request (right to erasure)",
-                        details=(("cases", ",".join(erased)), ("links", str(len(links)))),
-                    )
-                ],
-            )
-            return identity_pb2.EraseCustomerResponse(erased_cases=len(erased))
-
-        response, _ = await run_once(
-            self.store, caller, "EraseCustomer", request, identity_pb2.EraseCustomerResponse, action
-        )
-        return response
-
     async def resolve_subject(
         self, caller: Caller, request: identity_pb2.ResolveSubjectRequest
     ) -> identity_pb2.ResolveSubjectResponse:
         caller.require(Role.PARTNER, Role.ADVISOR)
-        _require_local_id(request.customer_local_id)
+        require_local_id(request.customer_local_id)
         async with self.store.read() as conn:
-            subject = await _linked_subject(conn, caller.partner_id, request.customer_local_id)
+            subject = await linked_subject(conn, caller.partner_id, request.customer_local_id)
         if subject is None:
             raise NotFound("no such customer of yours", reason="UNKNOWN_CUSTOMER")
         return identity_pb2.ResolveSubjectResponse(
@@ -414,7 +362,7 @@ class Identity:
     ) -> str:
         """Join the caller's customer id to ``target``; if it had a subject of its
         own, merge that subject (its cases, consents and other links) into it."""
-        current = await _linked_subject(conn, caller.partner_id, local_id)
+        current = await linked_subject(conn, caller.partner_id, local_id)
         merged = ""
         if current is None:
             await conn.execute(
@@ -458,19 +406,3 @@ class Identity:
 
 def _code_hash(code: str) -> bytes:
     return hashlib.sha256(code.encode()).digest()
-
-
-def _require_local_id(local_id: str) -> None:
-    if not local_id or len(local_id) > 200:
-        raise InvalidArgument.field("customer_local_id", "1-200 characters")
-
-
-async def _linked_subject(conn: AsyncConnection, partner_id: str, local_id: str) -> str | None:
-    found = (
-        await conn.execute(
-            select(subject_links.c.subject_id).where(
-                subject_links.c.partner_id == partner_id, subject_links.c.local_id == local_id
-            )
-        )
-    ).scalar()
-    return str(found) if found is not None else None

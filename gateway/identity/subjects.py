@@ -9,6 +9,7 @@ import uuid
 from sqlalchemy import insert, select
 from sqlalchemy.ext.asyncio import AsyncConnection
 
+from gateway.core.errors import InvalidArgument
 from gateway.store.schema import subject_links, subjects
 
 
@@ -36,3 +37,19 @@ async def subject_for(conn: AsyncConnection, partner_id: str, local_id: str) -> 
         )
     )
     return subject_id
+
+
+def require_local_id(local_id: str) -> None:
+    if not local_id or len(local_id) > 200:
+        raise InvalidArgument.field("customer_local_id", "1-200 characters")
+
+
+async def linked_subject(conn: AsyncConnection, partner_id: str, local_id: str) -> str | None:
+    found = (
+        await conn.execute(
+            select(subject_links.c.subject_id).where(
+                subject_links.c.partner_id == partner_id, subject_links.c.local_id == local_id
+            )
+        )
+    ).scalar()
+    return str(found) if found is not None else None

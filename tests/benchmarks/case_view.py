@@ -188,7 +188,7 @@ async def seed_case(runtime: Runtime, service_id: str) -> tuple[str, int]:
     domain = runtime.domain
     admin = Caller("coopgate", Role.ADMIN)
     for partner in PARTNERS[1:]:
-        await domain.admin.define_sharing_agreement(
+        await domain.agreements.define_sharing_agreement(
             admin,
             admin_pb2.DefineSharingAgreementRequest(
                 idempotency_key=uuid.uuid4().hex,

@@ -472,7 +472,7 @@ async def test_an_agreement_overrides_the_policy_and_the_partners_deadline(
 ) -> None:
     deadline = duration_pb2.Duration()
     deadline.FromTimedelta(timedelta(minutes=5))
-    await incident.runtime.domain.admin.define_sharing_agreement(
+    await incident.runtime.domain.agreements.define_sharing_agreement(
         ADMIN,
         admin_pb2.DefineSharingAgreementRequest(
             idempotency_key=uuid.uuid4().hex,

@@ -1,0 +1,211 @@
+"""Activities that record the ownership decision, offer ownership and assign the owner."""
+
+from __future__ import annotations
+
+from coopgate.v1 import cases_pb2, work_pb2
+from sqlalchemy import delete, insert, select, update
+from temporalio import activity
+
+from gateway.audit.log import AuditLog, AuditRecord
+from gateway.cases.rows import CASE_STATUS_CATEGORY, append_event, set_status
+from gateway.cases.service import Cases
+from gateway.orchestration.shared import now, tell, ts
+from gateway.store import Store
+from gateway.store.schema import case_participants, cases
+from gateway.work.delivery import enqueue
+from workflows.contracts import (
+    ASSIGN_OWNER,
+    OFFER_OWNERSHIP,
+    RECORD_OWNERSHIP_DECISION,
+    AssignOwnerInput,
+    OfferInput,
+    OwnershipDecision,
+    RecordDecisionInput,
+)
+
+
+def _decision_proto(decision: OwnershipDecision, owner: str = "") -> cases_pb2.OwnershipDecision:
+    proto = cases_pb2.OwnershipDecision(
+        decision_id=decision.decision_id,
+        relationship_owner_id=owner or decision.owner_candidates[0],
+        resolver_ids=list(decision.resolver_ids),
+        rule=decision.rule,
+        explanation=decision.explanation,
+    )
+    proto.decided_at.FromDatetime(now())
+    return proto
+
+
+class OwnershipActivities:
+    def __init__(self, store: Store, cases: Cases, audit: AuditLog) -> None:
+        self._store = store
+        self._cases = cases
+        self._audit = audit
+
+    @activity.defn(name=RECORD_OWNERSHIP_DECISION)
+    async def record_ownership_decision(self, request: RecordDecisionInput) -> None:
+        decision = request.decision
+        async with self._store.write() as conn:
+            case = (
+                await conn.execute(select(cases).where(cases.c.case_id == request.case_id))
+            ).one()
+            item = cases_pb2.TimelineItem(ownership_decision=_decision_proto(decision))
+            item.occurred_at.CopyFrom(item.ownership_decision.decided_at)
+            if not await append_event(
+                conn,
+                self._cases.reader.sealer,
+                request.case_id,
+                item,
+                source_partner_id="",
+                category=CASE_STATUS_CATEGORY,
+                dedup_key=decision.decision_id,
+            ):
+                return
+            await self._audit.record_in(
+                conn,
+                [
+                    AuditRecord(
+                        kind="ownership",
+                        action="ownership.decided",
+                        actor_partner_id="coopgate",
+                        subject_id=case.subject_id,
+                        case_id=case.case_id,
+                        reason=decision.rule,
+                        details=(
+                            ("decision", decision.decision_id),
+                            ("candidates", ",".join(decision.owner_candidates)),
+                            ("resolvers", ",".join(decision.resolver_ids)),
+                            (
+                                "findings",
+                                ";".join(
+                                    f"{f.component}={f.status}@{f.confidence:.2f}"
+                                    for f in request.findings
+                                ),
+                            ),
+                        ),
+                    )
+                ],
+            )
+
+    @activity.defn(name=OFFER_OWNERSHIP)
+    async def offer_ownership(self, request: OfferInput) -> None:
+        offer = work_pb2.OwnershipOffer(
+            offer_id=request.offer_id,
+            case_id=request.case_id,
+            decision=_decision_proto(request.decision, request.partner_id),
+        )
+        offer.deadline.FromDatetime(ts(request.deadline_s))
+        async with self._store.write() as conn:
+            case = (
+                await conn.execute(
+                    select(cases.c.service_id).where(cases.c.case_id == request.case_id)
+                )
+            ).one()
+            offer.service_id = case.service_id
+            await enqueue(
+                conn,
+                f"{request.offer_id}:offer",
+                request.partner_id,
+                work_pb2.WorkItem(ownership_offer=offer),
+            )
+
+    @activity.defn(name=ASSIGN_OWNER)
+    async def assign_owner(self, request: AssignOwnerInput) -> None:
+        async with self._store.write() as conn:
+            case = (
+                await conn.execute(select(cases).where(cases.c.case_id == request.case_id))
+            ).one()
+            resolver_role = cases_pb2.PARTICIPANT_ROLE_RESOLVER
+            owner_role = cases_pb2.PARTICIPANT_ROLE_RELATIONSHIP_OWNER
+            current_resolvers = set(
+                (
+                    await conn.execute(
+                        select(case_participants.c.partner_id).where(
+                            case_participants.c.case_id == case.case_id,
+                            case_participants.c.role == resolver_role,
+                        )
+                    )
+                ).scalars()
+            )
+            if case.relationship_owner_id == request.owner_id and current_resolvers == set(
+                request.resolver_ids
+            ):
+                if case.status != cases_pb2.CASE_STATUS_OWNED and case.status in (
+                    cases_pb2.CASE_STATUS_AWAITING_OWNER,
+                ):
+                    await set_status(
+                        conn, self._cases.reader.sealer, case.case_id, cases_pb2.CASE_STATUS_OWNED
+                    )
+                return  # a retry: already recorded
+            await conn.execute(
+                update(cases)
+                .where(cases.c.case_id == case.case_id)
+                .values(relationship_owner_id=request.owner_id)
+            )
+            await conn.execute(
+                delete(case_participants).where(
+                    case_participants.c.case_id == case.case_id,
+                    case_participants.c.role.in_([resolver_role, owner_role]),
+                )
+            )
+            await conn.execute(
+                insert(case_participants),
+                [
+                    {
+                        "case_id": case.case_id,
+                        "partner_id": request.owner_id,
+                        "role": owner_role,
+                        "person_id": "",
+                    }
+                ]
+                + [
+                    {
+                        "case_id": case.case_id,
+                        "partner_id": r,
+                        "role": resolver_role,
+                        "person_id": "",
+                    }
+                    for r in request.resolver_ids
+                ],
+            )
+            if case.status in (
+                cases_pb2.CASE_STATUS_AWAITING_OWNER,
+                cases_pb2.CASE_STATUS_DIAGNOSING,
+            ):
+                await set_status(
+                    conn, self._cases.reader.sealer, case.case_id, cases_pb2.CASE_STATUS_OWNED
+                )
+            await self._audit.record_in(
+                conn,
+                [
+                    AuditRecord(
+                        kind="ownership",
+                        action="ownership.assigned",
+                        actor_partner_id=request.owner_id,
+                        subject_id=case.subject_id,
+                        case_id=case.case_id,
+                        reason=request.reason,
+                        details=(
+                            ("accepted", str(request.accepted).lower()),
+                            ("resolvers", ",".join(request.resolver_ids)),
+                        ),
+                    )
+                ],
+            )
+            await tell(
+                conn,
+                {request.owner_id, *request.resolver_ids},
+                work_pb2.CaseNotice(
+                    notice_id=(
+                        f"{case.case_id}:owner:{request.owner_id}:{','.join(request.resolver_ids)}"
+                    ),
+                    case_id=case.case_id,
+                    kind="ownership",
+                    relationship_owner_id=request.owner_id,
+                    resolver_ids=list(request.resolver_ids),
+                    message=(
+                        f"{request.owner_id} owns the relationship; resolvers: "
+                        f"{', '.join(request.resolver_ids) or 'none'} ({request.reason})"
+                    ),
+                ),
+            )
