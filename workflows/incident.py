@@ -18,51 +18,35 @@ from dataclasses import replace
 from datetime import datetime, timedelta
 
 from temporalio import workflow
-from temporalio.common import RetryPolicy
 
 with workflow.unsafe.imports_passed_through():
     from workflows.contracts import (
         ASSIGN_OWNER,
         ESCALATE,
         LOAD_INCIDENT,
-        NOTIFY_CUSTOMER,
         OFFER_OWNERSHIP,
-        RECORD_CASE_STATUS,
         RECORD_KPIS,
         RECORD_OWNERSHIP_DECISION,
         RECORD_UNRESPONSIVE,
         REQUEST_DIAGNOSIS,
         AssignOwnerInput,
-        CaseState,
-        CustomerAnswer,
         DiagnosisRequestInput,
         EscalateInput,
-        Finding,
         IncidentContext,
         IncidentInput,
         IncidentOutcome,
         LoadIncidentInput,
-        NotifyInput,
         OfferInput,
-        OwnershipAnswer,
         OwnershipDecision,
-        RecordCaseStatusInput,
         RecordDecisionInput,
-        ResolveRequest,
         UnresponsiveInput,
     )
     from workflows.incident_rules import (
         carried_over,
-        check_answer,
-        check_confirmation_relay,
-        check_customer,
-        check_resolve,
         decision_id,
         escalation_id,
         kpi_record,
-        merge_finding,
         next_sla,
-        notification_id,
         offer_id,
         ordered_findings,
         request_id,
@@ -70,33 +54,12 @@ with workflow.unsafe.imports_passed_through():
     )
     from workflows.ownership import decide_ownership
 
-_ACTIVITY_TIMEOUT = timedelta(seconds=10)
-_RETRY = RetryPolicy(
-    initial_interval=timedelta(milliseconds=200), maximum_interval=timedelta(seconds=30)
-)
+# Not passed through: it is workflow code, checked by the sandbox like this module.
+from workflows.incident_state import ACTIVITY_RETRY, ACTIVITY_TIMEOUT, IncidentState
 
 
 @workflow.defn
-class IncidentWorkflow:
-    def __init__(self) -> None:
-        self._status = "RECEIVED"
-        self._round = 0
-        self._reopens = 0
-        self._owner = ""
-        self._owner_after_s: float | None = None
-        self._breaches: list[str] = []
-        self._findings: dict[str, Finding] = {}
-        self._requested_at: dict[str, datetime] = {}
-        self._findings_version = 0
-        self._decision: OwnershipDecision | None = None
-        self._offer: tuple[str, str] | None = None
-        self._answers: dict[str, tuple[str, str]] = {}
-        self._resolution: ResolveRequest | None = None
-        self._resolved_at: datetime | None = None
-        self._customer: tuple[str, CustomerAnswer] | None = None
-        self._notifications = 0
-        self._context: IncidentContext | None = None
-
+class IncidentWorkflow(IncidentState):
     # -- the run -------------------------------------------------------------
 
     @workflow.run
@@ -104,8 +67,8 @@ class IncidentWorkflow:
         context = await workflow.execute_activity(
             LOAD_INCIDENT,
             LoadIncidentInput(case_id=incident.case_id),
-            start_to_close_timeout=_ACTIVITY_TIMEOUT,
-            retry_policy=_RETRY,
+            start_to_close_timeout=ACTIVITY_TIMEOUT,
+            retry_policy=ACTIVITY_RETRY,
             result_type=IncidentContext,
         )
         self._context = context
@@ -247,9 +210,6 @@ class IncidentWorkflow:
             reason="no candidate accepted: the partner first contacted keeps it (no wrong door)",
         )
 
-    def _answered(self, offer_id: str) -> Callable[[], bool]:
-        return lambda: offer_id in self._answers
-
     async def _assign(
         self,
         context: IncidentContext,
@@ -314,9 +274,6 @@ class IncidentWorkflow:
         if self._customer is not None and self._customer[0] == "reopen":
             return "reopen"
         return "confirm"
-
-    def _resolution_or_findings_since(self, version: int) -> Callable[[], bool]:
-        return lambda: self._resolution is not None or self._findings_version != version
 
     async def _reopen(self, incident: IncidentInput) -> IncidentOutcome:
         self._reopens += 1
@@ -391,112 +348,4 @@ class IncidentWorkflow:
         )
         await self._notify(
             "escalated", "Your case has been passed to a specialist to speed things up."
-        )
-
-    # -- activities ------------------------------------------------------------
-
-    async def _act(self, name: str, arg: object) -> None:
-        await workflow.execute_activity(
-            name, arg, start_to_close_timeout=_ACTIVITY_TIMEOUT, retry_policy=_RETRY
-        )
-
-    async def _set_status(self, status: str) -> None:
-        assert self._context is not None
-        await self._act(
-            RECORD_CASE_STATUS, RecordCaseStatusInput(case_id=self._context.case_id, status=status)
-        )
-        self._status = status
-
-    async def _notify(self, milestone: str, message: str) -> None:
-        assert self._context is not None
-        self._notifications += 1
-        await self._act(
-            NOTIFY_CUSTOMER,
-            NotifyInput(
-                case_id=self._context.case_id,
-                milestone=milestone,
-                message=message,
-                notification_id=notification_id(
-                    self._context.case_id, self._round, self._reopens, self._notifications
-                ),
-            ),
-        )
-
-    # -- messages from the gateway -----------------------------------------------
-
-    @workflow.signal
-    def submit_finding(self, finding: Finding) -> None:
-        """A partner's finding; a late one is recorded and may change the resolvers."""
-        requested = self._requested_at.get(finding.component)
-        response_s = (workflow.now() - requested).total_seconds() if requested is not None else None
-        current = self._findings.get(finding.component)
-        updated = merge_finding(current, finding, response_s)
-        if current == updated:
-            return  # a duplicate delivery changes nothing
-        self._findings[finding.component] = updated
-        if self._decision is not None:
-            self._findings_version += 1
-
-    @workflow.update
-    def accept_ownership(self, answer: OwnershipAnswer) -> str:
-        self._answers.setdefault(answer.offer_id, ("accept", answer.reason))
-        return self._owner or answer.partner_id
-
-    @accept_ownership.validator
-    def _validate_accept(self, answer: OwnershipAnswer) -> None:
-        check_answer(self._answers, self._offer, answer, "accept")
-
-    @workflow.update
-    def decline_ownership(self, answer: OwnershipAnswer) -> str:
-        self._answers.setdefault(answer.offer_id, ("decline", answer.reason))
-        return "declined"
-
-    @decline_ownership.validator
-    def _validate_decline(self, answer: OwnershipAnswer) -> None:
-        check_answer(self._answers, self._offer, answer, "decline")
-
-    @workflow.update
-    def resolve(self, request: ResolveRequest) -> str:
-        if self._resolution is None:
-            self._resolution = request
-        return "RESOLVED"
-
-    @resolve.validator
-    def _validate_resolve(self, request: ResolveRequest) -> None:
-        check_resolve(self._resolution, self._owner, request)
-
-    @workflow.update
-    def confirm(self, answer: CustomerAnswer) -> str:
-        if self._customer is None:
-            self._customer = ("confirm", answer)
-        return self._customer[0]
-
-    @confirm.validator
-    def _validate_confirm(self, answer: CustomerAnswer) -> None:
-        check_customer(self._customer, self._resolved_at, "confirm")
-        assert self._context is not None
-        check_confirmation_relay(answer, self._owner, self._context.first_contact_partner_id)
-
-    @workflow.update
-    def reopen(self, answer: CustomerAnswer) -> str:
-        if self._customer is None:
-            self._customer = ("reopen", answer)
-        return self._customer[0]
-
-    @reopen.validator
-    def _validate_reopen(self, answer: CustomerAnswer) -> None:
-        """Any participating partner may relay a reopening (the customer may come
-        back through another door); the gateway checks participation."""
-        check_customer(self._customer, self._resolved_at, "reopen")
-
-    @workflow.query
-    def state(self) -> CaseState:
-        return CaseState(
-            status=self._status,
-            round=self._round,
-            owner_id=self._owner,
-            current_offer_id=self._offer[0] if self._offer else "",
-            current_offer_partner_id=self._offer[1] if self._offer else "",
-            findings=tuple(self._findings.values()),
-            decision=self._decision,
         )
