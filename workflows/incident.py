@@ -18,72 +18,48 @@ from dataclasses import replace
 from datetime import datetime, timedelta
 
 from temporalio import workflow
-from temporalio.common import RetryPolicy
 
 with workflow.unsafe.imports_passed_through():
     from workflows.contracts import (
         ASSIGN_OWNER,
         ESCALATE,
         LOAD_INCIDENT,
-        NOTIFY_CUSTOMER,
         OFFER_OWNERSHIP,
-        RECORD_CASE_STATUS,
         RECORD_KPIS,
         RECORD_OWNERSHIP_DECISION,
         RECORD_UNRESPONSIVE,
         REQUEST_DIAGNOSIS,
         AssignOwnerInput,
-        CarriedState,
-        CaseState,
-        CustomerAnswer,
         DiagnosisRequestInput,
         EscalateInput,
-        Finding,
         IncidentContext,
         IncidentInput,
         IncidentOutcome,
-        KpiInput,
         LoadIncidentInput,
-        NotifyInput,
         OfferInput,
-        OwnershipAnswer,
         OwnershipDecision,
-        RecordCaseStatusInput,
         RecordDecisionInput,
-        ResolveRequest,
         UnresponsiveInput,
+    )
+    from workflows.incident_rules import (
+        carried_over,
+        decision_id,
+        escalation_id,
+        kpi_record,
+        next_sla,
+        offer_id,
+        ordered_findings,
+        request_id,
+        unresponsive,
     )
     from workflows.ownership import decide_ownership
 
-_ACTIVITY_TIMEOUT = timedelta(seconds=10)
-_RETRY = RetryPolicy(
-    initial_interval=timedelta(milliseconds=200), maximum_interval=timedelta(seconds=30)
-)
-SLA_TIME_TO_OWNER = "time-to-owner"
-SLA_TIME_TO_RESOLUTION = "time-to-resolution"
+# Not passed through: it is workflow code, checked by the sandbox like this module.
+from workflows.incident_state import ACTIVITY_RETRY, ACTIVITY_TIMEOUT, IncidentState
 
 
 @workflow.defn
-class IncidentWorkflow:
-    def __init__(self) -> None:
-        self._status = "RECEIVED"
-        self._round = 0
-        self._reopens = 0
-        self._owner = ""
-        self._owner_after_s: float | None = None
-        self._breaches: list[str] = []
-        self._findings: dict[str, Finding] = {}
-        self._requested_at: dict[str, datetime] = {}
-        self._findings_version = 0
-        self._decision: OwnershipDecision | None = None
-        self._offer: tuple[str, str] | None = None
-        self._answers: dict[str, tuple[str, str]] = {}
-        self._resolution: ResolveRequest | None = None
-        self._resolved_at: datetime | None = None
-        self._customer: tuple[str, CustomerAnswer] | None = None
-        self._notifications = 0
-        self._context: IncidentContext | None = None
-
+class IncidentWorkflow(IncidentState):
     # -- the run -------------------------------------------------------------
 
     @workflow.run
@@ -91,8 +67,8 @@ class IncidentWorkflow:
         context = await workflow.execute_activity(
             LOAD_INCIDENT,
             LoadIncidentInput(case_id=incident.case_id),
-            start_to_close_timeout=_ACTIVITY_TIMEOUT,
-            retry_policy=_RETRY,
+            start_to_close_timeout=ACTIVITY_TIMEOUT,
+            retry_policy=ACTIVITY_RETRY,
             result_type=IncidentContext,
         )
         self._context = context
@@ -165,9 +141,7 @@ class IncidentWorkflow:
             for name in [n for n, due in pending.items() if due <= now]:
                 del pending[name]
                 component = next(c for c in context.components if c.name == name)
-                self._findings[name] = Finding(
-                    partner_id=component.partner_id, component=name, status="UNRESPONSIVE"
-                )
+                self._findings[name] = unresponsive(component)
                 await self._act(
                     RECORD_UNRESPONSIVE,
                     UnresponsiveInput(
@@ -183,14 +157,14 @@ class IncidentWorkflow:
                 )
 
     def _request_id(self, component: str) -> str:
-        return f"{workflow.info().workflow_id}/r{self._round}/{component}"
+        return request_id(workflow.info().workflow_id, self._round, component)
 
     async def _record_decision(self, context: IncidentContext) -> OwnershipDecision:
         self._findings_version += 1
         decision = decide_ownership(
             context,
             self._findings.values(),
-            f"{context.case_id}-d{self._round}.{self._findings_version}",
+            decision_id(context.case_id, self._round, self._findings_version),
         )
         self._decision = decision
         await self._act(
@@ -198,9 +172,7 @@ class IncidentWorkflow:
             RecordDecisionInput(
                 case_id=context.case_id,
                 decision=decision,
-                findings=tuple(
-                    self._findings[c.name] for c in context.components if c.name in self._findings
-                ),
+                findings=ordered_findings(context, self._findings),
             ),
         )
         return decision
@@ -211,21 +183,21 @@ class IncidentWorkflow:
         await self._set_status("AWAITING_OWNER")
         fallback = context.first_contact_partner_id
         for attempt, candidate in enumerate(decision.owner_candidates):
-            offer_id = f"{context.case_id}-o{self._round}.{attempt}"
-            self._offer = (offer_id, candidate)
+            offer = offer_id(context.case_id, self._round, attempt)
+            self._offer = (offer, candidate)
             due = workflow.now() + timedelta(seconds=context.policy.acceptance_deadline_s)
             await self._act(
                 OFFER_OWNERSHIP,
                 OfferInput(
                     case_id=context.case_id,
-                    offer_id=offer_id,
+                    offer_id=offer,
                     partner_id=candidate,
                     decision=decision,
                     deadline_s=due.timestamp(),
                 ),
             )
-            await self._wait(context, self._answered(offer_id), due)
-            answer = self._answers.get(offer_id, ("timeout", ""))
+            await self._wait(context, self._answered(offer), due)
+            answer = self._answers.get(offer, ("timeout", ""))
             if answer[0] == "accept":
                 await self._assign(context, candidate, decision, accepted=True, reason="accepted")
                 return
@@ -237,9 +209,6 @@ class IncidentWorkflow:
             accepted=False,
             reason="no candidate accepted: the partner first contacted keeps it (no wrong door)",
         )
-
-    def _answered(self, offer_id: str) -> Callable[[], bool]:
-        return lambda: offer_id in self._answers
 
     async def _assign(
         self,
@@ -306,53 +275,33 @@ class IncidentWorkflow:
             return "reopen"
         return "confirm"
 
-    def _resolution_or_findings_since(self, version: int) -> Callable[[], bool]:
-        return lambda: self._resolution is not None or self._findings_version != version
-
     async def _reopen(self, incident: IncidentInput) -> IncidentOutcome:
         self._reopens += 1
         await self._set_status("REOPENED")
         await self._notify("reopened", "We have reopened your case and are on it again.")
         await workflow.wait_condition(workflow.all_handlers_finished)
         workflow.continue_as_new(
-            IncidentInput(
-                case_id=incident.case_id,
-                service_id=incident.service_id,
-                first_contact_partner_id=incident.first_contact_partner_id,
-                carried=CarriedState(
-                    round=self._round,
-                    reopens=self._reopens,
-                    sla_breaches=tuple(self._breaches),
-                    owner_id=self._owner,
-                    owner_assigned_after_s=self._owner_after_s,
-                ),
+            carried_over(
+                incident,
+                round=self._round,
+                reopens=self._reopens,
+                breaches=self._breaches,
+                owner=self._owner,
+                owner_after_s=self._owner_after_s,
             )
         )
 
     async def _record_kpis(self, context: IncidentContext) -> None:
-        resolved_after = (
-            self._resolved_at.timestamp() - context.opened_at_s if self._resolved_at else None
-        )
-        responses = {
-            f.partner_id: f.response_s for f in self._findings.values() if f.response_s is not None
-        }
         await self._act(
             RECORD_KPIS,
-            KpiInput(
-                case_id=context.case_id,
-                time_to_owner_s=self._owner_after_s,
-                time_to_resolution_s=resolved_after,
-                first_contact_resolution=(
-                    self._reopens == 0 and self._owner == context.first_contact_partner_id
-                ),
-                sla_breaches=tuple(self._breaches),
+            kpi_record(
+                context,
+                self._findings.values(),
+                owner=self._owner,
+                owner_after_s=self._owner_after_s,
+                resolved_at=self._resolved_at,
+                breaches=self._breaches,
                 reopens=self._reopens,
-                partner_response_s=responses,
-                unresponsive_partners=tuple(
-                    sorted(
-                        f.partner_id for f in self._findings.values() if f.status == "UNRESPONSIVE"
-                    )
-                ),
             ),
         )
 
@@ -376,13 +325,13 @@ class IncidentWorkflow:
                 await self._escalate(context, f"SLA {sla[0]} breached")
 
     def _next_sla(self, context: IncidentContext) -> tuple[str, datetime] | None:
-        opened = datetime.fromtimestamp(context.opened_at_s, tz=workflow.now().tzinfo)
-        levels = context.service_level
-        if not self._owner and SLA_TIME_TO_OWNER not in self._breaches:
-            return SLA_TIME_TO_OWNER, opened + timedelta(seconds=levels.time_to_owner_s)
-        if self._resolution is None and SLA_TIME_TO_RESOLUTION not in self._breaches:
-            return SLA_TIME_TO_RESOLUTION, opened + timedelta(seconds=levels.time_to_resolution_s)
-        return None
+        return next_sla(
+            context,
+            workflow.now().tzinfo,
+            owner=self._owner,
+            resolved=self._resolution is not None,
+            breaches=self._breaches,
+        )
 
     async def _escalate(self, context: IncidentContext, reason: str) -> None:
         expert = self._owner or context.first_contact_partner_id
@@ -390,160 +339,13 @@ class IncidentWorkflow:
             ESCALATE,
             EscalateInput(
                 case_id=context.case_id,
-                escalation_id=f"{context.case_id}-e{self._round}.{len(self._breaches)}.{reason[:3]}",
+                escalation_id=escalation_id(
+                    context.case_id, self._round, len(self._breaches), reason
+                ),
                 reason=reason,
                 expert_partner_id=expert,
             ),
         )
         await self._notify(
             "escalated", "Your case has been passed to a specialist to speed things up."
-        )
-
-    # -- activities ------------------------------------------------------------
-
-    async def _act(self, name: str, arg: object) -> None:
-        await workflow.execute_activity(
-            name, arg, start_to_close_timeout=_ACTIVITY_TIMEOUT, retry_policy=_RETRY
-        )
-
-    async def _set_status(self, status: str) -> None:
-        assert self._context is not None
-        await self._act(
-            RECORD_CASE_STATUS, RecordCaseStatusInput(case_id=self._context.case_id, status=status)
-        )
-        self._status = status
-
-    async def _notify(self, milestone: str, message: str) -> None:
-        assert self._context is not None
-        self._notifications += 1
-        await self._act(
-            NOTIFY_CUSTOMER,
-            NotifyInput(
-                case_id=self._context.case_id,
-                milestone=milestone,
-                message=message,
-                notification_id=(
-                    f"{self._context.case_id}-n{self._round}.{self._reopens}.{self._notifications}"
-                ),
-            ),
-        )
-
-    # -- messages from the gateway -----------------------------------------------
-
-    @workflow.signal
-    def submit_finding(self, finding: Finding) -> None:
-        """A partner's finding; a late one is recorded and may change the resolvers."""
-        requested = self._requested_at.get(finding.component)
-        response_s = (workflow.now() - requested).total_seconds() if requested is not None else None
-        current = self._findings.get(finding.component)
-        updated = Finding(
-            partner_id=finding.partner_id,
-            component=finding.component,
-            status=finding.status,
-            confidence=finding.confidence,
-            fault_code=finding.fault_code,
-            response_s=current.response_s if current and current.response_s else response_s,
-        )
-        if current == updated:
-            return  # a duplicate delivery changes nothing
-        self._findings[finding.component] = updated
-        if self._decision is not None:
-            self._findings_version += 1
-
-    @workflow.update
-    def accept_ownership(self, answer: OwnershipAnswer) -> str:
-        self._answers.setdefault(answer.offer_id, ("accept", answer.reason))
-        return self._owner or answer.partner_id
-
-    @accept_ownership.validator
-    def _validate_accept(self, answer: OwnershipAnswer) -> None:
-        self._validate_answer(answer, "accept")
-
-    @workflow.update
-    def decline_ownership(self, answer: OwnershipAnswer) -> str:
-        self._answers.setdefault(answer.offer_id, ("decline", answer.reason))
-        return "declined"
-
-    @decline_ownership.validator
-    def _validate_decline(self, answer: OwnershipAnswer) -> None:
-        self._validate_answer(answer, "decline")
-
-    def _validate_answer(self, answer: OwnershipAnswer, kind: str) -> None:
-        given = self._answers.get(answer.offer_id)
-        if (
-            given is not None
-            and given[0] == kind
-            and self._offer_partner(answer.offer_id)
-            in (
-                answer.partner_id,
-                None,
-            )
-        ):
-            return  # the same answer again: harmless
-        if self._offer is None or self._offer[0] != answer.offer_id:
-            raise ValueError(f"offer {answer.offer_id!r} is not open")
-        if self._offer[1] != answer.partner_id:
-            raise ValueError(f"offer {answer.offer_id!r} was made to another partner")
-
-    def _offer_partner(self, offer_id: str) -> str | None:
-        return self._offer[1] if self._offer and self._offer[0] == offer_id else None
-
-    @workflow.update
-    def resolve(self, request: ResolveRequest) -> str:
-        if self._resolution is None:
-            self._resolution = request
-        return "RESOLVED"
-
-    @resolve.validator
-    def _validate_resolve(self, request: ResolveRequest) -> None:
-        if self._resolution is not None:
-            return
-        if not self._owner:
-            raise ValueError("the case has no relationship owner yet")
-        if request.partner_id != self._owner:
-            raise ValueError(f"only the relationship owner ({self._owner}) resolves the case")
-
-    @workflow.update
-    def confirm(self, answer: CustomerAnswer) -> str:
-        if self._customer is None:
-            self._customer = ("confirm", answer)
-        return self._customer[0]
-
-    @confirm.validator
-    def _validate_confirm(self, answer: CustomerAnswer) -> None:
-        self._validate_customer(answer, "confirm")
-        assert self._context is not None
-        if answer.partner_id not in (self._owner, self._context.first_contact_partner_id):
-            raise ValueError("relay the customer's confirmation through the owner or first contact")
-
-    @workflow.update
-    def reopen(self, answer: CustomerAnswer) -> str:
-        if self._customer is None:
-            self._customer = ("reopen", answer)
-        return self._customer[0]
-
-    @reopen.validator
-    def _validate_reopen(self, answer: CustomerAnswer) -> None:
-        """Any participating partner may relay a reopening (the customer may come
-        back through another door); the gateway checks participation."""
-        self._validate_customer(answer, "reopen")
-
-    def _validate_customer(self, answer: CustomerAnswer, kind: str) -> None:
-        if self._customer is not None and self._customer[0] == kind:
-            return  # the same answer again: harmless
-        # _resolved_at is set before the RESOLVED status is recorded, so an answer
-        # sent as soon as the view shows RESOLVED is never refused.
-        if self._resolved_at is None or self._customer is not None:
-            raise ValueError("the case is not waiting for the customer's answer")
-
-    @workflow.query
-    def state(self) -> CaseState:
-        return CaseState(
-            status=self._status,
-            round=self._round,
-            owner_id=self._owner,
-            current_offer_id=self._offer[0] if self._offer else "",
-            current_offer_partner_id=self._offer[1] if self._offer else "",
-            findings=tuple(self._findings.values()),
-            decision=self._decision,
         )

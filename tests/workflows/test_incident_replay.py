@@ -1,0 +1,223 @@
+"""Recorded ``IncidentWorkflow`` histories replay against the current workflow code.
+
+The histories in ``histories/`` were recorded by ``python -m
+tests.workflows.record_histories`` (see there); a change of the workflow code
+that would issue other commands, or the same in another order, for one of them
+fails here with a nondeterminism error. Temporal does not compare what the
+commands carry, so the replay also checks that every activity is scheduled with
+the same input (ids and all, byte for byte), timeout and retry policy, and that
+the run ends with the same result or continue-as-new input. Regenerate the
+histories only for a change that is meant to alter what the workflow does (and
+think of the running workflows).
+"""
+
+from __future__ import annotations
+
+import json
+from collections import Counter
+from pathlib import Path
+from typing import NoReturn
+
+import pytest
+from temporalio import converter
+from temporalio.api.history.v1 import HistoryEvent
+from temporalio.client import WorkflowHistory
+from temporalio.worker import (
+    ContinueAsNewInput,
+    ExecuteWorkflowInput,
+    Interceptor,
+    Replayer,
+    StartActivityInput,
+    WorkflowInboundInterceptor,
+    WorkflowInterceptorClassInput,
+    WorkflowOutboundInterceptor,
+)
+from temporalio.workflow import ActivityHandle
+
+from workflows import IncidentWorkflow
+
+HISTORIES = Path(__file__).parent / "histories"
+
+#: Each history and the activities its run scheduled: the paths it covers.
+COVERS: dict[str, dict[str, int]] = {
+    # Every partner answers, the first contact accepts (and again), resolves, confirmed.
+    "owner_accepts": {
+        "load_incident": 1,
+        "notify_customer": 5,
+        "record_case_status": 4,
+        "request_diagnosis": 4,
+        "record_ownership_decision": 1,
+        "offer_ownership": 1,
+        "assign_owner": 1,
+        "record_kpis": 1,
+    },
+    # Declined, then the next candidate's offer times out: the first contact keeps it;
+    # the confirmation window runs out.
+    "decline_timeout_fallback": {
+        "load_incident": 1,
+        "notify_customer": 5,
+        "record_case_status": 4,
+        "request_diagnosis": 4,
+        "record_ownership_decision": 1,
+        "offer_ownership": 2,
+        "assign_owner": 1,
+        "record_kpis": 1,
+    },
+    # A finding before its request, an unresponsive partner, nothing conclusive
+    # (escalation), a late finding that keeps the resolvers, one that changes them.
+    "unresponsive_late_findings": {
+        "load_incident": 1,
+        "notify_customer": 7,
+        "record_case_status": 4,
+        "request_diagnosis": 4,
+        "record_unresponsive": 1,
+        "record_ownership_decision": 3,
+        "escalate": 1,
+        "offer_ownership": 1,
+        "assign_owner": 2,
+        "record_kpis": 1,
+    },
+    # The time-to-owner and the time-to-resolution SLAs run out: two escalations.
+    "sla_escalations": {
+        "load_incident": 1,
+        "notify_customer": 7,
+        "record_case_status": 4,
+        "request_diagnosis": 4,
+        "record_ownership_decision": 1,
+        "offer_ownership": 1,
+        "escalate": 2,
+        "assign_owner": 1,
+        "record_kpis": 1,
+    },
+    # Resolved, reopened: continues as new ...
+    "reopen_continue_as_new": {
+        "load_incident": 1,
+        "notify_customer": 5,
+        "record_case_status": 4,
+        "request_diagnosis": 4,
+        "record_ownership_decision": 1,
+        "offer_ownership": 1,
+        "assign_owner": 1,
+    },
+    # ... and the next run keeps the owner, is resolved again and confirmed.
+    "reopen_continue_as_new.run2": {
+        "load_incident": 1,
+        "record_case_status": 4,
+        "notify_customer": 3,
+        "request_diagnosis": 4,
+        "record_ownership_decision": 1,
+        "record_kpis": 1,
+    },
+}
+
+
+def _load(name: str) -> WorkflowHistory:
+    scenario = name.split(".")[0]
+    return WorkflowHistory.from_json(f"case-{scenario}", (HISTORIES / f"{name}.json").read_text())
+
+
+def test_every_recorded_history_is_replayed() -> None:
+    assert sorted(p.name.removesuffix(".json") for p in HISTORIES.glob("*.json")) == sorted(COVERS)
+
+
+@pytest.mark.parametrize("name", sorted(COVERS))
+def test_history_covers_its_path(name: str) -> None:
+    path = HISTORIES / f"{name}.json"
+    assert path.stat().st_size < 100_000
+    history = _load(name)
+    assert history.events[0].workflow_execution_started_event_attributes.workflow_type.name == (
+        "IncidentWorkflow"
+    )
+    scheduled = Counter(
+        e.activity_task_scheduled_event_attributes.activity_type.name
+        for e in history.events
+        if e.HasField("activity_task_scheduled_event_attributes")
+    )
+    assert scheduled == COVERS[name]
+    last = history.events[-1]
+    if name == "reopen_continue_as_new":
+        assert last.HasField("workflow_execution_continued_as_new_event_attributes")
+    else:
+        assert last.HasField("workflow_execution_completed_event_attributes")
+        result = last.workflow_execution_completed_event_attributes.result.payloads[0].data
+        assert json.loads(result)["status"] == "CLOSED"
+
+
+class _Commands(Interceptor):
+    """Notes what the replayed workflow asks for, as it would be sent."""
+
+    def __init__(self) -> None:
+        self.sent: list[tuple[str, ...]] = []
+
+    def workflow_interceptor_class(
+        self, input: WorkflowInterceptorClassInput
+    ) -> type[WorkflowInboundInterceptor]:
+        sent = self.sent
+
+        class Outbound(WorkflowOutboundInterceptor):
+            def start_activity(self, input: StartActivityInput) -> ActivityHandle[object]:
+                retry = input.retry_policy
+                assert retry is not None
+                sent.append(
+                    (
+                        "activity",
+                        input.activity,
+                        *_encode(input.args),
+                        str(input.start_to_close_timeout),
+                        str(retry.initial_interval),
+                        str(retry.maximum_interval),
+                    )
+                )
+                return super().start_activity(input)
+
+            def continue_as_new(self, input: ContinueAsNewInput) -> NoReturn:
+                sent.append(("continue-as-new", *_encode(input.args)))
+                super().continue_as_new(input)
+
+        class Inbound(WorkflowInboundInterceptor):
+            def init(self, outbound: WorkflowOutboundInterceptor) -> None:
+                super().init(Outbound(outbound))
+
+            async def execute_workflow(self, input: ExecuteWorkflowInput) -> object:
+                result = await super().execute_workflow(input)
+                sent.append(("result", *_encode([result])))
+                return result
+
+        return Inbound
+
+
+def _encode(values: object) -> tuple[str, ...]:
+    assert isinstance(values, list | tuple)
+    payloads = converter.default().payload_converter.to_payloads(values)
+    return tuple(p.data.decode() for p in payloads)
+
+
+def _recorded(event: HistoryEvent) -> tuple[str, ...] | None:
+    if event.HasField("activity_task_scheduled_event_attributes"):
+        scheduled = event.activity_task_scheduled_event_attributes
+        return (
+            "activity",
+            scheduled.activity_type.name,
+            *(p.data.decode() for p in scheduled.input.payloads),
+            str(scheduled.start_to_close_timeout.ToTimedelta()),
+            str(scheduled.retry_policy.initial_interval.ToTimedelta()),
+            str(scheduled.retry_policy.maximum_interval.ToTimedelta()),
+        )
+    if event.HasField("workflow_execution_continued_as_new_event_attributes"):
+        continued = event.workflow_execution_continued_as_new_event_attributes
+        return ("continue-as-new", *(p.data.decode() for p in continued.input.payloads))
+    if event.HasField("workflow_execution_completed_event_attributes"):
+        completed = event.workflow_execution_completed_event_attributes
+        return ("result", *(p.data.decode() for p in completed.result.payloads))
+    return None
+
+
+@pytest.mark.parametrize("name", sorted(COVERS))
+async def test_history_replays(name: str) -> None:
+    history = _load(name)
+    commands = _Commands()
+    replayer = Replayer(workflows=[IncidentWorkflow], interceptors=[commands])
+    result = await replayer.replay_workflow(history)
+    assert result.replay_failure is None
+    recorded = [c for c in map(_recorded, history.events) if c is not None]
+    assert commands.sent == recorded
