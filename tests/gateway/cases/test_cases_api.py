@@ -8,7 +8,8 @@ from collections.abc import Callable
 
 import grpc
 import pytest
-from coopgate.v1 import cases_pb2, common_pb2
+from coopgate.v1 import cases_pb2, common_pb2, consents_pb2
+from google.protobuf.message import Message
 from temporalio.client import WorkflowExecutionStatus
 
 from gateway.core.caller import Role
@@ -227,3 +228,98 @@ async def test_list_cases_pages_without_gaps_or_repeats(
         cases_pb2.ListCasesRequest(subject_id=page.cases[0].subject_id)
     )
     assert {c.case_id for c in by_subject.cases} == opened
+
+
+def _actions(case_id: str, key: str) -> dict[str, tuple[str, Message]]:
+    """One valid request per case-scoped action, for ``case_id``."""
+    return {
+        "SubmitFinding": (
+            "cases",
+            cases_pb2.SubmitFindingRequest(
+                idempotency_key=key,
+                case_id=case_id,
+                request_id="req-1",
+                finding=cases_pb2.Finding(
+                    component="sim-secure-element",
+                    status=cases_pb2.FINDING_STATUS_FAULTY,
+                    fault_code="X",
+                    confidence=0.9,
+                ),
+            ),
+        ),
+        "AcceptOwnership": (
+            "cases",
+            cases_pb2.AcceptOwnershipRequest(idempotency_key=key, case_id=case_id, offer_id="o"),
+        ),
+        "DeclineOwnership": (
+            "cases",
+            cases_pb2.DeclineOwnershipRequest(
+                idempotency_key=key, case_id=case_id, offer_id="o", reason="busy"
+            ),
+        ),
+        "ResolveCase": (
+            "cases",
+            cases_pb2.ResolveCaseRequest(idempotency_key=key, case_id=case_id, resolution="done"),
+        ),
+        "ConfirmResolution": (
+            "cases",
+            cases_pb2.ConfirmResolutionRequest(idempotency_key=key, case_id=case_id),
+        ),
+        "ReopenCase": (
+            "cases",
+            cases_pb2.ReopenCaseRequest(
+                idempotency_key=key,
+                case_id=case_id,
+                reason="again",
+                channel=common_pb2.CHANNEL_PHONE,
+            ),
+        ),
+        "AppendInteraction": (
+            "cases",
+            cases_pb2.AppendInteractionRequest(
+                idempotency_key=key,
+                case_id=case_id,
+                interaction=cases_pb2.Interaction(
+                    channel=common_pb2.CHANNEL_PHONE,
+                    author_kind=cases_pb2.AUTHOR_KIND_ADVISOR,
+                    summary="called back",
+                ),
+            ),
+        ),
+        "RequestConsent": (
+            "consents",
+            consents_pb2.RequestConsentRequest(
+                idempotency_key=key,
+                case_id=case_id,
+                source_partner_id="telco-a",
+                categories=["diagnostic.findings"],
+                purposes=["incident-diagnosis"],
+            ),
+        ),
+    }
+
+
+async def test_an_outsider_cannot_tell_a_real_case_from_a_missing_one(
+    stack: Stack, unique: Callable[[str], str]
+) -> None:
+    """Every case-scoped action answers an outsider on a real case exactly as it answers
+    anyone on a case that does not exist: same code, reason and message (but the id)."""
+    opened = await stack.api("bank-a").cases.OpenCase(open_request(unique("k"), unique("c")))
+    missing = "c" * len(opened.case_id)
+    outsider = stack.api("energy-a")
+    for rpc in _actions(opened.case_id, "k"):
+        answers = []
+        for case_id in (opened.case_id, missing):
+            service, request = _actions(case_id, unique("k"))[rpc]
+            with pytest.raises(grpc.aio.AioRpcError) as caught:
+                await getattr(getattr(outsider, service), rpc)(request, timeout=10)
+            error = caught.value
+            answers.append(
+                (
+                    error.code(),
+                    error_info(error).reason,
+                    (error.details() or "").replace(case_id, "<id>"),
+                )
+            )
+        assert answers[0] == answers[1], rpc
+        assert answers[0][0] == grpc.StatusCode.NOT_FOUND, (rpc, answers[0])
