@@ -22,7 +22,14 @@ from google.protobuf.message import DecodeError, Message
 from google.rpc import code_pb2, error_details_pb2, status_pb2
 from grpc_status import rpc_status
 
-from gateway.core.caller import Caller, person_from_metadata, reset_caller, set_caller
+from gateway.core.caller import (
+    Caller,
+    person_from_metadata,
+    reset_caller,
+    reset_deadline,
+    set_caller,
+    set_deadline,
+)
 from gateway.core.errors import ERROR_DOMAIN, CoopgateError, InvalidArgument, Unauthenticated
 from gateway.crypto.pki import identity_from_pem
 from gateway.crypto.revocation import RevocationList
@@ -195,6 +202,7 @@ def _wrap_unary(
             token = set_caller(_caller_from(context, revoked))
         except Exception as exc:
             await _abort(context, exc)
+        deadline = set_deadline(context.time_remaining())
         try:
             _decoded(request)
             return await behavior(request, context)
@@ -203,6 +211,7 @@ def _wrap_unary(
         except Exception as exc:
             await _abort(context, exc)
         finally:
+            reset_deadline(deadline)
             reset_caller(token)
 
     return wrapper

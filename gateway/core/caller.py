@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import enum
+import time
 from collections.abc import Iterable
 from contextvars import ContextVar
 from dataclasses import dataclass
@@ -76,3 +77,24 @@ def reset_caller(token: object) -> None:
     never set: there is nothing to undo there (and ContextVar.reset would refuse)."""
     with contextlib.suppress(ValueError):
         _current.reset(token)  # type: ignore[arg-type]
+
+
+_deadline: ContextVar[float | None] = ContextVar("coopgate_deadline", default=None)
+
+
+def set_deadline(seconds_left: float | None) -> object:
+    """The caller's deadline for the RPC being served (set by the gateway's interceptor),
+    from the seconds it has left; None when it set none."""
+    return _deadline.set(None if seconds_left is None else time.monotonic() + seconds_left)
+
+
+def reset_deadline(token: object) -> None:
+    with contextlib.suppress(ValueError):
+        _deadline.reset(token)  # type: ignore[arg-type]
+
+
+def time_left(default: float) -> float:
+    """Seconds left before the caller gives up, at most ``default`` (``default`` when the
+    caller set no deadline, or outside any RPC)."""
+    deadline = _deadline.get()
+    return default if deadline is None else min(default, deadline - time.monotonic())

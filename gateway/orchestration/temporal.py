@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -11,6 +12,7 @@ from temporalio.client import (
     TLSConfig,
     WorkflowExecutionStatus,
     WorkflowUpdateFailedError,
+    WorkflowUpdateRPCTimeoutOrCancelledError,
 )
 from temporalio.common import WorkflowIDConflictPolicy, WorkflowIDReusePolicy
 from temporalio.contrib.opentelemetry import TracingInterceptor
@@ -18,7 +20,8 @@ from temporalio.exceptions import WorkflowAlreadyStartedError
 from temporalio.service import RPCError
 from temporalio.worker import Worker
 
-from gateway.core.errors import FailedPrecondition, Unavailable
+from gateway.core.caller import time_left
+from gateway.core.errors import FailedPrecondition, InvalidArgument, Unavailable
 from gateway.orchestration.activities import IncidentActivities
 from gateway.settings import Settings
 from workflows import IncidentWorkflow
@@ -45,6 +48,19 @@ async def connect(settings: Settings) -> Client:
         tls=tls,
         interceptors=[TracingInterceptor()],
     )
+
+
+#: The largest message the gateway sends a workflow (a signal's or an update's argument),
+#: encoded. Temporal refuses a payload over 2 MiB by failing the workflow task that
+#: would record it, and an update then waits on a task that never completes: a 1 MiB
+#: `offer_id` hung its call past the caller's deadline and the case's next answer for
+#: about 20 s. The contract's limits keep every message far below this; this is the net.
+MAX_WORKFLOW_MESSAGE_BYTES = 256 * 1024
+#: How long an update may take when the caller set no deadline (the workflow answers
+#: an update in one workflow task: milliseconds when the worker is up).
+UPDATE_TIMEOUT_SECONDS = 30.0
+#: What is kept of the caller's deadline to answer it in time.
+_DEADLINE_MARGIN_SECONDS = 0.25
 
 
 def _read(path: Path | None) -> bytes | None:
@@ -89,7 +105,17 @@ class TemporalIncidents:
         description = await self._client.get_workflow_handle(case_id).describe()
         return description.status
 
+    async def _bounded(self, message: Any) -> None:
+        payloads = await self._client.data_converter.encode([message])
+        if sum(payload.ByteSize() for payload in payloads) > MAX_WORKFLOW_MESSAGE_BYTES:
+            raise InvalidArgument.field(
+                "request",
+                f"is too large for the case's workflow (over {MAX_WORKFLOW_MESSAGE_BYTES} bytes)",
+                reason="MESSAGE_TOO_LARGE",
+            )
+
     async def send_finding(self, case_id: str, finding: Finding) -> None:
+        await self._bounded(finding)
         try:
             await self._client.get_workflow_handle(case_id).signal(
                 IncidentWorkflow.submit_finding, finding
@@ -113,9 +139,20 @@ class TemporalIncidents:
         return await self._update(case_id, "reopen", answer)
 
     async def _update(self, case_id: str, name: str, arg: Any) -> str:
+        """Run an update, answering within the caller's deadline: a workflow that does not
+        answer in time is UNAVAILABLE (retry with the same idempotency key), never a hang."""
+        await self._bounded(arg)
         handle = self._client.get_workflow_handle(case_id)
+        budget = time_left(UPDATE_TIMEOUT_SECONDS) - _DEADLINE_MARGIN_SECONDS
         try:
-            result: str = await handle.execute_update(name, arg, result_type=str)
+            async with asyncio.timeout(max(budget, 0.0)):
+                result: str = await handle.execute_update(name, arg, result_type=str)
+        except (TimeoutError, WorkflowUpdateRPCTimeoutOrCancelledError):
+            # The client turns the timeout's cancellation into its own error.
+            raise Unavailable(
+                "the case's workflow did not answer in time; retry with the same idempotency key",
+                reason="WORKFLOW_DID_NOT_ANSWER",
+            ) from None
         except WorkflowUpdateFailedError as exc:
             cause = exc.cause
             message = getattr(cause, "message", None) or str(cause or exc)
