@@ -176,7 +176,10 @@ class Demo:
                     break
                 except GatewayError as exc:
                     if stack is not None and not stack.running:
-                        raise DemoError("coopgate up exited; see coopgate-up.log") from exc
+                        # The log goes with the demo's temporary directory: show its end.
+                        log = self.workdir / "coopgate-up.log"
+                        tail = log.read_text(errors="replace")[-1500:] if log.exists() else ""
+                        raise DemoError(f"coopgate up exited:\n{tail}") from exc
                     if time.monotonic() > deadline:
                         raise DemoError(f"the gateway at {target} does not answer: {exc}") from exc
                     await asyncio.sleep(0.3)
