@@ -1,5 +1,6 @@
-"""Proof verification agrees with every transparency-dev/merkle test vector in the shared
-conformance directory ($COOPGATE_CONFORMANCE_DIR, else ../shared/conformance/merkle).
+"""Proof verification agrees with every transparency-dev/merkle test vector: those kept
+beside this test (vectors/merkle, from the project's shared conformance set), or those
+in $COOPGATE_CONFORMANCE_DIR.
 
 A missing directory fails the run: without the vectors nothing here would be checked."""
 
@@ -20,9 +21,9 @@ from gateway.audit import (
     verify_inclusion,
 )
 
-REPO = Path(__file__).resolve().parents[3]
 VECTORS = Path(
-    os.environ.get("COOPGATE_CONFORMANCE_DIR") or REPO.parent / "shared" / "conformance" / "merkle"
+    os.environ.get("COOPGATE_CONFORMANCE_DIR")
+    or Path(__file__).resolve().parent / "vectors" / "merkle"
 )
 FILES = sorted(VECTORS.rglob("*.json")) if VECTORS.is_dir() else []
 
