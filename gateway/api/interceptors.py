@@ -2,7 +2,8 @@
 
 grpc.aio interceptors cannot see the servicer context, so this one wraps each
 handler's behaviour: it reads the caller from the verified client certificate
-(``auth_context``), makes it available through ``gateway.core.caller``, and turns
+(``auth_context``), makes it available through ``gateway.core.caller``, checks the
+request against the contract's declared limits (``gateway.api.limits``), and turns
 domain errors into a ``google.rpc.Status`` with ``ErrorInfo`` and, for bad
 input, ``BadRequest`` field violations. Any other exception becomes INTERNAL
 with a reference id in the log and nothing else.
@@ -22,6 +23,7 @@ from google.protobuf.message import DecodeError, Message
 from google.rpc import code_pb2, error_details_pb2, status_pb2
 from grpc_status import rpc_status
 
+from gateway.api.limits import checker
 from gateway.core.caller import Caller, person_from_metadata, reset_caller, set_caller
 from gateway.core.errors import ERROR_DOMAIN, CoopgateError, InvalidArgument, Unauthenticated
 from gateway.crypto.pki import identity_from_pem
@@ -30,6 +32,8 @@ log = logging.getLogger(__name__)
 
 #: Infrastructure services any holder of a valid certificate may call.
 _OPEN_SERVICES = ("/grpc.health.v1.Health/", "/grpc.reflection.")
+#: The package of the contract's messages: their declared limits are checked.
+_CONTRACT = "coopgate.v1."
 
 
 @dataclass(slots=True, frozen=True)
@@ -62,12 +66,18 @@ class _Undecodable:
     type_name: str
 
 
+def _request_descriptor(deserialize: Callable[[bytes], Any] | None) -> Any:
+    """The descriptor of the message ``deserialize`` decodes (a generated class's
+    ``FromString``), or None."""
+    return getattr(getattr(deserialize, "__self__", None), "DESCRIPTOR", None)
+
+
 def _decoding(
     deserialize: Callable[[bytes], Any] | None,
 ) -> Callable[[bytes], Any] | None:
     if deserialize is None:
         return None
-    descriptor = getattr(getattr(deserialize, "__self__", None), "DESCRIPTOR", None)
+    descriptor = _request_descriptor(deserialize)
     undecodable = _Undecodable(descriptor.full_name if descriptor is not None else "request")
 
     def deserializer(data: bytes) -> Any:
@@ -161,23 +171,35 @@ class GatewayInterceptor(grpc.aio.ServerInterceptor):
         return wrapped[1]
 
 
+def _limits(deserialize: Callable[[bytes], Any] | None) -> Callable[[Any], None] | None:
+    """The check of the contract's declared limits for requests of a coopgate.v1
+    service (`gateway.api.limits`), compiled once per method."""
+    descriptor = _request_descriptor(deserialize)
+    if descriptor is None or not descriptor.full_name.startswith(_CONTRACT):
+        return None
+    return checker(descriptor)
+
+
 def _wrap(handler: grpc.RpcMethodHandler[Any, Any]) -> grpc.RpcMethodHandler[Any, Any]:
+    check = _limits(handler.request_deserializer)
     if handler.unary_unary is not None:
         return grpc.unary_unary_rpc_method_handler(
-            _wrap_unary(handler.unary_unary),
+            _wrap_unary(handler.unary_unary, check),
             request_deserializer=_decoding(handler.request_deserializer),
             response_serializer=_sending_encoded(handler.response_serializer),
         )
     if handler.unary_stream is not None:
         return grpc.unary_stream_rpc_method_handler(
-            _wrap_stream(handler.unary_stream),
+            _wrap_stream(handler.unary_stream, check),
             request_deserializer=_decoding(handler.request_deserializer),
             response_serializer=handler.response_serializer,
         )
     return handler
 
 
-def _wrap_unary(behavior: Callable[..., Any]) -> Callable[..., Awaitable[Any]]:
+def _wrap_unary(
+    behavior: Callable[..., Any], check: Callable[[Any], None] | None
+) -> Callable[..., Awaitable[Any]]:
     async def wrapper(request: Any, context: grpc.aio.ServicerContext[Any, Any]) -> Any:
         try:
             token = set_caller(_caller_from(context))
@@ -185,6 +207,8 @@ def _wrap_unary(behavior: Callable[..., Any]) -> Callable[..., Awaitable[Any]]:
             await _abort(context, exc)
         try:
             _decoded(request)
+            if check is not None:
+                check(request)
             return await behavior(request, context)
         except grpc.aio.AbortError:
             raise
@@ -196,7 +220,9 @@ def _wrap_unary(behavior: Callable[..., Any]) -> Callable[..., Awaitable[Any]]:
     return wrapper
 
 
-def _wrap_stream(behavior: Callable[..., Any]) -> Callable[..., AsyncIterator[Any]]:
+def _wrap_stream(
+    behavior: Callable[..., Any], check: Callable[[Any], None] | None
+) -> Callable[..., AsyncIterator[Any]]:
     async def wrapper(
         request: Any, context: grpc.aio.ServicerContext[Any, Any]
     ) -> AsyncIterator[Any]:
@@ -206,6 +232,8 @@ def _wrap_stream(behavior: Callable[..., Any]) -> Callable[..., AsyncIterator[An
             await _abort(context, exc)
         try:
             _decoded(request)
+            if check is not None:
+                check(request)
         except Exception as exc:
             reset_caller(token)
             await _abort(context, exc)
