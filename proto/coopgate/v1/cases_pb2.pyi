@@ -235,8 +235,8 @@ class Finding(_message.Message):
     case's service owned by the caller.
     """
     status: Global___FindingStatus.ValueType
-    """Limits: OK, DEGRADED, FAULTY or UNKNOWN in a request (UNRESPONSIVE is the
-    gateway's).
+    """Limits: Required: a defined FindingStatus value other than its UNSPECIFIED; OK,
+    DEGRADED, FAULTY or UNKNOWN in a request (UNRESPONSIVE is the gateway's).
     """
     fault_code: _builtins.str
     """Limits: Optional; printable ASCII (ID), at most 100 bytes."""
