@@ -249,7 +249,8 @@ def _string_check(limits: limits_pb2.FieldLimits) -> ValueCheck | None:
     max_chars = limits.max_chars
     surely_fits = max_bytes // 4  # so many characters fit in max_bytes whatever they are
     form = _FORMATS.get(limits.format)
-    if not (max_bytes or max_chars or form):
+    blank_refused = limits.required
+    if not (max_bytes or max_chars or form or blank_refused):
         return None
     too_many_chars = f"must be at most {max_chars} characters"
     too_many_bytes = f"must be at most {max_bytes} bytes"
@@ -269,6 +270,8 @@ def _string_check(limits: limits_pb2.FieldLimits) -> ValueCheck | None:
             return too_many_bytes
         if matches is not None and not matches(value):
             return format_rule
+        if blank_refused and value.isspace():
+            return _REQUIRED
         return None
 
     return check

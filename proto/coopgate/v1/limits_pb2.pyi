@@ -96,9 +96,9 @@ class FieldLimits(_message.Message):
     MAX_FIELD_NUMBER: _builtins.int
     MAX_SECONDS_FIELD_NUMBER: _builtins.int
     required: _builtins.bool
-    """The field must be present: a non-empty string or bytes, a set message, at
-    least one item of a repeated field, an enum other than its UNSPECIFIED
-    value ("is required").
+    """The field must be present: a string holding something other than
+    whitespace, non-empty bytes, a set message, at least one item of a
+    repeated field, an enum other than its UNSPECIFIED value ("is required").
     """
     max_bytes: _builtins.int
     """Strings: at most this many bytes of UTF-8; bytes: at most this many

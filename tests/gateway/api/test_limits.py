@@ -194,6 +194,8 @@ def bad_values(field: FieldDescriptor) -> Iterator[tuple[str, Any, str]]:
             yield "too long", MARK * (limits_.max_bytes + 1), item
         if limits_.max_chars:
             yield "too many characters", "é" * (limits_.max_chars + 1), item
+        if limits_.required and not field.is_repeated:
+            yield "blank", " \n\t", item
         if limits_.format:
             yield "NUL", "a\x00" + MARK * 8, item
             yield "U+202E", "a\u202e" + MARK * 8, item
