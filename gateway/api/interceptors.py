@@ -2,7 +2,8 @@
 
 grpc.aio interceptors cannot see the servicer context, so this one wraps each
 handler's behaviour: it reads the caller from the verified client certificate
-(``auth_context``), makes it available through ``gateway.core.caller``, and turns
+(``auth_context``), makes it available through ``gateway.core.caller``, checks the
+request against the contract's declared limits (``gateway.api.limits``), and turns
 domain errors into a ``google.rpc.Status`` with ``ErrorInfo`` and, for bad
 input, ``BadRequest`` field violations. Any other exception becomes INTERNAL
 with a reference id in the log and nothing else.
@@ -22,6 +23,7 @@ from google.protobuf.message import DecodeError, Message
 from google.rpc import code_pb2, error_details_pb2, status_pb2
 from grpc_status import rpc_status
 
+from gateway.api.limits import checker
 from gateway.core.caller import (
     Caller,
     person_from_metadata,
@@ -38,6 +40,8 @@ log = logging.getLogger(__name__)
 
 #: Infrastructure services any holder of a valid certificate may call.
 _OPEN_SERVICES = ("/grpc.health.v1.Health/", "/grpc.reflection.")
+#: The package of the contract's messages: their declared limits are checked.
+_CONTRACT = "coopgate.v1."
 
 
 @dataclass(slots=True, frozen=True)
@@ -70,12 +74,18 @@ class _Undecodable:
     type_name: str
 
 
+def _request_descriptor(deserialize: Callable[[bytes], Any] | None) -> Any:
+    """The descriptor of the message ``deserialize`` decodes (a generated class's
+    ``FromString``), or None."""
+    return getattr(getattr(deserialize, "__self__", None), "DESCRIPTOR", None)
+
+
 def _decoding(
     deserialize: Callable[[bytes], Any] | None,
 ) -> Callable[[bytes], Any] | None:
     if deserialize is None:
         return None
-    descriptor = getattr(getattr(deserialize, "__self__", None), "DESCRIPTOR", None)
+    descriptor = _request_descriptor(deserialize)
     undecodable = _Undecodable(descriptor.full_name if descriptor is not None else "request")
 
     def deserializer(data: bytes) -> Any:
@@ -176,18 +186,28 @@ class GatewayInterceptor(grpc.aio.ServerInterceptor):
         return wrapped[1]
 
 
+def _limits(deserialize: Callable[[bytes], Any] | None) -> Callable[[Any], None] | None:
+    """The check of the contract's declared limits for requests of a coopgate.v1
+    service (`gateway.api.limits`), compiled once per method."""
+    descriptor = _request_descriptor(deserialize)
+    if descriptor is None or not descriptor.full_name.startswith(_CONTRACT):
+        return None
+    return checker(descriptor)
+
+
 def _wrap(
     handler: grpc.RpcMethodHandler[Any, Any], revoked: RevocationList | None
 ) -> grpc.RpcMethodHandler[Any, Any]:
+    check = _limits(handler.request_deserializer)
     if handler.unary_unary is not None:
         return grpc.unary_unary_rpc_method_handler(
-            _wrap_unary(handler.unary_unary, revoked),
+            _wrap_unary(handler.unary_unary, revoked, check),
             request_deserializer=_decoding(handler.request_deserializer),
             response_serializer=_sending_encoded(handler.response_serializer),
         )
     if handler.unary_stream is not None:
         return grpc.unary_stream_rpc_method_handler(
-            _wrap_stream(handler.unary_stream, revoked),
+            _wrap_stream(handler.unary_stream, revoked, check),
             request_deserializer=_decoding(handler.request_deserializer),
             response_serializer=handler.response_serializer,
         )
@@ -195,7 +215,9 @@ def _wrap(
 
 
 def _wrap_unary(
-    behavior: Callable[..., Any], revoked: RevocationList | None
+    behavior: Callable[..., Any],
+    revoked: RevocationList | None,
+    check: Callable[[Any], None] | None,
 ) -> Callable[..., Awaitable[Any]]:
     async def wrapper(request: Any, context: grpc.aio.ServicerContext[Any, Any]) -> Any:
         try:
@@ -205,6 +227,8 @@ def _wrap_unary(
         deadline = set_deadline(context.time_remaining())
         try:
             _decoded(request)
+            if check is not None:
+                check(request)
             return await behavior(request, context)
         except grpc.aio.AbortError:
             raise
@@ -218,7 +242,9 @@ def _wrap_unary(
 
 
 def _wrap_stream(
-    behavior: Callable[..., Any], revoked: RevocationList | None
+    behavior: Callable[..., Any],
+    revoked: RevocationList | None,
+    check: Callable[[Any], None] | None,
 ) -> Callable[..., AsyncIterator[Any]]:
     async def wrapper(
         request: Any, context: grpc.aio.ServicerContext[Any, Any]
@@ -229,6 +255,8 @@ def _wrap_stream(
             await _abort(context, exc)
         try:
             _decoded(request)
+            if check is not None:
+                check(request)
         except Exception as exc:
             reset_caller(token)
             await _abort(context, exc)

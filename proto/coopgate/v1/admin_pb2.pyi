@@ -91,12 +91,20 @@ class Component(_message.Message):
     DESCRIPTION_FIELD_NUMBER: _builtins.int
     DIAGNOSIS_DEADLINE_FIELD_NUMBER: _builtins.int
     name: _builtins.str
-    """Name unique within the service, e.g. "sim-secure-element"."""
+    """Name unique within the service, e.g. "sim-secure-element".
+    Limits: Required; a slug [a-z][a-z0-9.-]*, at most 100 bytes. [a-z][a-z0-9.-]{0,99}.
+    """
     partner_id: _builtins.str
+    """Limits: Required; a slug [a-z][a-z0-9.-]*, at most 63 bytes. A partner id:
+    [a-z][a-z0-9-]{1,62}.
+    """
     description: _builtins.str
+    """Limits: Optional; text (TEXT), at most 2000 bytes."""
     @_builtins.property
     def diagnosis_deadline(self) -> _duration_pb2.Duration:
-        """How long the owner has to answer a diagnosis request."""
+        """How long the owner has to answer a diagnosis request.
+        Limits: At most 604800 s (7 days). Positive; unset means 30 s.
+        """
 
     def __init__(
         self,
@@ -128,14 +136,19 @@ class OwnershipPolicy(_message.Message):
     host_partner_id: _builtins.str
     """Partner that always holds the relationship when set (e.g. the operator
     hosting the SIM applet); otherwise the partner first contacted does.
+    Limits: Optional; a slug [a-z][a-z0-9.-]*, at most 63 bytes. A partner id:
+    [a-z][a-z0-9-]{1,62}.
     """
     min_fault_confidence: _builtins.float
     """A faulty finding at or above this confidence designates its owner as
     resolver.
+    Limits: In [0, 1]. 0 means 0.7 in a service.
     """
     @_builtins.property
     def acceptance_deadline(self) -> _duration_pb2.Duration:
-        """How long an offered owner has to accept."""
+        """How long an offered owner has to accept.
+        Limits: At most 2592000 s (30 days). Positive; unset means 15 min.
+        """
 
     def __init__(
         self,
@@ -160,12 +173,18 @@ class ServiceLevel(_message.Message):
     TIME_TO_RESOLUTION_FIELD_NUMBER: _builtins.int
     CONFIRMATION_WINDOW_FIELD_NUMBER: _builtins.int
     @_builtins.property
-    def time_to_owner(self) -> _duration_pb2.Duration: ...
+    def time_to_owner(self) -> _duration_pb2.Duration:
+        """Limits: At most 2592000 s (30 days). Positive; unset means 1 h."""
+
     @_builtins.property
-    def time_to_resolution(self) -> _duration_pb2.Duration: ...
+    def time_to_resolution(self) -> _duration_pb2.Duration:
+        """Limits: At most 31622400 s (366 days). Positive; unset means 24 h."""
+
     @_builtins.property
     def confirmation_window(self) -> _duration_pb2.Duration:
-        """Window in which the customer may confirm or reopen after resolution."""
+        """Window in which the customer may confirm or reopen after resolution.
+        Limits: At most 31622400 s (366 days). Positive; unset means 7 days.
+        """
 
     def __init__(
         self,
@@ -193,12 +212,22 @@ class Service(_message.Message):
     SERVICE_LEVEL_FIELD_NUMBER: _builtins.int
     VERSION_FIELD_NUMBER: _builtins.int
     service_id: _builtins.str
-    """e.g. "nfc-payment"."""
+    """e.g. "nfc-payment".
+    Limits: Required; a slug [a-z][a-z0-9.-]*, at most 63 bytes. A service id:
+    [a-z][a-z0-9-]{1,62}.
+    """
     display_name: _builtins.str
+    """Limits: Optional; text (TEXT), at most 200 characters and 800 bytes. Unset means the
+    service id.
+    """
     version: _builtins.int
-    """Incremented on every redefinition; cases record the version they ran on."""
+    """Incremented on every redefinition; cases record the version they ran on.
+    Limits: Set by the gateway (ignored in a request).
+    """
     @_builtins.property
-    def components(self) -> _containers.RepeatedCompositeFieldContainer[Global___Component]: ...
+    def components(self) -> _containers.RepeatedCompositeFieldContainer[Global___Component]:
+        """Limits: 1 to 32 items"""
+
     @_builtins.property
     def ownership_policy(self) -> Global___OwnershipPolicy: ...
     @_builtins.property
@@ -236,18 +265,40 @@ class SharingAgreement(_message.Message):
     SOURCE_DIAGNOSIS_DEADLINE_FIELD_NUMBER: _builtins.int
     OWNERSHIP_OVERRIDE_FIELD_NUMBER: _builtins.int
     agreement_id: _builtins.str
+    """Limits: Optional; printable ASCII (ID), at most 64 bytes. [A-Za-z0-9_.-]{1,64};
+    unset means a new id.
+    """
     source_partner_id: _builtins.str
-    """The partner holding the data (controller)."""
+    """The partner holding the data (controller).
+    Limits: Required; a slug [a-z][a-z0-9.-]*, at most 63 bytes. A partner id:
+    [a-z][a-z0-9-]{1,62}.
+    """
     recipient_partner_id: _builtins.str
-    """The partner allowed to receive it."""
+    """The partner allowed to receive it.
+    Limits: Required; a slug [a-z][a-z0-9.-]*, at most 63 bytes. A partner id:
+    [a-z][a-z0-9-]{1,62}.
+    """
     service_id: _builtins.str
+    """Limits: Required; a slug [a-z][a-z0-9.-]*, at most 63 bytes. A service id:
+    [a-z][a-z0-9-]{1,62}.
+    """
     @_builtins.property
     def categories(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
-        """Data categories, e.g. "device.sim", "payment.card"."""
+        """Data categories, e.g. "device.sim", "payment.card".
+        Limits: 1 to 16 items, each a slug [a-z][a-z0-9.-]*, at most 64 bytes. Data
+        categories of the vocabulary (gateway/consent/vocabulary.toml): contact,
+        interaction.history, device.sim, device.handset, device.thermostat, payment.card,
+        payment.transactions, transit.pass, network.access, energy.consumption, location,
+        diagnostic.findings, case.status.
+        """
 
     @_builtins.property
     def purposes(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
-        """Purposes, e.g. "incident-diagnosis"."""
+        """Purposes, e.g. "incident-diagnosis".
+        Limits: 1 to 8 items, each a slug [a-z][a-z0-9.-]*, at most 64 bytes. Purposes of
+        the vocabulary: incident-diagnosis, incident-resolution, customer-care,
+        service-improvement, marketing (never bundled with another purpose in one consent).
+        """
 
     @_builtins.property
     def valid_from(self) -> _timestamp_pb2.Timestamp: ...
@@ -258,6 +309,7 @@ class SharingAgreement(_message.Message):
         """What the two partners agreed for incidents of this service, overriding the
         service's defaults while the agreement is in force:
         how long the source partner has to diagnose its component(s)...
+        Limits: At most 604800 s (7 days). Positive when set.
         """
 
     @_builtins.property
@@ -297,9 +349,17 @@ class RegisterPartnerRequest(_message.Message):
     DISPLAY_NAME_FIELD_NUMBER: _builtins.int
     KIND_FIELD_NUMBER: _builtins.int
     idempotency_key: _builtins.str
+    """Limits: Required; printable ASCII (ID), at most 128 bytes. A new key for each
+    distinct call; the same key and request replays the first answer.
+    """
     partner_id: _builtins.str
+    """Limits: Required; a slug [a-z][a-z0-9.-]*, at most 63 bytes. A partner id:
+    [a-z][a-z0-9-]{1,62}.
+    """
     display_name: _builtins.str
+    """Limits: Required; text (TEXT), at most 200 characters and 800 bytes."""
     kind: Global___PartnerKind.ValueType
+    """Limits: Required: a defined PartnerKind value other than its UNSPECIFIED."""
     def __init__(
         self,
         *,
@@ -378,8 +438,13 @@ class DefineServiceRequest(_message.Message):
     IDEMPOTENCY_KEY_FIELD_NUMBER: _builtins.int
     SERVICE_FIELD_NUMBER: _builtins.int
     idempotency_key: _builtins.str
+    """Limits: Required; printable ASCII (ID), at most 128 bytes. A new key for each
+    distinct call; the same key and request replays the first answer.
+    """
     @_builtins.property
-    def service(self) -> Global___Service: ...
+    def service(self) -> Global___Service:
+        """Limits: Required."""
+
     def __init__(
         self,
         *,
@@ -420,6 +485,9 @@ class GetServiceRequest(_message.Message):
 
     SERVICE_ID_FIELD_NUMBER: _builtins.int
     service_id: _builtins.str
+    """Limits: Required; a slug [a-z][a-z0-9.-]*, at most 63 bytes. A service id:
+    [a-z][a-z0-9-]{1,62}.
+    """
     def __init__(
         self,
         *,
@@ -495,8 +563,13 @@ class DefineSharingAgreementRequest(_message.Message):
     IDEMPOTENCY_KEY_FIELD_NUMBER: _builtins.int
     AGREEMENT_FIELD_NUMBER: _builtins.int
     idempotency_key: _builtins.str
+    """Limits: Required; printable ASCII (ID), at most 128 bytes. A new key for each
+    distinct call; the same key and request replays the first answer.
+    """
     @_builtins.property
-    def agreement(self) -> Global___SharingAgreement: ...
+    def agreement(self) -> Global___SharingAgreement:
+        """Limits: Required."""
+
     def __init__(
         self,
         *,
@@ -538,8 +611,14 @@ class ListSharingAgreementsRequest(_message.Message):
     PARTNER_ID_FIELD_NUMBER: _builtins.int
     SERVICE_ID_FIELD_NUMBER: _builtins.int
     partner_id: _builtins.str
-    """Optional filters."""
+    """Optional filters.
+    Limits: Optional; a slug [a-z][a-z0-9.-]*, at most 63 bytes. A partner id:
+    [a-z][a-z0-9-]{1,62}.
+    """
     service_id: _builtins.str
+    """Limits: Optional; a slug [a-z][a-z0-9.-]*, at most 63 bytes. A service id:
+    [a-z][a-z0-9-]{1,62}.
+    """
     def __init__(
         self,
         *,

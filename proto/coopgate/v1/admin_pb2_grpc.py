@@ -83,43 +83,50 @@ class AdminServiceServicer:
     """
 
     def RegisterPartner(self, request, context):
-        """Missing associated documentation comment in .proto file."""
+        """Roles: admin.
+        """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
     def ListPartners(self, request, context):
-        """Missing associated documentation comment in .proto file."""
+        """Roles: any role (a valid client certificate).
+        """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
     def DefineService(self, request, context):
-        """Missing associated documentation comment in .proto file."""
+        """Roles: admin.
+        """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
     def GetService(self, request, context):
-        """Missing associated documentation comment in .proto file."""
+        """Roles: any role (a valid client certificate).
+        """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
     def ListServices(self, request, context):
-        """Missing associated documentation comment in .proto file."""
+        """Roles: any role (a valid client certificate).
+        """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
     def DefineSharingAgreement(self, request, context):
-        """Missing associated documentation comment in .proto file."""
+        """Roles: admin.
+        """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
     def ListSharingAgreements(self, request, context):
-        """Missing associated documentation comment in .proto file."""
+        """Roles: any role (a valid client certificate).
+        """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')

@@ -38,12 +38,19 @@ class AdminServiceStub:
     @_typing.overload
     def __new__(cls, channel: _aio.Channel) -> AdminServiceAsyncStub: ...
     RegisterPartner: _grpc.UnaryUnaryMultiCallable[_admin_pb2.RegisterPartnerRequest, _admin_pb2.RegisterPartnerResponse]
+    """Roles: admin."""
     ListPartners: _grpc.UnaryUnaryMultiCallable[_admin_pb2.ListPartnersRequest, _admin_pb2.ListPartnersResponse]
+    """Roles: any role (a valid client certificate)."""
     DefineService: _grpc.UnaryUnaryMultiCallable[_admin_pb2.DefineServiceRequest, _admin_pb2.DefineServiceResponse]
+    """Roles: admin."""
     GetService: _grpc.UnaryUnaryMultiCallable[_admin_pb2.GetServiceRequest, _admin_pb2.GetServiceResponse]
+    """Roles: any role (a valid client certificate)."""
     ListServices: _grpc.UnaryUnaryMultiCallable[_admin_pb2.ListServicesRequest, _admin_pb2.ListServicesResponse]
+    """Roles: any role (a valid client certificate)."""
     DefineSharingAgreement: _grpc.UnaryUnaryMultiCallable[_admin_pb2.DefineSharingAgreementRequest, _admin_pb2.DefineSharingAgreementResponse]
+    """Roles: admin."""
     ListSharingAgreements: _grpc.UnaryUnaryMultiCallable[_admin_pb2.ListSharingAgreementsRequest, _admin_pb2.ListSharingAgreementsResponse]
+    """Roles: any role (a valid client certificate)."""
 
 @_typing.type_check_only
 class AdminServiceAsyncStub(AdminServiceStub):
@@ -55,12 +62,19 @@ class AdminServiceAsyncStub(AdminServiceStub):
 
     def __init__(self, channel: _aio.Channel) -> None: ...
     RegisterPartner: _aio.UnaryUnaryMultiCallable[_admin_pb2.RegisterPartnerRequest, _admin_pb2.RegisterPartnerResponse]  # type: ignore[assignment]
+    """Roles: admin."""
     ListPartners: _aio.UnaryUnaryMultiCallable[_admin_pb2.ListPartnersRequest, _admin_pb2.ListPartnersResponse]  # type: ignore[assignment]
+    """Roles: any role (a valid client certificate)."""
     DefineService: _aio.UnaryUnaryMultiCallable[_admin_pb2.DefineServiceRequest, _admin_pb2.DefineServiceResponse]  # type: ignore[assignment]
+    """Roles: admin."""
     GetService: _aio.UnaryUnaryMultiCallable[_admin_pb2.GetServiceRequest, _admin_pb2.GetServiceResponse]  # type: ignore[assignment]
+    """Roles: any role (a valid client certificate)."""
     ListServices: _aio.UnaryUnaryMultiCallable[_admin_pb2.ListServicesRequest, _admin_pb2.ListServicesResponse]  # type: ignore[assignment]
+    """Roles: any role (a valid client certificate)."""
     DefineSharingAgreement: _aio.UnaryUnaryMultiCallable[_admin_pb2.DefineSharingAgreementRequest, _admin_pb2.DefineSharingAgreementResponse]  # type: ignore[assignment]
+    """Roles: admin."""
     ListSharingAgreements: _aio.UnaryUnaryMultiCallable[_admin_pb2.ListSharingAgreementsRequest, _admin_pb2.ListSharingAgreementsResponse]  # type: ignore[assignment]
+    """Roles: any role (a valid client certificate)."""
 
 class AdminServiceServicer(metaclass=_abc_1.ABCMeta):
     """AdminService manages who is connected and what may flow between them:
@@ -74,48 +88,55 @@ class AdminServiceServicer(metaclass=_abc_1.ABCMeta):
         self,
         request: _admin_pb2.RegisterPartnerRequest,
         context: _ServicerContext,
-    ) -> _typing.Union[_admin_pb2.RegisterPartnerResponse, _abc.Awaitable[_admin_pb2.RegisterPartnerResponse]]: ...
+    ) -> _typing.Union[_admin_pb2.RegisterPartnerResponse, _abc.Awaitable[_admin_pb2.RegisterPartnerResponse]]:
+        """Roles: admin."""
 
     @_abc_1.abstractmethod
     def ListPartners(
         self,
         request: _admin_pb2.ListPartnersRequest,
         context: _ServicerContext,
-    ) -> _typing.Union[_admin_pb2.ListPartnersResponse, _abc.Awaitable[_admin_pb2.ListPartnersResponse]]: ...
+    ) -> _typing.Union[_admin_pb2.ListPartnersResponse, _abc.Awaitable[_admin_pb2.ListPartnersResponse]]:
+        """Roles: any role (a valid client certificate)."""
 
     @_abc_1.abstractmethod
     def DefineService(
         self,
         request: _admin_pb2.DefineServiceRequest,
         context: _ServicerContext,
-    ) -> _typing.Union[_admin_pb2.DefineServiceResponse, _abc.Awaitable[_admin_pb2.DefineServiceResponse]]: ...
+    ) -> _typing.Union[_admin_pb2.DefineServiceResponse, _abc.Awaitable[_admin_pb2.DefineServiceResponse]]:
+        """Roles: admin."""
 
     @_abc_1.abstractmethod
     def GetService(
         self,
         request: _admin_pb2.GetServiceRequest,
         context: _ServicerContext,
-    ) -> _typing.Union[_admin_pb2.GetServiceResponse, _abc.Awaitable[_admin_pb2.GetServiceResponse]]: ...
+    ) -> _typing.Union[_admin_pb2.GetServiceResponse, _abc.Awaitable[_admin_pb2.GetServiceResponse]]:
+        """Roles: any role (a valid client certificate)."""
 
     @_abc_1.abstractmethod
     def ListServices(
         self,
         request: _admin_pb2.ListServicesRequest,
         context: _ServicerContext,
-    ) -> _typing.Union[_admin_pb2.ListServicesResponse, _abc.Awaitable[_admin_pb2.ListServicesResponse]]: ...
+    ) -> _typing.Union[_admin_pb2.ListServicesResponse, _abc.Awaitable[_admin_pb2.ListServicesResponse]]:
+        """Roles: any role (a valid client certificate)."""
 
     @_abc_1.abstractmethod
     def DefineSharingAgreement(
         self,
         request: _admin_pb2.DefineSharingAgreementRequest,
         context: _ServicerContext,
-    ) -> _typing.Union[_admin_pb2.DefineSharingAgreementResponse, _abc.Awaitable[_admin_pb2.DefineSharingAgreementResponse]]: ...
+    ) -> _typing.Union[_admin_pb2.DefineSharingAgreementResponse, _abc.Awaitable[_admin_pb2.DefineSharingAgreementResponse]]:
+        """Roles: admin."""
 
     @_abc_1.abstractmethod
     def ListSharingAgreements(
         self,
         request: _admin_pb2.ListSharingAgreementsRequest,
         context: _ServicerContext,
-    ) -> _typing.Union[_admin_pb2.ListSharingAgreementsResponse, _abc.Awaitable[_admin_pb2.ListSharingAgreementsResponse]]: ...
+    ) -> _typing.Union[_admin_pb2.ListSharingAgreementsResponse, _abc.Awaitable[_admin_pb2.ListSharingAgreementsResponse]]:
+        """Roles: any role (a valid client certificate)."""
 
 def add_AdminServiceServicer_to_server(servicer: AdminServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...

@@ -22,45 +22,66 @@ _runtime_version.ValidateProtobufRuntimeVersion(
 _sym_db = _symbol_database.Default()
 
 
+from coopgate.v1 import limits_pb2 as coopgate_dot_v1_dot_limits__pb2
 from coopgate.v1 import common_pb2 as coopgate_dot_v1_dot_common__pb2
 from google.protobuf import timestamp_pb2 as google_dot_protobuf_dot_timestamp__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x17\x63oopgate/v1/audit.proto\x12\x0b\x63oopgate.v1\x1a\x18\x63oopgate/v1/common.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"\xf8\x02\n\nAuditEntry\x12\r\n\x05index\x18\x01 \x01(\x03\x12/\n\x0brecorded_at\x18\x02 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12$\n\x04kind\x18\x03 \x01(\x0e\x32\x16.coopgate.v1.AuditKind\x12\x18\n\x10\x61\x63tor_partner_id\x18\x04 \x01(\t\x12\x17\n\x0f\x61\x63tor_person_id\x18\x05 \x01(\t\x12\x12\n\nsubject_id\x18\x06 \x01(\t\x12\x0f\n\x07\x63\x61se_id\x18\x07 \x01(\t\x12\x0f\n\x07purpose\x18\x08 \x01(\t\x12\x12\n\ncategories\x18\t \x03(\t\x12\'\n\x08\x64\x65\x63ision\x18\n \x01(\x0e\x32\x15.coopgate.v1.Decision\x12\x12\n\nconsent_id\x18\x0b \x01(\t\x12\x14\n\x0c\x61greement_id\x18\x0c \x01(\t\x12\x0e\n\x06reason\x18\r \x01(\t\x12\x11\n\tcanonical\x18\x0e \x01(\x0c\x12\x11\n\tleaf_hash\x18\x0f \x01(\x0c\"\x80\x02\n\x11QueryAuditRequest\x12&\n\x04page\x18\x01 \x01(\x0b\x32\x18.coopgate.v1.PageRequest\x12\x12\n\nsubject_id\x18\x02 \x01(\t\x12\x12\n\npartner_id\x18\x03 \x01(\t\x12\x0f\n\x07\x63\x61se_id\x18\x04 \x01(\t\x12\x0f\n\x07purpose\x18\x05 \x01(\t\x12\'\n\x08\x64\x65\x63ision\x18\x06 \x01(\x0e\x32\x15.coopgate.v1.Decision\x12*\n\ntime_range\x18\x07 \x01(\x0b\x32\x16.coopgate.v1.TimeRange\x12$\n\x04kind\x18\x08 \x01(\x0e\x32\x16.coopgate.v1.AuditKind\"W\n\x12QueryAuditResponse\x12(\n\x07\x65ntries\x18\x01 \x03(\x0b\x32\x17.coopgate.v1.AuditEntry\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\"\x16\n\x14GetCheckpointRequest\"h\n\x15GetCheckpointResponse\x12\x13\n\x0bsigned_note\x18\x01 \x01(\t\x12\x11\n\ttree_size\x18\x02 \x01(\x03\x12\x11\n\troot_hash\x18\x03 \x01(\x0c\x12\x14\n\x0cverifier_key\x18\x04 \x01(\t\"<\n\x18GetInclusionProofRequest\x12\r\n\x05index\x18\x01 \x01(\x03\x12\x11\n\ttree_size\x18\x02 \x01(\x03\"_\n\x19GetInclusionProofResponse\x12\r\n\x05index\x18\x01 \x01(\x03\x12\x11\n\ttree_size\x18\x02 \x01(\x03\x12\x11\n\tleaf_hash\x18\x03 \x01(\x0c\x12\r\n\x05proof\x18\x04 \x03(\x0c\":\n\x1aGetConsistencyProofRequest\x12\r\n\x05size1\x18\x01 \x01(\x03\x12\r\n\x05size2\x18\x02 \x01(\x03\"J\n\x1bGetConsistencyProofResponse\x12\r\n\x05size1\x18\x01 \x01(\x03\x12\r\n\x05size2\x18\x02 \x01(\x03\x12\r\n\x05proof\x18\x03 \x03(\x0c\"w\n\x1aSubjectAccessReportRequest\x12\x19\n\x11\x63ustomer_local_id\x18\x01 \x01(\t\x12\x12\n\nsubject_id\x18\x02 \x01(\t\x12*\n\ntime_range\x18\x03 \x01(\x0b\x32\x16.coopgate.v1.TimeRange\"\xd3\x01\n\x10\x44isclosureRecord\x12\x1c\n\x14recipient_partner_id\x18\x01 \x01(\t\x12\x19\n\x11source_partner_id\x18\x02 \x01(\t\x12\x12\n\ncategories\x18\x03 \x03(\t\x12\x0f\n\x07purpose\x18\x04 \x01(\t\x12\x12\n\nconsent_id\x18\x05 \x01(\t\x12\x14\n\x0c\x61greement_id\x18\x06 \x01(\t\x12\x0f\n\x07\x63\x61se_id\x18\x07 \x01(\t\x12&\n\x02\x61t\x18\x08 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"Q\n\x1bSubjectAccessReportResponse\x12\x32\n\x0b\x64isclosures\x18\x01 \x03(\x0b\x32\x1d.coopgate.v1.DisclosureRecord*\x91\x02\n\tAuditKind\x12\x1a\n\x16\x41UDIT_KIND_UNSPECIFIED\x10\x00\x12\x1c\n\x18\x41UDIT_KIND_CONSENT_EVENT\x10\x01\x12\x1e\n\x1a\x41UDIT_KIND_ACCESS_DECISION\x10\x02\x12!\n\x1d\x41UDIT_KIND_OWNERSHIP_DECISION\x10\x03\x12\x1b\n\x17\x41UDIT_KIND_ADMIN_CHANGE\x10\x04\x12\x19\n\x15\x41UDIT_KIND_CASE_EVENT\x10\x05\x12\x19\n\x15\x41UDIT_KIND_ESCALATION\x10\x06\x12\x1c\n\x18\x41UDIT_KIND_IDENTITY_LINK\x10\x07\x12\x16\n\x12\x41UDIT_KIND_ERASURE\x10\x08*K\n\x08\x44\x65\x63ision\x12\x18\n\x14\x44\x45\x43ISION_UNSPECIFIED\x10\x00\x12\x12\n\x0e\x44\x45\x43ISION_ALLOW\x10\x01\x12\x11\n\rDECISION_DENY\x10\x02\x32\xed\x03\n\x0c\x41uditService\x12M\n\nQueryAudit\x12\x1e.coopgate.v1.QueryAuditRequest\x1a\x1f.coopgate.v1.QueryAuditResponse\x12V\n\rGetCheckpoint\x12!.coopgate.v1.GetCheckpointRequest\x1a\".coopgate.v1.GetCheckpointResponse\x12\x62\n\x11GetInclusionProof\x12%.coopgate.v1.GetInclusionProofRequest\x1a&.coopgate.v1.GetInclusionProofResponse\x12h\n\x13GetConsistencyProof\x12\'.coopgate.v1.GetConsistencyProofRequest\x1a(.coopgate.v1.GetConsistencyProofResponse\x12h\n\x13SubjectAccessReport\x12\'.coopgate.v1.SubjectAccessReportRequest\x1a(.coopgate.v1.SubjectAccessReportResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x17\x63oopgate/v1/audit.proto\x12\x0b\x63oopgate.v1\x1a\x18\x63oopgate/v1/limits.proto\x1a\x18\x63oopgate/v1/common.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"\xf8\x02\n\nAuditEntry\x12\r\n\x05index\x18\x01 \x01(\x03\x12/\n\x0brecorded_at\x18\x02 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12$\n\x04kind\x18\x03 \x01(\x0e\x32\x16.coopgate.v1.AuditKind\x12\x18\n\x10\x61\x63tor_partner_id\x18\x04 \x01(\t\x12\x17\n\x0f\x61\x63tor_person_id\x18\x05 \x01(\t\x12\x12\n\nsubject_id\x18\x06 \x01(\t\x12\x0f\n\x07\x63\x61se_id\x18\x07 \x01(\t\x12\x0f\n\x07purpose\x18\x08 \x01(\t\x12\x12\n\ncategories\x18\t \x03(\t\x12\'\n\x08\x64\x65\x63ision\x18\n \x01(\x0e\x32\x15.coopgate.v1.Decision\x12\x12\n\nconsent_id\x18\x0b \x01(\t\x12\x14\n\x0c\x61greement_id\x18\x0c \x01(\t\x12\x0e\n\x06reason\x18\r \x01(\t\x12\x11\n\tcanonical\x18\x0e \x01(\x0c\x12\x11\n\tleaf_hash\x18\x0f \x01(\x0c\"\xaa\x02\n\x11QueryAuditRequest\x12&\n\x04page\x18\x01 \x01(\x0b\x32\x18.coopgate.v1.PageRequest\x12\x1d\n\nsubject_id\x18\x02 \x01(\tB\t\x82\x80\x19\x05\x10\x80\x01 \x01\x12\x1c\n\npartner_id\x18\x03 \x01(\tB\x08\x82\x80\x19\x04\x10? \x02\x12\x1a\n\x07\x63\x61se_id\x18\x04 \x01(\tB\t\x82\x80\x19\x05\x10\x80\x01 \x01\x12\x19\n\x07purpose\x18\x05 \x01(\tB\x08\x82\x80\x19\x04\x10@ \x02\x12\'\n\x08\x64\x65\x63ision\x18\x06 \x01(\x0e\x32\x15.coopgate.v1.Decision\x12*\n\ntime_range\x18\x07 \x01(\x0b\x32\x16.coopgate.v1.TimeRange\x12$\n\x04kind\x18\x08 \x01(\x0e\x32\x16.coopgate.v1.AuditKind\"W\n\x12QueryAuditResponse\x12(\n\x07\x65ntries\x18\x01 \x03(\x0b\x32\x17.coopgate.v1.AuditEntry\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\"\x16\n\x14GetCheckpointRequest\"h\n\x15GetCheckpointResponse\x12\x13\n\x0bsigned_note\x18\x01 \x01(\t\x12\x11\n\ttree_size\x18\x02 \x01(\x03\x12\x11\n\troot_hash\x18\x03 \x01(\x0c\x12\x14\n\x0cverifier_key\x18\x04 \x01(\t\"Z\n\x18GetInclusionProofRequest\x12\x1c\n\x05index\x18\x01 \x01(\x03\x42\r\x82\x80\x19\t1\x00\x00\x00\x00\x00\x00\x00\x00\x12 \n\ttree_size\x18\x02 \x01(\x03\x42\r\x82\x80\x19\t1\x00\x00\x00\x00\x00\x00\x00\x00\"_\n\x19GetInclusionProofResponse\x12\r\n\x05index\x18\x01 \x01(\x03\x12\x11\n\ttree_size\x18\x02 \x01(\x03\x12\x11\n\tleaf_hash\x18\x03 \x01(\x0c\x12\r\n\x05proof\x18\x04 \x03(\x0c\"X\n\x1aGetConsistencyProofRequest\x12\x1c\n\x05size1\x18\x01 \x01(\x03\x42\r\x82\x80\x19\t1\x00\x00\x00\x00\x00\x00\x00\x00\x12\x1c\n\x05size2\x18\x02 \x01(\x03\x42\r\x82\x80\x19\t1\x00\x00\x00\x00\x00\x00\x00\x00\"J\n\x1bGetConsistencyProofResponse\x12\r\n\x05size1\x18\x01 \x01(\x03\x12\r\n\x05size2\x18\x02 \x01(\x03\x12\r\n\x05proof\x18\x03 \x03(\x0c\"\x8d\x01\n\x1aSubjectAccessReportRequest\x12$\n\x11\x63ustomer_local_id\x18\x01 \x01(\tB\t\x82\x80\x19\x05\x10\x80\x01 \x01\x12\x1d\n\nsubject_id\x18\x02 \x01(\tB\t\x82\x80\x19\x05\x10\x80\x01 \x01\x12*\n\ntime_range\x18\x03 \x01(\x0b\x32\x16.coopgate.v1.TimeRange\"\xd3\x01\n\x10\x44isclosureRecord\x12\x1c\n\x14recipient_partner_id\x18\x01 \x01(\t\x12\x19\n\x11source_partner_id\x18\x02 \x01(\t\x12\x12\n\ncategories\x18\x03 \x03(\t\x12\x0f\n\x07purpose\x18\x04 \x01(\t\x12\x12\n\nconsent_id\x18\x05 \x01(\t\x12\x14\n\x0c\x61greement_id\x18\x06 \x01(\t\x12\x0f\n\x07\x63\x61se_id\x18\x07 \x01(\t\x12&\n\x02\x61t\x18\x08 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"Q\n\x1bSubjectAccessReportResponse\x12\x32\n\x0b\x64isclosures\x18\x01 \x03(\x0b\x32\x1d.coopgate.v1.DisclosureRecord*\x91\x02\n\tAuditKind\x12\x1a\n\x16\x41UDIT_KIND_UNSPECIFIED\x10\x00\x12\x1c\n\x18\x41UDIT_KIND_CONSENT_EVENT\x10\x01\x12\x1e\n\x1a\x41UDIT_KIND_ACCESS_DECISION\x10\x02\x12!\n\x1d\x41UDIT_KIND_OWNERSHIP_DECISION\x10\x03\x12\x1b\n\x17\x41UDIT_KIND_ADMIN_CHANGE\x10\x04\x12\x19\n\x15\x41UDIT_KIND_CASE_EVENT\x10\x05\x12\x19\n\x15\x41UDIT_KIND_ESCALATION\x10\x06\x12\x1c\n\x18\x41UDIT_KIND_IDENTITY_LINK\x10\x07\x12\x16\n\x12\x41UDIT_KIND_ERASURE\x10\x08*K\n\x08\x44\x65\x63ision\x12\x18\n\x14\x44\x45\x43ISION_UNSPECIFIED\x10\x00\x12\x12\n\x0e\x44\x45\x43ISION_ALLOW\x10\x01\x12\x11\n\rDECISION_DENY\x10\x02\x32\xed\x03\n\x0c\x41uditService\x12M\n\nQueryAudit\x12\x1e.coopgate.v1.QueryAuditRequest\x1a\x1f.coopgate.v1.QueryAuditResponse\x12V\n\rGetCheckpoint\x12!.coopgate.v1.GetCheckpointRequest\x1a\".coopgate.v1.GetCheckpointResponse\x12\x62\n\x11GetInclusionProof\x12%.coopgate.v1.GetInclusionProofRequest\x1a&.coopgate.v1.GetInclusionProofResponse\x12h\n\x13GetConsistencyProof\x12\'.coopgate.v1.GetConsistencyProofRequest\x1a(.coopgate.v1.GetConsistencyProofResponse\x12h\n\x13SubjectAccessReport\x12\'.coopgate.v1.SubjectAccessReportRequest\x1a(.coopgate.v1.SubjectAccessReportResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'coopgate.v1.audit_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
-  _globals['_AUDITKIND']._serialized_start=1670
-  _globals['_AUDITKIND']._serialized_end=1943
-  _globals['_DECISION']._serialized_start=1945
-  _globals['_DECISION']._serialized_end=2020
-  _globals['_AUDITENTRY']._serialized_start=100
-  _globals['_AUDITENTRY']._serialized_end=476
-  _globals['_QUERYAUDITREQUEST']._serialized_start=479
-  _globals['_QUERYAUDITREQUEST']._serialized_end=735
-  _globals['_QUERYAUDITRESPONSE']._serialized_start=737
-  _globals['_QUERYAUDITRESPONSE']._serialized_end=824
-  _globals['_GETCHECKPOINTREQUEST']._serialized_start=826
-  _globals['_GETCHECKPOINTREQUEST']._serialized_end=848
-  _globals['_GETCHECKPOINTRESPONSE']._serialized_start=850
-  _globals['_GETCHECKPOINTRESPONSE']._serialized_end=954
-  _globals['_GETINCLUSIONPROOFREQUEST']._serialized_start=956
-  _globals['_GETINCLUSIONPROOFREQUEST']._serialized_end=1016
-  _globals['_GETINCLUSIONPROOFRESPONSE']._serialized_start=1018
-  _globals['_GETINCLUSIONPROOFRESPONSE']._serialized_end=1113
-  _globals['_GETCONSISTENCYPROOFREQUEST']._serialized_start=1115
-  _globals['_GETCONSISTENCYPROOFREQUEST']._serialized_end=1173
-  _globals['_GETCONSISTENCYPROOFRESPONSE']._serialized_start=1175
-  _globals['_GETCONSISTENCYPROOFRESPONSE']._serialized_end=1249
-  _globals['_SUBJECTACCESSREPORTREQUEST']._serialized_start=1251
-  _globals['_SUBJECTACCESSREPORTREQUEST']._serialized_end=1370
-  _globals['_DISCLOSURERECORD']._serialized_start=1373
-  _globals['_DISCLOSURERECORD']._serialized_end=1584
-  _globals['_SUBJECTACCESSREPORTRESPONSE']._serialized_start=1586
-  _globals['_SUBJECTACCESSREPORTRESPONSE']._serialized_end=1667
-  _globals['_AUDITSERVICE']._serialized_start=2023
-  _globals['_AUDITSERVICE']._serialized_end=2516
+  _globals['_QUERYAUDITREQUEST'].fields_by_name['subject_id']._loaded_options = None
+  _globals['_QUERYAUDITREQUEST'].fields_by_name['subject_id']._serialized_options = b'\202\200\031\005\020\200\001 \001'
+  _globals['_QUERYAUDITREQUEST'].fields_by_name['partner_id']._loaded_options = None
+  _globals['_QUERYAUDITREQUEST'].fields_by_name['partner_id']._serialized_options = b'\202\200\031\004\020? \002'
+  _globals['_QUERYAUDITREQUEST'].fields_by_name['case_id']._loaded_options = None
+  _globals['_QUERYAUDITREQUEST'].fields_by_name['case_id']._serialized_options = b'\202\200\031\005\020\200\001 \001'
+  _globals['_QUERYAUDITREQUEST'].fields_by_name['purpose']._loaded_options = None
+  _globals['_QUERYAUDITREQUEST'].fields_by_name['purpose']._serialized_options = b'\202\200\031\004\020@ \002'
+  _globals['_GETINCLUSIONPROOFREQUEST'].fields_by_name['index']._loaded_options = None
+  _globals['_GETINCLUSIONPROOFREQUEST'].fields_by_name['index']._serialized_options = b'\202\200\031\t1\000\000\000\000\000\000\000\000'
+  _globals['_GETINCLUSIONPROOFREQUEST'].fields_by_name['tree_size']._loaded_options = None
+  _globals['_GETINCLUSIONPROOFREQUEST'].fields_by_name['tree_size']._serialized_options = b'\202\200\031\t1\000\000\000\000\000\000\000\000'
+  _globals['_GETCONSISTENCYPROOFREQUEST'].fields_by_name['size1']._loaded_options = None
+  _globals['_GETCONSISTENCYPROOFREQUEST'].fields_by_name['size1']._serialized_options = b'\202\200\031\t1\000\000\000\000\000\000\000\000'
+  _globals['_GETCONSISTENCYPROOFREQUEST'].fields_by_name['size2']._loaded_options = None
+  _globals['_GETCONSISTENCYPROOFREQUEST'].fields_by_name['size2']._serialized_options = b'\202\200\031\t1\000\000\000\000\000\000\000\000'
+  _globals['_SUBJECTACCESSREPORTREQUEST'].fields_by_name['customer_local_id']._loaded_options = None
+  _globals['_SUBJECTACCESSREPORTREQUEST'].fields_by_name['customer_local_id']._serialized_options = b'\202\200\031\005\020\200\001 \001'
+  _globals['_SUBJECTACCESSREPORTREQUEST'].fields_by_name['subject_id']._loaded_options = None
+  _globals['_SUBJECTACCESSREPORTREQUEST'].fields_by_name['subject_id']._serialized_options = b'\202\200\031\005\020\200\001 \001'
+  _globals['_AUDITKIND']._serialized_start=1821
+  _globals['_AUDITKIND']._serialized_end=2094
+  _globals['_DECISION']._serialized_start=2096
+  _globals['_DECISION']._serialized_end=2171
+  _globals['_AUDITENTRY']._serialized_start=126
+  _globals['_AUDITENTRY']._serialized_end=502
+  _globals['_QUERYAUDITREQUEST']._serialized_start=505
+  _globals['_QUERYAUDITREQUEST']._serialized_end=803
+  _globals['_QUERYAUDITRESPONSE']._serialized_start=805
+  _globals['_QUERYAUDITRESPONSE']._serialized_end=892
+  _globals['_GETCHECKPOINTREQUEST']._serialized_start=894
+  _globals['_GETCHECKPOINTREQUEST']._serialized_end=916
+  _globals['_GETCHECKPOINTRESPONSE']._serialized_start=918
+  _globals['_GETCHECKPOINTRESPONSE']._serialized_end=1022
+  _globals['_GETINCLUSIONPROOFREQUEST']._serialized_start=1024
+  _globals['_GETINCLUSIONPROOFREQUEST']._serialized_end=1114
+  _globals['_GETINCLUSIONPROOFRESPONSE']._serialized_start=1116
+  _globals['_GETINCLUSIONPROOFRESPONSE']._serialized_end=1211
+  _globals['_GETCONSISTENCYPROOFREQUEST']._serialized_start=1213
+  _globals['_GETCONSISTENCYPROOFREQUEST']._serialized_end=1301
+  _globals['_GETCONSISTENCYPROOFRESPONSE']._serialized_start=1303
+  _globals['_GETCONSISTENCYPROOFRESPONSE']._serialized_end=1377
+  _globals['_SUBJECTACCESSREPORTREQUEST']._serialized_start=1380
+  _globals['_SUBJECTACCESSREPORTREQUEST']._serialized_end=1521
+  _globals['_DISCLOSURERECORD']._serialized_start=1524
+  _globals['_DISCLOSURERECORD']._serialized_end=1735
+  _globals['_SUBJECTACCESSREPORTRESPONSE']._serialized_start=1737
+  _globals['_SUBJECTACCESSREPORTRESPONSE']._serialized_end=1818
+  _globals['_AUDITSERVICE']._serialized_start=2174
+  _globals['_AUDITSERVICE']._serialized_end=2667
 # @@protoc_insertion_point(module_scope)

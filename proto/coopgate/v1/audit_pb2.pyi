@@ -151,11 +151,24 @@ class QueryAuditRequest(_message.Message):
     TIME_RANGE_FIELD_NUMBER: _builtins.int
     KIND_FIELD_NUMBER: _builtins.int
     subject_id: _builtins.str
+    """Limits: Optional; printable ASCII (ID), at most 128 bytes. An internal subject id
+    (hex).
+    """
     partner_id: _builtins.str
+    """Limits: Optional; a slug [a-z][a-z0-9.-]*, at most 63 bytes. A partner id:
+    [a-z][a-z0-9-]{1,62}.
+    """
     case_id: _builtins.str
+    """Limits: Optional; printable ASCII (ID), at most 128 bytes."""
     purpose: _builtins.str
+    """Limits: Optional; a slug [a-z][a-z0-9.-]*, at most 64 bytes. Purposes of the
+    vocabulary: incident-diagnosis, incident-resolution, customer-care,
+    service-improvement, marketing (never bundled with another purpose in one consent).
+    """
     decision: Global___Decision.ValueType
+    """Limits:"""
     kind: Global___AuditKind.ValueType
+    """Limits:"""
     @_builtins.property
     def page(self) -> _common_pb2.PageRequest: ...
     @_builtins.property
@@ -255,7 +268,9 @@ class GetInclusionProofRequest(_message.Message):
     INDEX_FIELD_NUMBER: _builtins.int
     TREE_SIZE_FIELD_NUMBER: _builtins.int
     index: _builtins.int
+    """Limits: At least 0."""
     tree_size: _builtins.int
+    """Limits: At least 0."""
     def __init__(
         self,
         *,
@@ -306,7 +321,9 @@ class GetConsistencyProofRequest(_message.Message):
     SIZE1_FIELD_NUMBER: _builtins.int
     SIZE2_FIELD_NUMBER: _builtins.int
     size1: _builtins.int
+    """Limits: At least 0."""
     size2: _builtins.int
+    """Limits: At least 0."""
     def __init__(
         self,
         *,
@@ -355,8 +372,11 @@ class SubjectAccessReportRequest(_message.Message):
     SUBJECT_ID_FIELD_NUMBER: _builtins.int
     TIME_RANGE_FIELD_NUMBER: _builtins.int
     customer_local_id: _builtins.str
-    """The customer as the calling partner knows them, or a subject id."""
+    """The customer as the calling partner knows them, or a subject id.
+    Limits: Optional; printable ASCII (ID), at most 128 bytes.
+    """
     subject_id: _builtins.str
+    """Limits: Optional; printable ASCII (ID), at most 128 bytes."""
     @_builtins.property
     def time_range(self) -> _common_pb2.TimeRange: ...
     def __init__(

@@ -73,25 +73,29 @@ class AuditServiceServicer:
     """
 
     def QueryAudit(self, request, context):
-        """Missing associated documentation comment in .proto file."""
+        """Roles: compliance, admin.
+        """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
     def GetCheckpoint(self, request, context):
-        """Missing associated documentation comment in .proto file."""
+        """Roles: any role (a valid client certificate).
+        """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
     def GetInclusionProof(self, request, context):
-        """Missing associated documentation comment in .proto file."""
+        """Roles: any role (a valid client certificate).
+        """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
     def GetConsistencyProof(self, request, context):
-        """Missing associated documentation comment in .proto file."""
+        """Roles: any role (a valid client certificate).
+        """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
@@ -99,6 +103,7 @@ class AuditServiceServicer:
     def SubjectAccessReport(self, request, context):
         """GDPR art. 15: which partners received which categories of this
         customer's data, when, for which purpose, under which consent.
+        Roles: partner, advisor, compliance.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')

@@ -38,12 +38,17 @@ class AuditServiceStub:
     @_typing.overload
     def __new__(cls, channel: _aio.Channel) -> AuditServiceAsyncStub: ...
     QueryAudit: _grpc.UnaryUnaryMultiCallable[_audit_pb2.QueryAuditRequest, _audit_pb2.QueryAuditResponse]
+    """Roles: compliance, admin."""
     GetCheckpoint: _grpc.UnaryUnaryMultiCallable[_audit_pb2.GetCheckpointRequest, _audit_pb2.GetCheckpointResponse]
+    """Roles: any role (a valid client certificate)."""
     GetInclusionProof: _grpc.UnaryUnaryMultiCallable[_audit_pb2.GetInclusionProofRequest, _audit_pb2.GetInclusionProofResponse]
+    """Roles: any role (a valid client certificate)."""
     GetConsistencyProof: _grpc.UnaryUnaryMultiCallable[_audit_pb2.GetConsistencyProofRequest, _audit_pb2.GetConsistencyProofResponse]
+    """Roles: any role (a valid client certificate)."""
     SubjectAccessReport: _grpc.UnaryUnaryMultiCallable[_audit_pb2.SubjectAccessReportRequest, _audit_pb2.SubjectAccessReportResponse]
     """GDPR art. 15: which partners received which categories of this
     customer's data, when, for which purpose, under which consent.
+    Roles: partner, advisor, compliance.
     """
 
 @_typing.type_check_only
@@ -56,12 +61,17 @@ class AuditServiceAsyncStub(AuditServiceStub):
 
     def __init__(self, channel: _aio.Channel) -> None: ...
     QueryAudit: _aio.UnaryUnaryMultiCallable[_audit_pb2.QueryAuditRequest, _audit_pb2.QueryAuditResponse]  # type: ignore[assignment]
+    """Roles: compliance, admin."""
     GetCheckpoint: _aio.UnaryUnaryMultiCallable[_audit_pb2.GetCheckpointRequest, _audit_pb2.GetCheckpointResponse]  # type: ignore[assignment]
+    """Roles: any role (a valid client certificate)."""
     GetInclusionProof: _aio.UnaryUnaryMultiCallable[_audit_pb2.GetInclusionProofRequest, _audit_pb2.GetInclusionProofResponse]  # type: ignore[assignment]
+    """Roles: any role (a valid client certificate)."""
     GetConsistencyProof: _aio.UnaryUnaryMultiCallable[_audit_pb2.GetConsistencyProofRequest, _audit_pb2.GetConsistencyProofResponse]  # type: ignore[assignment]
+    """Roles: any role (a valid client certificate)."""
     SubjectAccessReport: _aio.UnaryUnaryMultiCallable[_audit_pb2.SubjectAccessReportRequest, _audit_pb2.SubjectAccessReportResponse]  # type: ignore[assignment]
     """GDPR art. 15: which partners received which categories of this
     customer's data, when, for which purpose, under which consent.
+    Roles: partner, advisor, compliance.
     """
 
 class AuditServiceServicer(metaclass=_abc_1.ABCMeta):
@@ -76,28 +86,32 @@ class AuditServiceServicer(metaclass=_abc_1.ABCMeta):
         self,
         request: _audit_pb2.QueryAuditRequest,
         context: _ServicerContext,
-    ) -> _typing.Union[_audit_pb2.QueryAuditResponse, _abc.Awaitable[_audit_pb2.QueryAuditResponse]]: ...
+    ) -> _typing.Union[_audit_pb2.QueryAuditResponse, _abc.Awaitable[_audit_pb2.QueryAuditResponse]]:
+        """Roles: compliance, admin."""
 
     @_abc_1.abstractmethod
     def GetCheckpoint(
         self,
         request: _audit_pb2.GetCheckpointRequest,
         context: _ServicerContext,
-    ) -> _typing.Union[_audit_pb2.GetCheckpointResponse, _abc.Awaitable[_audit_pb2.GetCheckpointResponse]]: ...
+    ) -> _typing.Union[_audit_pb2.GetCheckpointResponse, _abc.Awaitable[_audit_pb2.GetCheckpointResponse]]:
+        """Roles: any role (a valid client certificate)."""
 
     @_abc_1.abstractmethod
     def GetInclusionProof(
         self,
         request: _audit_pb2.GetInclusionProofRequest,
         context: _ServicerContext,
-    ) -> _typing.Union[_audit_pb2.GetInclusionProofResponse, _abc.Awaitable[_audit_pb2.GetInclusionProofResponse]]: ...
+    ) -> _typing.Union[_audit_pb2.GetInclusionProofResponse, _abc.Awaitable[_audit_pb2.GetInclusionProofResponse]]:
+        """Roles: any role (a valid client certificate)."""
 
     @_abc_1.abstractmethod
     def GetConsistencyProof(
         self,
         request: _audit_pb2.GetConsistencyProofRequest,
         context: _ServicerContext,
-    ) -> _typing.Union[_audit_pb2.GetConsistencyProofResponse, _abc.Awaitable[_audit_pb2.GetConsistencyProofResponse]]: ...
+    ) -> _typing.Union[_audit_pb2.GetConsistencyProofResponse, _abc.Awaitable[_audit_pb2.GetConsistencyProofResponse]]:
+        """Roles: any role (a valid client certificate)."""
 
     @_abc_1.abstractmethod
     def SubjectAccessReport(
@@ -107,6 +121,7 @@ class AuditServiceServicer(metaclass=_abc_1.ABCMeta):
     ) -> _typing.Union[_audit_pb2.SubjectAccessReportResponse, _abc.Awaitable[_audit_pb2.SubjectAccessReportResponse]]:
         """GDPR art. 15: which partners received which categories of this
         customer's data, when, for which purpose, under which consent.
+        Roles: partner, advisor, compliance.
         """
 
 def add_AuditServiceServicer_to_server(servicer: AuditServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...

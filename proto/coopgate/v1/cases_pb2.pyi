@@ -157,18 +157,36 @@ class Interaction(_message.Message):
     ATTACHMENT_REFS_FIELD_NUMBER: _builtins.int
     CATEGORY_FIELD_NUMBER: _builtins.int
     interaction_id: _builtins.str
+    """Limits: Optional; printable ASCII (ID), at most 128 bytes. Set by the gateway
+    (ignored in a request).
+    """
     partner_id: _builtins.str
+    """Limits: Optional; a slug [a-z][a-z0-9.-]*, at most 63 bytes. Set by the gateway to
+    the caller (ignored in a request).
+    """
     channel: _common_pb2.Channel.ValueType
+    """Limits: Required: a defined Channel value other than its UNSPECIFIED."""
     author_kind: Global___AuthorKind.ValueType
+    """Limits: A defined AuthorKind; unset means AUTHOR_KIND_ADVISOR."""
     author_id: _builtins.str
+    """Limits: Optional; printable ASCII (ID), at most 128 bytes."""
     summary: _builtins.str
+    """Limits: Required; text (TEXT), at most 4000 characters and 16000 bytes."""
     category: _builtins.str
-    """Data category governing who may see it, e.g. "interaction.history"."""
+    """Data category governing who may see it, e.g. "interaction.history".
+    Limits: Optional; a slug [a-z][a-z0-9.-]*, at most 64 bytes. Unset means
+    "interaction.history"; Data categories of the vocabulary
+    (gateway/consent/vocabulary.toml): contact, interaction.history, device.sim,
+    device.handset, device.thermostat, payment.card, payment.transactions, transit.pass,
+    network.access, energy.consumption, location, diagnostic.findings, case.status.
+    """
     @_builtins.property
     def occurred_at(self) -> _timestamp_pb2.Timestamp: ...
     @_builtins.property
     def attachment_refs(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
-        """References to attachments held by the authoring partner."""
+        """References to attachments held by the authoring partner.
+        Limits: 0 to 20 items, each printable ASCII (ID), at most 500 bytes.
+        """
 
     def __init__(
         self,
@@ -205,14 +223,33 @@ class Finding(_message.Message):
     REPORTED_AT_FIELD_NUMBER: _builtins.int
     CATEGORY_FIELD_NUMBER: _builtins.int
     finding_id: _builtins.str
+    """Limits: Optional; printable ASCII (ID), at most 128 bytes. Set by the gateway
+    (ignored in a request).
+    """
     partner_id: _builtins.str
+    """Limits: Optional; a slug [a-z][a-z0-9.-]*, at most 63 bytes. Set by the gateway to
+    the caller (ignored in a request).
+    """
     component: _builtins.str
+    """Limits: Required; a slug [a-z][a-z0-9.-]*, at most 100 bytes. A component of the
+    case's service owned by the caller.
+    """
     status: Global___FindingStatus.ValueType
+    """Limits: Required: a defined FindingStatus value other than its UNSPECIFIED; OK,
+    DEGRADED, FAULTY or UNKNOWN in a request (UNRESPONSIVE is the gateway's).
+    """
     fault_code: _builtins.str
+    """Limits: Optional; printable ASCII (ID), at most 100 bytes."""
     confidence: _builtins.float
-    """0..1"""
+    """0..1
+    Limits: In [0, 1].
+    """
     evidence_ref: _builtins.str
+    """Limits: Optional; printable ASCII (ID), at most 500 bytes."""
     category: _builtins.str
+    """Limits: Optional; a slug [a-z][a-z0-9.-]*, at most 64 bytes. Set by the gateway to
+    "diagnostic.findings" (ignored in a request).
+    """
     @_builtins.property
     def reported_at(self) -> _timestamp_pb2.Timestamp: ...
     def __init__(
@@ -548,13 +585,25 @@ class OpenCaseRequest(_message.Message):
     SUMMARY_FIELD_NUMBER: _builtins.int
     AUTHOR_ID_FIELD_NUMBER: _builtins.int
     idempotency_key: _builtins.str
+    """Limits: Required; printable ASCII (ID), at most 128 bytes. A new key for each
+    distinct call; the same key and request replays the first answer.
+    """
     service_id: _builtins.str
+    """Limits: Required; a slug [a-z][a-z0-9.-]*, at most 63 bytes. A service id:
+    [a-z][a-z0-9-]{1,62}.
+    """
     customer_local_id: _builtins.str
-    """The customer as the calling partner knows them."""
+    """The customer as the calling partner knows them.
+    Limits: Required; printable ASCII (ID), at most 128 bytes.
+    """
     channel: _common_pb2.Channel.ValueType
+    """Limits: Required: a defined Channel value other than its UNSPECIFIED."""
     summary: _builtins.str
+    """Limits: Required; text (TEXT), at most 4000 characters and 16000 bytes."""
     author_id: _builtins.str
-    """The advisor or bot that took the contact, as asserted by the partner."""
+    """The advisor or bot that took the contact, as asserted by the partner.
+    Limits: Optional; printable ASCII (ID), at most 128 bytes.
+    """
     def __init__(
         self,
         *,
@@ -609,8 +658,13 @@ class GetCaseViewRequest(_message.Message):
     CASE_ID_FIELD_NUMBER: _builtins.int
     PURPOSE_FIELD_NUMBER: _builtins.int
     case_id: _builtins.str
+    """Limits: Required; printable ASCII (ID), at most 128 bytes."""
     purpose: _builtins.str
-    """The purpose of this read, e.g. "incident-resolution"."""
+    """The purpose of this read, e.g. "incident-resolution".
+    Limits: Required; a slug [a-z][a-z0-9.-]*, at most 64 bytes. Purposes of the
+    vocabulary: incident-diagnosis, incident-resolution, customer-care,
+    service-improvement, marketing (never bundled with another purpose in one consent).
+    """
     def __init__(
         self,
         *,
@@ -656,11 +710,22 @@ class ListCasesRequest(_message.Message):
     STATUS_FIELD_NUMBER: _builtins.int
     PURPOSE_FIELD_NUMBER: _builtins.int
     subject_id: _builtins.str
-    """Filters; all optional."""
+    """Filters; all optional.
+    Limits: Optional; printable ASCII (ID), at most 128 bytes.
+    """
     customer_local_id: _builtins.str
+    """Limits: Optional; printable ASCII (ID), at most 128 bytes."""
     service_id: _builtins.str
+    """Limits: Optional; a slug [a-z][a-z0-9.-]*, at most 63 bytes. A service id:
+    [a-z][a-z0-9-]{1,62}.
+    """
     status: Global___CaseStatus.ValueType
+    """Limits:"""
     purpose: _builtins.str
+    """Limits: Optional; a slug [a-z][a-z0-9.-]*, at most 64 bytes. Purposes of the
+    vocabulary: incident-diagnosis, incident-resolution, customer-care,
+    service-improvement, marketing (never bundled with another purpose in one consent).
+    """
     @_builtins.property
     def page(self) -> _common_pb2.PageRequest: ...
     def __init__(
@@ -712,9 +777,16 @@ class WatchCaseRequest(_message.Message):
     PURPOSE_FIELD_NUMBER: _builtins.int
     AFTER_SEQUENCE_FIELD_NUMBER: _builtins.int
     case_id: _builtins.str
+    """Limits: Required; printable ASCII (ID), at most 128 bytes."""
     purpose: _builtins.str
+    """Limits: Required; a slug [a-z][a-z0-9.-]*, at most 64 bytes. Purposes of the
+    vocabulary: incident-diagnosis, incident-resolution, customer-care,
+    service-improvement, marketing (never bundled with another purpose in one consent).
+    """
     after_sequence: _builtins.int
-    """Resume after this sequence (0 = from the start)."""
+    """Resume after this sequence (0 = from the start).
+    Limits: At least 0.
+    """
     def __init__(
         self,
         *,
@@ -764,9 +836,15 @@ class AppendInteractionRequest(_message.Message):
     CASE_ID_FIELD_NUMBER: _builtins.int
     INTERACTION_FIELD_NUMBER: _builtins.int
     idempotency_key: _builtins.str
+    """Limits: Required; printable ASCII (ID), at most 128 bytes. A new key for each
+    distinct call; the same key and request replays the first answer.
+    """
     case_id: _builtins.str
+    """Limits: Required; printable ASCII (ID), at most 128 bytes."""
     @_builtins.property
-    def interaction(self) -> Global___Interaction: ...
+    def interaction(self) -> Global___Interaction:
+        """Limits: Required."""
+
     def __init__(
         self,
         *,
@@ -814,11 +892,19 @@ class SubmitFindingRequest(_message.Message):
     REQUEST_ID_FIELD_NUMBER: _builtins.int
     FINDING_FIELD_NUMBER: _builtins.int
     idempotency_key: _builtins.str
+    """Limits: Required; printable ASCII (ID), at most 128 bytes. A new key for each
+    distinct call; the same key and request replays the first answer.
+    """
     case_id: _builtins.str
+    """Limits: Required; printable ASCII (ID), at most 128 bytes."""
     request_id: _builtins.str
-    """The diagnosis request being answered (from the work stream)."""
+    """The diagnosis request being answered (from the work stream).
+    Limits: Optional; printable ASCII (ID), at most 128 bytes.
+    """
     @_builtins.property
-    def finding(self) -> Global___Finding: ...
+    def finding(self) -> Global___Finding:
+        """Limits: Required."""
+
     def __init__(
         self,
         *,
@@ -863,8 +949,13 @@ class AcceptOwnershipRequest(_message.Message):
     CASE_ID_FIELD_NUMBER: _builtins.int
     OFFER_ID_FIELD_NUMBER: _builtins.int
     idempotency_key: _builtins.str
+    """Limits: Required; printable ASCII (ID), at most 128 bytes. A new key for each
+    distinct call; the same key and request replays the first answer.
+    """
     case_id: _builtins.str
+    """Limits: Required; printable ASCII (ID), at most 128 bytes."""
     offer_id: _builtins.str
+    """Limits: Required; printable ASCII (ID), at most 128 bytes."""
     def __init__(
         self,
         *,
@@ -909,9 +1000,15 @@ class DeclineOwnershipRequest(_message.Message):
     OFFER_ID_FIELD_NUMBER: _builtins.int
     REASON_FIELD_NUMBER: _builtins.int
     idempotency_key: _builtins.str
+    """Limits: Required; printable ASCII (ID), at most 128 bytes. A new key for each
+    distinct call; the same key and request replays the first answer.
+    """
     case_id: _builtins.str
+    """Limits: Required; printable ASCII (ID), at most 128 bytes."""
     offer_id: _builtins.str
+    """Limits: Required; printable ASCII (ID), at most 128 bytes."""
     reason: _builtins.str
+    """Limits: Optional; text (TEXT), at most 2000 bytes."""
     def __init__(
         self,
         *,
@@ -951,8 +1048,13 @@ class ResolveCaseRequest(_message.Message):
     CASE_ID_FIELD_NUMBER: _builtins.int
     RESOLUTION_FIELD_NUMBER: _builtins.int
     idempotency_key: _builtins.str
+    """Limits: Required; printable ASCII (ID), at most 128 bytes. A new key for each
+    distinct call; the same key and request replays the first answer.
+    """
     case_id: _builtins.str
+    """Limits: Required; printable ASCII (ID), at most 128 bytes."""
     resolution: _builtins.str
+    """Limits: Required; text (TEXT), at most 4000 bytes."""
     def __init__(
         self,
         *,
@@ -995,7 +1097,11 @@ class ConfirmResolutionRequest(_message.Message):
     IDEMPOTENCY_KEY_FIELD_NUMBER: _builtins.int
     CASE_ID_FIELD_NUMBER: _builtins.int
     idempotency_key: _builtins.str
+    """Limits: Required; printable ASCII (ID), at most 128 bytes. A new key for each
+    distinct call; the same key and request replays the first answer.
+    """
     case_id: _builtins.str
+    """Limits: Required; printable ASCII (ID), at most 128 bytes."""
     def __init__(
         self,
         *,
@@ -1039,9 +1145,15 @@ class ReopenCaseRequest(_message.Message):
     REASON_FIELD_NUMBER: _builtins.int
     CHANNEL_FIELD_NUMBER: _builtins.int
     idempotency_key: _builtins.str
+    """Limits: Required; printable ASCII (ID), at most 128 bytes. A new key for each
+    distinct call; the same key and request replays the first answer.
+    """
     case_id: _builtins.str
+    """Limits: Required; printable ASCII (ID), at most 128 bytes."""
     reason: _builtins.str
+    """Limits: Optional; text (TEXT), at most 2000 bytes."""
     channel: _common_pb2.Channel.ValueType
+    """Limits:"""
     def __init__(
         self,
         *,

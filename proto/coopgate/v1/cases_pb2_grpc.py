@@ -104,6 +104,7 @@ class CaseServiceServicer:
 
     def OpenCase(self, request, context):
         """Opens a case and starts its incident workflow (workflow id = case id).
+        Roles: partner, advisor.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -111,63 +112,73 @@ class CaseServiceServicer:
 
     def GetCaseView(self, request, context):
         """The combined view for the caller and the declared purpose.
+        Roles: partner, advisor.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
     def ListCases(self, request, context):
-        """Missing associated documentation comment in .proto file."""
+        """Roles: partner, advisor.
+        """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
     def WatchCase(self, request, context):
         """Live view: every change, filtered per event, resumable from a position.
+        Roles: partner, advisor.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
     def AppendInteraction(self, request, context):
-        """Missing associated documentation comment in .proto file."""
+        """Roles: partner, advisor.
+        """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
     def SubmitFinding(self, request, context):
-        """Missing associated documentation comment in .proto file."""
+        """Roles: partner, advisor.
+        """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
     def AcceptOwnership(self, request, context):
-        """Missing associated documentation comment in .proto file."""
+        """Roles: partner, advisor.
+        """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
     def DeclineOwnership(self, request, context):
-        """Missing associated documentation comment in .proto file."""
+        """Roles: partner, advisor.
+        """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
     def ResolveCase(self, request, context):
-        """Missing associated documentation comment in .proto file."""
+        """Roles: partner, advisor.
+        """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
     def ConfirmResolution(self, request, context):
         """The customer confirms the resolution (relayed by a partner).
+        Roles: partner, advisor.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
     def ReopenCase(self, request, context):
-        """Missing associated documentation comment in .proto file."""
+        """Roles: partner, advisor.
+        """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')

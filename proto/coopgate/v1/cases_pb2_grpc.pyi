@@ -38,20 +38,35 @@ class CaseServiceStub:
     @_typing.overload
     def __new__(cls, channel: _aio.Channel) -> CaseServiceAsyncStub: ...
     OpenCase: _grpc.UnaryUnaryMultiCallable[_cases_pb2.OpenCaseRequest, _cases_pb2.OpenCaseResponse]
-    """Opens a case and starts its incident workflow (workflow id = case id)."""
+    """Opens a case and starts its incident workflow (workflow id = case id).
+    Roles: partner, advisor.
+    """
     GetCaseView: _grpc.UnaryUnaryMultiCallable[_cases_pb2.GetCaseViewRequest, _cases_pb2.GetCaseViewResponse]
-    """The combined view for the caller and the declared purpose."""
+    """The combined view for the caller and the declared purpose.
+    Roles: partner, advisor.
+    """
     ListCases: _grpc.UnaryUnaryMultiCallable[_cases_pb2.ListCasesRequest, _cases_pb2.ListCasesResponse]
+    """Roles: partner, advisor."""
     WatchCase: _grpc.UnaryStreamMultiCallable[_cases_pb2.WatchCaseRequest, _cases_pb2.WatchCaseResponse]
-    """Live view: every change, filtered per event, resumable from a position."""
+    """Live view: every change, filtered per event, resumable from a position.
+    Roles: partner, advisor.
+    """
     AppendInteraction: _grpc.UnaryUnaryMultiCallable[_cases_pb2.AppendInteractionRequest, _cases_pb2.AppendInteractionResponse]
+    """Roles: partner, advisor."""
     SubmitFinding: _grpc.UnaryUnaryMultiCallable[_cases_pb2.SubmitFindingRequest, _cases_pb2.SubmitFindingResponse]
+    """Roles: partner, advisor."""
     AcceptOwnership: _grpc.UnaryUnaryMultiCallable[_cases_pb2.AcceptOwnershipRequest, _cases_pb2.AcceptOwnershipResponse]
+    """Roles: partner, advisor."""
     DeclineOwnership: _grpc.UnaryUnaryMultiCallable[_cases_pb2.DeclineOwnershipRequest, _cases_pb2.DeclineOwnershipResponse]
+    """Roles: partner, advisor."""
     ResolveCase: _grpc.UnaryUnaryMultiCallable[_cases_pb2.ResolveCaseRequest, _cases_pb2.ResolveCaseResponse]
+    """Roles: partner, advisor."""
     ConfirmResolution: _grpc.UnaryUnaryMultiCallable[_cases_pb2.ConfirmResolutionRequest, _cases_pb2.ConfirmResolutionResponse]
-    """The customer confirms the resolution (relayed by a partner)."""
+    """The customer confirms the resolution (relayed by a partner).
+    Roles: partner, advisor.
+    """
     ReopenCase: _grpc.UnaryUnaryMultiCallable[_cases_pb2.ReopenCaseRequest, _cases_pb2.ReopenCaseResponse]
+    """Roles: partner, advisor."""
 
 @_typing.type_check_only
 class CaseServiceAsyncStub(CaseServiceStub):
@@ -63,20 +78,35 @@ class CaseServiceAsyncStub(CaseServiceStub):
 
     def __init__(self, channel: _aio.Channel) -> None: ...
     OpenCase: _aio.UnaryUnaryMultiCallable[_cases_pb2.OpenCaseRequest, _cases_pb2.OpenCaseResponse]  # type: ignore[assignment]
-    """Opens a case and starts its incident workflow (workflow id = case id)."""
+    """Opens a case and starts its incident workflow (workflow id = case id).
+    Roles: partner, advisor.
+    """
     GetCaseView: _aio.UnaryUnaryMultiCallable[_cases_pb2.GetCaseViewRequest, _cases_pb2.GetCaseViewResponse]  # type: ignore[assignment]
-    """The combined view for the caller and the declared purpose."""
+    """The combined view for the caller and the declared purpose.
+    Roles: partner, advisor.
+    """
     ListCases: _aio.UnaryUnaryMultiCallable[_cases_pb2.ListCasesRequest, _cases_pb2.ListCasesResponse]  # type: ignore[assignment]
+    """Roles: partner, advisor."""
     WatchCase: _aio.UnaryStreamMultiCallable[_cases_pb2.WatchCaseRequest, _cases_pb2.WatchCaseResponse]  # type: ignore[assignment]
-    """Live view: every change, filtered per event, resumable from a position."""
+    """Live view: every change, filtered per event, resumable from a position.
+    Roles: partner, advisor.
+    """
     AppendInteraction: _aio.UnaryUnaryMultiCallable[_cases_pb2.AppendInteractionRequest, _cases_pb2.AppendInteractionResponse]  # type: ignore[assignment]
+    """Roles: partner, advisor."""
     SubmitFinding: _aio.UnaryUnaryMultiCallable[_cases_pb2.SubmitFindingRequest, _cases_pb2.SubmitFindingResponse]  # type: ignore[assignment]
+    """Roles: partner, advisor."""
     AcceptOwnership: _aio.UnaryUnaryMultiCallable[_cases_pb2.AcceptOwnershipRequest, _cases_pb2.AcceptOwnershipResponse]  # type: ignore[assignment]
+    """Roles: partner, advisor."""
     DeclineOwnership: _aio.UnaryUnaryMultiCallable[_cases_pb2.DeclineOwnershipRequest, _cases_pb2.DeclineOwnershipResponse]  # type: ignore[assignment]
+    """Roles: partner, advisor."""
     ResolveCase: _aio.UnaryUnaryMultiCallable[_cases_pb2.ResolveCaseRequest, _cases_pb2.ResolveCaseResponse]  # type: ignore[assignment]
+    """Roles: partner, advisor."""
     ConfirmResolution: _aio.UnaryUnaryMultiCallable[_cases_pb2.ConfirmResolutionRequest, _cases_pb2.ConfirmResolutionResponse]  # type: ignore[assignment]
-    """The customer confirms the resolution (relayed by a partner)."""
+    """The customer confirms the resolution (relayed by a partner).
+    Roles: partner, advisor.
+    """
     ReopenCase: _aio.UnaryUnaryMultiCallable[_cases_pb2.ReopenCaseRequest, _cases_pb2.ReopenCaseResponse]  # type: ignore[assignment]
+    """Roles: partner, advisor."""
 
 class CaseServiceServicer(metaclass=_abc_1.ABCMeta):
     """CaseService is the shared incident: opened by whichever partner the
@@ -91,7 +121,9 @@ class CaseServiceServicer(metaclass=_abc_1.ABCMeta):
         request: _cases_pb2.OpenCaseRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_cases_pb2.OpenCaseResponse, _abc.Awaitable[_cases_pb2.OpenCaseResponse]]:
-        """Opens a case and starts its incident workflow (workflow id = case id)."""
+        """Opens a case and starts its incident workflow (workflow id = case id).
+        Roles: partner, advisor.
+        """
 
     @_abc_1.abstractmethod
     def GetCaseView(
@@ -99,14 +131,17 @@ class CaseServiceServicer(metaclass=_abc_1.ABCMeta):
         request: _cases_pb2.GetCaseViewRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_cases_pb2.GetCaseViewResponse, _abc.Awaitable[_cases_pb2.GetCaseViewResponse]]:
-        """The combined view for the caller and the declared purpose."""
+        """The combined view for the caller and the declared purpose.
+        Roles: partner, advisor.
+        """
 
     @_abc_1.abstractmethod
     def ListCases(
         self,
         request: _cases_pb2.ListCasesRequest,
         context: _ServicerContext,
-    ) -> _typing.Union[_cases_pb2.ListCasesResponse, _abc.Awaitable[_cases_pb2.ListCasesResponse]]: ...
+    ) -> _typing.Union[_cases_pb2.ListCasesResponse, _abc.Awaitable[_cases_pb2.ListCasesResponse]]:
+        """Roles: partner, advisor."""
 
     @_abc_1.abstractmethod
     def WatchCase(
@@ -114,42 +149,49 @@ class CaseServiceServicer(metaclass=_abc_1.ABCMeta):
         request: _cases_pb2.WatchCaseRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_abc.Iterator[_cases_pb2.WatchCaseResponse], _abc.AsyncIterator[_cases_pb2.WatchCaseResponse]]:
-        """Live view: every change, filtered per event, resumable from a position."""
+        """Live view: every change, filtered per event, resumable from a position.
+        Roles: partner, advisor.
+        """
 
     @_abc_1.abstractmethod
     def AppendInteraction(
         self,
         request: _cases_pb2.AppendInteractionRequest,
         context: _ServicerContext,
-    ) -> _typing.Union[_cases_pb2.AppendInteractionResponse, _abc.Awaitable[_cases_pb2.AppendInteractionResponse]]: ...
+    ) -> _typing.Union[_cases_pb2.AppendInteractionResponse, _abc.Awaitable[_cases_pb2.AppendInteractionResponse]]:
+        """Roles: partner, advisor."""
 
     @_abc_1.abstractmethod
     def SubmitFinding(
         self,
         request: _cases_pb2.SubmitFindingRequest,
         context: _ServicerContext,
-    ) -> _typing.Union[_cases_pb2.SubmitFindingResponse, _abc.Awaitable[_cases_pb2.SubmitFindingResponse]]: ...
+    ) -> _typing.Union[_cases_pb2.SubmitFindingResponse, _abc.Awaitable[_cases_pb2.SubmitFindingResponse]]:
+        """Roles: partner, advisor."""
 
     @_abc_1.abstractmethod
     def AcceptOwnership(
         self,
         request: _cases_pb2.AcceptOwnershipRequest,
         context: _ServicerContext,
-    ) -> _typing.Union[_cases_pb2.AcceptOwnershipResponse, _abc.Awaitable[_cases_pb2.AcceptOwnershipResponse]]: ...
+    ) -> _typing.Union[_cases_pb2.AcceptOwnershipResponse, _abc.Awaitable[_cases_pb2.AcceptOwnershipResponse]]:
+        """Roles: partner, advisor."""
 
     @_abc_1.abstractmethod
     def DeclineOwnership(
         self,
         request: _cases_pb2.DeclineOwnershipRequest,
         context: _ServicerContext,
-    ) -> _typing.Union[_cases_pb2.DeclineOwnershipResponse, _abc.Awaitable[_cases_pb2.DeclineOwnershipResponse]]: ...
+    ) -> _typing.Union[_cases_pb2.DeclineOwnershipResponse, _abc.Awaitable[_cases_pb2.DeclineOwnershipResponse]]:
+        """Roles: partner, advisor."""
 
     @_abc_1.abstractmethod
     def ResolveCase(
         self,
         request: _cases_pb2.ResolveCaseRequest,
         context: _ServicerContext,
-    ) -> _typing.Union[_cases_pb2.ResolveCaseResponse, _abc.Awaitable[_cases_pb2.ResolveCaseResponse]]: ...
+    ) -> _typing.Union[_cases_pb2.ResolveCaseResponse, _abc.Awaitable[_cases_pb2.ResolveCaseResponse]]:
+        """Roles: partner, advisor."""
 
     @_abc_1.abstractmethod
     def ConfirmResolution(
@@ -157,13 +199,16 @@ class CaseServiceServicer(metaclass=_abc_1.ABCMeta):
         request: _cases_pb2.ConfirmResolutionRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_cases_pb2.ConfirmResolutionResponse, _abc.Awaitable[_cases_pb2.ConfirmResolutionResponse]]:
-        """The customer confirms the resolution (relayed by a partner)."""
+        """The customer confirms the resolution (relayed by a partner).
+        Roles: partner, advisor.
+        """
 
     @_abc_1.abstractmethod
     def ReopenCase(
         self,
         request: _cases_pb2.ReopenCaseRequest,
         context: _ServicerContext,
-    ) -> _typing.Union[_cases_pb2.ReopenCaseResponse, _abc.Awaitable[_cases_pb2.ReopenCaseResponse]]: ...
+    ) -> _typing.Union[_cases_pb2.ReopenCaseResponse, _abc.Awaitable[_cases_pb2.ReopenCaseResponse]]:
+        """Roles: partner, advisor."""
 
 def add_CaseServiceServicer_to_server(servicer: CaseServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...

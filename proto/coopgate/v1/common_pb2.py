@@ -22,24 +22,29 @@ _runtime_version.ValidateProtobufRuntimeVersion(
 _sym_db = _symbol_database.Default()
 
 
+from coopgate.v1 import limits_pb2 as coopgate_dot_v1_dot_limits__pb2
 from google.protobuf import timestamp_pb2 as google_dot_protobuf_dot_timestamp__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x18\x63oopgate/v1/common.proto\x12\x0b\x63oopgate.v1\x1a\x1fgoogle/protobuf/timestamp.proto\"4\n\x0bPageRequest\x12\x11\n\tpage_size\x18\x01 \x01(\x05\x12\x12\n\npage_token\x18\x02 \x01(\t\"_\n\tTimeRange\x12)\n\x05start\x18\x01 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\'\n\x03\x65nd\x18\x02 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"3\n\x0b\x43ustomerRef\x12\x12\n\npartner_id\x18\x01 \x01(\t\x12\x10\n\x08local_id\x18\x02 \x01(\t*\xb4\x01\n\x07\x43hannel\x12\x17\n\x13\x43HANNEL_UNSPECIFIED\x10\x00\x12\x11\n\rCHANNEL_PHONE\x10\x01\x12\x0f\n\x0b\x43HANNEL_IVR\x10\x02\x12\x10\n\x0c\x43HANNEL_CHAT\x10\x03\x12\x11\n\rCHANNEL_EMAIL\x10\x04\x12\x0f\n\x0b\x43HANNEL_WEB\x10\x05\x12\x0f\n\x0b\x43HANNEL_APP\x10\x06\x12\x11\n\rCHANNEL_STORE\x10\x07\x12\x12\n\x0e\x43HANNEL_SOCIAL\x10\x08*e\n\x04Role\x12\x14\n\x10ROLE_UNSPECIFIED\x10\x00\x12\x10\n\x0cROLE_PARTNER\x10\x01\x12\x10\n\x0cROLE_ADVISOR\x10\x02\x12\x13\n\x0fROLE_COMPLIANCE\x10\x03\x12\x0e\n\nROLE_ADMIN\x10\x04\x62\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x18\x63oopgate/v1/common.proto\x12\x0b\x63oopgate.v1\x1a\x18\x63oopgate/v1/limits.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"W\n\x0bPageRequest\x12)\n\tpage_size\x18\x01 \x01(\x05\x42\x16\x82\x80\x19\x12\x31\x00\x00\x00\x00\x00\x00\x00\x00\x39\x00\x00\x00\x00\x00@\x8f@\x12\x1d\n\npage_token\x18\x02 \x01(\tB\t\x82\x80\x19\x05\x10\x80\x04 \x01\"_\n\tTimeRange\x12)\n\x05start\x18\x01 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\'\n\x03\x65nd\x18\x02 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"3\n\x0b\x43ustomerRef\x12\x12\n\npartner_id\x18\x01 \x01(\t\x12\x10\n\x08local_id\x18\x02 \x01(\t*\xb4\x01\n\x07\x43hannel\x12\x17\n\x13\x43HANNEL_UNSPECIFIED\x10\x00\x12\x11\n\rCHANNEL_PHONE\x10\x01\x12\x0f\n\x0b\x43HANNEL_IVR\x10\x02\x12\x10\n\x0c\x43HANNEL_CHAT\x10\x03\x12\x11\n\rCHANNEL_EMAIL\x10\x04\x12\x0f\n\x0b\x43HANNEL_WEB\x10\x05\x12\x0f\n\x0b\x43HANNEL_APP\x10\x06\x12\x11\n\rCHANNEL_STORE\x10\x07\x12\x12\n\x0e\x43HANNEL_SOCIAL\x10\x08*e\n\x04Role\x12\x14\n\x10ROLE_UNSPECIFIED\x10\x00\x12\x10\n\x0cROLE_PARTNER\x10\x01\x12\x10\n\x0cROLE_ADVISOR\x10\x02\x12\x13\n\x0fROLE_COMPLIANCE\x10\x03\x12\x0e\n\nROLE_ADMIN\x10\x04\x62\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'coopgate.v1.common_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
-  _globals['_CHANNEL']._serialized_start=279
-  _globals['_CHANNEL']._serialized_end=459
-  _globals['_ROLE']._serialized_start=461
-  _globals['_ROLE']._serialized_end=562
-  _globals['_PAGEREQUEST']._serialized_start=74
-  _globals['_PAGEREQUEST']._serialized_end=126
-  _globals['_TIMERANGE']._serialized_start=128
-  _globals['_TIMERANGE']._serialized_end=223
-  _globals['_CUSTOMERREF']._serialized_start=225
-  _globals['_CUSTOMERREF']._serialized_end=276
+  _globals['_PAGEREQUEST'].fields_by_name['page_size']._loaded_options = None
+  _globals['_PAGEREQUEST'].fields_by_name['page_size']._serialized_options = b'\202\200\031\0221\000\000\000\000\000\000\000\0009\000\000\000\000\000@\217@'
+  _globals['_PAGEREQUEST'].fields_by_name['page_token']._loaded_options = None
+  _globals['_PAGEREQUEST'].fields_by_name['page_token']._serialized_options = b'\202\200\031\005\020\200\004 \001'
+  _globals['_CHANNEL']._serialized_start=340
+  _globals['_CHANNEL']._serialized_end=520
+  _globals['_ROLE']._serialized_start=522
+  _globals['_ROLE']._serialized_end=623
+  _globals['_PAGEREQUEST']._serialized_start=100
+  _globals['_PAGEREQUEST']._serialized_end=187
+  _globals['_TIMERANGE']._serialized_start=189
+  _globals['_TIMERANGE']._serialized_end=284
+  _globals['_CUSTOMERREF']._serialized_start=286
+  _globals['_CUSTOMERREF']._serialized_end=337
 # @@protoc_insertion_point(module_scope)

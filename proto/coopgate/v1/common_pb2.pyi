@@ -91,7 +91,13 @@ class PageRequest(_message.Message):
     PAGE_SIZE_FIELD_NUMBER: _builtins.int
     PAGE_TOKEN_FIELD_NUMBER: _builtins.int
     page_size: _builtins.int
+    """Limits: In [0, 1000]. 0 asks for the listing's default; each listing caps it lower:
+    ListCases 200, ListConsents 500, QueryAudit 1000.
+    """
     page_token: _builtins.str
+    """Limits: Optional; printable ASCII (ID), at most 512 bytes. A next_page_token of the
+    same listing.
+    """
     def __init__(
         self,
         *,

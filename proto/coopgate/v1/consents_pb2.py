@@ -22,51 +22,96 @@ _runtime_version.ValidateProtobufRuntimeVersion(
 _sym_db = _symbol_database.Default()
 
 
+from coopgate.v1 import limits_pb2 as coopgate_dot_v1_dot_limits__pb2
 from coopgate.v1 import common_pb2 as coopgate_dot_v1_dot_common__pb2
 from google.protobuf import timestamp_pb2 as google_dot_protobuf_dot_timestamp__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1a\x63oopgate/v1/consents.proto\x12\x0b\x63oopgate.v1\x1a\x18\x63oopgate/v1/common.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"\x9b\x01\n\x0c\x43onsentEvent\x12(\n\x05state\x18\x01 \x01(\x0e\x32\x19.coopgate.v1.ConsentState\x12&\n\x02\x61t\x18\x02 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x12\n\npartner_id\x18\x03 \x01(\t\x12%\n\x07\x63hannel\x18\x04 \x01(\x0e\x32\x14.coopgate.v1.Channel\"\xd5\x03\n\x07\x43onsent\x12\x12\n\nconsent_id\x18\x01 \x01(\t\x12\x12\n\nsubject_id\x18\x02 \x01(\t\x12\x19\n\x11source_partner_id\x18\x03 \x01(\t\x12\x1d\n\x15recipient_partner_ids\x18\x04 \x03(\t\x12\x12\n\ncategories\x18\x05 \x03(\t\x12\x10\n\x08purposes\x18\x06 \x03(\t\x12.\n\nvalid_from\x18\x07 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12/\n\x0bvalid_until\x18\x08 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12,\n\x0blegal_basis\x18\t \x01(\x0e\x32\x17.coopgate.v1.LegalBasis\x12\x1f\n\x17\x63ollected_by_partner_id\x18\n \x01(\t\x12%\n\x07\x63hannel\x18\x0b \x01(\x0e\x32\x14.coopgate.v1.Channel\x12\x16\n\x0enotice_version\x18\x0c \x01(\t\x12(\n\x05state\x18\r \x01(\x0e\x32\x19.coopgate.v1.ConsentState\x12)\n\x06\x65vents\x18\x0e \x03(\x0b\x32\x19.coopgate.v1.ConsentEvent\"Q\n\x0e\x43onsentReceipt\x12\x0f\n\x07payload\x18\x01 \x01(\x0c\x12\x11\n\tsignature\x18\x02 \x01(\x0c\x12\x0e\n\x06key_id\x18\x03 \x01(\t\x12\x0b\n\x03jws\x18\x04 \x01(\t\"\xe3\x02\n\x13GrantConsentRequest\x12\x17\n\x0fidempotency_key\x18\x01 \x01(\t\x12\x19\n\x11\x63ustomer_local_id\x18\x02 \x01(\t\x12\x19\n\x11source_partner_id\x18\x03 \x01(\t\x12\x1d\n\x15recipient_partner_ids\x18\x04 \x03(\t\x12\x12\n\ncategories\x18\x05 \x03(\t\x12\x10\n\x08purposes\x18\x06 \x03(\t\x12/\n\x0bvalid_until\x18\x07 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12,\n\x0blegal_basis\x18\x08 \x01(\x0e\x32\x17.coopgate.v1.LegalBasis\x12%\n\x07\x63hannel\x18\t \x01(\x0e\x32\x14.coopgate.v1.Channel\x12\x16\n\x0enotice_version\x18\n \x01(\t\x12\x1a\n\x12\x63onsent_request_id\x18\x0b \x01(\t\"k\n\x14GrantConsentResponse\x12%\n\x07\x63onsent\x18\x01 \x01(\x0b\x32\x14.coopgate.v1.Consent\x12,\n\x07receipt\x18\x02 \x01(\x0b\x32\x1b.coopgate.v1.ConsentReceipt\"j\n\x14RevokeConsentRequest\x12\x17\n\x0fidempotency_key\x18\x01 \x01(\t\x12\x12\n\nconsent_id\x18\x02 \x01(\t\x12%\n\x07\x63hannel\x18\x03 \x01(\x0e\x32\x14.coopgate.v1.Channel\"l\n\x15RevokeConsentResponse\x12%\n\x07\x63onsent\x18\x01 \x01(\x0b\x32\x14.coopgate.v1.Consent\x12,\n\x07receipt\x18\x02 \x01(\x0b\x32\x1b.coopgate.v1.ConsentReceipt\"\x96\x01\n\x13ListConsentsRequest\x12&\n\x04page\x18\x01 \x01(\x0b\x32\x18.coopgate.v1.PageRequest\x12\x19\n\x11\x63ustomer_local_id\x18\x02 \x01(\t\x12\x12\n\nsubject_id\x18\x03 \x01(\t\x12(\n\x05state\x18\x04 \x01(\x0e\x32\x19.coopgate.v1.ConsentState\"W\n\x14ListConsentsResponse\x12&\n\x08\x63onsents\x18\x01 \x03(\x0b\x32\x14.coopgate.v1.Consent\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\"\x92\x01\n\x15RequestConsentRequest\x12\x17\n\x0fidempotency_key\x18\x01 \x01(\t\x12\x0f\n\x07\x63\x61se_id\x18\x02 \x01(\t\x12\x19\n\x11source_partner_id\x18\x03 \x01(\t\x12\x12\n\ncategories\x18\x04 \x03(\t\x12\x10\n\x08purposes\x18\x05 \x03(\t\x12\x0e\n\x06reason\x18\x06 \x01(\t\"}\n\x16RequestConsentResponse\x12\x1a\n\x12\x63onsent_request_id\x18\x01 \x01(\t\x12(\n\x05state\x18\x02 \x01(\x0e\x32\x19.coopgate.v1.ConsentState\x12\x1d\n\x15relayed_by_partner_id\x18\x03 \x01(\t\"y\n\x1bRefuseConsentRequestRequest\x12\x17\n\x0fidempotency_key\x18\x01 \x01(\t\x12\x1a\n\x12\x63onsent_request_id\x18\x02 \x01(\t\x12%\n\x07\x63hannel\x18\x03 \x01(\x0e\x32\x14.coopgate.v1.Channel\"H\n\x1cRefuseConsentRequestResponse\x12(\n\x05state\x18\x01 \x01(\x0e\x32\x19.coopgate.v1.ConsentState\"\x16\n\x14GetReceiptKeyRequest\";\n\x15GetReceiptKeyResponse\x12\x0e\n\x06key_id\x18\x01 \x01(\t\x12\x12\n\npublic_key\x18\x02 \x01(\x0c*\xa3\x01\n\nLegalBasis\x12\x1b\n\x17LEGAL_BASIS_UNSPECIFIED\x10\x00\x12\x17\n\x13LEGAL_BASIS_CONSENT\x10\x01\x12\x18\n\x14LEGAL_BASIS_CONTRACT\x10\x02\x12 \n\x1cLEGAL_BASIS_LEGAL_OBLIGATION\x10\x03\x12#\n\x1fLEGAL_BASIS_LEGITIMATE_INTEREST\x10\x04*\xb6\x01\n\x0c\x43onsentState\x12\x1d\n\x19\x43ONSENT_STATE_UNSPECIFIED\x10\x00\x12\x1b\n\x17\x43ONSENT_STATE_REQUESTED\x10\x01\x12\x17\n\x13\x43ONSENT_STATE_GIVEN\x10\x02\x12\x19\n\x15\x43ONSENT_STATE_REFUSED\x10\x03\x12\x1b\n\x17\x43ONSENT_STATE_WITHDRAWN\x10\x04\x12\x19\n\x15\x43ONSENT_STATE_EXPIRED\x10\x05\x32\xb2\x04\n\x0e\x43onsentService\x12S\n\x0cGrantConsent\x12 .coopgate.v1.GrantConsentRequest\x1a!.coopgate.v1.GrantConsentResponse\x12V\n\rRevokeConsent\x12!.coopgate.v1.RevokeConsentRequest\x1a\".coopgate.v1.RevokeConsentResponse\x12S\n\x0cListConsents\x12 .coopgate.v1.ListConsentsRequest\x1a!.coopgate.v1.ListConsentsResponse\x12Y\n\x0eRequestConsent\x12\".coopgate.v1.RequestConsentRequest\x1a#.coopgate.v1.RequestConsentResponse\x12k\n\x14RefuseConsentRequest\x12(.coopgate.v1.RefuseConsentRequestRequest\x1a).coopgate.v1.RefuseConsentRequestResponse\x12V\n\rGetReceiptKey\x12!.coopgate.v1.GetReceiptKeyRequest\x1a\".coopgate.v1.GetReceiptKeyResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1a\x63oopgate/v1/consents.proto\x12\x0b\x63oopgate.v1\x1a\x18\x63oopgate/v1/limits.proto\x1a\x18\x63oopgate/v1/common.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"\x9b\x01\n\x0c\x43onsentEvent\x12(\n\x05state\x18\x01 \x01(\x0e\x32\x19.coopgate.v1.ConsentState\x12&\n\x02\x61t\x18\x02 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x12\n\npartner_id\x18\x03 \x01(\t\x12%\n\x07\x63hannel\x18\x04 \x01(\x0e\x32\x14.coopgate.v1.Channel\"\xd5\x03\n\x07\x43onsent\x12\x12\n\nconsent_id\x18\x01 \x01(\t\x12\x12\n\nsubject_id\x18\x02 \x01(\t\x12\x19\n\x11source_partner_id\x18\x03 \x01(\t\x12\x1d\n\x15recipient_partner_ids\x18\x04 \x03(\t\x12\x12\n\ncategories\x18\x05 \x03(\t\x12\x10\n\x08purposes\x18\x06 \x03(\t\x12.\n\nvalid_from\x18\x07 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12/\n\x0bvalid_until\x18\x08 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12,\n\x0blegal_basis\x18\t \x01(\x0e\x32\x17.coopgate.v1.LegalBasis\x12\x1f\n\x17\x63ollected_by_partner_id\x18\n \x01(\t\x12%\n\x07\x63hannel\x18\x0b \x01(\x0e\x32\x14.coopgate.v1.Channel\x12\x16\n\x0enotice_version\x18\x0c \x01(\t\x12(\n\x05state\x18\r \x01(\x0e\x32\x19.coopgate.v1.ConsentState\x12)\n\x06\x65vents\x18\x0e \x03(\x0b\x32\x19.coopgate.v1.ConsentEvent\"Q\n\x0e\x43onsentReceipt\x12\x0f\n\x07payload\x18\x01 \x01(\x0c\x12\x11\n\tsignature\x18\x02 \x01(\x0c\x12\x0e\n\x06key_id\x18\x03 \x01(\t\x12\x0b\n\x03jws\x18\x04 \x01(\t\"\xd3\x03\n\x13GrantConsentRequest\x12$\n\x0fidempotency_key\x18\x01 \x01(\tB\x0b\x82\x80\x19\x07\x08\x01\x10\x80\x01 \x01\x12&\n\x11\x63ustomer_local_id\x18\x02 \x01(\tB\x0b\x82\x80\x19\x07\x08\x01\x10\x80\x01 \x01\x12%\n\x11source_partner_id\x18\x03 \x01(\tB\n\x82\x80\x19\x06\x08\x01\x10? \x02\x12+\n\x15recipient_partner_ids\x18\x04 \x03(\tB\x0c\x82\x80\x19\x08\x08\x01\x10? \x02(\x10\x12 \n\ncategories\x18\x05 \x03(\tB\x0c\x82\x80\x19\x08\x08\x01\x10@ \x02(\x10\x12\x1e\n\x08purposes\x18\x06 \x03(\tB\x0c\x82\x80\x19\x08\x08\x01\x10@ \x02(\x08\x12/\n\x0bvalid_until\x18\x07 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12,\n\x0blegal_basis\x18\x08 \x01(\x0e\x32\x17.coopgate.v1.LegalBasis\x12-\n\x07\x63hannel\x18\t \x01(\x0e\x32\x14.coopgate.v1.ChannelB\x06\x82\x80\x19\x02\x08\x01\x12#\n\x0enotice_version\x18\n \x01(\tB\x0b\x82\x80\x19\x07\x08\x01\x10\x80\x01 \x01\x12%\n\x12\x63onsent_request_id\x18\x0b \x01(\tB\t\x82\x80\x19\x05\x10\x80\x01 \x01\"k\n\x14GrantConsentResponse\x12%\n\x07\x63onsent\x18\x01 \x01(\x0b\x32\x14.coopgate.v1.Consent\x12,\n\x07receipt\x18\x02 \x01(\x0b\x32\x1b.coopgate.v1.ConsentReceipt\"\x8c\x01\n\x14RevokeConsentRequest\x12$\n\x0fidempotency_key\x18\x01 \x01(\tB\x0b\x82\x80\x19\x07\x08\x01\x10\x80\x01 \x01\x12\x1f\n\nconsent_id\x18\x02 \x01(\tB\x0b\x82\x80\x19\x07\x08\x01\x10\x80\x01 \x01\x12-\n\x07\x63hannel\x18\x03 \x01(\x0e\x32\x14.coopgate.v1.ChannelB\x06\x82\x80\x19\x02\x08\x01\"l\n\x15RevokeConsentResponse\x12%\n\x07\x63onsent\x18\x01 \x01(\x0b\x32\x14.coopgate.v1.Consent\x12,\n\x07receipt\x18\x02 \x01(\x0b\x32\x1b.coopgate.v1.ConsentReceipt\"\xac\x01\n\x13ListConsentsRequest\x12&\n\x04page\x18\x01 \x01(\x0b\x32\x18.coopgate.v1.PageRequest\x12$\n\x11\x63ustomer_local_id\x18\x02 \x01(\tB\t\x82\x80\x19\x05\x10\x80\x01 \x01\x12\x1d\n\nsubject_id\x18\x03 \x01(\tB\t\x82\x80\x19\x05\x10\x80\x01 \x01\x12(\n\x05state\x18\x04 \x01(\x0e\x32\x19.coopgate.v1.ConsentState\"W\n\x14ListConsentsResponse\x12&\n\x08\x63onsents\x18\x01 \x03(\x0b\x32\x14.coopgate.v1.Consent\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\"\xdf\x01\n\x15RequestConsentRequest\x12$\n\x0fidempotency_key\x18\x01 \x01(\tB\x0b\x82\x80\x19\x07\x08\x01\x10\x80\x01 \x01\x12\x1c\n\x07\x63\x61se_id\x18\x02 \x01(\tB\x0b\x82\x80\x19\x07\x08\x01\x10\x80\x01 \x01\x12%\n\x11source_partner_id\x18\x03 \x01(\tB\n\x82\x80\x19\x06\x08\x01\x10? \x02\x12 \n\ncategories\x18\x04 \x03(\tB\x0c\x82\x80\x19\x08\x08\x01\x10@ \x02(\x10\x12\x1e\n\x08purposes\x18\x05 \x03(\tB\x0c\x82\x80\x19\x08\x08\x01\x10@ \x02(\x08\x12\x19\n\x06reason\x18\x06 \x01(\tB\t\x82\x80\x19\x05\x10\xe8\x07 \x03\"}\n\x16RequestConsentResponse\x12\x1a\n\x12\x63onsent_request_id\x18\x01 \x01(\t\x12(\n\x05state\x18\x02 \x01(\x0e\x32\x19.coopgate.v1.ConsentState\x12\x1d\n\x15relayed_by_partner_id\x18\x03 \x01(\t\"\x93\x01\n\x1bRefuseConsentRequestRequest\x12$\n\x0fidempotency_key\x18\x01 \x01(\tB\x0b\x82\x80\x19\x07\x08\x01\x10\x80\x01 \x01\x12\'\n\x12\x63onsent_request_id\x18\x02 \x01(\tB\x0b\x82\x80\x19\x07\x08\x01\x10\x80\x01 \x01\x12%\n\x07\x63hannel\x18\x03 \x01(\x0e\x32\x14.coopgate.v1.Channel\"H\n\x1cRefuseConsentRequestResponse\x12(\n\x05state\x18\x01 \x01(\x0e\x32\x19.coopgate.v1.ConsentState\"\x16\n\x14GetReceiptKeyRequest\";\n\x15GetReceiptKeyResponse\x12\x0e\n\x06key_id\x18\x01 \x01(\t\x12\x12\n\npublic_key\x18\x02 \x01(\x0c*\xa3\x01\n\nLegalBasis\x12\x1b\n\x17LEGAL_BASIS_UNSPECIFIED\x10\x00\x12\x17\n\x13LEGAL_BASIS_CONSENT\x10\x01\x12\x18\n\x14LEGAL_BASIS_CONTRACT\x10\x02\x12 \n\x1cLEGAL_BASIS_LEGAL_OBLIGATION\x10\x03\x12#\n\x1fLEGAL_BASIS_LEGITIMATE_INTEREST\x10\x04*\xb6\x01\n\x0c\x43onsentState\x12\x1d\n\x19\x43ONSENT_STATE_UNSPECIFIED\x10\x00\x12\x1b\n\x17\x43ONSENT_STATE_REQUESTED\x10\x01\x12\x17\n\x13\x43ONSENT_STATE_GIVEN\x10\x02\x12\x19\n\x15\x43ONSENT_STATE_REFUSED\x10\x03\x12\x1b\n\x17\x43ONSENT_STATE_WITHDRAWN\x10\x04\x12\x19\n\x15\x43ONSENT_STATE_EXPIRED\x10\x05\x32\xb2\x04\n\x0e\x43onsentService\x12S\n\x0cGrantConsent\x12 .coopgate.v1.GrantConsentRequest\x1a!.coopgate.v1.GrantConsentResponse\x12V\n\rRevokeConsent\x12!.coopgate.v1.RevokeConsentRequest\x1a\".coopgate.v1.RevokeConsentResponse\x12S\n\x0cListConsents\x12 .coopgate.v1.ListConsentsRequest\x1a!.coopgate.v1.ListConsentsResponse\x12Y\n\x0eRequestConsent\x12\".coopgate.v1.RequestConsentRequest\x1a#.coopgate.v1.RequestConsentResponse\x12k\n\x14RefuseConsentRequest\x12(.coopgate.v1.RefuseConsentRequestRequest\x1a).coopgate.v1.RefuseConsentRequestResponse\x12V\n\rGetReceiptKey\x12!.coopgate.v1.GetReceiptKeyRequest\x1a\".coopgate.v1.GetReceiptKeyResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'coopgate.v1.consents_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
-  _globals['_LEGALBASIS']._serialized_start=2301
-  _globals['_LEGALBASIS']._serialized_end=2464
-  _globals['_CONSENTSTATE']._serialized_start=2467
-  _globals['_CONSENTSTATE']._serialized_end=2649
-  _globals['_CONSENTEVENT']._serialized_start=103
-  _globals['_CONSENTEVENT']._serialized_end=258
-  _globals['_CONSENT']._serialized_start=261
-  _globals['_CONSENT']._serialized_end=730
-  _globals['_CONSENTRECEIPT']._serialized_start=732
-  _globals['_CONSENTRECEIPT']._serialized_end=813
-  _globals['_GRANTCONSENTREQUEST']._serialized_start=816
-  _globals['_GRANTCONSENTREQUEST']._serialized_end=1171
-  _globals['_GRANTCONSENTRESPONSE']._serialized_start=1173
-  _globals['_GRANTCONSENTRESPONSE']._serialized_end=1280
-  _globals['_REVOKECONSENTREQUEST']._serialized_start=1282
-  _globals['_REVOKECONSENTREQUEST']._serialized_end=1388
-  _globals['_REVOKECONSENTRESPONSE']._serialized_start=1390
-  _globals['_REVOKECONSENTRESPONSE']._serialized_end=1498
-  _globals['_LISTCONSENTSREQUEST']._serialized_start=1501
-  _globals['_LISTCONSENTSREQUEST']._serialized_end=1651
-  _globals['_LISTCONSENTSRESPONSE']._serialized_start=1653
-  _globals['_LISTCONSENTSRESPONSE']._serialized_end=1740
-  _globals['_REQUESTCONSENTREQUEST']._serialized_start=1743
-  _globals['_REQUESTCONSENTREQUEST']._serialized_end=1889
-  _globals['_REQUESTCONSENTRESPONSE']._serialized_start=1891
-  _globals['_REQUESTCONSENTRESPONSE']._serialized_end=2016
-  _globals['_REFUSECONSENTREQUESTREQUEST']._serialized_start=2018
-  _globals['_REFUSECONSENTREQUESTREQUEST']._serialized_end=2139
-  _globals['_REFUSECONSENTREQUESTRESPONSE']._serialized_start=2141
-  _globals['_REFUSECONSENTREQUESTRESPONSE']._serialized_end=2213
-  _globals['_GETRECEIPTKEYREQUEST']._serialized_start=2215
-  _globals['_GETRECEIPTKEYREQUEST']._serialized_end=2237
-  _globals['_GETRECEIPTKEYRESPONSE']._serialized_start=2239
-  _globals['_GETRECEIPTKEYRESPONSE']._serialized_end=2298
-  _globals['_CONSENTSERVICE']._serialized_start=2652
-  _globals['_CONSENTSERVICE']._serialized_end=3214
+  _globals['_GRANTCONSENTREQUEST'].fields_by_name['idempotency_key']._loaded_options = None
+  _globals['_GRANTCONSENTREQUEST'].fields_by_name['idempotency_key']._serialized_options = b'\202\200\031\007\010\001\020\200\001 \001'
+  _globals['_GRANTCONSENTREQUEST'].fields_by_name['customer_local_id']._loaded_options = None
+  _globals['_GRANTCONSENTREQUEST'].fields_by_name['customer_local_id']._serialized_options = b'\202\200\031\007\010\001\020\200\001 \001'
+  _globals['_GRANTCONSENTREQUEST'].fields_by_name['source_partner_id']._loaded_options = None
+  _globals['_GRANTCONSENTREQUEST'].fields_by_name['source_partner_id']._serialized_options = b'\202\200\031\006\010\001\020? \002'
+  _globals['_GRANTCONSENTREQUEST'].fields_by_name['recipient_partner_ids']._loaded_options = None
+  _globals['_GRANTCONSENTREQUEST'].fields_by_name['recipient_partner_ids']._serialized_options = b'\202\200\031\010\010\001\020? \002(\020'
+  _globals['_GRANTCONSENTREQUEST'].fields_by_name['categories']._loaded_options = None
+  _globals['_GRANTCONSENTREQUEST'].fields_by_name['categories']._serialized_options = b'\202\200\031\010\010\001\020@ \002(\020'
+  _globals['_GRANTCONSENTREQUEST'].fields_by_name['purposes']._loaded_options = None
+  _globals['_GRANTCONSENTREQUEST'].fields_by_name['purposes']._serialized_options = b'\202\200\031\010\010\001\020@ \002(\010'
+  _globals['_GRANTCONSENTREQUEST'].fields_by_name['channel']._loaded_options = None
+  _globals['_GRANTCONSENTREQUEST'].fields_by_name['channel']._serialized_options = b'\202\200\031\002\010\001'
+  _globals['_GRANTCONSENTREQUEST'].fields_by_name['notice_version']._loaded_options = None
+  _globals['_GRANTCONSENTREQUEST'].fields_by_name['notice_version']._serialized_options = b'\202\200\031\007\010\001\020\200\001 \001'
+  _globals['_GRANTCONSENTREQUEST'].fields_by_name['consent_request_id']._loaded_options = None
+  _globals['_GRANTCONSENTREQUEST'].fields_by_name['consent_request_id']._serialized_options = b'\202\200\031\005\020\200\001 \001'
+  _globals['_REVOKECONSENTREQUEST'].fields_by_name['idempotency_key']._loaded_options = None
+  _globals['_REVOKECONSENTREQUEST'].fields_by_name['idempotency_key']._serialized_options = b'\202\200\031\007\010\001\020\200\001 \001'
+  _globals['_REVOKECONSENTREQUEST'].fields_by_name['consent_id']._loaded_options = None
+  _globals['_REVOKECONSENTREQUEST'].fields_by_name['consent_id']._serialized_options = b'\202\200\031\007\010\001\020\200\001 \001'
+  _globals['_REVOKECONSENTREQUEST'].fields_by_name['channel']._loaded_options = None
+  _globals['_REVOKECONSENTREQUEST'].fields_by_name['channel']._serialized_options = b'\202\200\031\002\010\001'
+  _globals['_LISTCONSENTSREQUEST'].fields_by_name['customer_local_id']._loaded_options = None
+  _globals['_LISTCONSENTSREQUEST'].fields_by_name['customer_local_id']._serialized_options = b'\202\200\031\005\020\200\001 \001'
+  _globals['_LISTCONSENTSREQUEST'].fields_by_name['subject_id']._loaded_options = None
+  _globals['_LISTCONSENTSREQUEST'].fields_by_name['subject_id']._serialized_options = b'\202\200\031\005\020\200\001 \001'
+  _globals['_REQUESTCONSENTREQUEST'].fields_by_name['idempotency_key']._loaded_options = None
+  _globals['_REQUESTCONSENTREQUEST'].fields_by_name['idempotency_key']._serialized_options = b'\202\200\031\007\010\001\020\200\001 \001'
+  _globals['_REQUESTCONSENTREQUEST'].fields_by_name['case_id']._loaded_options = None
+  _globals['_REQUESTCONSENTREQUEST'].fields_by_name['case_id']._serialized_options = b'\202\200\031\007\010\001\020\200\001 \001'
+  _globals['_REQUESTCONSENTREQUEST'].fields_by_name['source_partner_id']._loaded_options = None
+  _globals['_REQUESTCONSENTREQUEST'].fields_by_name['source_partner_id']._serialized_options = b'\202\200\031\006\010\001\020? \002'
+  _globals['_REQUESTCONSENTREQUEST'].fields_by_name['categories']._loaded_options = None
+  _globals['_REQUESTCONSENTREQUEST'].fields_by_name['categories']._serialized_options = b'\202\200\031\010\010\001\020@ \002(\020'
+  _globals['_REQUESTCONSENTREQUEST'].fields_by_name['purposes']._loaded_options = None
+  _globals['_REQUESTCONSENTREQUEST'].fields_by_name['purposes']._serialized_options = b'\202\200\031\010\010\001\020@ \002(\010'
+  _globals['_REQUESTCONSENTREQUEST'].fields_by_name['reason']._loaded_options = None
+  _globals['_REQUESTCONSENTREQUEST'].fields_by_name['reason']._serialized_options = b'\202\200\031\005\020\350\007 \003'
+  _globals['_REFUSECONSENTREQUESTREQUEST'].fields_by_name['idempotency_key']._loaded_options = None
+  _globals['_REFUSECONSENTREQUESTREQUEST'].fields_by_name['idempotency_key']._serialized_options = b'\202\200\031\007\010\001\020\200\001 \001'
+  _globals['_REFUSECONSENTREQUESTREQUEST'].fields_by_name['consent_request_id']._loaded_options = None
+  _globals['_REFUSECONSENTREQUESTREQUEST'].fields_by_name['consent_request_id']._serialized_options = b'\202\200\031\007\010\001\020\200\001 \001'
+  _globals['_LEGALBASIS']._serialized_start=2600
+  _globals['_LEGALBASIS']._serialized_end=2763
+  _globals['_CONSENTSTATE']._serialized_start=2766
+  _globals['_CONSENTSTATE']._serialized_end=2948
+  _globals['_CONSENTEVENT']._serialized_start=129
+  _globals['_CONSENTEVENT']._serialized_end=284
+  _globals['_CONSENT']._serialized_start=287
+  _globals['_CONSENT']._serialized_end=756
+  _globals['_CONSENTRECEIPT']._serialized_start=758
+  _globals['_CONSENTRECEIPT']._serialized_end=839
+  _globals['_GRANTCONSENTREQUEST']._serialized_start=842
+  _globals['_GRANTCONSENTREQUEST']._serialized_end=1309
+  _globals['_GRANTCONSENTRESPONSE']._serialized_start=1311
+  _globals['_GRANTCONSENTRESPONSE']._serialized_end=1418
+  _globals['_REVOKECONSENTREQUEST']._serialized_start=1421
+  _globals['_REVOKECONSENTREQUEST']._serialized_end=1561
+  _globals['_REVOKECONSENTRESPONSE']._serialized_start=1563
+  _globals['_REVOKECONSENTRESPONSE']._serialized_end=1671
+  _globals['_LISTCONSENTSREQUEST']._serialized_start=1674
+  _globals['_LISTCONSENTSREQUEST']._serialized_end=1846
+  _globals['_LISTCONSENTSRESPONSE']._serialized_start=1848
+  _globals['_LISTCONSENTSRESPONSE']._serialized_end=1935
+  _globals['_REQUESTCONSENTREQUEST']._serialized_start=1938
+  _globals['_REQUESTCONSENTREQUEST']._serialized_end=2161
+  _globals['_REQUESTCONSENTRESPONSE']._serialized_start=2163
+  _globals['_REQUESTCONSENTRESPONSE']._serialized_end=2288
+  _globals['_REFUSECONSENTREQUESTREQUEST']._serialized_start=2291
+  _globals['_REFUSECONSENTREQUESTREQUEST']._serialized_end=2438
+  _globals['_REFUSECONSENTREQUESTRESPONSE']._serialized_start=2440
+  _globals['_REFUSECONSENTREQUESTRESPONSE']._serialized_end=2512
+  _globals['_GETRECEIPTKEYREQUEST']._serialized_start=2514
+  _globals['_GETRECEIPTKEYREQUEST']._serialized_end=2536
+  _globals['_GETRECEIPTKEYRESPONSE']._serialized_start=2538
+  _globals['_GETRECEIPTKEYRESPONSE']._serialized_end=2597
+  _globals['_CONSENTSERVICE']._serialized_start=2951
+  _globals['_CONSENTSERVICE']._serialized_end=3513
 # @@protoc_insertion_point(module_scope)

@@ -214,20 +214,47 @@ class GrantConsentRequest(_message.Message):
     NOTICE_VERSION_FIELD_NUMBER: _builtins.int
     CONSENT_REQUEST_ID_FIELD_NUMBER: _builtins.int
     idempotency_key: _builtins.str
+    """Limits: Required; printable ASCII (ID), at most 128 bytes. A new key for each
+    distinct call; the same key and request replays the first answer.
+    """
     customer_local_id: _builtins.str
-    """The customer as the calling partner knows them."""
+    """The customer as the calling partner knows them.
+    Limits: Required; printable ASCII (ID), at most 128 bytes.
+    """
     source_partner_id: _builtins.str
+    """Limits: Required; a slug [a-z][a-z0-9.-]*, at most 63 bytes. A partner id:
+    [a-z][a-z0-9-]{1,62}.
+    """
     legal_basis: Global___LegalBasis.ValueType
+    """Limits: A defined LegalBasis; unset means LEGAL_BASIS_CONSENT."""
     channel: _common_pb2.Channel.ValueType
+    """Limits: Required: a defined Channel value other than its UNSPECIFIED."""
     notice_version: _builtins.str
+    """Limits: Required; printable ASCII (ID), at most 128 bytes."""
     consent_request_id: _builtins.str
-    """Set when this grant answers a consent request."""
+    """Set when this grant answers a consent request.
+    Limits: Optional; printable ASCII (ID), at most 128 bytes.
+    """
     @_builtins.property
-    def recipient_partner_ids(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]: ...
+    def recipient_partner_ids(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """Limits: 1 to 16 items, each a slug [a-z][a-z0-9.-]*, at most 63 bytes. Partner ids."""
+
     @_builtins.property
-    def categories(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]: ...
+    def categories(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """Limits: 1 to 16 items, each a slug [a-z][a-z0-9.-]*, at most 64 bytes. Data
+        categories of the vocabulary (gateway/consent/vocabulary.toml): contact,
+        interaction.history, device.sim, device.handset, device.thermostat, payment.card,
+        payment.transactions, transit.pass, network.access, energy.consumption, location,
+        diagnostic.findings, case.status.
+        """
+
     @_builtins.property
-    def purposes(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]: ...
+    def purposes(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """Limits: 1 to 8 items, each a slug [a-z][a-z0-9.-]*, at most 64 bytes. Purposes of
+        the vocabulary: incident-diagnosis, incident-resolution, customer-care,
+        service-improvement, marketing (never bundled with another purpose in one consent).
+        """
+
     @_builtins.property
     def valid_until(self) -> _timestamp_pb2.Timestamp: ...
     def __init__(
@@ -285,8 +312,13 @@ class RevokeConsentRequest(_message.Message):
     CONSENT_ID_FIELD_NUMBER: _builtins.int
     CHANNEL_FIELD_NUMBER: _builtins.int
     idempotency_key: _builtins.str
+    """Limits: Required; printable ASCII (ID), at most 128 bytes. A new key for each
+    distinct call; the same key and request replays the first answer.
+    """
     consent_id: _builtins.str
+    """Limits: Required; printable ASCII (ID), at most 128 bytes."""
     channel: _common_pb2.Channel.ValueType
+    """Limits: Required: a defined Channel value other than its UNSPECIFIED."""
     def __init__(
         self,
         *,
@@ -335,8 +367,11 @@ class ListConsentsRequest(_message.Message):
     SUBJECT_ID_FIELD_NUMBER: _builtins.int
     STATE_FIELD_NUMBER: _builtins.int
     customer_local_id: _builtins.str
+    """Limits: Optional; printable ASCII (ID), at most 128 bytes."""
     subject_id: _builtins.str
+    """Limits: Optional; printable ASCII (ID), at most 128 bytes."""
     state: Global___ConsentState.ValueType
+    """Limits:"""
     @_builtins.property
     def page(self) -> _common_pb2.PageRequest: ...
     def __init__(
@@ -389,13 +424,33 @@ class RequestConsentRequest(_message.Message):
     PURPOSES_FIELD_NUMBER: _builtins.int
     REASON_FIELD_NUMBER: _builtins.int
     idempotency_key: _builtins.str
+    """Limits: Required; printable ASCII (ID), at most 128 bytes. A new key for each
+    distinct call; the same key and request replays the first answer.
+    """
     case_id: _builtins.str
+    """Limits: Required; printable ASCII (ID), at most 128 bytes."""
     source_partner_id: _builtins.str
+    """Limits: Required; a slug [a-z][a-z0-9.-]*, at most 63 bytes. A partner id:
+    [a-z][a-z0-9-]{1,62}.
+    """
     reason: _builtins.str
+    """Limits: Optional; text (TEXT), at most 1000 bytes."""
     @_builtins.property
-    def categories(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]: ...
+    def categories(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """Limits: 1 to 16 items, each a slug [a-z][a-z0-9.-]*, at most 64 bytes. Data
+        categories of the vocabulary (gateway/consent/vocabulary.toml): contact,
+        interaction.history, device.sim, device.handset, device.thermostat, payment.card,
+        payment.transactions, transit.pass, network.access, energy.consumption, location,
+        diagnostic.findings, case.status.
+        """
+
     @_builtins.property
-    def purposes(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]: ...
+    def purposes(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """Limits: 1 to 8 items, each a slug [a-z][a-z0-9.-]*, at most 64 bytes. Purposes of
+        the vocabulary: incident-diagnosis, incident-resolution, customer-care,
+        service-improvement, marketing (never bundled with another purpose in one consent).
+        """
+
     def __init__(
         self,
         *,
@@ -448,8 +503,13 @@ class RefuseConsentRequestRequest(_message.Message):
     CONSENT_REQUEST_ID_FIELD_NUMBER: _builtins.int
     CHANNEL_FIELD_NUMBER: _builtins.int
     idempotency_key: _builtins.str
+    """Limits: Required; printable ASCII (ID), at most 128 bytes. A new key for each
+    distinct call; the same key and request replays the first answer.
+    """
     consent_request_id: _builtins.str
+    """Limits: Required; printable ASCII (ID), at most 128 bytes."""
     channel: _common_pb2.Channel.ValueType
+    """Limits:"""
     def __init__(
         self,
         *,

@@ -78,19 +78,22 @@ class ConsentServiceServicer:
     """
 
     def GrantConsent(self, request, context):
-        """Missing associated documentation comment in .proto file."""
+        """Roles: partner, advisor.
+        """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
     def RevokeConsent(self, request, context):
-        """Missing associated documentation comment in .proto file."""
+        """Roles: partner, advisor.
+        """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
     def ListConsents(self, request, context):
-        """Missing associated documentation comment in .proto file."""
+        """Roles: partner, advisor, compliance.
+        """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
@@ -98,6 +101,7 @@ class ConsentServiceServicer:
     def RequestConsent(self, request, context):
         """Asks the customer, through the relationship owner's channel, for consent
         at the point of need.
+        Roles: partner, advisor.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -105,6 +109,7 @@ class ConsentServiceServicer:
 
     def RefuseConsentRequest(self, request, context):
         """The customer refused a consent request (relayed by the partner that asked them).
+        Roles: partner, advisor.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -112,6 +117,7 @@ class ConsentServiceServicer:
 
     def GetReceiptKey(self, request, context):
         """The gateway's published receipt-signing key, for offline verification.
+        Roles: any role (a valid client certificate).
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')

@@ -38,16 +38,24 @@ class ConsentServiceStub:
     @_typing.overload
     def __new__(cls, channel: _aio.Channel) -> ConsentServiceAsyncStub: ...
     GrantConsent: _grpc.UnaryUnaryMultiCallable[_consents_pb2.GrantConsentRequest, _consents_pb2.GrantConsentResponse]
+    """Roles: partner, advisor."""
     RevokeConsent: _grpc.UnaryUnaryMultiCallable[_consents_pb2.RevokeConsentRequest, _consents_pb2.RevokeConsentResponse]
+    """Roles: partner, advisor."""
     ListConsents: _grpc.UnaryUnaryMultiCallable[_consents_pb2.ListConsentsRequest, _consents_pb2.ListConsentsResponse]
+    """Roles: partner, advisor, compliance."""
     RequestConsent: _grpc.UnaryUnaryMultiCallable[_consents_pb2.RequestConsentRequest, _consents_pb2.RequestConsentResponse]
     """Asks the customer, through the relationship owner's channel, for consent
     at the point of need.
+    Roles: partner, advisor.
     """
     RefuseConsentRequest: _grpc.UnaryUnaryMultiCallable[_consents_pb2.RefuseConsentRequestRequest, _consents_pb2.RefuseConsentRequestResponse]
-    """The customer refused a consent request (relayed by the partner that asked them)."""
+    """The customer refused a consent request (relayed by the partner that asked them).
+    Roles: partner, advisor.
+    """
     GetReceiptKey: _grpc.UnaryUnaryMultiCallable[_consents_pb2.GetReceiptKeyRequest, _consents_pb2.GetReceiptKeyResponse]
-    """The gateway's published receipt-signing key, for offline verification."""
+    """The gateway's published receipt-signing key, for offline verification.
+    Roles: any role (a valid client certificate).
+    """
 
 @_typing.type_check_only
 class ConsentServiceAsyncStub(ConsentServiceStub):
@@ -59,16 +67,24 @@ class ConsentServiceAsyncStub(ConsentServiceStub):
 
     def __init__(self, channel: _aio.Channel) -> None: ...
     GrantConsent: _aio.UnaryUnaryMultiCallable[_consents_pb2.GrantConsentRequest, _consents_pb2.GrantConsentResponse]  # type: ignore[assignment]
+    """Roles: partner, advisor."""
     RevokeConsent: _aio.UnaryUnaryMultiCallable[_consents_pb2.RevokeConsentRequest, _consents_pb2.RevokeConsentResponse]  # type: ignore[assignment]
+    """Roles: partner, advisor."""
     ListConsents: _aio.UnaryUnaryMultiCallable[_consents_pb2.ListConsentsRequest, _consents_pb2.ListConsentsResponse]  # type: ignore[assignment]
+    """Roles: partner, advisor, compliance."""
     RequestConsent: _aio.UnaryUnaryMultiCallable[_consents_pb2.RequestConsentRequest, _consents_pb2.RequestConsentResponse]  # type: ignore[assignment]
     """Asks the customer, through the relationship owner's channel, for consent
     at the point of need.
+    Roles: partner, advisor.
     """
     RefuseConsentRequest: _aio.UnaryUnaryMultiCallable[_consents_pb2.RefuseConsentRequestRequest, _consents_pb2.RefuseConsentRequestResponse]  # type: ignore[assignment]
-    """The customer refused a consent request (relayed by the partner that asked them)."""
+    """The customer refused a consent request (relayed by the partner that asked them).
+    Roles: partner, advisor.
+    """
     GetReceiptKey: _aio.UnaryUnaryMultiCallable[_consents_pb2.GetReceiptKeyRequest, _consents_pb2.GetReceiptKeyResponse]  # type: ignore[assignment]
-    """The gateway's published receipt-signing key, for offline verification."""
+    """The gateway's published receipt-signing key, for offline verification.
+    Roles: any role (a valid client certificate).
+    """
 
 class ConsentServiceServicer(metaclass=_abc_1.ABCMeta):
     """ConsentService records the customer's consent, shaped after ISO/IEC TS
@@ -82,21 +98,24 @@ class ConsentServiceServicer(metaclass=_abc_1.ABCMeta):
         self,
         request: _consents_pb2.GrantConsentRequest,
         context: _ServicerContext,
-    ) -> _typing.Union[_consents_pb2.GrantConsentResponse, _abc.Awaitable[_consents_pb2.GrantConsentResponse]]: ...
+    ) -> _typing.Union[_consents_pb2.GrantConsentResponse, _abc.Awaitable[_consents_pb2.GrantConsentResponse]]:
+        """Roles: partner, advisor."""
 
     @_abc_1.abstractmethod
     def RevokeConsent(
         self,
         request: _consents_pb2.RevokeConsentRequest,
         context: _ServicerContext,
-    ) -> _typing.Union[_consents_pb2.RevokeConsentResponse, _abc.Awaitable[_consents_pb2.RevokeConsentResponse]]: ...
+    ) -> _typing.Union[_consents_pb2.RevokeConsentResponse, _abc.Awaitable[_consents_pb2.RevokeConsentResponse]]:
+        """Roles: partner, advisor."""
 
     @_abc_1.abstractmethod
     def ListConsents(
         self,
         request: _consents_pb2.ListConsentsRequest,
         context: _ServicerContext,
-    ) -> _typing.Union[_consents_pb2.ListConsentsResponse, _abc.Awaitable[_consents_pb2.ListConsentsResponse]]: ...
+    ) -> _typing.Union[_consents_pb2.ListConsentsResponse, _abc.Awaitable[_consents_pb2.ListConsentsResponse]]:
+        """Roles: partner, advisor, compliance."""
 
     @_abc_1.abstractmethod
     def RequestConsent(
@@ -106,6 +125,7 @@ class ConsentServiceServicer(metaclass=_abc_1.ABCMeta):
     ) -> _typing.Union[_consents_pb2.RequestConsentResponse, _abc.Awaitable[_consents_pb2.RequestConsentResponse]]:
         """Asks the customer, through the relationship owner's channel, for consent
         at the point of need.
+        Roles: partner, advisor.
         """
 
     @_abc_1.abstractmethod
@@ -114,7 +134,9 @@ class ConsentServiceServicer(metaclass=_abc_1.ABCMeta):
         request: _consents_pb2.RefuseConsentRequestRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_consents_pb2.RefuseConsentRequestResponse, _abc.Awaitable[_consents_pb2.RefuseConsentRequestResponse]]:
-        """The customer refused a consent request (relayed by the partner that asked them)."""
+        """The customer refused a consent request (relayed by the partner that asked them).
+        Roles: partner, advisor.
+        """
 
     @_abc_1.abstractmethod
     def GetReceiptKey(
@@ -122,6 +144,8 @@ class ConsentServiceServicer(metaclass=_abc_1.ABCMeta):
         request: _consents_pb2.GetReceiptKeyRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_consents_pb2.GetReceiptKeyResponse, _abc.Awaitable[_consents_pb2.GetReceiptKeyResponse]]:
-        """The gateway's published receipt-signing key, for offline verification."""
+        """The gateway's published receipt-signing key, for offline verification.
+        Roles: any role (a valid client certificate).
+        """
 
 def add_ConsentServiceServicer_to_server(servicer: ConsentServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...

@@ -22,50 +22,85 @@ _runtime_version.ValidateProtobufRuntimeVersion(
 _sym_db = _symbol_database.Default()
 
 
+from coopgate.v1 import limits_pb2 as coopgate_dot_v1_dot_limits__pb2
 from google.protobuf import timestamp_pb2 as google_dot_protobuf_dot_timestamp__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1a\x63oopgate/v1/identity.proto\x12\x0b\x63oopgate.v1\x1a\x1fgoogle/protobuf/timestamp.proto\"F\n\nIdentifier\x12)\n\x04kind\x18\x01 \x01(\x0e\x32\x1b.coopgate.v1.IdentifierKind\x12\r\n\x05value\x18\x02 \x01(\t\"J\n\x14IssueLinkCodeRequest\x12\x17\n\x0fidempotency_key\x18\x01 \x01(\t\x12\x19\n\x11\x63ustomer_local_id\x18\x02 \x01(\t\"Z\n\x15IssueLinkCodeResponse\x12\x11\n\tlink_code\x18\x01 \x01(\t\x12.\n\nexpires_at\x18\x02 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"^\n\x15RedeemLinkCodeRequest\x12\x17\n\x0fidempotency_key\x18\x01 \x01(\t\x12\x11\n\tlink_code\x18\x02 \x01(\t\x12\x19\n\x11\x63ustomer_local_id\x18\x03 \x01(\t\",\n\x16RedeemLinkCodeResponse\x12\x12\n\nsubject_id\x18\x01 \x01(\t\"C\n\rUnlinkRequest\x12\x17\n\x0fidempotency_key\x18\x01 \x01(\t\x12\x19\n\x11\x63ustomer_local_id\x18\x02 \x01(\t\"\x10\n\x0eUnlinkResponse\"2\n\x15ResolveSubjectRequest\x12\x19\n\x11\x63ustomer_local_id\x18\x01 \x01(\t\",\n\x16ResolveSubjectResponse\x12\x12\n\nsubject_id\x18\x01 \x01(\t\"~\n\x1aRegisterIdentifiersRequest\x12\x17\n\x0fidempotency_key\x18\x01 \x01(\t\x12\x19\n\x11\x63ustomer_local_id\x18\x02 \x01(\t\x12,\n\x0bidentifiers\x18\x03 \x03(\x0b\x32\x17.coopgate.v1.Identifier\"\x82\x01\n\rMatchProposal\x12\x10\n\x08match_id\x18\x01 \x01(\t\x12/\n\nmatched_on\x18\x02 \x03(\x0e\x32\x1b.coopgate.v1.IdentifierKind\x12.\n\nexpires_at\x18\x03 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"L\n\x1bRegisterIdentifiersResponse\x12-\n\tproposals\x18\x01 \x03(\x0b\x32\x1a.coopgate.v1.MatchProposal\"@\n\x13\x43onfirmMatchRequest\x12\x17\n\x0fidempotency_key\x18\x01 \x01(\t\x12\x10\n\x08match_id\x18\x02 \x01(\t\"*\n\x14\x43onfirmMatchResponse\x12\x12\n\nsubject_id\x18\x01 \x01(\t\"J\n\x14\x45raseCustomerRequest\x12\x17\n\x0fidempotency_key\x18\x01 \x01(\t\x12\x19\n\x11\x63ustomer_local_id\x18\x02 \x01(\t\"-\n\x15\x45raseCustomerResponse\x12\x14\n\x0c\x65rased_cases\x18\x01 \x01(\x05*g\n\x0eIdentifierKind\x12\x1f\n\x1bIDENTIFIER_KIND_UNSPECIFIED\x10\x00\x12\x19\n\x15IDENTIFIER_KIND_EMAIL\x10\x01\x12\x19\n\x15IDENTIFIER_KIND_PHONE\x10\x02\x32\xf9\x04\n\x0fIdentityService\x12V\n\rIssueLinkCode\x12!.coopgate.v1.IssueLinkCodeRequest\x1a\".coopgate.v1.IssueLinkCodeResponse\x12Y\n\x0eRedeemLinkCode\x12\".coopgate.v1.RedeemLinkCodeRequest\x1a#.coopgate.v1.RedeemLinkCodeResponse\x12\x41\n\x06Unlink\x12\x1a.coopgate.v1.UnlinkRequest\x1a\x1b.coopgate.v1.UnlinkResponse\x12Y\n\x0eResolveSubject\x12\".coopgate.v1.ResolveSubjectRequest\x1a#.coopgate.v1.ResolveSubjectResponse\x12h\n\x13RegisterIdentifiers\x12\'.coopgate.v1.RegisterIdentifiersRequest\x1a(.coopgate.v1.RegisterIdentifiersResponse\x12S\n\x0c\x43onfirmMatch\x12 .coopgate.v1.ConfirmMatchRequest\x1a!.coopgate.v1.ConfirmMatchResponse\x12V\n\rEraseCustomer\x12!.coopgate.v1.EraseCustomerRequest\x1a\".coopgate.v1.EraseCustomerResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1a\x63oopgate/v1/identity.proto\x12\x0b\x63oopgate.v1\x1a\x18\x63oopgate/v1/limits.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"[\n\nIdentifier\x12\x31\n\x04kind\x18\x01 \x01(\x0e\x32\x1b.coopgate.v1.IdentifierKindB\x06\x82\x80\x19\x02\x08\x01\x12\x1a\n\x05value\x18\x02 \x01(\tB\x0b\x82\x80\x19\x07\x08\x01\x10\xc0\x02 \x03\"d\n\x14IssueLinkCodeRequest\x12$\n\x0fidempotency_key\x18\x01 \x01(\tB\x0b\x82\x80\x19\x07\x08\x01\x10\x80\x01 \x01\x12&\n\x11\x63ustomer_local_id\x18\x02 \x01(\tB\x0b\x82\x80\x19\x07\x08\x01\x10\x80\x01 \x01\"Z\n\x15IssueLinkCodeResponse\x12\x11\n\tlink_code\x18\x01 \x01(\t\x12.\n\nexpires_at\x18\x02 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"\x84\x01\n\x15RedeemLinkCodeRequest\x12$\n\x0fidempotency_key\x18\x01 \x01(\tB\x0b\x82\x80\x19\x07\x08\x01\x10\x80\x01 \x01\x12\x1d\n\tlink_code\x18\x02 \x01(\tB\n\x82\x80\x19\x06\x08\x01\x10  \x01\x12&\n\x11\x63ustomer_local_id\x18\x03 \x01(\tB\x0b\x82\x80\x19\x07\x08\x01\x10\x80\x01 \x01\",\n\x16RedeemLinkCodeResponse\x12\x12\n\nsubject_id\x18\x01 \x01(\t\"]\n\rUnlinkRequest\x12$\n\x0fidempotency_key\x18\x01 \x01(\tB\x0b\x82\x80\x19\x07\x08\x01\x10\x80\x01 \x01\x12&\n\x11\x63ustomer_local_id\x18\x02 \x01(\tB\x0b\x82\x80\x19\x07\x08\x01\x10\x80\x01 \x01\"\x10\n\x0eUnlinkResponse\"?\n\x15ResolveSubjectRequest\x12&\n\x11\x63ustomer_local_id\x18\x01 \x01(\tB\x0b\x82\x80\x19\x07\x08\x01\x10\x80\x01 \x01\",\n\x16ResolveSubjectResponse\x12\x12\n\nsubject_id\x18\x01 \x01(\t\"\xa2\x01\n\x1aRegisterIdentifiersRequest\x12$\n\x0fidempotency_key\x18\x01 \x01(\tB\x0b\x82\x80\x19\x07\x08\x01\x10\x80\x01 \x01\x12&\n\x11\x63ustomer_local_id\x18\x02 \x01(\tB\x0b\x82\x80\x19\x07\x08\x01\x10\x80\x01 \x01\x12\x36\n\x0bidentifiers\x18\x03 \x03(\x0b\x32\x17.coopgate.v1.IdentifierB\x08\x82\x80\x19\x04\x08\x01(\n\"\x82\x01\n\rMatchProposal\x12\x10\n\x08match_id\x18\x01 \x01(\t\x12/\n\nmatched_on\x18\x02 \x03(\x0e\x32\x1b.coopgate.v1.IdentifierKind\x12.\n\nexpires_at\x18\x03 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"L\n\x1bRegisterIdentifiersResponse\x12-\n\tproposals\x18\x01 \x03(\x0b\x32\x1a.coopgate.v1.MatchProposal\"Z\n\x13\x43onfirmMatchRequest\x12$\n\x0fidempotency_key\x18\x01 \x01(\tB\x0b\x82\x80\x19\x07\x08\x01\x10\x80\x01 \x01\x12\x1d\n\x08match_id\x18\x02 \x01(\tB\x0b\x82\x80\x19\x07\x08\x01\x10\x80\x01 \x01\"*\n\x14\x43onfirmMatchResponse\x12\x12\n\nsubject_id\x18\x01 \x01(\t\"d\n\x14\x45raseCustomerRequest\x12$\n\x0fidempotency_key\x18\x01 \x01(\tB\x0b\x82\x80\x19\x07\x08\x01\x10\x80\x01 \x01\x12&\n\x11\x63ustomer_local_id\x18\x02 \x01(\tB\x0b\x82\x80\x19\x07\x08\x01\x10\x80\x01 \x01\"-\n\x15\x45raseCustomerResponse\x12\x14\n\x0c\x65rased_cases\x18\x01 \x01(\x05*g\n\x0eIdentifierKind\x12\x1f\n\x1bIDENTIFIER_KIND_UNSPECIFIED\x10\x00\x12\x19\n\x15IDENTIFIER_KIND_EMAIL\x10\x01\x12\x19\n\x15IDENTIFIER_KIND_PHONE\x10\x02\x32\xf9\x04\n\x0fIdentityService\x12V\n\rIssueLinkCode\x12!.coopgate.v1.IssueLinkCodeRequest\x1a\".coopgate.v1.IssueLinkCodeResponse\x12Y\n\x0eRedeemLinkCode\x12\".coopgate.v1.RedeemLinkCodeRequest\x1a#.coopgate.v1.RedeemLinkCodeResponse\x12\x41\n\x06Unlink\x12\x1a.coopgate.v1.UnlinkRequest\x1a\x1b.coopgate.v1.UnlinkResponse\x12Y\n\x0eResolveSubject\x12\".coopgate.v1.ResolveSubjectRequest\x1a#.coopgate.v1.ResolveSubjectResponse\x12h\n\x13RegisterIdentifiers\x12\'.coopgate.v1.RegisterIdentifiersRequest\x1a(.coopgate.v1.RegisterIdentifiersResponse\x12S\n\x0c\x43onfirmMatch\x12 .coopgate.v1.ConfirmMatchRequest\x1a!.coopgate.v1.ConfirmMatchResponse\x12V\n\rEraseCustomer\x12!.coopgate.v1.EraseCustomerRequest\x1a\".coopgate.v1.EraseCustomerResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'coopgate.v1.identity_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
-  _globals['_IDENTIFIERKIND']._serialized_start=1215
-  _globals['_IDENTIFIERKIND']._serialized_end=1318
-  _globals['_IDENTIFIER']._serialized_start=76
-  _globals['_IDENTIFIER']._serialized_end=146
-  _globals['_ISSUELINKCODEREQUEST']._serialized_start=148
-  _globals['_ISSUELINKCODEREQUEST']._serialized_end=222
-  _globals['_ISSUELINKCODERESPONSE']._serialized_start=224
-  _globals['_ISSUELINKCODERESPONSE']._serialized_end=314
-  _globals['_REDEEMLINKCODEREQUEST']._serialized_start=316
-  _globals['_REDEEMLINKCODEREQUEST']._serialized_end=410
-  _globals['_REDEEMLINKCODERESPONSE']._serialized_start=412
-  _globals['_REDEEMLINKCODERESPONSE']._serialized_end=456
-  _globals['_UNLINKREQUEST']._serialized_start=458
-  _globals['_UNLINKREQUEST']._serialized_end=525
-  _globals['_UNLINKRESPONSE']._serialized_start=527
-  _globals['_UNLINKRESPONSE']._serialized_end=543
-  _globals['_RESOLVESUBJECTREQUEST']._serialized_start=545
-  _globals['_RESOLVESUBJECTREQUEST']._serialized_end=595
-  _globals['_RESOLVESUBJECTRESPONSE']._serialized_start=597
-  _globals['_RESOLVESUBJECTRESPONSE']._serialized_end=641
-  _globals['_REGISTERIDENTIFIERSREQUEST']._serialized_start=643
-  _globals['_REGISTERIDENTIFIERSREQUEST']._serialized_end=769
-  _globals['_MATCHPROPOSAL']._serialized_start=772
-  _globals['_MATCHPROPOSAL']._serialized_end=902
-  _globals['_REGISTERIDENTIFIERSRESPONSE']._serialized_start=904
-  _globals['_REGISTERIDENTIFIERSRESPONSE']._serialized_end=980
-  _globals['_CONFIRMMATCHREQUEST']._serialized_start=982
-  _globals['_CONFIRMMATCHREQUEST']._serialized_end=1046
-  _globals['_CONFIRMMATCHRESPONSE']._serialized_start=1048
-  _globals['_CONFIRMMATCHRESPONSE']._serialized_end=1090
-  _globals['_ERASECUSTOMERREQUEST']._serialized_start=1092
-  _globals['_ERASECUSTOMERREQUEST']._serialized_end=1166
-  _globals['_ERASECUSTOMERRESPONSE']._serialized_start=1168
-  _globals['_ERASECUSTOMERRESPONSE']._serialized_end=1213
-  _globals['_IDENTITYSERVICE']._serialized_start=1321
-  _globals['_IDENTITYSERVICE']._serialized_end=1954
+  _globals['_IDENTIFIER'].fields_by_name['kind']._loaded_options = None
+  _globals['_IDENTIFIER'].fields_by_name['kind']._serialized_options = b'\202\200\031\002\010\001'
+  _globals['_IDENTIFIER'].fields_by_name['value']._loaded_options = None
+  _globals['_IDENTIFIER'].fields_by_name['value']._serialized_options = b'\202\200\031\007\010\001\020\300\002 \003'
+  _globals['_ISSUELINKCODEREQUEST'].fields_by_name['idempotency_key']._loaded_options = None
+  _globals['_ISSUELINKCODEREQUEST'].fields_by_name['idempotency_key']._serialized_options = b'\202\200\031\007\010\001\020\200\001 \001'
+  _globals['_ISSUELINKCODEREQUEST'].fields_by_name['customer_local_id']._loaded_options = None
+  _globals['_ISSUELINKCODEREQUEST'].fields_by_name['customer_local_id']._serialized_options = b'\202\200\031\007\010\001\020\200\001 \001'
+  _globals['_REDEEMLINKCODEREQUEST'].fields_by_name['idempotency_key']._loaded_options = None
+  _globals['_REDEEMLINKCODEREQUEST'].fields_by_name['idempotency_key']._serialized_options = b'\202\200\031\007\010\001\020\200\001 \001'
+  _globals['_REDEEMLINKCODEREQUEST'].fields_by_name['link_code']._loaded_options = None
+  _globals['_REDEEMLINKCODEREQUEST'].fields_by_name['link_code']._serialized_options = b'\202\200\031\006\010\001\020  \001'
+  _globals['_REDEEMLINKCODEREQUEST'].fields_by_name['customer_local_id']._loaded_options = None
+  _globals['_REDEEMLINKCODEREQUEST'].fields_by_name['customer_local_id']._serialized_options = b'\202\200\031\007\010\001\020\200\001 \001'
+  _globals['_UNLINKREQUEST'].fields_by_name['idempotency_key']._loaded_options = None
+  _globals['_UNLINKREQUEST'].fields_by_name['idempotency_key']._serialized_options = b'\202\200\031\007\010\001\020\200\001 \001'
+  _globals['_UNLINKREQUEST'].fields_by_name['customer_local_id']._loaded_options = None
+  _globals['_UNLINKREQUEST'].fields_by_name['customer_local_id']._serialized_options = b'\202\200\031\007\010\001\020\200\001 \001'
+  _globals['_RESOLVESUBJECTREQUEST'].fields_by_name['customer_local_id']._loaded_options = None
+  _globals['_RESOLVESUBJECTREQUEST'].fields_by_name['customer_local_id']._serialized_options = b'\202\200\031\007\010\001\020\200\001 \001'
+  _globals['_REGISTERIDENTIFIERSREQUEST'].fields_by_name['idempotency_key']._loaded_options = None
+  _globals['_REGISTERIDENTIFIERSREQUEST'].fields_by_name['idempotency_key']._serialized_options = b'\202\200\031\007\010\001\020\200\001 \001'
+  _globals['_REGISTERIDENTIFIERSREQUEST'].fields_by_name['customer_local_id']._loaded_options = None
+  _globals['_REGISTERIDENTIFIERSREQUEST'].fields_by_name['customer_local_id']._serialized_options = b'\202\200\031\007\010\001\020\200\001 \001'
+  _globals['_REGISTERIDENTIFIERSREQUEST'].fields_by_name['identifiers']._loaded_options = None
+  _globals['_REGISTERIDENTIFIERSREQUEST'].fields_by_name['identifiers']._serialized_options = b'\202\200\031\004\010\001(\n'
+  _globals['_CONFIRMMATCHREQUEST'].fields_by_name['idempotency_key']._loaded_options = None
+  _globals['_CONFIRMMATCHREQUEST'].fields_by_name['idempotency_key']._serialized_options = b'\202\200\031\007\010\001\020\200\001 \001'
+  _globals['_CONFIRMMATCHREQUEST'].fields_by_name['match_id']._loaded_options = None
+  _globals['_CONFIRMMATCHREQUEST'].fields_by_name['match_id']._serialized_options = b'\202\200\031\007\010\001\020\200\001 \001'
+  _globals['_ERASECUSTOMERREQUEST'].fields_by_name['idempotency_key']._loaded_options = None
+  _globals['_ERASECUSTOMERREQUEST'].fields_by_name['idempotency_key']._serialized_options = b'\202\200\031\007\010\001\020\200\001 \001'
+  _globals['_ERASECUSTOMERREQUEST'].fields_by_name['customer_local_id']._loaded_options = None
+  _globals['_ERASECUSTOMERREQUEST'].fields_by_name['customer_local_id']._serialized_options = b'\202\200\031\007\010\001\020\200\001 \001'
+  _globals['_IDENTIFIERKIND']._serialized_start=1455
+  _globals['_IDENTIFIERKIND']._serialized_end=1558
+  _globals['_IDENTIFIER']._serialized_start=102
+  _globals['_IDENTIFIER']._serialized_end=193
+  _globals['_ISSUELINKCODEREQUEST']._serialized_start=195
+  _globals['_ISSUELINKCODEREQUEST']._serialized_end=295
+  _globals['_ISSUELINKCODERESPONSE']._serialized_start=297
+  _globals['_ISSUELINKCODERESPONSE']._serialized_end=387
+  _globals['_REDEEMLINKCODEREQUEST']._serialized_start=390
+  _globals['_REDEEMLINKCODEREQUEST']._serialized_end=522
+  _globals['_REDEEMLINKCODERESPONSE']._serialized_start=524
+  _globals['_REDEEMLINKCODERESPONSE']._serialized_end=568
+  _globals['_UNLINKREQUEST']._serialized_start=570
+  _globals['_UNLINKREQUEST']._serialized_end=663
+  _globals['_UNLINKRESPONSE']._serialized_start=665
+  _globals['_UNLINKRESPONSE']._serialized_end=681
+  _globals['_RESOLVESUBJECTREQUEST']._serialized_start=683
+  _globals['_RESOLVESUBJECTREQUEST']._serialized_end=746
+  _globals['_RESOLVESUBJECTRESPONSE']._serialized_start=748
+  _globals['_RESOLVESUBJECTRESPONSE']._serialized_end=792
+  _globals['_REGISTERIDENTIFIERSREQUEST']._serialized_start=795
+  _globals['_REGISTERIDENTIFIERSREQUEST']._serialized_end=957
+  _globals['_MATCHPROPOSAL']._serialized_start=960
+  _globals['_MATCHPROPOSAL']._serialized_end=1090
+  _globals['_REGISTERIDENTIFIERSRESPONSE']._serialized_start=1092
+  _globals['_REGISTERIDENTIFIERSRESPONSE']._serialized_end=1168
+  _globals['_CONFIRMMATCHREQUEST']._serialized_start=1170
+  _globals['_CONFIRMMATCHREQUEST']._serialized_end=1260
+  _globals['_CONFIRMMATCHRESPONSE']._serialized_start=1262
+  _globals['_CONFIRMMATCHRESPONSE']._serialized_end=1304
+  _globals['_ERASECUSTOMERREQUEST']._serialized_start=1306
+  _globals['_ERASECUSTOMERREQUEST']._serialized_end=1406
+  _globals['_ERASECUSTOMERRESPONSE']._serialized_start=1408
+  _globals['_ERASECUSTOMERRESPONSE']._serialized_end=1453
+  _globals['_IDENTITYSERVICE']._serialized_start=1561
+  _globals['_IDENTITYSERVICE']._serialized_end=2194
 # @@protoc_insertion_point(module_scope)

@@ -44,7 +44,11 @@ class Identifier(_message.Message):
     KIND_FIELD_NUMBER: _builtins.int
     VALUE_FIELD_NUMBER: _builtins.int
     kind: Global___IdentifierKind.ValueType
+    """Limits: Required: a defined IdentifierKind value other than its UNSPECIFIED."""
     value: _builtins.str
+    """Limits: Required; text (TEXT), at most 320 bytes. An e-mail address or a phone
+    number.
+    """
     def __init__(
         self,
         *,
@@ -66,7 +70,11 @@ class IssueLinkCodeRequest(_message.Message):
     IDEMPOTENCY_KEY_FIELD_NUMBER: _builtins.int
     CUSTOMER_LOCAL_ID_FIELD_NUMBER: _builtins.int
     idempotency_key: _builtins.str
+    """Limits: Required; printable ASCII (ID), at most 128 bytes. A new key for each
+    distinct call; the same key and request replays the first answer.
+    """
     customer_local_id: _builtins.str
+    """Limits: Required; printable ASCII (ID), at most 128 bytes."""
     def __init__(
         self,
         *,
@@ -112,8 +120,15 @@ class RedeemLinkCodeRequest(_message.Message):
     LINK_CODE_FIELD_NUMBER: _builtins.int
     CUSTOMER_LOCAL_ID_FIELD_NUMBER: _builtins.int
     idempotency_key: _builtins.str
+    """Limits: Required; printable ASCII (ID), at most 128 bytes. A new key for each
+    distinct call; the same key and request replays the first answer.
+    """
     link_code: _builtins.str
+    """Limits: Required; printable ASCII (ID), at most 32 bytes. 10 characters of [0-9A-Z]
+    (Crockford base32).
+    """
     customer_local_id: _builtins.str
+    """Limits: Required; printable ASCII (ID), at most 128 bytes."""
     def __init__(
         self,
         *,
@@ -155,7 +170,11 @@ class UnlinkRequest(_message.Message):
     IDEMPOTENCY_KEY_FIELD_NUMBER: _builtins.int
     CUSTOMER_LOCAL_ID_FIELD_NUMBER: _builtins.int
     idempotency_key: _builtins.str
+    """Limits: Required; printable ASCII (ID), at most 128 bytes. A new key for each
+    distinct call; the same key and request replays the first answer.
+    """
     customer_local_id: _builtins.str
+    """Limits: Required; printable ASCII (ID), at most 128 bytes."""
     def __init__(
         self,
         *,
@@ -191,6 +210,7 @@ class ResolveSubjectRequest(_message.Message):
 
     CUSTOMER_LOCAL_ID_FIELD_NUMBER: _builtins.int
     customer_local_id: _builtins.str
+    """Limits: Required; printable ASCII (ID), at most 128 bytes."""
     def __init__(
         self,
         *,
@@ -231,9 +251,15 @@ class RegisterIdentifiersRequest(_message.Message):
     CUSTOMER_LOCAL_ID_FIELD_NUMBER: _builtins.int
     IDENTIFIERS_FIELD_NUMBER: _builtins.int
     idempotency_key: _builtins.str
+    """Limits: Required; printable ASCII (ID), at most 128 bytes. A new key for each
+    distinct call; the same key and request replays the first answer.
+    """
     customer_local_id: _builtins.str
+    """Limits: Required; printable ASCII (ID), at most 128 bytes."""
     @_builtins.property
-    def identifiers(self) -> _containers.RepeatedCompositeFieldContainer[Global___Identifier]: ...
+    def identifiers(self) -> _containers.RepeatedCompositeFieldContainer[Global___Identifier]:
+        """Limits: 1 to 10 items"""
+
     def __init__(
         self,
         *,
@@ -309,7 +335,11 @@ class ConfirmMatchRequest(_message.Message):
     IDEMPOTENCY_KEY_FIELD_NUMBER: _builtins.int
     MATCH_ID_FIELD_NUMBER: _builtins.int
     idempotency_key: _builtins.str
+    """Limits: Required; printable ASCII (ID), at most 128 bytes. A new key for each
+    distinct call; the same key and request replays the first answer.
+    """
     match_id: _builtins.str
+    """Limits: Required; printable ASCII (ID), at most 128 bytes."""
     def __init__(
         self,
         *,
@@ -350,7 +380,11 @@ class EraseCustomerRequest(_message.Message):
     IDEMPOTENCY_KEY_FIELD_NUMBER: _builtins.int
     CUSTOMER_LOCAL_ID_FIELD_NUMBER: _builtins.int
     idempotency_key: _builtins.str
+    """Limits: Required; printable ASCII (ID), at most 128 bytes. A new key for each
+    distinct call; the same key and request replays the first answer.
+    """
     customer_local_id: _builtins.str
+    """Limits: Required; printable ASCII (ID), at most 128 bytes."""
     def __init__(
         self,
         *,

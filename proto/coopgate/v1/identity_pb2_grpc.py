@@ -82,6 +82,7 @@ class IdentityServiceServicer:
 
     def IssueLinkCode(self, request, context):
         """Issues a one-time code the customer carries to another partner's channel.
+        Roles: partner, advisor.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -89,19 +90,22 @@ class IdentityServiceServicer:
 
     def RedeemLinkCode(self, request, context):
         """Redeems a link code: the caller's local id joins the issuer's subject.
+        Roles: partner, advisor.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
     def Unlink(self, request, context):
-        """Missing associated documentation comment in .proto file."""
+        """Roles: partner, advisor.
+        """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
     def ResolveSubject(self, request, context):
         """The caller's pairwise subject id for one of its customers.
+        Roles: partner, advisor.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -111,6 +115,7 @@ class IdentityServiceServicer:
         """Declares identifiers (e-mail, phone) of one of the caller's customers.
         The gateway keeps only their keyed hashes; a match with another partner's
         customer becomes a proposal the customer must confirm.
+        Roles: partner, advisor.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -118,6 +123,7 @@ class IdentityServiceServicer:
 
     def ConfirmMatch(self, request, context):
         """The customer confirmed (at the caller's channel) that a proposed match is them.
+        Roles: partner, advisor.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -127,6 +133,7 @@ class IdentityServiceServicer:
         """The customer's right to erasure, relayed by a partner that knows them: the
         keys of their cases are destroyed (their data becomes unreadable) and every
         partner's link to them is removed; the audit log keeps its references.
+        Roles: partner, advisor.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')

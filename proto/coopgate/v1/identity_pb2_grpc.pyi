@@ -37,23 +37,34 @@ class IdentityServiceStub:
     @_typing.overload
     def __new__(cls, channel: _aio.Channel) -> IdentityServiceAsyncStub: ...
     IssueLinkCode: _grpc.UnaryUnaryMultiCallable[_identity_pb2.IssueLinkCodeRequest, _identity_pb2.IssueLinkCodeResponse]
-    """Issues a one-time code the customer carries to another partner's channel."""
+    """Issues a one-time code the customer carries to another partner's channel.
+    Roles: partner, advisor.
+    """
     RedeemLinkCode: _grpc.UnaryUnaryMultiCallable[_identity_pb2.RedeemLinkCodeRequest, _identity_pb2.RedeemLinkCodeResponse]
-    """Redeems a link code: the caller's local id joins the issuer's subject."""
+    """Redeems a link code: the caller's local id joins the issuer's subject.
+    Roles: partner, advisor.
+    """
     Unlink: _grpc.UnaryUnaryMultiCallable[_identity_pb2.UnlinkRequest, _identity_pb2.UnlinkResponse]
+    """Roles: partner, advisor."""
     ResolveSubject: _grpc.UnaryUnaryMultiCallable[_identity_pb2.ResolveSubjectRequest, _identity_pb2.ResolveSubjectResponse]
-    """The caller's pairwise subject id for one of its customers."""
+    """The caller's pairwise subject id for one of its customers.
+    Roles: partner, advisor.
+    """
     RegisterIdentifiers: _grpc.UnaryUnaryMultiCallable[_identity_pb2.RegisterIdentifiersRequest, _identity_pb2.RegisterIdentifiersResponse]
     """Declares identifiers (e-mail, phone) of one of the caller's customers.
     The gateway keeps only their keyed hashes; a match with another partner's
     customer becomes a proposal the customer must confirm.
+    Roles: partner, advisor.
     """
     ConfirmMatch: _grpc.UnaryUnaryMultiCallable[_identity_pb2.ConfirmMatchRequest, _identity_pb2.ConfirmMatchResponse]
-    """The customer confirmed (at the caller's channel) that a proposed match is them."""
+    """The customer confirmed (at the caller's channel) that a proposed match is them.
+    Roles: partner, advisor.
+    """
     EraseCustomer: _grpc.UnaryUnaryMultiCallable[_identity_pb2.EraseCustomerRequest, _identity_pb2.EraseCustomerResponse]
     """The customer's right to erasure, relayed by a partner that knows them: the
     keys of their cases are destroyed (their data becomes unreadable) and every
     partner's link to them is removed; the audit log keeps its references.
+    Roles: partner, advisor.
     """
 
 @_typing.type_check_only
@@ -65,23 +76,34 @@ class IdentityServiceAsyncStub(IdentityServiceStub):
 
     def __init__(self, channel: _aio.Channel) -> None: ...
     IssueLinkCode: _aio.UnaryUnaryMultiCallable[_identity_pb2.IssueLinkCodeRequest, _identity_pb2.IssueLinkCodeResponse]  # type: ignore[assignment]
-    """Issues a one-time code the customer carries to another partner's channel."""
+    """Issues a one-time code the customer carries to another partner's channel.
+    Roles: partner, advisor.
+    """
     RedeemLinkCode: _aio.UnaryUnaryMultiCallable[_identity_pb2.RedeemLinkCodeRequest, _identity_pb2.RedeemLinkCodeResponse]  # type: ignore[assignment]
-    """Redeems a link code: the caller's local id joins the issuer's subject."""
+    """Redeems a link code: the caller's local id joins the issuer's subject.
+    Roles: partner, advisor.
+    """
     Unlink: _aio.UnaryUnaryMultiCallable[_identity_pb2.UnlinkRequest, _identity_pb2.UnlinkResponse]  # type: ignore[assignment]
+    """Roles: partner, advisor."""
     ResolveSubject: _aio.UnaryUnaryMultiCallable[_identity_pb2.ResolveSubjectRequest, _identity_pb2.ResolveSubjectResponse]  # type: ignore[assignment]
-    """The caller's pairwise subject id for one of its customers."""
+    """The caller's pairwise subject id for one of its customers.
+    Roles: partner, advisor.
+    """
     RegisterIdentifiers: _aio.UnaryUnaryMultiCallable[_identity_pb2.RegisterIdentifiersRequest, _identity_pb2.RegisterIdentifiersResponse]  # type: ignore[assignment]
     """Declares identifiers (e-mail, phone) of one of the caller's customers.
     The gateway keeps only their keyed hashes; a match with another partner's
     customer becomes a proposal the customer must confirm.
+    Roles: partner, advisor.
     """
     ConfirmMatch: _aio.UnaryUnaryMultiCallable[_identity_pb2.ConfirmMatchRequest, _identity_pb2.ConfirmMatchResponse]  # type: ignore[assignment]
-    """The customer confirmed (at the caller's channel) that a proposed match is them."""
+    """The customer confirmed (at the caller's channel) that a proposed match is them.
+    Roles: partner, advisor.
+    """
     EraseCustomer: _aio.UnaryUnaryMultiCallable[_identity_pb2.EraseCustomerRequest, _identity_pb2.EraseCustomerResponse]  # type: ignore[assignment]
     """The customer's right to erasure, relayed by a partner that knows them: the
     keys of their cases are destroyed (their data becomes unreadable) and every
     partner's link to them is removed; the audit log keeps its references.
+    Roles: partner, advisor.
     """
 
 class IdentityServiceServicer(metaclass=_abc_1.ABCMeta):
@@ -96,7 +118,9 @@ class IdentityServiceServicer(metaclass=_abc_1.ABCMeta):
         request: _identity_pb2.IssueLinkCodeRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_identity_pb2.IssueLinkCodeResponse, _abc.Awaitable[_identity_pb2.IssueLinkCodeResponse]]:
-        """Issues a one-time code the customer carries to another partner's channel."""
+        """Issues a one-time code the customer carries to another partner's channel.
+        Roles: partner, advisor.
+        """
 
     @_abc_1.abstractmethod
     def RedeemLinkCode(
@@ -104,14 +128,17 @@ class IdentityServiceServicer(metaclass=_abc_1.ABCMeta):
         request: _identity_pb2.RedeemLinkCodeRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_identity_pb2.RedeemLinkCodeResponse, _abc.Awaitable[_identity_pb2.RedeemLinkCodeResponse]]:
-        """Redeems a link code: the caller's local id joins the issuer's subject."""
+        """Redeems a link code: the caller's local id joins the issuer's subject.
+        Roles: partner, advisor.
+        """
 
     @_abc_1.abstractmethod
     def Unlink(
         self,
         request: _identity_pb2.UnlinkRequest,
         context: _ServicerContext,
-    ) -> _typing.Union[_identity_pb2.UnlinkResponse, _abc.Awaitable[_identity_pb2.UnlinkResponse]]: ...
+    ) -> _typing.Union[_identity_pb2.UnlinkResponse, _abc.Awaitable[_identity_pb2.UnlinkResponse]]:
+        """Roles: partner, advisor."""
 
     @_abc_1.abstractmethod
     def ResolveSubject(
@@ -119,7 +146,9 @@ class IdentityServiceServicer(metaclass=_abc_1.ABCMeta):
         request: _identity_pb2.ResolveSubjectRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_identity_pb2.ResolveSubjectResponse, _abc.Awaitable[_identity_pb2.ResolveSubjectResponse]]:
-        """The caller's pairwise subject id for one of its customers."""
+        """The caller's pairwise subject id for one of its customers.
+        Roles: partner, advisor.
+        """
 
     @_abc_1.abstractmethod
     def RegisterIdentifiers(
@@ -130,6 +159,7 @@ class IdentityServiceServicer(metaclass=_abc_1.ABCMeta):
         """Declares identifiers (e-mail, phone) of one of the caller's customers.
         The gateway keeps only their keyed hashes; a match with another partner's
         customer becomes a proposal the customer must confirm.
+        Roles: partner, advisor.
         """
 
     @_abc_1.abstractmethod
@@ -138,7 +168,9 @@ class IdentityServiceServicer(metaclass=_abc_1.ABCMeta):
         request: _identity_pb2.ConfirmMatchRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_identity_pb2.ConfirmMatchResponse, _abc.Awaitable[_identity_pb2.ConfirmMatchResponse]]:
-        """The customer confirmed (at the caller's channel) that a proposed match is them."""
+        """The customer confirmed (at the caller's channel) that a proposed match is them.
+        Roles: partner, advisor.
+        """
 
     @_abc_1.abstractmethod
     def EraseCustomer(
@@ -149,6 +181,7 @@ class IdentityServiceServicer(metaclass=_abc_1.ABCMeta):
         """The customer's right to erasure, relayed by a partner that knows them: the
         keys of their cases are destroyed (their data becomes unreadable) and every
         partner's link to them is removed; the audit log keeps its references.
+        Roles: partner, advisor.
         """
 
 def add_IdentityServiceServicer_to_server(servicer: IdentityServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...

@@ -22,38 +22,45 @@ _runtime_version.ValidateProtobufRuntimeVersion(
 _sym_db = _symbol_database.Default()
 
 
+from coopgate.v1 import limits_pb2 as coopgate_dot_v1_dot_limits__pb2
 from coopgate.v1 import cases_pb2 as coopgate_dot_v1_dot_cases__pb2
 from coopgate.v1 import common_pb2 as coopgate_dot_v1_dot_common__pb2
 from google.protobuf import timestamp_pb2 as google_dot_protobuf_dot_timestamp__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x16\x63oopgate/v1/work.proto\x12\x0b\x63oopgate.v1\x1a\x17\x63oopgate/v1/cases.proto\x1a\x18\x63oopgate/v1/common.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"\xcc\x01\n\x10\x44iagnosisRequest\x12\x12\n\nrequest_id\x18\x01 \x01(\t\x12\x0f\n\x07\x63\x61se_id\x18\x02 \x01(\t\x12\x12\n\nservice_id\x18\x03 \x01(\t\x12\x11\n\tcomponent\x18\x04 \x01(\t\x12\x19\n\x11\x63ustomer_local_id\x18\x05 \x01(\t\x12\x12\n\nsubject_id\x18\x06 \x01(\t\x12\x0f\n\x07summary\x18\x07 \x01(\t\x12,\n\x08\x64\x65\x61\x64line\x18\x08 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"\xa7\x01\n\x0eOwnershipOffer\x12\x10\n\x08offer_id\x18\x01 \x01(\t\x12\x0f\n\x07\x63\x61se_id\x18\x02 \x01(\t\x12\x12\n\nservice_id\x18\x03 \x01(\t\x12\x30\n\x08\x64\x65\x63ision\x18\x04 \x01(\x0b\x32\x1e.coopgate.v1.OwnershipDecision\x12,\n\x08\x64\x65\x61\x64line\x18\x05 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"\xa6\x01\n\x14\x43ustomerNotification\x12\x17\n\x0fnotification_id\x18\x01 \x01(\t\x12\x0f\n\x07\x63\x61se_id\x18\x02 \x01(\t\x12\x19\n\x11\x63ustomer_local_id\x18\x03 \x01(\t\x12%\n\x07\x63hannel\x18\x04 \x01(\x0e\x32\x14.coopgate.v1.Channel\x12\x11\n\tmilestone\x18\x05 \x01(\t\x12\x0f\n\x07message\x18\x06 \x01(\t\"\xed\x01\n\rConsentPrompt\x12\x1a\n\x12\x63onsent_request_id\x18\x01 \x01(\t\x12\x0f\n\x07\x63\x61se_id\x18\x02 \x01(\t\x12\x19\n\x11\x63ustomer_local_id\x18\x03 \x01(\t\x12%\n\x07\x63hannel\x18\x04 \x01(\x0e\x32\x14.coopgate.v1.Channel\x12\x19\n\x11source_partner_id\x18\x05 \x01(\t\x12\x1c\n\x14recipient_partner_id\x18\x06 \x01(\t\x12\x12\n\ncategories\x18\x07 \x03(\t\x12\x10\n\x08purposes\x18\x08 \x03(\t\x12\x0e\n\x06reason\x18\t \x01(\t\"\x84\x01\n\nCaseNotice\x12\x11\n\tnotice_id\x18\x01 \x01(\t\x12\x0f\n\x07\x63\x61se_id\x18\x02 \x01(\t\x12\x0c\n\x04kind\x18\x03 \x01(\t\x12\x0f\n\x07message\x18\x04 \x01(\t\x12\x1d\n\x15relationship_owner_id\x18\x05 \x01(\t\x12\x14\n\x0cresolver_ids\x18\x06 \x03(\t\"\x8a\x03\n\x08WorkItem\x12\x0f\n\x07work_id\x18\x01 \x01(\t\x12.\n\ncreated_at\x18\x02 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x14\n\x0credeliveries\x18\x03 \x01(\x05\x12:\n\x11\x64iagnosis_request\x18\x04 \x01(\x0b\x32\x1d.coopgate.v1.DiagnosisRequestH\x00\x12\x36\n\x0fownership_offer\x18\x05 \x01(\x0b\x32\x1b.coopgate.v1.OwnershipOfferH\x00\x12\x42\n\x15\x63ustomer_notification\x18\x06 \x01(\x0b\x32!.coopgate.v1.CustomerNotificationH\x00\x12\x34\n\x0e\x63onsent_prompt\x18\x07 \x01(\x0b\x32\x1a.coopgate.v1.ConsentPromptH\x00\x12.\n\x0b\x63\x61se_notice\x18\x08 \x01(\x0b\x32\x17.coopgate.v1.CaseNoticeH\x00\x42\t\n\x07payload\")\n\x10SubscribeRequest\x12\x15\n\rmax_in_flight\x18\x01 \x01(\x05\"8\n\x11SubscribeResponse\x12#\n\x04item\x18\x01 \x01(\x0b\x32\x15.coopgate.v1.WorkItem\"?\n\x12\x41\x63knowledgeRequest\x12\x17\n\x0fidempotency_key\x18\x01 \x01(\t\x12\x10\n\x08work_ids\x18\x02 \x03(\t\"+\n\x13\x41\x63knowledgeResponse\x12\x14\n\x0c\x61\x63knowledged\x18\x01 \x01(\x05\x32\xb4\x01\n\x12PartnerWorkService\x12L\n\tSubscribe\x12\x1d.coopgate.v1.SubscribeRequest\x1a\x1e.coopgate.v1.SubscribeResponse0\x01\x12P\n\x0b\x41\x63knowledge\x12\x1f.coopgate.v1.AcknowledgeRequest\x1a .coopgate.v1.AcknowledgeResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x16\x63oopgate/v1/work.proto\x12\x0b\x63oopgate.v1\x1a\x18\x63oopgate/v1/limits.proto\x1a\x17\x63oopgate/v1/cases.proto\x1a\x18\x63oopgate/v1/common.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"\xcc\x01\n\x10\x44iagnosisRequest\x12\x12\n\nrequest_id\x18\x01 \x01(\t\x12\x0f\n\x07\x63\x61se_id\x18\x02 \x01(\t\x12\x12\n\nservice_id\x18\x03 \x01(\t\x12\x11\n\tcomponent\x18\x04 \x01(\t\x12\x19\n\x11\x63ustomer_local_id\x18\x05 \x01(\t\x12\x12\n\nsubject_id\x18\x06 \x01(\t\x12\x0f\n\x07summary\x18\x07 \x01(\t\x12,\n\x08\x64\x65\x61\x64line\x18\x08 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"\xa7\x01\n\x0eOwnershipOffer\x12\x10\n\x08offer_id\x18\x01 \x01(\t\x12\x0f\n\x07\x63\x61se_id\x18\x02 \x01(\t\x12\x12\n\nservice_id\x18\x03 \x01(\t\x12\x30\n\x08\x64\x65\x63ision\x18\x04 \x01(\x0b\x32\x1e.coopgate.v1.OwnershipDecision\x12,\n\x08\x64\x65\x61\x64line\x18\x05 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"\xa6\x01\n\x14\x43ustomerNotification\x12\x17\n\x0fnotification_id\x18\x01 \x01(\t\x12\x0f\n\x07\x63\x61se_id\x18\x02 \x01(\t\x12\x19\n\x11\x63ustomer_local_id\x18\x03 \x01(\t\x12%\n\x07\x63hannel\x18\x04 \x01(\x0e\x32\x14.coopgate.v1.Channel\x12\x11\n\tmilestone\x18\x05 \x01(\t\x12\x0f\n\x07message\x18\x06 \x01(\t\"\xed\x01\n\rConsentPrompt\x12\x1a\n\x12\x63onsent_request_id\x18\x01 \x01(\t\x12\x0f\n\x07\x63\x61se_id\x18\x02 \x01(\t\x12\x19\n\x11\x63ustomer_local_id\x18\x03 \x01(\t\x12%\n\x07\x63hannel\x18\x04 \x01(\x0e\x32\x14.coopgate.v1.Channel\x12\x19\n\x11source_partner_id\x18\x05 \x01(\t\x12\x1c\n\x14recipient_partner_id\x18\x06 \x01(\t\x12\x12\n\ncategories\x18\x07 \x03(\t\x12\x10\n\x08purposes\x18\x08 \x03(\t\x12\x0e\n\x06reason\x18\t \x01(\t\"\x84\x01\n\nCaseNotice\x12\x11\n\tnotice_id\x18\x01 \x01(\t\x12\x0f\n\x07\x63\x61se_id\x18\x02 \x01(\t\x12\x0c\n\x04kind\x18\x03 \x01(\t\x12\x0f\n\x07message\x18\x04 \x01(\t\x12\x1d\n\x15relationship_owner_id\x18\x05 \x01(\t\x12\x14\n\x0cresolver_ids\x18\x06 \x03(\t\"\x8a\x03\n\x08WorkItem\x12\x0f\n\x07work_id\x18\x01 \x01(\t\x12.\n\ncreated_at\x18\x02 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x14\n\x0credeliveries\x18\x03 \x01(\x05\x12:\n\x11\x64iagnosis_request\x18\x04 \x01(\x0b\x32\x1d.coopgate.v1.DiagnosisRequestH\x00\x12\x36\n\x0fownership_offer\x18\x05 \x01(\x0b\x32\x1b.coopgate.v1.OwnershipOfferH\x00\x12\x42\n\x15\x63ustomer_notification\x18\x06 \x01(\x0b\x32!.coopgate.v1.CustomerNotificationH\x00\x12\x34\n\x0e\x63onsent_prompt\x18\x07 \x01(\x0b\x32\x1a.coopgate.v1.ConsentPromptH\x00\x12.\n\x0b\x63\x61se_notice\x18\x08 \x01(\x0b\x32\x17.coopgate.v1.CaseNoticeH\x00\x42\t\n\x07payload\"A\n\x10SubscribeRequest\x12-\n\rmax_in_flight\x18\x01 \x01(\x05\x42\x16\x82\x80\x19\x12\x31\x00\x00\x00\x00\x00\x00\x00\x00\x39\x00\x00\x00\x00\x00@\x8f@\"8\n\x11SubscribeResponse\x12#\n\x04item\x18\x01 \x01(\x0b\x32\x15.coopgate.v1.WorkItem\"\\\n\x12\x41\x63knowledgeRequest\x12$\n\x0fidempotency_key\x18\x01 \x01(\tB\x0b\x82\x80\x19\x07\x08\x01\x10\x80\x01 \x01\x12 \n\x08work_ids\x18\x02 \x03(\tB\x0e\x82\x80\x19\n\x08\x01\x10\x80\x01 \x01(\xe8\x07\"+\n\x13\x41\x63knowledgeResponse\x12\x14\n\x0c\x61\x63knowledged\x18\x01 \x01(\x05\x32\xb4\x01\n\x12PartnerWorkService\x12L\n\tSubscribe\x12\x1d.coopgate.v1.SubscribeRequest\x1a\x1e.coopgate.v1.SubscribeResponse0\x01\x12P\n\x0b\x41\x63knowledge\x12\x1f.coopgate.v1.AcknowledgeRequest\x1a .coopgate.v1.AcknowledgeResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'coopgate.v1.work_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
-  _globals['_DIAGNOSISREQUEST']._serialized_start=124
-  _globals['_DIAGNOSISREQUEST']._serialized_end=328
-  _globals['_OWNERSHIPOFFER']._serialized_start=331
-  _globals['_OWNERSHIPOFFER']._serialized_end=498
-  _globals['_CUSTOMERNOTIFICATION']._serialized_start=501
-  _globals['_CUSTOMERNOTIFICATION']._serialized_end=667
-  _globals['_CONSENTPROMPT']._serialized_start=670
-  _globals['_CONSENTPROMPT']._serialized_end=907
-  _globals['_CASENOTICE']._serialized_start=910
-  _globals['_CASENOTICE']._serialized_end=1042
-  _globals['_WORKITEM']._serialized_start=1045
-  _globals['_WORKITEM']._serialized_end=1439
-  _globals['_SUBSCRIBEREQUEST']._serialized_start=1441
-  _globals['_SUBSCRIBEREQUEST']._serialized_end=1482
-  _globals['_SUBSCRIBERESPONSE']._serialized_start=1484
-  _globals['_SUBSCRIBERESPONSE']._serialized_end=1540
-  _globals['_ACKNOWLEDGEREQUEST']._serialized_start=1542
-  _globals['_ACKNOWLEDGEREQUEST']._serialized_end=1605
-  _globals['_ACKNOWLEDGERESPONSE']._serialized_start=1607
-  _globals['_ACKNOWLEDGERESPONSE']._serialized_end=1650
-  _globals['_PARTNERWORKSERVICE']._serialized_start=1653
-  _globals['_PARTNERWORKSERVICE']._serialized_end=1833
+  _globals['_SUBSCRIBEREQUEST'].fields_by_name['max_in_flight']._loaded_options = None
+  _globals['_SUBSCRIBEREQUEST'].fields_by_name['max_in_flight']._serialized_options = b'\202\200\031\0221\000\000\000\000\000\000\000\0009\000\000\000\000\000@\217@'
+  _globals['_ACKNOWLEDGEREQUEST'].fields_by_name['idempotency_key']._loaded_options = None
+  _globals['_ACKNOWLEDGEREQUEST'].fields_by_name['idempotency_key']._serialized_options = b'\202\200\031\007\010\001\020\200\001 \001'
+  _globals['_ACKNOWLEDGEREQUEST'].fields_by_name['work_ids']._loaded_options = None
+  _globals['_ACKNOWLEDGEREQUEST'].fields_by_name['work_ids']._serialized_options = b'\202\200\031\n\010\001\020\200\001 \001(\350\007'
+  _globals['_DIAGNOSISREQUEST']._serialized_start=150
+  _globals['_DIAGNOSISREQUEST']._serialized_end=354
+  _globals['_OWNERSHIPOFFER']._serialized_start=357
+  _globals['_OWNERSHIPOFFER']._serialized_end=524
+  _globals['_CUSTOMERNOTIFICATION']._serialized_start=527
+  _globals['_CUSTOMERNOTIFICATION']._serialized_end=693
+  _globals['_CONSENTPROMPT']._serialized_start=696
+  _globals['_CONSENTPROMPT']._serialized_end=933
+  _globals['_CASENOTICE']._serialized_start=936
+  _globals['_CASENOTICE']._serialized_end=1068
+  _globals['_WORKITEM']._serialized_start=1071
+  _globals['_WORKITEM']._serialized_end=1465
+  _globals['_SUBSCRIBEREQUEST']._serialized_start=1467
+  _globals['_SUBSCRIBEREQUEST']._serialized_end=1532
+  _globals['_SUBSCRIBERESPONSE']._serialized_start=1534
+  _globals['_SUBSCRIBERESPONSE']._serialized_end=1590
+  _globals['_ACKNOWLEDGEREQUEST']._serialized_start=1592
+  _globals['_ACKNOWLEDGEREQUEST']._serialized_end=1684
+  _globals['_ACKNOWLEDGERESPONSE']._serialized_start=1686
+  _globals['_ACKNOWLEDGERESPONSE']._serialized_end=1729
+  _globals['_PARTNERWORKSERVICE']._serialized_start=1732
+  _globals['_PARTNERWORKSERVICE']._serialized_end=1912
 # @@protoc_insertion_point(module_scope)

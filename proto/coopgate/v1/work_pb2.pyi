@@ -283,6 +283,7 @@ class SubscribeRequest(_message.Message):
     max_in_flight: _builtins.int
     """Resume: items already acknowledged are never sent again; unacknowledged
     ones are redelivered.
+    Limits: In [0, 1000]. 0 means 32.
     """
     def __init__(
         self,
@@ -324,8 +325,13 @@ class AcknowledgeRequest(_message.Message):
     IDEMPOTENCY_KEY_FIELD_NUMBER: _builtins.int
     WORK_IDS_FIELD_NUMBER: _builtins.int
     idempotency_key: _builtins.str
+    """Limits: Required; printable ASCII (ID), at most 128 bytes. A new key for each
+    distinct call; the same key and request replays the first answer.
+    """
     @_builtins.property
-    def work_ids(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]: ...
+    def work_ids(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """Limits: 1 to 1000 items, each printable ASCII (ID), at most 128 bytes."""
+
     def __init__(
         self,
         *,

@@ -58,13 +58,15 @@ class PartnerWorkServiceServicer:
     """
 
     def Subscribe(self, request, context):
-        """Missing associated documentation comment in .proto file."""
+        """Roles: partner.
+        """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
     def Acknowledge(self, request, context):
-        """Missing associated documentation comment in .proto file."""
+        """Roles: partner.
+        """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')

@@ -38,7 +38,9 @@ class PartnerWorkServiceStub:
     @_typing.overload
     def __new__(cls, channel: _aio.Channel) -> PartnerWorkServiceAsyncStub: ...
     Subscribe: _grpc.UnaryStreamMultiCallable[_work_pb2.SubscribeRequest, _work_pb2.SubscribeResponse]
+    """Roles: partner."""
     Acknowledge: _grpc.UnaryUnaryMultiCallable[_work_pb2.AcknowledgeRequest, _work_pb2.AcknowledgeResponse]
+    """Roles: partner."""
 
 @_typing.type_check_only
 class PartnerWorkServiceAsyncStub(PartnerWorkServiceStub):
@@ -50,7 +52,9 @@ class PartnerWorkServiceAsyncStub(PartnerWorkServiceStub):
 
     def __init__(self, channel: _aio.Channel) -> None: ...
     Subscribe: _aio.UnaryStreamMultiCallable[_work_pb2.SubscribeRequest, _work_pb2.SubscribeResponse]  # type: ignore[assignment]
+    """Roles: partner."""
     Acknowledge: _aio.UnaryUnaryMultiCallable[_work_pb2.AcknowledgeRequest, _work_pb2.AcknowledgeResponse]  # type: ignore[assignment]
+    """Roles: partner."""
 
 class PartnerWorkServiceServicer(metaclass=_abc_1.ABCMeta):
     """PartnerWorkService delivers work to a partner backend: diagnosis requests,
@@ -64,13 +68,15 @@ class PartnerWorkServiceServicer(metaclass=_abc_1.ABCMeta):
         self,
         request: _work_pb2.SubscribeRequest,
         context: _ServicerContext,
-    ) -> _typing.Union[_abc.Iterator[_work_pb2.SubscribeResponse], _abc.AsyncIterator[_work_pb2.SubscribeResponse]]: ...
+    ) -> _typing.Union[_abc.Iterator[_work_pb2.SubscribeResponse], _abc.AsyncIterator[_work_pb2.SubscribeResponse]]:
+        """Roles: partner."""
 
     @_abc_1.abstractmethod
     def Acknowledge(
         self,
         request: _work_pb2.AcknowledgeRequest,
         context: _ServicerContext,
-    ) -> _typing.Union[_work_pb2.AcknowledgeResponse, _abc.Awaitable[_work_pb2.AcknowledgeResponse]]: ...
+    ) -> _typing.Union[_work_pb2.AcknowledgeResponse, _abc.Awaitable[_work_pb2.AcknowledgeResponse]]:
+        """Roles: partner."""
 
 def add_PartnerWorkServiceServicer_to_server(servicer: PartnerWorkServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...

@@ -16,6 +16,8 @@ from gateway.core.errors import FailedPrecondition, Unauthenticated
 from gateway.stack import Pki
 from partners import PartnerCredentials, secure_channel
 
+#: Every read declares its purpose (a required field of the contract).
+PURPOSE = "incident-resolution"
 SECRET = "password=hunter2 at /srv/db.sqlite line 42"
 #: A response encoded by hand, fields out of protobuf's own order (the view's items
 #: come after the header it encodes): sent as these bytes, not encoded again.
@@ -72,7 +74,7 @@ async def exploding(
 async def test_unexpected_error_is_internal_without_details(exploding: grpc.aio.Channel) -> None:
     stub = cases_pb2_grpc.CaseServiceStub(exploding)
     with pytest.raises(grpc.aio.AioRpcError) as caught:
-        await stub.GetCaseView(cases_pb2.GetCaseViewRequest(case_id="boom"))
+        await stub.GetCaseView(cases_pb2.GetCaseViewRequest(case_id="boom", purpose=PURPOSE))
     assert caught.value.code() == grpc.StatusCode.INTERNAL
     assert "hunter2" not in (caught.value.details() or "")
     assert (caught.value.details() or "").startswith("internal error (ref ")
@@ -82,7 +84,7 @@ async def test_unexpected_error_mid_stream_is_internal(exploding: grpc.aio.Chann
     stub = cases_pb2_grpc.CaseServiceStub(exploding)
     received = []
     with pytest.raises(grpc.aio.AioRpcError) as caught:
-        async for item in stub.WatchCase(cases_pb2.WatchCaseRequest(case_id="x")):
+        async for item in stub.WatchCase(cases_pb2.WatchCaseRequest(case_id="x", purpose=PURPOSE)):
             received.append(item.item.sequence)
     assert received == [1]
     assert caught.value.code() == grpc.StatusCode.INTERNAL
@@ -94,7 +96,7 @@ async def test_domain_error_maps_to_its_code(exploding: grpc.aio.Channel) -> Non
 
     stub = cases_pb2_grpc.CaseServiceStub(exploding)
     with pytest.raises(grpc.aio.AioRpcError) as caught:
-        await stub.GetCaseView(cases_pb2.GetCaseViewRequest(case_id="closed"))
+        await stub.GetCaseView(cases_pb2.GetCaseViewRequest(case_id="closed", purpose=PURPOSE))
     assert caught.value.code() == grpc.StatusCode.FAILED_PRECONDITION
     assert caught.value.details() == "case is closed"
     assert error_info(caught.value).reason == "CASE_CLOSED"
@@ -105,7 +107,7 @@ async def test_caller_comes_from_the_certificate_and_person_from_metadata(
 ) -> None:
     stub = cases_pb2_grpc.CaseServiceStub(exploding)
     response = await stub.GetCaseView(
-        cases_pb2.GetCaseViewRequest(case_id="ok"),
+        cases_pb2.GetCaseViewRequest(case_id="ok", purpose=PURPOSE),
         metadata=(("x-coopgate-person", "advisor-7"), ("x-coopgate-partner", "telco-a")),
     )
     assert response.view.header.case_id == "bank-a"
@@ -119,18 +121,18 @@ async def test_a_response_encoded_already_is_sent_as_it_is(exploding: grpc.aio.C
             request_serializer=cases_pb2.GetCaseViewRequest.SerializeToString,
         )
     )
-    sent = await raw(cases_pb2.GetCaseViewRequest(case_id="encoded"))
+    sent = await raw(cases_pb2.GetCaseViewRequest(case_id="encoded", purpose=PURPOSE))
     assert sent == ENCODED
     assert sent != cases_pb2.GetCaseViewResponse.FromString(sent).SerializeToString()
     parsed = await cases_pb2_grpc.CaseServiceStub(exploding).GetCaseView(
-        cases_pb2.GetCaseViewRequest(case_id="encoded")
+        cases_pb2.GetCaseViewRequest(case_id="encoded", purpose=PURPOSE)
     )
     assert parsed.view.header.case_id == "sent-as-is"
     assert [item.sequence for item in parsed.view.timeline] == [2]
     # and a message is still encoded as usual
     assert (
         cases_pb2.GetCaseViewResponse.FromString(
-            await raw(cases_pb2.GetCaseViewRequest(case_id="ok"))
+            await raw(cases_pb2.GetCaseViewRequest(case_id="ok", purpose=PURPOSE))
         ).view.header.case_id
         == "bank-a"
     )

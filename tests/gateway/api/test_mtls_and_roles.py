@@ -133,6 +133,20 @@ async def test_service_definition_names_each_bad_field(
             host_partner_id="bank-a", min_fault_confidence=3
         ),
     )
+    # The contract's declared limits are checked first: the id's format, the range.
+    with pytest.raises(grpc.aio.AioRpcError) as caught:
+        await admin.admin.DefineService(
+            admin_pb2.DefineServiceRequest(idempotency_key=unique("k"), service=service)
+        )
+    assert caught.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert set(field_violations(caught.value)) == {
+        "service.service_id",
+        "service.ownership_policy.min_fault_confidence",
+    }
+    # Within them, the service's own checks still name each bad field: an id too short
+    # for a service id, a duplicate component, a host outside the chain.
+    service.service_id = "b"
+    service.ownership_policy.min_fault_confidence = 1.5e-9
     with pytest.raises(grpc.aio.AioRpcError) as caught:
         await admin.admin.DefineService(
             admin_pb2.DefineServiceRequest(idempotency_key=unique("k"), service=service)
@@ -142,7 +156,6 @@ async def test_service_definition_names_each_bad_field(
         "service.service_id",
         "service.components[1].name",
         "service.ownership_policy.host_partner_id",
-        "service.ownership_policy.min_fault_confidence",
     }
     with pytest.raises(grpc.aio.AioRpcError) as caught:
         await admin.admin.GetService(admin_pb2.GetServiceRequest(service_id="Bad Id"))
