@@ -46,6 +46,19 @@ class Settings(BaseSettings):
     temporal_dev_ui_port: int = Field(default=8233, description="Embedded dev server UI port.")
     task_queue: str = "coopgate-incidents"
 
+    max_streams_per_partner: int = Field(
+        default=2048,
+        ge=1,
+        description="Streams (watches, work subscriptions) one partner may hold open at once; "
+        "one more is RESOURCE_EXHAUSTED with RetryInfo.",
+    )
+    max_inflight_per_partner: int = Field(
+        default=512,
+        ge=1,
+        description="Unary calls of one partner being served at once; one more is "
+        "RESOURCE_EXHAUSTED with RetryInfo.",
+    )
+
     shutdown_grace_seconds: float = 5.0
     slow_watcher_seconds: float = Field(
         default=30.0, description="A watch whose client reads nothing for this long is dropped."

@@ -33,6 +33,7 @@ from temporalio.worker import Worker
 from gateway.admin import catalog
 from gateway.admin.agreements import SharingAgreements
 from gateway.admin.registry import Admin
+from gateway.api.quota import PartnerQuota
 from gateway.api.server import Domain, ServerTLS, create_server, mark_serving
 from gateway.audit.checkpoints import Checkpointer, load_signer
 from gateway.audit.log import AuditLog
@@ -351,7 +352,12 @@ class RunningGateway:
 async def start_gateway(runtime: Runtime, pki: Pki) -> RunningGateway:
     try:
         server, port, health_servicer = create_server(
-            runtime.settings.listen, pki.server, runtime.domain
+            runtime.settings.listen,
+            pki.server,
+            runtime.domain,
+            quota=PartnerQuota(
+                runtime.settings.max_streams_per_partner, runtime.settings.max_inflight_per_partner
+            ),
         )
     except OSError as exc:
         _, _, wanted = runtime.settings.listen.rpartition(":")

@@ -1,19 +1,21 @@
-"""The gateway's one server interceptor: authenticate, then map errors.
+"""The gateway's one server interceptor: authenticate, authorize, then map errors.
 
 grpc.aio interceptors cannot see the servicer context, so this one wraps each
 handler's behaviour: it reads the caller from the verified client certificate
-(``auth_context``), makes it available through ``gateway.core.caller``, checks the
-request against the contract's declared limits (``gateway.api.limits``), and turns
-domain errors into a ``google.rpc.Status`` with ``ErrorInfo`` and, for bad
-input, ``BadRequest`` field violations. Any other exception becomes INTERNAL
-with a reference id in the log and nothing else.
+(``auth_context``), admits it by the method's rule in the authorization table
+(``gateway.api.authorization``; deny by default), holds one of its partner's quota
+slots for the call (``gateway.api.quota``), makes it available through
+``gateway.core.caller``, checks the request against the contract's declared limits
+(``gateway.api.limits``), and turns domain errors into a ``google.rpc.Status`` with
+``ErrorInfo`` and, for bad input, ``BadRequest`` field violations. Any other
+exception becomes INTERNAL with a reference id in the log and nothing else.
 """
 
 from __future__ import annotations
 
 import logging
 import uuid
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from dataclasses import dataclass
 from typing import Any, NoReturn
 
@@ -23,7 +25,9 @@ from google.protobuf.message import DecodeError, Message
 from google.rpc import code_pb2, error_details_pb2, status_pb2
 from grpc_status import rpc_status
 
+from gateway.api.authorization import RULES, UNDECLARED, Rule
 from gateway.api.limits import checker
+from gateway.api.quota import PartnerQuota, Slots
 from gateway.core.caller import (
     Caller,
     person_from_metadata,
@@ -32,7 +36,13 @@ from gateway.core.caller import (
     set_caller,
     set_deadline,
 )
-from gateway.core.errors import ERROR_DOMAIN, CoopgateError, InvalidArgument, Unauthenticated
+from gateway.core.errors import (
+    ERROR_DOMAIN,
+    CoopgateError,
+    InvalidArgument,
+    ResourceExhausted,
+    Unauthenticated,
+)
 from gateway.crypto.pki import identity_from_pem
 from gateway.crypto.revocation import RevocationList
 
@@ -122,6 +132,10 @@ def status_for(error: CoopgateError) -> status_pb2.Status:
                 ]
             )
         )
+    if isinstance(error, ResourceExhausted):
+        retry = error_details_pb2.RetryInfo()
+        retry.retry_delay.FromNanoseconds(int(error.retry_after * 1e9))
+        details.append(retry)
     packed = []
     for detail in details:
         any_msg = any_pb2.Any()
@@ -158,10 +172,21 @@ async def _abort(context: grpc.aio.ServicerContext[Any, Any], exc: BaseException
 
 
 class GatewayInterceptor(grpc.aio.ServerInterceptor):
-    """Authentication from the certificate and the error mapping, for every RPC."""
+    """Authentication from the certificate, authorization by ``rules``, the partner's
+    ``quota`` (None: no limit) and the error mapping, for every RPC. A method ``rules``
+    does not declare answers PERMISSION_DENIED; health and reflection are open to any
+    valid certificate."""
 
-    def __init__(self, revoked: RevocationList | None = None) -> None:
+    def __init__(
+        self,
+        revoked: RevocationList | None = None,
+        *,
+        rules: Mapping[str, Rule] = RULES,
+        quota: PartnerQuota | None = None,
+    ) -> None:
         self._revoked = revoked
+        self._rules = rules
+        self._quota = quota
         self._wrapped: dict[
             str, tuple[grpc.RpcMethodHandler[Any, Any], grpc.RpcMethodHandler[Any, Any]]
         ] = {}
@@ -179,10 +204,15 @@ class GatewayInterceptor(grpc.aio.ServerInterceptor):
         method = handler_call_details.method
         if method.startswith(_OPEN_SERVICES):
             return handler
-        # One wrapped handler per method and handler, built once (this runs for every call).
+        # One wrapped handler per method and handler, built once (this runs for every call):
+        # the method's rule is resolved here, so a call costs a set membership.
         wrapped = self._wrapped.get(method)
         if wrapped is None or wrapped[0] is not handler:
-            wrapped = self._wrapped[method] = (handler, _wrap(handler, self._revoked))
+            rule = self._rules.get(method, UNDECLARED)
+            wrapped = self._wrapped[method] = (
+                handler,
+                _wrap(handler, self._revoked, rule, self._quota),
+            )
         return wrapped[1]
 
 
@@ -196,32 +226,70 @@ def _limits(deserialize: Callable[[bytes], Any] | None) -> Callable[[Any], None]
 
 
 def _wrap(
-    handler: grpc.RpcMethodHandler[Any, Any], revoked: RevocationList | None
+    handler: grpc.RpcMethodHandler[Any, Any],
+    revoked: RevocationList | None,
+    rule: Rule,
+    quota: PartnerQuota | None,
 ) -> grpc.RpcMethodHandler[Any, Any]:
+    if not rule.roles:
+        return _refusing(handler, revoked)
     check = _limits(handler.request_deserializer)
     if handler.unary_unary is not None:
+        calls = None if quota is None else quota.calls
         return grpc.unary_unary_rpc_method_handler(
-            _wrap_unary(handler.unary_unary, revoked, check),
+            _wrap_unary(handler.unary_unary, revoked, check, rule, calls),
             request_deserializer=_decoding(handler.request_deserializer),
             response_serializer=_sending_encoded(handler.response_serializer),
         )
     if handler.unary_stream is not None:
+        streams = None if quota is None else quota.streams
         return grpc.unary_stream_rpc_method_handler(
-            _wrap_stream(handler.unary_stream, revoked, check),
+            _wrap_stream(handler.unary_stream, revoked, check, rule, streams),
             request_deserializer=_decoding(handler.request_deserializer),
             response_serializer=handler.response_serializer,
         )
-    return handler
+    # The contract has no client-streaming method: one would need wrapping of its own.
+    return _refusing(handler, revoked)
+
+
+def _refusing(
+    handler: grpc.RpcMethodHandler[Any, Any], revoked: RevocationList | None
+) -> grpc.RpcMethodHandler[Any, Any]:
+    """A handler of ``handler``'s kind that authenticates the caller, then refuses:
+    PERMISSION_DENIED for every caller (deny by default)."""
+
+    async def refuse(request: Any, context: grpc.aio.ServicerContext[Any, Any]) -> None:
+        try:
+            UNDECLARED.admit(_caller_from(context, revoked))
+        except Exception as exc:
+            await _abort(context, exc)
+
+    kinds = (
+        (handler.unary_unary, grpc.unary_unary_rpc_method_handler),
+        (handler.unary_stream, grpc.unary_stream_rpc_method_handler),
+        (handler.stream_unary, grpc.stream_unary_rpc_method_handler),
+    )
+    make = next((make for behavior, make in kinds if behavior is not None), None)
+    return (make or grpc.stream_stream_rpc_method_handler)(
+        refuse,
+        request_deserializer=_decoding(handler.request_deserializer),
+        response_serializer=handler.response_serializer,
+    )
 
 
 def _wrap_unary(
     behavior: Callable[..., Any],
     revoked: RevocationList | None,
     check: Callable[[Any], None] | None,
+    rule: Rule,
+    calls: Slots | None,
 ) -> Callable[..., Awaitable[Any]]:
     async def wrapper(request: Any, context: grpc.aio.ServicerContext[Any, Any]) -> Any:
         try:
-            token = set_caller(_caller_from(context, revoked))
+            caller = rule.admit(_caller_from(context, revoked))
+            if calls is not None:
+                calls.take(caller.partner_id)
+            token = set_caller(caller)
         except Exception as exc:
             await _abort(context, exc)
         deadline = set_deadline(context.time_remaining())
@@ -235,6 +303,8 @@ def _wrap_unary(
         except Exception as exc:
             await _abort(context, exc)
         finally:
+            if calls is not None:
+                calls.give_back(caller.partner_id)
             reset_deadline(deadline)
             reset_caller(token)
 
@@ -245,12 +315,17 @@ def _wrap_stream(
     behavior: Callable[..., Any],
     revoked: RevocationList | None,
     check: Callable[[Any], None] | None,
+    rule: Rule,
+    streams: Slots | None,
 ) -> Callable[..., AsyncIterator[Any]]:
     async def wrapper(
         request: Any, context: grpc.aio.ServicerContext[Any, Any]
     ) -> AsyncIterator[Any]:
         try:
-            token = set_caller(_caller_from(context, revoked))
+            caller = rule.admit(_caller_from(context, revoked))
+            if streams is not None:
+                streams.take(caller.partner_id)
+            token = set_caller(caller)
         except Exception as exc:
             await _abort(context, exc)
         try:
@@ -259,6 +334,8 @@ def _wrap_stream(
                 check(request)
         except Exception as exc:
             reset_caller(token)
+            if streams is not None:
+                streams.give_back(caller.partner_id)
             await _abort(context, exc)
         stream = behavior(request, context)
         try:
@@ -269,6 +346,8 @@ def _wrap_stream(
         except Exception as exc:
             await _abort(context, exc)
         finally:
+            if streams is not None:
+                streams.give_back(caller.partner_id)
             await stream.aclose()
             reset_caller(token)
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -27,7 +28,9 @@ from opentelemetry.instrumentation.grpc import aio_server_interceptor
 
 from gateway.admin.agreements import SharingAgreements
 from gateway.admin.registry import Admin
+from gateway.api.authorization import RULES, Rule, require_rules
 from gateway.api.interceptors import GatewayInterceptor
+from gateway.api.quota import PartnerQuota
 from gateway.api.servicers import (
     AdminServicer,
     CaseServicer,
@@ -134,11 +137,22 @@ MAX_RESPONSE_BYTES = 16 * 1024 * 1024
 
 
 def create_server(
-    address: str, tls: ServerTLS, domain: Domain
+    address: str,
+    tls: ServerTLS,
+    domain: Domain,
+    *,
+    quota: PartnerQuota | None = None,
+    rules: Mapping[str, Rule] = RULES,
 ) -> tuple[grpc.aio.Server, int, health.aio.HealthServicer]:
-    """Build the server (not started). Returns it, its bound port and its health servicer."""
+    """Build the server (not started). Returns it, its bound port and its health servicer.
+
+    Every method of the contract it serves must have its rule in ``rules`` (the
+    authorization table), else it refuses (``MissingRule``). ``quota`` limits each
+    partner's concurrent streams and in-flight calls (None: no limit)."""
+    require_rules(SERVICE_NAMES, rules)
+    gateway = GatewayInterceptor(tls.revocations(), rules=rules, quota=quota)
     server = grpc.aio.server(
-        interceptors=[aio_server_interceptor(), GatewayInterceptor(tls.revocations())],  # type: ignore[no-untyped-call]
+        interceptors=[aio_server_interceptor(), gateway],  # type: ignore[no-untyped-call]
         options=[
             ("grpc.max_receive_message_length", MAX_REQUEST_BYTES),
             ("grpc.max_send_message_length", MAX_RESPONSE_BYTES),

@@ -141,3 +141,22 @@ class Aborted(CoopgateError):
 
     code = grpc.StatusCode.ABORTED
     default_reason = "ABORTED"
+
+
+class ResourceExhausted(CoopgateError):
+    """A quota is used up for now; ``retry_after`` says when trying again makes sense
+    (``google.rpc.RetryInfo``)."""
+
+    code = grpc.StatusCode.RESOURCE_EXHAUSTED
+    default_reason = "RESOURCE_EXHAUSTED"
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        retry_after: float,
+        reason: str | None = None,
+        metadata: Mapping[str, str] | None = None,
+    ) -> None:
+        super().__init__(message, reason=reason, metadata=metadata)
+        self.retry_after = retry_after
