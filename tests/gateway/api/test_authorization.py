@@ -333,24 +333,30 @@ async def test_a_partner_over_its_in_flight_calls_waits_and_the_others_do_not(
         secure_channel(target, credentials("telco-a", Role.ADVISOR)) as telco,
     ):
         bank_cases = cases_pb2_grpc.CaseServiceStub(bank)
-        held = bank_cases.GetCaseView(cases_pb2.GetCaseViewRequest(case_id="hold"), timeout=10)
+        held = bank_cases.GetCaseView(
+            cases_pb2.GetCaseViewRequest(case_id="hold", purpose=PURPOSE), timeout=10
+        )
         await _until(lambda: servicer.held == 1)
         with pytest.raises(grpc.aio.AioRpcError) as caught:
-            await bank_cases.GetCaseView(cases_pb2.GetCaseViewRequest(case_id="x"), timeout=5)
+            await bank_cases.GetCaseView(
+                cases_pb2.GetCaseViewRequest(case_id="x", purpose=PURPOSE), timeout=5
+            )
         _assert_over_quota(caught.value, "calls")
         served = await cases_pb2_grpc.CaseServiceStub(telco).GetCaseView(
-            cases_pb2.GetCaseViewRequest(case_id="x"), timeout=5
+            cases_pb2.GetCaseViewRequest(case_id="x", purpose=PURPOSE), timeout=5
         )
         assert served.view.header.case_id == "telco-a"
         held.cancel()  # a cancelled call gives its slot back
         await _until(lambda: not quota.calls.held)
-        again = await bank_cases.GetCaseView(cases_pb2.GetCaseViewRequest(case_id="x"), timeout=5)
+        again = await bank_cases.GetCaseView(
+            cases_pb2.GetCaseViewRequest(case_id="x", purpose=PURPOSE), timeout=5
+        )
         assert again.view.header.case_id == "bank-a"
         # A refused call (role) and an undecodable one take no slot, or give it back.
         async with secure_channel(target, credentials("bank-a", Role.PARTNER)) as partner:
             with pytest.raises(grpc.aio.AioRpcError) as caught:
                 await cases_pb2_grpc.CaseServiceStub(partner).GetCaseView(
-                    cases_pb2.GetCaseViewRequest(case_id="x"), timeout=5
+                    cases_pb2.GetCaseViewRequest(case_id="x", purpose=PURPOSE), timeout=5
                 )
             assert caught.value.code() == grpc.StatusCode.PERMISSION_DENIED
         raw: grpc.aio.UnaryUnaryMultiCallable[bytes, bytes] = bank.unary_unary(
