@@ -160,8 +160,12 @@ class DerivedDecision:
             )
         if all(shown):
             return self.text
-        visible = {flow for flow, ok in zip(self.cites, shown, strict=True) if ok}
-        head = self._head()
+        return self.composed({flow for flow, ok in zip(self.cites, shown, strict=True) if ok})
+
+    def composed(self, visible: set[Flow]) -> str:
+        """The explanation made again from the structure, with the findings of the flows
+        in ``visible`` only (with every flow, the same text as the workflow's)."""
+        head = self._head(visible)
         parts: list[str] = []
         withheld = 0
         by_component = {f.component: f for f in self.findings}
@@ -177,26 +181,61 @@ class DerivedDecision:
             elif found.status in ("UNRESPONSIVE", "UNKNOWN"):
                 parts.append(f"{name}: {found.status}")
             else:
-                code = f" ({found.fault_code})" if found.fault_code else ""
-                parts.append(f"{name}: {found.status} {found.confidence:.2f}{code}")
+                parts.append(f"{name}: {found.status} {found.confidence:.2f}{_code(found)}")
         if withheld:
             parts.append(f"{withheld} withheld")
         return f"{head} Findings: {'; '.join(parts)}."
 
-    def _head(self) -> str:
-        """What every reader is told: the rule, the owner, the resolvers, the policy's terms."""
+    def _head(self, visible: set[Flow]) -> str:
+        """What every reader is told (the rule, the owner, the resolvers, the policy's
+        terms), and the faulty findings that made the rule fire, those it may see."""
         decision = self.public.ownership_decision
         owner = decision.relationship_owner_id
         threshold = f"{self.threshold:.2f}" if self.threshold is not None else ""
         if decision.rule == RULE_INCONCLUSIVE:
             terms = f"no component is FAULTY at confidence >= {threshold}; " if threshold else ""
             return f"{terms}{owner}, contacted first, owns the relationship and escalates."
+        why = f"relationship owner {owner}" + (
+            f" because {self.owner_reason}" if self.owner_reason else ""
+        )
+        confident = self._confident()
+        shown = [f for f in confident if f.flow is None or f.flow in visible]
+        if confident and len(confident) == 1 == len(shown):
+            f = shown[0]
+            return (
+                f"{f.component} ({f.partner_id}) is FAULTY{_code(f)} at confidence "
+                f"{f.confidence:.2f} >= {threshold}, no other component is: {f.partner_id} "
+                f"resolves; {why}."
+            )
+        if len(confident) > 1 and shown:
+            faults = ", ".join(f"{f.component} ({f.partner_id}{_code(f)})" for f in shown)
+            if len(shown) < len(confident):
+                faults += f", {len(confident) - len(shown)} withheld"
+            return (
+                f"{len(confident)} components are FAULTY at confidence >= {threshold}: "
+                f"{faults}; each owner resolves; {why}."
+            )
         resolvers = list(decision.resolver_ids)
         who = ", ".join(resolvers) or "nobody"
         verb = "resolves" if len(resolvers) == 1 else "each resolve"
         terms = f"rule {decision.rule}" + (f", confidence >= {threshold}" if threshold else "")
-        why = f" because {self.owner_reason}" if self.owner_reason else ""
-        return f"{who} {verb} ({terms}); relationship owner {owner}{why}."
+        return f"{who} {verb} ({terms}); {why}."
+
+    def _confident(self) -> list[CitedFinding]:
+        """The findings at fault by the policy's threshold (none when it is unknown), as
+        the workflow ranks them."""
+        if self.threshold is None:
+            return []
+        threshold = self.threshold
+        return [
+            f
+            for f in sorted(self.findings, key=lambda f: (-f.confidence, f.component))
+            if f.status == "FAULTY" and f.confidence >= threshold
+        ]
+
+
+def _code(finding: CitedFinding) -> str:
+    return f" ({finding.fault_code})" if finding.fault_code else ""
 
 
 def redacted_explanation(rule: str, owner: str, resolvers: Iterable[str]) -> str:
