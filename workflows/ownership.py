@@ -56,12 +56,7 @@ def decide_ownership(
     ]
     resolvers = tuple(dict.fromkeys(f.partner_id for f in confident))
     preferred = context.policy.host_partner_id or context.first_contact_partner_id
-    origin = context.policy.source
-    why_owner = (
-        f"{origin} names {preferred} as host"
-        if context.policy.host_partner_id
-        else f"{preferred} was contacted first and {origin} names no host"
-    )
+    why_owner = owner_reason(context)
     summary = _summarise(findings, context)
     if len(confident) == 1:
         f = confident[0]
@@ -94,6 +89,17 @@ def decide_ownership(
         explanation=f"{explanation} Findings: {summary}.",
         escalate=rule == RULE_INCONCLUSIVE,
         hypotheses=hypotheses,
+    )
+
+
+def owner_reason(context: IncidentContext) -> str:
+    """Why the policy prefers its relationship owner when a component is at fault."""
+    preferred = context.policy.host_partner_id or context.first_contact_partner_id
+    origin = context.policy.source
+    return (
+        f"{origin} names {preferred} as host"
+        if context.policy.host_partner_id
+        else f"{preferred} was contacted first and {origin} names no host"
     )
 
 

@@ -15,6 +15,7 @@ from sqlalchemy import Connection, Row, select
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from gateway.audit.log import AuditRecord
+from gateway.cases.derived import DerivedDecision
 from gateway.cases.rows import CaseRow, Participant, TimelineEvent
 from gateway.consent.rules import AccessDecision, ConsentRules, Flow
 from gateway.consent.vocabulary import Vocabulary
@@ -84,7 +85,12 @@ class CaseReader:
                     ),
                 )
                 item.occurred_at.FromDatetime(r.occurred_at)
-            events.append(TimelineEvent(r.sequence, r.source_partner_id, r.category, item))
+            derived = None
+            if item.WhichOneof("item") == "ownership_decision":
+                # Its stored form never leaves: what a reader sees is composed for it.
+                derived = DerivedDecision.parse(item)
+                item = derived.item([False] * len(derived.cites))
+            events.append(TimelineEvent(r.sequence, r.source_partner_id, r.category, item, derived))
         return events
 
     def read_records(

@@ -11,6 +11,7 @@ from coopgate.v1 import cases_pb2
 from sqlalchemy import bindparam, insert, select, update
 from sqlalchemy.ext.asyncio import AsyncConnection
 
+from gateway.cases.derived import DerivedDecision
 from gateway.consent.rules import Flow
 from gateway.core.caller import Caller
 from gateway.core.errors import FailedPrecondition, NotFound
@@ -42,6 +43,9 @@ class TimelineEvent:
     source_partner_id: str
     category: str
     item: cases_pb2.TimelineItem
+    #: For an ownership decision: what it was made from, to compose per reader (`item`
+    #: is then the explanation composed for nobody).
+    derived: DerivedDecision | None = None
     flow: Flow = field(init=False)
 
     def __post_init__(self) -> None:

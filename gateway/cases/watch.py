@@ -75,7 +75,7 @@ class CaseWatch:
             while True:
                 batch = await self._watch_batch(caller, request.case_id, request.purpose, position)
                 row, header, events = batch.row, batch.header, batch.events
-                allowed = [e.item for e in events if batch.decisions[e.flow].allowed]
+                allowed, cited = _allowed(events, batch.decisions)
                 if events:
                     await self.rules.audit.record(
                         self._read_records(
@@ -85,7 +85,7 @@ class CaseWatch:
                             batch.decisions,
                             sorted({e.category for e in events}),
                             len(allowed),
-                            len(events) - len(allowed),
+                            len(events) - len(allowed) + cited,
                         )
                     )
                 for item in allowed:
@@ -143,6 +143,27 @@ class CaseWatch:
                 subject_id=row.subject_id,
                 service_id=row.service_id,
                 purpose=purpose,
-                flows={e.flow for e in events},
+                flows={e.flow for e in events}.union(
+                    *(e.derived.cites for e in events if e.derived is not None)
+                ),
             )
         return WatchBatch(row, header, events, decisions)
+
+
+def _allowed(
+    events: list[TimelineEvent], decisions: dict[Flow, AccessDecision]
+) -> tuple[list[cases_pb2.TimelineItem], int]:
+    """The items the reader may see, each decision composed for it, and how many
+    findings those decisions cite that it may not see (withheld)."""
+    allowed = []
+    withheld = 0
+    for e in events:
+        if not decisions[e.flow].allowed:
+            continue
+        if e.derived is None:
+            allowed.append(e.item)
+            continue
+        shown = [decisions[f].allowed for f in e.derived.cites]
+        allowed.append(e.derived.item(shown))
+        withheld += e.derived.withheld(shown)
+    return allowed, withheld

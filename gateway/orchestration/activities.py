@@ -35,7 +35,7 @@ class IncidentActivities:
     ) -> None:
         self.lifecycle = LifecycleActivities(store, cases)
         self.diagnosis = DiagnosisActivities(store, cases, rules, pseudonyms)
-        self.ownership = OwnershipActivities(store, cases, audit)
+        self.ownership = OwnershipActivities(store, cases, rules, audit)
         self.follow_up = FollowUpActivities(store, cases)
 
     def all(self) -> list[Callable[..., Any]]:

@@ -7,6 +7,7 @@ from typing import Any
 
 from coopgate.v1 import admin_pb2, cases_pb2, work_pb2
 from sqlalchemy import or_, select
+from sqlalchemy.ext.asyncio import AsyncConnection
 from temporalio import activity
 
 from gateway.cases.service import Cases
@@ -33,78 +34,7 @@ class LifecycleActivities:
     @activity.defn(name=LOAD_INCIDENT)
     async def load_incident(self, request: LoadIncidentInput) -> IncidentContext:
         async with self._store.read() as conn:
-            case = (
-                await conn.execute(select(cases).where(cases.c.case_id == request.case_id))
-            ).one()
-            definition = (
-                await conn.execute(
-                    select(services.c.definition).where(services.c.service_id == case.service_id)
-                )
-            ).scalar_one()
-            now = dt.datetime.now(dt.UTC)
-            agreements = [
-                admin_pb2.SharingAgreement.FromString(d)
-                for d in (
-                    await conn.execute(
-                        select(sharing_agreements.c.definition)
-                        .where(
-                            sharing_agreements.c.service_id == case.service_id,
-                            sharing_agreements.c.valid_from <= now,
-                            or_(
-                                sharing_agreements.c.valid_until.is_(None),
-                                sharing_agreements.c.valid_until > now,
-                            ),
-                        )
-                        .order_by(sharing_agreements.c.agreement_id)
-                    )
-                ).scalars()
-            ]
-        service = admin_pb2.Service.FromString(definition)
-        first = case.first_contact_partner_id
-        policy = service.ownership_policy
-        policy_from = "the service"
-        for agreement in agreements:
-            if agreement.recipient_partner_id == first and agreement.HasField("ownership_override"):
-                override = agreement.ownership_override
-                merged = admin_pb2.OwnershipPolicy()
-                merged.CopyFrom(policy)
-                if override.host_partner_id:
-                    merged.host_partner_id = override.host_partner_id
-                if override.min_fault_confidence:
-                    merged.min_fault_confidence = override.min_fault_confidence
-                if override.HasField("acceptance_deadline"):
-                    merged.acceptance_deadline.CopyFrom(override.acceptance_deadline)
-                policy, policy_from = merged, f"agreement {agreement.agreement_id}"
-                break
-        return IncidentContext(
-            case_id=case.case_id,
-            service_id=case.service_id,
-            first_contact_partner_id=first,
-            components=tuple(
-                ComponentSpec(
-                    name=c.name,
-                    partner_id=c.partner_id,
-                    diagnosis_deadline_s=_agreed_deadline(agreements, c, first),
-                )
-                for c in service.components
-            ),
-            policy=PolicySpec(
-                host_partner_id=policy.host_partner_id,
-                min_fault_confidence=policy.min_fault_confidence,
-                acceptance_deadline_s=policy.acceptance_deadline.ToTimedelta().total_seconds(),
-                source=policy_from,
-            ),
-            service_level=ServiceLevelSpec(
-                time_to_owner_s=service.service_level.time_to_owner.ToTimedelta().total_seconds(),
-                time_to_resolution_s=(
-                    service.service_level.time_to_resolution.ToTimedelta().total_seconds()
-                ),
-                confirmation_window_s=(
-                    service.service_level.confirmation_window.ToTimedelta().total_seconds()
-                ),
-            ),
-            opened_at_s=case.opened_at.timestamp(),
-        )
+            return await incident_context(conn, request.case_id)
 
     @activity.defn(name=RECORD_CASE_STATUS)
     async def record_case_status(self, request: RecordCaseStatusInput) -> None:
@@ -135,6 +65,81 @@ class LifecycleActivities:
                     resolver_ids=resolvers,
                 ),
             )
+
+
+async def incident_context(conn: AsyncConnection, case_id: str) -> IncidentContext:
+    """What the incident workflow decides on: the service chain, its ownership policy
+    (an agreement with the partner first contacted may override it) and service levels."""
+    case = (await conn.execute(select(cases).where(cases.c.case_id == case_id))).one()
+    definition = (
+        await conn.execute(
+            select(services.c.definition).where(services.c.service_id == case.service_id)
+        )
+    ).scalar_one()
+    now = dt.datetime.now(dt.UTC)
+    agreements = [
+        admin_pb2.SharingAgreement.FromString(d)
+        for d in (
+            await conn.execute(
+                select(sharing_agreements.c.definition)
+                .where(
+                    sharing_agreements.c.service_id == case.service_id,
+                    sharing_agreements.c.valid_from <= now,
+                    or_(
+                        sharing_agreements.c.valid_until.is_(None),
+                        sharing_agreements.c.valid_until > now,
+                    ),
+                )
+                .order_by(sharing_agreements.c.agreement_id)
+            )
+        ).scalars()
+    ]
+    service = admin_pb2.Service.FromString(definition)
+    first = case.first_contact_partner_id
+    policy = service.ownership_policy
+    policy_from = "the service"
+    for agreement in agreements:
+        if agreement.recipient_partner_id == first and agreement.HasField("ownership_override"):
+            override = agreement.ownership_override
+            merged = admin_pb2.OwnershipPolicy()
+            merged.CopyFrom(policy)
+            if override.host_partner_id:
+                merged.host_partner_id = override.host_partner_id
+            if override.min_fault_confidence:
+                merged.min_fault_confidence = override.min_fault_confidence
+            if override.HasField("acceptance_deadline"):
+                merged.acceptance_deadline.CopyFrom(override.acceptance_deadline)
+            policy, policy_from = merged, f"agreement {agreement.agreement_id}"
+            break
+    return IncidentContext(
+        case_id=case.case_id,
+        service_id=case.service_id,
+        first_contact_partner_id=first,
+        components=tuple(
+            ComponentSpec(
+                name=c.name,
+                partner_id=c.partner_id,
+                diagnosis_deadline_s=_agreed_deadline(agreements, c, first),
+            )
+            for c in service.components
+        ),
+        policy=PolicySpec(
+            host_partner_id=policy.host_partner_id,
+            min_fault_confidence=policy.min_fault_confidence,
+            acceptance_deadline_s=policy.acceptance_deadline.ToTimedelta().total_seconds(),
+            source=policy_from,
+        ),
+        service_level=ServiceLevelSpec(
+            time_to_owner_s=service.service_level.time_to_owner.ToTimedelta().total_seconds(),
+            time_to_resolution_s=(
+                service.service_level.time_to_resolution.ToTimedelta().total_seconds()
+            ),
+            confirmation_window_s=(
+                service.service_level.confirmation_window.ToTimedelta().total_seconds()
+            ),
+        ),
+        opened_at_s=case.opened_at.timestamp(),
+    )
 
 
 def _agreed_deadline(agreements: list[Any], component: Any, first_contact: str) -> float:

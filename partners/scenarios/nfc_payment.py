@@ -48,7 +48,8 @@ async def play(stage: Stage) -> Outcome:
     before = withheld(diagnosed, telco, FINDINGS)
     stage.narrator.view("Before consent", diagnosed, reader=f"{bank} advisor", only_from=telco)
     say(
-        f"{before} finding from {telco} is withheld: the advisor asks the customer whether "
+        f"{before} item(s) of {telco}'s findings withheld (its finding, and what the ownership "
+        "decision says of it): the advisor asks the customer whether "
         f"{bank} may see {telco}'s diagnosis of this incident. The customer agrees by phone."
     )
     consent = await advisor.grant_consent(

@@ -49,8 +49,8 @@ async def play(stage: Stage) -> Outcome:
     before = await store.get_case_view(case_id, purpose=Purpose.CUSTOMER_CARE)
     hidden = withheld(before, handset, FINDINGS)
     say(
-        f"The store advisor already sees the app report and the diagnosis; {hidden} finding "
-        f"from {handset} is withheld. The customer agrees, at the counter, to share it."
+        f"The store advisor already sees the app report and the diagnosis; {hidden} item(s) "
+        f"of {handset}'s findings withheld. The customer agrees, at the counter, to share it."
     )
     await store.grant_consent(
         customer_local_id=customer,

@@ -36,19 +36,22 @@ async def test_nfc_payment_bank_keeps_the_customer_the_operator_fixes_the_sim(
     assert "sim-secure-element" in outcome.decision.explanation
     assert "SE_PAYMENT_APPLET_LOCKED" in outcome.decision.explanation
     assert outcome.escalations == ()
-    # The consent, and only the consent, shows the bank the operator's finding.
+    # The consent, and only the consent, shows the bank the operator's finding: withheld
+    # are the finding and its part in the ownership decision's explanation.
     assert outcome.consent is not None
-    assert outcome.consent.withheld_before == 1
+    assert outcome.consent.withheld_before == 2
     assert outcome.consent.shown_with_consent == 1
-    assert outcome.consent.withheld_after_withdrawal == 1
+    assert outcome.consent.withheld_after_withdrawal == 2
     telco_findings = items(outcome.owner_view, "finding", telco)
     assert [f.finding.fault_code for f in telco_findings] == ["SE_PAYMENT_APPLET_LOCKED"]
     after = outcome.views["after withdrawal"]
     assert items(after, "finding", telco) == []
     assert items(after, "interaction", telco) == []
-    assert withheld(after, telco) == 2
-    # Other partners' findings stay withheld from the bank: no agreement covers them.
-    assert withheld(outcome.owner_view, stage.cast["acquirer"], "diagnostic.findings") == 1
+    assert withheld(after, telco) == 3
+    # Other partners' findings stay withheld from the bank, in the decision too: no
+    # agreement covers them.
+    assert withheld(outcome.owner_view, stage.cast["acquirer"], "diagnostic.findings") == 2
+    assert "payment-terminal" not in outcome.decision.explanation
     # The operator, as resolver, repaired its SIM and said so on the case.
     assert outcome.case_id in backends["operator"].repaired
     assert backends["operator"].model.batch_applets["payment"] == "personalised"  # type: ignore[attr-defined]

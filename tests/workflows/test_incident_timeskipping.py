@@ -262,10 +262,19 @@ async def test_single_fault_resolved_by_its_owner_relationship_kept_by_first_con
     assert view.header.status == cases_pb2.CASE_STATUS_CLOSED
     assert view.header.relationship_owner_id == "bank-a"
     assert list(view.header.resolver_ids) == ["telco-a"]
-    (decision,) = decisions(view)
+    # The operator, whose finding it cites, reads the decision's explanation whole ...
+    (decision,) = decisions(await incident.view("telco-a"))
     assert (
         "sim-secure-element (telco-a) is FAULTY (FAULT) at confidence 0.92" in decision.explanation
     )
+    # ... the bank, without the customer's consent, its rule, owner and resolvers only.
+    (decision,) = decisions(view)
+    assert (decision.rule, decision.relationship_owner_id) == ("single-faulty-component", "bank-a")
+    assert list(decision.resolver_ids) == ["telco-a"]
+    assert decision.explanation.startswith("telco-a resolves (rule single-faulty-component")
+    assert "sim-secure-element" not in decision.explanation
+    assert "0.92" not in decision.explanation
+    assert "card-token: OK 0.95" in decision.explanation
     assert milestones(view) == [
         "received",
         "diagnosing",
