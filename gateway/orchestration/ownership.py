@@ -126,13 +126,11 @@ class OwnershipActivities:
                             ("decision", decision.decision_id),
                             ("candidates", ",".join(decision.owner_candidates)),
                             ("resolvers", ",".join(decision.resolver_ids)),
-                            (
-                                "findings",
-                                ";".join(
-                                    f"{f.component}={f.status}@{f.confidence:.2f}"
-                                    for f in request.findings
-                                ),
-                            ),
+                            # The components it was made from, not their findings: the log
+                            # is read by every partner's compliance officers, and a finding's
+                            # status, confidence and code are its source partner's data,
+                            # shown only under consent (the timeline's decision item).
+                            ("findings", ",".join(f.component for f in request.findings)),
                         ),
                     )
                 ],

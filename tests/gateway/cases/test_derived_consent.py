@@ -18,7 +18,7 @@ from typing import Any
 
 import grpc
 import pytest
-from coopgate.v1 import cases_pb2, common_pb2, consents_pb2, work_pb2
+from coopgate.v1 import audit_pb2, cases_pb2, common_pb2, consents_pb2, work_pb2
 
 from gateway.core.caller import Role
 from partners.reference import COMPANIES
@@ -286,6 +286,20 @@ async def test_the_decision_tells_the_bank_no_finding_it_may_not_see(
             assert _withheld(_parsed(after[1]), telco) >= 2
             assert list(_decision(_parsed(after[1])).resolver_ids) == [telco]
             assert _leaks(backend.received) == []
+
+            # The bank's compliance officer reads the log of the case: the decision is
+            # there, with the components it was made from, and none of their findings.
+            compliance = stack.api(bank, Role.COMPLIANCE)
+            query = _raw_unary(compliance, "/coopgate.v1.AuditService/QueryAudit")
+            logged = await query(
+                audit_pb2.QueryAuditRequest(
+                    case_id=case_id, page=common_pb2.PageRequest(page_size=200)
+                ),
+                timeout=10,
+            )
+            assert b"ownership.decided" in logged
+            assert b"sim-secure-element" in logged
+            assert _leaks([logged]) == []
     finally:
         bank_task.cancel()
         with contextlib.suppress(asyncio.CancelledError, grpc.aio.AioRpcError):
