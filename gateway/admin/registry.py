@@ -61,6 +61,23 @@ class Admin:
         self.store = store
         self.vocabulary = vocabulary
         self.audit = audit
+        #: Partners known to be registered (a partner is never removed): asked of the
+        #: store only for one not known yet.
+        self._registered: set[str] = set()
+
+    async def is_registered(self, partner_id: str) -> bool:
+        """Whether ``partner_id`` is a registered partner (its certificate may act for it)."""
+        if partner_id in self._registered:
+            return True
+        async with self.store.read() as conn:
+            found = (
+                await conn.execute(
+                    select(partners.c.partner_id).where(partners.c.partner_id == partner_id)
+                )
+            ).first()
+        if found is not None:
+            self._registered.add(partner_id)
+        return found is not None
 
     # -- partners ---------------------------------------------------------
 

@@ -30,6 +30,7 @@ from gateway.api.limits import checker
 from gateway.api.quota import PartnerQuota, Slots
 from gateway.core.caller import (
     Caller,
+    Role,
     person_from_metadata,
     reset_caller,
     reset_deadline,
@@ -40,6 +41,7 @@ from gateway.core.errors import (
     ERROR_DOMAIN,
     CoopgateError,
     InvalidArgument,
+    PermissionDenied,
     ResourceExhausted,
     Unauthenticated,
 )
@@ -88,6 +90,12 @@ def _request_descriptor(deserialize: Callable[[bytes], Any] | None) -> Any:
     """The descriptor of the message ``deserialize`` decodes (a generated class's
     ``FromString``), or None."""
     return getattr(getattr(deserialize, "__self__", None), "DESCRIPTOR", None)
+
+
+def _changes_something(handler: grpc.RpcMethodHandler[Any, Any]) -> bool:
+    """Every method of the contract that changes something takes an idempotency key."""
+    descriptor = _request_descriptor(handler.request_deserializer)
+    return descriptor is not None and "idempotency_key" in descriptor.fields_by_name
 
 
 def _decoding(
@@ -144,22 +152,41 @@ def status_for(error: CoopgateError) -> status_pb2.Status:
     return status_pb2.Status(code=error.code.value[0], message=error.message, details=packed)
 
 
-def _caller_from(
-    context: grpc.aio.ServicerContext[Any, Any], revoked: RevocationList | None
-) -> Caller:
-    pems = context.auth_context().get("x509_pem_cert")
-    if not pems:
-        raise Unauthenticated("a client certificate is required")
-    identity = identity_from_pem(next(iter(pems)))
-    if revoked is not None and revoked.is_revoked(identity.serial):
-        raise Unauthenticated(
-            "this client certificate has been revoked", reason="CERTIFICATE_REVOKED"
+@dataclass(slots=True)
+class Gate:
+    """Who may call at all, before any rule: a certificate the CA has not revoked and,
+    for a call that changes something, of a registered partner (the gateway's own
+    administrators need none: they register partners). An unregistered partner's write
+    failed on the store's foreign keys, as INTERNAL."""
+
+    revoked: RevocationList | None = None
+    registered: Callable[[str], Awaitable[bool]] | None = None
+
+    def caller(self, context: grpc.aio.ServicerContext[Any, Any]) -> Caller:
+        pems = context.auth_context().get("x509_pem_cert")
+        if not pems:
+            raise Unauthenticated("a client certificate is required")
+        identity = identity_from_pem(next(iter(pems)))
+        if self.revoked is not None and self.revoked.is_revoked(identity.serial):
+            raise Unauthenticated(
+                "this client certificate has been revoked", reason="CERTIFICATE_REVOKED"
+            )
+        return Caller(
+            partner_id=identity.partner_id,
+            role=identity.role,
+            person_id=person_from_metadata(context.invocation_metadata()),
         )
-    return Caller(
-        partner_id=identity.partner_id,
-        role=identity.role,
-        person_id=person_from_metadata(context.invocation_metadata()),
-    )
+
+    async def admit(self, caller: Caller) -> None:
+        if (
+            self.registered is not None
+            and caller.role is not Role.ADMIN
+            and not await self.registered(caller.partner_id)
+        ):
+            raise PermissionDenied(
+                f"partner {caller.partner_id!r} is not registered at the gateway",
+                reason="PARTNER_NOT_REGISTERED",
+            )
 
 
 async def _abort(context: grpc.aio.ServicerContext[Any, Any], exc: BaseException) -> NoReturn:
@@ -173,7 +200,8 @@ async def _abort(context: grpc.aio.ServicerContext[Any, Any], exc: BaseException
 
 class GatewayInterceptor(grpc.aio.ServerInterceptor):
     """Authentication from the certificate, authorization by ``rules``, the partner's
-    ``quota`` (None: no limit) and the error mapping, for every RPC. A method ``rules``
+    ``quota`` (None: no limit) and the error mapping, for every RPC; with ``registered``,
+    only a registered partner's certificates act (administrators' aside). A method ``rules``
     does not declare answers PERMISSION_DENIED; health and reflection are open to any
     valid certificate."""
 
@@ -183,8 +211,10 @@ class GatewayInterceptor(grpc.aio.ServerInterceptor):
         *,
         rules: Mapping[str, Rule] = RULES,
         quota: PartnerQuota | None = None,
+        registered: Callable[[str], Awaitable[bool]] | None = None,
     ) -> None:
-        self._revoked = revoked
+        self._gate = Gate(revoked, registered)
+        self._reading = Gate(revoked)
         self._rules = rules
         self._quota = quota
         self._wrapped: dict[
@@ -209,10 +239,8 @@ class GatewayInterceptor(grpc.aio.ServerInterceptor):
         wrapped = self._wrapped.get(method)
         if wrapped is None or wrapped[0] is not handler:
             rule = self._rules.get(method, UNDECLARED)
-            wrapped = self._wrapped[method] = (
-                handler,
-                _wrap(handler, self._revoked, rule, self._quota),
-            )
+            gate = self._gate if _changes_something(handler) else self._reading
+            wrapped = self._wrapped[method] = (handler, _wrap(handler, gate, rule, self._quota))
         return wrapped[1]
 
 
@@ -227,40 +255,40 @@ def _limits(deserialize: Callable[[bytes], Any] | None) -> Callable[[Any], None]
 
 def _wrap(
     handler: grpc.RpcMethodHandler[Any, Any],
-    revoked: RevocationList | None,
+    gate: Gate,
     rule: Rule,
     quota: PartnerQuota | None,
 ) -> grpc.RpcMethodHandler[Any, Any]:
     if not rule.roles:
-        return _refusing(handler, revoked)
+        return _refusing(handler, gate)
     check = _limits(handler.request_deserializer)
     if handler.unary_unary is not None:
         calls = None if quota is None else quota.calls
         return grpc.unary_unary_rpc_method_handler(
-            _wrap_unary(handler.unary_unary, revoked, check, rule, calls),
+            _wrap_unary(handler.unary_unary, gate, check, rule, calls),
             request_deserializer=_decoding(handler.request_deserializer),
             response_serializer=_sending_encoded(handler.response_serializer),
         )
     if handler.unary_stream is not None:
         streams = None if quota is None else quota.streams
         return grpc.unary_stream_rpc_method_handler(
-            _wrap_stream(handler.unary_stream, revoked, check, rule, streams),
+            _wrap_stream(handler.unary_stream, gate, check, rule, streams),
             request_deserializer=_decoding(handler.request_deserializer),
             response_serializer=handler.response_serializer,
         )
     # The contract has no client-streaming method: one would need wrapping of its own.
-    return _refusing(handler, revoked)
+    return _refusing(handler, gate)
 
 
 def _refusing(
-    handler: grpc.RpcMethodHandler[Any, Any], revoked: RevocationList | None
+    handler: grpc.RpcMethodHandler[Any, Any], gate: Gate
 ) -> grpc.RpcMethodHandler[Any, Any]:
     """A handler of ``handler``'s kind that authenticates the caller, then refuses:
     PERMISSION_DENIED for every caller (deny by default)."""
 
     async def refuse(request: Any, context: grpc.aio.ServicerContext[Any, Any]) -> None:
         try:
-            UNDECLARED.admit(_caller_from(context, revoked))
+            UNDECLARED.admit(gate.caller(context))
         except Exception as exc:
             await _abort(context, exc)
 
@@ -279,14 +307,15 @@ def _refusing(
 
 def _wrap_unary(
     behavior: Callable[..., Any],
-    revoked: RevocationList | None,
+    gate: Gate,
     check: Callable[[Any], None] | None,
     rule: Rule,
     calls: Slots | None,
 ) -> Callable[..., Awaitable[Any]]:
     async def wrapper(request: Any, context: grpc.aio.ServicerContext[Any, Any]) -> Any:
         try:
-            caller = rule.admit(_caller_from(context, revoked))
+            caller = rule.admit(gate.caller(context))
+            await gate.admit(caller)
             if calls is not None:
                 calls.take(caller.partner_id)
             token = set_caller(caller)
@@ -313,7 +342,7 @@ def _wrap_unary(
 
 def _wrap_stream(
     behavior: Callable[..., Any],
-    revoked: RevocationList | None,
+    gate: Gate,
     check: Callable[[Any], None] | None,
     rule: Rule,
     streams: Slots | None,
@@ -322,7 +351,8 @@ def _wrap_stream(
         request: Any, context: grpc.aio.ServicerContext[Any, Any]
     ) -> AsyncIterator[Any]:
         try:
-            caller = rule.admit(_caller_from(context, revoked))
+            caller = rule.admit(gate.caller(context))
+            await gate.admit(caller)
             if streams is not None:
                 streams.take(caller.partner_id)
             token = set_caller(caller)

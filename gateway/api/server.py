@@ -150,7 +150,9 @@ def create_server(
     authorization table), else it refuses (``MissingRule``). ``quota`` limits each
     partner's concurrent streams and in-flight calls (None: no limit)."""
     require_rules(SERVICE_NAMES, rules)
-    gateway = GatewayInterceptor(tls.revocations(), rules=rules, quota=quota)
+    gateway = GatewayInterceptor(
+        tls.revocations(), rules=rules, quota=quota, registered=domain.admin.is_registered
+    )
     server = grpc.aio.server(
         interceptors=[aio_server_interceptor(), gateway],  # type: ignore[no-untyped-call]
         options=[

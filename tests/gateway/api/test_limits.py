@@ -331,7 +331,9 @@ async def call(
 async def test_each_limit_is_enforced_naming_the_field(
     stack: Stack, method: MethodDescriptor
 ) -> None:
-    # As a role the method admits: anyone else is refused before the request is read.
+    # As a role the method admits, of a registered partner: anyone else is refused
+    # before the request is read.
+    await register(stack, FUZZER, admin_pb2.PARTNER_KIND_MERCHANT)
     channel = stack.api(FUZZER, RULES[method_path(method)].roles[0]).channel
     path = f"/{method.containing_service.full_name}/{method.name}"
     streaming: Any = channel.unary_stream(path)

@@ -7,7 +7,14 @@ from pathlib import Path
 
 import grpc
 import pytest
-from coopgate.v1 import admin_pb2, admin_pb2_grpc, cases_pb2, common_pb2
+from coopgate.v1 import (
+    admin_pb2,
+    admin_pb2_grpc,
+    cases_pb2,
+    common_pb2,
+    identity_pb2,
+    identity_pb2_grpc,
+)
 from grpc_health.v1 import health_pb2
 
 from gateway.core.caller import Role
@@ -160,3 +167,37 @@ async def test_service_definition_names_each_bad_field(
     with pytest.raises(grpc.aio.AioRpcError) as caught:
         await admin.admin.GetService(admin_pb2.GetServiceRequest(service_id="Bad Id"))
     assert caught.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+
+
+async def test_an_unregistered_partner_may_read_but_changes_nothing_until_registered(
+    stack: Stack, unique: Callable[[str], str]
+) -> None:
+    """A certificate the CA issued for a partner the gateway does not know: its writes
+    are refused, naming why (they failed on the store's foreign keys, as INTERNAL)."""
+    newcomer = unique("newco")
+    channel = stack.api(newcomer).channel
+    identity = identity_pb2_grpc.IdentityServiceStub(channel)
+    request = identity_pb2.IssueLinkCodeRequest(
+        idempotency_key=unique("k"), customer_local_id=unique("cust")
+    )
+    with pytest.raises(grpc.aio.AioRpcError) as caught:
+        await identity.IssueLinkCode(request, timeout=10)
+    assert caught.value.code() == grpc.StatusCode.PERMISSION_DENIED
+    assert error_info(caught.value).reason == "PARTNER_NOT_REGISTERED"
+    # Reading the catalogue needs no registration.
+    listed = await admin_pb2_grpc.AdminServiceStub(channel).ListPartners(
+        admin_pb2.ListPartnersRequest(), timeout=10
+    )
+    assert newcomer not in {p.partner_id for p in listed.partners}
+
+    await stack.api("coopgate-ops", Role.ADMIN).admin.RegisterPartner(
+        admin_pb2.RegisterPartnerRequest(
+            idempotency_key=unique("k"),
+            partner_id=newcomer,
+            display_name="Newcomer",
+            kind=admin_pb2.PARTNER_KIND_MERCHANT,
+        ),
+        timeout=10,
+    )
+    issued = await identity.IssueLinkCode(request, timeout=10)
+    assert issued.link_code
