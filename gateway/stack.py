@@ -317,7 +317,7 @@ async def open_runtime(
                 agreements=SharingAgreements(store, vocabulary, audit),
                 cases=cases,
                 consents=consents,
-                work=PartnerWork(store),
+                work=PartnerWork(store, audit),
                 identity=Identity(store, pseudonyms, identifier_hasher, audit),
                 erasure=Erasure(store, audit, sealer),
                 audit=Audit(store, checkpointer, pseudonyms, audit),

@@ -93,7 +93,7 @@ INVENTORY: dict[str, Entry] = {
         Holds.CUSTOMER_ID,
         Protection.CLEAR,
         "while the customer is linked (until erasure or unlink)",
-        _DELETED + " (its bytes may linger in free pages and the WAL)",
+        _DELETED + " (SQLite: secure_delete zeroes it, the WAL is truncated)",
     ),
     "subject_links.subject_id": _ref("while the link exists", _DELETED),
     "link_codes.code_hash": Entry(Holds.DIGEST, Protection.HASH, "15 minutes of use", _DELETED),
@@ -112,7 +112,7 @@ INVENTORY: dict[str, Entry] = {
         Holds.CUSTOMER_ID,
         Protection.CLEAR,
         "with the proposal",
-        _DELETED + " (proposals to the customer's subject only)",
+        _DELETED + " (every proposal to or from the customer)",
     ),
     "match_proposals.subject_id": _ref("with the proposal", _DELETED),
     "match_proposals.matched_on": Entry(
@@ -137,7 +137,7 @@ INVENTORY: dict[str, Entry] = {
     "case_participants.case_id": _ref(),
     "case_participants.partner_id": _org(_WITH_CASE),
     "case_participants.person_id": Entry(
-        Holds.STAFF_ID, Protection.CLEAR, _WITH_CASE, "kept (the advisor's id)"
+        Holds.STAFF_ID, Protection.CLEAR, _WITH_CASE, "emptied (the advisor's id)"
     ),
     "case_events.case_id": _ref(),
     "case_events.source_partner_id": _org(_WITH_CASE),
@@ -167,11 +167,14 @@ INVENTORY: dict[str, Entry] = {
         "with the key",
         "kept: the SHA-256 of the whole request, so a retry is recognised",
     ),
+    "idempotency_keys.subject_id": _ref("with the key", "kept: marks the answer erased"),
+    "idempotency_keys.case_id": _ref("with the key", "kept: marks the answer erased"),
     "idempotency_keys.response": Entry(
         Holds.CUSTOMER_DATA,
         Protection.CLEAR,
         "with the key",
-        "NOT REACHED YET (issue 18): the stored answer stays",
+        "emptied for every call about the customer or the case (a retry answers "
+        "FAILED_PRECONDITION CUSTOMER_ERASED)",
     ),
     # -- consents
     "consents.consent_id": _ref("while the consent exists", _DELETED),
@@ -179,7 +182,7 @@ INVENTORY: dict[str, Entry] = {
     "consents.source_partner_id": _org("while the consent exists"),
     "consents.collected_by_partner_id": _org("while the consent exists"),
     "consents.definition": Entry(
-        Holds.CUSTOMER_DATA, Protection.CLEAR, "while the consent exists", "NOT REACHED YET"
+        Holds.CUSTOMER_DATA, Protection.CLEAR, "while the consent exists", _DELETED
     ),
     "consent_events.consent_id": _ref("with the consent", _DELETED + " (with the consent)"),
     "consent_events.partner_id": _org("with the consent"),
@@ -188,18 +191,19 @@ INVENTORY: dict[str, Entry] = {
     "consent_requests.subject_id": _ref(erasure=_DELETED),
     "consent_requests.requested_by_partner_id": _org(_WITH_CASE),
     "consent_requests.relayed_by_partner_id": _org(_WITH_CASE),
-    "consent_requests.prompt": Entry(
-        Holds.CUSTOMER_DATA, Protection.CLEAR, _WITH_CASE, "NOT REACHED YET"
-    ),
+    "consent_requests.prompt": Entry(Holds.CUSTOMER_DATA, Protection.CLEAR, _WITH_CASE, _DELETED),
     "consent_requests.consent_id": _ref(erasure=_DELETED),
     # -- partner work
     "work_items.work_id": _ref("until acknowledged, then as long as the case"),
     "work_items.partner_id": _org("with the item"),
+    "work_items.case_id": _ref("with the item", _DELETED),
+    "work_items.subject_id": _ref("with the item (erasure notices only)", "kept with the notice"),
     "work_items.item": Entry(
         Holds.CUSTOMER_DATA,
         Protection.CLEAR,
         "until acknowledged, then as long as the case",
-        "NOT REACHED YET (issue 18): the item stays",
+        "deleted for the customer's cases; an erasure notice (naming the partner's "
+        "local id) is emptied when the partner acknowledges it",
     ),
     # -- the audit log: references and hashes only
     "audit_entries.kind": _org(_WITH_LOG),

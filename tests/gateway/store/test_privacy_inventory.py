@@ -8,7 +8,7 @@ from pathlib import Path
 
 from sqlalchemy import JSON, LargeBinary, String, Text
 
-from gateway.store.privacy import INVENTORY
+from gateway.store.privacy import INVENTORY, Holds, Protection
 from gateway.store.schema import metadata
 
 PAGE = Path(__file__).resolve().parents[3] / "docs" / "PRIVACY.md"
@@ -38,3 +38,13 @@ def test_the_page_names_every_entry() -> None:
     page = PAGE.read_text(encoding="utf-8")
     unnamed = sorted(name for name in INVENTORY if f"`{name}`" not in page)
     assert not unnamed, f"docs/PRIVACY.md does not name: {unnamed}"
+
+
+def test_customer_data_is_sealed_or_reached_by_erasure() -> None:
+    for name, entry in INVENTORY.items():
+        if entry.holds in (Holds.CUSTOMER_DATA, Holds.CUSTOMER_ID):
+            assert (
+                entry.protection is Protection.SEALED_CASE_KEY
+                or "deleted" in entry.erasure
+                or "emptied" in entry.erasure
+            ), f"{name}: erasure leaves it readable ({entry.erasure})"
