@@ -8,6 +8,7 @@ What each table keeps, and what this does to it: docs/PRIVACY.md
 
 from __future__ import annotations
 
+import asyncio
 import datetime as dt
 import logging
 import uuid
@@ -253,6 +254,18 @@ class Erasure:
         if total:
             await self._truncate_wal()
         return total
+
+    async def run_retention(self, retention: dt.timedelta, interval: float) -> None:
+        """`expire` now and every ``interval`` seconds, until cancelled; a failed sweep is
+        logged and tried again at the next."""
+        while True:
+            try:
+                expired = await self.expire(retention)
+                if expired:
+                    log.info("retention: %d closed case(s) shredded", expired)
+            except Exception:
+                log.exception("retention sweep failed; trying again in %.0f s", interval)
+            await asyncio.sleep(interval)
 
     async def _truncate_wal(self) -> None:
         if not await self.store.truncate_wal():
