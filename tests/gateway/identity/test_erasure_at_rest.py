@@ -18,6 +18,8 @@ import grpc
 import pytest
 from coopgate.v1 import (
     admin_pb2,
+    audit_pb2,
+    audit_pb2_grpc,
     cases_pb2,
     common_pb2,
     consents_pb2,
@@ -28,7 +30,7 @@ from coopgate.v1 import (
 from sqlalchemy import select, text, update
 
 from gateway.audit.merkle import leaf_hash, node_hash, perfect_subtrees, root_from_leaf_hashes
-from gateway.core.caller import Role
+from gateway.core.caller import Caller, Role
 from gateway.store.schema import (
     audit_entries,
     audit_head,
@@ -135,7 +137,8 @@ async def _notice(api: Api, match: Callable[[work_pb2.CustomerNotification], boo
             await asyncio.sleep(0.1)
 
 
-async def _closed_case_with_markers(stack: Stack, unique: Key, m: Markers) -> str:
+async def _closed_case_with_markers(stack: Stack, unique: Key, m: Markers) -> tuple[str, str]:
+    """The closed case's id and the bank's pseudonym for the customer."""
     admin = stack.api("coopgate", Role.ADMIN)
     service_id = await quick_service(admin, unique)
     await admin.admin.DefineSharingAgreement(
@@ -216,14 +219,14 @@ async def _closed_case_with_markers(stack: Stack, unique: Key, m: Markers) -> st
             )
         )
         await play_to_closure(stack.api("telco-a", Role.ADVISOR), opened.case_id, unique)
-    return opened.case_id
+    return opened.case_id, opened.header.subject_id
 
 
 async def test_nothing_readable_survives_erasure_and_every_recipient_is_told(
     stack: Stack, unique: Key
 ) -> None:
     m = Markers()
-    case_id = await _closed_case_with_markers(stack, unique, m)
+    case_id, pseudonym = await _closed_case_with_markers(stack, unique, m)
     bank = stack.api("bank-a", Role.ADVISOR)
     identity = identity_pb2_grpc.IdentityServiceStub(bank.channel)
     opened_again = cases_pb2.AppendInteractionRequest(
@@ -278,6 +281,22 @@ async def test_nothing_readable_survives_erasure_and_every_recipient_is_told(
     assert refused.value.code() in (grpc.StatusCode.NOT_FOUND, grpc.StatusCode.FAILED_PRECONDITION)
 
     await _log_verifies(stack)
+
+    # The subject access report still answers (by the bank's pseudonym: its local id no
+    # longer names anyone), says what was erased and when, and holds no erased data.
+    report = audit_pb2.SubjectAccessReportRequest(subject_id=pseudonym)
+    disclosures = await audit_pb2_grpc.AuditServiceStub(bank.channel).SubjectAccessReport(report)
+    erasures = await stack.runtime.domain.audit.erasure_report(
+        Caller(partner_id="bank-a", role=Role.ADVISOR), report
+    )
+    told = {"bank-a", "telco-a", "acquirer-a", "handset-a"}
+    assert [(e.action, e.case_ids) for e in erasures if e.action == "subject.erased"] == [
+        ("subject.erased", (case_id,))
+    ]
+    assert {e.partner_id for e in erasures if e.action == "subject.erasure_notified"} >= told
+    assert {e.partner_id for e in erasures if e.action == "subject.erasure_acknowledged"} >= told
+    said = disclosures.SerializeToString() + repr(erasures).encode()
+    assert not [name for name, marker in m.all().items() if marker.encode() in said]
 
 
 async def _log_verifies(stack: Stack) -> None:
