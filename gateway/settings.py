@@ -74,6 +74,15 @@ class Settings(BaseSettings):
     checkpoint_interval_seconds: float = Field(
         default=10.0, description="How often a grown audit log gets a signed checkpoint; 0: never."
     )
+    case_retention_days: float = Field(
+        default=365.0,
+        ge=0,
+        description="How long a closed case's data is kept before it is crypto-shredded "
+        "(storage limitation, GDPR art. 5(1)(e)); 0: kept for ever.",
+    )
+    retention_sweep_seconds: float = Field(
+        default=3600.0, ge=0, description="How often cases past their retention are looked for."
+    )
 
     @property
     def pki_dir(self) -> Path:

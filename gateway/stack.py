@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import ctypes
+import datetime as dt
 import fcntl
 import gc
 import logging
@@ -283,6 +284,7 @@ async def open_runtime(
     audit: AuditLog | None = None
     feed: CaseFeed | None = None
     checkpoints: asyncio.Task[None] | None = None
+    retention: asyncio.Task[None] | None = None
     try:
         await migrate(store)
         if client is None:
@@ -309,6 +311,15 @@ async def open_runtime(
             checkpoints = asyncio.create_task(
                 checkpointer.run(settings.checkpoint_interval_seconds), name="audit-checkpoints"
             )
+        erasure = Erasure(store, audit, sealer)
+        if settings.case_retention_days > 0 and settings.retention_sweep_seconds > 0:
+            retention = asyncio.create_task(
+                erasure.run_retention(
+                    dt.timedelta(days=settings.case_retention_days),
+                    settings.retention_sweep_seconds,
+                ),
+                name="case-retention",
+            )
         yield Runtime(
             settings=settings,
             store=store,
@@ -318,19 +329,20 @@ async def open_runtime(
                 agreements=SharingAgreements(store, vocabulary, audit),
                 cases=cases,
                 consents=consents,
-                work=PartnerWork(store),
+                work=PartnerWork(store, audit),
                 identity=Identity(store, pseudonyms, identifier_hasher, audit),
-                erasure=Erasure(store, audit, sealer),
+                erasure=erasure,
                 audit=Audit(store, checkpointer, pseudonyms, audit),
             ),
             activities=IncidentActivities(store, cases, rules, audit, pseudonyms),
             audit=audit,
         )
     finally:
-        if checkpoints is not None:
-            checkpoints.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await checkpoints
+        for task in (checkpoints, retention):
+            if task is not None:
+                task.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await task
         if feed is not None:
             await feed.close()
         if audit is not None:

@@ -108,7 +108,33 @@ class CaseNotice:
     message: str
 
 
-Payload = DiagnosisRequest | OwnershipOffer | CustomerNotification | ConsentPrompt | CaseNotice
+#: The milestone of a customer notification that is an erasure notice.
+ERASED_MILESTONE = "erased"
+
+
+@dataclass(slots=True, frozen=True)
+class ErasureNotice:
+    """The customer exercised the right to erasure (GDPR art. 17; you are told under
+    art. 19): erase what you received about them through the gateway. Names the
+    customer as you know them (``customer_local_id``) when you are linked to them,
+    else the case (``case_id``) you took part in. Acknowledging it (the subscription
+    does, once your handler returned) is recorded in the gateway's audit log, and the
+    gateway then forgets the notice too."""
+
+    notice_id: str
+    customer_local_id: str
+    case_id: str
+    message: str
+
+
+Payload = (
+    DiagnosisRequest
+    | OwnershipOffer
+    | CustomerNotification
+    | ConsentPrompt
+    | CaseNotice
+    | ErasureNotice
+)
 
 
 @dataclass(slots=True, frozen=True)
@@ -161,6 +187,14 @@ def work_item_from_proto(item: work_pb2.WorkItem) -> WorkItem:
                     explanation=d.explanation,
                 ),
                 deadline=_time(o.deadline, o.HasField("deadline")),
+            )
+        case "customer_notification" if item.customer_notification.milestone == ERASED_MILESTONE:
+            n = item.customer_notification
+            payload = ErasureNotice(
+                notice_id=n.notification_id,
+                customer_local_id=n.customer_local_id,
+                case_id=n.case_id,
+                message=n.message,
             )
         case "customer_notification":
             n = item.customer_notification

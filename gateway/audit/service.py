@@ -23,6 +23,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 
 from gateway.audit import merkle
 from gateway.audit.checkpoints import Checkpointer
+from gateway.audit.erasures import ErasureEvent, erasures_of
 from gateway.audit.kinds import DECISION_NAMES, DECISIONS, KIND_NAMES, KINDS
 from gateway.audit.log import AuditLog, AuditRecord
 from gateway.audit.store_tree import (
@@ -315,6 +316,18 @@ class Audit:
             )
             disclosure.at.FromDatetime(row.recorded_at)
         return response
+
+    async def erasure_report(
+        self, caller: Caller, request: audit_pb2.SubjectAccessReportRequest
+    ) -> list[ErasureEvent]:
+        """What was erased about the customer and when (`erasures_of`), for the subject
+        access report: named as for `subject_access_report` (after an erasure a partner's
+        local id no longer names the customer: its pseudonym, or compliance's subject id,
+        does). Holds ids and times only."""
+        caller.require(Role.PARTNER, Role.ADVISOR, Role.COMPLIANCE)
+        async with self.store.read() as conn:
+            subject = await self._subject(conn, caller, request)
+            return await erasures_of(conn, await _merged_subjects(conn, subject))
 
     async def _tree(self, size: int, wanted: set[Node], field: str) -> StoredTree:
         async with statement_reads(self.store) as conn:

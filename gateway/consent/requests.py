@@ -116,6 +116,7 @@ class ConsentRequests:
                     created_at=now,
                     item=item.SerializeToString(deterministic=True),
                     deliveries=0,
+                    case_id=case.case_id,
                 )
             )
             await self.audit.record_in(

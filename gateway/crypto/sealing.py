@@ -106,10 +106,15 @@ class Sealer:
                 await conn.execute(select(cases.c.case_id).where(cases.c.subject_id == subject_id))
             ).scalars()
         )
+        await self.destroy(conn, case_ids)
+        return case_ids
+
+    @staticmethod
+    async def destroy(conn: AsyncConnection, case_ids: list[str]) -> None:
+        """Destroy these cases' keys (erasure, or the end of their retention period)."""
         if case_ids:
             await conn.execute(
                 update(case_keys)
-                .where(case_keys.c.case_id.in_(case_ids))
+                .where(case_keys.c.case_id.in_(case_ids), case_keys.c.wrapped_key.is_not(None))
                 .values(wrapped_key=None, destroyed_at=dt.datetime.now(dt.UTC))
             )
-        return case_ids

@@ -1,10 +1,20 @@
-"""The right to erasure: crypto-shred a customer's cases and forget every
-partner's link to them, in one audited transaction."""
+"""The right to erasure: crypto-shred a customer's cases, delete every copy of their
+data that is not sealed, forget every partner's link to them and tell every partner
+that received their data (GDPR art. 17 and 19), in one audited transaction. The end of
+a closed case's retention period (art. 5(1)(e)) shreds that case the same way.
+
+What each table keeps, and what this does to it: docs/PRIVACY.md
+(`gateway.store.privacy.INVENTORY`)."""
 
 from __future__ import annotations
 
-from coopgate.v1 import identity_pb2
-from sqlalchemy import delete, select
+import asyncio
+import datetime as dt
+import logging
+import uuid
+
+from coopgate.v1 import cases_pb2, common_pb2, identity_pb2, work_pb2
+from sqlalchemy import delete, insert, select, tuple_, update
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from gateway.audit.log import AuditLog, AuditRecord
@@ -13,8 +23,52 @@ from gateway.core.errors import NotFound
 from gateway.crypto.sealing import Sealer
 from gateway.identity.subjects import linked_subject, require_local_id
 from gateway.store import Store
-from gateway.store.idempotency import run_once
-from gateway.store.schema import identifier_hashes, link_codes, match_proposals, subject_links
+from gateway.store.idempotency import erase_responses, run_once
+from gateway.store.schema import (
+    case_keys,
+    case_participants,
+    cases,
+    consent_requests,
+    consents,
+    identifier_hashes,
+    link_codes,
+    match_proposals,
+    subject_links,
+    work_items,
+)
+
+log = logging.getLogger(__name__)
+
+#: Work ids of erasure notices start so (`gateway.work.delivery` empties them on acknowledgement).
+NOTICE_PREFIX = "erasure-"
+#: The milestone of an erasure notice (a `CustomerNotification` on the partner's work stream).
+NOTICE_MILESTONE = "erased"
+NOTICE_MESSAGE = (
+    "The customer exercised the right to erasure (GDPR art. 17): erase what you received "
+    "about them through the gateway (art. 19)."
+)
+#: Cases shredded per transaction when their retention period ends.
+RETENTION_BATCH = 100
+
+
+def _now() -> dt.datetime:
+    return dt.datetime.now(dt.UTC)
+
+
+async def shred_cases(conn: AsyncConnection, sealer: Sealer, case_ids: list[str]) -> None:
+    """Everything of these cases that is not sealed goes; their keys are destroyed, so
+    what is sealed (summary, timeline) can no longer be read by anyone."""
+    if not case_ids:
+        return
+    await sealer.destroy(conn, case_ids)
+    await conn.execute(delete(work_items).where(work_items.c.case_id.in_(case_ids)))
+    await conn.execute(delete(consent_requests).where(consent_requests.c.case_id.in_(case_ids)))
+    await conn.execute(
+        update(case_participants)
+        .where(case_participants.c.case_id.in_(case_ids), case_participants.c.person_id != "")
+        .values(person_id="")
+    )
+    await erase_responses(conn, case_ids=case_ids)
 
 
 class Erasure:
@@ -35,22 +89,20 @@ class Erasure:
             if subject is None:
                 raise NotFound("no such customer of yours", reason="UNKNOWN_CUSTOMER")
             erased = await self.sealer.erase(conn, subject)
-            links = (
-                await conn.execute(
-                    select(subject_links.c.partner_id, subject_links.c.local_id).where(
-                        subject_links.c.subject_id == subject
+            links = [
+                (str(partner_id), str(local_id))
+                for partner_id, local_id in (
+                    await conn.execute(
+                        select(subject_links.c.partner_id, subject_links.c.local_id).where(
+                            subject_links.c.subject_id == subject
+                        )
                     )
-                )
-            ).all()
-            for partner_id, local_id in links:
-                await conn.execute(
-                    delete(identifier_hashes).where(
-                        identifier_hashes.c.partner_id == partner_id,
-                        identifier_hashes.c.local_id == local_id,
-                    )
-                )
-            for table in (subject_links, link_codes, match_proposals):
-                await conn.execute(delete(table).where(table.c.subject_id == subject))
+                ).all()
+            ]
+            notices = await self._notify(conn, subject, erased, links)
+            await shred_cases(conn, self.sealer, erased)
+            await erase_responses(conn, subject_id=subject)
+            await self._forget(conn, subject, links)
             await self.audit.record_in(
                 conn,
                 [
@@ -61,8 +113,25 @@ class Erasure:
                         actor_person_id=caller.person_id,
                         subject_id=subject,
                         reason="customer request (right to erasure)",
-                        details=(("cases", ",".join(erased)), ("links", str(len(links)))),
-                    )
+                        details=(
+                            ("cases", ",".join(erased)),
+                            ("links", str(len(links))),
+                            ("notified", ",".join(sorted({p for p, _ in notices}))),
+                        ),
+                    ),
+                    *(
+                        AuditRecord(
+                            kind="erasure",
+                            action="subject.erasure_notified",
+                            actor_partner_id=caller.partner_id,
+                            actor_person_id=caller.person_id,
+                            subject_id=subject,
+                            source_partner_id=partner_id,
+                            reason="recipient told of the erasure (GDPR art. 19)",
+                            details=(("notice", work_id),),
+                        )
+                        for partner_id, work_id in notices
+                    ),
                 ],
             )
             return identity_pb2.EraseCustomerResponse(erased_cases=len(erased))
@@ -70,4 +139,134 @@ class Erasure:
         response, _ = await run_once(
             self.store, caller, "EraseCustomer", request, identity_pb2.EraseCustomerResponse, action
         )
+        await self._truncate_wal()
         return response
+
+    async def _notify(
+        self,
+        conn: AsyncConnection,
+        subject: str,
+        erased: list[str],
+        links: list[tuple[str, str]],
+    ) -> list[tuple[str, str]]:
+        """An erasure notice on the work stream of every partner that knows the customer
+        (naming its own local id), and of every other partner that took part in one of
+        their cases (naming the case); returns (partner, work id) for each."""
+        to_tell = [(partner, local_id, "") for partner, local_id in links]
+        linked = {partner for partner, _ in links}
+        if erased:
+            participants = (
+                await conn.execute(
+                    select(case_participants.c.partner_id, case_participants.c.case_id)
+                    .where(case_participants.c.case_id.in_(erased))
+                    .distinct()
+                )
+            ).all()
+            to_tell += [(p, "", case) for p, case in set(participants) if p not in linked]
+        now = _now()
+        notices = []
+        for partner_id, local_id, case_id in sorted(to_tell):
+            work_id = f"{NOTICE_PREFIX}{uuid.uuid4().hex}"
+            item = work_pb2.WorkItem(
+                work_id=work_id,
+                customer_notification=work_pb2.CustomerNotification(
+                    notification_id=work_id,
+                    case_id=case_id,
+                    customer_local_id=local_id,
+                    channel=common_pb2.CHANNEL_UNSPECIFIED,
+                    milestone=NOTICE_MILESTONE,
+                    message=NOTICE_MESSAGE,
+                ),
+            )
+            item.created_at.FromDatetime(now)
+            await conn.execute(
+                insert(work_items).values(
+                    work_id=work_id,
+                    partner_id=partner_id,
+                    created_at=now,
+                    item=item.SerializeToString(deterministic=True),
+                    deliveries=0,
+                    subject_id=subject,
+                )
+            )
+            notices.append((partner_id, work_id))
+        return notices
+
+    @staticmethod
+    async def _forget(conn: AsyncConnection, subject: str, links: list[tuple[str, str]]) -> None:
+        """Every partner's link to the customer, and their consents, go."""
+        if links:
+            await conn.execute(
+                delete(identifier_hashes).where(
+                    tuple_(identifier_hashes.c.partner_id, identifier_hashes.c.local_id).in_(links)
+                )
+            )
+            await conn.execute(
+                delete(match_proposals).where(
+                    tuple_(match_proposals.c.partner_id, match_proposals.c.local_id).in_(links)
+                )
+            )
+        await conn.execute(delete(consent_requests).where(consent_requests.c.subject_id == subject))
+        # consent_events go with their consent (ON DELETE CASCADE).
+        await conn.execute(delete(consents).where(consents.c.subject_id == subject))
+        for table in (subject_links, link_codes, match_proposals):
+            await conn.execute(delete(table).where(table.c.subject_id == subject))
+
+    async def expire(self, retention: dt.timedelta, now: dt.datetime | None = None) -> int:
+        """Shred every case closed for longer than ``retention`` (storage limitation,
+        art. 5(1)(e)), audited like an erasure; returns how many."""
+        cutoff = (now or _now()) - retention
+        total = 0
+        while True:
+            async with self.store.write() as conn:
+                rows = (
+                    await conn.execute(
+                        select(cases.c.case_id, cases.c.subject_id)
+                        .join(case_keys, case_keys.c.case_id == cases.c.case_id)
+                        .where(
+                            cases.c.status == cases_pb2.CASE_STATUS_CLOSED,
+                            cases.c.updated_at < cutoff,
+                            case_keys.c.wrapped_key.is_not(None),
+                        )
+                        .order_by(cases.c.updated_at)
+                        .limit(RETENTION_BATCH)
+                    )
+                ).all()
+                if not rows:
+                    break
+                await shred_cases(conn, self.sealer, [r.case_id for r in rows])
+                await self.audit.record_in(
+                    conn,
+                    [
+                        AuditRecord(
+                            kind="erasure",
+                            action="case.retention_expired",
+                            actor_partner_id="coopgate",
+                            subject_id=row.subject_id,
+                            case_id=row.case_id,
+                            reason="retention period after closing ended (storage limitation)",
+                            details=(("retention_s", str(int(retention.total_seconds()))),),
+                        )
+                        for row in rows
+                    ],
+                )
+            total += len(rows)
+        if total:
+            await self._truncate_wal()
+        return total
+
+    async def run_retention(self, retention: dt.timedelta, interval: float) -> None:
+        """`expire` now and every ``interval`` seconds, until cancelled; a failed sweep is
+        logged and tried again at the next."""
+        while True:
+            try:
+                expired = await self.expire(retention)
+                if expired:
+                    log.info("retention: %d closed case(s) shredded", expired)
+            except Exception:
+                log.exception("retention sweep failed; trying again in %.0f s", interval)
+            await asyncio.sleep(interval)
+
+    async def _truncate_wal(self) -> None:
+        if not await self.store.truncate_wal():
+            log.warning("readers kept the WAL from being truncated after an erasure")

@@ -32,6 +32,7 @@ from gateway.store.schema import (
     cases,
     consent_requests,
     consents,
+    idempotency_keys,
     identifier_hashes,
     link_codes,
     match_proposals,
@@ -46,6 +47,17 @@ MATCH_LIFETIME = dt.timedelta(hours=24)
 MAX_IDENTIFIERS = 10
 DEFAULT_COUNTRY_CODE = "33"
 _EMAIL = re.compile(r"^[^@\s]+@[^@\s]+\.[^@\s]+$")
+#: What a merge of subjects moves to the subject kept (stored answers too, so that
+#: erasing the merged customer reaches those given before the merge).
+_FOLLOW_THE_SUBJECT = (
+    subject_links,
+    cases,
+    consents,
+    consent_requests,
+    link_codes,
+    match_proposals,
+    idempotency_keys,
+)
 
 
 def _now() -> dt.datetime:
@@ -375,14 +387,7 @@ class Identity:
             )
         elif current != target:
             merged = current
-            for table in (
-                subject_links,
-                cases,
-                consents,
-                consent_requests,
-                link_codes,
-                match_proposals,
-            ):
+            for table in _FOLLOW_THE_SUBJECT:
                 await conn.execute(
                     update(table).where(table.c.subject_id == current).values(subject_id=target)
                 )

@@ -132,6 +132,10 @@ def driver_statement(statement: ClauseElement, dialect: Dialect) -> DriverStatem
     return found
 
 
+#: Attempts of `Store.truncate_wal` (about 2.5 s of backing off in all).
+_TRUNCATE_ATTEMPTS = 8
+
+
 class Store:
     """Owns the engine; hands out read and write transactions."""
 
@@ -341,6 +345,32 @@ class Store:
         finally:
             await conn.close()
 
+    async def truncate_wal(self) -> bool:
+        """SQLite: copy the write-ahead log into the database and truncate it to nothing,
+        so that no earlier version of a page (rows just erased) stays in ``-wal``; freed
+        pages are already zeroed (``secure_delete``). Runs on a thread; while readers or
+        the WAL checkpointer are in the way, tries again a few times. Returns whether it
+        completed (PostgreSQL: there is nothing to do here, see docs/PRIVACY.md)."""
+        path = self._path
+        if path is None:
+            return True
+
+        def checkpoint() -> bool:
+            conn = _connect_hot(path)
+            try:
+                busy = conn.execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchone()[0]
+                return bool(busy == 0)
+            except sqlite3.OperationalError:  # locked
+                return False
+            finally:
+                conn.close()
+
+        for attempt in range(_TRUNCATE_ATTEMPTS):
+            if await asyncio.to_thread(checkpoint):
+                return True
+            await asyncio.sleep(0.01 * 2**attempt)
+        return False
+
     async def close(self) -> None:
         if self._hot is not None:
             self._hot.close()
@@ -386,6 +416,7 @@ def _begin_sqlite_writer(conn: Connection) -> None:
 def _connect_hot(path: str) -> sqlite3.Connection:
     conn = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
     conn.execute(f"PRAGMA busy_timeout={_SQLITE_BUSY_MS}")
+    conn.execute("PRAGMA secure_delete=ON")
     return conn
 
 
@@ -443,6 +474,8 @@ def _configure_sqlite(sync_engine: Engine) -> None:
             "PRAGMA synchronous=NORMAL",
             "PRAGMA wal_autocheckpoint=0",  # WalCheckpointer does it off the loop
             f"PRAGMA busy_timeout={_SQLITE_BUSY_MS}",
+            # Deleted rows are overwritten with zeros, not left in free space (issue 18).
+            "PRAGMA secure_delete=ON",
         ):
             cursor.execute(pragma)
         cursor.close()

@@ -4,6 +4,11 @@ The first call with a key runs and its response is stored, in the same
 transaction as its effects. A retry with the same key and the same request
 returns that stored response and changes nothing; the same key with a
 different request is refused, naming the field.
+
+Each stored response names what it concerns: the subject of the request's
+``customer_local_id`` and the case of its (or the response's) ``case_id``. Erasure and
+a case's retention expiry empty those responses (`erase_responses`); a retry then
+answers FAILED_PRECONDITION CUSTOMER_ERASED, the same every time, revealing nothing.
 """
 
 from __future__ import annotations
@@ -15,14 +20,14 @@ from collections.abc import Awaitable, Callable
 from typing import TypeVar
 
 from google.protobuf.message import Message
-from sqlalchemy import insert, select
+from sqlalchemy import ColumnElement, insert, or_, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from gateway.core.caller import Caller
-from gateway.core.errors import InvalidArgument
+from gateway.core.errors import FailedPrecondition, InvalidArgument
 from gateway.store import Store
-from gateway.store.schema import idempotency_keys
+from gateway.store.schema import idempotency_keys, subject_links
 
 R = TypeVar("R", bound=Message)
 
@@ -51,7 +56,11 @@ async def _stored(
 ) -> bytes | None:
     row = (
         await conn.execute(
-            select(idempotency_keys.c.request_hash, idempotency_keys.c.response).where(
+            select(
+                idempotency_keys.c.request_hash,
+                idempotency_keys.c.response,
+                idempotency_keys.c.erased_at,
+            ).where(
                 idempotency_keys.c.partner_id == caller.partner_id,
                 idempotency_keys.c.method == method,
                 idempotency_keys.c.idempotency_key == key,
@@ -66,7 +75,62 @@ async def _stored(
             "was already used for a different request; choose a new key",
             reason="IDEMPOTENCY_KEY_REUSED",
         )
+    if row.erased_at is not None:
+        raise FailedPrecondition(
+            "the customer or case this call concerned was erased; its answer is gone",
+            reason="CUSTOMER_ERASED",
+        )
     return bytes(row.response)
+
+
+def _case_of(message: Message) -> str:
+    """The case a request or response names (``case_id``, or its header's), else ""."""
+    fields = message.DESCRIPTOR.fields_by_name
+    if "case_id" in fields:
+        return str(getattr(message, "case_id"))  # noqa: B009 - checked just above
+    if "header" in fields:
+        return str(getattr(message, "header").case_id)  # noqa: B009 - checked just above
+    return ""
+
+
+async def _concerns(
+    conn: AsyncConnection, caller: Caller, request: Message, response: Message
+) -> tuple[str | None, str | None]:
+    """The subject and case a call concerned, for erasure to find its stored response."""
+    case_id = _case_of(request) or _case_of(response) or None
+    subject_id = None
+    if "customer_local_id" in request.DESCRIPTOR.fields_by_name:
+        local_id = getattr(request, "customer_local_id")  # noqa: B009 - checked just above
+        if local_id:
+            subject_id = (
+                await conn.execute(
+                    select(subject_links.c.subject_id).where(
+                        subject_links.c.partner_id == caller.partner_id,
+                        subject_links.c.local_id == local_id,
+                    )
+                )
+            ).scalar()
+    return subject_id, case_id
+
+
+async def erase_responses(
+    conn: AsyncConnection, *, subject_id: str | None = None, case_ids: list[str] | None = None
+) -> int:
+    """Empty the stored responses of every call about this subject or these cases;
+    returns how many. A retry of one of them answers CUSTOMER_ERASED."""
+    reached: list[ColumnElement[bool]] = []
+    if subject_id is not None:
+        reached.append(idempotency_keys.c.subject_id == subject_id)
+    if case_ids:
+        reached.append(idempotency_keys.c.case_id.in_(case_ids))
+    if not reached:
+        return 0
+    result = await conn.execute(
+        update(idempotency_keys)
+        .where(or_(*reached), idempotency_keys.c.erased_at.is_(None))
+        .values(response=b"", erased_at=dt.datetime.now(dt.UTC))
+    )
+    return result.rowcount
 
 
 async def _remember(
@@ -75,8 +139,10 @@ async def _remember(
     method: str,
     key: str,
     fingerprint: bytes,
+    request: Message,
     response: Message,
 ) -> None:
+    subject_id, case_id = await _concerns(conn, caller, request, response)
     await conn.execute(
         insert(idempotency_keys).values(
             partner_id=caller.partner_id,
@@ -85,6 +151,8 @@ async def _remember(
             request_hash=fingerprint,
             response=response.SerializeToString(deterministic=True),
             created_at=dt.datetime.now(dt.UTC),
+            subject_id=subject_id,
+            case_id=case_id,
         )
     )
 
@@ -112,7 +180,7 @@ async def run_once(
                 if stored is not None:
                     return response_type.FromString(stored), True
                 response = await action(conn)
-                await _remember(conn, caller, method, key, fingerprint, response)
+                await _remember(conn, caller, method, key, fingerprint, request, response)
                 return response, False
         except IntegrityError as exc:
             # Most likely a concurrent call with the same key won the race:
@@ -148,7 +216,7 @@ async def run_once_external(
     try:
         async with store.write() as conn:
             if await _stored(conn, caller, method, key, fingerprint) is None:
-                await _remember(conn, caller, method, key, fingerprint, response)
+                await _remember(conn, caller, method, key, fingerprint, request, response)
     except IntegrityError:
         pass  # a concurrent duplicate stored the same outcome first
     return response

@@ -194,8 +194,18 @@ idempotency_keys = Table(
     Column("method", String(200), primary_key=True),
     Column("idempotency_key", String(128), primary_key=True),
     Column("request_hash", LargeBinary, nullable=False),
+    # The response, as stored; emptied (b"") when the customer or case it concerns is erased.
     Column("response", LargeBinary, nullable=False),
     Column("created_at", UtcDateTime, nullable=False),
+    # What the call concerned, so that erasure and retention reach its stored response
+    # (migration 0008): the subject named by the request's customer_local_id, the case
+    # named by the request or the response.
+    Column("subject_id", String(64), nullable=True),
+    Column("case_id", String(64), nullable=True),
+    # Set when the response was emptied: a retry answers CUSTOMER_ERASED.
+    Column("erased_at", UtcDateTime, nullable=True),
+    Index("ix_idempotency_keys_subject", "subject_id"),
+    Index("ix_idempotency_keys_case", "case_id"),
 )
 
 consents = Table(
@@ -261,7 +271,13 @@ work_items = Table(
     Column("item", LargeBinary, nullable=False),
     Column("deliveries", Integer, nullable=False),
     Column("acked_at", UtcDateTime, nullable=True),
+    # The case the item is about (every payload names one; migration 0008), so that
+    # erasure and retention delete the case's items; an erasure notice names none.
+    Column("case_id", String(64), nullable=True),
+    # Set on an erasure notice only: the erased subject, for the acknowledgement's audit.
+    Column("subject_id", String(64), nullable=True),
     Index("ix_work_items_pending", "partner_id", "acked_at", "created_at"),
+    Index("ix_work_items_case", "case_id"),
 )
 
 audit_head = Table(

@@ -3,6 +3,10 @@
 Items wait in the store until the partner acknowledges them, so delivery is
 at least once: a stream that breaks before the acknowledgement gets the item
 again on the next subscription. Within one stream an item is sent once.
+
+Each item names its case, so that erasure and retention delete the items of a case.
+An erasure notice (work id ``erasure-…``, GDPR art. 19) names the partner's own id for
+the erased customer: acknowledging it empties it and is audited.
 """
 
 from __future__ import annotations
@@ -12,14 +16,16 @@ import datetime as dt
 from collections.abc import AsyncIterator
 
 from coopgate.v1 import work_pb2
-from sqlalchemy import insert, select, update
+from sqlalchemy import bindparam, insert, select, update
 from sqlalchemy.ext.asyncio import AsyncConnection
 
+from gateway.audit.log import AuditLog, AuditRecord
 from gateway.core.caller import Caller, Role
 from gateway.core.errors import InvalidArgument
+from gateway.identity.erasure import NOTICE_PREFIX
 from gateway.store import Store
 from gateway.store.idempotency import run_once
-from gateway.store.schema import work_items
+from gateway.store.schema import case_keys, work_items
 
 POLL_SECONDS = 0.2
 DEFAULT_IN_FLIGHT = 32
@@ -27,9 +33,16 @@ MAX_IN_FLIGHT = 1000
 MAX_ACK_BATCH = 1000
 
 
+#: A row when the case's key was destroyed (erased, or past its retention period).
+_ERASED = select(case_keys.c.case_id).where(
+    case_keys.c.case_id == bindparam("case_id"), case_keys.c.wrapped_key.is_(None)
+)
+
+
 class PartnerWork:
-    def __init__(self, store: Store) -> None:
+    def __init__(self, store: Store, audit: AuditLog | None = None) -> None:
         self.store = store
+        self.audit = audit
 
     async def subscribe(
         self, caller: Caller, request: work_pb2.SubscribeRequest
@@ -81,27 +94,73 @@ class PartnerWork:
             raise InvalidArgument.field("work_ids", f"at most {MAX_ACK_BATCH} per call")
 
         async def action(conn: AsyncConnection) -> work_pb2.AcknowledgeResponse:
+            ids = set(request.work_ids)
+            notices = [i for i in ids if i.startswith(NOTICE_PREFIX)]
+            erased = await self._acknowledge_notices(conn, caller, notices) if notices else 0
             result = await conn.execute(
                 update(work_items)
                 .where(
-                    work_items.c.work_id.in_(set(request.work_ids)),
+                    work_items.c.work_id.in_(ids),
                     work_items.c.partner_id == caller.partner_id,
                     work_items.c.acked_at.is_(None),
                 )
                 .values(acked_at=dt.datetime.now(dt.UTC))
             )
-            return work_pb2.AcknowledgeResponse(acknowledged=result.rowcount)
+            return work_pb2.AcknowledgeResponse(acknowledged=result.rowcount + erased)
 
         response, _ = await run_once(
             self.store, caller, "Acknowledge", request, work_pb2.AcknowledgeResponse, action
         )
+        if any(i.startswith(NOTICE_PREFIX) for i in request.work_ids):
+            # The emptied notices' earlier pages leave the write-ahead log too.
+            await self.store.truncate_wal()
         return response
+
+    async def _acknowledge_notices(
+        self, conn: AsyncConnection, caller: Caller, work_ids: list[str]
+    ) -> int:
+        """Erasure notices acknowledged: emptied (the partner's local id goes with them),
+        each acknowledgement audited against the erased subject; returns how many."""
+        rows = (
+            await conn.execute(
+                select(work_items.c.work_id, work_items.c.subject_id).where(
+                    work_items.c.work_id.in_(work_ids),
+                    work_items.c.partner_id == caller.partner_id,
+                    work_items.c.acked_at.is_(None),
+                )
+            )
+        ).all()
+        if not rows:
+            return 0
+        await conn.execute(
+            update(work_items)
+            .where(work_items.c.work_id.in_([r.work_id for r in rows]))
+            .values(item=b"", acked_at=dt.datetime.now(dt.UTC))
+        )
+        if self.audit is not None:
+            await self.audit.record_in(
+                conn,
+                [
+                    AuditRecord(
+                        kind="erasure",
+                        action="subject.erasure_acknowledged",
+                        actor_partner_id=caller.partner_id,
+                        actor_person_id=caller.person_id,
+                        subject_id=row.subject_id or "",
+                        reason="the recipient forgot the customer (GDPR art. 19)",
+                        details=(("notice", row.work_id),),
+                    )
+                    for row in rows
+                ],
+            )
+        return len(rows)
 
 
 async def enqueue(
     conn: AsyncConnection, work_id: str, partner_id: str, item: work_pb2.WorkItem
 ) -> bool:
-    """Queue an item for a partner once: the same ``work_id`` again is a no-op.
+    """Queue an item for a partner once: the same ``work_id`` again is a no-op, and so
+    is an item about an erased case (a workflow still running after the erasure).
 
     Returns whether the item was new.
     """
@@ -109,6 +168,10 @@ async def enqueue(
         await conn.execute(select(work_items.c.work_id).where(work_items.c.work_id == work_id))
     ).first()
     if exists is not None:
+        return False
+    payload = item.WhichOneof("payload")
+    case_id: str | None = getattr(item, payload).case_id if payload else None
+    if case_id and (await conn.execute(_ERASED, {"case_id": case_id})).first() is not None:
         return False
     now = dt.datetime.now(dt.UTC)
     item.work_id = work_id
@@ -120,6 +183,7 @@ async def enqueue(
             created_at=now,
             item=item.SerializeToString(deterministic=True),
             deliveries=0,
+            case_id=case_id,
         )
     )
     return True

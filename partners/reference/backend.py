@@ -25,6 +25,7 @@ from partners.work import (
     ConsentPrompt,
     CustomerNotification,
     DiagnosisRequest,
+    ErasureNotice,
     OwnershipOffer,
     WorkItem,
     WorkSubscription,
@@ -203,6 +204,8 @@ class ReferenceBackend:
         self.notices: list[CaseNotice] = []
         self.consents: list[tuple[str, bool]] = []
         self.refused: list[GatewayError] = []
+        #: Erasure notices acted on (their ids only: what they named is forgotten).
+        self.erasures: list[str] = []
 
     def say(self, what: str, text: str) -> None:
         stamp = dt.datetime.now().strftime("%H:%M:%S.%f")[:-3]
@@ -236,6 +239,8 @@ class ReferenceBackend:
                     await self._consent(item, prompt)
                 case CaseNotice() as notice:
                     await self._notice(item, notice)
+                case ErasureNotice() as erasure:
+                    self._forget(erasure)
                 case None:
                     self.say("skip", f"unknown work kind in {item.work_id}")
         except (FailedPrecondition, NotFound, PermissionDenied) as exc:
@@ -325,6 +330,25 @@ class ReferenceBackend:
             f"{notification.channel.name} ({phrase}) to {notification.customer_local_id}: "
             f"{notification.message}",
         )
+
+    def _forget(self, erasure: ErasureNotice) -> None:
+        """The customer was erased: forget them (by our id) or the case (by its id)."""
+        local, case = erasure.customer_local_id, erasure.case_id
+        cases = {s.case_id for s in self.shown if local and s.customer_local_id == local}
+        if case:
+            cases.add(case)
+        self.shown = [
+            s
+            for s in self.shown
+            if s.case_id not in cases and not (local and s.customer_local_id == local)
+        ]
+        for case_id in cases:
+            self.diagnoses.pop(case_id, None)
+            self.repaired.pop(case_id, None)
+            self.owned.discard(case_id)
+        self.notices = [n for n in self.notices if n.case_id not in cases]
+        self.erasures.append(erasure.notice_id)
+        self.say("erasure", f"customer erased: forgot {len(cases)} case(s) ({erasure.notice_id})")
 
     async def _consent(self, item: WorkItem, prompt: ConsentPrompt) -> None:
         """The customer answers on the channel they use: yes to fixing the incident,

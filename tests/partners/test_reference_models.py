@@ -3,10 +3,20 @@ diagnoses under which fault, what a repair changes, and when it takes ownership.
 
 from __future__ import annotations
 
+from typing import cast
+
 import pytest
 
-from partners import DiagnosisRequest, FindingStatus
-from partners.reference import COMPANIES, Faults, OwnershipPolicy, company
+from partners import (
+    Channel,
+    CustomerNotification,
+    DiagnosisRequest,
+    ErasureNotice,
+    FindingStatus,
+    PartnerClient,
+    WorkItem,
+)
+from partners.reference import COMPANIES, Faults, OwnershipPolicy, ReferenceBackend, company
 
 
 def request(service_id: str, component: str, customer: str = "cust-1") -> DiagnosisRequest:
@@ -120,3 +130,52 @@ def test_ownership_is_taken_within_expertise_and_capacity_only() -> None:
     assert not accepted
     assert "expertise" in why
     assert not policy.decide("smart-heating", 0)[0]
+
+
+async def test_a_reference_backend_forgets_an_erased_customer() -> None:
+    backend = ReferenceBackend(
+        COMPANIES["bank"], cast(PartnerClient, None), partner_id="bank-a", out=lambda _: None
+    )
+    for case_id, customer in (("case-1", "cust-1"), ("case-2", "cust-1"), ("case-3", "cust-2")):
+        await backend.handle(
+            WorkItem(
+                work_id=f"w-{case_id}",
+                created_at=None,
+                redeliveries=0,
+                payload=CustomerNotification(
+                    notification_id="n",
+                    case_id=case_id,
+                    customer_local_id=customer,
+                    channel=Channel.PHONE,
+                    milestone="received",
+                    message="we are on it",
+                ),
+            )
+        )
+    backend.owned.update({"case-1", "case-3"})
+    await backend.handle(
+        WorkItem(
+            work_id="erasure-1",
+            created_at=None,
+            redeliveries=0,
+            payload=ErasureNotice(
+                notice_id="erasure-1", customer_local_id="cust-1", case_id="", message=""
+            ),
+        )
+    )
+    assert [s.customer_local_id for s in backend.shown] == ["cust-2"]
+    assert backend.owned == {"case-3"}
+    assert backend.erasures == ["erasure-1"]
+    # A participant not linked to the customer is told the case.
+    await backend.handle(
+        WorkItem(
+            work_id="erasure-2",
+            created_at=None,
+            redeliveries=0,
+            payload=ErasureNotice(
+                notice_id="erasure-2", customer_local_id="", case_id="case-3", message=""
+            ),
+        )
+    )
+    assert backend.shown == []
+    assert backend.owned == set()

@@ -18,6 +18,7 @@ from partners import (
     ConsentPrompt,
     CustomerNotification,
     DiagnosisRequest,
+    ErasureNotice,
     GatewayError,
     InvalidArgument,
     OwnershipOffer,
@@ -164,3 +165,20 @@ def test_every_work_kind_becomes_its_typed_value() -> None:
     assert isinstance(notice, CaseNotice)
     assert notice.kind == "escalation"
     assert work_item_from_proto(work_pb2.WorkItem(work_id="w9")).payload is None
+
+
+def test_an_erasure_notice_becomes_its_typed_value() -> None:
+    notice = work_item_from_proto(
+        work_pb2.WorkItem(
+            work_id="erasure-1",
+            customer_notification=work_pb2.CustomerNotification(
+                notification_id="erasure-1",
+                customer_local_id="cust-9",
+                milestone="erased",
+                message="forget them",
+            ),
+        )
+    ).payload
+    assert notice == ErasureNotice(
+        notice_id="erasure-1", customer_local_id="cust-9", case_id="", message="forget them"
+    )

@@ -1,0 +1,413 @@
+"""Erasure that erases (issue 18): a customer's case with unique markers in its local
+id, summary, interactions, findings, identifiers and consent records, driven through
+the API and the workflow to a closed case; `EraseCustomer`; then no marker is found at
+rest: on SQLite in any file of the data directory (the WAL truncated first), on
+PostgreSQL in any column of any table. Every partner that received the customer's data
+gets an erasure notice on its work stream, acknowledges it, and the log verifies.
+A retry of a call about the erased customer answers CUSTOMER_ERASED, revealing nothing."""
+
+from __future__ import annotations
+
+import asyncio
+import datetime as dt
+import uuid
+from collections.abc import Callable
+from pathlib import Path
+
+import grpc
+import pytest
+from coopgate.v1 import (
+    admin_pb2,
+    audit_pb2,
+    audit_pb2_grpc,
+    cases_pb2,
+    common_pb2,
+    consents_pb2,
+    identity_pb2,
+    identity_pb2_grpc,
+    work_pb2,
+)
+from sqlalchemy import select, text, update
+
+from gateway.audit.merkle import leaf_hash, node_hash, perfect_subtrees, root_from_leaf_hashes
+from gateway.core.caller import Caller, Role
+from gateway.store.schema import (
+    audit_entries,
+    audit_head,
+    audit_nodes,
+    case_keys,
+    cases,
+    work_items,
+)
+from tests.conftest import Api, Stack
+from tests.gateway.orchestration.test_incident_e2e import backends, play_to_closure, quick_service
+
+Key = Callable[[str], str]
+
+
+class Markers:
+    def __init__(self) -> None:
+        tag = uuid.uuid4().hex[:16]
+        self.local_id = f"L{tag}-customer"
+        self.summary = f"S{tag} payment refused at the bakery"
+        self.note = f"N{tag} the customer called back, angry"
+        self.finding = f"F{tag}-evidence"
+        self.reason = f"R{tag} to see the SIM check"
+        self.consent = f"C{tag}-notice"
+        self.email = f"e{tag}@example.org"
+
+    def all(self) -> dict[str, str]:
+        return dict(vars(self))
+
+
+async def _found_in_files(directory: Path, markers: dict[str, str]) -> dict[str, list[str]]:
+    found: dict[str, list[str]] = {}
+    for path in sorted(p for p in directory.rglob("*") if p.is_file()):
+        data = path.read_bytes()
+        for name, marker in markers.items():
+            if marker.encode() in data:
+                found.setdefault(name, []).append(path.name)
+    return found
+
+
+async def _found_in_columns(stack: Stack, markers: dict[str, str]) -> dict[str, list[str]]:
+    """Every column of every table, as text or bytes (PostgreSQL; SQLite likewise)."""
+    found: dict[str, list[str]] = {}
+    async with stack.runtime.store.read() as conn:
+        if stack.backend == "postgres":
+            columns: list[tuple[str, str, str]] = [
+                tuple(row)
+                for row in await conn.execute(
+                    text(
+                        "SELECT table_name, column_name, data_type FROM information_schema.columns "
+                        "WHERE table_schema = 'public'"
+                    )
+                )
+            ]
+        else:
+            tables = (
+                await conn.execute(text("SELECT name FROM sqlite_master WHERE type = 'table'"))
+            ).scalars()
+            columns = []
+            for table in list(tables):
+                for row in (await conn.execute(text(f'PRAGMA table_info("{table}")'))).all():
+                    columns.append((table, row[1], "any"))
+        for table, column, data_type in columns:
+            for name, marker in markers.items():
+                if data_type == "bytea":
+                    where = f"position(convert_to(:m, 'UTF8') in \"{column}\") > 0"
+                elif stack.backend == "postgres":
+                    where = f'position(:m in CAST("{column}" AS text)) > 0'
+                else:
+                    where = f'instr(CAST("{column}" AS BLOB), CAST(:m AS BLOB)) > 0'
+                hits = (
+                    await conn.execute(
+                        text(f'SELECT count(*) FROM "{table}" WHERE {where}'), {"m": marker}
+                    )
+                ).scalar()
+                if hits:
+                    found.setdefault(name, []).append(f"{table}.{column}")
+    return found
+
+
+async def _found_at_rest(stack: Stack, markers: dict[str, str]) -> dict[str, list[str]]:
+    found = await _found_in_columns(stack, markers)
+    if stack.backend == "sqlite":
+        assert await stack.runtime.store.truncate_wal()
+        for name, places in (await _found_in_files(stack.settings.data_dir, markers)).items():
+            found.setdefault(name, []).extend(f"file:{p}" for p in places)
+    return found
+
+
+async def _notice(api: Api, match: Callable[[work_pb2.CustomerNotification], bool]) -> str:
+    """Wait for an erasure notice on this partner's stream; acknowledge it; its work id."""
+    async with asyncio.timeout(30):
+        while True:
+            call = api.work.Subscribe(work_pb2.SubscribeRequest(max_in_flight=1000))
+            async for response in call:
+                item = response.item
+                if item.work_id.startswith("erasure-") and match(item.customer_notification):
+                    call.cancel()
+                    await api.work.Acknowledge(
+                        work_pb2.AcknowledgeRequest(
+                            idempotency_key=f"ack-{item.work_id}", work_ids=[item.work_id]
+                        )
+                    )
+                    return item.work_id
+            await asyncio.sleep(0.1)
+
+
+async def _closed_case_with_markers(stack: Stack, unique: Key, m: Markers) -> tuple[str, str]:
+    """The closed case's id and the bank's pseudonym for the customer."""
+    admin = stack.api("coopgate", Role.ADMIN)
+    service_id = await quick_service(admin, unique)
+    await admin.admin.DefineSharingAgreement(
+        admin_pb2.DefineSharingAgreementRequest(
+            idempotency_key=unique("k"),
+            agreement=admin_pb2.SharingAgreement(
+                source_partner_id="telco-a",
+                recipient_partner_id="bank-a",
+                service_id=service_id,
+                categories=["device.sim"],
+                purposes=["incident-resolution"],
+            ),
+        )
+    )
+    bank = stack.api("bank-a", Role.ADVISOR)
+    identity = identity_pb2_grpc.IdentityServiceStub(bank.channel)
+    await identity.RegisterIdentifiers(
+        identity_pb2.RegisterIdentifiersRequest(
+            idempotency_key=unique("k"),
+            customer_local_id=m.local_id,
+            identifiers=[
+                identity_pb2.Identifier(kind=identity_pb2.IDENTIFIER_KIND_EMAIL, value=m.email)
+            ],
+        )
+    )
+    case_ids: set[str] = set()
+    async with backends(lambda p: stack.api(p), case_ids, accepting={"telco-a"}) as running:
+        running["bank-a"].accepts = False
+        opened = await bank.cases.OpenCase(
+            cases_pb2.OpenCaseRequest(
+                idempotency_key=unique("k"),
+                service_id=service_id,
+                customer_local_id=m.local_id,
+                channel=common_pb2.CHANNEL_PHONE,
+                summary=m.summary,
+            )
+        )
+        case_ids.add(opened.case_id)
+        await bank.cases.AppendInteraction(
+            cases_pb2.AppendInteractionRequest(
+                idempotency_key=unique("k"),
+                case_id=opened.case_id,
+                interaction=cases_pb2.Interaction(channel=common_pb2.CHANNEL_PHONE, summary=m.note),
+            )
+        )
+        await bank.cases.SubmitFinding(
+            cases_pb2.SubmitFindingRequest(
+                idempotency_key=unique("k"),
+                case_id=opened.case_id,
+                finding=cases_pb2.Finding(
+                    component="card-token",
+                    status=cases_pb2.FINDING_STATUS_OK,
+                    confidence=0.9,
+                    evidence_ref=m.finding,
+                ),
+            )
+        )
+        await bank.consents.RequestConsent(
+            consents_pb2.RequestConsentRequest(
+                idempotency_key=unique("k"),
+                case_id=opened.case_id,
+                source_partner_id="telco-a",
+                categories=["device.sim"],
+                purposes=["incident-resolution"],
+                reason=m.reason,
+            )
+        )
+        await bank.consents.GrantConsent(
+            consents_pb2.GrantConsentRequest(
+                idempotency_key=unique("k"),
+                customer_local_id=m.local_id,
+                source_partner_id="telco-a",
+                recipient_partner_ids=["bank-a"],
+                categories=["device.sim"],
+                purposes=["incident-resolution"],
+                channel=common_pb2.CHANNEL_PHONE,
+                notice_version=m.consent,
+            )
+        )
+        await play_to_closure(stack.api("telco-a", Role.ADVISOR), opened.case_id, unique)
+    return opened.case_id, opened.header.subject_id
+
+
+async def test_nothing_readable_survives_erasure_and_every_recipient_is_told(
+    stack: Stack, unique: Key
+) -> None:
+    m = Markers()
+    case_id, pseudonym = await _closed_case_with_markers(stack, unique, m)
+    bank = stack.api("bank-a", Role.ADVISOR)
+    identity = identity_pb2_grpc.IdentityServiceStub(bank.channel)
+    opened_again = cases_pb2.AppendInteractionRequest(
+        idempotency_key=unique("k"),
+        case_id=case_id,
+        interaction=cases_pb2.Interaction(channel=common_pb2.CHANNEL_PHONE, summary="late"),
+    )
+
+    before = await _found_at_rest(stack, m.all())
+    # The search finds what is there: the local id, the consent, the request's reason.
+    assert {"local_id", "consent", "reason"} <= before.keys(), before
+
+    erase = identity_pb2.EraseCustomerRequest(
+        idempotency_key=unique("k"), customer_local_id=m.local_id
+    )
+    assert (await identity.EraseCustomer(erase)).erased_cases == 1
+    assert (await identity.EraseCustomer(erase)).erased_cases == 1  # a retry: the same answer
+
+    # Every partner that received the customer's data is told: the bank by its own id,
+    # the other participants by the case.
+    notices = {
+        "bank-a": await _notice(stack.api("bank-a"), lambda n: n.customer_local_id == m.local_id)
+    }
+    for partner in ("telco-a", "acquirer-a", "handset-a"):
+        notices[partner] = await _notice(stack.api(partner), lambda n: n.case_id == case_id)
+
+    after = await _found_at_rest(stack, m.all())
+    assert after == {}, f"found after erasure: {after} (before: {before})"
+
+    async with stack.runtime.store.read() as conn:
+        key = select(case_keys.c.wrapped_key).where(case_keys.c.case_id == case_id)
+        assert (await conn.execute(key)).scalar() is None
+        assert not (
+            await conn.execute(select(work_items.c.work_id).where(work_items.c.case_id == case_id))
+        ).all()
+        actions = [
+            bytes(canonical)
+            for canonical in (
+                await conn.execute(
+                    select(audit_entries.c.canonical).where(audit_entries.c.kind == "erasure")
+                )
+            ).scalars()
+            if notices["telco-a"].encode() in bytes(canonical)
+        ]
+    # The notice and its acknowledgement are in the log.
+    assert any(b"subject.erasure_notified" in a for a in actions)
+    assert any(b"subject.erasure_acknowledged" in a for a in actions)
+
+    # A retry of a call about the erased customer answers the same, revealing nothing.
+    with pytest.raises(grpc.aio.AioRpcError) as refused:
+        await bank.cases.AppendInteraction(opened_again)
+    assert refused.value.code() in (grpc.StatusCode.NOT_FOUND, grpc.StatusCode.FAILED_PRECONDITION)
+
+    await _log_verifies(stack)
+
+    # The subject access report still answers (by the bank's pseudonym: its local id no
+    # longer names anyone), says what was erased and when, and holds no erased data.
+    report = audit_pb2.SubjectAccessReportRequest(subject_id=pseudonym)
+    disclosures = await audit_pb2_grpc.AuditServiceStub(bank.channel).SubjectAccessReport(report)
+    erasures = await stack.runtime.domain.audit.erasure_report(
+        Caller(partner_id="bank-a", role=Role.ADVISOR), report
+    )
+    told = {"bank-a", "telco-a", "acquirer-a", "handset-a"}
+    assert [(e.action, e.case_ids) for e in erasures if e.action == "subject.erased"] == [
+        ("subject.erased", (case_id,))
+    ]
+    assert {e.partner_id for e in erasures if e.action == "subject.erasure_notified"} >= told
+    assert {e.partner_id for e in erasures if e.action == "subject.erasure_acknowledged"} >= told
+    said = disclosures.SerializeToString() + repr(erasures).encode()
+    assert not [name for name, marker in m.all().items() if marker.encode() in said]
+
+
+async def _log_verifies(stack: Stack) -> None:
+    """Every entry kept, and the stored tree hashes to the root of the entries."""
+    async with stack.runtime.store.read() as conn:
+        size = (await conn.execute(select(audit_head.c.size))).scalar_one()
+        entries = list(
+            (
+                await conn.execute(
+                    # Appends go on meanwhile (PostgreSQL reads each statement afresh).
+                    select(audit_entries.c.canonical)
+                    .where(audit_entries.c.idx < size)
+                    .order_by(audit_entries.c.idx)
+                )
+            ).scalars()
+        )
+        nodes = {
+            (level, idx): bytes(h)
+            for level, idx, h in await conn.execute(
+                select(audit_nodes.c.level, audit_nodes.c.idx, audit_nodes.c.hash)
+            )
+        }
+    assert len(entries) == size
+    parts = [nodes[key] for key in perfect_subtrees(0, size)]
+    stored_root = parts[-1]
+    for part in reversed(parts[:-1]):
+        stored_root = node_hash(part, stored_root)
+    assert root_from_leaf_hashes([leaf_hash(bytes(e)) for e in entries]) == stored_root
+
+
+async def test_a_retry_after_erasure_answers_customer_erased(stack: Stack, unique: Key) -> None:
+    bank = stack.api("bank-a", Role.ADVISOR)
+    identity = identity_pb2_grpc.IdentityServiceStub(bank.channel)
+    customer = unique("cust")
+    open_request = cases_pb2.OpenCaseRequest(
+        idempotency_key=unique("k"),
+        service_id="nfc-payment",
+        customer_local_id=customer,
+        channel=common_pb2.CHANNEL_PHONE,
+        summary=f"secret {unique('s')}",
+    )
+    opened = await bank.cases.OpenCase(open_request)
+    append = cases_pb2.AppendInteractionRequest(
+        idempotency_key=unique("k"),
+        case_id=opened.case_id,
+        interaction=cases_pb2.Interaction(channel=common_pb2.CHANNEL_PHONE, summary="more"),
+    )
+    await bank.cases.AppendInteraction(append)
+    assert (await bank.cases.OpenCase(open_request)).case_id == opened.case_id
+
+    await identity.EraseCustomer(
+        identity_pb2.EraseCustomerRequest(idempotency_key=unique("k"), customer_local_id=customer)
+    )
+    retries = ((bank.cases.OpenCase, open_request), (bank.cases.AppendInteraction, append))
+    for call, request in retries:
+        for _ in range(2):
+            with pytest.raises(grpc.aio.AioRpcError) as refused:
+                await call(request)  # type: ignore[arg-type]
+            assert refused.value.code() == grpc.StatusCode.FAILED_PRECONDITION
+            assert "erased" in (refused.value.details() or "")
+            assert "secret" not in (refused.value.details() or "")
+
+
+async def test_retention_shreds_a_closed_case_like_an_erasure(stack: Stack, unique: Key) -> None:
+    bank = stack.api("bank-a", Role.ADVISOR)
+    secret = f"retained {unique('s')}"
+    opened = await bank.cases.OpenCase(
+        cases_pb2.OpenCaseRequest(
+            idempotency_key=unique("k"),
+            service_id="nfc-payment",
+            customer_local_id=unique("cust"),
+            channel=common_pb2.CHANNEL_PHONE,
+            summary=secret,
+        )
+    )
+    long_ago = dt.datetime.now(dt.UTC) - dt.timedelta(days=400)
+    async with stack.runtime.store.write() as conn:
+        await conn.execute(
+            update(cases)
+            .where(cases.c.case_id == opened.case_id)
+            .values(status=cases_pb2.CASE_STATUS_CLOSED, updated_at=long_ago)
+        )
+    # The gateway's sweep (as `open_runtime` runs it every COOPGATE_RETENTION_SWEEP_SECONDS).
+    erasure = stack.runtime.domain.erasure
+    sweep = asyncio.create_task(erasure.run_retention(dt.timedelta(days=365), 0.05))
+    key = select(case_keys.c.wrapped_key).where(case_keys.c.case_id == opened.case_id)
+    try:
+        async with asyncio.timeout(10):
+            while True:
+                async with stack.runtime.store.read() as conn:
+                    if (await conn.execute(key)).scalar() is None:
+                        break
+                await asyncio.sleep(0.05)
+    finally:
+        sweep.cancel()
+    assert await erasure.expire(dt.timedelta(days=365)) == 0
+    async with stack.runtime.store.read() as conn:
+        (record,) = (
+            await conn.execute(
+                select(audit_entries.c.canonical).where(
+                    audit_entries.c.case_id == opened.case_id,
+                    audit_entries.c.kind == "erasure",
+                )
+            )
+        ).scalars()
+    assert b"case.retention_expired" in bytes(record)
+    await _log_verifies(stack)
+    view = (
+        await bank.cases.GetCaseView(
+            cases_pb2.GetCaseViewRequest(case_id=opened.case_id, purpose="customer-care")
+        )
+    ).view
+    assert secret not in view.SerializeToString().decode(errors="replace")
+    assert (await _found_at_rest(stack, {"secret": secret})) == {}
