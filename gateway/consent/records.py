@@ -65,7 +65,6 @@ class Consents:
     async def grant(
         self, caller: Caller, request: consents_pb2.GrantConsentRequest
     ) -> consents_pb2.GrantConsentResponse:
-        caller.require(Role.PARTNER, Role.ADVISOR)
         validate_grant(self.vocabulary, request)
 
         async def action(conn: AsyncConnection) -> consents_pb2.GrantConsentResponse:
@@ -133,7 +132,6 @@ class Consents:
     async def revoke(
         self, caller: Caller, request: consents_pb2.RevokeConsentRequest
     ) -> consents_pb2.RevokeConsentResponse:
-        caller.require(Role.PARTNER, Role.ADVISOR)
         if not request.consent_id:
             raise InvalidArgument.field("consent_id", "is required")
         if (
@@ -196,7 +194,6 @@ class Consents:
     ) -> consents_pb2.ListConsentsResponse:
         """A partner lists one of its customers' consents that involve it (as
         source, recipient or collector); a compliance officer lists them all."""
-        caller.require(Role.PARTNER, Role.ADVISOR, Role.COMPLIANCE)
         size = request.page.page_size or 100
         if not 0 < size <= 500:
             raise InvalidArgument.field("page.page_size", "must be in 1..500")

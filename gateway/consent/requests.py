@@ -14,7 +14,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 from gateway.audit.log import AuditLog, AuditRecord
 from gateway.consent.periods import now as _now
 from gateway.consent.vocabulary import Vocabulary
-from gateway.core.caller import Caller, Role
+from gateway.core.caller import Caller
 from gateway.core.errors import FailedPrecondition, FieldViolation, InvalidArgument, NotFound
 from gateway.crypto.pki import PARTNER_ID_PATTERN
 from gateway.store import Store
@@ -41,7 +41,6 @@ class ConsentRequests:
     ) -> consents_pb2.RequestConsentResponse:
         """An advisor asks the customer, through the relationship owner's channel
         (else the partner first contacted), to allow a withheld flow."""
-        caller.require(Role.PARTNER, Role.ADVISOR)
         violations: list[FieldViolation] = []
         if not request.case_id:
             violations.append(FieldViolation("case_id", "is required"))
@@ -155,7 +154,6 @@ class ConsentRequests:
     async def refuse_request(
         self, caller: Caller, request: consents_pb2.RefuseConsentRequestRequest
     ) -> consents_pb2.RefuseConsentRequestResponse:
-        caller.require(Role.PARTNER, Role.ADVISOR)
         if not request.consent_request_id:
             raise InvalidArgument.field("consent_request_id", "is required")
 

@@ -20,7 +20,7 @@ from sqlalchemy import bindparam, insert, select, update
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from gateway.audit.log import AuditLog, AuditRecord
-from gateway.core.caller import Caller, Role
+from gateway.core.caller import Caller
 from gateway.core.errors import InvalidArgument
 from gateway.identity.erasure import NOTICE_PREFIX
 from gateway.store import Store
@@ -47,7 +47,6 @@ class PartnerWork:
     async def subscribe(
         self, caller: Caller, request: work_pb2.SubscribeRequest
     ) -> AsyncIterator[work_pb2.SubscribeResponse]:
-        caller.require(Role.PARTNER)
         in_flight = request.max_in_flight or DEFAULT_IN_FLIGHT
         if not 0 < in_flight <= MAX_IN_FLIGHT:
             raise InvalidArgument.field("max_in_flight", f"must be in 1..{MAX_IN_FLIGHT}")
@@ -87,7 +86,6 @@ class PartnerWork:
     async def acknowledge(
         self, caller: Caller, request: work_pb2.AcknowledgeRequest
     ) -> work_pb2.AcknowledgeResponse:
-        caller.require(Role.PARTNER)
         if not request.work_ids:
             raise InvalidArgument.field("work_ids", "at least one work id")
         if len(request.work_ids) > MAX_ACK_BATCH:
