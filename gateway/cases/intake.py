@@ -158,7 +158,9 @@ class CaseIntake:
             if not _replayed:
                 await self.incidents.reopen(
                     response.case_id,
-                    contracts.CustomerAnswer(partner_id=caller.partner_id, reason=request.summary),
+                    # Ids only: the customer's words stay in the sealed timeline, out of
+                    # the workflow's history, which erasure cannot reach.
+                    contracts.CustomerAnswer(partner_id=caller.partner_id),
                 )
             return response
         # Also on a replay: a crash between the commit and the start must not

@@ -100,10 +100,9 @@ class CaseProgress:
         confirm = isinstance(request, cases_pb2.ConfirmResolutionRequest)
         async with self.store.read() as conn:
             await _participating_case(conn, caller, request.case_id)
-        answer = contracts.CustomerAnswer(
-            partner_id=caller.partner_id,
-            reason="" if confirm else request.reason,  # type: ignore[union-attr]
-        )
+        # Ids only: the customer's reason is not the workflow's to keep (its history is
+        # out of erasure's reach), and it decides nothing there.
+        answer = contracts.CustomerAnswer(partner_id=caller.partner_id)
 
         async def effect() -> Any:
             if confirm:

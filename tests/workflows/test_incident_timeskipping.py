@@ -433,6 +433,17 @@ async def test_reopen_continues_as_new_and_a_new_report_reopens_instead_of_dupli
         ).one()
     assert (kpi.reopens, kpi.first_contact_resolution) == (1, False)
 
+    # The workflow's histories, both runs, hold ids only: not the customer's words (the
+    # summary that reopened the case), not the customer's id (erasure cannot reach them).
+    for run_id in (first_run, description.run_id):
+        history = await incident.env.client.get_workflow_handle(
+            incident.case_id, run_id=run_id
+        ).fetch_history()
+        recorded = b"".join(event.SerializeToString() for event in history.events)
+        assert b"nfc-payment" in recorded  # payloads are there to be searched
+        assert b"it does not work" not in recorded
+        assert incident.customer.encode() not in recorded
+
 
 async def test_wrong_answers_are_refused_and_duplicates_are_harmless(
     incident: Incident,
