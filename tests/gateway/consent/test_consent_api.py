@@ -14,7 +14,6 @@ from dataclasses import dataclass
 import grpc
 import pytest
 from coopgate.v1 import admin_pb2, cases_pb2, common_pb2, consents_pb2, work_pb2
-from joserfc import jws as joserfc_jws
 from joserfc.errors import BadSignatureError
 from joserfc.jwk import OKPKey
 from jwcrypto import jwk as jwcrypto_jwk
@@ -25,6 +24,7 @@ from gateway.consent.receipts import ReceiptError, verify_receipt
 from gateway.core.caller import Role
 from gateway.store.schema import audit_entries
 from tests.conftest import Api, Stack
+from tests.gateway.consent.test_receipts import joserfc_claims, jwcrypto_claims
 from tests.helpers import error_info, field_violations
 
 Key = Callable[[str], str]
@@ -302,25 +302,6 @@ async def test_live_stream_stops_the_flow_at_withdrawal(scene: Scene, unique: Ke
         assert following.item.sequence == own.sequence
     finally:
         call.cancel()
-
-
-def jwcrypto_claims(token: str, jwk_json: str) -> dict[str, object]:
-    """Verify a receipt with jwcrypto, a JOSE library independent of the gateway's."""
-    verifier = jwcrypto_jws.JWS()
-    verifier.deserialize(token)
-    verifier.allowed_algs = ["Ed25519"]
-    verifier.verify(jwcrypto_jwk.JWK.from_json(jwk_json))
-    claims: dict[str, object] = json.loads(verifier.payload)
-    return claims
-
-
-def joserfc_claims(token: str, jwk_json: str) -> dict[str, object]:
-    """Verify a receipt with joserfc straight, the gateway's code left out."""
-    verified = joserfc_jws.deserialize_compact(
-        token, OKPKey.import_key(json.loads(jwk_json)), algorithms=["Ed25519"]
-    )
-    claims: dict[str, object] = json.loads(verified.payload)
-    return claims
 
 
 async def test_receipts_verify_offline_and_tampering_is_detected(scene: Scene, unique: Key) -> None:

@@ -1,5 +1,7 @@
 """Receipts offline, without a gateway: those issued before RFC 9864 naming still
-verify, and a receipt that is not typed as one, or names another algorithm, does not."""
+verify, and a receipt that is not typed as one, or names another algorithm, does not;
+the two independent JOSE libraries the API's receipts are checked with
+(test_consent_api.py)."""
 
 from __future__ import annotations
 
@@ -12,6 +14,10 @@ import pytest
 from coopgate.v1 import common_pb2, consents_pb2
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
+from joserfc import jws as joserfc_jws
+from joserfc.jwk import OKPKey
+from jwcrypto import jwk as jwcrypto_jwk
+from jwcrypto import jws as jwcrypto_jws
 
 from gateway.consent.receipts import (
     ReceiptError,
@@ -32,6 +38,25 @@ def signed(
     they were signed through joserfc."""
     signing_input = f"{b64url(json.dumps(header).encode())}.{b64url(json.dumps(claims).encode())}"
     return f"{signing_input}.{b64url(private.sign(signing_input.encode()))}"
+
+
+def jwcrypto_claims(token: str, jwk_json: str) -> dict[str, object]:
+    """Verify a receipt with jwcrypto, a JOSE library independent of the gateway's."""
+    verifier = jwcrypto_jws.JWS()
+    verifier.deserialize(token)
+    verifier.allowed_algs = ["Ed25519"]
+    verifier.verify(jwcrypto_jwk.JWK.from_json(jwk_json))
+    claims: dict[str, object] = json.loads(verifier.payload)
+    return claims
+
+
+def joserfc_claims(token: str, jwk_json: str) -> dict[str, object]:
+    """Verify a receipt with joserfc straight, the gateway's code left out."""
+    verified = joserfc_jws.deserialize_compact(
+        token, OKPKey.import_key(json.loads(jwk_json)), algorithms=["Ed25519"]
+    )
+    claims: dict[str, object] = json.loads(verified.payload)
+    return claims
 
 
 @pytest.fixture
