@@ -83,6 +83,31 @@ class Settings(BaseSettings):
     retention_sweep_seconds: float = Field(
         default=3600.0, ge=0, description="How often cases past their retention are looked for."
     )
+    # What every consent receipt says about who issues it and answers for it (Kantara
+    # Consent Receipt v1.1 / ISO/IEC TS 27560): set these for a real deployment.
+    receipt_issuer: str | None = Field(
+        default=None,
+        description="`iss` of consent receipts; default coopgate.dev/consent/<server_name>.",
+    )
+    receipt_controller: str | None = Field(
+        default=None,
+        description="Data controller named on consent receipts; default "
+        "'Coopgate gateway at <server_name>'.",
+    )
+    receipt_contact: str | None = Field(
+        default=None,
+        description="Where a customer reaches that controller about their consent (e-mail, "
+        "URL or address); default privacy@<server_name>.",
+    )
+    receipt_jurisdiction: str = Field(
+        default="EU",
+        description="Jurisdiction the consents are given under, as receipts state it.",
+    )
+    receipt_policy_url: str | None = Field(
+        default=None,
+        description="Privacy notice / policy URL on consent receipts; default "
+        "https://<server_name>/privacy.",
+    )
 
     @property
     def pki_dir(self) -> Path:
@@ -101,6 +126,22 @@ class Settings(BaseSettings):
     @property
     def effective_audit_origin(self) -> str:
         return self.audit_origin or f"coopgate.dev/audit/{self.server_name}"
+
+    @property
+    def effective_receipt_issuer(self) -> str:
+        return self.receipt_issuer or f"coopgate.dev/consent/{self.server_name}"
+
+    @property
+    def effective_receipt_controller(self) -> str:
+        return self.receipt_controller or f"Coopgate gateway at {self.server_name}"
+
+    @property
+    def effective_receipt_contact(self) -> str:
+        return self.receipt_contact or f"privacy@{self.server_name}"
+
+    @property
+    def effective_receipt_policy_url(self) -> str:
+        return self.receipt_policy_url or f"https://{self.server_name}/privacy"
 
     @property
     def effective_temporal_address(self) -> str:

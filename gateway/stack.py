@@ -290,7 +290,7 @@ async def open_runtime(
         if client is None:
             client = await connect(settings)
         pseudonyms = Pseudonyms.from_file(settings.secrets_dir / "pseudonym.key")
-        signer = ReceiptSigner.from_file(settings.secrets_dir / "receipt.key")
+        signer = ReceiptSigner.from_settings(settings)
         identifier_hasher = IdentifierHasher(read_secret(settings.secrets_dir / "identifier.key"))
         vocabulary = Vocabulary.load(settings.vocabulary)
         incidents = TemporalIncidents(client, settings.task_queue)

@@ -11,6 +11,8 @@ from typing import Annotated
 
 import typer
 from coopgate.v1 import admin_pb2, admin_pb2_grpc, common_pb2, consents_pb2, consents_pb2_grpc
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
+from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
 from google.protobuf import json_format
 from rich.console import Console
 from rich.table import Table
@@ -215,6 +217,13 @@ def request_consent(
 @consent_app.command("receipt-key")
 def receipt_key(
     partner: PartnerOpt,
+    key_format: Annotated[
+        str,
+        typer.Option(
+            "--format",
+            help="jwk (JSON Web Key, RFC 8037), pem (SubjectPublicKeyInfo) or base64 (raw key).",
+        ),
+    ] = "jwk",
     role: RoleOpt = Role.ADVISOR,
     data_dir: DataDirOpt = None,
     target: TargetOpt = None,
@@ -222,7 +231,9 @@ def receipt_key(
     key: KeyOpt = None,
     ca: CaOpt = None,
 ) -> None:
-    """Print the gateway's receipt-signing public key (base64), to publish or keep."""
+    """Print the gateway's receipt-signing public key, to publish or keep."""
+    if key_format not in ("jwk", "pem", "base64"):
+        raise typer.BadParameter(f"unknown format {key_format!r} (one of: jwk, pem, base64)")
     options = client_options(data_dir, partner, role, target, cert, key, ca)
 
     async def go() -> consents_pb2.GetReceiptKeyResponse:
@@ -231,7 +242,23 @@ def receipt_key(
                 consents_pb2.GetReceiptKeyRequest()
             )
 
-    print(base64.b64encode(call(go()).public_key).decode())
+    response = call(go())
+    if key_format == "jwk":
+        print(response.jwk)
+    elif key_format == "pem":
+        public = Ed25519PublicKey.from_public_bytes(response.public_key)
+        print(public.public_bytes(Encoding.PEM, PublicFormat.SubjectPublicKeyInfo).decode().strip())
+    else:
+        print(base64.b64encode(response.public_key).decode())
+
+
+def _key_text(key: str) -> str:
+    """The key given as text (a JWK, PEM or base64), or read from the file it names."""
+    text = key.strip()
+    if text.startswith(("{", "-----BEGIN")):
+        return text
+    path = Path(key)
+    return path.read_text() if path.is_file() else text
 
 
 @consent_app.command("verify-receipt")
@@ -240,19 +267,24 @@ def verify_receipt_command(
         Path, typer.Argument(help="A receipt (JWS compact) as written by grant/revoke.")
     ],
     key: Annotated[
-        str, typer.Option("--key", help="The gateway's public key: base64, or a file holding it.")
+        str,
+        typer.Option(
+            "--key",
+            help="The gateway's public key (as `receipt-key` prints it: JWK, PEM or base64), "
+            "or a file holding it.",
+        ),
     ],
 ) -> None:
     """Verify a consent receipt offline with the gateway's published key."""
-    key_text = Path(key).read_text().strip() if Path(key).is_file() else key
     try:
-        public_key = base64.b64decode(key_text, validate=True)
-        claims = verify_receipt(file.read_text(), public_key)
+        claims = verify_receipt(file.read_text(), _key_text(key))
     except (ReceiptError, ValueError, OSError) as exc:
         err.print(f"[red]INVALID[/red]: {exc}")
         raise typer.Exit(1) from None
+    receipt_id = claims.get("jti")
     out.print(
-        f"[green]VALID[/green] receipt for consent {claims['consent_id']} ({claims['event']})"
+        f"[green]VALID[/green] receipt {receipt_id + ' ' if receipt_id else ''}"
+        f"for consent {claims['consent_id']} ({claims['event']})"
     )
     out.print_json(json.dumps(claims))
 

@@ -239,7 +239,7 @@ class Consents:
 
     def receipt_key(self) -> consents_pb2.GetReceiptKeyResponse:
         return consents_pb2.GetReceiptKeyResponse(
-            key_id=self.signer.key_id, public_key=self.signer.public_key_bytes
+            key_id=self.signer.key_id, public_key=self.signer.public_key_bytes, jwk=self.signer.jwk
         )
 
     # -- internals ---------------------------------------------------------

@@ -174,13 +174,17 @@ class ConsentReceipt(_message.Message):
     KEY_ID_FIELD_NUMBER: _builtins.int
     JWS_FIELD_NUMBER: _builtins.int
     payload: _builtins.bytes
-    """Canonical JSON of the receipt claims (Kantara consent receipt fields)."""
+    """Canonical JSON of the receipt claims (a JWT claims set with Kantara consent
+    receipt v1.1 / ISO/IEC TS 27560 fields; `jti` is this receipt's own id).
+    """
     signature: _builtins.bytes
     """Ed25519 signature over the JWS signing input."""
     key_id: _builtins.str
+    """The signing key's RFC 7638 JWK thumbprint (the JWS header's `kid`)."""
     jws: _builtins.str
-    """The same receipt as a JWS compact serialization (RFC 7515, alg EdDSA,
-    RFC 8037): what a customer keeps and `coopgate consent verify-receipt` reads.
+    """The same receipt as a JWS compact serialization (RFC 7515; header alg
+    Ed25519 per RFC 9864, typ consent-receipt+jwt, kid): what a customer keeps and
+    `coopgate consent verify-receipt` reads.
     """
     def __init__(
         self,
@@ -565,18 +569,25 @@ class GetReceiptKeyResponse(_message.Message):
 
     KEY_ID_FIELD_NUMBER: _builtins.int
     PUBLIC_KEY_FIELD_NUMBER: _builtins.int
+    JWK_FIELD_NUMBER: _builtins.int
     key_id: _builtins.str
+    """RFC 7638 JWK thumbprint of the key: the `kid` of the receipts it verifies."""
     public_key: _builtins.bytes
     """Raw 32-byte Ed25519 public key."""
+    jwk: _builtins.str
+    """The same key as a JWK (RFC 7517, RFC 8037: kty OKP, crv Ed25519, with kid, alg
+    Ed25519 and use sig), JSON text: what JOSE libraries verify receipts with.
+    """
     def __init__(
         self,
         *,
         key_id: _builtins.str = ...,
         public_key: _builtins.bytes = ...,
+        jwk: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["key_id", b"key_id", "public_key", b"public_key"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["jwk", b"jwk", "key_id", b"key_id", "public_key", b"public_key"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

@@ -61,10 +61,32 @@ async def test_grant_verify_list_revoke_from_the_command_line(
     key_file = tmp_path / "gateway.pub"
     key_file.write_text(key)
 
+    assert json.loads(key)["kty"] == "OKP"  # a JWK by default
+
     code, out, err = await run("consent", "verify-receipt", str(receipt), "--key", str(key_file))
     assert code == 0, err
     assert "VALID" in out
     assert consent_id in out
+    receipt_id = json.loads(out[out.index("{") :])["jti"]
+    assert receipt_id in out.splitlines()[0]
+
+    # The key as text, as a JWK or a PEM (a file or text) or base64, verifies it too.
+    code, out, err = await run("consent", "verify-receipt", str(receipt), "--key", key.strip())
+    assert code == 0, err
+    assert "VALID" in out
+    for key_format in ("pem", "base64"):
+        code, other_key, err = await run(
+            "consent", "receipt-key", *client_args(stack, "bank-a", Role.ADVISOR),
+            "--format", key_format,
+        )  # fmt: skip
+        assert code == 0, err
+        other_file = tmp_path / f"gateway.{key_format}"
+        other_file.write_text(other_key)
+        for given in (str(other_file), other_key.strip()):
+            code, out, err = await run("consent", "verify-receipt", str(receipt), "--key", given)
+            assert code == 0, (key_format, err)
+            assert "VALID" in out
+    assert "BEGIN PUBLIC KEY" in (tmp_path / "gateway.pem").read_text()
 
     tampered = tmp_path / "tampered.jws"
     header, payload, signature = receipt.read_text().strip().split(".")
@@ -81,12 +103,18 @@ async def test_grant_verify_list_revoke_from_the_command_line(
     assert code == 0, err
     assert [c["consentId"] for c in json.loads(out)] == [consent_id]
 
+    withdrawal = tmp_path / "withdrawal.jws"
     code, out, err = await run(
         "consent", "revoke", consent_id, *client_args(stack, "bank-a", Role.ADVISOR),
-        "--channel", "app",
+        "--channel", "app", "--receipt-out", str(withdrawal),
     )  # fmt: skip
     assert code == 0, err
     assert json.loads(out)["state"] == "CONSENT_STATE_WITHDRAWN"
+    code, out, err = await run("consent", "verify-receipt", str(withdrawal), "--key", str(key_file))
+    assert code == 0, err
+    assert consent_id in out
+    assert "(withdrawn)" in out
+    assert receipt_id not in out
 
     code, out, err = await run(
         "consent", "grant", *client_args(stack, "bank-a", Role.ADVISOR),

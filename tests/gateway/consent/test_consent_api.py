@@ -5,19 +5,26 @@ consent for that purpose, at the moment of the read."""
 from __future__ import annotations
 
 import asyncio
+import base64
 import datetime as dt
+import json
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 
 import grpc
 import pytest
 from coopgate.v1 import admin_pb2, cases_pb2, common_pb2, consents_pb2, work_pb2
+from joserfc.errors import BadSignatureError
+from joserfc.jwk import OKPKey
+from jwcrypto import jwk as jwcrypto_jwk
+from jwcrypto import jws as jwcrypto_jws
 from sqlalchemy import select
 
 from gateway.consent.receipts import ReceiptError, verify_receipt
 from gateway.core.caller import Role
 from gateway.store.schema import audit_entries
 from tests.conftest import Api, Stack
+from tests.gateway.consent.test_receipts import joserfc_claims, jwcrypto_claims
 from tests.helpers import error_info, field_violations
 
 Key = Callable[[str], str]
@@ -303,8 +310,21 @@ async def test_receipts_verify_offline_and_tampering_is_detected(scene: Scene, u
     claims = verify_receipt(granted.receipt.jws, key.public_key)
     assert claims["consent_id"] == granted.consent.consent_id
     assert claims["event"] == "given"
+    assert claims["state"] == "given"
     assert claims["purposes"] == ["incident-resolution"]
-    assert claims["subject"] == granted.consent.subject_id
+    assert claims["categories"] == ["device.sim"]
+    assert claims["source_partner"] == "telco-a"
+    assert claims["recipient_partners"] == ["bank-a"]
+    assert claims["sub"] == granted.consent.subject_id
+    assert claims["notice_version"] == "bank-a/notice/2026-10"
+    assert claims["iat"] == granted.consent.events[-1].at.seconds
+    assert claims["jurisdiction"] == "EU"
+    assert claims["policy_url"] == "https://localhost/privacy"
+    assert claims["controller"] == {
+        "name": "Coopgate gateway at localhost",
+        "contact": "privacy@localhost",
+    }
+    assert verify_receipt(granted.receipt.jws, key.jwk) == claims
 
     header, payload, signature = granted.receipt.jws.split(".")
     forged_claims = payload[:-4] + ("AAAA" if payload[-4:] != "AAAA" else "BBBB")
@@ -317,6 +337,61 @@ async def test_receipts_verify_offline_and_tampering_is_detected(scene: Scene, u
             verify_receipt(forged, key.public_key)
     with pytest.raises(ReceiptError):
         verify_receipt(granted.receipt.jws, bytes(32))
+
+
+async def test_receipts_verify_with_two_independent_jose_libraries(
+    scene: Scene, unique: Key
+) -> None:
+    """The published JWK verifies a receipt from the API with joserfc and with jwcrypto;
+    its header is typed, names the algorithm per RFC 9864 and the key by its RFC 7638
+    thumbprint; a grant and its withdrawal are two receipts with ids of their own."""
+    granted = await scene.bank.consents.GrantConsent(grant(scene, unique))
+    key = await scene.bank.consents.GetReceiptKey(consents_pb2.GetReceiptKeyRequest())
+    jwk = json.loads(key.jwk)
+    assert jwk["kty"] == "OKP"
+    assert jwk["crv"] == "Ed25519"
+    assert "d" not in jwk
+    assert jwk["kid"] == key.key_id == jwcrypto_jwk.JWK.from_json(key.jwk).thumbprint()
+    assert key.key_id == OKPKey.import_key(jwk).thumbprint()
+    assert base64.urlsafe_b64decode(jwk["x"] + "=") == key.public_key
+
+    token = granted.receipt.jws
+    header = json.loads(base64.urlsafe_b64decode(token.split(".")[0] + "=="))
+    assert header == {"alg": "Ed25519", "kid": key.key_id, "typ": "consent-receipt+jwt"}
+    assert granted.receipt.key_id == key.key_id
+    for claims in (joserfc_claims(token, key.jwk), jwcrypto_claims(token, key.jwk)):
+        assert claims == verify_receipt(token, key.jwk)
+        assert claims["consent_id"] == granted.consent.consent_id
+        assert claims["sub"] == granted.consent.subject_id
+    assert json.loads(granted.receipt.payload) == verify_receipt(token, key.jwk)
+
+    header_part, payload, signature = token.split(".")
+    tampered = f"{header_part}.{payload[:-2]}{'AA' if payload[-2:] != 'AA' else 'BB'}.{signature}"
+    with pytest.raises(BadSignatureError):
+        joserfc_claims(tampered, key.jwk)
+    with pytest.raises(jwcrypto_jws.InvalidJWSSignature):
+        jwcrypto_claims(tampered, key.jwk)
+    with pytest.raises(ReceiptError):
+        verify_receipt(tampered, key.jwk)
+
+    revoked = await scene.bank.consents.RevokeConsent(
+        consents_pb2.RevokeConsentRequest(
+            idempotency_key=unique("k"),
+            consent_id=granted.consent.consent_id,
+            channel=common_pb2.CHANNEL_APP,
+        )
+    )
+    given = jwcrypto_claims(token, key.jwk)
+    withdrawn = jwcrypto_claims(revoked.receipt.jws, key.jwk)
+    assert joserfc_claims(revoked.receipt.jws, key.jwk) == withdrawn
+    assert given["consent_id"] == withdrawn["consent_id"] == granted.consent.consent_id
+    assert (given["event"], withdrawn["event"]) == ("given", "withdrawn")
+    assert (given["state"], withdrawn["state"]) == ("given", "withdrawn")
+    assert isinstance(given["jti"], str)
+    assert given["jti"].startswith("rct-")
+    assert isinstance(withdrawn["jti"], str)
+    assert withdrawn["jti"].startswith("rct-")
+    assert given["jti"] != withdrawn["jti"]
 
 
 async def test_bad_grants_name_the_problem_and_change_nothing(scene: Scene, unique: Key) -> None:
