@@ -117,7 +117,8 @@ class Demo:
         log = self.workdir / "coopgate-up.log"
         child = await self.children.start(
             "coopgate up",
-            [self.coopgate, "up", "--data-dir", str(data_dir)],
+            # The demo runs its own reference partners, with each scenario's faults.
+            [self.coopgate, "up", "--data-dir", str(data_dir), "--no-partners"],
             env=env,
             cwd=self.workdir,
             log=log,

@@ -66,12 +66,24 @@ def _run(coro: object) -> None:
 def up(
     data_dir: DataDir = None,
     seed: Annotated[bool, typer.Option(help="Load the reference catalogue.")] = True,
+    partners: Annotated[
+        bool | None,
+        typer.Option(
+            "--partners/--no-partners",
+            help="Also run the reference partner backends, with their certificates "
+            "(default: $COOPGATE_REFERENCE_PARTNERS, true); --no-partners: the bare stack.",
+        ),
+    ] = None,
 ) -> None:
-    """Run the whole stack (Temporal dev server, gateway, worker) in the foreground."""
+    """Run the whole system in the foreground: Temporal dev server, gateway, worker, and
+    the reference partners of the reference catalogue (unless --no-partners)."""
     from gateway.stack import run_up
 
     _logging()
-    _run(run_up(_settings(data_dir), seed=seed))
+    settings = _settings(data_dir)
+    if partners is not None:
+        settings = settings.model_copy(update={"reference_partners": partners})
+    _run(run_up(settings, seed=seed))
 
 
 @app.command()

@@ -128,6 +128,7 @@ async def up(tmp_path: Path) -> AsyncIterator[UpProcess]:
         COOPGATE_TEMPORAL_DEV_PORT=str(temporal_port),
         COOPGATE_TEMPORAL_DEV_UI_PORT=str(ui_port),
         COOPGATE_LOG_LEVEL="WARNING",
+        COOPGATE_REFERENCE_PARTNERS="false",  # the bare stack; test_up_runs_the_whole_system
     )
     env.pop("COOPGATE_DATABASE_URL", None)
     env.pop("COOPGATE_TEMPORAL_ADDRESS", None)
