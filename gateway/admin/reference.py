@@ -20,10 +20,15 @@ import sys
 from dataclasses import dataclass
 from pathlib import Path
 
+from sqlalchemy import select
+from sqlalchemy.exc import SQLAlchemyError
+
 from gateway.admin.catalog import BOOTSTRAP, PARTNERS
 from gateway.core.caller import Role
 from gateway.crypto.pki import CertificateAuthority
 from gateway.settings import Settings
+from gateway.store import create_store
+from gateway.store.schema import partners as partners_table
 
 #: The administrator's and compliance officer's identity in the dev certificates.
 OPERATOR_PARTNER = BOOTSTRAP.partner_id
@@ -34,6 +39,25 @@ def reference_identities() -> list[tuple[str, Role]]:
     """Every reference partner in every role, and the gateway operator's own."""
     pairs = [(partner_id, role) for partner_id, _, _ in PARTNERS for role in Role]
     return pairs + [(OPERATOR_PARTNER, role) for role in OPERATOR_ROLES]
+
+
+async def known_partners(settings: Settings) -> set[str]:
+    """The partners a certificate may name: those registered in the data dir's store (read
+    only, when there is one), those of the reference catalogue `coopgate up` registers,
+    and the gateway operator's own identity."""
+    known = {partner_id for partner_id, _, _ in PARTNERS} | {OPERATOR_PARTNER}
+    if settings.database_url is None and not (settings.data_dir / "coopgate.db").exists():
+        return known
+    store = create_store(settings.effective_database_url, pool_size=1)
+    try:
+        async with store.read() as conn:
+            rows = await conn.execute(select(partners_table.c.partner_id))
+            known |= {row.partner_id for row in rows}
+    except (SQLAlchemyError, OSError):
+        pass  # no registry yet (not migrated, or unreachable): the catalogue's
+    finally:
+        await store.close()
+    return known
 
 
 def issue_reference_certificates(settings: Settings) -> list[Path]:
