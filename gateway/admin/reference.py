@@ -5,9 +5,10 @@ separate processes — the gateway never imports partners/, it only starts them.
 
 Each backend answers diagnosis requests, accepts or declines ownership offers and
 relays consent prompts, as in the demo; its output goes to
-``DATA_DIR/partners/<partner>.log``. They are started once the gateway serves and
-stopped by pid (SIGTERM, then SIGKILL) before it stops; should `coopgate up` die,
-each stops by itself within a second (``--parent-pid``), so none outlives it.
+``DATA_DIR/partners/<partner>.log``, its pid to ``<partner>.pid`` while it runs. They
+are started once the gateway serves and stopped by pid (SIGTERM, then SIGKILL) before
+it stops; should `coopgate up` die, each stops by itself within a second
+(``--parent-pid``), so none outlives it.
 """
 
 from __future__ import annotations
@@ -139,6 +140,8 @@ class ReferencePartners:
                     start_new_session=True,
                 )
             self.children.append(PartnerProcess(partner_id, process, log))
+            # So that `coopgate demo` plays with them rather than start its own.
+            (self.log_dir / f"{partner_id}.pid").write_text(f"{process.pid}\n")
         deadline = asyncio.get_running_loop().time() + patience
         while any(child.state == "connecting" for child in self.children):
             if asyncio.get_running_loop().time() > deadline:
@@ -148,6 +151,8 @@ class ReferencePartners:
     async def stop(self, grace: float = 5.0) -> None:
         """SIGTERM by pid, SIGKILL after ``grace`` seconds: no backend outlives `up`."""
         await asyncio.gather(*(_stop(child.process, grace) for child in self.children))
+        for child in self.children:
+            (self.log_dir / f"{child.partner_id}.pid").unlink(missing_ok=True)
         self.children.clear()
 
 
