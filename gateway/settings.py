@@ -46,6 +46,13 @@ class Settings(BaseSettings):
     temporal_dev_ui_port: int = Field(default=8233, description="Embedded dev server UI port.")
     task_queue: str = "coopgate-incidents"
 
+    reference_partners: bool = Field(
+        default=True,
+        description="`coopgate up` also runs the reference partner backends of the reference "
+        "catalogue (and issues their certificates); false (or `up --no-partners`): the bare "
+        "stack, for real deployments.",
+    )
+
     max_streams_per_partner: int = Field(
         default=2048,
         ge=1,

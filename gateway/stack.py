@@ -33,6 +33,7 @@ from temporalio.worker import Worker
 
 from gateway.admin import catalog
 from gateway.admin.agreements import SharingAgreements
+from gateway.admin.reference import ReferencePartners, issue_reference_certificates
 from gateway.admin.registry import Admin
 from gateway.api.quota import PartnerQuota
 from gateway.api.server import Domain, ServerTLS, create_server, mark_serving
@@ -305,6 +306,7 @@ async def open_runtime(
         sealer = Sealer(read_secret(settings.secrets_dir / "master.key"))
         cases = Cases(store, pseudonyms, incidents, rules, vocabulary, feed, sealer)
         consents = Consents(store, vocabulary, pseudonyms, signer, audit, rules)
+        agreements = SharingAgreements(store, vocabulary, audit)
         if seed:
             await catalog.seed(admin)
         if settings.checkpoint_interval_seconds > 0:
@@ -326,7 +328,7 @@ async def open_runtime(
             client=client,
             domain=Domain(
                 admin=admin,
-                agreements=SharingAgreements(store, vocabulary, audit),
+                agreements=agreements,
                 cases=cases,
                 consents=consents,
                 work=PartnerWork(store, audit),
@@ -403,32 +405,49 @@ async def run_up(
     stop: asyncio.Event | None = None,
     announce: bool = True,
 ) -> None:
-    """`coopgate up`: the whole stack in the foreground until SIGINT/SIGTERM."""
+    """`coopgate up`: the whole stack in the foreground until SIGINT/SIGTERM; with the
+    reference catalogue (``seed``) and ``settings.reference_partners``, its reference
+    partner backends too, once the gateway serves (stopped before it stops)."""
     lock = DataDirLock(settings.data_dir)
     lock.acquire()
     dev_server: asyncio.subprocess.Process | None = None
+    partners: ReferencePartners | None = None
     stop = stop or asyncio.Event()
+    with_partners = seed and settings.reference_partners
     try:
         pki = ensure_pki(settings)
+        if with_partners:
+            issue_reference_certificates(settings)
         require_free_ports(settings, embedded=settings.temporal_address is None)
         # The dev server is spawned before any gRPC object exists in this process.
         if settings.temporal_address is None:
             dev_server = await start_dev_server(settings)
         _install_stop_handlers(stop)
         async with open_runtime(settings, seed=seed) as runtime:
+            if seed:
+                await catalog.seed_agreements(runtime.domain.agreements)
             worker = create_worker(runtime.client, settings.task_queue, runtime.activities)
             gateway = await start_gateway(runtime, pki)
             freeze_heap()
             async with worker:
+                if with_partners:
+                    partners = ReferencePartners(settings, gateway.port)
+                    await partners.start()
                 if announce:
                     from gateway.banner import announce_stack
 
-                    announce_stack(settings, gateway.port, embedded=dev_server is not None)
+                    announce_stack(
+                        settings, gateway.port, embedded=dev_server is not None, partners=partners
+                    )
                 if ready is not None:
                     ready.set()
                 await stop.wait()
+                if partners is not None:
+                    await partners.stop()
                 await gateway.stop(settings.shutdown_grace_seconds)
     finally:
+        if partners is not None:
+            await partners.stop()
         if dev_server is not None:
             await stop_process(dev_server)
         lock.release()

@@ -70,6 +70,19 @@ def _free_port() -> int:
         return int(probe.getsockname()[1])
 
 
+def stack_partners(data_dir: Path) -> dict[str, int]:
+    """The reference partners `coopgate up` runs for ``data_dir`` (its pid files), alive."""
+    alive: dict[str, int] = {}
+    for pid_file in (data_dir / "partners").glob("*.pid"):
+        try:
+            pid = int(pid_file.read_text().strip())
+            os.kill(pid, 0)
+        except (OSError, ValueError):
+            continue
+        alive[pid_file.stem] = pid
+    return alive
+
+
 @dataclass(slots=True, frozen=True)
 class Plan:
     """What to play and which companies must run, with which faults."""
@@ -117,7 +130,8 @@ class Demo:
         log = self.workdir / "coopgate-up.log"
         child = await self.children.start(
             "coopgate up",
-            [self.coopgate, "up", "--data-dir", str(data_dir)],
+            # The demo runs its own reference partners, with each scenario's faults.
+            [self.coopgate, "up", "--data-dir", str(data_dir), "--no-partners"],
             env=env,
             cwd=self.workdir,
             log=log,
@@ -188,13 +202,18 @@ class Demo:
 
     # -- the partners ------------------------------------------------------------
 
-    async def start_partners(self, plan: Plan, target: str, ca: Path) -> list[Child]:
-        """One process per company, each with its own certificate and faults."""
+    async def start_partners(
+        self, plan: Plan, target: str, ca: Path, running: Iterable[str] = ()
+    ) -> list[Child]:
+        """One process per company, each with its own certificate and faults; none for
+        the partners in ``running`` (the stack's own, run with the same faults)."""
         started: list[Child] = []
         ready: dict[str, asyncio.Event] = {}
         for kind, faults in plan.faults.items():
             company = COMPANIES[kind]
             partner = company.partner_id
+            if partner in running:
+                continue
             creds = PartnerCredentials.issued(self.certs, partner, "partner", ca)
             argv = [sys.executable, "-m", "partners.reference", kind]
             argv += ["--cert", str(creds.cert), "--key", str(creds.key), "--ca", str(ca)]
@@ -213,10 +232,11 @@ class Demo:
         except TimeoutError:
             late = [p for p, e in ready.items() if not e.is_set()]
             raise DemoError(f"reference partners did not connect: {', '.join(late)}") from None
-        self.narrator.step(
-            f"{len(started)} reference partners run as separate processes (pids "
-            f"{', '.join(str(c.pid) for c in started)})."
-        )
+        if started:
+            self.narrator.step(
+                f"{len(started)} reference partners run as separate processes (pids "
+                f"{', '.join(str(c.pid) for c in started)})."
+            )
         return started
 
     def _partner_output(self, partner: str, ready: asyncio.Event) -> Callable[[str], None]:
@@ -317,7 +337,13 @@ async def run(args: argparse.Namespace, console: Console) -> int:
             ]
             await demo.issue(data_dir, wanted)
             await demo.wait_ready(target, ca, stack)
-            partners = await demo.start_partners(plan, target, ca)
+            running = {} if args.own_stack else stack_partners(data_dir)
+            if running:
+                demo.narrator.step(
+                    f"The stack runs its reference partners ({', '.join(sorted(running))}; "
+                    f"logs in {data_dir / 'partners'}): the demo plays with them."
+                )
+            partners = await demo.start_partners(plan, target, ca, running)
             stage = Stage(
                 target,
                 lambda partner, role: PartnerCredentials.issued(demo.certs, partner, role, ca),

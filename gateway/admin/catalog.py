@@ -10,6 +10,7 @@ from datetime import timedelta
 from coopgate.v1 import admin_pb2
 from google.protobuf import duration_pb2
 
+from gateway.admin.agreements import SharingAgreements
 from gateway.admin.registry import Admin
 from gateway.core.caller import Caller, Role
 
@@ -101,6 +102,40 @@ SERVICES: tuple[admin_pb2.Service, ...] = (
         ),
     ),
 )
+
+
+_FINDINGS_AND_NOTES = ("diagnostic.findings", "interaction.history")
+_DIAGNOSIS_AND_RESOLUTION = ("incident-diagnosis", "incident-resolution")
+
+#: The partners' sharing agreements of the reference catalogue (source → recipient), as
+#: the scenarios set them up: what a customer's consent can then open to the recipient.
+AGREEMENTS: tuple[admin_pb2.SharingAgreement, ...] = tuple(
+    admin_pb2.SharingAgreement(
+        agreement_id=f"agr-{service}-{source}-{recipient}",
+        source_partner_id=source,
+        recipient_partner_id=recipient,
+        service_id=service,
+        categories=_FINDINGS_AND_NOTES,
+        purposes=purposes,
+    )
+    for service, source, recipient, purposes in (
+        ("nfc-payment", "telco-a", "bank-a", _DIAGNOSIS_AND_RESOLUTION),
+        ("smart-heating", "thermo-a", "energy-a", _DIAGNOSIS_AND_RESOLUTION),
+        ("smart-heating", "isp-a", "energy-a", _DIAGNOSIS_AND_RESOLUTION),
+        ("transit-pass", "handset-a", "transit-a", ("incident-resolution", "customer-care")),
+    )
+)
+
+
+async def seed_agreements(agreements: SharingAgreements) -> None:
+    """The reference sharing agreements (idempotent across restarts, like the catalogue)."""
+    for agreement in AGREEMENTS:
+        await agreements.define_sharing_agreement(
+            BOOTSTRAP,
+            admin_pb2.DefineSharingAgreementRequest(
+                idempotency_key=f"{_SEED}-{agreement.agreement_id}", agreement=agreement
+            ),
+        )
 
 
 async def seed(admin: Admin) -> None:

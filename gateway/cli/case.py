@@ -1,4 +1,5 @@
-"""`coopgate case show|watch|list`: the combined case view as an advisor reads it."""
+"""`coopgate case open|show|watch|list`: open a case, and the combined case view as an
+advisor reads it."""
 
 from __future__ import annotations
 
@@ -25,6 +26,7 @@ from gateway.cli.client import (
     TargetOpt,
     call,
     client_options,
+    new_key,
 )
 from gateway.core.caller import Role
 
@@ -114,6 +116,44 @@ def render(view: cases_pb2.CaseView) -> Group:
             lines.append(f"  {w.count} x {w.category} from {w.source_partner_id}\n")
         parts.append(lines)
     return Group(*parts)  # type: ignore[arg-type]
+
+
+@case_app.command("open")
+def open_case(
+    partner: PartnerOpt,
+    service: Annotated[str, typer.Option(help="The composite service (e.g. nfc-payment).")],
+    customer: Annotated[str, typer.Option(help="The customer, as your partner knows them.")],
+    summary: Annotated[str, typer.Option(help="What the customer says is wrong.")],
+    channel: Annotated[str, typer.Option(help="Channel the customer used.")] = "phone",
+    role: RoleOpt = Role.ADVISOR,
+    data_dir: DataDirOpt = None,
+    target: TargetOpt = None,
+    cert: CertOpt = None,
+    key: KeyOpt = None,
+    ca: CaOpt = None,
+) -> None:
+    """Open a case for a customer who contacted you; prints its id (every company of the
+    service's chain is then asked to diagnose)."""
+    try:
+        channel_value = common_pb2.Channel.Value(f"CHANNEL_{channel.upper()}")
+    except ValueError:
+        names = common_pb2.Channel.keys()[1:]
+        choices = ", ".join(n.removeprefix("CHANNEL_").lower() for n in names)
+        raise typer.BadParameter(f"unknown channel {channel!r} (one of: {choices})") from None
+    options = client_options(data_dir, partner, role, target, cert, key, ca)
+    request = cases_pb2.OpenCaseRequest(
+        idempotency_key=new_key(),
+        service_id=service,
+        customer_local_id=customer,
+        channel=channel_value,
+        summary=summary,
+    )
+
+    async def go() -> cases_pb2.OpenCaseResponse:
+        async with options.channel() as channel_:
+            return await cases_pb2_grpc.CaseServiceStub(channel_).OpenCase(request)
+
+    print(call(go()).case_id)
 
 
 @case_app.command("show")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import difflib
 import logging
 import os
 import sys
@@ -66,12 +67,24 @@ def _run(coro: object) -> None:
 def up(
     data_dir: DataDir = None,
     seed: Annotated[bool, typer.Option(help="Load the reference catalogue.")] = True,
+    partners: Annotated[
+        bool | None,
+        typer.Option(
+            "--partners/--no-partners",
+            help="Also run the reference partner backends, with their certificates "
+            "(default: $COOPGATE_REFERENCE_PARTNERS, true); --no-partners: the bare stack.",
+        ),
+    ] = None,
 ) -> None:
-    """Run the whole stack (Temporal dev server, gateway, worker) in the foreground."""
+    """Run the whole system in the foreground: Temporal dev server, gateway, worker, and
+    the reference partners of the reference catalogue (unless --no-partners)."""
     from gateway.stack import run_up
 
     _logging()
-    _run(run_up(_settings(data_dir), seed=seed))
+    settings = _settings(data_dir)
+    if partners is not None:
+        settings = settings.model_copy(update={"reference_partners": partners})
+    _run(run_up(settings, seed=seed))
 
 
 @app.command()
@@ -130,12 +143,32 @@ def ca_issue(
         Path | None, typer.Option(help="Output directory (default DATA_DIR/pki/clients).")
     ] = None,
     data_dir: DataDir = None,
+    unregistered: Annotated[
+        bool,
+        typer.Option(
+            "--unregistered",
+            help="Issue it even though the partner is unknown to the registry "
+            "(e.g. before registering it).",
+        ),
+    ] = False,
 ) -> None:
-    """Issue a client certificate for a partner and role."""
+    """Issue a client certificate for a partner and role (a partner of the registry)."""
+    from gateway.admin.reference import known_partners
     from gateway.core.errors import InvalidArgument
     from gateway.crypto.keyfiles import KeyFileError
 
     settings = _settings(data_dir)
+    if not unregistered:
+        known = asyncio.run(known_partners(settings))
+        if partner not in known:
+            close = difflib.get_close_matches(partner, sorted(known), n=1)
+            hint = f" Did you mean {close[0]!r}?" if close else ""
+            err.print(
+                f"[red]error:[/red] partner {partner!r} is unknown to the registry of "
+                f"{settings.data_dir} (known: {', '.join(sorted(known))}).{hint} "
+                "Register it first, or pass --unregistered to issue it anyway."
+            )
+            raise typer.Exit(2)
     ca = CertificateAuthority(settings.pki_dir)
     try:
         files = ca.issue_client(out or settings.pki_dir / "clients", partner, role)

@@ -15,6 +15,7 @@ import argparse
 import asyncio
 import contextlib
 import logging
+import os
 import signal
 import sys
 from pathlib import Path
@@ -45,6 +46,17 @@ def _parser() -> argparse.ArgumentParser:
         default=[],
         help="a fault to switch on (repeat); --list-faults shows them",
     )
+    parser.add_argument(
+        "--demo-faults",
+        action="store_true",
+        help="also switch on the faults the demo's scenarios give this company "
+        "(what `coopgate up` runs its reference partners with)",
+    )
+    parser.add_argument(
+        "--parent-pid",
+        type=int,
+        help="stop when this process (the one that started it) is gone",
+    )
     parser.add_argument("--capacity", type=int, default=25, help="open cases it agrees to own")
     parser.add_argument("--list-faults", action="store_true", help="list the faults and exit")
     return parser
@@ -68,6 +80,7 @@ async def serve(args: argparse.Namespace, faults: Faults) -> int:
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGINT, signal.SIGTERM):
             loop.add_signal_handler(sig, stop.set)
+        orphaned = asyncio.create_task(_orphaned(args.parent_pid, stop))
         try:
             await client.list_services(deadline=30)
         except GatewayError as exc:
@@ -82,11 +95,21 @@ async def serve(args: argparse.Namespace, faults: Faults) -> int:
         with contextlib.suppress(asyncio.CancelledError):
             await running
         stopping.cancel()
+        orphaned.cancel()
         if running in done and running.exception() is not None:
             print(f"subscription refused: {running.exception()}", file=sys.stderr, flush=True)
             return 1
         backend.say("stopped", backend.partner_id)
         return 0
+
+
+async def _orphaned(parent_pid: int | None, stop: asyncio.Event) -> None:
+    """Stops the backend once the process that started it is gone (never orphaned)."""
+    while parent_pid is not None:
+        if os.getppid() != parent_pid:
+            stop.set()
+            return
+        await asyncio.sleep(1)
 
 
 def _behaviour(faults: Faults) -> list[str]:
@@ -95,6 +118,14 @@ def _behaviour(faults: Faults) -> list[str]:
         n for n, on in (("drop-stream", faults.drop_stream), ("garbage", faults.garbage)) if on
     ]
     return names + (["silent"] if faults.silent else [])
+
+
+def _demo_faults(kind: str) -> list[str]:
+    """The faults the demo's scenarios switch on for the company ``kind``."""
+    from partners.scenarios import SCENARIOS
+
+    wanted = [f for scenario in SCENARIOS.values() for f in scenario.faults.get(kind, ())]
+    return list(dict.fromkeys(wanted))
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -111,8 +142,9 @@ def main(argv: list[str] | None = None) -> int:
     if not (args.cert and args.key and args.ca):
         print("--cert, --key and --ca are required", file=sys.stderr)
         return 2
+    wanted = [*_demo_faults(chosen.kind), *args.fault] if args.demo_faults else args.fault
     try:
-        faults = Faults.parse(args.fault, chosen.faults)
+        faults = Faults.parse(wanted, chosen.faults)
     except ValueError as exc:
         print(str(exc), file=sys.stderr)
         return 2

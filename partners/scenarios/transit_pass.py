@@ -33,7 +33,14 @@ async def play(stage: Stage) -> Outcome:
     )
     case_id = opened.case_id
     store = stage.client(transit, "advisor", "agent.margaux@gare-centrale")
-    owned = await stage.view_when(store, case_id, f"{transit} to own the case", owned_by(transit))
+    # Owned, and the customer told so (in the app): the case's status changes before the
+    # workflow sends that notification, which goes to the channel the customer used last.
+    owned = await stage.view_when(
+        store,
+        case_id,
+        f"{transit} to own the case, and the customer to hear it in the app",
+        lambda view: owned_by(transit)(view) and told("owner-assigned")(view),
+    )
     decision = latest_decision(owned)
     if decision is not None:
         stage.narrator.decision(decision)

@@ -38,10 +38,10 @@ class UpProcess:
     gateway_port: int
     temporal_port: int
 
-    def start(self) -> subprocess.Popen[bytes]:
+    def start(self, *extra: str) -> subprocess.Popen[bytes]:
         with self.log.open("ab") as log:
             return subprocess.Popen(
-                [str(BIN / "coopgate"), "up", "--data-dir", str(self.data_dir)],
+                [str(BIN / "coopgate"), "up", "--data-dir", str(self.data_dir), *extra],
                 env=self.env,
                 stdout=log,
                 stderr=subprocess.STDOUT,
@@ -128,6 +128,7 @@ async def up(tmp_path: Path) -> AsyncIterator[UpProcess]:
         COOPGATE_TEMPORAL_DEV_PORT=str(temporal_port),
         COOPGATE_TEMPORAL_DEV_UI_PORT=str(ui_port),
         COOPGATE_LOG_LEVEL="WARNING",
+        COOPGATE_REFERENCE_PARTNERS="false",  # the bare stack; test_up_runs_the_whole_system
     )
     env.pop("COOPGATE_DATABASE_URL", None)
     env.pop("COOPGATE_TEMPORAL_ADDRESS", None)
@@ -209,6 +210,97 @@ async def test_up_serves_refuses_a_second_up_and_stops_cleanly(up: UpProcess) ->
         assert view.view.header.case_id == opened.case_id
     finally:
         assert await stop(again) == 0
+    assert processes_using(str(up.data_dir)) == []
+
+
+def reference_partners(data_dir: Path) -> list[int]:
+    """Pids of the reference partner backends run for ``data_dir``'s stack."""
+    return [
+        pid
+        for pid in processes_using(str(data_dir))
+        if b"partners.reference" in Path(f"/proc/{pid}/cmdline").read_bytes()
+    ]
+
+
+async def test_up_runs_the_whole_system_with_the_reference_partners(up: UpProcess) -> None:
+    """`make run`: the reference partners run beside the stack, a case on nfc-payment is
+    diagnosed and owned within 30 s, the CLI's default certificates are there, nothing
+    outlives Ctrl-C; `--no-partners` is the bare stack."""
+    up.env["COOPGATE_REFERENCE_PARTNERS"] = "true"
+    target = f"127.0.0.1:{up.gateway_port}"
+    clients = up.data_dir / "pki" / "clients"
+    creds = PartnerCredentials(
+        cert=clients / "bank-a-advisor.pem",
+        key=clients / "bank-a-advisor.key",
+        ca=up.data_dir / "pki" / "ca.pem",
+    )
+    first = up.start()
+    try:
+        await wait_for_file(creds.key)
+        await wait_serving(target, creds)
+        assert {p.name for p in clients.glob("*.pem")} >= {
+            f"{partner}-{role}.pem"
+            for partner in ("telco-a", "bank-a", "transit-a")
+            for role in ("partner", "advisor", "compliance", "admin")
+        } | {"coopgate-admin.pem", "coopgate-compliance.pem"}
+        async with secure_channel(target, creds) as channel:
+            stub = cases_pb2_grpc.CaseServiceStub(channel)
+            opened = await stub.OpenCase(
+                cases_pb2.OpenCaseRequest(
+                    idempotency_key="whole-system-1",
+                    service_id="nfc-payment",
+                    customer_local_id="bank-cust-42",
+                    channel=common_pb2.CHANNEL_PHONE,
+                    summary="Cannot pay by phone at a restaurant",
+                )
+            )
+            async with asyncio.timeout(30):
+                while True:
+                    view = await stub.GetCaseView(
+                        cases_pb2.GetCaseViewRequest(
+                            case_id=opened.case_id, purpose="incident-resolution"
+                        )
+                    )
+                    if view.view.header.relationship_owner_id:
+                        break
+                    await asyncio.sleep(0.2)
+        assert view.view.header.relationship_owner_id == "bank-a"
+        assert list(view.view.header.resolver_ids) == ["telco-a"]
+        findings = {
+            item.finding.partner_id
+            for item in view.view.timeline
+            if item.WhichOneof("item") == "finding"
+        }
+        assert "bank-a" in findings  # answered by the bank's backend itself
+        assert len(reference_partners(up.data_dir)) == 8
+        # The CLI finds its default certificate with no flag but the data dir's setting.
+        (up.data_dir.parent / "cwd").mkdir()
+        shown = subprocess.run(
+            [str(BIN / "coopgate"), "case", "show", opened.case_id, "--as", "bank-a"],
+            cwd=up.data_dir.parent / "cwd",
+            env=up.env | {"COOPGATE_DATA_DIR": str(up.data_dir)},
+            capture_output=True,
+            timeout=60,
+            check=False,
+        )
+        assert shown.returncode == 0, shown.stderr
+        assert b"relationship owner" in shown.stdout
+        assert b"owned" in shown.stdout
+    finally:
+        code = await stop(first)
+    output = up.log.read_text()
+    assert code == 0, output
+    assert "reference partner" in output
+    assert "case open --as bank-a" in output
+    assert processes_using(str(up.data_dir)) == []
+    assert "stopped    telco-a" in (up.data_dir / "partners" / "telco-a.log").read_text()
+
+    bare = up.start("--no-partners")
+    try:
+        await wait_serving(target, creds)
+        assert reference_partners(up.data_dir) == []
+    finally:
+        assert await stop(bare) == 0
     assert processes_using(str(up.data_dir)) == []
 
 

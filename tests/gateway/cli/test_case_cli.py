@@ -85,3 +85,33 @@ async def test_show_list_and_watch_render_the_combined_view(
     finally:
         watcher.terminate()
         await watcher.wait()
+
+
+async def test_open_prints_the_new_case_id(stack: Stack, unique: Callable[[str], str]) -> None:
+    customer = unique("cust")
+    code, out, err = await run_coopgate(
+        "case",
+        "open",
+        *client_args(stack, "bank-a", Role.ADVISOR),
+        *("--service", "nfc-payment", "--customer", customer),
+        *("--summary", "Cannot pay by phone at a restaurant"),
+    )
+    assert code == 0, err
+    case_id = out.strip()
+    assert case_id.startswith("case-")
+    bank = stack.api("bank-a", Role.ADVISOR)
+    view = await bank.cases.GetCaseView(
+        cases_pb2.GetCaseViewRequest(case_id=case_id, purpose="incident-resolution")
+    )
+    assert view.view.header.first_contact_partner_id == "bank-a"
+    assert view.view.header.first_contact_channel == common_pb2.CHANNEL_PHONE
+
+    code, _, err = await run_coopgate(
+        "case",
+        "open",
+        *client_args(stack, "bank-a", Role.ADVISOR),
+        *("--service", "nfc-payment", "--customer", customer, "--summary", "x"),
+        *("--channel", "pigeon"),
+    )
+    assert code == 2
+    assert "unknown channel 'pigeon'" in err
