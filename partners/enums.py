@@ -7,7 +7,7 @@ from __future__ import annotations
 import enum
 from typing import Self
 
-from coopgate.v1 import cases_pb2, common_pb2, consents_pb2
+from coopgate.v1 import cases_pb2, common_pb2, consents_pb2, work_pb2
 
 
 class _WireEnum(enum.IntEnum):
@@ -99,6 +99,15 @@ class ConsentState(_WireEnum):
 
     def wire(self) -> consents_pb2.ConsentState.ValueType:
         return consents_pb2.ConsentState.ValueType(int(self))
+
+
+class ErasureReason(_WireEnum):
+    """Why an ``ErasureNotice`` came: the customer asked to be erased (forget them),
+    or the cases' retention period ended (forget those cases)."""
+
+    UNSPECIFIED = work_pb2.ERASURE_REASON_UNSPECIFIED
+    CUSTOMER_REQUEST = work_pb2.ERASURE_REASON_CUSTOMER_REQUEST
+    RETENTION_EXPIRED = work_pb2.ERASURE_REASON_RETENTION_EXPIRED
 
 
 class Purpose(enum.StrEnum):

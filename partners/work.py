@@ -23,7 +23,7 @@ import grpc
 from coopgate.v1 import work_pb2
 from google.protobuf import timestamp_pb2
 
-from partners.enums import Channel
+from partners.enums import Channel, ErasureReason
 from partners.errors import GatewayError, from_rpc_error
 from partners.retry import Backoff, RetryPolicy
 
@@ -108,23 +108,21 @@ class CaseNotice:
     message: str
 
 
-#: The milestone of a customer notification that is an erasure notice.
-ERASED_MILESTONE = "erased"
-
-
 @dataclass(slots=True, frozen=True)
 class ErasureNotice:
-    """The customer exercised the right to erasure (GDPR art. 17; you are told under
-    art. 19): erase what you received about them through the gateway. Names the
-    customer as you know them (``customer_local_id``) when you are linked to them,
-    else the case (``case_id``) you took part in. Acknowledging it (the subscription
-    does, once your handler returned) is recorded in the gateway's audit log, and the
-    gateway then forgets the notice too."""
+    """A customer's data was erased at the gateway (you are told under GDPR art. 19):
+    erase what you received through it. ``reason`` CUSTOMER_REQUEST (art. 17): forget
+    the customer, named as you know them (``customer_local_id``, empty when you are not
+    linked to them), and the cases you took part in (``case_ids``); RETENTION_EXPIRED:
+    forget those cases. Acknowledging it (the subscription does, once your handler
+    returned) is recorded in the gateway's audit log, and the gateway then forgets the
+    notice too."""
 
     notice_id: str
     customer_local_id: str
-    case_id: str
-    message: str
+    case_ids: tuple[str, ...]
+    erased_at: dt.datetime | None
+    reason: ErasureReason
 
 
 Payload = (
@@ -188,14 +186,6 @@ def work_item_from_proto(item: work_pb2.WorkItem) -> WorkItem:
                 ),
                 deadline=_time(o.deadline, o.HasField("deadline")),
             )
-        case "customer_notification" if item.customer_notification.milestone == ERASED_MILESTONE:
-            n = item.customer_notification
-            payload = ErasureNotice(
-                notice_id=n.notification_id,
-                customer_local_id=n.customer_local_id,
-                case_id=n.case_id,
-                message=n.message,
-            )
         case "customer_notification":
             n = item.customer_notification
             payload = CustomerNotification(
@@ -223,6 +213,15 @@ def work_item_from_proto(item: work_pb2.WorkItem) -> WorkItem:
             c = item.case_notice
             payload = CaseNotice(
                 notice_id=c.notice_id, case_id=c.case_id, kind=c.kind, message=c.message
+            )
+        case "erasure_notice":
+            e = item.erasure_notice
+            payload = ErasureNotice(
+                notice_id=e.notice_id,
+                customer_local_id=e.customer_local_id,
+                case_ids=tuple(e.case_ids),
+                erased_at=_time(e.erased_at, e.HasField("erased_at")),
+                reason=ErasureReason.of(e.reason),
             )
     return WorkItem(
         work_id=item.work_id,

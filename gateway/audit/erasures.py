@@ -2,26 +2,29 @@
 (`subject.erased`), each case shredded at the end of its retention period
 (`case.retention_expired`), each recipient told (`subject.erasure_notified`) and each
 acknowledgement (`subject.erasure_acknowledged`). The log holds references only, so
-this report holds no erased data: case ids, partner ids, times."""
+this report holds no erased data: case ids, partner ids, times. The subject access
+report serves it (`SubjectAccessReportResponse.erasures`)."""
 
 from __future__ import annotations
 
 import datetime as dt
 import json
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 
+from coopgate.v1 import audit_pb2
 from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from gateway.store.schema import audit_entries
 
-ERASURE_ACTIONS = (
-    "subject.erased",
-    "case.retention_expired",
-    "subject.erasure_notified",
-    "subject.erasure_acknowledged",
-)
+#: The log's actions of an erasure, and the contract's word for each.
+ERASURE_ACTIONS: Mapping[str, audit_pb2.ErasureAction.ValueType] = {
+    "subject.erased": audit_pb2.ERASURE_ACTION_CUSTOMER_ERASED,
+    "case.retention_expired": audit_pb2.ERASURE_ACTION_RETENTION_EXPIRED,
+    "subject.erasure_notified": audit_pb2.ERASURE_ACTION_RECIPIENT_NOTIFIED,
+    "subject.erasure_acknowledged": audit_pb2.ERASURE_ACTION_RECIPIENT_ACKNOWLEDGED,
+}
 
 
 @dataclass(frozen=True, slots=True)
@@ -32,10 +35,24 @@ class ErasureEvent:
     partner_id: str
     case_ids: tuple[str, ...]
 
+    def to_proto(self) -> audit_pb2.ErasureRecord:
+        record = audit_pb2.ErasureRecord(
+            action=ERASURE_ACTIONS.get(self.action, audit_pb2.ERASURE_ACTION_UNSPECIFIED),
+            partner_id=self.partner_id,
+            case_ids=self.case_ids,
+        )
+        record.at.FromDatetime(self.at)
+        return record
 
-async def erasures_of(conn: AsyncConnection, subjects: Iterable[str]) -> list[ErasureEvent]:
-    """Every erasure event of these subjects, in the log's order."""
-    rows = await conn.execute(
+
+async def erasures_of(
+    conn: AsyncConnection,
+    subjects: Iterable[str],
+    start: dt.datetime | None = None,
+    end: dt.datetime | None = None,
+) -> list[ErasureEvent]:
+    """Every erasure event of these subjects recorded in [start, end), in the log's order."""
+    query = (
         select(
             audit_entries.c.recorded_at,
             audit_entries.c.actor_partner_id,
@@ -45,6 +62,11 @@ async def erasures_of(conn: AsyncConnection, subjects: Iterable[str]) -> list[Er
         .where(audit_entries.c.subject_id.in_(sorted(subjects)), audit_entries.c.kind == "erasure")
         .order_by(audit_entries.c.idx)
     )
+    if start is not None:
+        query = query.where(audit_entries.c.recorded_at >= start)
+    if end is not None:
+        query = query.where(audit_entries.c.recorded_at < end)
+    rows = await conn.execute(query)
     events = []
     for row in rows:
         try:

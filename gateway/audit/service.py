@@ -23,7 +23,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 
 from gateway.audit import merkle
 from gateway.audit.checkpoints import Checkpointer
-from gateway.audit.erasures import ErasureEvent, erasures_of
+from gateway.audit.erasures import erasures_of
 from gateway.audit.kinds import DECISION_NAMES, DECISIONS, KIND_NAMES, KINDS
 from gateway.audit.log import AuditLog, AuditRecord
 from gateway.audit.store_tree import (
@@ -255,7 +255,10 @@ class Audit:
         self, caller: Caller, request: audit_pb2.SubjectAccessReportRequest
     ) -> audit_pb2.SubjectAccessReportResponse:
         """Every disclosure of the customer's data to another partner that the consent rules
-        allowed: who received which categories from whom, when, why and on what grounds."""
+        allowed: who received which categories from whom, when, why and on what grounds;
+        and what of it was erased and when, each recipient told and each acknowledgement
+        (`erasures_of`: ids and times only). After an erasure a partner's local id no
+        longer names the customer: its pseudonym, or compliance's subject id, does."""
         caller.require(Role.PARTNER, Role.ADVISOR, Role.COMPLIANCE)
         if bool(request.customer_local_id) == bool(request.subject_id):
             raise InvalidArgument.field(
@@ -279,6 +282,13 @@ class Audit:
                 audit_entries.c.decision == "allow",
             )
             query = _in_time_range(query, request.time_range).order_by(audit_entries.c.idx)
+            span = request.time_range
+            erasures = await erasures_of(
+                conn,
+                subjects,
+                span.start.ToDatetime(dt.UTC) if span.HasField("start") else None,
+                span.end.ToDatetime(dt.UTC) if span.HasField("end") else None,
+            )
         # Every disclosure of the subject, unpaged: read off the loop (`run_scan`).
         rows = await self.store.run_scan(lambda conn: conn.execute(query).all())
         response = audit_pb2.SubjectAccessReportResponse()
@@ -300,7 +310,8 @@ class Audit:
                     actor_person_id=caller.person_id,
                     subject_id=subject,
                     decision="allow",
-                    reason=f"{len(disclosed)} disclosures reported",
+                    reason=f"{len(disclosed)} disclosures reported"
+                    + (f", {len(erasures)} erasure records" if erasures else ""),
                 )
             ]
         )
@@ -315,19 +326,8 @@ class Audit:
                 case_id=row.case_id,
             )
             disclosure.at.FromDatetime(row.recorded_at)
+        response.erasures.extend(event.to_proto() for event in erasures)
         return response
-
-    async def erasure_report(
-        self, caller: Caller, request: audit_pb2.SubjectAccessReportRequest
-    ) -> list[ErasureEvent]:
-        """What was erased about the customer and when (`erasures_of`), for the subject
-        access report: named as for `subject_access_report` (after an erasure a partner's
-        local id no longer names the customer: its pseudonym, or compliance's subject id,
-        does). Holds ids and times only."""
-        caller.require(Role.PARTNER, Role.ADVISOR, Role.COMPLIANCE)
-        async with self.store.read() as conn:
-            subject = await self._subject(conn, caller, request)
-            return await erasures_of(conn, await _merged_subjects(conn, subject))
 
     async def _tree(self, size: int, wanted: set[Node], field: str) -> StoredTree:
         async with statement_reads(self.store) as conn:

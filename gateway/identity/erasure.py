@@ -12,9 +12,11 @@ import asyncio
 import datetime as dt
 import logging
 import uuid
+from collections import defaultdict
+from collections.abc import Iterable, Sequence
 
-from coopgate.v1 import cases_pb2, common_pb2, identity_pb2, work_pb2
-from sqlalchemy import delete, insert, select, tuple_, update
+from coopgate.v1 import cases_pb2, identity_pb2, work_pb2
+from sqlalchemy import Row, delete, insert, select, tuple_, update
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from gateway.audit.log import AuditLog, AuditRecord
@@ -41,12 +43,9 @@ log = logging.getLogger(__name__)
 
 #: Work ids of erasure notices start so (`gateway.work.delivery` empties them on acknowledgement).
 NOTICE_PREFIX = "erasure-"
-#: The milestone of an erasure notice (a `CustomerNotification` on the partner's work stream).
-NOTICE_MILESTONE = "erased"
-NOTICE_MESSAGE = (
-    "The customer exercised the right to erasure (GDPR art. 17): erase what you received "
-    "about them through the gateway (art. 19)."
-)
+#: Case ids per erasure notice at most (the contract's `ErasureNotice.case_ids`); more
+#: go in several notices.
+NOTICE_CASES = 1000
 #: Cases shredded per transaction when their retention period ends.
 RETENTION_BATCH = 100
 
@@ -69,6 +68,68 @@ async def shred_cases(conn: AsyncConnection, sealer: Sealer, case_ids: list[str]
         .values(person_id="")
     )
     await erase_responses(conn, case_ids=case_ids)
+
+
+async def send_notices(
+    conn: AsyncConnection,
+    subject: str,
+    to_tell: Iterable[tuple[str, str, Sequence[str]]],
+    reason: work_pb2.ErasureReason.ValueType,
+) -> list[tuple[str, str, tuple[str, ...]]]:
+    """An `ErasureNotice` (GDPR art. 19) on the work stream of each (partner, its own
+    local id for the customer or "", the erased cases it took part in), at most
+    `NOTICE_CASES` case ids a notice; returns (partner, work id, case ids) for each.
+    The notice names no case column, so shredding its cases leaves it in place."""
+    now = _now()
+    sent = []
+    for partner_id, local_id, case_ids in sorted(to_tell):
+        chunks = [
+            tuple(case_ids[i : i + NOTICE_CASES]) for i in range(0, len(case_ids), NOTICE_CASES)
+        ]
+        for chunk in chunks or [()]:
+            work_id = f"{NOTICE_PREFIX}{uuid.uuid4().hex}"
+            item = work_pb2.WorkItem(
+                work_id=work_id,
+                erasure_notice=work_pb2.ErasureNotice(
+                    notice_id=work_id, customer_local_id=local_id, case_ids=chunk, reason=reason
+                ),
+            )
+            item.created_at.FromDatetime(now)
+            item.erasure_notice.erased_at.FromDatetime(now)
+            await conn.execute(
+                insert(work_items).values(
+                    work_id=work_id,
+                    partner_id=partner_id,
+                    created_at=now,
+                    item=item.SerializeToString(deterministic=True),
+                    deliveries=0,
+                    subject_id=subject,
+                )
+            )
+            sent.append((partner_id, work_id, chunk))
+    return sent
+
+
+def notified(
+    actor_partner_id: str,
+    actor_person_id: str,
+    subject: str,
+    notices: Iterable[tuple[str, str, tuple[str, ...]]],
+) -> list[AuditRecord]:
+    """The log's record of each notice sent (`send_notices`)."""
+    return [
+        AuditRecord(
+            kind="erasure",
+            action="subject.erasure_notified",
+            actor_partner_id=actor_partner_id,
+            actor_person_id=actor_person_id,
+            subject_id=subject,
+            source_partner_id=partner_id,
+            reason="recipient told of the erasure (GDPR art. 19)",
+            details=(("cases", ",".join(case_ids)), ("notice", work_id)),
+        )
+        for partner_id, work_id, case_ids in notices
+    ]
 
 
 class Erasure:
@@ -116,22 +177,10 @@ class Erasure:
                         details=(
                             ("cases", ",".join(erased)),
                             ("links", str(len(links))),
-                            ("notified", ",".join(sorted({p for p, _ in notices}))),
+                            ("notified", ",".join(sorted({p for p, _, _ in notices}))),
                         ),
                     ),
-                    *(
-                        AuditRecord(
-                            kind="erasure",
-                            action="subject.erasure_notified",
-                            actor_partner_id=caller.partner_id,
-                            actor_person_id=caller.person_id,
-                            subject_id=subject,
-                            source_partner_id=partner_id,
-                            reason="recipient told of the erasure (GDPR art. 19)",
-                            details=(("notice", work_id),),
-                        )
-                        for partner_id, work_id in notices
-                    ),
+                    *notified(caller.partner_id, caller.person_id, subject, notices),
                 ],
             )
             return identity_pb2.EraseCustomerResponse(erased_cases=len(erased))
@@ -148,49 +197,25 @@ class Erasure:
         subject: str,
         erased: list[str],
         links: list[tuple[str, str]],
-    ) -> list[tuple[str, str]]:
+    ) -> list[tuple[str, str, tuple[str, ...]]]:
         """An erasure notice on the work stream of every partner that knows the customer
-        (naming its own local id), and of every other partner that took part in one of
-        their cases (naming the case); returns (partner, work id) for each."""
-        to_tell = [(partner, local_id, "") for partner, local_id in links]
-        linked = {partner for partner, _ in links}
+        (naming its own local id) and of every other partner that took part in one of
+        their cases, each naming the erased cases it took part in; returns (partner,
+        work id, case ids) for each."""
+        taken_part: defaultdict[str, list[str]] = defaultdict(list)
         if erased:
-            participants = (
+            for partner_id, case_id in (
                 await conn.execute(
                     select(case_participants.c.partner_id, case_participants.c.case_id)
                     .where(case_participants.c.case_id.in_(erased))
                     .distinct()
                 )
-            ).all()
-            to_tell += [(p, "", case) for p, case in set(participants) if p not in linked]
-        now = _now()
-        notices = []
-        for partner_id, local_id, case_id in sorted(to_tell):
-            work_id = f"{NOTICE_PREFIX}{uuid.uuid4().hex}"
-            item = work_pb2.WorkItem(
-                work_id=work_id,
-                customer_notification=work_pb2.CustomerNotification(
-                    notification_id=work_id,
-                    case_id=case_id,
-                    customer_local_id=local_id,
-                    channel=common_pb2.CHANNEL_UNSPECIFIED,
-                    milestone=NOTICE_MILESTONE,
-                    message=NOTICE_MESSAGE,
-                ),
-            )
-            item.created_at.FromDatetime(now)
-            await conn.execute(
-                insert(work_items).values(
-                    work_id=work_id,
-                    partner_id=partner_id,
-                    created_at=now,
-                    item=item.SerializeToString(deterministic=True),
-                    deliveries=0,
-                    subject_id=subject,
-                )
-            )
-            notices.append((partner_id, work_id))
-        return notices
+            ).all():
+                taken_part[str(partner_id)].append(str(case_id))
+        linked = {partner for partner, _ in links}
+        to_tell = [(p, local_id, sorted(taken_part[p])) for p, local_id in links]
+        to_tell += [(p, "", sorted(cases)) for p, cases in taken_part.items() if p not in linked]
+        return await send_notices(conn, subject, to_tell, work_pb2.ERASURE_REASON_CUSTOMER_REQUEST)
 
     @staticmethod
     async def _forget(conn: AsyncConnection, subject: str, links: list[tuple[str, str]]) -> None:
@@ -234,6 +259,7 @@ class Erasure:
                 ).all()
                 if not rows:
                     break
+                notices = await self._notify_expired(conn, rows)
                 await shred_cases(conn, self.sealer, [r.case_id for r in rows])
                 await self.audit.record_in(
                     conn,
@@ -248,12 +274,45 @@ class Erasure:
                             details=(("retention_s", str(int(retention.total_seconds()))),),
                         )
                         for row in rows
+                    ]
+                    + [
+                        record
+                        for subject, sent in notices.items()
+                        for record in notified("coopgate", "", subject, sent)
                     ],
                 )
             total += len(rows)
         if total:
             await self._truncate_wal()
         return total
+
+    @staticmethod
+    async def _notify_expired(
+        conn: AsyncConnection, rows: Sequence[Row[tuple[str, str]]]
+    ) -> dict[str, list[tuple[str, str, tuple[str, ...]]]]:
+        """An erasure notice (retention expiry) to every partner that took part in these
+        cases, naming its cases of each customer; the notices sent, by subject."""
+        subject_of = {str(row.case_id): str(row.subject_id) for row in rows}
+        taken_part: defaultdict[tuple[str, str], list[str]] = defaultdict(list)
+        for partner_id, case_id in (
+            await conn.execute(
+                select(case_participants.c.partner_id, case_participants.c.case_id)
+                .where(case_participants.c.case_id.in_(sorted(subject_of)))
+                .distinct()
+            )
+        ).all():
+            taken_part[(subject_of[str(case_id)], str(partner_id))].append(str(case_id))
+        sent: dict[str, list[tuple[str, str, tuple[str, ...]]]] = {}
+        for (subject, partner_id), case_ids in sorted(taken_part.items()):
+            sent.setdefault(subject, []).extend(
+                await send_notices(
+                    conn,
+                    subject,
+                    [(partner_id, "", sorted(case_ids))],
+                    work_pb2.ERASURE_REASON_RETENTION_EXPIRED,
+                )
+            )
+        return sent
 
     async def run_retention(self, retention: dt.timedelta, interval: float) -> None:
         """`expire` now and every ``interval`` seconds, until cancelled; a failed sweep is

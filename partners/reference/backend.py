@@ -18,7 +18,7 @@ from typing import Protocol
 from coopgate.v1 import admin_pb2
 
 from partners.client import PartnerClient
-from partners.enums import AuthorKind, Channel, FindingStatus, Purpose
+from partners.enums import AuthorKind, Channel, ErasureReason, FindingStatus, Purpose
 from partners.errors import FailedPrecondition, GatewayError, NotFound, PermissionDenied
 from partners.work import (
     CaseNotice,
@@ -223,7 +223,10 @@ class ReferenceBackend:
     async def handle(self, item: WorkItem) -> None:
         if self.faults.drop_stream and item.redeliveries == 0 and self.subscription is not None:
             kind = type(item.payload).__name__ if item.payload is not None else "item"
-            case = short(item.payload.case_id) if item.payload is not None else ""
+            if isinstance(item.payload, ErasureNotice):
+                case = ", ".join(map(short, item.payload.case_ids))
+            else:
+                case = short(item.payload.case_id) if item.payload is not None else ""
             self.say("fault", f"dropping the work stream on a {kind} for {case} (drop-stream)")
             self.subscription.reconnect()
             raise StreamDropped(item.work_id)
@@ -332,11 +335,11 @@ class ReferenceBackend:
         )
 
     def _forget(self, erasure: ErasureNotice) -> None:
-        """The customer was erased: forget them (by our id) or the case (by its id)."""
-        local, case = erasure.customer_local_id, erasure.case_id
+        """The customer was erased: forget them (by our id) and the cases named; at the
+        end of the cases' retention, only those cases."""
+        local = erasure.customer_local_id
         cases = {s.case_id for s in self.shown if local and s.customer_local_id == local}
-        if case:
-            cases.add(case)
+        cases.update(erasure.case_ids)
         self.shown = [
             s
             for s in self.shown
@@ -348,7 +351,12 @@ class ReferenceBackend:
             self.owned.discard(case_id)
         self.notices = [n for n in self.notices if n.case_id not in cases]
         self.erasures.append(erasure.notice_id)
-        self.say("erasure", f"customer erased: forgot {len(cases)} case(s) ({erasure.notice_id})")
+        what = (
+            "retention expired"
+            if erasure.reason == ErasureReason.RETENTION_EXPIRED
+            else "customer erased"
+        )
+        self.say("erasure", f"{what}: forgot {len(cases)} case(s) ({erasure.notice_id})")
 
     async def _consent(self, item: WorkItem, prompt: ConsentPrompt) -> None:
         """The customer answers on the channel they use: yes to fixing the incident,

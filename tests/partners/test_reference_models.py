@@ -12,6 +12,7 @@ from partners import (
     CustomerNotification,
     DiagnosisRequest,
     ErasureNotice,
+    ErasureReason,
     FindingStatus,
     PartnerClient,
     WorkItem,
@@ -159,7 +160,11 @@ async def test_a_reference_backend_forgets_an_erased_customer() -> None:
             created_at=None,
             redeliveries=0,
             payload=ErasureNotice(
-                notice_id="erasure-1", customer_local_id="cust-1", case_id="", message=""
+                notice_id="erasure-1",
+                customer_local_id="cust-1",
+                case_ids=(),
+                erased_at=None,
+                reason=ErasureReason.CUSTOMER_REQUEST,
             ),
         )
     )
@@ -173,9 +178,53 @@ async def test_a_reference_backend_forgets_an_erased_customer() -> None:
             created_at=None,
             redeliveries=0,
             payload=ErasureNotice(
-                notice_id="erasure-2", customer_local_id="", case_id="case-3", message=""
+                notice_id="erasure-2",
+                customer_local_id="",
+                case_ids=("case-3",),
+                erased_at=None,
+                reason=ErasureReason.CUSTOMER_REQUEST,
             ),
         )
     )
     assert backend.shown == []
     assert backend.owned == set()
+
+
+async def test_a_reference_backend_forgets_only_the_cases_whose_retention_ended() -> None:
+    backend = ReferenceBackend(
+        COMPANIES["bank"], cast(PartnerClient, None), partner_id="bank-a", out=lambda _: None
+    )
+    for case_id in ("case-1", "case-2"):
+        await backend.handle(
+            WorkItem(
+                work_id=f"w-{case_id}",
+                created_at=None,
+                redeliveries=0,
+                payload=CustomerNotification(
+                    notification_id="n",
+                    case_id=case_id,
+                    customer_local_id="cust-1",
+                    channel=Channel.PHONE,
+                    milestone="received",
+                    message="we are on it",
+                ),
+            )
+        )
+    backend.owned.update({"case-1", "case-2"})
+    await backend.handle(
+        WorkItem(
+            work_id="erasure-3",
+            created_at=None,
+            redeliveries=0,
+            payload=ErasureNotice(
+                notice_id="erasure-3",
+                customer_local_id="",
+                case_ids=("case-1",),
+                erased_at=None,
+                reason=ErasureReason.RETENTION_EXPIRED,
+            ),
+        )
+    )
+    assert [(s.case_id, s.customer_local_id) for s in backend.shown] == [("case-2", "cust-1")]
+    assert backend.owned == {"case-2"}
+    assert backend.erasures == ["erasure-3"]

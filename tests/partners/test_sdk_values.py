@@ -19,6 +19,7 @@ from partners import (
     CustomerNotification,
     DiagnosisRequest,
     ErasureNotice,
+    ErasureReason,
     GatewayError,
     InvalidArgument,
     OwnershipOffer,
@@ -168,17 +169,58 @@ def test_every_work_kind_becomes_its_typed_value() -> None:
 
 
 def test_an_erasure_notice_becomes_its_typed_value() -> None:
-    notice = work_item_from_proto(
+    erased_at = dt.datetime(2025, 3, 4, 5, 6, 7, tzinfo=dt.UTC)
+    wire = work_pb2.WorkItem(
+        work_id="erasure-1",
+        erasure_notice=work_pb2.ErasureNotice(
+            notice_id="erasure-1",
+            customer_local_id="cust-9",
+            case_ids=["case-1", "case-2"],
+            reason=work_pb2.ERASURE_REASON_CUSTOMER_REQUEST,
+        ),
+    )
+    wire.erasure_notice.erased_at.FromDatetime(erased_at)
+    notice = work_item_from_proto(wire).payload
+    assert notice == ErasureNotice(
+        notice_id="erasure-1",
+        customer_local_id="cust-9",
+        case_ids=("case-1", "case-2"),
+        erased_at=erased_at,
+        reason=ErasureReason.CUSTOMER_REQUEST,
+    )
+    expired = work_item_from_proto(
         work_pb2.WorkItem(
-            work_id="erasure-1",
+            erasure_notice=work_pb2.ErasureNotice(
+                notice_id="erasure-2",
+                case_ids=["case-3"],
+                reason=work_pb2.ERASURE_REASON_RETENTION_EXPIRED,
+            )
+        )
+    ).payload
+    assert expired == ErasureNotice(
+        notice_id="erasure-2",
+        customer_local_id="",
+        case_ids=("case-3",),
+        erased_at=None,
+        reason=ErasureReason.RETENTION_EXPIRED,
+    )
+    unknown = work_item_from_proto(
+        work_pb2.WorkItem(erasure_notice=work_pb2.ErasureNotice(reason=99))  # type: ignore[arg-type]
+    ).payload
+    assert isinstance(unknown, ErasureNotice)
+    assert unknown.reason is ErasureReason.UNSPECIFIED  # a reason this SDK does not know yet
+
+
+def test_a_notification_is_never_an_erasure_notice() -> None:
+    """Erasure notices have their own kind: a customer notification is one, whatever
+    its milestone says."""
+    notification = work_item_from_proto(
+        work_pb2.WorkItem(
+            work_id="n-1",
             customer_notification=work_pb2.CustomerNotification(
-                notification_id="erasure-1",
-                customer_local_id="cust-9",
-                milestone="erased",
-                message="forget them",
+                notification_id="n-1", customer_local_id="cust-9", milestone="erased"
             ),
         )
     ).payload
-    assert notice == ErasureNotice(
-        notice_id="erasure-1", customer_local_id="cust-9", case_id="", message="forget them"
-    )
+    assert isinstance(notification, CustomerNotification)
+    assert notification.milestone == "erased"

@@ -73,6 +73,48 @@ DECISION_ALLOW: Decision.ValueType  # 1
 DECISION_DENY: Decision.ValueType  # 2
 Global___Decision: _TypeAlias = Decision  # noqa: Y015
 
+class _ErasureAction:
+    ValueType = _typing.NewType("ValueType", _builtins.int)
+    V: _TypeAlias = ValueType  # noqa: Y015
+
+class _ErasureActionEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_ErasureAction.ValueType], _builtins.type):
+    DESCRIPTOR: _descriptor.EnumDescriptor
+    ERASURE_ACTION_UNSPECIFIED: _ErasureAction.ValueType  # 0
+    ERASURE_ACTION_CUSTOMER_ERASED: _ErasureAction.ValueType  # 1
+    """The customer was erased at a partner's request (EraseCustomer, GDPR
+    art. 17): case_ids are every case of theirs, all erased.
+    """
+    ERASURE_ACTION_RETENTION_EXPIRED: _ErasureAction.ValueType  # 2
+    """A closed case was erased at the end of its retention period (GDPR
+    art. 5(1)(e)).
+    """
+    ERASURE_ACTION_RECIPIENT_NOTIFIED: _ErasureAction.ValueType  # 3
+    """A recipient of the customer's data was sent an erasure notice (GDPR
+    art. 19).
+    """
+    ERASURE_ACTION_RECIPIENT_ACKNOWLEDGED: _ErasureAction.ValueType  # 4
+    """A recipient acknowledged its erasure notice."""
+
+class ErasureAction(_ErasureAction, metaclass=_ErasureActionEnumTypeWrapper):
+    """What an ErasureRecord records."""
+
+ERASURE_ACTION_UNSPECIFIED: ErasureAction.ValueType  # 0
+ERASURE_ACTION_CUSTOMER_ERASED: ErasureAction.ValueType  # 1
+"""The customer was erased at a partner's request (EraseCustomer, GDPR
+art. 17): case_ids are every case of theirs, all erased.
+"""
+ERASURE_ACTION_RETENTION_EXPIRED: ErasureAction.ValueType  # 2
+"""A closed case was erased at the end of its retention period (GDPR
+art. 5(1)(e)).
+"""
+ERASURE_ACTION_RECIPIENT_NOTIFIED: ErasureAction.ValueType  # 3
+"""A recipient of the customer's data was sent an erasure notice (GDPR
+art. 19).
+"""
+ERASURE_ACTION_RECIPIENT_ACKNOWLEDGED: ErasureAction.ValueType  # 4
+"""A recipient acknowledged its erasure notice."""
+Global___ErasureAction: _TypeAlias = ErasureAction  # noqa: Y015
+
 @_typing.final
 class AuditEntry(_message.Message):
     DESCRIPTOR: _descriptor.Descriptor
@@ -437,20 +479,69 @@ class DisclosureRecord(_message.Message):
 Global___DisclosureRecord: _TypeAlias = DisclosureRecord  # noqa: Y015
 
 @_typing.final
+class ErasureRecord(_message.Message):
+    """ErasureRecord is one step of erasing a customer's data, from the audit log:
+    ids and times only, never the erased data.
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    AT_FIELD_NUMBER: _builtins.int
+    ACTION_FIELD_NUMBER: _builtins.int
+    PARTNER_ID_FIELD_NUMBER: _builtins.int
+    CASE_IDS_FIELD_NUMBER: _builtins.int
+    action: Global___ErasureAction.ValueType
+    partner_id: _builtins.str
+    """Who asked for the erasure (CUSTOMER_ERASED), "coopgate" (RETENTION_EXPIRED),
+    who was told (RECIPIENT_NOTIFIED) or who acknowledged (RECIPIENT_ACKNOWLEDGED).
+    """
+    @_builtins.property
+    def at(self) -> _timestamp_pb2.Timestamp:
+        """When the audit log recorded it."""
+
+    @_builtins.property
+    def case_ids(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """The cases erased (CUSTOMER_ERASED, RETENTION_EXPIRED) or named by the notice
+        (RECIPIENT_NOTIFIED); empty for an acknowledgement.
+        """
+
+    def __init__(
+        self,
+        *,
+        at: _timestamp_pb2.Timestamp | None = ...,
+        action: Global___ErasureAction.ValueType = ...,
+        partner_id: _builtins.str = ...,
+        case_ids: _abc.Iterable[_builtins.str] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["at", b"at"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["action", b"action", "at", b"at", "case_ids", b"case_ids", "partner_id", b"partner_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ErasureRecord: _TypeAlias = ErasureRecord  # noqa: Y015
+
+@_typing.final
 class SubjectAccessReportResponse(_message.Message):
     DESCRIPTOR: _descriptor.Descriptor
 
     DISCLOSURES_FIELD_NUMBER: _builtins.int
+    ERASURES_FIELD_NUMBER: _builtins.int
     @_builtins.property
     def disclosures(self) -> _containers.RepeatedCompositeFieldContainer[Global___DisclosureRecord]: ...
+    @_builtins.property
+    def erasures(self) -> _containers.RepeatedCompositeFieldContainer[Global___ErasureRecord]:
+        """Every erasure of the customer's data within time_range, in the log's order."""
+
     def __init__(
         self,
         *,
         disclosures: _abc.Iterable[Global___DisclosureRecord] | None = ...,
+        erasures: _abc.Iterable[Global___ErasureRecord] | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["disclosures", b"disclosures"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["disclosures", b"disclosures", "erasures", b"erasures"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

@@ -102,7 +102,8 @@ class AuditServiceServicer:
 
     def SubjectAccessReport(self, request, context):
         """GDPR art. 15: which partners received which categories of this
-        customer's data, when, for which purpose, under which consent.
+        customer's data, when, for which purpose, under which consent; and what
+        of it was erased, when, and which recipients were told.
         Roles: partner, advisor, compliance.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)

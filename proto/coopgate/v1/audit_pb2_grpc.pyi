@@ -47,7 +47,8 @@ class AuditServiceStub:
     """Roles: any role (a valid client certificate)."""
     SubjectAccessReport: _grpc.UnaryUnaryMultiCallable[_audit_pb2.SubjectAccessReportRequest, _audit_pb2.SubjectAccessReportResponse]
     """GDPR art. 15: which partners received which categories of this
-    customer's data, when, for which purpose, under which consent.
+    customer's data, when, for which purpose, under which consent; and what
+    of it was erased, when, and which recipients were told.
     Roles: partner, advisor, compliance.
     """
 
@@ -70,7 +71,8 @@ class AuditServiceAsyncStub(AuditServiceStub):
     """Roles: any role (a valid client certificate)."""
     SubjectAccessReport: _aio.UnaryUnaryMultiCallable[_audit_pb2.SubjectAccessReportRequest, _audit_pb2.SubjectAccessReportResponse]  # type: ignore[assignment]
     """GDPR art. 15: which partners received which categories of this
-    customer's data, when, for which purpose, under which consent.
+    customer's data, when, for which purpose, under which consent; and what
+    of it was erased, when, and which recipients were told.
     Roles: partner, advisor, compliance.
     """
 
@@ -120,7 +122,8 @@ class AuditServiceServicer(metaclass=_abc_1.ABCMeta):
         context: _ServicerContext,
     ) -> _typing.Union[_audit_pb2.SubjectAccessReportResponse, _abc.Awaitable[_audit_pb2.SubjectAccessReportResponse]]:
         """GDPR art. 15: which partners received which categories of this
-        customer's data, when, for which purpose, under which consent.
+        customer's data, when, for which purpose, under which consent; and what
+        of it was erased, when, and which recipients were told.
         Roles: partner, advisor, compliance.
         """
 

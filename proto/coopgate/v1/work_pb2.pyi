@@ -10,6 +10,7 @@ from google.protobuf import descriptor as _descriptor
 from google.protobuf import message as _message
 from google.protobuf import timestamp_pb2 as _timestamp_pb2
 from google.protobuf.internal import containers as _containers
+from google.protobuf.internal import enum_type_wrapper as _enum_type_wrapper
 import builtins as _builtins
 import sys
 import typing as _typing
@@ -20,6 +21,36 @@ else:
     from typing_extensions import TypeAlias as _TypeAlias, Never as _Never
 
 DESCRIPTOR: _descriptor.FileDescriptor
+
+class _ErasureReason:
+    ValueType = _typing.NewType("ValueType", _builtins.int)
+    V: _TypeAlias = ValueType  # noqa: Y015
+
+class _ErasureReasonEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_ErasureReason.ValueType], _builtins.type):
+    DESCRIPTOR: _descriptor.EnumDescriptor
+    ERASURE_REASON_UNSPECIFIED: _ErasureReason.ValueType  # 0
+    ERASURE_REASON_CUSTOMER_REQUEST: _ErasureReason.ValueType  # 1
+    """The customer exercised the right to erasure (GDPR art. 17, EraseCustomer):
+    every case of theirs is erased and the gateway forgets them.
+    """
+    ERASURE_REASON_RETENTION_EXPIRED: _ErasureReason.ValueType  # 2
+    """The cases' retention period after closing ended (storage limitation,
+    GDPR art. 5(1)(e)): those cases are erased; the customer stays.
+    """
+
+class ErasureReason(_ErasureReason, metaclass=_ErasureReasonEnumTypeWrapper):
+    """Why a customer's data was erased."""
+
+ERASURE_REASON_UNSPECIFIED: ErasureReason.ValueType  # 0
+ERASURE_REASON_CUSTOMER_REQUEST: ErasureReason.ValueType  # 1
+"""The customer exercised the right to erasure (GDPR art. 17, EraseCustomer):
+every case of theirs is erased and the gateway forgets them.
+"""
+ERASURE_REASON_RETENTION_EXPIRED: ErasureReason.ValueType  # 2
+"""The cases' retention period after closing ended (storage limitation,
+GDPR art. 5(1)(e)): those cases are erased; the customer stays.
+"""
+Global___ErasureReason: _TypeAlias = ErasureReason  # noqa: Y015
 
 @_typing.final
 class DiagnosisRequest(_message.Message):
@@ -226,6 +257,63 @@ class CaseNotice(_message.Message):
 Global___CaseNotice: _TypeAlias = CaseNotice  # noqa: Y015
 
 @_typing.final
+class ErasureNotice(_message.Message):
+    """ErasureNotice tells a partner that received a customer's data through the
+    gateway that it was erased (GDPR art. 19): erase what you received about
+    them (for ERASURE_REASON_CUSTOMER_REQUEST), or about the named cases (for
+    ERASURE_REASON_RETENTION_EXPIRED). The gateway erased its own copies before
+    sending this. Acknowledging it is recorded in the audit log
+    (subject.erasure_acknowledged), and the gateway then empties the notice, its
+    last copy of customer_local_id.
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    NOTICE_ID_FIELD_NUMBER: _builtins.int
+    CUSTOMER_LOCAL_ID_FIELD_NUMBER: _builtins.int
+    CASE_IDS_FIELD_NUMBER: _builtins.int
+    ERASED_AT_FIELD_NUMBER: _builtins.int
+    REASON_FIELD_NUMBER: _builtins.int
+    notice_id: _builtins.str
+    """The notice's id (the work item's work_id): printable ASCII (ID), at most
+    128 bytes.
+    """
+    customer_local_id: _builtins.str
+    """The customer as this partner knows them (its own local id): printable
+    ASCII (ID), at most 128 bytes. Empty when this partner is not linked to
+    the customer and only took part in their cases, and for retention expiry.
+    """
+    reason: Global___ErasureReason.ValueType
+    """Why: never ERASURE_REASON_UNSPECIFIED."""
+    @_builtins.property
+    def case_ids(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """The erased cases this partner took part in: each printable ASCII (ID), at
+        most 128 bytes; at most 1000 (a longer list comes in several notices).
+        Empty when the customer had no case with this partner.
+        """
+
+    @_builtins.property
+    def erased_at(self) -> _timestamp_pb2.Timestamp:
+        """When the gateway erased the data (the erasure's transaction)."""
+
+    def __init__(
+        self,
+        *,
+        notice_id: _builtins.str = ...,
+        customer_local_id: _builtins.str = ...,
+        case_ids: _abc.Iterable[_builtins.str] | None = ...,
+        erased_at: _timestamp_pb2.Timestamp | None = ...,
+        reason: Global___ErasureReason.ValueType = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["erased_at", b"erased_at"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["case_ids", b"case_ids", "customer_local_id", b"customer_local_id", "erased_at", b"erased_at", "notice_id", b"notice_id", "reason", b"reason"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ErasureNotice: _TypeAlias = ErasureNotice  # noqa: Y015
+
+@_typing.final
 class WorkItem(_message.Message):
     DESCRIPTOR: _descriptor.Descriptor
 
@@ -237,6 +325,7 @@ class WorkItem(_message.Message):
     CUSTOMER_NOTIFICATION_FIELD_NUMBER: _builtins.int
     CONSENT_PROMPT_FIELD_NUMBER: _builtins.int
     CASE_NOTICE_FIELD_NUMBER: _builtins.int
+    ERASURE_NOTICE_FIELD_NUMBER: _builtins.int
     work_id: _builtins.str
     """Acknowledge with this id."""
     redeliveries: _builtins.int
@@ -253,6 +342,8 @@ class WorkItem(_message.Message):
     def consent_prompt(self) -> Global___ConsentPrompt: ...
     @_builtins.property
     def case_notice(self) -> Global___CaseNotice: ...
+    @_builtins.property
+    def erasure_notice(self) -> Global___ErasureNotice: ...
     def __init__(
         self,
         *,
@@ -264,12 +355,13 @@ class WorkItem(_message.Message):
         customer_notification: Global___CustomerNotification | None = ...,
         consent_prompt: Global___ConsentPrompt | None = ...,
         case_notice: Global___CaseNotice | None = ...,
+        erasure_notice: Global___ErasureNotice | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["case_notice", b"case_notice", "consent_prompt", b"consent_prompt", "created_at", b"created_at", "customer_notification", b"customer_notification", "diagnosis_request", b"diagnosis_request", "ownership_offer", b"ownership_offer", "payload", b"payload"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["case_notice", b"case_notice", "consent_prompt", b"consent_prompt", "created_at", b"created_at", "customer_notification", b"customer_notification", "diagnosis_request", b"diagnosis_request", "erasure_notice", b"erasure_notice", "ownership_offer", b"ownership_offer", "payload", b"payload"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["case_notice", b"case_notice", "consent_prompt", b"consent_prompt", "created_at", b"created_at", "customer_notification", b"customer_notification", "diagnosis_request", b"diagnosis_request", "ownership_offer", b"ownership_offer", "payload", b"payload", "redeliveries", b"redeliveries", "work_id", b"work_id"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["case_notice", b"case_notice", "consent_prompt", b"consent_prompt", "created_at", b"created_at", "customer_notification", b"customer_notification", "diagnosis_request", b"diagnosis_request", "erasure_notice", b"erasure_notice", "ownership_offer", b"ownership_offer", "payload", b"payload", "redeliveries", b"redeliveries", "work_id", b"work_id"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
-    _WhichOneofReturnType_payload: _TypeAlias = _typing.Literal["diagnosis_request", "ownership_offer", "customer_notification", "consent_prompt", "case_notice"]  # noqa: Y015
+    _WhichOneofReturnType_payload: _TypeAlias = _typing.Literal["diagnosis_request", "ownership_offer", "customer_notification", "consent_prompt", "case_notice", "erasure_notice"]  # noqa: Y015
     _WhichOneofArgType_payload: _TypeAlias = _typing.Literal["payload", b"payload"]  # noqa: Y015
     def WhichOneof(self, oneof_group: _WhichOneofArgType_payload) -> _WhichOneofReturnType_payload | None: ...
 

@@ -27,7 +27,8 @@ if _version_not_supported:
 
 class PartnerWorkServiceStub:
     """PartnerWorkService delivers work to a partner backend: diagnosis requests,
-    ownership offers and customer notifications. Delivery is at least once: an
+    ownership offers, customer notifications, consent prompts, case notices and
+    erasure notices. Delivery is at least once: an
     item is redelivered until acknowledged, so a partner acknowledges only after
     its handler succeeded.
     """
@@ -52,7 +53,8 @@ class PartnerWorkServiceStub:
 
 class PartnerWorkServiceServicer:
     """PartnerWorkService delivers work to a partner backend: diagnosis requests,
-    ownership offers and customer notifications. Delivery is at least once: an
+    ownership offers, customer notifications, consent prompts, case notices and
+    erasure notices. Delivery is at least once: an
     item is redelivered until acknowledged, so a partner acknowledges only after
     its handler succeeded.
     """
@@ -94,7 +96,8 @@ def add_PartnerWorkServiceServicer_to_server(servicer, server):
  # This class is part of an EXPERIMENTAL API.
 class PartnerWorkService:
     """PartnerWorkService delivers work to a partner backend: diagnosis requests,
-    ownership offers and customer notifications. Delivery is at least once: an
+    ownership offers, customer notifications, consent prompts, case notices and
+    erasure notices. Delivery is at least once: an
     item is redelivered until acknowledged, so a partner acknowledges only after
     its handler succeeded.
     """

@@ -28,7 +28,8 @@ GRPC_VERSION: str
 
 class PartnerWorkServiceStub:
     """PartnerWorkService delivers work to a partner backend: diagnosis requests,
-    ownership offers and customer notifications. Delivery is at least once: an
+    ownership offers, customer notifications, consent prompts, case notices and
+    erasure notices. Delivery is at least once: an
     item is redelivered until acknowledged, so a partner acknowledges only after
     its handler succeeded.
     """
@@ -45,7 +46,8 @@ class PartnerWorkServiceStub:
 @_typing.type_check_only
 class PartnerWorkServiceAsyncStub(PartnerWorkServiceStub):
     """PartnerWorkService delivers work to a partner backend: diagnosis requests,
-    ownership offers and customer notifications. Delivery is at least once: an
+    ownership offers, customer notifications, consent prompts, case notices and
+    erasure notices. Delivery is at least once: an
     item is redelivered until acknowledged, so a partner acknowledges only after
     its handler succeeded.
     """
@@ -58,7 +60,8 @@ class PartnerWorkServiceAsyncStub(PartnerWorkServiceStub):
 
 class PartnerWorkServiceServicer(metaclass=_abc_1.ABCMeta):
     """PartnerWorkService delivers work to a partner backend: diagnosis requests,
-    ownership offers and customer notifications. Delivery is at least once: an
+    ownership offers, customer notifications, consent prompts, case notices and
+    erasure notices. Delivery is at least once: an
     item is redelivered until acknowledged, so a partner acknowledges only after
     its handler succeeded.
     """

@@ -30,7 +30,7 @@ from coopgate.v1 import (
 from sqlalchemy import select, text, update
 
 from gateway.audit.merkle import leaf_hash, node_hash, perfect_subtrees, root_from_leaf_hashes
-from gateway.core.caller import Caller, Role
+from gateway.core.caller import Role
 from gateway.store.schema import (
     audit_entries,
     audit_head,
@@ -119,14 +119,17 @@ async def _found_at_rest(stack: Stack, markers: dict[str, str]) -> dict[str, lis
     return found
 
 
-async def _notice(api: Api, match: Callable[[work_pb2.CustomerNotification], bool]) -> str:
+async def _notice(api: Api, match: Callable[[work_pb2.ErasureNotice], bool]) -> str:
     """Wait for an erasure notice on this partner's stream; acknowledge it; its work id."""
     async with asyncio.timeout(30):
         while True:
             call = api.work.Subscribe(work_pb2.SubscribeRequest(max_in_flight=1000))
             async for response in call:
                 item = response.item
-                if item.work_id.startswith("erasure-") and match(item.customer_notification):
+                if item.HasField("erasure_notice") and match(item.erasure_notice):
+                    assert item.work_id.startswith("erasure-")
+                    assert item.erasure_notice.notice_id == item.work_id
+                    assert item.erasure_notice.HasField("erased_at")
                     call.cancel()
                     await api.work.Acknowledge(
                         work_pb2.AcknowledgeRequest(
@@ -134,6 +137,29 @@ async def _notice(api: Api, match: Callable[[work_pb2.CustomerNotification], boo
                         )
                     )
                     return item.work_id
+            await asyncio.sleep(0.1)
+
+
+async def _queued_notice(stack: Stack, partner: str, case_id: str) -> work_pb2.WorkItem:
+    """The erasure notice queued for this partner naming this case, as its work stream
+    sends it, read from the store: a partner's stream sends at most 1000 unacknowledged
+    items, and the shared stack's partners leave many unacknowledged."""
+    query = select(work_items.c.item).where(
+        work_items.c.partner_id == partner,
+        work_items.c.work_id.like("erasure-%"),
+        work_items.c.acked_at.is_(None),
+    )
+    async with asyncio.timeout(30):
+        while True:
+            async with stack.runtime.store.read() as conn:
+                items = [
+                    work_pb2.WorkItem.FromString(raw)
+                    for raw in (await conn.execute(query)).scalars()
+                ]
+            found = [i for i in items if case_id in i.erasure_notice.case_ids]
+            if found:
+                (item,) = found
+                return item
             await asyncio.sleep(0.1)
 
 
@@ -242,16 +268,34 @@ async def test_nothing_readable_survives_erasure_and_every_recipient_is_told(
     erase = identity_pb2.EraseCustomerRequest(
         idempotency_key=unique("k"), customer_local_id=m.local_id
     )
+    asked = dt.datetime.now(dt.UTC)
     assert (await identity.EraseCustomer(erase)).erased_cases == 1
+    answered = dt.datetime.now(dt.UTC)
     assert (await identity.EraseCustomer(erase)).erased_cases == 1  # a retry: the same answer
 
-    # Every partner that received the customer's data is told: the bank by its own id,
-    # the other participants by the case.
+    # Every partner that received the customer's data is told: the bank by its own id
+    # (and the case it took part in), the other participants by the case, each why.
+    def by_request(notice: work_pb2.ErasureNotice) -> bool:
+        return (
+            notice.reason == work_pb2.ERASURE_REASON_CUSTOMER_REQUEST
+            and asked <= notice.erased_at.ToDatetime(dt.UTC) <= answered
+        )
+
     notices = {
-        "bank-a": await _notice(stack.api("bank-a"), lambda n: n.customer_local_id == m.local_id)
+        "bank-a": await _notice(
+            stack.api("bank-a"),
+            lambda n: (
+                by_request(n)
+                and n.customer_local_id == m.local_id
+                and list(n.case_ids) == [case_id]
+            ),
+        )
     }
     for partner in ("telco-a", "acquirer-a", "handset-a"):
-        notices[partner] = await _notice(stack.api(partner), lambda n: n.case_id == case_id)
+        notices[partner] = await _notice(
+            stack.api(partner),
+            lambda n: by_request(n) and n.customer_local_id == "" and list(n.case_ids) == [case_id],
+        )
 
     after = await _found_at_rest(stack, m.all())
     assert after == {}, f"found after erasure: {after} (before: {before})"
@@ -282,21 +326,31 @@ async def test_nothing_readable_survives_erasure_and_every_recipient_is_told(
 
     await _log_verifies(stack)
 
-    # The subject access report still answers (by the bank's pseudonym: its local id no
-    # longer names anyone), says what was erased and when, and holds no erased data.
+    # The subject access report, over gRPC, still answers (by the bank's pseudonym: its
+    # local id no longer names anyone), says what was erased and when, and holds no
+    # erased data.
     report = audit_pb2.SubjectAccessReportRequest(subject_id=pseudonym)
-    disclosures = await audit_pb2_grpc.AuditServiceStub(bank.channel).SubjectAccessReport(report)
-    erasures = await stack.runtime.domain.audit.erasure_report(
-        Caller(partner_id="bank-a", role=Role.ADVISOR), report
-    )
+    answer = await audit_pb2_grpc.AuditServiceStub(bank.channel).SubjectAccessReport(report)
+    erasures = answer.erasures
     told = {"bank-a", "telco-a", "acquirer-a", "handset-a"}
-    assert [(e.action, e.case_ids) for e in erasures if e.action == "subject.erased"] == [
-        ("subject.erased", (case_id,))
+    erased = [e for e in erasures if e.action == audit_pb2.ERASURE_ACTION_CUSTOMER_ERASED]
+    assert [(e.partner_id, list(e.case_ids)) for e in erased] == [("bank-a", [case_id])]
+    assert asked <= erased[0].at.ToDatetime(dt.UTC) <= answered
+    notified = [e for e in erasures if e.action == audit_pb2.ERASURE_ACTION_RECIPIENT_NOTIFIED]
+    assert {e.partner_id for e in notified} >= told
+    assert all(list(e.case_ids) == [case_id] for e in notified)
+    acknowledged = audit_pb2.ERASURE_ACTION_RECIPIENT_ACKNOWLEDGED
+    assert {e.partner_id for e in erasures if e.action == acknowledged} >= told
+    assert all(e.HasField("at") for e in erasures)
+    assert not [
+        name for name, marker in m.all().items() if marker.encode() in answer.SerializeToString()
     ]
-    assert {e.partner_id for e in erasures if e.action == "subject.erasure_notified"} >= told
-    assert {e.partner_id for e in erasures if e.action == "subject.erasure_acknowledged"} >= told
-    said = disclosures.SerializeToString() + repr(erasures).encode()
-    assert not [name for name, marker in m.all().items() if marker.encode() in said]
+    # Named by a partner's local id, the erased customer is no one.
+    with pytest.raises(grpc.aio.AioRpcError) as unknown:
+        await audit_pb2_grpc.AuditServiceStub(bank.channel).SubjectAccessReport(
+            audit_pb2.SubjectAccessReportRequest(customer_local_id=m.local_id)
+        )
+    assert unknown.value.code() == grpc.StatusCode.NOT_FOUND
 
 
 async def _log_verifies(stack: Stack) -> None:
@@ -363,11 +417,12 @@ async def test_a_retry_after_erasure_answers_customer_erased(stack: Stack, uniqu
 async def test_retention_shreds_a_closed_case_like_an_erasure(stack: Stack, unique: Key) -> None:
     bank = stack.api("bank-a", Role.ADVISOR)
     secret = f"retained {unique('s')}"
+    customer = unique("cust")
     opened = await bank.cases.OpenCase(
         cases_pb2.OpenCaseRequest(
             idempotency_key=unique("k"),
             service_id="nfc-payment",
-            customer_local_id=unique("cust"),
+            customer_local_id=customer,
             channel=common_pb2.CHANNEL_PHONE,
             summary=secret,
         )
@@ -381,6 +436,7 @@ async def test_retention_shreds_a_closed_case_like_an_erasure(stack: Stack, uniq
         )
     # The gateway's sweep (as `open_runtime` runs it every COOPGATE_RETENTION_SWEEP_SECONDS).
     erasure = stack.runtime.domain.erasure
+    swept = dt.datetime.now(dt.UTC)
     sweep = asyncio.create_task(erasure.run_retention(dt.timedelta(days=365), 0.05))
     key = select(case_keys.c.wrapped_key).where(case_keys.c.case_id == opened.case_id)
     try:
@@ -410,4 +466,31 @@ async def test_retention_shreds_a_closed_case_like_an_erasure(stack: Stack, uniq
         )
     ).view
     assert secret not in view.SerializeToString().decode(errors="replace")
+
+    # The bank, which took part, is told to forget the case (not the customer, who stays),
+    # and acknowledges.
+    item = await _queued_notice(stack, "bank-a", opened.case_id)
+    notice = item.erasure_notice
+    assert item.work_id.startswith("erasure-")
+    assert notice.notice_id == item.work_id
+    assert notice.reason == work_pb2.ERASURE_REASON_RETENTION_EXPIRED
+    assert list(notice.case_ids) == [opened.case_id]
+    assert notice.customer_local_id == ""
+    assert notice.erased_at.ToDatetime(dt.UTC) >= swept
+    acked = await stack.api("bank-a").work.Acknowledge(
+        work_pb2.AcknowledgeRequest(idempotency_key=unique("k"), work_ids=[item.work_id])
+    )
+    assert acked.acknowledged == 1
+    # The subject access report (the customer is still the bank's) lists the expiry, the
+    # notice and its acknowledgement, with their times.
+    answer = await audit_pb2_grpc.AuditServiceStub(bank.channel).SubjectAccessReport(
+        audit_pb2.SubjectAccessReportRequest(customer_local_id=customer)
+    )
+    steps = [(e.action, e.partner_id, list(e.case_ids)) for e in answer.erasures]
+    assert steps[0] == (audit_pb2.ERASURE_ACTION_RETENTION_EXPIRED, "coopgate", [opened.case_id])
+    assert (audit_pb2.ERASURE_ACTION_RECIPIENT_NOTIFIED, "bank-a", [opened.case_id]) in steps
+    assert (audit_pb2.ERASURE_ACTION_RECIPIENT_ACKNOWLEDGED, "bank-a", []) in steps
+    assert all(e.at.ToDatetime(dt.UTC) >= swept for e in answer.erasures)
+    assert secret.encode() not in answer.SerializeToString()
+    assert item.work_id.encode() not in answer.SerializeToString()  # cases, not notices
     assert (await _found_at_rest(stack, {"secret": secret})) == {}

@@ -89,9 +89,11 @@ async def test_after_erasure_no_file_of_the_data_dir_holds_the_customer(up: UpPr
             async with asyncio.timeout(30):
                 call = work.Subscribe(work_pb2.SubscribeRequest(max_in_flight=100))
                 async for response in call:
-                    notice = response.item.customer_notification
-                    if notice.milestone == "erased":
+                    if response.item.HasField("erasure_notice"):
+                        notice = response.item.erasure_notice
                         assert notice.customer_local_id == markers["local_id"]
+                        assert notice.case_ids == [opened.case_id]
+                        assert notice.reason == work_pb2.ERASURE_REASON_CUSTOMER_REQUEST
                         call.cancel()
                         await work.Acknowledge(
                             work_pb2.AcknowledgeRequest(

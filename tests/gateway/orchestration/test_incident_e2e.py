@@ -80,7 +80,8 @@ class PartnerBackend:
 
     async def handle(self, item: work_pb2.WorkItem) -> None:
         kind = item.WhichOneof("payload")
-        case_id = getattr(item, kind or "diagnosis_request").case_id
+        # An erasure notice names cases (case_ids), not one: none of these.
+        case_id = getattr(getattr(item, kind or "diagnosis_request"), "case_id", "")
         if case_id in self.case_ids:
             self.seen[kind or ""] += 1
             if kind == "diagnosis_request":
