@@ -20,7 +20,7 @@ from sqlalchemy import Row, delete, insert, select, tuple_, update
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from gateway.audit.log import AuditLog, AuditRecord
-from gateway.core.caller import Caller, Role
+from gateway.core.caller import Caller
 from gateway.core.errors import NotFound
 from gateway.crypto.sealing import Sealer
 from gateway.identity.subjects import linked_subject, require_local_id
@@ -142,7 +142,6 @@ class Erasure:
         self, caller: Caller, request: identity_pb2.EraseCustomerRequest
     ) -> identity_pb2.EraseCustomerResponse:
         """Crypto-shred the customer's cases and forget every partner's link to them."""
-        caller.require(Role.PARTNER, Role.ADVISOR)
         require_local_id(request.customer_local_id)
 
         async def action(conn: AsyncConnection) -> identity_pb2.EraseCustomerResponse:
