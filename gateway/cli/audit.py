@@ -20,7 +20,6 @@ import typer
 from coopgate.v1 import audit_pb2, audit_pb2_grpc, common_pb2
 from google.protobuf import json_format
 from rich.console import Console
-from rich.table import Table
 
 from gateway.audit.export import ExportedEntry, ReplayError, replay
 from gateway.audit.kinds import DECISIONS, KINDS
@@ -38,6 +37,8 @@ from gateway.cli.client import (
     TargetOpt,
     call,
     client_options,
+    fold_table,
+    print_table,
 )
 from gateway.core.caller import Role
 
@@ -268,7 +269,9 @@ def query_command(
     if as_json:
         typer.echo(json.dumps([json_format.MessageToDict(e) for e in entries], indent=2))
         return
-    table = Table("index", "at", "kind", "actor", "subject", "case", "purpose", "decision", "why")
+    table = fold_table(
+        "index", "at", "kind", "actor", "subject", "case", "purpose", "decision", "why"
+    )
     for e in entries:
         table.add_row(
             str(e.index),
@@ -281,7 +284,7 @@ def query_command(
             audit_pb2.Decision.Name(e.decision).removeprefix("DECISION_").lower(),
             e.reason or ", ".join(e.categories),
         )
-    out.print(table)
+    print_table(out, table, empty="no audit entries match")
 
 
 @audit_app.command("export")
@@ -458,7 +461,7 @@ def subject_report_command(
     if as_json:
         typer.echo(json.dumps([json_format.MessageToDict(d) for d in disclosures], indent=2))
         return
-    table = Table("at", "to", "from", "categories", "purpose", "consent", "agreement", "case")
+    table = fold_table("at", "to", "from", "categories", "purpose", "consent", "agreement", "case")
     for d in disclosures:
         table.add_row(
             d.at.ToJsonString(),
@@ -470,4 +473,4 @@ def subject_report_command(
             d.agreement_id,
             d.case_id,
         )
-    out.print(table)
+    print_table(out, table, empty="no disclosures found")

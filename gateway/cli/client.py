@@ -15,6 +15,9 @@ import typer
 from google.rpc import error_details_pb2
 from grpc_status import rpc_status
 from rich.console import Console
+from rich.measure import Measurement
+from rich.table import Table
+from rich.text import Text
 
 from gateway.core.caller import Role
 from gateway.settings import Settings
@@ -87,6 +90,42 @@ TargetOpt = Annotated[str | None, typer.Option(help="Gateway address (default: C
 CertOpt = Annotated[Path | None, typer.Option("--cert", help="Client certificate PEM.")]
 KeyOpt = Annotated[Path | None, typer.Option("--key", help="Client key PEM.")]
 CaOpt = Annotated[Path | None, typer.Option("--ca", help="Gateway CA PEM.")]
+
+
+def fold_table(*headers: str, expand: bool = False) -> Table:
+    """A table that cuts nothing: a cell too long for its column wraps, and a word
+    longer than the column folds onto the next line instead of being cut."""
+    made = Table(*headers, expand=expand)
+    for column in made.columns:
+        column.overflow = "fold"
+    return made
+
+
+#: A width no table reaches: a table measured at it takes its natural width.
+_UNBOUNDED = 100_000
+
+
+def print_table(console: Console, table: Table, *, empty: str) -> None:
+    """The table where it fits the terminal; where it does not (at 80 columns, often),
+    each row as a block of its own, so that no id is cut or folded: its first cell whole
+    on a line after its header, then each other cell after its. With no row, ``empty``
+    says so."""
+    if not table.row_count:
+        console.print(empty, markup=False, highlight=False)
+        return
+    unbounded = console.options.update_width(_UNBOUNDED)
+    if Measurement.get(console, unbounded, table).maximum <= console.width:
+        console.print(table)
+        return
+    headers = [str(column.header) for column in table.columns]
+    width = max(len(header) for header in headers)
+    rows = zip(*(list(column.cells) for column in table.columns), strict=True)
+    for n, (first, *rest) in enumerate(rows):
+        if n:
+            console.print()
+        console.print(Text.assemble(f"{headers[0]} ", (str(first), "bold")), soft_wrap=True)
+        for header, cell in zip(headers[1:], rest, strict=True):
+            console.print(Text(f"  {header:<{width}}  {cell}"), highlight=False)
 
 
 def new_key() -> str:
