@@ -200,6 +200,45 @@ def ca_revoke(
 
 
 @app.command()
+def vocabulary(
+    data_dir: DataDir = None,
+    as_json: Annotated[bool, typer.Option("--json", help="Print JSON instead of tables.")] = False,
+) -> None:
+    """The data categories and purposes the gateway knows, with what each means
+    ($COOPGATE_VOCABULARY, or the built-in vocabulary)."""
+    import json
+
+    from rich.table import Table
+
+    from gateway.consent.vocabulary import Vocabulary
+
+    known = Vocabulary.load(_settings(data_dir).vocabulary)
+    if as_json:
+        purposes = {
+            p.name: {"dpv": p.dpv, "description": p.description, "separate": p.separate}
+            for p in known.purposes.values()
+        }
+        typer.echo(json.dumps({"categories": known.categories, "purposes": purposes}, indent=2))
+        return
+    out = Console()
+    categories = Table("category", "what it holds", title="data categories", title_justify="left")
+    for name, description in known.categories.items():
+        categories.add_row(name, description)
+    purposes_table = Table(
+        "purpose", "what for", "DPV concept", title="purposes", title_justify="left"
+    )
+    for p in known.purposes.values():
+        alone = " (consented to on its own, never with another purpose)" if p.separate else ""
+        purposes_table.add_row(p.name, p.description + alone, p.dpv)
+    for table in (categories, purposes_table):
+        table.columns[0].no_wrap = True
+        for column in table.columns[1:]:
+            column.overflow = "fold"
+    out.print(categories)
+    out.print(purposes_table)
+
+
+@app.command()
 def demo(
     scenarios: Annotated[
         list[str] | None,
