@@ -252,9 +252,20 @@ def demo(
 
     Runs `python -m partners.demo` as a subprocess: the gateway never imports partners.
     """
+    import socket
     import subprocess
 
     settings = _settings(data_dir)
+    # Fail fast when no stack runs, instead of each scenario waiting out its timeouts.
+    host, _, port = settings.listen.rpartition(":")
+    try:
+        socket.create_connection((host.strip("[]") or "127.0.0.1", int(port)), timeout=3).close()
+    except (OSError, ValueError) as exc:
+        err.print(
+            f"[red]error:[/red] the gateway at {settings.listen} does not answer ({exc}); "
+            "start the stack with `make run` (or `coopgate up`) first."
+        )
+        raise typer.Exit(1) from None
     command = [sys.executable, "-m", "partners.demo", *(scenarios or [])]
     command += ["--target", settings.listen, "--data-dir", str(settings.data_dir)]
     command += ["--server-name", settings.server_name]
