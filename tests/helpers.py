@@ -58,14 +58,14 @@ async def health_status(channel: grpc.aio.Channel, service: str = "", timeout: f
 COOPGATE = str(Path(sys.executable).parent / "coopgate")
 
 
-async def run_coopgate(*args: str) -> tuple[int, str, str]:
+async def run_coopgate(*args: str, columns: int = 250) -> tuple[int, str, str]:
     """Run the `coopgate` command; returns (exit status, stdout, stderr)."""
     process = await asyncio.create_subprocess_exec(
         COOPGATE,
         *args,
         stdout=asyncio.subprocess.PIPE,
         stderr=asyncio.subprocess.PIPE,
-        env={**os.environ, "COLUMNS": "250"},  # rich wraps at 80 columns when piped
+        env={**os.environ, "COLUMNS": str(columns)},  # rich wraps at 80 columns when piped
     )
     stdout, stderr = await asyncio.wait_for(process.communicate(), 60)
     assert process.returncode is not None

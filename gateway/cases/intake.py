@@ -144,7 +144,7 @@ class CaseIntake:
                 for partner in dict.fromkeys(chain)
             ]
             await conn.execute(insert(case_participants), participants)
-            await set_status(conn, self.sealer, case_id, cases_pb2.CASE_STATUS_RECEIVED)
+            await set_status(conn, self.sealer, case_id, cases_pb2.CASE_STATUS_RECEIVED, now)
             await _append_contact(conn, self.sealer, case_id, caller, request, now)
             row = await _load_case(conn, case_id)
             return cases_pb2.OpenCaseResponse(

@@ -129,16 +129,25 @@ async def append_event(
 
 
 async def set_status(
-    conn: AsyncConnection, sealer: Sealer, case_id: str, status: cases_pb2.CaseStatus.ValueType
+    conn: AsyncConnection,
+    sealer: Sealer,
+    case_id: str,
+    status: cases_pb2.CaseStatus.ValueType,
+    at: dt.datetime | None = None,
 ) -> None:
-    """Move the case projection to ``status`` and record the change on the timeline."""
+    """Move the case projection to ``status`` and record the change on the timeline
+    (dated ``at``, by default now: a case opened is received when it is opened, so
+    that its first items' times follow their sequence)."""
     result = await conn.execute(
         update(cases).where(cases.c.case_id == case_id).values(status=status, updated_at=_now())
     )
     if result.rowcount == 0:
         raise NotFound(f"case {case_id!r} does not exist")
     item = cases_pb2.TimelineItem(status_change=cases_pb2.StatusChange(status=status))
-    item.occurred_at.GetCurrentTime()
+    if at is None:
+        item.occurred_at.GetCurrentTime()
+    else:
+        item.occurred_at.FromDatetime(at)
     item.status_change.changed_at.CopyFrom(item.occurred_at)
     await append_event(
         conn, sealer, case_id, item, source_partner_id="", category=CASE_STATUS_CATEGORY

@@ -59,7 +59,10 @@ _TIMELINE = (
         case_events.c.item,
     )
     .where(case_events.c.case_id == bindparam("case_id"))
-    .order_by(case_events.c.occurred_at, case_events.c.sequence)
+    # Sequence order, as the watch streams them (an item's time is the source's own:
+    # a finding reported before the case's opening was recorded must not come first).
+    # The primary key's order: no sort, and the cache keeps it.
+    .order_by(case_events.c.sequence)
 )
 
 
@@ -363,7 +366,7 @@ class CaseViews:
         )
 
     def _timeline_in(self, conn: Connection, row: CaseRow, key: AESGCM | None) -> Timeline:
-        """The case's events in time order, parsed once per version of the case."""
+        """The case's events in sequence order, parsed once per version of the case."""
         cached = self._timelines.get(row.case_id)
         if cached is not None and cached[0] == row.last_sequence and key is not None:
             self._timelines.move_to_end(row.case_id)

@@ -12,6 +12,7 @@ from __future__ import annotations
 import base64
 import datetime as dt
 import json
+import re
 from collections.abc import Mapping
 from pathlib import Path
 from typing import IO, Annotated, NoReturn, TypeVar
@@ -20,7 +21,6 @@ import typer
 from coopgate.v1 import audit_pb2, audit_pb2_grpc, common_pb2
 from google.protobuf import json_format
 from rich.console import Console
-from rich.table import Table
 
 from gateway.audit.export import ExportedEntry, ReplayError, replay
 from gateway.audit.kinds import DECISIONS, KINDS
@@ -38,6 +38,8 @@ from gateway.cli.client import (
     TargetOpt,
     call,
     client_options,
+    fold_table,
+    print_table,
 )
 from gateway.core.caller import Role
 
@@ -111,12 +113,20 @@ def verify_consistency_command(
     typer.echo(f"OK: the tree of size {size1} is a prefix of the tree of size {size2}")
 
 
+VerifierKeyOpt = Annotated[
+    list[str],
+    typer.Option(
+        "--key",
+        help="A trusted verifier key (name+keyid+key, as `checkpoint` prints it), or a file "
+        "holding it (as `checkpoint --key-out` writes it); repeat for several.",
+    ),
+]
+
+
 @audit_app.command("verify-checkpoint")
 def verify_checkpoint_command(
     file: Annotated[Path, typer.Argument(help="The signed checkpoint note.")],
-    key: Annotated[
-        list[str], typer.Option("--key", help="A trusted verifier key; repeat for several.")
-    ],
+    key: VerifierKeyOpt,
 ) -> None:
     """Check a signed checkpoint against verifier keys and print what it commits to."""
     checkpoint = _verified_checkpoint(file, key)
@@ -127,9 +137,7 @@ def verify_checkpoint_command(
 @audit_app.command("verify-log")
 def verify_log_command(
     export: Annotated[Path, typer.Argument(help="JSON Lines written by `coopgate audit export`.")],
-    key: Annotated[
-        list[str], typer.Option("--key", help="A trusted verifier key; repeat for several.")
-    ],
+    key: VerifierKeyOpt,
     checkpoint: Annotated[
         Path, typer.Option("--checkpoint", help="The signed checkpoint the export must match.")
     ],
@@ -160,7 +168,7 @@ def verify_log_command(
 def _verified_checkpoint(file: Path, keys: list[str]) -> Checkpoint:
     """The checkpoint in a signed note, once a trusted key's signature on it verifies."""
     try:
-        verifiers = [Verifier.from_key(vkey) for vkey in keys]
+        verifiers = [Verifier.from_key(vkey) for key in keys for vkey in _key_texts(key)]
     except NoteError as exc:
         _fail(f"--key: {exc}")
     try:
@@ -172,6 +180,28 @@ def _verified_checkpoint(file: Path, keys: list[str]) -> Checkpoint:
         return Checkpoint.parse(body)
     except NoteError as exc:
         _fail(f"{file}: {exc}")
+
+
+def _key_texts(key: str) -> list[str]:
+    """The verifier key given as text, or the keys (one a line) in the file it names."""
+    text = key.strip()
+    if _VERIFIER_KEY.fullmatch(text):
+        return [text]
+    path = Path(key)
+    if not path.is_file():
+        return [text]  # not a key, not a file: `Verifier.from_key` says what is wrong
+    try:
+        lines = path.read_text(encoding="utf-8").splitlines()
+    except (OSError, UnicodeDecodeError) as exc:
+        _fail(f"--key: cannot read {path}: {getattr(exc, 'strerror', None) or exc}")
+    keys = [line.strip() for line in lines if line.strip()]
+    if not keys:
+        _fail(f"--key: {path} holds no key")
+    return keys
+
+
+#: The shape of a verifier key given as text (`Verifier.from_key` checks the rest).
+_VERIFIER_KEY = re.compile(r"[^+\s]+\+[0-9a-f]{8}\+\S+")
 
 
 # -- commands that ask the gateway ----------------------------------------------------
@@ -268,7 +298,9 @@ def query_command(
     if as_json:
         typer.echo(json.dumps([json_format.MessageToDict(e) for e in entries], indent=2))
         return
-    table = Table("index", "at", "kind", "actor", "subject", "case", "purpose", "decision", "why")
+    table = fold_table(
+        "index", "at", "kind", "actor", "subject", "case", "purpose", "decision", "why"
+    )
     for e in entries:
         table.add_row(
             str(e.index),
@@ -281,7 +313,7 @@ def query_command(
             audit_pb2.Decision.Name(e.decision).removeprefix("DECISION_").lower(),
             e.reason or ", ".join(e.categories),
         )
-    out.print(table)
+    print_table(out, table, empty="no audit entries match")
 
 
 @audit_app.command("export")
@@ -458,7 +490,7 @@ def subject_report_command(
     if as_json:
         typer.echo(json.dumps([json_format.MessageToDict(d) for d in disclosures], indent=2))
         return
-    table = Table("at", "to", "from", "categories", "purpose", "consent", "agreement", "case")
+    table = fold_table("at", "to", "from", "categories", "purpose", "consent", "agreement", "case")
     for d in disclosures:
         table.add_row(
             d.at.ToJsonString(),
@@ -470,4 +502,4 @@ def subject_report_command(
             d.agreement_id,
             d.case_id,
         )
-    out.print(table)
+    print_table(out, table, empty="no disclosures found")

@@ -26,7 +26,9 @@ from gateway.cli.client import (
     TargetOpt,
     call,
     client_options,
+    fold_table,
     new_key,
+    print_table,
 )
 from gateway.core.caller import Role
 
@@ -97,7 +99,7 @@ def render(view: cases_pb2.CaseView) -> Group:
         head.add_row(
             "resolution due", h.resolution_due_at.ToDatetime().isoformat(timespec="seconds")
         )
-    timeline = Table("#", "time", "who", "what", "detail", expand=True)
+    timeline = fold_table("#", "time", "who", "what", "detail", expand=True)
     for item in view.timeline:
         who, what, detail = describe(item)
         timeline.add_row(
@@ -268,7 +270,7 @@ def list_cases(
     if as_json:
         out.print_json(json.dumps([json.loads(json_format.MessageToJson(h)) for h in headers]))
         return
-    table = Table("case", "service", "status", "owner", "first contact", "opened")
+    table = fold_table("case", "service", "status", "owner", "first contact", "opened")
     for h in headers:
         table.add_row(
             h.case_id,
@@ -278,4 +280,4 @@ def list_cases(
             h.first_contact_partner_id,
             h.opened_at.ToDatetime().isoformat(timespec="seconds"),
         )
-    out.print(table)
+    print_table(out, table, empty="no cases")

@@ -8,19 +8,39 @@ import uuid
 from collections.abc import Awaitable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Annotated, TypeVar
+from typing import Annotated, Any, TypeVar
 
 import grpc
 import typer
 from google.rpc import error_details_pb2
 from grpc_status import rpc_status
 from rich.console import Console
+from rich.measure import Measurement
+from rich.status import Status
+from rich.table import Table
+from rich.text import Text
 
 from gateway.core.caller import Role
 from gateway.settings import Settings
 
 T = TypeVar("T")
 err = Console(stderr=True)
+
+#: After this long a wait for the gateway shows so, and after `CONNECT_TIMEOUT` gives up.
+PROGRESS_AFTER = 1.0
+CONNECT_TIMEOUT = 5.0
+#: The channels this command opened, with their addresses (see `call`).
+_opened: list[tuple[str, grpc.aio.Channel]] = []
+#: Channel states in which nothing is waited for.
+_SETTLED = (grpc.ChannelConnectivity.READY, grpc.ChannelConnectivity.SHUTDOWN)
+
+
+class GatewaySilent(Exception):
+    """The gateway did not answer within `CONNECT_TIMEOUT`."""
+
+    def __init__(self, address: str) -> None:
+        super().__init__(address)
+        self.address = address
 
 
 @dataclass(slots=True, frozen=True)
@@ -56,11 +76,14 @@ class ClientOptions:
             private_key=key.read_bytes(),
             certificate_chain=cert.read_bytes(),
         )
-        return grpc.aio.secure_channel(
-            self.target or self.settings.listen,
+        address = self.target or self.settings.listen
+        channel = grpc.aio.secure_channel(
+            address,
             credentials,
             options=[("grpc.ssl_target_name_override", self.settings.server_name)],
         )
+        _opened.append((address, channel))
+        return channel
 
 
 def client_options(
@@ -89,20 +112,78 @@ KeyOpt = Annotated[Path | None, typer.Option("--key", help="Client key PEM.")]
 CaOpt = Annotated[Path | None, typer.Option("--ca", help="Gateway CA PEM.")]
 
 
+def fold_table(*headers: str, expand: bool = False) -> Table:
+    """A table that cuts nothing: a cell too long for its column wraps, and a word
+    longer than the column folds onto the next line instead of being cut."""
+    made = Table(*headers, expand=expand)
+    for column in made.columns:
+        column.overflow = "fold"
+    return made
+
+
+#: A width no table reaches: a table measured at it takes its natural width.
+_UNBOUNDED = 100_000
+
+
+def print_table(console: Console, table: Table, *, empty: str) -> None:
+    """The table where it fits the terminal; where it does not (at 80 columns, often),
+    each row as a block of its own, so that no id is cut or folded: its first cell whole
+    on a line after its header, then each other cell after its. With no row, ``empty``
+    says so."""
+    if not table.row_count:
+        console.print(empty, markup=False, highlight=False)
+        return
+    unbounded = console.options.update_width(_UNBOUNDED)
+    if Measurement.get(console, unbounded, table).maximum <= console.width:
+        console.print(table)
+        return
+    headers = [str(column.header) for column in table.columns]
+    width = max(len(header) for header in headers)
+    rows = zip(*(list(column.cells) for column in table.columns), strict=True)
+    for n, (first, *rest) in enumerate(rows):
+        if n:
+            console.print()
+        console.print(Text.assemble(f"{headers[0]} ", (str(first), "bold")), soft_wrap=True)
+        for header, cell in zip(headers[1:], rest, strict=True):
+            console.print(Text(f"  {header:<{width}}  {cell}"), highlight=False)
+
+
 def new_key() -> str:
     """A fresh idempotency key for one CLI invocation."""
     return f"cli-{uuid.uuid4().hex}"
 
 
 def call(coro: Awaitable[T]) -> T:
-    """Run one client call; a gRPC error becomes a readable message and exit 1."""
+    """Run one client call; a gRPC error becomes a readable message and exit 1. While
+    the gateway is not connected to, a wait longer than `PROGRESS_AFTER` says so, and
+    a gateway that does not answer within `CONNECT_TIMEOUT` ends the command."""
 
     async def run() -> T:
-        return await coro
+        task = asyncio.ensure_future(coro)
+        silent: list[str] = []
+        watchdog = asyncio.create_task(_watch_connection(task, silent))
+        try:
+            return await task
+        except asyncio.CancelledError:
+            if silent:
+                raise GatewaySilent(silent[0]) from None
+            raise
+        finally:
+            watchdog.cancel()
 
+    _opened.clear()
     try:
         return asyncio.run(run())
+    except GatewaySilent as exc:
+        err.print(
+            f"[red]error:[/red] the gateway at {exc.address} does not answer "
+            f"(nothing within {CONNECT_TIMEOUT:.0f} s); is it running (`make run`), "
+            "and is --target right?"
+        )
+        raise typer.Exit(1) from None
     except grpc.aio.AioRpcError as exc:
+        if exc.code() == grpc.StatusCode.UNAVAILABLE and _opened:
+            err.print(f"[red]error:[/red] the gateway at {_opened[-1][0]} does not answer:")
         err.print(f"[red]{exc.code().name}[/red]: {exc.details()}")
         status = rpc_status.from_call(exc)  # type: ignore[arg-type]
         for detail in status.details if status is not None else ():
@@ -111,3 +192,28 @@ def call(coro: Awaitable[T]) -> T:
                 for violation in bad.field_violations:
                     err.print(f"  {violation.field}: {violation.description}")
         raise typer.Exit(1) from None
+
+
+async def _watch_connection(task: asyncio.Future[Any], silent: list[str]) -> None:
+    """While a channel of this command is not connected: after `PROGRESS_AFTER` say
+    so on stderr; after `CONNECT_TIMEOUT` name its address in ``silent`` and cancel
+    ``task``. Returns once every channel opened is connected (or closed)."""
+    status: Status | None = None
+    started = asyncio.get_running_loop().time()
+    try:
+        while True:
+            await asyncio.sleep(0.1)
+            waiting = [a for a, c in _opened if c.get_state() not in _SETTLED]
+            if _opened and not waiting:
+                return
+            waited = asyncio.get_running_loop().time() - started
+            if waiting and waited >= CONNECT_TIMEOUT:
+                silent.append(waiting[0])
+                task.cancel()
+                return
+            if waiting and status is None and waited >= PROGRESS_AFTER:
+                status = err.status(f"connecting to the gateway at {waiting[0]}…")
+                status.start()
+    finally:
+        if status is not None:
+            status.stop()

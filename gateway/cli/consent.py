@@ -15,7 +15,6 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
 from google.protobuf import json_format
 from rich.console import Console
-from rich.table import Table
 
 from gateway.cli.client import (
     CaOpt,
@@ -28,7 +27,9 @@ from gateway.cli.client import (
     TargetOpt,
     call,
     client_options,
+    fold_table,
     new_key,
+    print_table,
 )
 from gateway.consent.receipts import ReceiptError, verify_receipt
 from gateway.core.caller import Role
@@ -168,7 +169,7 @@ def list_consents(
     if as_json:
         out.print_json(json.dumps([json.loads(json_format.MessageToJson(c)) for c in consents]))
         return
-    table = Table("consent", "state", "source → recipients", "categories", "purposes", "until")
+    table = fold_table("consent", "state", "source → recipients", "categories", "purposes", "until")
     for c in consents:
         table.add_row(
             c.consent_id,
@@ -178,7 +179,7 @@ def list_consents(
             ", ".join(c.purposes),
             c.valid_until.ToJsonString() if c.HasField("valid_until") else "-",
         )
-    out.print(table)
+    print_table(out, table, empty="no consents")
 
 
 @consent_app.command("request")
@@ -358,7 +359,7 @@ def list_agreements(
     if as_json:
         out.print_json(json.dumps([json.loads(json_format.MessageToJson(a)) for a in agreements]))
         return
-    table = Table("agreement", "service", "source → recipient", "categories", "purposes")
+    table = fold_table("agreement", "service", "source → recipient", "categories", "purposes")
     for a in agreements:
         table.add_row(
             a.agreement_id,
@@ -367,4 +368,4 @@ def list_agreements(
             ", ".join(a.categories),
             ", ".join(a.purposes),
         )
-    out.print(table)
+    print_table(out, table, empty="no sharing agreements")

@@ -200,6 +200,45 @@ def ca_revoke(
 
 
 @app.command()
+def vocabulary(
+    data_dir: DataDir = None,
+    as_json: Annotated[bool, typer.Option("--json", help="Print JSON instead of tables.")] = False,
+) -> None:
+    """The data categories and purposes the gateway knows, with what each means
+    ($COOPGATE_VOCABULARY, or the built-in vocabulary)."""
+    import json
+
+    from rich.table import Table
+
+    from gateway.consent.vocabulary import Vocabulary
+
+    known = Vocabulary.load(_settings(data_dir).vocabulary)
+    if as_json:
+        purposes = {
+            p.name: {"dpv": p.dpv, "description": p.description, "separate": p.separate}
+            for p in known.purposes.values()
+        }
+        typer.echo(json.dumps({"categories": known.categories, "purposes": purposes}, indent=2))
+        return
+    out = Console()
+    categories = Table("category", "what it holds", title="data categories", title_justify="left")
+    for name, description in known.categories.items():
+        categories.add_row(name, description)
+    purposes_table = Table(
+        "purpose", "what for", "DPV concept", title="purposes", title_justify="left"
+    )
+    for p in known.purposes.values():
+        alone = " (consented to on its own, never with another purpose)" if p.separate else ""
+        purposes_table.add_row(p.name, p.description + alone, p.dpv)
+    for table in (categories, purposes_table):
+        table.columns[0].no_wrap = True
+        for column in table.columns[1:]:
+            column.overflow = "fold"
+    out.print(categories)
+    out.print(purposes_table)
+
+
+@app.command()
 def demo(
     scenarios: Annotated[
         list[str] | None,
@@ -213,9 +252,20 @@ def demo(
 
     Runs `python -m partners.demo` as a subprocess: the gateway never imports partners.
     """
+    import socket
     import subprocess
 
     settings = _settings(data_dir)
+    # Fail fast when no stack runs, instead of each scenario waiting out its timeouts.
+    host, _, port = settings.listen.rpartition(":")
+    try:
+        socket.create_connection((host.strip("[]") or "127.0.0.1", int(port)), timeout=3).close()
+    except (OSError, ValueError) as exc:
+        err.print(
+            f"[red]error:[/red] the gateway at {settings.listen} does not answer ({exc}); "
+            "start the stack with `make run` (or `coopgate up`) first."
+        )
+        raise typer.Exit(1) from None
     command = [sys.executable, "-m", "partners.demo", *(scenarios or [])]
     command += ["--target", settings.listen, "--data-dir", str(settings.data_dir)]
     command += ["--server-name", settings.server_name]

@@ -323,3 +323,34 @@ async def test_an_outsider_cannot_tell_a_real_case_from_a_missing_one(
             )
         assert answers[0] == answers[1], rpc
         assert answers[0][0] == grpc.StatusCode.NOT_FOUND, (rpc, answers[0])
+
+
+async def test_the_view_lists_the_timeline_in_sequence_order(
+    stack: Stack, unique: Callable[[str], str]
+) -> None:
+    """As the watch streams it: an item's own time (here an interaction dated before the
+    case was opened) does not move it before the items recorded earlier."""
+    bank = stack.api("bank-a")
+    case_id = (await bank.cases.OpenCase(open_request(unique("k"), unique("cust")))).case_id
+    earlier = cases_pb2.Interaction(
+        channel=common_pb2.CHANNEL_PHONE,
+        author_kind=cases_pb2.AUTHOR_KIND_ADVISOR,
+        summary="the customer had called the day before",
+    )
+    earlier.occurred_at.FromSeconds(1_000_000_000)
+    appended = await bank.cases.AppendInteraction(
+        cases_pb2.AppendInteractionRequest(
+            idempotency_key=unique("k"), case_id=case_id, interaction=earlier
+        )
+    )
+    for _ in range(2):  # made, then served again as kept
+        view = (
+            await bank.cases.GetCaseView(
+                cases_pb2.GetCaseViewRequest(case_id=case_id, purpose="incident-resolution")
+            )
+        ).view
+        sequences = [i.sequence for i in view.timeline]
+        assert sequences == sorted(sequences)
+        assert len(set(sequences)) == len(sequences)
+        assert appended.sequence in sequences
+        assert sequences[0] == 1

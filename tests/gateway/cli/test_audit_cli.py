@@ -158,6 +158,20 @@ def test_verify_checkpoint_prints_what_it_commits_to(
     )
 
 
+def test_verify_checkpoint_takes_the_key_from_a_file(
+    signed_checkpoint: Path, signer: Signer, tmp_path: Path
+) -> None:
+    """As `coopgate audit checkpoint --key-out` writes it: the key and a newline."""
+    vkey = tmp_path / "gateway.vkey"
+    vkey.write_text(signer.verifier.to_key() + "\n", encoding="utf-8")
+    result = run("verify-checkpoint", "--key", str(vkey), str(signed_checkpoint))
+    assert result.exit_code == 0, result.output
+    assert result.stdout.startswith("origin: coopgate.example/audit\nsize: 7\n")
+    empty = tmp_path / "empty.vkey"
+    empty.write_text("\n", encoding="utf-8")
+    assert_fails(run("verify-checkpoint", "--key", str(empty), str(signed_checkpoint)), "no key")
+
+
 def test_verify_checkpoint_rejects_another_key(signed_checkpoint: Path) -> None:
     impostor = Signer.generate("coopgate.example/audit").verifier.to_key()
     result = run("verify-checkpoint", "--key", impostor, str(signed_checkpoint))

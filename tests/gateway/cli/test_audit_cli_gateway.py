@@ -17,6 +17,7 @@ from gateway.cli.main import app
 from gateway.core.caller import Role
 from tests.conftest import Stack
 from tests.gateway.conftest import Disclosure, audit_stub, client_args, coopgate
+from tests.helpers import run_coopgate
 
 
 async def saved_checkpoint(stack: Stack, tmp_path: Path) -> tuple[Path, str]:
@@ -182,3 +183,31 @@ async def test_query_prove_and_subject_report_from_the_command_line(
 def test_usage_errors_exit_2(args: list[str], code: int) -> None:
     result = CliRunner().invoke(app, args)
     assert result.exit_code == code, result.output
+
+
+async def test_query_at_80_columns_shows_whole_ids_and_an_empty_report_says_so(
+    stack: Stack, disclosure: Disclosure
+) -> None:
+    code, out, err = await run_coopgate(
+        "audit", "query", *client_args(stack, "coopgate", Role.COMPLIANCE),
+        "--case", disclosure.case_id, "--kind", "access", "--decision", "allow",
+        columns=80,
+    )  # fmt: skip
+    assert code == 0, err
+    assert disclosure.case_id in out
+    assert max(len(line) for line in out.splitlines()) <= 80
+
+    code, out, err = await run_coopgate(
+        "audit", "subject-report", *client_args(stack, "bank-a", Role.ADVISOR),
+        "--customer", disclosure.customer, "--since", "2999-01-01T00:00:00Z",
+        columns=80,
+    )  # fmt: skip
+    assert code == 0, err
+    assert out.strip() == "no disclosures found"
+
+    code, out, err = await run_coopgate(
+        "audit", "query", *client_args(stack, "coopgate", Role.COMPLIANCE),
+        "--case", "case-none", columns=80,
+    )  # fmt: skip
+    assert code == 0, err
+    assert out.strip() == "no audit entries match"

@@ -115,3 +115,38 @@ async def test_open_prints_the_new_case_id(stack: Stack, unique: Callable[[str],
     )
     assert code == 2
     assert "unknown channel 'pigeon'" in err
+
+
+async def test_list_at_80_columns_shows_whole_ids_and_says_when_there_are_none(
+    stack: Stack, unique: Callable[[str], str]
+) -> None:
+    bank = stack.api("bank-a", Role.ADVISOR)
+    customer = unique("cust")
+    opened = await bank.cases.OpenCase(
+        cases_pb2.OpenCaseRequest(
+            idempotency_key=unique("k"),
+            service_id="nfc-payment",
+            customer_local_id=customer,
+            channel=common_pb2.CHANNEL_PHONE,
+            summary="phone payment refused at the till",
+        )
+    )
+    bank_args = client_args(stack, "bank-a", Role.ADVISOR)
+    code, out, err = await run_coopgate(
+        "case", "list", *bank_args, "--customer", customer, columns=80
+    )
+    assert code == 0, err
+    assert opened.case_id in out
+    assert "nfc-payment" in out
+    assert max(len(line) for line in out.splitlines()) <= 80
+    # Wide enough, the same as a table.
+    code, out, err = await run_coopgate("case", "list", *bank_args, "--customer", customer)
+    assert code == 0, err
+    assert opened.case_id in out
+    assert "┃ case" in out
+
+    code, out, err = await run_coopgate(
+        "case", "list", *bank_args, "--customer", unique("nobody"), columns=80
+    )
+    assert code == 0, err
+    assert out.strip() == "no cases"
