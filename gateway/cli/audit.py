@@ -1,8 +1,9 @@
 """`coopgate audit`: the audit log for compliance officers and anyone who verifies.
 
 `query`, `export`, `checkpoint`, `prove` and `subject-report` ask the gateway over
-mTLS. The `verify-*` commands (`gateway.cli.audit_verify`) are offline checks for someone who does not trust the
-gateway: they use only what is on the command line and in the files named there.
+mTLS. The `verify-*` commands (`gateway.cli.audit_verify`) are offline checks for
+someone who does not trust the gateway: they use only what is on the command line and
+in the files named there.
 Exit 0 when a command or check succeeds, 1 when a check fails, an argument or file
 is malformed or the gateway refuses, 2 on a usage error.
 """
