@@ -179,8 +179,10 @@ class Identity:
                 .where(link_codes.c.code_hash == row.code_hash)
                 .values(used_at=_now())
             )
-            subject = await self._link(
+            subject = await _link(
                 conn,
+                self.local_ids,
+                self.audit,
                 caller,
                 self.local_ids.digest(caller.partner_id, request.customer_local_id),
                 row.subject_id,
@@ -315,8 +317,14 @@ class Identity:
                 .where(match_proposals.c.match_id == row.match_id)
                 .values(confirmed_at=_now())
             )
-            subject = await self._link(
-                conn, caller, bytes(row.local_hash), row.subject_id, method="identifier-match"
+            subject = await _link(
+                conn,
+                self.local_ids,
+                self.audit,
+                caller,
+                bytes(row.local_hash),
+                row.subject_id,
+                method="identifier-match",
             )
             return identity_pb2.ConfirmMatchResponse(
                 subject_id=self.pseudonyms.for_partner(caller.partner_id, subject)
@@ -384,51 +392,53 @@ class Identity:
             subject_id=self.pseudonyms.for_partner(caller.partner_id, subject)
         )
 
-    async def _link(
-        self,
-        conn: AsyncConnection,
-        caller: Caller,
-        local_hash: bytes,
-        target: str,
-        *,
-        method: str,
-        local_id: str | None = None,
-    ) -> str:
-        """Join the caller's customer id (found by its hash; ``local_id`` when it may be
-        new) to ``target``; if it had a subject of its own, merge that subject (its
-        cases, consents and other links) into it."""
-        current = await self.local_ids.subject_by_hash(conn, caller.partner_id, local_hash)
-        merged = ""
-        if current is None:
-            if local_id is None:
-                # A match proposal's customer was linked when it was proposed.
-                raise FailedPrecondition(
-                    "the customer of this match is no longer known", reason="MATCH_CLOSED"
-                )
-            await self.local_ids.link(conn, caller.partner_id, local_id, target)
-        elif current != target:
-            merged = current
-            await self.local_ids.move(conn, current, target)
-            for table in _FOLLOW_THE_SUBJECT:
-                await conn.execute(
-                    update(table).where(table.c.subject_id == current).values(subject_id=target)
-                )
-            await conn.execute(delete(subjects).where(subjects.c.subject_id == current))
-        await self.audit.record_in(
-            conn,
-            [
-                AuditRecord(
-                    kind="identity",
-                    action="identity.linked",
-                    actor_partner_id=caller.partner_id,
-                    actor_person_id=caller.person_id,
-                    subject_id=target,
-                    reason=method,
-                    details=(("merged_subject", merged),) if merged else (),
-                )
-            ],
-        )
-        return target
+
+async def _link(
+    conn: AsyncConnection,
+    local_ids: LocalIds,
+    audit: AuditLog,
+    caller: Caller,
+    local_hash: bytes,
+    target: str,
+    *,
+    method: str,
+    local_id: str | None = None,
+) -> str:
+    """Join the caller's customer id (found by its hash; ``local_id`` when it may be
+    new) to ``target``; if it had a subject of its own, merge that subject (its
+    cases, consents and other links) into it."""
+    current = await local_ids.subject_by_hash(conn, caller.partner_id, local_hash)
+    merged = ""
+    if current is None:
+        if local_id is None:
+            # A match proposal's customer was linked when it was proposed.
+            raise FailedPrecondition(
+                "the customer of this match is no longer known", reason="MATCH_CLOSED"
+            )
+        await local_ids.link(conn, caller.partner_id, local_id, target)
+    elif current != target:
+        merged = current
+        await local_ids.move(conn, current, target)
+        for table in _FOLLOW_THE_SUBJECT:
+            await conn.execute(
+                update(table).where(table.c.subject_id == current).values(subject_id=target)
+            )
+        await conn.execute(delete(subjects).where(subjects.c.subject_id == current))
+    await audit.record_in(
+        conn,
+        [
+            AuditRecord(
+                kind="identity",
+                action="identity.linked",
+                actor_partner_id=caller.partner_id,
+                actor_person_id=caller.person_id,
+                subject_id=target,
+                reason=method,
+                details=(("merged_subject", merged),) if merged else (),
+            )
+        ],
+    )
+    return target
 
 
 def _code_hash(code: str) -> bytes:
