@@ -57,6 +57,7 @@ from gateway.orchestration.activities import IncidentActivities
 from gateway.orchestration.temporal import TemporalIncidents, connect, create_worker
 from gateway.settings import Settings
 from gateway.store import Store, create_store, migrate
+from gateway.store.localids import LocalIdIndex
 from gateway.work.delivery import PartnerWork
 
 log = logging.getLogger(__name__)
@@ -287,7 +288,8 @@ async def open_runtime(
     checkpoints: asyncio.Task[None] | None = None
     retention: asyncio.Task[None] | None = None
     try:
-        await migrate(store)
+        store.local_ids = LocalIdIndex(read_secret(settings.secrets_dir / "identifier.key"))
+        await migrate(store, secrets_dir=settings.secrets_dir)
         if client is None:
             client = await connect(settings)
         pseudonyms = Pseudonyms.from_file(settings.secrets_dir / "pseudonym.key")
@@ -305,7 +307,7 @@ async def open_runtime(
         feed = CaseFeed(store, slow_after=settings.slow_watcher_seconds)
         sealer = Sealer(read_secret(settings.secrets_dir / "master.key"))
         cases = Cases(store, pseudonyms, incidents, rules, vocabulary, feed, sealer)
-        consents = Consents(store, vocabulary, pseudonyms, signer, audit, rules)
+        consents = Consents(store, vocabulary, pseudonyms, signer, audit, rules, sealer)
         agreements = SharingAgreements(store, vocabulary, audit)
         if seed:
             await catalog.seed(admin)
@@ -332,7 +334,7 @@ async def open_runtime(
                 cases=cases,
                 consents=consents,
                 work=PartnerWork(store, audit),
-                identity=Identity(store, pseudonyms, identifier_hasher, audit),
+                identity=Identity(store, pseudonyms, identifier_hasher, audit, sealer),
                 erasure=erasure,
                 audit=Audit(store, checkpointer, pseudonyms, audit),
             ),

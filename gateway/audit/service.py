@@ -345,7 +345,10 @@ class Audit:
                 await conn.execute(
                     select(subject_links.c.subject_id).where(
                         subject_links.c.partner_id == caller.partner_id,
-                        subject_links.c.local_id == request.customer_local_id,
+                        subject_links.c.local_hash
+                        == self.store.local_ids.digest(
+                            caller.partner_id, request.customer_local_id
+                        ),
                     )
                 )
             ).scalar()

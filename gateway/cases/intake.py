@@ -31,7 +31,7 @@ from gateway.core.errors import (
     PermissionDenied,
 )
 from gateway.crypto.sealing import Sealer
-from gateway.identity.subjects import subject_for
+from gateway.identity.subjects import LocalIds
 from gateway.store import Store
 from gateway.store.idempotency import run_once
 from gateway.store.schema import case_participants, cases
@@ -63,6 +63,7 @@ class CaseIntake:
         self.incidents = incidents
         self.vocabulary = vocabulary
         self.sealer = sealer
+        self.local_ids = LocalIds(store, sealer)
         self.reader = reader
 
     async def open_case(
@@ -79,7 +80,9 @@ class CaseIntake:
                     f"{service.service_id!r}",
                     reason="NOT_IN_SERVICE_CHAIN",
                 )
-            subject_id = await subject_for(conn, caller.partner_id, request.customer_local_id)
+            subject_id = await self.local_ids.subject_for(
+                conn, caller.partner_id, request.customer_local_id
+            )
             now = _now()
             recent = (
                 await conn.execute(

@@ -64,7 +64,8 @@ class CaseListing:
         if request.customer_local_id:
             linked = select(subject_links.c.subject_id).where(
                 subject_links.c.partner_id == caller.partner_id,
-                subject_links.c.local_id == request.customer_local_id,
+                subject_links.c.local_hash
+                == self.store.local_ids.digest(caller.partner_id, request.customer_local_id),
             )
             query = query.where(cases.c.subject_id.in_(linked))
         if request.page.page_token:

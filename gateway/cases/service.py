@@ -29,7 +29,7 @@ from gateway.store import Store
 class Cases:
     """The parts of the case service, made over the same store, rules and keys."""
 
-    __slots__ = ("intake", "listing", "progress", "reader", "views", "watching")
+    __slots__ = ("intake", "listing", "local_ids", "progress", "reader", "views", "watching")
 
     def __init__(
         self,
@@ -45,6 +45,8 @@ class Cases:
         self.reader = CaseReader(pseudonyms, rules, vocabulary, sealer)
         #: Opening a case, interactions and findings.
         self.intake = CaseIntake(store, incidents, vocabulary, sealer, self.reader)
+        #: Partners' own ids for the customers (found by keyed hash, kept sealed).
+        self.local_ids = self.intake.local_ids
         #: Ownership answers, resolution, the customer's answer, recorded statuses.
         self.progress = CaseProgress(store, incidents, sealer, self.reader)
         #: The combined view, kept as served.

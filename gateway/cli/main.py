@@ -112,9 +112,10 @@ def migrate(data_dir: DataDir = None) -> None:
     from gateway.store import migrate as do_migrate
 
     async def go() -> None:
-        store = create_store(_settings(data_dir).effective_database_url)
+        settings = _settings(data_dir)
+        store = create_store(settings.effective_database_url)
         try:
-            await do_migrate(store)
+            await do_migrate(store, secrets_dir=settings.secrets_dir)
         finally:
             await store.close()
 

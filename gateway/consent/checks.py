@@ -14,6 +14,7 @@ from gateway.consent.vocabulary import Vocabulary
 from gateway.core.caller import Caller
 from gateway.core.errors import FailedPrecondition, FieldViolation, InvalidArgument, NotFound
 from gateway.crypto.pki import PARTNER_ID_PATTERN
+from gateway.store.localids import LocalIdIndex
 from gateway.store.schema import partners, sharing_agreements, subject_links
 
 
@@ -88,13 +89,15 @@ def involves(definition: bytes, partner_id: str) -> bool:
     )
 
 
-async def own_customer(conn: AsyncConnection, caller: Caller, local_id: str) -> str:
+async def own_customer(
+    conn: AsyncConnection, index: LocalIdIndex, caller: Caller, local_id: str
+) -> str:
     """The subject behind one of the caller's own customer ids."""
     subject = (
         await conn.execute(
             select(subject_links.c.subject_id).where(
                 subject_links.c.partner_id == caller.partner_id,
-                subject_links.c.local_id == local_id,
+                subject_links.c.local_hash == index.digest(caller.partner_id, local_id),
             )
         )
     ).scalar()
@@ -109,7 +112,7 @@ async def own_customer(conn: AsyncConnection, caller: Caller, local_id: str) -> 
 async def knows_subject(conn: AsyncConnection, partner_id: str, subject_id: str) -> bool:
     return (
         await conn.execute(
-            select(subject_links.c.local_id)
+            select(subject_links.c.partner_id)
             .where(
                 subject_links.c.partner_id == partner_id, subject_links.c.subject_id == subject_id
             )

@@ -29,6 +29,7 @@ from gateway.consent.vocabulary import Vocabulary
 from gateway.core.caller import Caller, Role
 from gateway.core.errors import FailedPrecondition, InvalidArgument, NotFound, PermissionDenied
 from gateway.crypto.pseudonyms import Pseudonyms
+from gateway.crypto.sealing import Sealer
 from gateway.store import Store
 from gateway.store.idempotency import run_once
 from gateway.store.schema import consent_events, consents
@@ -53,6 +54,7 @@ class Consents:
         signer: ReceiptSigner,
         audit: AuditLog,
         rules: ConsentRules,
+        sealer: Sealer,
     ) -> None:
         self.rules = rules
         self.store = store
@@ -60,7 +62,7 @@ class Consents:
         self.pseudonyms = pseudonyms
         self.signer = signer
         self.audit = audit
-        self.requests = ConsentRequests(store, vocabulary, audit)
+        self.requests = ConsentRequests(store, vocabulary, audit, sealer)
 
     async def grant(
         self, caller: Caller, request: consents_pb2.GrantConsentRequest
@@ -69,7 +71,9 @@ class Consents:
 
         async def action(conn: AsyncConnection) -> consents_pb2.GrantConsentResponse:
             now = _now()
-            subject_id = await own_customer(conn, caller, request.customer_local_id)
+            subject_id = await own_customer(
+                conn, self.store.local_ids, caller, request.customer_local_id
+            )
             await require_partners(
                 conn, [request.source_partner_id, *request.recipient_partner_ids]
             )
@@ -200,7 +204,9 @@ class Consents:
         query = select(consents.c.consent_id, consents.c.subject_id, consents.c.definition)
         async with self.store.read() as conn:
             if request.customer_local_id:
-                subject_id = await own_customer(conn, caller, request.customer_local_id)
+                subject_id = await own_customer(
+                    conn, self.store.local_ids, caller, request.customer_local_id
+                )
                 query = query.where(consents.c.subject_id == subject_id)
             elif request.subject_id:
                 subject_id = self.pseudonyms.resolve(caller.partner_id, request.subject_id)

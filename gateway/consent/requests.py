@@ -17,13 +17,14 @@ from gateway.consent.vocabulary import Vocabulary
 from gateway.core.caller import Caller
 from gateway.core.errors import FailedPrecondition, FieldViolation, InvalidArgument, NotFound
 from gateway.crypto.pki import PARTNER_ID_PATTERN
+from gateway.crypto.sealing import Sealer
+from gateway.identity.subjects import LocalIds
 from gateway.store import Store
 from gateway.store.idempotency import run_once
 from gateway.store.schema import (
     case_participants,
     cases,
     consent_requests,
-    subject_links,
     work_items,
 )
 
@@ -31,10 +32,13 @@ from gateway.store.schema import (
 class ConsentRequests:
     """Requesting consents, and refusing those requests."""
 
-    def __init__(self, store: Store, vocabulary: Vocabulary, audit: AuditLog) -> None:
+    def __init__(
+        self, store: Store, vocabulary: Vocabulary, audit: AuditLog, sealer: Sealer
+    ) -> None:
         self.store = store
         self.vocabulary = vocabulary
         self.audit = audit
+        self.local_ids = LocalIds(store, sealer)
 
     async def request(
         self, caller: Caller, request: consents_pb2.RequestConsentRequest
@@ -69,15 +73,8 @@ class ConsentRequests:
             if case is None:
                 raise NotFound(f"case {request.case_id!r} not found", reason="CASE_NOT_FOUND")
             relay = case.relationship_owner_id or case.first_contact_partner_id
-            local = (
-                await conn.execute(
-                    select(subject_links.c.local_id).where(
-                        subject_links.c.partner_id == relay,
-                        subject_links.c.subject_id == case.subject_id,
-                    )
-                )
-            ).scalar()
-            if local is None:
+            local = await self.local_ids.local_id(conn, relay, case.subject_id)
+            if not local:
                 raise FailedPrecondition(
                     f"partner {relay!r} cannot reach this customer", reason="NO_CHANNEL_TO_CUSTOMER"
                 )

@@ -20,13 +20,21 @@ from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 from sqlalchemy import Connection, bindparam, insert, select, update
 from sqlalchemy.ext.asyncio import AsyncConnection
 
-from gateway.store.schema import case_keys, cases
+from gateway.store.schema import case_keys, cases, subject_keys
 
 NONCE = 12
 ERASED_TEXT = "[erased at the customer's request]"
 
 
 _KEY = select(case_keys.c.wrapped_key).where(case_keys.c.case_id == bindparam("case_id"))
+_SUBJECT_KEY = select(subject_keys.c.wrapped_key).where(
+    subject_keys.c.subject_id == bindparam("subject_id")
+)
+
+
+def subject_key_name(subject_id: str) -> str:
+    """What a subject's key is wrapped for (the associated data), distinct from any case id."""
+    return f"subject:{subject_id}"
 
 
 class Missing:
@@ -55,6 +63,28 @@ class Sealer:
         wrapped = nonce + self._master.encrypt(nonce, key, case_id.encode())
         await conn.execute(insert(case_keys).values(case_id=case_id, wrapped_key=wrapped))
         return AESGCM(key)
+
+    async def create_subject_key(self, conn: AsyncConnection, subject_id: str) -> AESGCM:
+        """A new subject's own key (it seals partners' local ids for the customer)."""
+        key = AESGCM.generate_key(bit_length=256)
+        nonce = os.urandom(NONCE)
+        wrapped = nonce + self._master.encrypt(nonce, key, subject_key_name(subject_id).encode())
+        await conn.execute(insert(subject_keys).values(subject_id=subject_id, wrapped_key=wrapped))
+        return AESGCM(key)
+
+    async def subject_key(self, conn: AsyncConnection, subject_id: str) -> AESGCM | None:
+        """The subject's key, or None once erased (or for a subject that has none)."""
+        wrapped = (await conn.execute(_SUBJECT_KEY, {"subject_id": subject_id})).scalar()
+        return self.unwrap(subject_key_name(subject_id), wrapped)
+
+    @staticmethod
+    async def destroy_subject_key(conn: AsyncConnection, subject_id: str) -> None:
+        """Destroy the subject's key (erasure): what it sealed can no longer be read."""
+        await conn.execute(
+            update(subject_keys)
+            .where(subject_keys.c.subject_id == subject_id, subject_keys.c.wrapped_key.is_not(None))
+            .values(wrapped_key=None, destroyed_at=dt.datetime.now(dt.UTC))
+        )
 
     async def key(self, conn: AsyncConnection, case_id: str) -> AESGCM | None:
         """The case's key, or None once erased."""

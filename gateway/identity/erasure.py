@@ -23,7 +23,7 @@ from gateway.audit.log import AuditLog, AuditRecord
 from gateway.core.caller import Caller
 from gateway.core.errors import NotFound
 from gateway.crypto.sealing import Sealer
-from gateway.identity.subjects import linked_subject, require_local_id
+from gateway.identity.subjects import LocalIds, require_local_id
 from gateway.store import Store
 from gateway.store.idempotency import erase_responses, run_once
 from gateway.store.schema import (
@@ -137,6 +137,7 @@ class Erasure:
         self.sealer = sealer
         self.store = store
         self.audit = audit
+        self.local_ids = LocalIds(store, sealer)
 
     async def erase(
         self, caller: Caller, request: identity_pb2.EraseCustomerRequest
@@ -145,20 +146,13 @@ class Erasure:
         require_local_id(request.customer_local_id)
 
         async def action(conn: AsyncConnection) -> identity_pb2.EraseCustomerResponse:
-            subject = await linked_subject(conn, caller.partner_id, request.customer_local_id)
+            subject = await self.local_ids.linked_subject(
+                conn, caller.partner_id, request.customer_local_id
+            )
             if subject is None:
                 raise NotFound("no such customer of yours", reason="UNKNOWN_CUSTOMER")
             erased = await self.sealer.erase(conn, subject)
-            links = [
-                (str(partner_id), str(local_id))
-                for partner_id, local_id in (
-                    await conn.execute(
-                        select(subject_links.c.partner_id, subject_links.c.local_id).where(
-                            subject_links.c.subject_id == subject
-                        )
-                    )
-                ).all()
-            ]
+            links = await self.local_ids.links(conn, subject)
             notices = await self._notify(conn, subject, erased, links)
             await shred_cases(conn, self.sealer, erased)
             await erase_responses(conn, subject_id=subject)
@@ -218,16 +212,22 @@ class Erasure:
 
     @staticmethod
     async def _forget(conn: AsyncConnection, subject: str, links: list[tuple[str, str]]) -> None:
-        """Every partner's link to the customer, and their consents, go."""
+        """Every partner's link to the customer, and their consents, go; the subject's
+        key (which sealed the partners' local ids) is destroyed."""
         if links:
+            linked = select(subject_links.c.partner_id, subject_links.c.local_hash).where(
+                subject_links.c.subject_id == subject
+            )
             await conn.execute(
                 delete(identifier_hashes).where(
-                    tuple_(identifier_hashes.c.partner_id, identifier_hashes.c.local_id).in_(links)
+                    tuple_(identifier_hashes.c.partner_id, identifier_hashes.c.local_hash).in_(
+                        linked
+                    )
                 )
             )
             await conn.execute(
                 delete(match_proposals).where(
-                    tuple_(match_proposals.c.partner_id, match_proposals.c.local_id).in_(links)
+                    tuple_(match_proposals.c.partner_id, match_proposals.c.local_hash).in_(linked)
                 )
             )
         await conn.execute(delete(consent_requests).where(consent_requests.c.subject_id == subject))
@@ -235,6 +235,7 @@ class Erasure:
         await conn.execute(delete(consents).where(consents.c.subject_id == subject))
         for table in (subject_links, link_codes, match_proposals):
             await conn.execute(delete(table).where(table.c.subject_id == subject))
+        await Sealer.destroy_subject_key(conn, subject)
 
     async def expire(self, retention: dt.timedelta, now: dt.datetime | None = None) -> int:
         """Shred every case closed for longer than ``retention`` (storage limitation,

@@ -25,7 +25,8 @@ from gateway.audit.log import AuditLog, AuditRecord
 from gateway.core.caller import Caller, Role
 from gateway.core.errors import FailedPrecondition, FieldViolation, InvalidArgument, NotFound
 from gateway.crypto.pseudonyms import Pseudonyms
-from gateway.identity.subjects import linked_subject, require_local_id, subject_for
+from gateway.crypto.sealing import Sealer
+from gateway.identity.subjects import LocalIds, require_local_id
 from gateway.store import Store
 from gateway.store.idempotency import run_once
 from gateway.store.schema import (
@@ -48,9 +49,9 @@ MAX_IDENTIFIERS = 10
 DEFAULT_COUNTRY_CODE = "33"
 _EMAIL = re.compile(r"^[^@\s]+@[^@\s]+\.[^@\s]+$")
 #: What a merge of subjects moves to the subject kept (stored answers too, so that
-#: erasing the merged customer reaches those given before the merge).
+#: erasing the merged customer reaches those given before the merge), besides the
+#: partners' links (`LocalIds.move`: their ids are sealed again under its key).
 _FOLLOW_THE_SUBJECT = (
-    subject_links,
     cases,
     consents,
     consent_requests,
@@ -108,11 +109,13 @@ class Identity:
         pseudonyms: Pseudonyms,
         hasher: IdentifierHasher,
         audit: AuditLog,
+        sealer: Sealer,
     ) -> None:
         self.store = store
         self.pseudonyms = pseudonyms
         self.hasher = hasher
         self.audit = audit
+        self.local_ids = LocalIds(store, sealer)
 
     async def issue_link_code(
         self, caller: Caller, request: identity_pb2.IssueLinkCodeRequest
@@ -121,7 +124,9 @@ class Identity:
         require_local_id(request.customer_local_id)
 
         async def action(conn: AsyncConnection) -> identity_pb2.IssueLinkCodeResponse:
-            subject = await subject_for(conn, caller.partner_id, request.customer_local_id)
+            subject = await self.local_ids.subject_for(
+                conn, caller.partner_id, request.customer_local_id
+            )
             code = "".join(secrets.choice(CODE_ALPHABET) for _ in range(CODE_LENGTH))
             expires = _now() + CODE_LIFETIME
             await conn.execute(
@@ -174,8 +179,15 @@ class Identity:
                 .where(link_codes.c.code_hash == row.code_hash)
                 .values(used_at=_now())
             )
-            subject = await self._link(
-                conn, caller, request.customer_local_id, row.subject_id, method="link-code"
+            subject = await _link(
+                conn,
+                self.local_ids,
+                self.audit,
+                caller,
+                self.local_ids.digest(caller.partner_id, request.customer_local_id),
+                row.subject_id,
+                method="link-code",
+                local_id=request.customer_local_id,
             )
             return identity_pb2.RedeemLinkCodeResponse(
                 subject_id=self.pseudonyms.for_partner(caller.partner_id, subject)
@@ -211,13 +223,16 @@ class Identity:
             raise InvalidArgument(violations)
 
         async def action(conn: AsyncConnection) -> identity_pb2.RegisterIdentifiersResponse:
-            own = await subject_for(conn, caller.partner_id, request.customer_local_id)
+            own = await self.local_ids.subject_for(
+                conn, caller.partner_id, request.customer_local_id
+            )
+            local_hash = self.local_ids.digest(caller.partner_id, request.customer_local_id)
             for kind, digest in digests:
                 exists = (
                     await conn.execute(
                         select(identifier_hashes.c.digest).where(
                             identifier_hashes.c.partner_id == caller.partner_id,
-                            identifier_hashes.c.local_id == request.customer_local_id,
+                            identifier_hashes.c.local_hash == local_hash,
                             identifier_hashes.c.kind == kind,
                             identifier_hashes.c.digest == digest,
                         )
@@ -227,7 +242,7 @@ class Identity:
                     await conn.execute(
                         insert(identifier_hashes).values(
                             partner_id=caller.partner_id,
-                            local_id=request.customer_local_id,
+                            local_hash=local_hash,
                             kind=kind,
                             digest=digest,
                         )
@@ -238,7 +253,7 @@ class Identity:
                     .join(
                         subject_links,
                         (subject_links.c.partner_id == identifier_hashes.c.partner_id)
-                        & (subject_links.c.local_id == identifier_hashes.c.local_id),
+                        & (subject_links.c.local_hash == identifier_hashes.c.local_hash),
                     )
                     .where(
                         identifier_hashes.c.digest.in_([d for _, d in digests]),
@@ -258,7 +273,7 @@ class Identity:
                     insert(match_proposals).values(
                         match_id=match_id,
                         partner_id=caller.partner_id,
-                        local_id=request.customer_local_id,
+                        local_hash=local_hash,
                         subject_id=subject,
                         matched_on=",".join(str(k) for k in sorted(kinds)),
                         expires_at=expires,
@@ -302,8 +317,14 @@ class Identity:
                 .where(match_proposals.c.match_id == row.match_id)
                 .values(confirmed_at=_now())
             )
-            subject = await self._link(
-                conn, caller, row.local_id, row.subject_id, method="identifier-match"
+            subject = await _link(
+                conn,
+                self.local_ids,
+                self.audit,
+                caller,
+                bytes(row.local_hash),
+                row.subject_id,
+                method="identifier-match",
             )
             return identity_pb2.ConfirmMatchResponse(
                 subject_id=self.pseudonyms.for_partner(caller.partner_id, subject)
@@ -323,18 +344,18 @@ class Identity:
         require_local_id(request.customer_local_id)
 
         async def action(conn: AsyncConnection) -> identity_pb2.UnlinkResponse:
-            current = await linked_subject(conn, caller.partner_id, request.customer_local_id)
+            current = await self.local_ids.linked_subject(
+                conn, caller.partner_id, request.customer_local_id
+            )
             if current is None:
                 raise NotFound("no such customer of yours", reason="UNKNOWN_CUSTOMER")
-            fresh = uuid.uuid4().hex
-            await conn.execute(insert(subjects).values(subject_id=fresh, created_at=_now()))
-            await conn.execute(
-                update(subject_links)
-                .where(
-                    subject_links.c.partner_id == caller.partner_id,
-                    subject_links.c.local_id == request.customer_local_id,
-                )
-                .values(subject_id=fresh, linked_at=_now())
+            fresh = await self.local_ids.new_subject(conn)
+            await self.local_ids.move(
+                conn,
+                current,
+                fresh,
+                partner_id=caller.partner_id,
+                local_id=request.customer_local_id,
             )
             await self.audit.record_in(
                 conn,
@@ -362,51 +383,62 @@ class Identity:
         caller.require(Role.PARTNER, Role.ADVISOR)
         require_local_id(request.customer_local_id)
         async with self.store.read() as conn:
-            subject = await linked_subject(conn, caller.partner_id, request.customer_local_id)
+            subject = await self.local_ids.linked_subject(
+                conn, caller.partner_id, request.customer_local_id
+            )
         if subject is None:
             raise NotFound("no such customer of yours", reason="UNKNOWN_CUSTOMER")
         return identity_pb2.ResolveSubjectResponse(
             subject_id=self.pseudonyms.for_partner(caller.partner_id, subject)
         )
 
-    async def _link(
-        self, conn: AsyncConnection, caller: Caller, local_id: str, target: str, *, method: str
-    ) -> str:
-        """Join the caller's customer id to ``target``; if it had a subject of its
-        own, merge that subject (its cases, consents and other links) into it."""
-        current = await linked_subject(conn, caller.partner_id, local_id)
-        merged = ""
-        if current is None:
-            await conn.execute(
-                insert(subject_links).values(
-                    partner_id=caller.partner_id,
-                    local_id=local_id,
-                    subject_id=target,
-                    linked_at=_now(),
-                )
+
+async def _link(
+    conn: AsyncConnection,
+    local_ids: LocalIds,
+    audit: AuditLog,
+    caller: Caller,
+    local_hash: bytes,
+    target: str,
+    *,
+    method: str,
+    local_id: str | None = None,
+) -> str:
+    """Join the caller's customer id (found by its hash; ``local_id`` when it may be
+    new) to ``target``; if it had a subject of its own, merge that subject (its
+    cases, consents and other links) into it."""
+    current = await local_ids.subject_by_hash(conn, caller.partner_id, local_hash)
+    merged = ""
+    if current is None:
+        if local_id is None:
+            # A match proposal's customer was linked when it was proposed.
+            raise FailedPrecondition(
+                "the customer of this match is no longer known", reason="MATCH_CLOSED"
             )
-        elif current != target:
-            merged = current
-            for table in _FOLLOW_THE_SUBJECT:
-                await conn.execute(
-                    update(table).where(table.c.subject_id == current).values(subject_id=target)
-                )
-            await conn.execute(delete(subjects).where(subjects.c.subject_id == current))
-        await self.audit.record_in(
-            conn,
-            [
-                AuditRecord(
-                    kind="identity",
-                    action="identity.linked",
-                    actor_partner_id=caller.partner_id,
-                    actor_person_id=caller.person_id,
-                    subject_id=target,
-                    reason=method,
-                    details=(("merged_subject", merged),) if merged else (),
-                )
-            ],
-        )
-        return target
+        await local_ids.link(conn, caller.partner_id, local_id, target)
+    elif current != target:
+        merged = current
+        await local_ids.move(conn, current, target)
+        for table in _FOLLOW_THE_SUBJECT:
+            await conn.execute(
+                update(table).where(table.c.subject_id == current).values(subject_id=target)
+            )
+        await conn.execute(delete(subjects).where(subjects.c.subject_id == current))
+    await audit.record_in(
+        conn,
+        [
+            AuditRecord(
+                kind="identity",
+                action="identity.linked",
+                actor_partner_id=caller.partner_id,
+                actor_person_id=caller.person_id,
+                subject_id=target,
+                reason=method,
+                details=(("merged_subject", merged),) if merged else (),
+            )
+        ],
+    )
+    return target
 
 
 def _code_hash(code: str) -> bytes:

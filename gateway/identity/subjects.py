@@ -1,55 +1,189 @@
 """Subjects: the internal id a customer has at the gateway, which partners' local
-customer ids map to. A subject is created the first time a partner names a customer."""
+customer ids map to. A subject is created the first time a partner names a customer.
+
+A partner's local id is never stored in clear: a link is found by the keyed hash of
+(partner, local id) (`Store.local_ids`, under the identifier key every replica shares),
+and the id is kept sealed under the subject's own key (`subject_keys`, wrapped under
+the master key), for the notices that must name it. Erasure destroys that key."""
 
 from __future__ import annotations
 
 import datetime as dt
 import uuid
 
-from sqlalchemy import insert, select
+from cryptography.hazmat.primitives.ciphers.aead import AESGCM
+from sqlalchemy import insert, select, update
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from gateway.core.errors import InvalidArgument
-from gateway.store.schema import subject_links, subjects
+from gateway.crypto.sealing import Erased, Sealer, subject_key_name
+from gateway.store import Store
+from gateway.store.schema import subject_keys, subject_links, subjects
 
 
 def _now() -> dt.datetime:
     return dt.datetime.now(dt.UTC)
 
 
-async def subject_for(conn: AsyncConnection, partner_id: str, local_id: str) -> str:
-    """The internal subject a partner's local customer id maps to (created on first sight)."""
-    existing = (
+def _aad(subject_id: str, partner_id: str) -> str:
+    return f"{subject_id}/{partner_id}/local-id"
+
+
+class LocalIds:
+    """Partners' own ids for their customers, as the store keeps them."""
+
+    def __init__(self, store: Store, sealer: Sealer) -> None:
+        self.store = store
+        self.sealer = sealer
+
+    def digest(self, partner_id: str, local_id: str) -> bytes:
+        """The keyed hash a link is found by."""
+        return self.store.local_ids.digest(partner_id, local_id)
+
+    async def subject_for(self, conn: AsyncConnection, partner_id: str, local_id: str) -> str:
+        """The internal subject a partner's local customer id maps to (created on first sight)."""
+        local_hash = self.store.local_ids.digest(partner_id, local_id)
+        existing = (
+            await conn.execute(
+                select(subject_links.c.subject_id).where(
+                    subject_links.c.partner_id == partner_id,
+                    subject_links.c.local_hash == local_hash,
+                )
+            )
+        ).scalar()
+        if existing is not None:
+            return str(existing)
+        subject_id = await self.new_subject(conn)
+        await self.link(conn, partner_id, local_id, subject_id)
+        return subject_id
+
+    async def linked_subject(
+        self, conn: AsyncConnection, partner_id: str, local_id: str
+    ) -> str | None:
+        return await self.subject_by_hash(
+            conn, partner_id, self.store.local_ids.digest(partner_id, local_id)
+        )
+
+    @staticmethod
+    async def subject_by_hash(
+        conn: AsyncConnection, partner_id: str, local_hash: bytes
+    ) -> str | None:
+        found = (
+            await conn.execute(
+                select(subject_links.c.subject_id).where(
+                    subject_links.c.partner_id == partner_id,
+                    subject_links.c.local_hash == local_hash,
+                )
+            )
+        ).scalar()
+        return str(found) if found is not None else None
+
+    async def new_subject(self, conn: AsyncConnection) -> str:
+        """A new subject, with its own key."""
+        subject_id = uuid.uuid4().hex
+        await conn.execute(insert(subjects).values(subject_id=subject_id, created_at=_now()))
+        await self.sealer.create_subject_key(conn, subject_id)
+        return subject_id
+
+    async def link(
+        self, conn: AsyncConnection, partner_id: str, local_id: str, subject_id: str
+    ) -> None:
+        """Join the partner's local id to the subject: its hash, and the id sealed."""
+        key = await self.sealer.subject_key(conn, subject_id)
         await conn.execute(
-            select(subject_links.c.subject_id).where(
-                subject_links.c.partner_id == partner_id, subject_links.c.local_id == local_id
+            insert(subject_links).values(
+                partner_id=partner_id,
+                local_hash=self.store.local_ids.digest(partner_id, local_id),
+                sealed_local_id=Sealer.seal(key, local_id.encode(), _aad(subject_id, partner_id)),
+                subject_id=subject_id,
+                linked_at=_now(),
             )
         )
-    ).scalar()
-    if existing is not None:
-        return str(existing)
-    subject_id = uuid.uuid4().hex
-    now = _now()
-    await conn.execute(insert(subjects).values(subject_id=subject_id, created_at=now))
-    await conn.execute(
-        insert(subject_links).values(
-            partner_id=partner_id, local_id=local_id, subject_id=subject_id, linked_at=now
-        )
-    )
-    return subject_id
+
+    async def local_id(self, conn: AsyncConnection, partner_id: str, subject_id: str) -> str:
+        """The partner's own id for this customer, if it has one (never another's)."""
+        row = (
+            await conn.execute(
+                select(subject_links.c.sealed_local_id, subject_keys.c.wrapped_key)
+                .join(subject_keys, subject_keys.c.subject_id == subject_links.c.subject_id)
+                .where(
+                    subject_links.c.partner_id == partner_id,
+                    subject_links.c.subject_id == subject_id,
+                )
+                .order_by(subject_links.c.linked_at)
+                .limit(1)
+            )
+        ).first()
+        if row is None:
+            return ""
+        return self._open(subject_id, partner_id, row.wrapped_key, row.sealed_local_id)
+
+    async def links(self, conn: AsyncConnection, subject_id: str) -> list[tuple[str, str]]:
+        """(partner, its local id) for every partner that knows the customer."""
+        key = await self.sealer.subject_key(conn, subject_id)
+        rows = (
+            await conn.execute(
+                select(subject_links.c.partner_id, subject_links.c.sealed_local_id).where(
+                    subject_links.c.subject_id == subject_id
+                )
+            )
+        ).all()
+        return [
+            (str(partner), _open_with(key, subject_id, str(partner), sealed))
+            for partner, sealed in rows
+        ]
+
+    async def move(
+        self,
+        conn: AsyncConnection,
+        from_subject: str,
+        to_subject: str,
+        *,
+        partner_id: str | None = None,
+        local_id: str | None = None,
+    ) -> None:
+        """The links of ``from_subject`` (a merge), or only the partner's ``local_id``
+        (an unlink, which dates the link anew), join ``to_subject``, their ids sealed
+        again under its key."""
+        old = await self.sealer.subject_key(conn, from_subject)
+        new = await self.sealer.subject_key(conn, to_subject)
+        query = select(
+            subject_links.c.partner_id, subject_links.c.local_hash, subject_links.c.sealed_local_id
+        ).where(subject_links.c.subject_id == from_subject)
+        if partner_id is not None and local_id is not None:
+            query = query.where(
+                subject_links.c.partner_id == partner_id,
+                subject_links.c.local_hash == self.store.local_ids.digest(partner_id, local_id),
+            )
+        for partner, local_hash, sealed in (await conn.execute(query)).all():
+            clear = _open_with(old, from_subject, partner, sealed)
+            values: dict[str, object] = {
+                "subject_id": to_subject,
+                "sealed_local_id": Sealer.seal(new, clear.encode(), _aad(to_subject, partner)),
+            }
+            if local_id is not None:
+                values["linked_at"] = _now()
+            await conn.execute(
+                update(subject_links)
+                .where(
+                    subject_links.c.partner_id == partner, subject_links.c.local_hash == local_hash
+                )
+                .values(values)
+            )
+
+    def _open(self, subject_id: str, partner_id: str, wrapped: bytes | None, sealed: bytes) -> str:
+        key = self.sealer.unwrap(subject_key_name(subject_id), wrapped)
+        return _open_with(key, subject_id, partner_id, sealed)
+
+
+def _open_with(key: AESGCM | None, subject_id: str, partner_id: str, sealed: bytes) -> str:
+    """The sealed local id; "" once the subject's key is destroyed."""
+    try:
+        return Sealer.open(key, bytes(sealed), _aad(subject_id, partner_id)).decode()
+    except Erased:
+        return ""
 
 
 def require_local_id(local_id: str) -> None:
     if not local_id or len(local_id) > 200:
         raise InvalidArgument.field("customer_local_id", "1-200 characters")
-
-
-async def linked_subject(conn: AsyncConnection, partner_id: str, local_id: str) -> str | None:
-    found = (
-        await conn.execute(
-            select(subject_links.c.subject_id).where(
-                subject_links.c.partner_id == partner_id, subject_links.c.local_id == local_id
-            )
-        )
-    ).scalar()
-    return str(found) if found is not None else None

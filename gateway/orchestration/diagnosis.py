@@ -11,7 +11,7 @@ from gateway.cases.service import Cases
 from gateway.consent.rules import ConsentRules, Flow
 from gateway.core.caller import Caller, Role
 from gateway.crypto.pseudonyms import Pseudonyms
-from gateway.orchestration.shared import local_id, ts
+from gateway.orchestration.shared import ts
 from gateway.store import Store
 from gateway.store.schema import cases
 from gateway.work.delivery import enqueue
@@ -43,7 +43,7 @@ class DiagnosisActivities:
                 await conn.execute(select(cases).where(cases.c.case_id == request.case_id))
             ).one()
             reader = Caller(partner_id=request.partner_id, role=Role.PARTNER, person_id="")
-            local = await local_id(conn, request.partner_id, case.subject_id)
+            local = await self._cases.local_ids.local_id(conn, request.partner_id, case.subject_id)
             diagnosis = work_pb2.DiagnosisRequest(
                 request_id=request.request_id,
                 case_id=case.case_id,

@@ -13,7 +13,7 @@ from temporalio import activity
 
 from gateway.cases.rows import CASE_STATUS_CATEGORY, INTERACTION_CATEGORY, append_event
 from gateway.cases.service import Cases
-from gateway.orchestration.shared import local_id, now, tell
+from gateway.orchestration.shared import now, tell
 from gateway.store import Store
 from gateway.store.schema import case_events, case_kpis, case_participants, cases
 from gateway.work.delivery import enqueue
@@ -68,7 +68,9 @@ class FollowUpActivities:
                     customer_notification=work_pb2.CustomerNotification(
                         notification_id=request.notification_id,
                         case_id=case.case_id,
-                        customer_local_id=await local_id(conn, partner, case.subject_id),
+                        customer_local_id=await self._cases.local_ids.local_id(
+                            conn, partner, case.subject_id
+                        ),
                         channel=channel,  # type: ignore[arg-type]
                         milestone=request.milestone,
                         message=request.message,
@@ -185,6 +187,6 @@ async def _last_contact(conn: AsyncConnection, domain: Cases, case: Any) -> tupl
     ).all()
     for event in await domain.reader.open_events(conn, case.case_id, rows):
         interaction = event.item.interaction
-        if await local_id(conn, interaction.partner_id, case.subject_id):
+        if await domain.local_ids.local_id(conn, interaction.partner_id, case.subject_id):
             return interaction.partner_id, interaction.channel
     return case.first_contact_partner_id, case.first_contact_channel

@@ -32,6 +32,7 @@ from sqlalchemy.util import await_only, greenlet_spawn
 
 from gateway.core.errors import Unavailable
 from gateway.store.inline_sqlite import DRIVER as INLINE_DRIVER
+from gateway.store.localids import LocalIdIndex, NoLocalIdIndex
 
 log = logging.getLogger(__name__)
 
@@ -156,6 +157,9 @@ class Store:
         self._driver_pool: asyncpg.Pool | None = None
         self._driver_pool_size = driver_pool_size
         self._driver_pool_opening = asyncio.Lock()
+        #: The keyed hash of partners' local customer ids (set from the gateway's
+        #: identifier key when the runtime opens; none on a bare store).
+        self.local_ids: LocalIdIndex = NoLocalIdIndex()
 
     @asynccontextmanager
     async def read(self) -> AsyncIterator[AsyncConnection]:

@@ -27,6 +27,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 from gateway.core.caller import Caller
 from gateway.core.errors import FailedPrecondition, InvalidArgument
 from gateway.store import Store
+from gateway.store.localids import LocalIdIndex
 from gateway.store.schema import idempotency_keys, subject_links
 
 R = TypeVar("R", bound=Message)
@@ -94,7 +95,7 @@ def _case_of(message: Message) -> str:
 
 
 async def _concerns(
-    conn: AsyncConnection, caller: Caller, request: Message, response: Message
+    conn: AsyncConnection, index: LocalIdIndex, caller: Caller, request: Message, response: Message
 ) -> tuple[str | None, str | None]:
     """The subject and case a call concerned, for erasure to find its stored response."""
     case_id = _case_of(request) or _case_of(response) or None
@@ -106,7 +107,7 @@ async def _concerns(
                 await conn.execute(
                     select(subject_links.c.subject_id).where(
                         subject_links.c.partner_id == caller.partner_id,
-                        subject_links.c.local_id == local_id,
+                        subject_links.c.local_hash == index.digest(caller.partner_id, local_id),
                     )
                 )
             ).scalar()
@@ -135,6 +136,7 @@ async def erase_responses(
 
 async def _remember(
     conn: AsyncConnection,
+    index: LocalIdIndex,
     caller: Caller,
     method: str,
     key: str,
@@ -142,7 +144,7 @@ async def _remember(
     request: Message,
     response: Message,
 ) -> None:
-    subject_id, case_id = await _concerns(conn, caller, request, response)
+    subject_id, case_id = await _concerns(conn, index, caller, request, response)
     await conn.execute(
         insert(idempotency_keys).values(
             partner_id=caller.partner_id,
@@ -180,7 +182,9 @@ async def run_once(
                 if stored is not None:
                     return response_type.FromString(stored), True
                 response = await action(conn)
-                await _remember(conn, caller, method, key, fingerprint, request, response)
+                await _remember(
+                    conn, store.local_ids, caller, method, key, fingerprint, request, response
+                )
                 return response, False
         except IntegrityError as exc:
             # Most likely a concurrent call with the same key won the race:
@@ -216,7 +220,9 @@ async def run_once_external(
     try:
         async with store.write() as conn:
             if await _stored(conn, caller, method, key, fingerprint) is None:
-                await _remember(conn, caller, method, key, fingerprint, request, response)
+                await _remember(
+                    conn, store.local_ids, caller, method, key, fingerprint, request, response
+                )
     except IntegrityError:
         pass  # a concurrent duplicate stored the same outcome first
     return response

@@ -33,6 +33,8 @@ class Protection(StrEnum):
 
     #: AES-256-GCM under the case's own key (case_keys), which erasure destroys.
     SEALED_CASE_KEY = "sealed under the case key"
+    #: AES-256-GCM under the subject's own key (subject_keys), which erasure destroys.
+    SEALED_SUBJECT_KEY = "sealed under the subject key"
     #: AES-256-GCM under the gateway's master key: the row itself is deleted by erasure.
     SEALED_MASTER_KEY = "sealed under the master key"
     #: HMAC-SHA-256 under the gateway's identifier key (DATA_DIR/secrets/identifier.key).
@@ -89,28 +91,42 @@ INVENTORY: dict[str, Entry] = {
     "subject_links.partner_id": Entry(
         Holds.ORGANISATION, Protection.CLEAR, "while the link exists", _DELETED
     ),
-    "subject_links.local_id": Entry(
-        Holds.CUSTOMER_ID,
-        Protection.CLEAR,
-        "while the customer is linked (until erasure or unlink)",
+    "subject_links.local_hash": Entry(
+        Holds.DIGEST,
+        Protection.KEYED_HASH,
+        "while the customer is linked (until erasure)",
         _DELETED + " (SQLite: secure_delete zeroes it, the WAL is truncated)",
     ),
+    "subject_links.sealed_local_id": Entry(
+        Holds.CUSTOMER_ID,
+        Protection.SEALED_SUBJECT_KEY,
+        "while the customer is linked (until erasure)",
+        "subject key destroyed, " + _DELETED + " (SQLite: secure_delete zeroes it, the WAL "
+        "is truncated)",
+    ),
     "subject_links.subject_id": _ref("while the link exists", _DELETED),
+    "subject_keys.subject_id": _ref("for ever (as the subject)"),
+    "subject_keys.wrapped_key": Entry(
+        Holds.REFERENCE,
+        Protection.SEALED_MASTER_KEY,
+        "while the customer exists",
+        "set to NULL: every local id sealed under it becomes unreadable",
+    ),
     "link_codes.code_hash": Entry(Holds.DIGEST, Protection.HASH, "15 minutes of use", _DELETED),
     "link_codes.partner_id": _org("with the code"),
     "link_codes.subject_id": _ref("with the code", _DELETED),
     "identifier_hashes.partner_id": _org("with the identifier"),
-    "identifier_hashes.local_id": Entry(
-        Holds.CUSTOMER_ID, Protection.CLEAR, "while the customer is linked", _DELETED
+    "identifier_hashes.local_hash": Entry(
+        Holds.DIGEST, Protection.KEYED_HASH, "while the customer is linked", _DELETED
     ),
     "identifier_hashes.digest": Entry(
         Holds.DIGEST, Protection.KEYED_HASH, "while the customer is linked", _DELETED
     ),
     "match_proposals.match_id": _ref("24 hours, then unusable", _DELETED),
     "match_proposals.partner_id": _org("with the proposal"),
-    "match_proposals.local_id": Entry(
-        Holds.CUSTOMER_ID,
-        Protection.CLEAR,
+    "match_proposals.local_hash": Entry(
+        Holds.DIGEST,
+        Protection.KEYED_HASH,
         "with the proposal",
         _DELETED + " (every proposal to or from the customer)",
     ),

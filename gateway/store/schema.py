@@ -130,10 +130,28 @@ subject_links = Table(
     "subject_links",
     metadata,
     Column("partner_id", String(63), ForeignKey("partners.partner_id"), primary_key=True),
-    Column("local_id", String(200), primary_key=True),
+    # The partner's own id for the customer is never stored in clear (migration 0009):
+    # it is found by its keyed hash (`gateway.store.localids`) and kept sealed under
+    # the subject's key (subject_keys), which erasure destroys.
+    Column("local_hash", LargeBinary, primary_key=True),
+    Column("sealed_local_id", LargeBinary, nullable=False),
     Column("subject_id", String(64), ForeignKey("subjects.subject_id"), nullable=False),
     Column("linked_at", UtcDateTime, nullable=False),
     Index("ix_subject_links_subject", "subject_id"),
+)
+
+subject_keys = Table(
+    "subject_keys",
+    metadata,
+    Column(
+        "subject_id",
+        String(64),
+        ForeignKey("subjects.subject_id", ondelete="CASCADE"),
+        primary_key=True,
+    ),
+    # The subject's key wrapped under the master key (nonce || AES-GCM); NULL once erased.
+    Column("wrapped_key", LargeBinary, nullable=True),
+    Column("destroyed_at", UtcDateTime, nullable=True),
 )
 
 cases = Table(
@@ -366,7 +384,8 @@ identifier_hashes = Table(
     "identifier_hashes",
     metadata,
     Column("partner_id", String(63), primary_key=True),
-    Column("local_id", String(200), primary_key=True),
+    # The keyed hash of the partner's local id (as subject_links.local_hash).
+    Column("local_hash", LargeBinary, primary_key=True),
     Column("kind", Integer, primary_key=True),
     # HMAC-SHA-256 of the normalised identifier under a gateway secret.
     Column("digest", LargeBinary, primary_key=True),
@@ -377,9 +396,9 @@ match_proposals = Table(
     "match_proposals",
     metadata,
     Column("match_id", String(64), primary_key=True),
-    # The partner whose customer must confirm, and its local id.
+    # The partner whose customer must confirm, and the keyed hash of its local id.
     Column("partner_id", String(63), nullable=False),
-    Column("local_id", String(200), nullable=False),
+    Column("local_hash", LargeBinary, nullable=False),
     # The subject the customer would join.
     Column("subject_id", String(64), ForeignKey("subjects.subject_id"), nullable=False),
     Column("matched_on", String(100), nullable=False),

@@ -37,6 +37,8 @@ from gateway.store.schema import (
     audit_nodes,
     case_keys,
     cases,
+    subject_keys,
+    subject_links,
     work_items,
 )
 from tests.conftest import Api, Stack
@@ -264,6 +266,16 @@ async def test_nothing_readable_survives_erasure_and_every_recipient_is_told(
     before = await _found_at_rest(stack, m.all())
     # The search finds what is there: the local id, the consent, the request's reason.
     assert {"local_id", "consent", "reason"} <= before.keys(), before
+    # The local id only in the messages that name it to its own partner (the consent
+    # prompt, notifications): the links hold its keyed hash and its sealed form only.
+    assert {c for c in before["local_id"] if not c.startswith("file:")} <= {
+        "work_items.item",
+        "consent_requests.prompt",
+    }, before
+    subject = await _linked_and_sealed(stack, "bank-a", m.local_id)
+    async with stack.runtime.store.read() as conn:
+        local_ids = stack.runtime.domain.identity.local_ids
+        assert await local_ids.local_id(conn, "bank-a", subject) == m.local_id
 
     erase = identity_pb2.EraseCustomerRequest(
         idempotency_key=unique("k"), customer_local_id=m.local_id
@@ -299,6 +311,7 @@ async def test_nothing_readable_survives_erasure_and_every_recipient_is_told(
 
     after = await _found_at_rest(stack, m.all())
     assert after == {}, f"found after erasure: {after} (before: {before})"
+    await _unlinked_and_key_destroyed(stack, subject)
 
     async with stack.runtime.store.read() as conn:
         key = select(case_keys.c.wrapped_key).where(case_keys.c.case_id == case_id)
@@ -351,6 +364,97 @@ async def test_nothing_readable_survives_erasure_and_every_recipient_is_told(
             audit_pb2.SubjectAccessReportRequest(customer_local_id=m.local_id)
         )
     assert unknown.value.code() == grpc.StatusCode.NOT_FOUND
+
+
+async def _linked_and_sealed(stack: Stack, partner_id: str, local_id: str) -> str:
+    """The partner's link is found by the keyed hash of its id, whose sealed form opens
+    to it under the subject's key; returns the subject."""
+    runtime = stack.runtime
+    local_ids = runtime.domain.identity.local_ids
+    local_hash = runtime.store.local_ids.digest(partner_id, local_id)
+    async with runtime.store.read() as conn:
+        subject, sealed = (
+            await conn.execute(
+                select(subject_links.c.subject_id, subject_links.c.sealed_local_id).where(
+                    subject_links.c.partner_id == partner_id,
+                    subject_links.c.local_hash == local_hash,
+                )
+            )
+        ).one()
+        assert local_id.encode() not in bytes(sealed)
+        assert (partner_id, local_id) in await local_ids.links(conn, subject)
+    return str(subject)
+
+
+async def _unlinked_and_key_destroyed(stack: Stack, subject: str) -> None:
+    async with stack.runtime.store.read() as conn:
+        assert not (
+            await conn.execute(
+                select(subject_links.c.partner_id).where(subject_links.c.subject_id == subject)
+            )
+        ).all()
+        key = select(subject_keys.c.wrapped_key).where(subject_keys.c.subject_id == subject)
+        assert (await conn.execute(key)).one() == (None,)
+        assert await stack.runtime.domain.identity.local_ids.local_id(conn, "bank-a", subject) == ""
+
+
+async def test_local_ids_are_hashed_and_sealed_before_erasure(stack: Stack, unique: Key) -> None:
+    """Two partners link their ids for one customer (a link code, then a confirmed match
+    that merges a third id's subject into it): no local id is anywhere at rest in clear,
+    in any column nor (SQLite) any file; each opens to its partner, and nothing does
+    once the customer is erased."""
+    tag = uuid.uuid4().hex[:16]
+    bank_id, telco_id, other_id = (f"{p}{tag}-local" for p in ("B", "T", "O"))
+    email = f"m{tag}@example.org"
+    bank = identity_pb2_grpc.IdentityServiceStub(stack.api("bank-a", Role.ADVISOR).channel)
+    telco = identity_pb2_grpc.IdentityServiceStub(stack.api("telco-a", Role.ADVISOR).channel)
+    issued = await bank.IssueLinkCode(
+        identity_pb2.IssueLinkCodeRequest(idempotency_key=unique("k"), customer_local_id=bank_id)
+    )
+    await telco.RedeemLinkCode(
+        identity_pb2.RedeemLinkCodeRequest(
+            idempotency_key=unique("k"), link_code=issued.link_code, customer_local_id=telco_id
+        )
+    )
+    email_id = identity_pb2.Identifier(kind=identity_pb2.IDENTIFIER_KIND_EMAIL, value=email)
+    await bank.RegisterIdentifiers(
+        identity_pb2.RegisterIdentifiersRequest(
+            idempotency_key=unique("k"), customer_local_id=bank_id, identifiers=[email_id]
+        )
+    )
+    proposed = await telco.RegisterIdentifiers(
+        identity_pb2.RegisterIdentifiersRequest(
+            idempotency_key=unique("k"), customer_local_id=other_id, identifiers=[email_id]
+        )
+    )
+    (proposal,) = proposed.proposals
+    markers = {"bank": bank_id, "telco": telco_id, "other": other_id, "email": email}
+    assert await _found_at_rest(stack, markers) == {}
+    await telco.ConfirmMatch(
+        identity_pb2.ConfirmMatchRequest(idempotency_key=unique("k"), match_id=proposal.match_id)
+    )
+    assert await _found_at_rest(stack, markers) == {}
+    subject = await _linked_and_sealed(stack, "bank-a", bank_id)
+    assert await _linked_and_sealed(stack, "telco-a", telco_id) == subject
+    assert await _linked_and_sealed(stack, "telco-a", other_id) == subject  # merged, resealed
+    async with stack.runtime.store.read() as conn:
+        links = await stack.runtime.domain.identity.local_ids.links(conn, subject)
+    assert sorted(links) == sorted(
+        [("bank-a", bank_id), ("telco-a", telco_id), ("telco-a", other_id)]
+    )
+
+    await bank.EraseCustomer(
+        identity_pb2.EraseCustomerRequest(idempotency_key=unique("k"), customer_local_id=bank_id)
+    )
+    await _unlinked_and_key_destroyed(stack, subject)
+    # The notices name each partner's own ids: acknowledged, they are emptied.
+    for partner, local_id in (("bank-a", bank_id), ("telco-a", telco_id), ("telco-a", other_id)):
+
+        def names(notice: work_pb2.ErasureNotice, local_id: str = local_id) -> bool:
+            return notice.customer_local_id == local_id
+
+        await _notice(stack.api(partner), names)
+    assert await _found_at_rest(stack, markers) == {}
 
 
 async def _log_verifies(stack: Stack) -> None:

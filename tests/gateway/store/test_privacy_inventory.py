@@ -44,7 +44,18 @@ def test_customer_data_is_sealed_or_reached_by_erasure() -> None:
     for name, entry in INVENTORY.items():
         if entry.holds in (Holds.CUSTOMER_DATA, Holds.CUSTOMER_ID):
             assert (
-                entry.protection is Protection.SEALED_CASE_KEY
+                entry.protection in (Protection.SEALED_CASE_KEY, Protection.SEALED_SUBJECT_KEY)
                 or "deleted" in entry.erasure
                 or "emptied" in entry.erasure
             ), f"{name}: erasure leaves it readable ({entry.erasure})"
+
+
+def test_no_customer_id_is_stored_in_clear() -> None:
+    """Partners' ids for their customers are found by keyed hash and kept sealed (issue 18)."""
+    for name, entry in INVENTORY.items():
+        if entry.holds is Holds.CUSTOMER_ID:
+            assert entry.protection in (
+                Protection.KEYED_HASH,
+                Protection.SEALED_CASE_KEY,
+                Protection.SEALED_SUBJECT_KEY,
+            ), f"{name}: a customer id in clear"

@@ -88,8 +88,9 @@ async def test_sqlite_runs_with_foreign_keys_and_wal(tmp_path: object) -> None:
             try:
                 await conn.execute(
                     text(
-                        "INSERT INTO subject_links (partner_id, local_id, subject_id, linked_at)"
-                        " VALUES ('nobody', 'x', 'nothing', '2026-01-01')"
+                        "INSERT INTO subject_links"
+                        " (partner_id, local_hash, sealed_local_id, subject_id, linked_at)"
+                        " VALUES ('nobody', x'00', x'00', 'nothing', '2026-01-01')"
                     )
                 )
             except IntegrityError:
