@@ -22,7 +22,7 @@ from sqlalchemy import delete, insert, select, update
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from gateway.audit.log import AuditLog, AuditRecord
-from gateway.core.caller import Caller, Role
+from gateway.core.caller import Caller
 from gateway.core.errors import FailedPrecondition, FieldViolation, InvalidArgument, NotFound
 from gateway.crypto.pseudonyms import Pseudonyms
 from gateway.crypto.sealing import Sealer
@@ -120,7 +120,6 @@ class Identity:
     async def issue_link_code(
         self, caller: Caller, request: identity_pb2.IssueLinkCodeRequest
     ) -> identity_pb2.IssueLinkCodeResponse:
-        caller.require(Role.PARTNER, Role.ADVISOR)
         require_local_id(request.customer_local_id)
 
         async def action(conn: AsyncConnection) -> identity_pb2.IssueLinkCodeResponse:
@@ -154,7 +153,6 @@ class Identity:
     async def redeem_link_code(
         self, caller: Caller, request: identity_pb2.RedeemLinkCodeRequest
     ) -> identity_pb2.RedeemLinkCodeResponse:
-        caller.require(Role.PARTNER, Role.ADVISOR)
         require_local_id(request.customer_local_id)
         code = request.link_code.strip().upper().replace("-", "").replace(" ", "")
         if len(code) != CODE_LENGTH or any(c not in CODE_ALPHABET for c in code):
@@ -206,7 +204,6 @@ class Identity:
     async def register_identifiers(
         self, caller: Caller, request: identity_pb2.RegisterIdentifiersRequest
     ) -> identity_pb2.RegisterIdentifiersResponse:
-        caller.require(Role.PARTNER, Role.ADVISOR)
         require_local_id(request.customer_local_id)
         if not request.identifiers or len(request.identifiers) > MAX_IDENTIFIERS:
             raise InvalidArgument.field("identifiers", f"1 to {MAX_IDENTIFIERS} identifiers")
@@ -296,7 +293,6 @@ class Identity:
     async def confirm_match(
         self, caller: Caller, request: identity_pb2.ConfirmMatchRequest
     ) -> identity_pb2.ConfirmMatchResponse:
-        caller.require(Role.PARTNER, Role.ADVISOR)
         if not request.match_id:
             raise InvalidArgument.field("match_id", "is required")
 
@@ -340,7 +336,6 @@ class Identity:
     ) -> identity_pb2.UnlinkResponse:
         """Detach the caller's customer id from the shared subject: from now on
         it is a subject of its own. Past cases keep their history."""
-        caller.require(Role.PARTNER, Role.ADVISOR)
         require_local_id(request.customer_local_id)
 
         async def action(conn: AsyncConnection) -> identity_pb2.UnlinkResponse:
@@ -380,7 +375,6 @@ class Identity:
     async def resolve_subject(
         self, caller: Caller, request: identity_pb2.ResolveSubjectRequest
     ) -> identity_pb2.ResolveSubjectResponse:
-        caller.require(Role.PARTNER, Role.ADVISOR)
         require_local_id(request.customer_local_id)
         async with self.store.read() as conn:
             subject = await self.local_ids.linked_subject(
