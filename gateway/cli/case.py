@@ -86,6 +86,8 @@ def describe(item: cases_pb2.TimelineItem) -> tuple[str, str, str]:
 def render(view: cases_pb2.CaseView) -> Group:
     h = view.header
     head = Table.grid(padding=(0, 2))
+    head.add_column(no_wrap=True)
+    head.add_column(overflow="fold")  # ids wrap whole at 80 columns, never cut
     head.add_row("case", h.case_id)
     head.add_row("service", h.service_id)
     head.add_row("status", _enum(cases_pb2.CaseStatus, h.status, "CASE_STATUS_"))
@@ -93,7 +95,7 @@ def render(view: cases_pb2.CaseView) -> Group:
     head.add_row("resolvers", ", ".join(h.resolver_ids) or "—")
     channel = _enum(common_pb2.Channel, h.first_contact_channel, "CHANNEL_")
     head.add_row("first contact", f"{h.first_contact_partner_id} ({channel})")
-    head.add_row("customer (as you know them)", h.subject_id)
+    head.add_row("customer (your pseudonym)", h.subject_id)
     if h.HasField("owner_due_at"):
         head.add_row("owner due", h.owner_due_at.ToDatetime().isoformat(timespec="seconds"))
         head.add_row(

@@ -150,3 +150,13 @@ async def test_list_at_80_columns_shows_whole_ids_and_says_when_there_are_none(
     )
     assert code == 0, err
     assert out.strip() == "no cases"
+
+    # The case at 80 columns: its header's ids (the customer's pseudonym is 50
+    # characters) fold whole, none is cut.
+    code, out, err = await run_coopgate("case", "show", opened.case_id, *bank_args, columns=80)
+    assert code == 0, err
+    assert max(len(line) for line in out.splitlines()) <= 80
+    assert opened.header.subject_id
+    squeezed = "".join(out.split()).replace("│", "")
+    assert opened.header.subject_id in squeezed
+    assert "…" not in out.split("┏")[0]  # the header panel cuts nothing
