@@ -31,6 +31,8 @@ from gateway.stack import (
 )
 from gateway.store import Store, create_store, migrate
 from partners import PartnerCredentials, secure_channel
+from partners.reference import COMPANIES
+from partners.scenarios import Cast, RecordingNarrator, Stage
 
 PG_ADMIN_DSN = os.environ.get("COOPGATE_TEST_PG_DSN", "postgresql://postgres@127.0.0.1:5432/test")
 IN_CI = os.environ.get("CI", "").lower() in ("1", "true", "yes")
@@ -222,6 +224,31 @@ async def stack(
 @pytest.fixture
 def unique() -> Callable[[str], str]:
     return lambda prefix: f"{prefix}-{uuid.uuid4().hex[:12]}"
+
+
+@pytest.fixture
+async def stage(stack: Stack) -> AsyncIterator[Stage]:
+    """A stage over a fresh cast of partners (its own partner ids and service copies),
+    so that no other test's work reaches them."""
+    cast = Cast.fresh(uuid.uuid4().hex[:8])
+    stage = Stage(
+        stack.target,
+        lambda partner, role: stack.credentials(partner, Role(role)),
+        cast=cast,
+        narrator=RecordingNarrator(),
+        poll=0.1,
+        patience=30,
+    )
+    try:
+        for kind, partner in cast.partners.items():
+            await stage.admin.register_partner(
+                partner,
+                display_name=f"{COMPANIES[kind].display_name} ({cast.tag})",
+                kind=COMPANIES[kind].partner_kind,
+            )
+        yield stage
+    finally:
+        await stage.close()
 
 
 __all__ = ["Api", "CertificateAuthority", "Stack"]

@@ -13,16 +13,14 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import uuid
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 import grpc
-import pytest
 from coopgate.v1 import audit_pb2, cases_pb2, common_pb2, consents_pb2, work_pb2
 
 from gateway.core.caller import Role
-from partners.reference import COMPANIES
-from partners.scenarios import Cast, RecordingNarrator, Stage
+from partners.scenarios import Stage
 from tests.conftest import Api, Stack
 from tests.partners.backends import running_backends
 
@@ -32,30 +30,6 @@ PURPOSES = ("incident-diagnosis", "incident-resolution", "customer-care")
 EVERY_PURPOSE = (*PURPOSES, "service-improvement", "marketing")
 #: What the operator's finding holds: fault code, evidence, status and confidence.
 SECRETS = (b"SE_PAYMENT_APPLET_LOCKED", b"OTA-7731", b"FAULTY", b"0.92")
-
-
-@pytest.fixture
-async def stage(stack: Stack) -> AsyncIterator[Stage]:
-    """A fresh cast of partners (own ids, own service copy): no other test's work."""
-    cast = Cast.fresh(uuid.uuid4().hex[:8])
-    stage = Stage(
-        stack.target,
-        lambda partner, role: stack.credentials(partner, Role(role)),
-        cast=cast,
-        narrator=RecordingNarrator(),
-        poll=0.1,
-        patience=30,
-    )
-    try:
-        for kind, partner in cast.partners.items():
-            await stage.admin.register_partner(
-                partner,
-                display_name=f"{COMPANIES[kind].display_name} ({cast.tag})",
-                kind=COMPANIES[kind].partner_kind,
-            )
-        yield stage
-    finally:
-        await stage.close()
 
 
 def _raw_unary(api: Api, method: str) -> grpc.aio.UnaryUnaryMultiCallable[Any, bytes]:
