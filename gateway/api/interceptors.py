@@ -315,7 +315,8 @@ def _wrap_unary(
     async def wrapper(request: Any, context: grpc.aio.ServicerContext[Any, Any]) -> Any:
         try:
             caller = rule.admit(gate.caller(context))
-            await gate.admit(caller)
+            if gate.registered is not None:  # writes only: no await on a read
+                await gate.admit(caller)
             if calls is not None:
                 calls.take(caller.partner_id)
             token = set_caller(caller)
@@ -352,7 +353,8 @@ def _wrap_stream(
     ) -> AsyncIterator[Any]:
         try:
             caller = rule.admit(gate.caller(context))
-            await gate.admit(caller)
+            if gate.registered is not None:  # writes only: no await on a read
+                await gate.admit(caller)
             if streams is not None:
                 streams.take(caller.partner_id)
             token = set_caller(caller)
