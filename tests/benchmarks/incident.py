@@ -24,6 +24,7 @@ import asyncio
 import contextlib
 import json
 import os
+import shutil
 import socket
 import statistics
 import sys
@@ -101,7 +102,9 @@ async def _wait_port(port: int, process: asyncio.subprocess.Process, log: Path) 
 
 
 @contextlib.asynccontextmanager
-async def running_stack(workdir: Path, database_url: str | None) -> AsyncIterator[Stack]:
+async def running_stack(
+    workdir: Path, database_url: str | None, logs_to: Path | None = None
+) -> AsyncIterator[Stack]:
     """Every process is started before this process makes any gRPC object."""
     data_dir = workdir / "var"
     gateway_port = _free_port()
@@ -173,6 +176,11 @@ async def running_stack(workdir: Path, database_url: str | None) -> AsyncIterato
                 except TimeoutError:
                     process.kill()
                     await process.wait()
+        if logs_to is not None:  # what the stack said, kept for a look after the run
+            logs_to.mkdir(parents=True, exist_ok=True)
+            for found in [log, *workdir.glob("*-a.log"), data_dir / "temporal.log"]:
+                if found.exists():
+                    shutil.copy(found, logs_to / found.name)
 
 
 class Clients:
@@ -366,7 +374,9 @@ async def main() -> None:
         workdir = Path(tmp)
         async with (
             database(args.backend, tmp) as url,
-            running_stack(workdir, url if args.backend == "postgres" else None) as stack,
+            running_stack(
+                workdir, url if args.backend == "postgres" else None, out.with_suffix(".logs")
+            ) as stack,
         ):
             summary = await measure(stack, args)
     report(args.backend, summary, args.bursts)
