@@ -189,6 +189,11 @@ def _closed_or_unavailable(exc: RPCError) -> Exception:
     )
 
 
+#: The worker's settings, shared with the incident benchmark's bare worker (so that
+#: the anchor runs under the same ones): the SDK's defaults.
+WORKER_OPTIONS: dict[str, Any] = {}
+
+
 def create_worker(
     client: Client, task_queue: str, activities: IncidentActivities, **kwargs: object
 ) -> Worker:
@@ -198,5 +203,5 @@ def create_worker(
         task_queue=task_queue,
         workflows=workflows,
         activities=activities.all(),
-        **kwargs,  # type: ignore[arg-type]
+        **{**WORKER_OPTIONS, **kwargs},
     )
