@@ -30,8 +30,8 @@ from rich.table import Table
 
 from partners.channel import PartnerCredentials
 from partners.client import PartnerClient
-from partners.console import RichNarrator
 from partners.errors import GatewayError, Unimplemented
+from partners.narration import RichNarrator
 from partners.processes import Child, Children
 from partners.reference import COMPANIES
 from partners.scenarios import (
