@@ -80,6 +80,11 @@ async def _orphaned(parent: int | None, server: uvicorn.Server) -> None:
 
 
 async def serve(args: argparse.Namespace) -> int:
+    if not args.accounts and not args.trusted_header:
+        print(
+            "give --accounts FILE or --trusted-header NAME: nobody could sign in", file=sys.stderr
+        )
+        return 2
     if args.demo_accounts and args.accounts:
         demo_accounts(args.accounts)
     advisor = _credentials(args.certs, args.partner, "advisor", args.ca)

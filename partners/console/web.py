@@ -76,6 +76,7 @@ class Console:
             loader=jinja2.FileSystemLoader(HERE / "templates"),
             autoescape=True,
             undefined=jinja2.StrictUndefined,
+            auto_reload=False,
         )
         self.signals = CaseSignals()
         self.desk = Desk(self.signals)
@@ -281,7 +282,7 @@ async def gateway_failed(request: Request, exc: Exception) -> Response:
     )
     detail = str(exc).partition("\n")[0][:300]
     return console_of(request).page(
-        request, "error.html", status=status, title=title, detail=detail
+        request, "error.html", http_status=status, title=title, detail=detail
     )
 
 

@@ -146,7 +146,7 @@ async def test_advisor_and_compliance_in_a_browser(stage: Stage, tmp_path: Path)
         reads = page.locator("#audit-results tbody tr", has_text="lea")
         await expect(reads.first).to_be_visible()
         assert await reads.count() >= 2
-        await page.screenshot(path=str(ARTIFACTS / "audit.png"), full_page=True)
+        await page.screenshot(path=str(ARTIFACTS / "audit.png"))
         await reads.first.get_by_role("link", name="prove").click()
         await expect(page.get_by_role("status")).to_contain_text("Proven")
         await page.goto(f"{base}/audit/checkpoint")
