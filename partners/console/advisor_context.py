@@ -36,4 +36,5 @@ def case_context(console: Console, view: cases_pb2.CaseView) -> dict[str, Any]:
         "closed": status == CaseStatus.CLOSED,
         "channels": CHANNELS,
         "position": view.position,
+        "version": console.signals.version(h.case_id),
     }

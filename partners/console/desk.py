@@ -20,6 +20,12 @@ class CaseSignals:
 
     def __init__(self) -> None:
         self._pages: dict[str, set[asyncio.Queue[str]]] = defaultdict(set)
+        self._versions: dict[str, int] = defaultdict(int)
+
+    def version(self, case_id: str) -> int:
+        """How many changes the case has had here: a page rendered at one version and
+        whose stream opens at another missed one (it is read again)."""
+        return self._versions.get(case_id, 0)
 
     def open(self, case_id: str) -> asyncio.Queue[str]:
         queue: asyncio.Queue[str] = asyncio.Queue()
@@ -34,6 +40,7 @@ class CaseSignals:
                 del self._pages[case_id]
 
     def changed(self, case_id: str, why: str) -> None:
+        self._versions[case_id] += 1
         for queue in self._pages.get(case_id, ()):
             queue.put_nowait(why)
 

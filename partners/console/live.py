@@ -37,10 +37,11 @@ async def events(request: Request) -> Response:
     except ValueError:
         after = 0
     subject = request.query_params.get("subject", "")[:128]
+    seen = request.query_params.get("v", "")
     client = console.as_person(person)
     page = {"csrf": csrf_token(request), "partner": console.settings.partner_id}
     return EventSourceResponse(
-        _stream(console, client, case_id, subject, max(0, after), page),
+        _stream(console, client, case_id, subject, max(0, after), page, seen),
         ping=15,
         send_timeout=10,
     )
@@ -68,6 +69,7 @@ async def _stream(
     subject_id: str,
     after: int,
     page: dict[str, str],
+    seen: str = "",
 ) -> AsyncIterator[dict[str, str]]:
     purpose = console.settings.purpose
     wake = console.signals.open(case_id)
@@ -106,6 +108,8 @@ async def _stream(
 
     try:
         start(subject_id, after)
+        if seen and seen != str(console.signals.version(case_id)):
+            queue.put_nowait(("refresh", "desk"))  # an offer or prompt came since the render
         while True:
             kind, value = await queue.get()
             if kind == "item":

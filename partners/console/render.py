@@ -35,7 +35,11 @@ class Row:
 def when(stamp: timestamp_pb2.Timestamp) -> dt.datetime | None:
     if not stamp.seconds and not stamp.nanos:
         return None
-    return stamp.ToDatetime(dt.UTC)
+    return dt.datetime.fromtimestamp(stamp.seconds + stamp.nanos / 1e9, dt.UTC)
+
+
+_CHANNELS = {int(c): c.label for c in Channel}
+_AUTHORS = {int(a): a.label for a in AuthorKind}
 
 
 def left(due: dt.datetime | None, now: dt.datetime | None = None) -> str:
@@ -61,12 +65,12 @@ def row(item: cases_pb2.TimelineItem) -> Row:
     match kind:
         case "interaction":
             i = item.interaction
-            author = " ".join(p for p in (AuthorKind.of(i.author_kind).label, i.author_id) if p)
+            author = " ".join(p for p in (_AUTHORS.get(i.author_kind, ""), i.author_id) if p)
             return _row(
                 base,
                 kind="interaction",
                 company=i.partner_id,
-                channel=Channel.of(i.channel).label,
+                channel=_CHANNELS.get(i.channel, ""),
                 title=author,
                 text=i.summary,
             )
@@ -107,7 +111,7 @@ def row(item: cases_pb2.TimelineItem) -> Row:
                 base,
                 kind="notification",
                 company=n.partner_id,
-                channel=Channel.of(n.channel).label,
+                channel=_CHANNELS.get(n.channel, ""),
                 title=f"to the customer: {n.milestone}",
                 text=n.message,
             )

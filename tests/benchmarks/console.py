@@ -186,7 +186,7 @@ async def run(args: argparse.Namespace, http: Http, advisor: PartnerClient) -> N
     assert status == 303, status
     view = await advisor.get_case_view(case_id, purpose="incident-resolution")
     subject = urllib.parse.quote(view.header.subject_id)
-    events = f"/cases/{case_id}/events?after={view.position}&subject={subject}"
+    events = f"/cases/{case_id}/events?after={view.position}&subject={subject}&v=0"
     print(f"case page of {len(view.timeline)} items; {args.pages} pages open (SSE)")
 
     async with contextlib.AsyncExitStack() as stack:
