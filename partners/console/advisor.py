@@ -83,14 +83,19 @@ async def case_page(request: Request) -> Response:
 async def customer_page(request: Request) -> Response:
     person = require(request, "advisor")
     console = console_of(request)
-    customer = request.path_params["customer"][:128]
+    local = request.query_params.get("customer", "")[:128]
+    subject = request.query_params.get("subject", "")[:128]
+    if not (local or subject):
+        raise HTTPException(400, "name the customer: your customer id, or their subject id")
     rows = [
         render.header(h)
         async for h in console.as_person(person).list_cases(
-            customer_local_id=customer, purpose=console.settings.purpose
+            customer_local_id=local,
+            subject_id="" if local else subject,
+            purpose=console.settings.purpose,
         )
     ]
-    return console.page(request, "customer.html", customer=customer, rows=rows)
+    return console.page(request, "customer.html", customer=local or subject, rows=rows)
 
 
 def _back(request: Request, case_id: str, flash: str) -> Response:
@@ -212,5 +217,5 @@ def routes() -> list[BaseRoute]:
         Route("/cases/{case_id}/ownership", answer_offer, methods=["POST"]),
         Route("/cases/{case_id}/resolution", resolve, methods=["POST"]),
         Route("/cases/{case_id}/confirmation", confirm, methods=["POST"]),
-        Route("/customers/{customer}", customer_page),
+        Route("/customers", customer_page),
     ]

@@ -19,6 +19,7 @@ from starlette.staticfiles import StaticFiles
 
 from partners.console.advisor import routes as advisor_routes
 from partners.console.compliance import routes as compliance_routes
+from partners.console.proofs import ProofFailed
 from partners.console.settings import ConsoleSettings
 from partners.console.web import (
     HERE,
@@ -27,6 +28,7 @@ from partners.console.web import (
     gateway_failed,
     home,
     http_failed,
+    proof_failed,
     sign_in,
     sign_in_page,
     sign_out,
@@ -46,6 +48,7 @@ def create_app(settings: ConsoleSettings, console: Console | None = None) -> Sta
     handlers: dict[Any, Callable[[Request, Exception], Awaitable[Response]]] = {
         GatewayError: gateway_failed,
         HTTPException: http_failed,
+        ProofFailed: proof_failed,
     }
     app = Starlette(
         routes=[

@@ -286,6 +286,13 @@ async def gateway_failed(request: Request, exc: Exception) -> Response:
     )
 
 
+async def proof_failed(request: Request, exc: Exception) -> Response:
+    """A checkpoint or proof from the gateway that does not hold: said, never hidden."""
+    return console_of(request).page(
+        request, "error.html", http_status=502, title="Verification failed", detail=str(exc)
+    )
+
+
 async def http_failed(request: Request, exc: Exception) -> Response:
     assert isinstance(exc, HTTPException)
     if exc.status_code in (301, 302, 303) and exc.headers:

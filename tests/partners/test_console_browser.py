@@ -128,6 +128,8 @@ async def test_advisor_and_compliance_in_a_browser(stage: Stage, tmp_path: Path)
         await expect(page.locator("#case-header .status").first).to_have_text(
             "resolved", timeout=LIVE
         )
+        await page.get_by_role("link", name="This customer's history").click()
+        await expect(page.get_by_role("link", name=case_id)).to_be_visible()
         phone = await browser.new_page(viewport={"width": 390, "height": 844}, is_mobile=True)
         phone.on("console", lambda m: _error(errors, m))
         await sign_in(phone, base, "lea")
