@@ -183,6 +183,9 @@ def require_free_ports(settings: Settings, *, embedded: bool) -> None:
     if embedded:
         require_free_port("127.0.0.1", settings.temporal_dev_port, "the Temporal dev server")
         require_free_port("127.0.0.1", settings.temporal_dev_ui_port, "the Temporal UI")
+    if settings.reference_partners:
+        host, _, port = settings.console_listen.rpartition(":")
+        require_free_port(host, int(port), "the console, COOPGATE_CONSOLE_LISTEN")
 
 
 def temporal_binary() -> str:
