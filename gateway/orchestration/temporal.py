@@ -15,7 +15,6 @@ from temporalio.client import (
     WorkflowUpdateRPCTimeoutOrCancelledError,
 )
 from temporalio.common import WorkflowIDConflictPolicy, WorkflowIDReusePolicy
-from temporalio.contrib.opentelemetry import TracingInterceptor
 from temporalio.exceptions import WorkflowAlreadyStartedError
 from temporalio.service import RPCError
 from temporalio.worker import Worker
@@ -23,6 +22,7 @@ from temporalio.worker import Worker
 from gateway.core.caller import time_left
 from gateway.core.errors import FailedPrecondition, InvalidArgument, Unavailable
 from gateway.orchestration.activities import IncidentActivities
+from gateway.orchestration.tracing import client_interceptors, worker_interceptors
 from gateway.settings import Settings
 from workflows import IncidentWorkflow
 from workflows.contracts import (
@@ -46,7 +46,7 @@ async def connect(settings: Settings) -> Client:
         settings.effective_temporal_address,
         namespace=settings.temporal_namespace,
         tls=tls,
-        interceptors=[TracingInterceptor()],
+        interceptors=client_interceptors(),
     )
 
 
@@ -182,5 +182,6 @@ def create_worker(
         task_queue=task_queue,
         workflows=workflows,
         activities=activities.all(),
+        interceptors=worker_interceptors(),
         **kwargs,  # type: ignore[arg-type]
     )
