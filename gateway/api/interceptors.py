@@ -50,6 +50,7 @@ from gateway.crypto.pki import identity_from_pem
 from gateway.crypto.revocation import RevocationList
 from gateway.telemetry import annotate, metrics_on, tracing_on
 from gateway.telemetry.instruments import rpc_recorder
+from gateway.telemetry.spans import mark_status
 
 log = logging.getLogger(__name__)
 
@@ -194,7 +195,10 @@ class Gate:
 
 async def _abort(context: grpc.aio.ServicerContext[Any, Any], exc: BaseException) -> NoReturn:
     if isinstance(exc, CoopgateError):
+        # OpenTelemetry's server interceptor sees `abort`, not `abort_with_status`.
+        mark_status(exc.code)
         await context.abort_with_status(rpc_status.to_status(status_for(exc)))
+    mark_status(grpc.StatusCode.INTERNAL)
     ref = uuid.uuid4().hex[:12]
     log.error("unexpected error (ref %s)", ref, exc_info=exc)
     internal = status_pb2.Status(code=code_pb2.INTERNAL, message=f"internal error (ref {ref})")

@@ -58,7 +58,7 @@ def _who(span: SpanRow) -> str:
     if span.kind == "PRODUCER":
         return f"→ {partner}" if partner else "gateway"
     if span.kind == "CONSUMER" or (span.kind == "CLIENT" and partner):
-        return partner or "partner"
+        return partner or "a partner"
     if span.kind == "SERVER" and partner:
         return partner
     if span.name.startswith(("RunWorkflow", "HandleSignal", "HandleUpdate", "CompleteWorkflow")):
@@ -72,11 +72,34 @@ def _label(span: SpanRow) -> str:
     name = span.name
     if name.startswith("/"):  # a gRPC method: /package.Service/Method
         name = name.rsplit("/", 1)[-1]
+    elif name.startswith("coopgate.work "):  # a partner acting on a work item
+        name = "handles " + name.removeprefix("coopgate.work ")
     elif ":" in name:  # Temporal: RunActivity:request_diagnosis
         kind, _, what = name.partition(":")
-        name = f"{kind.removeprefix('Run').removeprefix('Handle')} {what}"
+        name = f"{_TEMPORAL.get(kind, kind)} {what}".strip()
     outcome = span.attributes.get("coopgate.outcome") or span.attributes.get("coopgate.rule")
     return f"{name} ({outcome})" if outcome else name
+
+
+#: Temporal's zero-length spans that only mark that something was scheduled or checked.
+_MARKERS = ("StartActivity:", "ValidateUpdate:")
+
+
+#: Temporal's span kinds, as the waterfall says them (an activity by its name alone).
+_TEMPORAL = {
+    "RunActivity": "",
+    "RunWorkflow": "run",
+    "StartWorkflow": "start",
+    "SignalWorkflow": "signal",
+    "HandleSignal": "signalled",
+    "StartWorkflowUpdate": "update",
+    "HandleUpdate": "updated",
+    "CompleteWorkflow": "completed",
+}
+
+
+def _start(span: SpanRow) -> int:
+    return span.start_ns
 
 
 def waterfall(spans: list[SpanRow]) -> list[_Row]:
@@ -88,10 +111,16 @@ def waterfall(spans: list[SpanRow]) -> list[_Row]:
         children[span.parent_id if span.parent_id in ids else None].append(span)
     rows: list[_Row] = []
 
-    def walk(parent: str | None, depth: int) -> None:
-        for span in sorted(children[parent], key=lambda s: s.start_ns):
-            rows.append(_Row(span, depth, _label(span), _who(span)))
-            walk(span.span_id, depth + 1)
+    def walk(parent: SpanRow | None, depth: int) -> None:
+        for span in sorted(children[parent.span_id if parent else None], key=_start):
+            if span.name.startswith(_MARKERS):  # instants: their children stand for them
+                walk(span, depth)
+                continue
+            who = _who(span)
+            if span.kind == "CONSUMER" and parent is not None:  # the partner it was sent to
+                who = str(parent.attributes.get("coopgate.partner", who))
+            rows.append(_Row(span, depth, _label(span), who))
+            walk(span, depth + 1)
 
     walk(None, 0)
     return rows
@@ -99,9 +128,11 @@ def waterfall(spans: list[SpanRow]) -> list[_Row]:
 
 def _seconds(ns: int) -> str:
     seconds = ns / 1e9
-    if seconds < 1:
-        return f"{seconds * 1000:.0f} ms"
-    return f"{seconds:.1f} s" if seconds < 100 else f"{seconds / 60:.1f} min"
+    if seconds < 10:
+        return f"{seconds:.2f}s"
+    if seconds < 600:
+        return f"{seconds:.0f}s"
+    return f"{seconds / 60:.0f}m" if seconds < 36000 else f"{seconds / 3600:.0f}h"
 
 
 def _bar(start: int, end: int, origin: int, total: int) -> Text:
@@ -120,10 +151,10 @@ def render_trace(case_id: str, spans: list[SpanRow]) -> Table:
         pad_edge=False,
         box=None,
     )
-    table.add_column("step", max_width=30, no_wrap=True, overflow="ellipsis")
-    table.add_column("who", max_width=14, no_wrap=True, overflow="ellipsis")
-    table.add_column("at", justify="right", no_wrap=True)
-    table.add_column("took", justify="right", no_wrap=True)
+    table.add_column("step", max_width=32, no_wrap=True, overflow="ellipsis")
+    table.add_column("who", max_width=16, no_wrap=True, overflow="ellipsis")
+    table.add_column("at", justify="right", no_wrap=True, min_width=6)
+    table.add_column("took", justify="right", no_wrap=True, min_width=6)
     table.add_column("", width=BAR, no_wrap=True)
     for row in waterfall(spans):
         span = row.span

@@ -7,9 +7,10 @@ identifier (not even a pseudonym) or any text of the case."""
 
 from __future__ import annotations
 
-from typing import Protocol
+from typing import Any, Protocol
 
 from opentelemetry import propagate, trace
+from opentelemetry.trace import Status, StatusCode
 
 CASE_ID = "coopgate.case_id"
 SERVICE = "coopgate.service"
@@ -53,3 +54,20 @@ def inject_into(item: _TraceCarrier) -> None:
     propagate.inject(carrier)
     item.traceparent = carrier.get("traceparent", "")
     item.tracestate = carrier.get("tracestate", "")
+
+
+#: Server-side codes that make a span an error (OpenTelemetry's RPC conventions); the
+#: others are the caller's mistakes, recorded as the status code only.
+_SERVER_ERRORS = frozenset(
+    {"UNKNOWN", "DEADLINE_EXCEEDED", "UNIMPLEMENTED", "INTERNAL", "UNAVAILABLE", "DATA_LOSS"}
+)
+
+
+def mark_status(code: Any) -> None:
+    """The current (server) span ends with ``code`` (a ``grpc.StatusCode``)."""
+    span = trace.get_current_span()
+    if not span.is_recording():
+        return
+    span.set_attribute("rpc.grpc.status_code", code.value[0])
+    if code.name in _SERVER_ERRORS:
+        span.set_status(Status(StatusCode.ERROR, code.name))
