@@ -136,7 +136,9 @@ def _load(name: str, signal: str) -> Any:
 
 def _resource() -> Resource:
     detected = Resource.create()
-    if detected.attributes.get(SERVICE_NAME, "unknown_service") != "unknown_service":
+    if not str(detected.attributes.get(SERVICE_NAME, "unknown_service")).startswith(
+        "unknown_service"  # the SDK's default, "unknown_service:<executable>"
+    ):
         return detected
     return Resource.create({SERVICE_NAME: DEFAULT_SERVICE_NAME})
 
