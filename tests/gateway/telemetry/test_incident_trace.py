@@ -133,7 +133,7 @@ async def test_a_partner_that_opens_a_case_in_its_trace_finds_the_whole_incident
     assert (assigned.attributes or {}).get("coopgate.outcome") == "accepted"
     notified = {
         (s.attributes or {}).get("coopgate.outcome")
-        for s in incident.named("RunActivity:notify_customer")
+        for s in incident.named("RunActivity:tell_customer")
     }
     assert {"received", "diagnosing", "owner-assigned", "resolved", "closed"} <= notified
     assert incident.one("RunActivity:record_kpis").attributes["coopgate.outcome"] == "closed"  # type: ignore[index]

@@ -20,7 +20,7 @@ from gateway.orchestration.temporal import create_worker
 from gateway.settings import Settings
 from gateway.stack import open_runtime
 from tests.gateway.telemetry.conftest import Memory
-from tests.workflows.test_incident_timeskipping import ADMIN, BIN, NFC, Incident
+from tests.workflows.driver import ADMIN, BIN, Incident
 from workflows import IncidentWorkflow
 
 FAULTY, OK = cases_pb2.FINDING_STATUS_FAULTY, cases_pb2.FINDING_STATUS_OK
@@ -112,5 +112,5 @@ async def test_an_incident_with_known_timings_gives_its_kpis(
     }
     unresponsive = points(memory, "coopgate.partner.unresponsive", service.service_id)
     assert {dict(k)["coopgate.partner"]: p.value for k, p in unresponsive.items()} == {
-        NFC["nfc-stack"]: 1
+        "handset-a": 1
     }
