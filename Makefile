@@ -66,6 +66,7 @@ bench: $(STAMP)
 	$(BIN)/python -m tests.benchmarks.case_view $(VIEW_BENCH_ARGS)
 	$(BIN)/python -m tests.benchmarks.incident $(INCIDENT_BENCH_ARGS)
 	$(BIN)/python -m tests.benchmarks.console $(CONSOLE_BENCH_ARGS)
+	$(BIN)/python -m tests.benchmarks.tracing $(TRACING_BENCH_ARGS)
 
 clean:
 	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache

@@ -137,14 +137,16 @@ Payload = (
 
 @dataclass(slots=True, frozen=True)
 class WorkItem:
-    """One delivery. ``payload`` is None for a kind this SDK does not know yet
-    (it is acknowledged like any other once the handler returns)."""
+    """One delivery: ``payload`` is None for a kind this SDK does not know yet (acknowledged
+    all the same); ``traceparent``/``tracestate``: the W3C Trace Context it was made in."""
 
     work_id: str
     created_at: dt.datetime | None
     #: How many times it was delivered before this delivery.
     redeliveries: int
     payload: Payload | None
+    traceparent: str = ""
+    tracestate: str = ""
 
 
 Handler = Callable[[WorkItem], Awaitable[None]]
@@ -223,11 +225,9 @@ def work_item_from_proto(item: work_pb2.WorkItem) -> WorkItem:
                 erased_at=_time(e.erased_at, e.HasField("erased_at")),
                 reason=ErasureReason.of(e.reason),
             )
+    created = _time(item.created_at, item.HasField("created_at"))
     return WorkItem(
-        work_id=item.work_id,
-        created_at=_time(item.created_at, item.HasField("created_at")),
-        redeliveries=item.redeliveries,
-        payload=payload,
+        item.work_id, created, item.redeliveries, payload, item.traceparent, item.tracestate
     )
 
 

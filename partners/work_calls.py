@@ -10,6 +10,7 @@ from coopgate.v1 import work_pb2
 
 from partners.calls import ClientBase
 from partners.retry import RetryPolicy
+from partners.tracing import continuing
 from partners.work import RECONNECT, REDELIVERY, Handler, WorkSubscription
 
 
@@ -48,7 +49,7 @@ class WorkCalls(ClientBase):
         acknowledged: they stay for this partner's other subscribers (its backend)."""
         return WorkSubscription(
             self,
-            handler,
+            continuing(handler),
             max_in_flight=max_in_flight,
             concurrency=concurrency,
             reconnect=reconnect or RECONNECT,

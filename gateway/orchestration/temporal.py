@@ -16,7 +16,6 @@ from temporalio.client import (
     WorkflowUpdateRPCTimeoutOrCancelledError,
 )
 from temporalio.common import WorkflowIDConflictPolicy, WorkflowIDReusePolicy
-from temporalio.contrib.opentelemetry import TracingInterceptor
 from temporalio.exceptions import WorkflowAlreadyStartedError
 from temporalio.service import RPCError, RPCStatusCode
 from temporalio.worker import Worker
@@ -24,6 +23,7 @@ from temporalio.worker import Worker
 from gateway.core.caller import time_left
 from gateway.core.errors import FailedPrecondition, InvalidArgument, Unavailable
 from gateway.orchestration.activities import IncidentActivities
+from gateway.orchestration.tracing import client_interceptors, worker_interceptors
 from gateway.settings import Settings
 from workflows import IncidentWorkflow
 from workflows.contracts import (
@@ -48,7 +48,7 @@ async def connect(settings: Settings) -> Client:
         settings.effective_temporal_address,
         namespace=settings.temporal_namespace,
         tls=tls,
-        interceptors=[TracingInterceptor()],
+        interceptors=client_interceptors(),
     )
 
 
@@ -203,5 +203,6 @@ def create_worker(
         task_queue=task_queue,
         workflows=workflows,
         activities=activities.all(),
+        interceptors=worker_interceptors(),
         **{**WORKER_OPTIONS, **kwargs},
     )

@@ -15,7 +15,8 @@ import datetime as dt
 from collections.abc import AsyncIterator
 
 from coopgate.v1 import work_pb2
-from sqlalchemy import bindparam, insert, select, update
+from opentelemetry.trace import SpanKind
+from sqlalchemy import bindparam, func, insert, select, update
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from gateway.audit.log import AuditLog, AuditRecord
@@ -26,10 +27,14 @@ from gateway.store import Store
 from gateway.store.changes import SAFETY_SECONDS, WORK, Subscription, announce
 from gateway.store.idempotency import run_once
 from gateway.store.schema import case_keys, work_items
+from gateway.telemetry import inject_into, tracer, tracing_on
+from gateway.telemetry.spans import CASE_ID, PARTNER
 
 DEFAULT_IN_FLIGHT = 32
 MAX_IN_FLIGHT = 1000
 MAX_ACK_BATCH = 1000
+
+_tracer = tracer(__name__)
 
 
 #: A row when the case's key was destroyed (erased, or past its retention period).
@@ -91,6 +96,16 @@ class PartnerWork:
                 # Woken by new work or an acknowledgement that opens the window; read
                 # again after SAFETY_SECONDS regardless (a notification may be lost).
                 await changes.wait(SAFETY_SECONDS)
+
+    async def waiting(self) -> dict[str, int]:
+        """Items not yet acknowledged, per partner (the ``coopgate.work.waiting`` gauge)."""
+        async with self.store.read() as conn:
+            rows = await conn.execute(
+                select(work_items.c.partner_id, func.count())
+                .where(work_items.c.acked_at.is_(None))
+                .group_by(work_items.c.partner_id)
+            )
+            return {partner: count for partner, count in rows}
 
     async def acknowledge(
         self, caller: Caller, request: work_pb2.AcknowledgeRequest
@@ -184,6 +199,15 @@ async def enqueue(
     now = dt.datetime.now(dt.UTC)
     item.work_id = work_id
     item.created_at.FromDatetime(now)
+    # The item's own span (what it asks of the partner); the partner's answer to it is
+    # its child, through the item's traceparent.
+    if tracing_on():
+        with _tracer.start_as_current_span(
+            f"work {payload}",
+            kind=SpanKind.PRODUCER,
+            attributes={CASE_ID: case_id or "", PARTNER: partner_id},
+        ):
+            inject_into(item)
     await conn.execute(
         insert(work_items).values(
             work_id=work_id,
