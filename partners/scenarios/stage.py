@@ -172,6 +172,8 @@ class Stage:
         self._poll = poll
         self._patience = patience
         self._clients: dict[tuple[str, str], PartnerClient] = {}
+        #: The copies of catalogue services `service` defined, in order (see `retire_copies`).
+        self.copies: list[str] = []
 
     def client(self, partner: str, role: str = "partner", person: str = "") -> PartnerClient:
         """A connection as ``partner`` with ``role``'s certificate, acting as ``person``."""
@@ -224,7 +226,20 @@ class Stage:
             levels.time_to_resolution.FromTimedelta(timedelta(seconds=timings.time_to_resolution))
             levels.confirmation_window.FromTimedelta(timedelta(seconds=timings.confirmation_window))
         defined = await self.admin.define_service(service)
+        self.copies.append(defined.service_id)
         return defined.service_id
+
+    async def retire_copies(self, since: int = 0) -> None:
+        """Retire the copies `service` defined (from the ``since``-th on), their sharing
+        agreements ended with them: the catalogue is left as the scenario found it."""
+        for service_id in dict.fromkeys(self.copies[since:]):
+            retired = await self.admin.retire_service(service_id)
+            ended = len(retired.ended_agreement_ids)
+            self.narrator.step(
+                f"Retired {service_id}, the scenario's copy, and ended its {ended} sharing "
+                "agreement(s): the catalogue is as the scenario found it."
+            )
+        del self.copies[since:]
 
     async def agree(
         self,

@@ -4,7 +4,16 @@ playing a fresh cast on its own copy of the service."""
 
 from __future__ import annotations
 
-from partners import CaseStatus, Channel, FindingStatus, InvalidArgument, ParticipantRole
+import pytest
+
+from partners import (
+    CaseStatus,
+    Channel,
+    FailedPrecondition,
+    FindingStatus,
+    InvalidArgument,
+    ParticipantRole,
+)
 from partners.reference import ReferenceBackend
 from partners.scenarios import SCENARIOS, Stage, perform
 from partners.scenarios.timeline import items, withheld
@@ -76,12 +85,31 @@ async def test_nfc_payment_bank_keeps_the_customer_the_operator_fixes_the_sim(
 async def test_smart_heating_sla_breach_escalates_to_a_level_two_expert(stage: Stage) -> None:
     scenario = SCENARIOS["smart-heating"]
     energy, thermo, isp = stage.cast["energy"], stage.cast["thermostat"], stage.cast["isp"]
+    catalogue = await stage.admin.list_services()
     async with running_backends(stage, scenario.companies, scenario.faults) as backends:
         outcome = await perform(scenario, stage)
         await told(backends["energy"], outcome.case_id)
 
     view = outcome.owner_view
     assert outcome.service_id == f"smart-heating-{stage.cast.tag}"
+    # The scenario's copy of the service (short SLAs) is retired at its end: the
+    # catalogue is as it was, the copy's agreements ended, and it takes no new case.
+    assert await stage.admin.list_services() == catalogue
+    everything = await stage.admin.list_services(include_retired=True)
+    copy = next(s for s in everything if s.service_id == outcome.service_id)
+    assert copy.HasField("retired_at")
+    agreements = await stage.admin.list_sharing_agreements(service_id=outcome.service_id)
+    assert len(agreements) == 2
+    assert all(a.valid_until.ToDatetime() <= copy.retired_at.ToDatetime() for a in agreements)
+    assert all(a.HasField("valid_until") for a in agreements)
+    with pytest.raises(FailedPrecondition, match="retired"):
+        await stage.client(energy, "advisor").open_case(
+            service_id=outcome.service_id,
+            customer_local_id=outcome.customer_local_id,
+            channel=Channel.APP,
+            summary="still cold",
+        )
+    assert "Retired " + outcome.service_id in " ".join(stage.narrator.lines)  # type: ignore[attr-defined]
     assert outcome.status == CaseStatus.CLOSED
     assert outcome.owner == energy
     assert outcome.resolvers == (thermo,)
