@@ -95,7 +95,10 @@ def render(view: cases_pb2.CaseView) -> Group:
     head.add_row("resolvers", ", ".join(h.resolver_ids) or "—")
     channel = _enum(common_pb2.Channel, h.first_contact_channel, "CHANNEL_")
     head.add_row("first contact", f"{h.first_contact_partner_id} ({channel})")
-    head.add_row("customer (your pseudonym)", h.subject_id)
+    if h.customer_local_id:
+        head.add_row("customer (your id)", h.customer_local_id)
+    else:
+        head.add_row("customer (your pseudonym)", h.subject_id)
     if h.HasField("owner_due_at"):
         head.add_row("owner due", h.owner_due_at.ToDatetime().isoformat(timespec="seconds"))
         head.add_row(
