@@ -86,8 +86,9 @@ async def serve(args: argparse.Namespace, faults: Faults) -> int:
         except GatewayError as exc:
             print(f"cannot reach the gateway at {args.target}: {exc}", file=sys.stderr, flush=True)
             return 1
-        switched = ", ".join(sorted([*faults.model, *_behaviour(faults)])) or "none"
-        backend.say("ready", f"{backend.partner_id} ({chosen.display_name}); faults: {switched}")
+        switched = ", ".join(sorted([*faults.model, *_behaviour(faults)]))
+        drill = f"injected faults (a drill, expected): {switched}" if switched else "faults: none"
+        backend.say("ready", f"{backend.partner_id} ({chosen.display_name}); {drill}")
         running = asyncio.create_task(backend.run())
         stopping = asyncio.create_task(stop.wait())
         done, _ = await asyncio.wait({running, stopping}, return_when=asyncio.FIRST_COMPLETED)

@@ -19,7 +19,13 @@ from coopgate.v1 import admin_pb2
 
 from partners.client import PartnerClient
 from partners.enums import AuthorKind, Channel, ErasureReason, FindingStatus, Purpose
-from partners.errors import FailedPrecondition, GatewayError, NotFound, PermissionDenied
+from partners.errors import (
+    FailedPrecondition,
+    GatewayError,
+    InvalidArgument,
+    NotFound,
+    PermissionDenied,
+)
 from partners.work import (
     CaseNotice,
     ConsentPrompt,
@@ -167,8 +173,32 @@ class Shown:
     message: str
 
 
-class StreamDropped(Exception):
+#: How a backend's output marks what an injected fault made it do (never a real error).
+INJECTED = "injected"
+
+
+class InjectedFault(Exception):
+    """A failure made on purpose by an injected fault (a drill): its message says so, as
+    does the SDK's log line when the item is left for redelivery."""
+
+    def __init__(self, fault: str, what: str) -> None:
+        super().__init__(f"injected fault {fault} (expected, a drill): {what}")
+        self.fault = fault
+
+
+class StreamDropped(InjectedFault):
     """Raised on purpose by the drop-stream fault so the item stays unacknowledged."""
+
+    def __init__(self, work_id: str) -> None:
+        super().__init__("drop-stream", f"{work_id} left for redelivery")
+
+
+class GarbageRefused(InjectedFault):
+    """The gateway refused the garbage finding, as it must: the item is redelivered and
+    then answered properly."""
+
+    def __init__(self, work_id: str) -> None:
+        super().__init__("garbage", f"{work_id} refused as it should be, left for redelivery")
 
 
 def short(case_id: str) -> str:
@@ -227,7 +257,11 @@ class ReferenceBackend:
                 case = ", ".join(map(short, item.payload.case_ids))
             else:
                 case = short(item.payload.case_id) if item.payload is not None else ""
-            self.say("fault", f"dropping the work stream on a {kind} for {case} (drop-stream)")
+            self.say(
+                INJECTED,
+                f"fault drop-stream (expected): dropping the work stream on a {kind} for "
+                f"{case}; it comes back redelivered",
+            )
             self.subscription.reconnect()
             raise StreamDropped(item.work_id)
         try:
@@ -258,22 +292,43 @@ class ReferenceBackend:
     async def _diagnose(self, item: WorkItem, request: DiagnosisRequest) -> None:
         if self.faults.silent:
             self.say(
-                "fault", f"not answering {request.component} for {short(request.case_id)} (silent)"
+                INJECTED,
+                f"fault silent (expected): not answering {request.component} for "
+                f"{short(request.case_id)}; the gateway records it UNRESPONSIVE at its deadline",
             )
             return
         if self.faults.slow:
+            self.say(
+                INJECTED,
+                f"fault slow (expected): answering {short(request.case_id)} after "
+                f"{self.faults.slow:g} s",
+            )
             await asyncio.sleep(self.faults.slow)
         if self.faults.garbage and item.redeliveries == 0:
-            self.say("fault", f"answering garbage for {short(request.case_id)} (garbage)")
-            await self.client.submit_finding(
-                request.case_id,
-                request_id=request.request_id,
-                component="",
-                status=FindingStatus.UNSPECIFIED,
-                confidence=7.5,
-                fault_code="?" * 120,
-                idempotency_key=f"{item.work_id}/garbage",
+            self.say(
+                INJECTED,
+                f"fault garbage (expected): answering a malformed finding for "
+                f"{short(request.case_id)} first",
             )
+            try:
+                await self.client.submit_finding(
+                    request.case_id,
+                    request_id=request.request_id,
+                    component="",
+                    status=FindingStatus.UNSPECIFIED,
+                    confidence=7.5,
+                    fault_code="?" * 120,
+                    idempotency_key=f"{item.work_id}/garbage",
+                )
+            except InvalidArgument as exc:
+                self.refused.append(exc)
+                fields = ", ".join(v.field for v in exc.violations)
+                self.say(
+                    INJECTED,
+                    f"fault garbage (expected): the gateway refused it as it should "
+                    f"(INVALID_ARGUMENT on {fields}); answering properly on redelivery",
+                )
+                raise GarbageRefused(item.work_id) from None
         diagnosis = self.model.diagnose(request)
         await self.client.submit_finding(
             request.case_id,
@@ -287,15 +342,21 @@ class ReferenceBackend:
         )
         self.diagnoses[request.case_id] = diagnosis
         code = f" {diagnosis.fault_code}" if diagnosis.fault_code else ""
+        cause = ""
+        if self.faults.model and diagnosis.status in (FindingStatus.FAULTY, FindingStatus.DEGRADED):
+            cause = f" [{INJECTED} fault: {', '.join(sorted(self.faults.model))}]"
         self.say(
             "diagnosis",
             f"{short(request.case_id)} {request.component} → {diagnosis.status.name}{code} "
-            f"({diagnosis.confidence:.2f}): {diagnosis.detail}",
+            f"({diagnosis.confidence:.2f}): {diagnosis.detail}{cause}",
         )
 
     async def _offer(self, item: WorkItem, offer: OwnershipOffer) -> None:
         if self.faults.silent:
-            self.say("fault", f"not answering the offer for {short(offer.case_id)} (silent)")
+            self.say(
+                INJECTED,
+                f"fault silent (expected): not answering the offer for {short(offer.case_id)}",
+            )
             return
         if self.faults.slow:
             await asyncio.sleep(self.faults.slow)

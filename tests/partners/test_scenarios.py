@@ -4,6 +4,8 @@ playing a fresh cast on its own copy of the service."""
 
 from __future__ import annotations
 
+import logging
+
 import pytest
 
 from partners import (
@@ -29,11 +31,13 @@ async def told(backend: ReferenceBackend, case_id: str) -> None:
 
 
 async def test_nfc_payment_bank_keeps_the_customer_the_operator_fixes_the_sim(
-    stage: Stage,
+    stage: Stage, caplog: pytest.LogCaptureFixture
 ) -> None:
     scenario = SCENARIOS["nfc-payment"]
     bank, telco = stage.cast["bank"], stage.cast["operator"]
-    async with running_backends(stage, scenario.companies, scenario.faults) as backends:
+    lines: list[str] = []
+    caplog.set_level(logging.WARNING, logger="partners.work")
+    async with running_backends(stage, scenario.companies, scenario.faults, lines) as backends:
         outcome = await perform(scenario, stage)
         await told(backends["bank"], outcome.case_id)
 
@@ -80,6 +84,16 @@ async def test_nfc_payment_bank_keeps_the_customer_the_operator_fixes_the_sim(
     ]
     assert acquirer == []  # withheld from the bank, but answered in time:
     assert outcome.case_id in backends["acquirer"].diagnoses
+    # What the injected faults made the partners do reads as such, never as an error:
+    # the refused garbage, the SDK's redelivery, the operator's locked applet.
+    acquirer_lines = [line for line in lines if line.startswith(stage.cast["acquirer"])]
+    assert any("injected" in line and "refused it as it should" in line for line in acquirer_lines)
+    assert not [line for line in lines if line.split()[2] in ("refused", "fault")]
+    redelivered = [r.getMessage() for r in caplog.records if "handler failed" in r.getMessage()]
+    assert redelivered
+    assert all("injected fault garbage (expected, a drill)" in m for m in redelivered)
+    telco_found = [line for line in lines if f"{telco} " in line and "SE_PAYMENT" in line]
+    assert any("[injected fault: payment-applet-locked]" in line for line in telco_found)
 
 
 async def test_smart_heating_sla_breach_escalates_to_a_level_two_expert(stage: Stage) -> None:
