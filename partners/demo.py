@@ -25,17 +25,16 @@ from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from rich.console import Console, Group
-from rich.panel import Panel
+from rich.console import Console
 from rich.table import Table
-from rich.text import Text
 
 from partners.channel import PartnerCredentials
 from partners.client import PartnerClient
 from partners.console import RichNarrator
+from partners.demo_display import WaitProgress, injected_faults
 from partners.errors import GatewayError, Unimplemented
 from partners.processes import Child, Children
-from partners.reference import COMPANIES, Faults
+from partners.reference import COMPANIES
 from partners.scenarios import (
     ADMIN_PARTNER,
     SCENARIOS,
@@ -346,18 +345,20 @@ async def run(args: argparse.Namespace, console: Console) -> int:
                     f"logs in {data_dir / 'partners'}): the demo plays with them."
                 )
             partners = await demo.start_partners(plan, target, ca, running)
-            console.print(injected_faults(plan))
+            console.print(injected_faults(plan.faults))
+            waits = WaitProgress(console)
             stage = Stage(
                 target,
                 lambda partner, role: PartnerCredentials.issued(demo.certs, partner, role, ca),
                 cast=Cast(),
                 narrator=demo.narrator,
                 server_name=args.server_name,
+                on_wait=waits.update,
             )
             try:
                 for scenario in plan.scenarios:
                     started = time.monotonic()
-                    with console.status(f"playing {scenario.name}…"):
+                    with waits.playing(scenario.name):
                         try:
                             outcomes.append(
                                 (await perform(scenario, stage), time.monotonic() - started)
@@ -379,43 +380,6 @@ async def run(args: argparse.Namespace, console: Console) -> int:
     for failure in failures:
         console.print(f"[red]✗[/red] {failure}")
     return 1 if failures else 0
-
-
-def describe_fault(kind: str, fault: str) -> str:
-    """What an injected fault does, in words (model faults from the company's list,
-    behaviour faults from `Faults.BEHAVIOUR`)."""
-    company = COMPANIES[kind]
-    name, _, arg = fault.partition(":")
-    if name in company.faults:
-        return company.faults[name]
-    behaviour = {key.partition("[")[0]: text for key, text in Faults.BEHAVIOUR.items()}
-    text = behaviour.get(name, "")
-    if arg:  # slow:SECONDS
-        text = f"{text.partition(' (default')[0]}: {arg} s"
-    return text
-
-
-def injected_faults(plan: Plan) -> Panel:
-    """The faults the demo injects on purpose, said before anything happens: what the
-    partners' output marks `injected` is this drill, not an error."""
-    table = Table(box=None, show_header=True, pad_edge=False, expand=True)
-    table.add_column("partner", no_wrap=True, style="bold")
-    table.add_column("injected fault", no_wrap=True)
-    table.add_column("what it does", overflow="fold", ratio=1)
-    for kind, faults in plan.faults.items():
-        for fault in faults:
-            table.add_row(COMPANIES[kind].partner_id, fault, describe_fault(kind, fault))
-    note = Text(
-        "Injected on purpose, so that there is something to find: findings refused, streams "
-        "dropped, partners silent or slow below are expected. The partners' output marks "
-        "what these faults make them do `injected`.",
-        style="italic",
-    )
-    return Panel(
-        Group(note, table),
-        title="Injected faults (a drill, not errors)",
-        border_style="yellow",
-    )
 
 
 def _summary(

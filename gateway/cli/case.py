@@ -29,6 +29,7 @@ from gateway.cli.client import (
     fold_table,
     new_key,
     print_table,
+    progress,
 )
 from gateway.core.caller import Role
 
@@ -216,16 +217,18 @@ def watch(
                 cases_pb2.WatchCaseRequest(case_id=case_id, purpose=purpose, after_sequence=after)
             )
             async for response in stream:
+                progress.clear()
                 if as_json:
                     print(json_format.MessageToJson(response, indent=None), flush=True)
-                    continue
-                who, what, detail = describe(response.item)
-                at = response.item.occurred_at.ToDatetime().strftime("%H:%M:%S")
-                seq = response.item.sequence
-                out.print(f"[dim]{seq:>4} {at}[/dim] [bold]{who}[/bold] {what}: {detail}")
+                else:
+                    who, what, detail = describe(response.item)
+                    at = response.item.occurred_at.ToDatetime().strftime("%H:%M:%S")
+                    seq = response.item.sequence
+                    out.print(f"[dim]{seq:>4} {at}[/dim] [bold]{who}[/bold] {what}: {detail}")
+                progress.waiting(f"what happens next on {case_id} (Ctrl-C ends the watch)")
 
     with contextlib.suppress(KeyboardInterrupt):
-        call(go())
+        call(go(), waiting=None)
 
 
 @case_app.command("list")

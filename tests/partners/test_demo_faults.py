@@ -7,14 +7,15 @@ import io
 
 from rich.console import Console
 
-from partners.demo import Plan, describe_fault, injected_faults
+from partners.demo import Plan
+from partners.demo_display import describe_fault, injected_faults
 from partners.reference import COMPANIES
 from partners.scenarios import SCENARIOS
 
 
 def test_every_injected_fault_is_listed_and_described_at_80_columns() -> None:
     console = Console(width=80, record=True, file=io.StringIO())
-    console.print(injected_faults(Plan.of([])))
+    console.print(injected_faults(Plan.of([]).faults))
     text = console.export_text()
     assert "Injected faults (a drill, not errors)" in text
     assert max(len(line) for line in text.splitlines()) <= 80

@@ -82,6 +82,13 @@ async def test_show_list_and_watch_render_the_combined_view(
                 line = json.loads(await watcher.stdout.readline())
                 if line["item"].get("interaction", {}).get("summary", "").startswith("sent"):
                     break
+            # Then nothing happens for a second: the watch says what it waits for (on
+            # stderr, plain as it is no terminal; stdout keeps the items only).
+            assert watcher.stderr is not None
+            while b"waiting for what happens next on " + opened.case_id.encode() not in (
+                await watcher.stderr.readline()
+            ):
+                pass
     finally:
         watcher.terminate()
         await watcher.wait()
