@@ -8,7 +8,7 @@ import io
 from rich.console import Console
 
 from partners.demo import Plan
-from partners.demo_display import describe_fault, injected_faults
+from partners.demo_display import WaitProgress, describe_fault, injected_faults
 from partners.reference import COMPANIES
 from partners.scenarios import SCENARIOS
 
@@ -30,3 +30,20 @@ def test_every_injected_fault_is_listed_and_described_at_80_columns() -> None:
                 assert described.split()[0] in squeezed
     assert describe_fault("thermostat", "slow:2.5").endswith(": 2.5 s")
     assert describe_fault("isp", "silent") == "never answer diagnosis requests or ownership offers"
+
+
+def test_the_demo_says_what_it_waits_for_after_a_second() -> None:
+    shown = io.StringIO()
+    waits = WaitProgress(Console(file=shown, width=120))
+    waits.update("the ownership decision", 0.4)
+    assert shown.getvalue() == ""
+    waits.update("the ownership decision", 1.2)
+    waits.update("the ownership decision", 5.0)
+    waits.update("the ownership decision", 11.5)
+    waits.update(None, 11.7)
+    waits.update("the case to close", 1.1)
+    assert shown.getvalue().splitlines() == [
+        "  … waiting for the ownership decision (1 s)",
+        "  … still waiting for the ownership decision (12 s)",
+        "  … waiting for the case to close (1 s)",
+    ]
