@@ -225,7 +225,7 @@ def watch(
                     at = response.item.occurred_at.ToDatetime().strftime("%H:%M:%S")
                     seq = response.item.sequence
                     out.print(f"[dim]{seq:>4} {at}[/dim] [bold]{who}[/bold] {what}: {detail}")
-                progress.waiting(f"what happens next on {case_id} (Ctrl-C ends the watch)")
+                progress.waiting("the next event on the case (Ctrl-C ends the watch)")
 
     with contextlib.suppress(KeyboardInterrupt):
         call(go(), waiting=None)

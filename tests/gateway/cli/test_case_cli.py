@@ -85,7 +85,7 @@ async def test_show_list_and_watch_render_the_combined_view(
             # Then nothing happens for a second: the watch says what it waits for (on
             # stderr, plain as it is no terminal; stdout keeps the items only).
             assert watcher.stderr is not None
-            while b"waiting for what happens next on " + opened.case_id.encode() not in (
+            while b"waiting for the next event on the case" not in (
                 await watcher.stderr.readline()
             ):
                 pass
