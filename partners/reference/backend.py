@@ -217,6 +217,7 @@ class ReferenceBackend:
         faults: Faults | None = None,
         capacity: int = 25,
         out: Callable[[str], None] = print,
+        standing_faults: bool = False,
     ) -> None:
         self.company = company
         self.partner_id = partner_id or company.partner_id
@@ -224,6 +225,10 @@ class ReferenceBackend:
         self.faults = faults or Faults()
         self.model = company.make_model(self.faults.model)
         self.policy = OwnershipPolicy(company.expertise, capacity)
+        #: Whether the injected model faults stand: a repair fixes the case, and the next
+        #: case meets the faults again (what `coopgate up` runs its partners with, so the
+        #: README's tour and the demo can be played, and played again, on one stack).
+        self.standing_faults = standing_faults
         self._out = out
         self.subscription: WorkSubscription | None = None
         self.diagnoses: dict[str, Diagnosis] = {}
@@ -478,5 +483,14 @@ class ReferenceBackend:
             category=NOTE_CATEGORY,
             idempotency_key=f"repair-{notice.case_id}",
         )
-        self.repaired[notice.case_id] = repair
-        self.say("repair", f"{short(notice.case_id)}: {repair.note}")
+        self.fixed(notice.case_id, repair)
+
+    def fixed(self, case_id: str, repair: Repair) -> None:
+        """The repair of the case is done and said on it; with standing faults, the
+        injected ones are back for the next case (a drill's faults do not run out)."""
+        self.repaired[case_id] = repair
+        self.say("repair", f"{short(case_id)}: {repair.note}")
+        if self.standing_faults and self.faults.model:
+            self.model = self.company.make_model(self.faults.model)
+            injected = ", ".join(sorted(self.faults.model))
+            self.say(INJECTED, f"fault {injected} stands (a drill): the next case meets it again")
