@@ -41,9 +41,21 @@ def announce_stack(
     if partners is not None:
         table.add_row("client certificates", f"{settings.pki_dir / 'clients'} (every role)")
         table.add_row("partner logs", str(partners.log_dir / "<partner>.log"))
-        running = Table("reference partner", "pid", "state", box=None, padding=(0, 2))
+        running = Table(
+            "reference partner",
+            "pid",
+            "state",
+            "injected faults (a drill)",
+            box=None,
+            padding=(0, 2),
+        )
         for child in partners.children:
-            running.add_row(child.partner_id, str(child.process.pid), child.state)
+            running.add_row(
+                child.partner_id,
+                str(child.process.pid),
+                child.state,
+                child.injected_faults or "—",
+            )
         parts += [Text(""), running, Text("\nTry:", style="bold")]
         parts += [Text(f"  {command}", style="cyan") for command in first_commands(settings)]
     else:
