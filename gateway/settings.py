@@ -53,6 +53,12 @@ class Settings(BaseSettings):
         "stack, for real deployments.",
     )
 
+    console_listen: str = Field(
+        default="127.0.0.1:8480",
+        description="Where `coopgate up` serves the web console of one reference partner "
+        "(bank-a), beside the reference backends.",
+    )
+
     max_streams_per_partner: int = Field(
         default=2048,
         ge=1,

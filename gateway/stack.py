@@ -183,6 +183,9 @@ def require_free_ports(settings: Settings, *, embedded: bool) -> None:
     if embedded:
         require_free_port("127.0.0.1", settings.temporal_dev_port, "the Temporal dev server")
         require_free_port("127.0.0.1", settings.temporal_dev_ui_port, "the Temporal UI")
+    if settings.reference_partners:
+        host, _, port = settings.console_listen.rpartition(":")
+        require_free_port(host, int(port), "the console, COOPGATE_CONSOLE_LISTEN")
 
 
 def temporal_binary() -> str:
@@ -315,7 +318,7 @@ async def open_runtime(
             checkpoints = asyncio.create_task(
                 checkpointer.run(settings.checkpoint_interval_seconds), name="audit-checkpoints"
             )
-        erasure = Erasure(store, audit, sealer)
+        erasure = Erasure(store, audit, sealer, incidents)
         if settings.case_retention_days > 0 and settings.retention_sweep_seconds > 0:
             retention = asyncio.create_task(
                 erasure.run_retention(

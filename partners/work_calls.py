@@ -40,9 +40,12 @@ class WorkCalls(ClientBase):
         concurrency: int = 4,
         reconnect: RetryPolicy | None = None,
         redelivery: RetryPolicy | None = None,
+        kinds: tuple[type, ...] = (),
     ) -> WorkSubscription:
         """This partner's work, handled by ``handler``; ``async with`` runs it in the
-        background, ``await subscription.run()`` in the foreground (partner role only)."""
+        background, ``await subscription.run()`` in the foreground (partner role only).
+        With ``kinds`` (payload classes), items of other kinds are neither handled nor
+        acknowledged: they stay for this partner's other subscribers (its backend)."""
         return WorkSubscription(
             self,
             handler,
@@ -50,6 +53,7 @@ class WorkCalls(ClientBase):
             concurrency=concurrency,
             reconnect=reconnect or RECONNECT,
             redelivery=redelivery or REDELIVERY,
+            kinds=kinds,
         )
 
     def _subscribe_call(

@@ -31,7 +31,6 @@ from gateway.crypto.sealing import Sealer
 from gateway.identity.subjects import open_local_id, sealed_local_id_of
 from gateway.store import Store
 from gateway.store.batched import BatchedRows
-from gateway.store.engine import driver_statement
 from gateway.store.schema import (
     case_events,
     case_keys,
@@ -42,6 +41,7 @@ from gateway.store.schema import (
     subject_keys,
     subjects,
 )
+from gateway.store.statements import driver_statement
 
 TIMELINE_CACHE_CASES = 512
 #: Views kept as served, per case, reader partner and purpose (see `ServedView`).

@@ -273,6 +273,42 @@ def demo(
     raise typer.Exit(subprocess.run(command, check=False).returncode)
 
 
+@app.command()
+def console(
+    partner: Annotated[str, typer.Option("--as", help="The partner whose console it is.")],
+    listen: Annotated[str, typer.Option(help="host:port to serve on.")] = "127.0.0.1:8080",
+    accounts: Annotated[
+        Path | None, typer.Option(help="Local accounts file (TOML, Argon2id hashes).")
+    ] = None,
+    trusted_header: Annotated[
+        str, typer.Option(help="Sign people in by this header, set by a trusted proxy.")
+    ] = "",
+    data_dir: DataDir = None,
+) -> None:
+    """Serve a partner's web console for its advisors and compliance officers.
+
+    Runs `python -m partners.console` as a subprocess (the gateway never imports
+    partners), with the partner's certificates from DATA_DIR/pki/clients.
+    """
+    import subprocess
+
+    settings = _settings(data_dir)
+    command = [sys.executable, "-m", "partners.console", "--partner", partner]
+    command += [
+        "--certs",
+        str(settings.pki_dir / "clients"),
+        "--ca",
+        str(settings.pki_dir / "ca.pem"),
+    ]
+    command += ["--target", settings.listen, "--server-name", settings.server_name]
+    command += ["--listen", listen]
+    if accounts is not None:
+        command += ["--accounts", str(accounts)]
+    if trusted_header:
+        command += ["--trusted-header", trusted_header]
+    raise typer.Exit(subprocess.run(command, check=False).returncode)
+
+
 def main() -> None:
     """Entry point; ends through one explicit exit path (temporalio sdk-python#300)."""
     code: int = 0
