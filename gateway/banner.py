@@ -45,9 +45,21 @@ def announce_stack(
             table.add_row("console (bank-a)", partners.console_url())
             for line in partners.console_sign_ins():
                 table.add_row("  sign in as", line)
-        running = Table("reference partner", "pid", "state", box=None, padding=(0, 2))
+        running = Table(
+            "reference partner",
+            "pid",
+            "state",
+            "injected faults (a drill)",
+            box=None,
+            padding=(0, 2),
+        )
         for child in partners.children:
-            running.add_row(child.partner_id, str(child.process.pid), child.state)
+            running.add_row(
+                child.partner_id,
+                str(child.process.pid),
+                child.state,
+                child.injected_faults or "—",
+            )
         parts += [Text(""), running, Text("\nTry:", style="bold")]
         parts += [Text(f"  {command}", style="cyan") for command in first_commands(settings)]
     else:

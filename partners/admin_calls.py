@@ -58,10 +58,26 @@ class AdminCalls(ClientBase):
         request = admin_pb2.GetServiceRequest(service_id=service_id)
         return (await self._call("GetService", self._admin.GetService, request, deadline)).service
 
-    async def list_services(self, *, deadline: float | None = None) -> list[admin_pb2.Service]:
-        request = admin_pb2.ListServicesRequest()
+    async def list_services(
+        self, *, include_retired: bool = False, deadline: float | None = None
+    ) -> list[admin_pb2.Service]:
+        """The catalogue's services (with ``include_retired``, the retired ones too)."""
+        request = admin_pb2.ListServicesRequest(include_retired=include_retired)
         response = await self._call("ListServices", self._admin.ListServices, request, deadline)
         return list(response.services)
+
+    async def retire_service(
+        self,
+        service_id: str,
+        *,
+        idempotency_key: str | None = None,
+        deadline: float | None = None,
+    ) -> admin_pb2.RetireServiceResponse:
+        """Take the service out of the catalogue; its sharing agreements end."""
+        request = admin_pb2.RetireServiceRequest(
+            idempotency_key=self._key(idempotency_key), service_id=service_id
+        )
+        return await self._call("RetireService", self._admin.RetireService, request, deadline)
 
     async def define_sharing_agreement(
         self,

@@ -30,6 +30,7 @@ from rich.table import Table
 
 from partners.channel import PartnerCredentials
 from partners.client import PartnerClient
+from partners.demo_display import WaitProgress, injected_faults
 from partners.errors import GatewayError, Unimplemented
 from partners.narration import RichNarrator
 from partners.processes import Child, Children
@@ -151,8 +152,27 @@ class Demo:
         return f"127.0.0.1:{port}", data_dir, child
 
     async def issue(self, data_dir: Path, wanted: Iterable[tuple[str, str]]) -> None:
-        """Client certificates from the stack's CA, through ``coopgate ca issue``."""
+        """Client certificates from the stack's CA: those `coopgate up` issued already
+        (``DATA_DIR/pki/clients``), the others through ``coopgate ca issue``."""
         self.certs.mkdir(exist_ok=True)
+        pairs = sorted(set(wanted))
+        issued = data_dir / "pki" / "clients"
+        reused = [
+            (p, r)
+            for p, r in pairs
+            if (issued / f"{p}-{r}.pem").exists() and (issued / f"{p}-{r}.key").exists()
+        ]
+        for partner, role in reused:
+            for suffix in ("pem", "key"):  # copy2 keeps the key's 0600
+                shutil.copy2(issued / f"{partner}-{role}.{suffix}", self.certs)
+        if reused:
+            self.narrator.step(
+                f"Using {len(reused)} client certificates `coopgate up` issued in {issued}."
+            )
+        pairs = [pair for pair in pairs if pair not in reused]
+        if not pairs:
+            return
+        self.narrator.step(f"Issuing {len(pairs)} client certificates with `coopgate ca issue`…")
         limit = asyncio.Semaphore(4)
 
         async def one(partner: str, role: str) -> None:
@@ -176,7 +196,6 @@ class Demo:
                 if process.returncode != 0:
                     raise DemoError(f"coopgate ca issue {partner}/{role}: {output.decode()}")
 
-        pairs = sorted(set(wanted))
         await asyncio.gather(*(one(p, r) for p, r in pairs))
         self.narrator.step(f"Issued {len(pairs)} client certificates with `coopgate ca issue`.")
 
@@ -345,17 +364,20 @@ async def run(args: argparse.Namespace, console: Console) -> int:
                     f"logs in {data_dir / 'partners'}): the demo plays with them."
                 )
             partners = await demo.start_partners(plan, target, ca, running)
+            console.print(injected_faults(plan.faults))
+            waits = WaitProgress(console)
             stage = Stage(
                 target,
                 lambda partner, role: PartnerCredentials.issued(demo.certs, partner, role, ca),
                 cast=Cast(),
                 narrator=demo.narrator,
                 server_name=args.server_name,
+                on_wait=waits.update,
             )
             try:
                 for scenario in plan.scenarios:
                     started = time.monotonic()
-                    with console.status(f"playing {scenario.name}…"):
+                    with waits.playing(scenario.name):
                         try:
                             outcomes.append(
                                 (await perform(scenario, stage), time.monotonic() - started)

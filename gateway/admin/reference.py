@@ -78,6 +78,10 @@ def issue_reference_certificates(settings: Settings) -> list[Path]:
     return issued
 
 
+#: What a reference partner's ready line says before the faults injected into it.
+INJECTED_FAULTS = "injected faults (a drill, expected):"
+
+
 @dataclass(slots=True)
 class PartnerProcess:
     """One reference partner backend: its process and where its output goes."""
@@ -95,6 +99,16 @@ class PartnerProcess:
         except OSError:
             said = ""
         return "ready" if " ready " in said or " at http" in said else "connecting"
+
+    @property
+    def injected_faults(self) -> str:
+        """The faults it was started with, as its ready line names them ("" if none)."""
+        try:
+            said = self.log.read_text(errors="replace")
+        except OSError:
+            return ""
+        ready = [line for line in said.splitlines() if " ready " in line]
+        return ready[-1].partition(INJECTED_FAULTS)[2].strip() if ready else ""
 
 
 class ReferencePartners:

@@ -15,17 +15,17 @@ from typing import Literal
 from coopgate.v1 import admin_pb2
 from google.protobuf import duration_pb2
 from google.protobuf.message import Message
-from sqlalchemy import delete, insert, select, update
+from sqlalchemy import delete, insert, or_, select, update
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from gateway.audit.log import AuditLog, AuditRecord
 from gateway.consent.vocabulary import Vocabulary
 from gateway.core.caller import Caller
-from gateway.core.errors import FieldViolation, InvalidArgument
+from gateway.core.errors import FailedPrecondition, FieldViolation, InvalidArgument
 from gateway.crypto.pki import PARTNER_ID_PATTERN
 from gateway.store import Store
 from gateway.store.idempotency import run_once
-from gateway.store.schema import partners, service_components, services
+from gateway.store.schema import partners, service_components, services, sharing_agreements
 
 SERVICE_ID_PATTERN = re.compile(r"^[a-z][a-z0-9-]{1,62}$")
 NAME_PATTERN = re.compile(r"^[a-z][a-z0-9.-]{0,99}$")
@@ -260,14 +260,96 @@ class Admin:
         async with self.store.read() as conn:
             return await load_service(conn, service_id, field="service_id")
 
-    async def list_services(self) -> admin_pb2.ListServicesResponse:
+    async def list_services(
+        self, request: admin_pb2.ListServicesRequest | None = None
+    ) -> admin_pb2.ListServicesResponse:
+        """The catalogue: the services in it (those retired too, if asked)."""
+        include_retired = request is not None and request.include_retired
         async with self.store.read() as conn:
             rows = (
                 await conn.execute(select(services.c.definition).order_by(services.c.service_id))
             ).scalars()
-            return admin_pb2.ListServicesResponse(
-                services=[admin_pb2.Service.FromString(d) for d in rows]
+            found = [admin_pb2.Service.FromString(d) for d in rows]
+        return admin_pb2.ListServicesResponse(
+            services=[s for s in found if include_retired or not s.HasField("retired_at")]
+        )
+
+    async def retire_service(
+        self, caller: Caller, request: admin_pb2.RetireServiceRequest
+    ) -> admin_pb2.RetireServiceResponse:
+        """Take a service out of the catalogue (a drill's copy, a discontinued offer): no
+        longer listed, no new case on it, its sharing agreements ended now; its cases
+        and their history stay. Retiring a retired service changes nothing."""
+        if not SERVICE_ID_PATTERN.fullmatch(request.service_id):
+            raise InvalidArgument.field("service_id", "must match [a-z][a-z0-9-]{1,62}")
+
+        async def action(conn: AsyncConnection) -> admin_pb2.RetireServiceResponse:
+            service = await load_service(conn, request.service_id, field="service_id")
+            if service.HasField("retired_at"):
+                return admin_pb2.RetireServiceResponse(service=service)
+            now = _now()
+            service.version += 1
+            service.retired_at.FromDatetime(now)
+            await conn.execute(
+                update(services)
+                .where(services.c.service_id == service.service_id)
+                .values(
+                    version=service.version,
+                    definition=service.SerializeToString(deterministic=True),
+                    updated_at=now,
+                )
             )
+            ended = await end_agreements(conn, service.service_id, now)
+            await self.audit.record_in(
+                conn,
+                [
+                    AuditRecord(
+                        kind="admin",
+                        action="admin.service-retired",
+                        actor_partner_id=caller.partner_id,
+                        actor_person_id=caller.person_id,
+                        details=(
+                            ("service", service.service_id),
+                            ("version", str(service.version)),
+                            ("agreements_ended", ",".join(ended)),
+                            ("definition_sha256", definition_digest(service)),
+                        ),
+                    )
+                ],
+            )
+            return admin_pb2.RetireServiceResponse(service=service, ended_agreement_ids=ended)
+
+        response, _ = await run_once(
+            self.store, caller, "RetireService", request, admin_pb2.RetireServiceResponse, action
+        )
+        return response
+
+
+async def end_agreements(conn: AsyncConnection, service_id: str, at: dt.datetime) -> list[str]:
+    """End every sharing agreement of the service still in force at ``at`` (its
+    ``valid_until`` set to ``at``, in its row and its definition); their ids."""
+    rows = (
+        await conn.execute(
+            select(sharing_agreements.c.agreement_id, sharing_agreements.c.definition)
+            .where(
+                sharing_agreements.c.service_id == service_id,
+                or_(
+                    sharing_agreements.c.valid_until.is_(None),
+                    sharing_agreements.c.valid_until > at,
+                ),
+            )
+            .order_by(sharing_agreements.c.agreement_id)
+        )
+    ).all()
+    for agreement_id, definition in rows:
+        agreement = admin_pb2.SharingAgreement.FromString(definition)
+        agreement.valid_until.FromDatetime(at)
+        await conn.execute(
+            update(sharing_agreements)
+            .where(sharing_agreements.c.agreement_id == agreement_id)
+            .values(valid_until=at, definition=agreement.SerializeToString(deterministic=True))
+        )
+    return [str(agreement_id) for agreement_id, _ in rows]
 
 
 async def load_service(conn: AsyncConnection, service_id: str, *, field: str) -> admin_pb2.Service:
@@ -282,6 +364,15 @@ async def load_service(conn: AsyncConnection, service_id: str, *, field: str) ->
             field, f"unknown service {service_id!r}", reason="UNKNOWN_SERVICE"
         )
     return admin_pb2.Service.FromString(definition)
+
+
+def require_in_catalogue(service: admin_pb2.Service) -> None:
+    """A retired service takes no new case (FAILED_PRECONDITION ``SERVICE_RETIRED``)."""
+    if service.HasField("retired_at"):
+        raise FailedPrecondition(
+            f"service {service.service_id!r} is retired (no new case is opened on it)",
+            reason="SERVICE_RETIRED",
+        )
 
 
 def _normalised_service(given: admin_pb2.Service) -> admin_pb2.Service:
@@ -348,4 +439,5 @@ def _normalised_service(given: admin_pb2.Service) -> admin_pb2.Service:
     if violations:
         raise InvalidArgument(violations)
     service.version = 0
+    service.ClearField("retired_at")  # defining a service puts it in the catalogue
     return service

@@ -122,6 +122,7 @@ RULES: Mapping[str, Rule] = MappingProxyType(
             DefineService=Rule(_ADMIN),
             GetService=Rule(_ANYONE),
             ListServices=Rule(_ANYONE),
+            RetireService=Rule(_ADMIN),
             DefineSharingAgreement=Rule(_ADMIN),
             ListSharingAgreements=Rule(_ANYONE),
         ),

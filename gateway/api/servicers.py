@@ -160,7 +160,12 @@ class AdminServicer(admin_pb2_grpc.AdminServiceServicer):
         self, request: admin_pb2.ListServicesRequest, context: Context
     ) -> admin_pb2.ListServicesResponse:
         current_caller()
-        return await self._admin.list_services()
+        return await self._admin.list_services(request)
+
+    async def RetireService(
+        self, request: admin_pb2.RetireServiceRequest, context: Context
+    ) -> admin_pb2.RetireServiceResponse:
+        return await self._admin.retire_service(current_caller(), request)
 
     async def DefineSharingAgreement(
         self, request: admin_pb2.DefineSharingAgreementRequest, context: Context

@@ -10,7 +10,7 @@ from coopgate.v1 import cases_pb2, common_pb2
 from sqlalchemy import insert, select, update
 from sqlalchemy.ext.asyncio import AsyncConnection
 
-from gateway.admin.registry import load_service
+from gateway.admin.registry import load_service, require_in_catalogue
 from gateway.cases.incidents import Incidents
 from gateway.cases.reader import CaseReader
 from gateway.cases.rows import (
@@ -73,6 +73,7 @@ class CaseIntake:
 
         async def action(conn: AsyncConnection) -> cases_pb2.OpenCaseResponse:
             service = await load_service(conn, request.service_id, field="service_id")
+            require_in_catalogue(service)
             chain = [c.partner_id for c in service.components]
             if caller.partner_id not in chain:
                 raise PermissionDenied(

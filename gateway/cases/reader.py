@@ -23,6 +23,7 @@ from gateway.core.caller import Caller
 from gateway.core.errors import InvalidArgument
 from gateway.crypto.pseudonyms import Pseudonyms
 from gateway.crypto.sealing import ERASED_TEXT, MISSING, Erased, Missing, Sealer
+from gateway.identity.subjects import local_id_in
 from gateway.store.schema import case_participants, services
 
 
@@ -143,12 +144,18 @@ class CaseReader:
         row: CaseRow,
         participants: Sequence[Participant | Row[Any]] | None = None,
         key: AESGCM | Missing | None = MISSING,
+        local_id: str | None = None,
     ) -> cases_pb2.CaseHeader:
+        """The case's header as ``caller`` sees it: the customer by its own id for them
+        (``local_id``, looked up when not given) and its pseudonym."""
+        if local_id is None:
+            local_id = local_id_in(conn, self.sealer, caller.partner_id, row.subject_id)
         header = cases_pb2.CaseHeader(
             case_id=row.case_id,
             service_id=row.service_id,
             status=row.status,  # type: ignore[arg-type]
             subject_id=self.pseudonyms.for_partner(caller.partner_id, row.subject_id),
+            customer_local_id=local_id,
             first_contact_partner_id=row.first_contact_partner_id,
             first_contact_channel=row.first_contact_channel,  # type: ignore[arg-type]
             relationship_owner_id=row.relationship_owner_id or "",

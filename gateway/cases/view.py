@@ -28,6 +28,7 @@ from gateway.consent.rules import AccessDecision, ConsentRules, Flow
 from gateway.core.caller import Caller
 from gateway.core.errors import InvalidArgument, NotFound
 from gateway.crypto.sealing import Sealer
+from gateway.identity.subjects import open_local_id, sealed_local_id_of
 from gateway.store import Store
 from gateway.store.batched import BatchedRows
 from gateway.store.schema import (
@@ -37,6 +38,7 @@ from gateway.store.schema import (
     cases,
     change_counters,
     services,
+    subject_keys,
     subjects,
 )
 from gateway.store.statements import driver_statement
@@ -83,12 +85,19 @@ _VIEW_CASE_SELECT = (
         .label("agreements_version"),
         # The header's service levels come from the service's definition.
         services.c.version.label("current_service_version"),
+        # The header names the customer by the reader's own id: each participant's,
+        # sealed, and the subject's key (a link or an erasure changes these rows).
+        sealed_local_id_of(case_participants.c.partner_id, cases.c.subject_id).label(
+            "participant_local_id"
+        ),
+        subject_keys.c.wrapped_key.label("subject_key"),
     )
     .select_from(
         cases.join(case_participants, case_participants.c.case_id == cases.c.case_id)
         .join(subjects, subjects.c.subject_id == cases.c.subject_id)
         .join(services, services.c.service_id == cases.c.service_id)
         .outerjoin(case_keys, case_keys.c.case_id == cases.c.case_id)
+        .outerjoin(subject_keys, subject_keys.c.subject_id == cases.c.subject_id)
     )
     .order_by(case_participants.c.role, case_participants.c.partner_id)
 )
@@ -99,6 +108,8 @@ _VIEW_CASES = _VIEW_CASE_SELECT.where(
 )
 _VIEW_CASE_KEY = len(_CASE_ROW_FIELDS)
 _VIEW_CASE_PARTICIPANT = _VIEW_CASE_KEY + 1
+_VIEW_CASE_LOCAL_ID = _VIEW_CASE_PARTICIPANT + 6
+_VIEW_CASE_SUBJECT_KEY = _VIEW_CASE_LOCAL_ID + 1
 
 
 @dataclass(slots=True, frozen=True)
@@ -315,7 +326,15 @@ class CaseViews:
             Participant(*r[_VIEW_CASE_PARTICIPANT : _VIEW_CASE_PARTICIPANT + 3]) for r in rows
         ]
         key = self.sealer.unwrap(row.case_id, first[_VIEW_CASE_KEY])
-        header = self._header_in(conn, caller, row, participants, key)
+        mine = next(r for r in rows if r[_VIEW_CASE_PARTICIPANT] == caller.partner_id)
+        local_id = open_local_id(
+            self.sealer,
+            row.subject_id,
+            caller.partner_id,
+            first[_VIEW_CASE_SUBJECT_KEY],
+            mine[_VIEW_CASE_LOCAL_ID],
+        )
+        header = self._header_in(conn, caller, row, participants, key, local_id)
         timeline = self._timeline_in(conn, row, key)
         decided = self.rules.evaluate_until_in(
             conn,

@@ -29,6 +29,7 @@ from gateway.cli.client import (
     fold_table,
     new_key,
     print_table,
+    progress,
 )
 from gateway.core.caller import Role
 
@@ -95,7 +96,10 @@ def render(view: cases_pb2.CaseView) -> Group:
     head.add_row("resolvers", ", ".join(h.resolver_ids) or "—")
     channel = _enum(common_pb2.Channel, h.first_contact_channel, "CHANNEL_")
     head.add_row("first contact", f"{h.first_contact_partner_id} ({channel})")
-    head.add_row("customer (your pseudonym)", h.subject_id)
+    if h.customer_local_id:
+        head.add_row("customer (your id)", h.customer_local_id)
+    else:
+        head.add_row("customer (your pseudonym)", h.subject_id)
     if h.HasField("owner_due_at"):
         head.add_row("owner due", h.owner_due_at.ToDatetime().isoformat(timespec="seconds"))
         head.add_row(
@@ -213,16 +217,18 @@ def watch(
                 cases_pb2.WatchCaseRequest(case_id=case_id, purpose=purpose, after_sequence=after)
             )
             async for response in stream:
+                progress.clear()
                 if as_json:
                     print(json_format.MessageToJson(response, indent=None), flush=True)
-                    continue
-                who, what, detail = describe(response.item)
-                at = response.item.occurred_at.ToDatetime().strftime("%H:%M:%S")
-                seq = response.item.sequence
-                out.print(f"[dim]{seq:>4} {at}[/dim] [bold]{who}[/bold] {what}: {detail}")
+                else:
+                    who, what, detail = describe(response.item)
+                    at = response.item.occurred_at.ToDatetime().strftime("%H:%M:%S")
+                    seq = response.item.sequence
+                    out.print(f"[dim]{seq:>4} {at}[/dim] [bold]{who}[/bold] {what}: {detail}")
+                progress.waiting("the next event on the case (Ctrl-C ends the watch)")
 
     with contextlib.suppress(KeyboardInterrupt):
-        call(go())
+        call(go(), waiting=None)
 
 
 @case_app.command("list")

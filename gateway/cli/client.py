@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import asyncio
+import time
 import uuid
 from collections.abc import Awaitable
 from dataclasses import dataclass
@@ -26,9 +27,12 @@ from gateway.settings import Settings
 T = TypeVar("T")
 err = Console(stderr=True)
 
-#: After this long a wait for the gateway shows so, and after `CONNECT_TIMEOUT` gives up.
+#: After this long a wait shows progress; a gateway not connected to after
+#: `CONNECT_TIMEOUT` ends the command.
 PROGRESS_AFTER = 1.0
 CONNECT_TIMEOUT = 5.0
+#: Without a terminal, a line every this many seconds while a wait goes on.
+PLAIN_EVERY = 10.0
 #: The channels this command opened, with their addresses (see `call`).
 _opened: list[tuple[str, grpc.aio.Channel]] = []
 #: Channel states in which nothing is waited for.
@@ -153,15 +157,69 @@ def new_key() -> str:
     return f"cli-{uuid.uuid4().hex}"
 
 
-def call(coro: Awaitable[T]) -> T:
-    """Run one client call; a gRPC error becomes a readable message and exit 1. While
-    the gateway is not connected to, a wait longer than `PROGRESS_AFTER` says so, and
-    a gateway that does not answer within `CONNECT_TIMEOUT` ends the command."""
+class Progress:
+    """Shows that a wait goes on once it has lasted `PROGRESS_AFTER`: a spinner with the
+    seconds waited on a terminal; otherwise plain lines (the first, then one every
+    `PLAIN_EVERY` seconds), on stderr, so that stdout keeps only the answer."""
+
+    def __init__(self, console: Console | None = None) -> None:
+        self.console = console or err
+        self._what: str | None = None
+        self._since = 0.0
+        self._said: float | None = None
+        self._status: Status | None = None
+
+    def waiting(self, what: str, *, restart: bool = True) -> None:
+        """A wait for ``what`` begins (or, without ``restart``, goes on under that name)."""
+        if restart or self._what is None:
+            self.clear()
+            self._since = time.monotonic()
+        self._what = what
+
+    def clear(self) -> None:
+        """The wait ended: nothing is shown any more."""
+        if self._status is not None:
+            self._status.stop()
+            self._status = None
+        self._what, self._said = None, None
+
+    def update(self) -> None:
+        """Called while waiting (every tenth of a second or so)."""
+        if self._what is None:
+            return
+        waited = time.monotonic() - self._since
+        if waited < PROGRESS_AFTER:
+            return
+        if self.console.is_terminal:
+            text = f"waiting for {self._what}… {waited:.0f} s"
+            if self._status is None:
+                self._status = self.console.status(text)
+                self._status.start()
+            else:
+                self._status.update(text)
+        elif self._said is None or waited - self._said >= PLAIN_EVERY:
+            still = "still " if self._said is not None else ""
+            self.console.print(
+                f"… {still}waiting for {self._what} ({waited:.0f} s)", markup=False, highlight=False
+            )
+            self._said = waited
+
+
+#: What this command is waiting for, shown by `call` once it lasts (see `Progress`).
+progress = Progress()
+
+
+def call(coro: Awaitable[T], *, waiting: str | None = "the gateway's answer") -> T:
+    """Run one client call; a gRPC error becomes a readable message and exit 1. A wait
+    longer than `PROGRESS_AFTER` shows progress (`Progress`): for the connection while
+    the gateway is not connected to, then for ``waiting`` (None: the command shows its
+    own, as `case watch` does); a gateway that does not answer within `CONNECT_TIMEOUT`
+    ends the command."""
 
     async def run() -> T:
         task = asyncio.ensure_future(coro)
         silent: list[str] = []
-        watchdog = asyncio.create_task(_watch_connection(task, silent))
+        watchdog = asyncio.create_task(_watch(task, silent, waiting))
         try:
             return await task
         except asyncio.CancelledError:
@@ -170,6 +228,7 @@ def call(coro: Awaitable[T]) -> T:
             raise
         finally:
             watchdog.cancel()
+            progress.clear()
 
     _opened.clear()
     try:
@@ -194,26 +253,25 @@ def call(coro: Awaitable[T]) -> T:
         raise typer.Exit(1) from None
 
 
-async def _watch_connection(task: asyncio.Future[Any], silent: list[str]) -> None:
-    """While a channel of this command is not connected: after `PROGRESS_AFTER` say
-    so on stderr; after `CONNECT_TIMEOUT` name its address in ``silent`` and cancel
-    ``task``. Returns once every channel opened is connected (or closed)."""
-    status: Status | None = None
-    started = asyncio.get_running_loop().time()
-    try:
-        while True:
-            await asyncio.sleep(0.1)
-            waiting = [a for a, c in _opened if c.get_state() not in _SETTLED]
-            if _opened and not waiting:
-                return
-            waited = asyncio.get_running_loop().time() - started
-            if waiting and waited >= CONNECT_TIMEOUT:
-                silent.append(waiting[0])
+async def _watch(task: asyncio.Future[Any], silent: list[str], waiting: str | None) -> None:
+    """While ``task`` runs: while a channel of this command is not connected, progress
+    for the connection, and after `CONNECT_TIMEOUT` its address in ``silent`` and
+    ``task`` cancelled; once connected, progress for ``waiting``."""
+    started = time.monotonic()
+    connected = False
+    while not task.done():
+        await asyncio.sleep(0.1)
+        pending = [a for a, c in _opened if c.get_state() not in _SETTLED]
+        if pending and not connected:
+            if time.monotonic() - started >= CONNECT_TIMEOUT:
+                silent.append(pending[0])
                 task.cancel()
                 return
-            if waiting and status is None and waited >= PROGRESS_AFTER:
-                status = err.status(f"connecting to the gateway at {waiting[0]}…")
-                status.start()
-    finally:
-        if status is not None:
-            status.stop()
+            progress.waiting(f"the gateway at {pending[0]} to connect", restart=False)
+        elif _opened and not connected:
+            connected = True
+            if waiting is None:
+                progress.clear()
+            else:
+                progress.waiting(waiting, restart=False)
+        progress.update()

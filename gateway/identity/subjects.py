@@ -10,9 +10,10 @@ from __future__ import annotations
 
 import datetime as dt
 import uuid
+from typing import Any
 
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
-from sqlalchemy import insert, select, update
+from sqlalchemy import Connection, ScalarSelect, bindparam, insert, select, update
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from gateway.core.errors import InvalidArgument
@@ -102,21 +103,7 @@ class LocalIds:
 
     async def local_id(self, conn: AsyncConnection, partner_id: str, subject_id: str) -> str:
         """The partner's own id for this customer, if it has one (never another's)."""
-        row = (
-            await conn.execute(
-                select(subject_links.c.sealed_local_id, subject_keys.c.wrapped_key)
-                .join(subject_keys, subject_keys.c.subject_id == subject_links.c.subject_id)
-                .where(
-                    subject_links.c.partner_id == partner_id,
-                    subject_links.c.subject_id == subject_id,
-                )
-                .order_by(subject_links.c.linked_at)
-                .limit(1)
-            )
-        ).first()
-        if row is None:
-            return ""
-        return self._open(subject_id, partner_id, row.wrapped_key, row.sealed_local_id)
+        return await conn.run_sync(local_id_in, self.sealer, partner_id, subject_id)
 
     async def links(self, conn: AsyncConnection, subject_id: str) -> list[tuple[str, str]]:
         """(partner, its local id) for every partner that knows the customer."""
@@ -171,9 +158,50 @@ class LocalIds:
                 .values(values)
             )
 
-    def _open(self, subject_id: str, partner_id: str, wrapped: bytes | None, sealed: bytes) -> str:
-        key = self.sealer.unwrap(subject_key_name(subject_id), wrapped)
-        return _open_with(key, subject_id, partner_id, sealed)
+
+#: A partner's first link to a subject: its sealed id, and the subject's wrapped key.
+_LOCAL_ID = (
+    select(subject_links.c.sealed_local_id, subject_keys.c.wrapped_key)
+    .join(subject_keys, subject_keys.c.subject_id == subject_links.c.subject_id)
+    .where(
+        subject_links.c.partner_id == bindparam("partner_id"),
+        subject_links.c.subject_id == bindparam("subject_id"),
+    )
+    .order_by(subject_links.c.linked_at)
+    .limit(1)
+)
+
+
+def local_id_in(conn: Connection, sealer: Sealer, partner_id: str, subject_id: str) -> str:
+    """`LocalIds.local_id` on a synchronous connection: the partner's own id for the
+    customer ("" if it has none, or once the customer is erased), never another's."""
+    row = conn.execute(_LOCAL_ID, {"partner_id": partner_id, "subject_id": subject_id}).first()
+    if row is None:
+        return ""
+    return open_local_id(sealer, subject_id, partner_id, row.wrapped_key, row.sealed_local_id)
+
+
+def sealed_local_id_of(partner_id: Any, subject_id: Any) -> ScalarSelect[Any]:
+    """The sealed id of a partner's first link to a subject, as a correlated scalar
+    subquery (for a statement that reads each participant's along with a case)."""
+    return (
+        select(subject_links.c.sealed_local_id)
+        .where(subject_links.c.partner_id == partner_id, subject_links.c.subject_id == subject_id)
+        .order_by(subject_links.c.linked_at)
+        .limit(1)
+        .scalar_subquery()
+    )
+
+
+def open_local_id(
+    sealer: Sealer, subject_id: str, partner_id: str, wrapped: bytes | None, sealed: bytes | None
+) -> str:
+    """A partner's sealed id for the customer, opened with the subject's wrapped key;
+    "" when there is none or the key is destroyed (erasure)."""
+    if sealed is None:
+        return ""
+    key = sealer.unwrap(subject_key_name(subject_id), wrapped)
+    return _open_with(key, subject_id, partner_id, sealed)
 
 
 def _open_with(key: AESGCM | None, subject_id: str, partner_id: str, sealed: bytes) -> str:

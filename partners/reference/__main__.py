@@ -49,8 +49,14 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--demo-faults",
         action="store_true",
-        help="also switch on the faults the demo's scenarios give this company "
+        help="also switch on the faults the demo's scenarios give this company, standing "
         "(what `coopgate up` runs its reference partners with)",
+    )
+    parser.add_argument(
+        "--standing-faults",
+        action="store_true",
+        help="injected faults come back after each repair, for the next case "
+        "(implied by --demo-faults)",
     )
     parser.add_argument(
         "--parent-pid",
@@ -75,6 +81,7 @@ async def serve(args: argparse.Namespace, faults: Faults) -> int:
             faults=faults,
             capacity=args.capacity,
             out=lambda line: print(line, flush=True),
+            standing_faults=args.standing_faults or args.demo_faults,
         )
         stop = asyncio.Event()
         loop = asyncio.get_running_loop()
@@ -86,8 +93,9 @@ async def serve(args: argparse.Namespace, faults: Faults) -> int:
         except GatewayError as exc:
             print(f"cannot reach the gateway at {args.target}: {exc}", file=sys.stderr, flush=True)
             return 1
-        switched = ", ".join(sorted([*faults.model, *_behaviour(faults)])) or "none"
-        backend.say("ready", f"{backend.partner_id} ({chosen.display_name}); faults: {switched}")
+        switched = ", ".join(sorted([*faults.model, *_behaviour(faults)]))
+        drill = f"injected faults (a drill, expected): {switched}" if switched else "faults: none"
+        backend.say("ready", f"{backend.partner_id} ({chosen.display_name}); {drill}")
         running = asyncio.create_task(backend.run())
         stopping = asyncio.create_task(stop.wait())
         done, _ = await asyncio.wait({running, stopping}, return_when=asyncio.FIRST_COMPLETED)

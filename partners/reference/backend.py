@@ -19,7 +19,13 @@ from coopgate.v1 import admin_pb2
 
 from partners.client import PartnerClient
 from partners.enums import AuthorKind, Channel, ErasureReason, FindingStatus, Purpose
-from partners.errors import FailedPrecondition, GatewayError, NotFound, PermissionDenied
+from partners.errors import (
+    FailedPrecondition,
+    GatewayError,
+    InvalidArgument,
+    NotFound,
+    PermissionDenied,
+)
 from partners.work import (
     CaseNotice,
     ConsentPrompt,
@@ -167,8 +173,32 @@ class Shown:
     message: str
 
 
-class StreamDropped(Exception):
+#: How a backend's output marks what an injected fault made it do (never a real error).
+INJECTED = "injected"
+
+
+class InjectedFault(Exception):
+    """A failure made on purpose by an injected fault (a drill): its message says so, as
+    does the SDK's log line when the item is left for redelivery."""
+
+    def __init__(self, fault: str, what: str) -> None:
+        super().__init__(f"injected fault {fault} (expected, a drill): {what}")
+        self.fault = fault
+
+
+class StreamDropped(InjectedFault):
     """Raised on purpose by the drop-stream fault so the item stays unacknowledged."""
+
+    def __init__(self, work_id: str) -> None:
+        super().__init__("drop-stream", f"{work_id} left for redelivery")
+
+
+class GarbageRefused(InjectedFault):
+    """The gateway refused the garbage finding, as it must: the item is redelivered and
+    then answered properly."""
+
+    def __init__(self, work_id: str) -> None:
+        super().__init__("garbage", f"{work_id} refused as it should be, left for redelivery")
 
 
 def short(case_id: str) -> str:
@@ -187,6 +217,7 @@ class ReferenceBackend:
         faults: Faults | None = None,
         capacity: int = 25,
         out: Callable[[str], None] = print,
+        standing_faults: bool = False,
     ) -> None:
         self.company = company
         self.partner_id = partner_id or company.partner_id
@@ -194,6 +225,10 @@ class ReferenceBackend:
         self.faults = faults or Faults()
         self.model = company.make_model(self.faults.model)
         self.policy = OwnershipPolicy(company.expertise, capacity)
+        #: Whether the injected model faults stand: a repair fixes the case, and the next
+        #: case meets the faults again (what `coopgate up` runs its partners with, so the
+        #: README's tour and the demo can be played, and played again, on one stack).
+        self.standing_faults = standing_faults
         self._out = out
         self.subscription: WorkSubscription | None = None
         self.diagnoses: dict[str, Diagnosis] = {}
@@ -227,7 +262,11 @@ class ReferenceBackend:
                 case = ", ".join(map(short, item.payload.case_ids))
             else:
                 case = short(item.payload.case_id) if item.payload is not None else ""
-            self.say("fault", f"dropping the work stream on a {kind} for {case} (drop-stream)")
+            self.say(
+                INJECTED,
+                f"fault drop-stream (expected): dropping the work stream on a {kind} for "
+                f"{case}; it comes back redelivered",
+            )
             self.subscription.reconnect()
             raise StreamDropped(item.work_id)
         try:
@@ -258,22 +297,43 @@ class ReferenceBackend:
     async def _diagnose(self, item: WorkItem, request: DiagnosisRequest) -> None:
         if self.faults.silent:
             self.say(
-                "fault", f"not answering {request.component} for {short(request.case_id)} (silent)"
+                INJECTED,
+                f"fault silent (expected): not answering {request.component} for "
+                f"{short(request.case_id)}; the gateway records it UNRESPONSIVE at its deadline",
             )
             return
         if self.faults.slow:
+            self.say(
+                INJECTED,
+                f"fault slow (expected): answering {short(request.case_id)} after "
+                f"{self.faults.slow:g} s",
+            )
             await asyncio.sleep(self.faults.slow)
         if self.faults.garbage and item.redeliveries == 0:
-            self.say("fault", f"answering garbage for {short(request.case_id)} (garbage)")
-            await self.client.submit_finding(
-                request.case_id,
-                request_id=request.request_id,
-                component="",
-                status=FindingStatus.UNSPECIFIED,
-                confidence=7.5,
-                fault_code="?" * 120,
-                idempotency_key=f"{item.work_id}/garbage",
+            self.say(
+                INJECTED,
+                f"fault garbage (expected): answering a malformed finding for "
+                f"{short(request.case_id)} first",
             )
+            try:
+                await self.client.submit_finding(
+                    request.case_id,
+                    request_id=request.request_id,
+                    component="",
+                    status=FindingStatus.UNSPECIFIED,
+                    confidence=7.5,
+                    fault_code="?" * 120,
+                    idempotency_key=f"{item.work_id}/garbage",
+                )
+            except InvalidArgument as exc:
+                self.refused.append(exc)
+                fields = ", ".join(v.field for v in exc.violations)
+                self.say(
+                    INJECTED,
+                    f"fault garbage (expected): the gateway refused it as it should "
+                    f"(INVALID_ARGUMENT on {fields}); answering properly on redelivery",
+                )
+                raise GarbageRefused(item.work_id) from None
         diagnosis = self.model.diagnose(request)
         await self.client.submit_finding(
             request.case_id,
@@ -287,15 +347,21 @@ class ReferenceBackend:
         )
         self.diagnoses[request.case_id] = diagnosis
         code = f" {diagnosis.fault_code}" if diagnosis.fault_code else ""
+        cause = ""
+        if self.faults.model and diagnosis.status in (FindingStatus.FAULTY, FindingStatus.DEGRADED):
+            cause = f" [{INJECTED} fault: {', '.join(sorted(self.faults.model))}]"
         self.say(
             "diagnosis",
             f"{short(request.case_id)} {request.component} → {diagnosis.status.name}{code} "
-            f"({diagnosis.confidence:.2f}): {diagnosis.detail}",
+            f"({diagnosis.confidence:.2f}): {diagnosis.detail}{cause}",
         )
 
     async def _offer(self, item: WorkItem, offer: OwnershipOffer) -> None:
         if self.faults.silent:
-            self.say("fault", f"not answering the offer for {short(offer.case_id)} (silent)")
+            self.say(
+                INJECTED,
+                f"fault silent (expected): not answering the offer for {short(offer.case_id)}",
+            )
             return
         if self.faults.slow:
             await asyncio.sleep(self.faults.slow)
@@ -417,5 +483,14 @@ class ReferenceBackend:
             category=NOTE_CATEGORY,
             idempotency_key=f"repair-{notice.case_id}",
         )
-        self.repaired[notice.case_id] = repair
-        self.say("repair", f"{short(notice.case_id)}: {repair.note}")
+        self.fixed(notice.case_id, repair)
+
+    def fixed(self, case_id: str, repair: Repair) -> None:
+        """The repair of the case is done and said on it; with standing faults, the
+        injected ones are back for the next case (a drill's faults do not run out)."""
+        self.repaired[case_id] = repair
+        self.say("repair", f"{short(case_id)}: {repair.note}")
+        if self.standing_faults and self.faults.model:
+            self.model = self.company.make_model(self.faults.model)
+            injected = ", ".join(sorted(self.faults.model))
+            self.say(INJECTED, f"fault {injected} stands (a drill): the next case meets it again")

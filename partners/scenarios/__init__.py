@@ -1,6 +1,9 @@
 """The scenarios of the source articles, played against a running gateway with
 the reference backends answering for the companies."""
 
+import contextlib
+
+from partners.errors import GatewayError
 from partners.scenarios import nfc_payment, smart_heating, transit_pass
 from partners.scenarios.stage import (
     ADMIN_PARTNER,
@@ -23,9 +26,18 @@ SCENARIOS: dict[str, Scenario] = {
 
 
 async def perform(scenario: Scenario, stage: Stage) -> Outcome:
-    """Tell the scenario's premise, then play it."""
+    """Tell the scenario's premise, then play it; the copies of services it defined
+    are retired at the end, however it ends."""
     stage.narrator.chapter(scenario.title, scenario.story)
-    return await scenario.play(stage)
+    mark = len(stage.copies)
+    try:
+        outcome = await scenario.play(stage)
+    except BaseException:
+        with contextlib.suppress(GatewayError):
+            await stage.retire_copies(mark)
+        raise
+    await stage.retire_copies(mark)
+    return outcome
 
 
 __all__ = [

@@ -9,6 +9,7 @@ do the companies' automated part.
 from __future__ import annotations
 
 import asyncio
+import time
 import uuid
 from collections.abc import Awaitable, Callable, Iterable, Mapping
 from dataclasses import dataclass, field
@@ -28,6 +29,8 @@ CATALOGUE = {c.kind: c.partner_id for c in COMPANIES.values()}
 
 CredentialsFor = Callable[[str, str], PartnerCredentials]
 """The certificate files for (partner id, role: partner|advisor|admin|compliance)."""
+WaitObserver = Callable[[str | None, float], None]
+"""What a stage's wait is for (None: it ended) and the seconds it has lasted."""
 
 
 @dataclass(slots=True, frozen=True)
@@ -163,6 +166,7 @@ class Stage:
         server_name: str = "localhost",
         poll: float = 0.2,
         patience: float = 60.0,
+        on_wait: WaitObserver | None = None,
     ) -> None:
         self.target = target
         self.cast = cast or Cast()
@@ -170,8 +174,13 @@ class Stage:
         self.credentials = credentials
         self._server_name = server_name
         self._poll = poll
+        #: Told at every poll of a wait (`until`) what is awaited and for how long so
+        #: far, and (None) when the wait ends: the demo shows it as progress.
+        self.on_wait = on_wait
         self._patience = patience
         self._clients: dict[tuple[str, str], PartnerClient] = {}
+        #: The copies of catalogue services `service` defined, in order (see `retire_copies`).
+        self.copies: list[str] = []
 
     def client(self, partner: str, role: str = "partner", person: str = "") -> PartnerClient:
         """A connection as ``partner`` with ``role``'s certificate, acting as ``person``."""
@@ -224,7 +233,20 @@ class Stage:
             levels.time_to_resolution.FromTimedelta(timedelta(seconds=timings.time_to_resolution))
             levels.confirmation_window.FromTimedelta(timedelta(seconds=timings.confirmation_window))
         defined = await self.admin.define_service(service)
+        self.copies.append(defined.service_id)
         return defined.service_id
+
+    async def retire_copies(self, since: int = 0) -> None:
+        """Retire the copies `service` defined (from the ``since``-th on), their sharing
+        agreements ended with them: the catalogue is left as the scenario found it."""
+        for service_id in dict.fromkeys(self.copies[since:]):
+            retired = await self.admin.retire_service(service_id)
+            ended = len(retired.ended_agreement_ids)
+            self.narrator.step(
+                f"Retired {service_id}, the scenario's copy, and ended its {ended} sharing "
+                "agreement(s): the catalogue is as the scenario found it."
+            )
+        del self.copies[since:]
 
     async def agree(
         self,
@@ -249,14 +271,20 @@ class Stage:
         self, what: str, probe: Callable[[], Awaitable[bool]], patience: float | None = None
     ) -> None:
         """Poll ``probe`` until it holds; ScenarioFailed naming ``what`` when it never does."""
+        started = time.monotonic()
         try:
             async with asyncio.timeout(patience or self._patience):
                 while True:
                     if await probe():
                         return
+                    if self.on_wait is not None:
+                        self.on_wait(what, time.monotonic() - started)
                     await asyncio.sleep(self._poll)
         except TimeoutError:
             raise ScenarioFailed(f"gave up waiting for {what}") from None
+        finally:
+            if self.on_wait is not None:
+                self.on_wait(None, time.monotonic() - started)
 
     async def view_when(
         self,

@@ -312,6 +312,8 @@ async def test_up_runs_the_whole_system_with_the_reference_partners(up: UpProces
     output = up.log.read_text()
     assert code == 0, output
     assert "reference partner" in output
+    assert "injected faults (a drill)" in output
+    assert "payment-applet-locked" in output  # Telco A's, said before anything happens
     assert "case open --as bank-a" in output
     assert "console (bank-a)" in output
     assert f"{console}/" in output

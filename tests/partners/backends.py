@@ -29,12 +29,16 @@ async def eventually(check: Callable[[], bool], what: str, timeout: float = 5) -
 
 @contextlib.asynccontextmanager
 async def running_backends(
-    stage: Stage, kinds: Iterable[str], faults: Mapping[str, tuple[str, ...]]
+    stage: Stage,
+    kinds: Iterable[str],
+    faults: Mapping[str, tuple[str, ...]],
+    lines: list[str] | None = None,
 ) -> AsyncIterator[dict[str, ReferenceBackend]]:
-    """One backend per company kind, playing the stage's cast, until the block ends."""
+    """One backend per company kind, playing the stage's cast, until the block ends;
+    what they print goes to ``lines`` (as "<partner> <line>")."""
     backends: dict[str, ReferenceBackend] = {}
     tasks: list[asyncio.Task[None]] = []
-    lines: list[str] = []
+    lines = [] if lines is None else lines
     for kind in kinds:
         company = COMPANIES[kind]
         partner = stage.cast[kind]

@@ -228,3 +228,23 @@ async def test_a_reference_backend_forgets_only_the_cases_whose_retention_ended(
     assert [(s.case_id, s.customer_local_id) for s in backend.shown] == [("case-2", "cust-1")]
     assert backend.owned == {"case-2"}
     assert backend.erasures == ["erasure-3"]
+
+
+@pytest.mark.parametrize("standing", [True, False])
+def test_standing_faults_come_back_for_the_next_case(standing: bool) -> None:
+    """`coopgate up` runs its partners so: after the README's tour repaired Telco A's
+    applet, the demo's next case still finds it locked."""
+    backend = ReferenceBackend(
+        COMPANIES["operator"],
+        cast(PartnerClient, None),
+        faults=Faults.parse(["payment-applet-locked"], COMPANIES["operator"].faults),
+        out=lambda _: None,
+        standing_faults=standing,
+    )
+    found = backend.model.diagnose(request("nfc-payment", "sim-secure-element"))
+    assert found.status == FindingStatus.FAULTY
+    repair = backend.model.repair(found)
+    assert repair is not None
+    backend.fixed("case-1", repair)
+    again = backend.model.diagnose(request("nfc-payment", "sim-secure-element", "cust-2"))
+    assert again.status == (FindingStatus.FAULTY if standing else FindingStatus.OK)

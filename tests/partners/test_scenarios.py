@@ -4,7 +4,18 @@ playing a fresh cast on its own copy of the service."""
 
 from __future__ import annotations
 
-from partners import CaseStatus, Channel, FindingStatus, InvalidArgument, ParticipantRole
+import logging
+
+import pytest
+
+from partners import (
+    CaseStatus,
+    Channel,
+    FailedPrecondition,
+    FindingStatus,
+    InvalidArgument,
+    ParticipantRole,
+)
 from partners.reference import ReferenceBackend
 from partners.scenarios import SCENARIOS, Stage, perform
 from partners.scenarios.timeline import items, withheld
@@ -20,11 +31,13 @@ async def told(backend: ReferenceBackend, case_id: str) -> None:
 
 
 async def test_nfc_payment_bank_keeps_the_customer_the_operator_fixes_the_sim(
-    stage: Stage,
+    stage: Stage, caplog: pytest.LogCaptureFixture
 ) -> None:
     scenario = SCENARIOS["nfc-payment"]
     bank, telco = stage.cast["bank"], stage.cast["operator"]
-    async with running_backends(stage, scenario.companies, scenario.faults) as backends:
+    lines: list[str] = []
+    caplog.set_level(logging.WARNING, logger="partners.work")
+    async with running_backends(stage, scenario.companies, scenario.faults, lines) as backends:
         outcome = await perform(scenario, stage)
         await told(backends["bank"], outcome.case_id)
 
@@ -71,17 +84,46 @@ async def test_nfc_payment_bank_keeps_the_customer_the_operator_fixes_the_sim(
     ]
     assert acquirer == []  # withheld from the bank, but answered in time:
     assert outcome.case_id in backends["acquirer"].diagnoses
+    # What the injected faults made the partners do reads as such, never as an error:
+    # the refused garbage, the SDK's redelivery, the operator's locked applet.
+    acquirer_lines = [line for line in lines if line.startswith(stage.cast["acquirer"])]
+    assert any("injected" in line and "refused it as it should" in line for line in acquirer_lines)
+    assert not [line for line in lines if line.split()[2] in ("refused", "fault")]
+    redelivered = [r.getMessage() for r in caplog.records if "handler failed" in r.getMessage()]
+    assert redelivered
+    assert all("injected fault garbage (expected, a drill)" in m for m in redelivered)
+    telco_found = [line for line in lines if f"{telco} " in line and "SE_PAYMENT" in line]
+    assert any("[injected fault: payment-applet-locked]" in line for line in telco_found)
 
 
 async def test_smart_heating_sla_breach_escalates_to_a_level_two_expert(stage: Stage) -> None:
     scenario = SCENARIOS["smart-heating"]
     energy, thermo, isp = stage.cast["energy"], stage.cast["thermostat"], stage.cast["isp"]
+    catalogue = await stage.admin.list_services()
     async with running_backends(stage, scenario.companies, scenario.faults) as backends:
         outcome = await perform(scenario, stage)
         await told(backends["energy"], outcome.case_id)
 
     view = outcome.owner_view
     assert outcome.service_id == f"smart-heating-{stage.cast.tag}"
+    # The scenario's copy of the service (short SLAs) is retired at its end: the
+    # catalogue is as it was, the copy's agreements ended, and it takes no new case.
+    assert await stage.admin.list_services() == catalogue
+    everything = await stage.admin.list_services(include_retired=True)
+    copy = next(s for s in everything if s.service_id == outcome.service_id)
+    assert copy.HasField("retired_at")
+    agreements = await stage.admin.list_sharing_agreements(service_id=outcome.service_id)
+    assert len(agreements) == 2
+    assert all(a.valid_until.ToDatetime() <= copy.retired_at.ToDatetime() for a in agreements)
+    assert all(a.HasField("valid_until") for a in agreements)
+    with pytest.raises(FailedPrecondition, match="retired"):
+        await stage.client(energy, "advisor").open_case(
+            service_id=outcome.service_id,
+            customer_local_id=outcome.customer_local_id,
+            channel=Channel.APP,
+            summary="still cold",
+        )
+    assert "Retired " + outcome.service_id in " ".join(stage.narrator.lines)  # type: ignore[attr-defined]
     assert outcome.status == CaseStatus.CLOSED
     assert outcome.owner == energy
     assert outcome.resolvers == (thermo,)

@@ -27,7 +27,7 @@ from google.protobuf import duration_pb2 as google_dot_protobuf_dot_duration__pb
 from google.protobuf import timestamp_pb2 as google_dot_protobuf_dot_timestamp__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x17\x63oopgate/v1/admin.proto\x12\x0b\x63oopgate.v1\x1a\x18\x63oopgate/v1/limits.proto\x1a\x1egoogle/protobuf/duration.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"\x8b\x01\n\x07Partner\x12\x12\n\npartner_id\x18\x01 \x01(\t\x12\x14\n\x0c\x64isplay_name\x18\x02 \x01(\t\x12&\n\x04kind\x18\x03 \x01(\x0e\x32\x18.coopgate.v1.PartnerKind\x12.\n\ncreated_at\x18\x04 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"\xa6\x01\n\tComponent\x12\x18\n\x04name\x18\x01 \x01(\tB\n\x82\x80\x19\x06\x08\x01\x10\x64 \x02\x12\x1e\n\npartner_id\x18\x02 \x01(\tB\n\x82\x80\x19\x06\x08\x01\x10? \x02\x12\x1e\n\x0b\x64\x65scription\x18\x03 \x01(\tB\t\x82\x80\x19\x05\x10\xd0\x0f \x03\x12?\n\x12\x64iagnosis_deadline\x18\x04 \x01(\x0b\x32\x19.google.protobuf.DurationB\x08\x82\x80\x19\x04@\x80\xf5$\"\xad\x01\n\x0fOwnershipPolicy\x12!\n\x0fhost_partner_id\x18\x01 \x01(\tB\x08\x82\x80\x19\x04\x10? \x02\x12\x34\n\x14min_fault_confidence\x18\x02 \x01(\x01\x42\x16\x82\x80\x19\x12\x31\x00\x00\x00\x00\x00\x00\x00\x00\x39\x00\x00\x00\x00\x00\x00\xf0?\x12\x41\n\x13\x61\x63\x63\x65ptance_deadline\x18\x03 \x01(\x0b\x32\x19.google.protobuf.DurationB\t\x82\x80\x19\x05@\x80\x9a\x9e\x01\"\xd0\x01\n\x0cServiceLevel\x12;\n\rtime_to_owner\x18\x01 \x01(\x0b\x32\x19.google.protobuf.DurationB\t\x82\x80\x19\x05@\x80\x9a\x9e\x01\x12@\n\x12time_to_resolution\x18\x02 \x01(\x0b\x32\x19.google.protobuf.DurationB\t\x82\x80\x19\x05@\x80\x8a\x8a\x0f\x12\x41\n\x13\x63onfirmation_window\x18\x03 \x01(\x0b\x32\x19.google.protobuf.DurationB\t\x82\x80\x19\x05@\x80\x8a\x8a\x0f\"\xfe\x01\n\x07Service\x12\x1e\n\nservice_id\x18\x01 \x01(\tB\n\x82\x80\x19\x06\x08\x01\x10? \x02\x12\"\n\x0c\x64isplay_name\x18\x02 \x01(\tB\x0c\x82\x80\x19\x08\x10\xa0\x06\x18\xc8\x01 \x03\x12\x34\n\ncomponents\x18\x03 \x03(\x0b\x32\x16.coopgate.v1.ComponentB\x08\x82\x80\x19\x04\x08\x01( \x12\x36\n\x10ownership_policy\x18\x04 \x01(\x0b\x32\x1c.coopgate.v1.OwnershipPolicy\x12\x30\n\rservice_level\x18\x05 \x01(\x0b\x32\x19.coopgate.v1.ServiceLevel\x12\x0f\n\x07version\x18\x06 \x01(\x03\"\xc8\x03\n\x10SharingAgreement\x12\x1e\n\x0c\x61greement_id\x18\x01 \x01(\tB\x08\x82\x80\x19\x04\x10@ \x01\x12%\n\x11source_partner_id\x18\x02 \x01(\tB\n\x82\x80\x19\x06\x08\x01\x10? \x02\x12(\n\x14recipient_partner_id\x18\x03 \x01(\tB\n\x82\x80\x19\x06\x08\x01\x10? \x02\x12\x1e\n\nservice_id\x18\x04 \x01(\tB\n\x82\x80\x19\x06\x08\x01\x10? \x02\x12 \n\ncategories\x18\x05 \x03(\tB\x0c\x82\x80\x19\x08\x08\x01\x10@ \x02(\x10\x12\x1e\n\x08purposes\x18\x06 \x03(\tB\x0c\x82\x80\x19\x08\x08\x01\x10@ \x02(\x08\x12.\n\nvalid_from\x18\x07 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12/\n\x0bvalid_until\x18\x08 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x46\n\x19source_diagnosis_deadline\x18\t \x01(\x0b\x32\x19.google.protobuf.DurationB\x08\x82\x80\x19\x04@\x80\xf5$\x12\x38\n\x12ownership_override\x18\n \x01(\x0b\x32\x1c.coopgate.v1.OwnershipPolicy\"\xb4\x01\n\x16RegisterPartnerRequest\x12$\n\x0fidempotency_key\x18\x01 \x01(\tB\x0b\x82\x80\x19\x07\x08\x01\x10\x80\x01 \x01\x12\x1e\n\npartner_id\x18\x02 \x01(\tB\n\x82\x80\x19\x06\x08\x01\x10? \x02\x12$\n\x0c\x64isplay_name\x18\x03 \x01(\tB\x0e\x82\x80\x19\n\x08\x01\x10\xa0\x06\x18\xc8\x01 \x03\x12.\n\x04kind\x18\x04 \x01(\x0e\x32\x18.coopgate.v1.PartnerKindB\x06\x82\x80\x19\x02\x08\x01\"@\n\x17RegisterPartnerResponse\x12%\n\x07partner\x18\x01 \x01(\x0b\x32\x14.coopgate.v1.Partner\"\x15\n\x13ListPartnersRequest\">\n\x14ListPartnersResponse\x12&\n\x08partners\x18\x01 \x03(\x0b\x32\x14.coopgate.v1.Partner\"k\n\x14\x44\x65\x66ineServiceRequest\x12$\n\x0fidempotency_key\x18\x01 \x01(\tB\x0b\x82\x80\x19\x07\x08\x01\x10\x80\x01 \x01\x12-\n\x07service\x18\x02 \x01(\x0b\x32\x14.coopgate.v1.ServiceB\x06\x82\x80\x19\x02\x08\x01\">\n\x15\x44\x65\x66ineServiceResponse\x12%\n\x07service\x18\x01 \x01(\x0b\x32\x14.coopgate.v1.Service\"3\n\x11GetServiceRequest\x12\x1e\n\nservice_id\x18\x01 \x01(\tB\n\x82\x80\x19\x06\x08\x01\x10? \x02\";\n\x12GetServiceResponse\x12%\n\x07service\x18\x01 \x01(\x0b\x32\x14.coopgate.v1.Service\"\x15\n\x13ListServicesRequest\">\n\x14ListServicesResponse\x12&\n\x08services\x18\x01 \x03(\x0b\x32\x14.coopgate.v1.Service\"\x7f\n\x1d\x44\x65\x66ineSharingAgreementRequest\x12$\n\x0fidempotency_key\x18\x01 \x01(\tB\x0b\x82\x80\x19\x07\x08\x01\x10\x80\x01 \x01\x12\x38\n\tagreement\x18\x02 \x01(\x0b\x32\x1d.coopgate.v1.SharingAgreementB\x06\x82\x80\x19\x02\x08\x01\"R\n\x1e\x44\x65\x66ineSharingAgreementResponse\x12\x30\n\tagreement\x18\x01 \x01(\x0b\x32\x1d.coopgate.v1.SharingAgreement\"Z\n\x1cListSharingAgreementsRequest\x12\x1c\n\npartner_id\x18\x01 \x01(\tB\x08\x82\x80\x19\x04\x10? \x02\x12\x1c\n\nservice_id\x18\x02 \x01(\tB\x08\x82\x80\x19\x04\x10? \x02\"R\n\x1dListSharingAgreementsResponse\x12\x31\n\nagreements\x18\x01 \x03(\x0b\x32\x1d.coopgate.v1.SharingAgreement*\x8b\x02\n\x0bPartnerKind\x12\x1c\n\x18PARTNER_KIND_UNSPECIFIED\x10\x00\x12\x19\n\x15PARTNER_KIND_OPERATOR\x10\x01\x12\x15\n\x11PARTNER_KIND_BANK\x10\x02\x12\x19\n\x15PARTNER_KIND_MERCHANT\x10\x03\x12\x19\n\x15PARTNER_KIND_ACQUIRER\x10\x04\x12\x1a\n\x16PARTNER_KIND_TRANSPORT\x10\x05\x12\x17\n\x13PARTNER_KIND_ENERGY\x10\x06\x12\x1d\n\x19PARTNER_KIND_DEVICE_MAKER\x10\x07\x12\"\n\x1ePARTNER_KIND_INTERNET_PROVIDER\x10\x08\x32\xa0\x05\n\x0c\x41\x64minService\x12\\\n\x0fRegisterPartner\x12#.coopgate.v1.RegisterPartnerRequest\x1a$.coopgate.v1.RegisterPartnerResponse\x12S\n\x0cListPartners\x12 .coopgate.v1.ListPartnersRequest\x1a!.coopgate.v1.ListPartnersResponse\x12V\n\rDefineService\x12!.coopgate.v1.DefineServiceRequest\x1a\".coopgate.v1.DefineServiceResponse\x12M\n\nGetService\x12\x1e.coopgate.v1.GetServiceRequest\x1a\x1f.coopgate.v1.GetServiceResponse\x12S\n\x0cListServices\x12 .coopgate.v1.ListServicesRequest\x1a!.coopgate.v1.ListServicesResponse\x12q\n\x16\x44\x65\x66ineSharingAgreement\x12*.coopgate.v1.DefineSharingAgreementRequest\x1a+.coopgate.v1.DefineSharingAgreementResponse\x12n\n\x15ListSharingAgreements\x12).coopgate.v1.ListSharingAgreementsRequest\x1a*.coopgate.v1.ListSharingAgreementsResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x17\x63oopgate/v1/admin.proto\x12\x0b\x63oopgate.v1\x1a\x18\x63oopgate/v1/limits.proto\x1a\x1egoogle/protobuf/duration.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"\x8b\x01\n\x07Partner\x12\x12\n\npartner_id\x18\x01 \x01(\t\x12\x14\n\x0c\x64isplay_name\x18\x02 \x01(\t\x12&\n\x04kind\x18\x03 \x01(\x0e\x32\x18.coopgate.v1.PartnerKind\x12.\n\ncreated_at\x18\x04 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"\xa6\x01\n\tComponent\x12\x18\n\x04name\x18\x01 \x01(\tB\n\x82\x80\x19\x06\x08\x01\x10\x64 \x02\x12\x1e\n\npartner_id\x18\x02 \x01(\tB\n\x82\x80\x19\x06\x08\x01\x10? \x02\x12\x1e\n\x0b\x64\x65scription\x18\x03 \x01(\tB\t\x82\x80\x19\x05\x10\xd0\x0f \x03\x12?\n\x12\x64iagnosis_deadline\x18\x04 \x01(\x0b\x32\x19.google.protobuf.DurationB\x08\x82\x80\x19\x04@\x80\xf5$\"\xad\x01\n\x0fOwnershipPolicy\x12!\n\x0fhost_partner_id\x18\x01 \x01(\tB\x08\x82\x80\x19\x04\x10? \x02\x12\x34\n\x14min_fault_confidence\x18\x02 \x01(\x01\x42\x16\x82\x80\x19\x12\x31\x00\x00\x00\x00\x00\x00\x00\x00\x39\x00\x00\x00\x00\x00\x00\xf0?\x12\x41\n\x13\x61\x63\x63\x65ptance_deadline\x18\x03 \x01(\x0b\x32\x19.google.protobuf.DurationB\t\x82\x80\x19\x05@\x80\x9a\x9e\x01\"\xd0\x01\n\x0cServiceLevel\x12;\n\rtime_to_owner\x18\x01 \x01(\x0b\x32\x19.google.protobuf.DurationB\t\x82\x80\x19\x05@\x80\x9a\x9e\x01\x12@\n\x12time_to_resolution\x18\x02 \x01(\x0b\x32\x19.google.protobuf.DurationB\t\x82\x80\x19\x05@\x80\x8a\x8a\x0f\x12\x41\n\x13\x63onfirmation_window\x18\x03 \x01(\x0b\x32\x19.google.protobuf.DurationB\t\x82\x80\x19\x05@\x80\x8a\x8a\x0f\"\xae\x02\n\x07Service\x12\x1e\n\nservice_id\x18\x01 \x01(\tB\n\x82\x80\x19\x06\x08\x01\x10? \x02\x12\"\n\x0c\x64isplay_name\x18\x02 \x01(\tB\x0c\x82\x80\x19\x08\x10\xa0\x06\x18\xc8\x01 \x03\x12\x34\n\ncomponents\x18\x03 \x03(\x0b\x32\x16.coopgate.v1.ComponentB\x08\x82\x80\x19\x04\x08\x01( \x12\x36\n\x10ownership_policy\x18\x04 \x01(\x0b\x32\x1c.coopgate.v1.OwnershipPolicy\x12\x30\n\rservice_level\x18\x05 \x01(\x0b\x32\x19.coopgate.v1.ServiceLevel\x12\x0f\n\x07version\x18\x06 \x01(\x03\x12.\n\nretired_at\x18\x07 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"\xc8\x03\n\x10SharingAgreement\x12\x1e\n\x0c\x61greement_id\x18\x01 \x01(\tB\x08\x82\x80\x19\x04\x10@ \x01\x12%\n\x11source_partner_id\x18\x02 \x01(\tB\n\x82\x80\x19\x06\x08\x01\x10? \x02\x12(\n\x14recipient_partner_id\x18\x03 \x01(\tB\n\x82\x80\x19\x06\x08\x01\x10? \x02\x12\x1e\n\nservice_id\x18\x04 \x01(\tB\n\x82\x80\x19\x06\x08\x01\x10? \x02\x12 \n\ncategories\x18\x05 \x03(\tB\x0c\x82\x80\x19\x08\x08\x01\x10@ \x02(\x10\x12\x1e\n\x08purposes\x18\x06 \x03(\tB\x0c\x82\x80\x19\x08\x08\x01\x10@ \x02(\x08\x12.\n\nvalid_from\x18\x07 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12/\n\x0bvalid_until\x18\x08 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x46\n\x19source_diagnosis_deadline\x18\t \x01(\x0b\x32\x19.google.protobuf.DurationB\x08\x82\x80\x19\x04@\x80\xf5$\x12\x38\n\x12ownership_override\x18\n \x01(\x0b\x32\x1c.coopgate.v1.OwnershipPolicy\"\xb4\x01\n\x16RegisterPartnerRequest\x12$\n\x0fidempotency_key\x18\x01 \x01(\tB\x0b\x82\x80\x19\x07\x08\x01\x10\x80\x01 \x01\x12\x1e\n\npartner_id\x18\x02 \x01(\tB\n\x82\x80\x19\x06\x08\x01\x10? \x02\x12$\n\x0c\x64isplay_name\x18\x03 \x01(\tB\x0e\x82\x80\x19\n\x08\x01\x10\xa0\x06\x18\xc8\x01 \x03\x12.\n\x04kind\x18\x04 \x01(\x0e\x32\x18.coopgate.v1.PartnerKindB\x06\x82\x80\x19\x02\x08\x01\"@\n\x17RegisterPartnerResponse\x12%\n\x07partner\x18\x01 \x01(\x0b\x32\x14.coopgate.v1.Partner\"\x15\n\x13ListPartnersRequest\">\n\x14ListPartnersResponse\x12&\n\x08partners\x18\x01 \x03(\x0b\x32\x14.coopgate.v1.Partner\"k\n\x14\x44\x65\x66ineServiceRequest\x12$\n\x0fidempotency_key\x18\x01 \x01(\tB\x0b\x82\x80\x19\x07\x08\x01\x10\x80\x01 \x01\x12-\n\x07service\x18\x02 \x01(\x0b\x32\x14.coopgate.v1.ServiceB\x06\x82\x80\x19\x02\x08\x01\">\n\x15\x44\x65\x66ineServiceResponse\x12%\n\x07service\x18\x01 \x01(\x0b\x32\x14.coopgate.v1.Service\"3\n\x11GetServiceRequest\x12\x1e\n\nservice_id\x18\x01 \x01(\tB\n\x82\x80\x19\x06\x08\x01\x10? \x02\";\n\x12GetServiceResponse\x12%\n\x07service\x18\x01 \x01(\x0b\x32\x14.coopgate.v1.Service\".\n\x13ListServicesRequest\x12\x17\n\x0finclude_retired\x18\x01 \x01(\x08\">\n\x14ListServicesResponse\x12&\n\x08services\x18\x01 \x03(\x0b\x32\x14.coopgate.v1.Service\"\\\n\x14RetireServiceRequest\x12$\n\x0fidempotency_key\x18\x01 \x01(\tB\x0b\x82\x80\x19\x07\x08\x01\x10\x80\x01 \x01\x12\x1e\n\nservice_id\x18\x02 \x01(\tB\n\x82\x80\x19\x06\x08\x01\x10? \x02\"[\n\x15RetireServiceResponse\x12%\n\x07service\x18\x01 \x01(\x0b\x32\x14.coopgate.v1.Service\x12\x1b\n\x13\x65nded_agreement_ids\x18\x02 \x03(\t\"\x7f\n\x1d\x44\x65\x66ineSharingAgreementRequest\x12$\n\x0fidempotency_key\x18\x01 \x01(\tB\x0b\x82\x80\x19\x07\x08\x01\x10\x80\x01 \x01\x12\x38\n\tagreement\x18\x02 \x01(\x0b\x32\x1d.coopgate.v1.SharingAgreementB\x06\x82\x80\x19\x02\x08\x01\"R\n\x1e\x44\x65\x66ineSharingAgreementResponse\x12\x30\n\tagreement\x18\x01 \x01(\x0b\x32\x1d.coopgate.v1.SharingAgreement\"Z\n\x1cListSharingAgreementsRequest\x12\x1c\n\npartner_id\x18\x01 \x01(\tB\x08\x82\x80\x19\x04\x10? \x02\x12\x1c\n\nservice_id\x18\x02 \x01(\tB\x08\x82\x80\x19\x04\x10? \x02\"R\n\x1dListSharingAgreementsResponse\x12\x31\n\nagreements\x18\x01 \x03(\x0b\x32\x1d.coopgate.v1.SharingAgreement*\x8b\x02\n\x0bPartnerKind\x12\x1c\n\x18PARTNER_KIND_UNSPECIFIED\x10\x00\x12\x19\n\x15PARTNER_KIND_OPERATOR\x10\x01\x12\x15\n\x11PARTNER_KIND_BANK\x10\x02\x12\x19\n\x15PARTNER_KIND_MERCHANT\x10\x03\x12\x19\n\x15PARTNER_KIND_ACQUIRER\x10\x04\x12\x1a\n\x16PARTNER_KIND_TRANSPORT\x10\x05\x12\x17\n\x13PARTNER_KIND_ENERGY\x10\x06\x12\x1d\n\x19PARTNER_KIND_DEVICE_MAKER\x10\x07\x12\"\n\x1ePARTNER_KIND_INTERNET_PROVIDER\x10\x08\x32\xf8\x05\n\x0c\x41\x64minService\x12\\\n\x0fRegisterPartner\x12#.coopgate.v1.RegisterPartnerRequest\x1a$.coopgate.v1.RegisterPartnerResponse\x12S\n\x0cListPartners\x12 .coopgate.v1.ListPartnersRequest\x1a!.coopgate.v1.ListPartnersResponse\x12V\n\rDefineService\x12!.coopgate.v1.DefineServiceRequest\x1a\".coopgate.v1.DefineServiceResponse\x12M\n\nGetService\x12\x1e.coopgate.v1.GetServiceRequest\x1a\x1f.coopgate.v1.GetServiceResponse\x12S\n\x0cListServices\x12 .coopgate.v1.ListServicesRequest\x1a!.coopgate.v1.ListServicesResponse\x12V\n\rRetireService\x12!.coopgate.v1.RetireServiceRequest\x1a\".coopgate.v1.RetireServiceResponse\x12q\n\x16\x44\x65\x66ineSharingAgreement\x12*.coopgate.v1.DefineSharingAgreementRequest\x1a+.coopgate.v1.DefineSharingAgreementResponse\x12n\n\x15ListSharingAgreements\x12).coopgate.v1.ListSharingAgreementsRequest\x1a*.coopgate.v1.ListSharingAgreementsResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -88,6 +88,10 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_DEFINESERVICEREQUEST'].fields_by_name['service']._serialized_options = b'\202\200\031\002\010\001'
   _globals['_GETSERVICEREQUEST'].fields_by_name['service_id']._loaded_options = None
   _globals['_GETSERVICEREQUEST'].fields_by_name['service_id']._serialized_options = b'\202\200\031\006\010\001\020? \002'
+  _globals['_RETIRESERVICEREQUEST'].fields_by_name['idempotency_key']._loaded_options = None
+  _globals['_RETIRESERVICEREQUEST'].fields_by_name['idempotency_key']._serialized_options = b'\202\200\031\007\010\001\020\200\001 \001'
+  _globals['_RETIRESERVICEREQUEST'].fields_by_name['service_id']._loaded_options = None
+  _globals['_RETIRESERVICEREQUEST'].fields_by_name['service_id']._serialized_options = b'\202\200\031\006\010\001\020? \002'
   _globals['_DEFINESHARINGAGREEMENTREQUEST'].fields_by_name['idempotency_key']._loaded_options = None
   _globals['_DEFINESHARINGAGREEMENTREQUEST'].fields_by_name['idempotency_key']._serialized_options = b'\202\200\031\007\010\001\020\200\001 \001'
   _globals['_DEFINESHARINGAGREEMENTREQUEST'].fields_by_name['agreement']._loaded_options = None
@@ -96,8 +100,8 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_LISTSHARINGAGREEMENTSREQUEST'].fields_by_name['partner_id']._serialized_options = b'\202\200\031\004\020? \002'
   _globals['_LISTSHARINGAGREEMENTSREQUEST'].fields_by_name['service_id']._loaded_options = None
   _globals['_LISTSHARINGAGREEMENTSREQUEST'].fields_by_name['service_id']._serialized_options = b'\202\200\031\004\020? \002'
-  _globals['_PARTNERKIND']._serialized_start=2645
-  _globals['_PARTNERKIND']._serialized_end=2912
+  _globals['_PARTNERKIND']._serialized_start=2905
+  _globals['_PARTNERKIND']._serialized_end=3172
   _globals['_PARTNER']._serialized_start=132
   _globals['_PARTNER']._serialized_end=271
   _globals['_COMPONENT']._serialized_start=274
@@ -107,37 +111,41 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_SERVICELEVEL']._serialized_start=619
   _globals['_SERVICELEVEL']._serialized_end=827
   _globals['_SERVICE']._serialized_start=830
-  _globals['_SERVICE']._serialized_end=1084
-  _globals['_SHARINGAGREEMENT']._serialized_start=1087
-  _globals['_SHARINGAGREEMENT']._serialized_end=1543
-  _globals['_REGISTERPARTNERREQUEST']._serialized_start=1546
-  _globals['_REGISTERPARTNERREQUEST']._serialized_end=1726
-  _globals['_REGISTERPARTNERRESPONSE']._serialized_start=1728
-  _globals['_REGISTERPARTNERRESPONSE']._serialized_end=1792
-  _globals['_LISTPARTNERSREQUEST']._serialized_start=1794
-  _globals['_LISTPARTNERSREQUEST']._serialized_end=1815
-  _globals['_LISTPARTNERSRESPONSE']._serialized_start=1817
-  _globals['_LISTPARTNERSRESPONSE']._serialized_end=1879
-  _globals['_DEFINESERVICEREQUEST']._serialized_start=1881
-  _globals['_DEFINESERVICEREQUEST']._serialized_end=1988
-  _globals['_DEFINESERVICERESPONSE']._serialized_start=1990
-  _globals['_DEFINESERVICERESPONSE']._serialized_end=2052
-  _globals['_GETSERVICEREQUEST']._serialized_start=2054
-  _globals['_GETSERVICEREQUEST']._serialized_end=2105
-  _globals['_GETSERVICERESPONSE']._serialized_start=2107
-  _globals['_GETSERVICERESPONSE']._serialized_end=2166
-  _globals['_LISTSERVICESREQUEST']._serialized_start=2168
-  _globals['_LISTSERVICESREQUEST']._serialized_end=2189
-  _globals['_LISTSERVICESRESPONSE']._serialized_start=2191
-  _globals['_LISTSERVICESRESPONSE']._serialized_end=2253
-  _globals['_DEFINESHARINGAGREEMENTREQUEST']._serialized_start=2255
-  _globals['_DEFINESHARINGAGREEMENTREQUEST']._serialized_end=2382
-  _globals['_DEFINESHARINGAGREEMENTRESPONSE']._serialized_start=2384
-  _globals['_DEFINESHARINGAGREEMENTRESPONSE']._serialized_end=2466
-  _globals['_LISTSHARINGAGREEMENTSREQUEST']._serialized_start=2468
-  _globals['_LISTSHARINGAGREEMENTSREQUEST']._serialized_end=2558
-  _globals['_LISTSHARINGAGREEMENTSRESPONSE']._serialized_start=2560
-  _globals['_LISTSHARINGAGREEMENTSRESPONSE']._serialized_end=2642
-  _globals['_ADMINSERVICE']._serialized_start=2915
-  _globals['_ADMINSERVICE']._serialized_end=3587
+  _globals['_SERVICE']._serialized_end=1132
+  _globals['_SHARINGAGREEMENT']._serialized_start=1135
+  _globals['_SHARINGAGREEMENT']._serialized_end=1591
+  _globals['_REGISTERPARTNERREQUEST']._serialized_start=1594
+  _globals['_REGISTERPARTNERREQUEST']._serialized_end=1774
+  _globals['_REGISTERPARTNERRESPONSE']._serialized_start=1776
+  _globals['_REGISTERPARTNERRESPONSE']._serialized_end=1840
+  _globals['_LISTPARTNERSREQUEST']._serialized_start=1842
+  _globals['_LISTPARTNERSREQUEST']._serialized_end=1863
+  _globals['_LISTPARTNERSRESPONSE']._serialized_start=1865
+  _globals['_LISTPARTNERSRESPONSE']._serialized_end=1927
+  _globals['_DEFINESERVICEREQUEST']._serialized_start=1929
+  _globals['_DEFINESERVICEREQUEST']._serialized_end=2036
+  _globals['_DEFINESERVICERESPONSE']._serialized_start=2038
+  _globals['_DEFINESERVICERESPONSE']._serialized_end=2100
+  _globals['_GETSERVICEREQUEST']._serialized_start=2102
+  _globals['_GETSERVICEREQUEST']._serialized_end=2153
+  _globals['_GETSERVICERESPONSE']._serialized_start=2155
+  _globals['_GETSERVICERESPONSE']._serialized_end=2214
+  _globals['_LISTSERVICESREQUEST']._serialized_start=2216
+  _globals['_LISTSERVICESREQUEST']._serialized_end=2262
+  _globals['_LISTSERVICESRESPONSE']._serialized_start=2264
+  _globals['_LISTSERVICESRESPONSE']._serialized_end=2326
+  _globals['_RETIRESERVICEREQUEST']._serialized_start=2328
+  _globals['_RETIRESERVICEREQUEST']._serialized_end=2420
+  _globals['_RETIRESERVICERESPONSE']._serialized_start=2422
+  _globals['_RETIRESERVICERESPONSE']._serialized_end=2513
+  _globals['_DEFINESHARINGAGREEMENTREQUEST']._serialized_start=2515
+  _globals['_DEFINESHARINGAGREEMENTREQUEST']._serialized_end=2642
+  _globals['_DEFINESHARINGAGREEMENTRESPONSE']._serialized_start=2644
+  _globals['_DEFINESHARINGAGREEMENTRESPONSE']._serialized_end=2726
+  _globals['_LISTSHARINGAGREEMENTSREQUEST']._serialized_start=2728
+  _globals['_LISTSHARINGAGREEMENTSREQUEST']._serialized_end=2818
+  _globals['_LISTSHARINGAGREEMENTSRESPONSE']._serialized_start=2820
+  _globals['_LISTSHARINGAGREEMENTSRESPONSE']._serialized_end=2902
+  _globals['_ADMINSERVICE']._serialized_start=3175
+  _globals['_ADMINSERVICE']._serialized_end=3935
 # @@protoc_insertion_point(module_scope)

@@ -211,6 +211,7 @@ class Service(_message.Message):
     OWNERSHIP_POLICY_FIELD_NUMBER: _builtins.int
     SERVICE_LEVEL_FIELD_NUMBER: _builtins.int
     VERSION_FIELD_NUMBER: _builtins.int
+    RETIRED_AT_FIELD_NUMBER: _builtins.int
     service_id: _builtins.str
     """e.g. "nfc-payment".
     Limits: Required; a slug [a-z][a-z0-9.-]*, at most 63 bytes. A service id:
@@ -232,6 +233,12 @@ class Service(_message.Message):
     def ownership_policy(self) -> Global___OwnershipPolicy: ...
     @_builtins.property
     def service_level(self) -> Global___ServiceLevel: ...
+    @_builtins.property
+    def retired_at(self) -> _timestamp_pb2.Timestamp:
+        """When RetireService took the service out of the catalogue; unset while it is in.
+        Limits: Set by the gateway (ignored in a request).
+        """
+
     def __init__(
         self,
         *,
@@ -241,10 +248,11 @@ class Service(_message.Message):
         ownership_policy: Global___OwnershipPolicy | None = ...,
         service_level: Global___ServiceLevel | None = ...,
         version: _builtins.int = ...,
+        retired_at: _timestamp_pb2.Timestamp | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["ownership_policy", b"ownership_policy", "service_level", b"service_level"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["ownership_policy", b"ownership_policy", "retired_at", b"retired_at", "service_level", b"service_level"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["components", b"components", "display_name", b"display_name", "ownership_policy", b"ownership_policy", "service_id", b"service_id", "service_level", b"service_level", "version", b"version"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["components", b"components", "display_name", b"display_name", "ownership_policy", b"ownership_policy", "retired_at", b"retired_at", "service_id", b"service_id", "service_level", b"service_level", "version", b"version"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -525,12 +533,17 @@ Global___GetServiceResponse: _TypeAlias = GetServiceResponse  # noqa: Y015
 class ListServicesRequest(_message.Message):
     DESCRIPTOR: _descriptor.Descriptor
 
+    INCLUDE_RETIRED_FIELD_NUMBER: _builtins.int
+    include_retired: _builtins.bool
+    """Also the services RetireService took out of the catalogue."""
     def __init__(
         self,
+        *,
+        include_retired: _builtins.bool = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["include_retired", b"include_retired"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -555,6 +568,62 @@ class ListServicesResponse(_message.Message):
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___ListServicesResponse: _TypeAlias = ListServicesResponse  # noqa: Y015
+
+@_typing.final
+class RetireServiceRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    IDEMPOTENCY_KEY_FIELD_NUMBER: _builtins.int
+    SERVICE_ID_FIELD_NUMBER: _builtins.int
+    idempotency_key: _builtins.str
+    """Limits: Required; printable ASCII (ID), at most 128 bytes. A new key for each
+    distinct call; the same key and request replays the first answer.
+    """
+    service_id: _builtins.str
+    """Limits: Required; a slug [a-z][a-z0-9.-]*, at most 63 bytes. A service id:
+    [a-z][a-z0-9-]{1,62}.
+    """
+    def __init__(
+        self,
+        *,
+        idempotency_key: _builtins.str = ...,
+        service_id: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["idempotency_key", b"idempotency_key", "service_id", b"service_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___RetireServiceRequest: _TypeAlias = RetireServiceRequest  # noqa: Y015
+
+@_typing.final
+class RetireServiceResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    SERVICE_FIELD_NUMBER: _builtins.int
+    ENDED_AGREEMENT_IDS_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def service(self) -> Global___Service:
+        """The service as retired (its retired_at set)."""
+
+    @_builtins.property
+    def ended_agreement_ids(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """The ids of the service's sharing agreements that retiring ended."""
+
+    def __init__(
+        self,
+        *,
+        service: Global___Service | None = ...,
+        ended_agreement_ids: _abc.Iterable[_builtins.str] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["service", b"service"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["ended_agreement_ids", b"ended_agreement_ids", "service", b"service"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___RetireServiceResponse: _TypeAlias = RetireServiceResponse  # noqa: Y015
 
 @_typing.final
 class DefineSharingAgreementRequest(_message.Message):

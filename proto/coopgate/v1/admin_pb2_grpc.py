@@ -63,6 +63,11 @@ class AdminServiceStub:
                 request_serializer=coopgate_dot_v1_dot_admin__pb2.ListServicesRequest.SerializeToString,
                 response_deserializer=coopgate_dot_v1_dot_admin__pb2.ListServicesResponse.FromString,
                 _registered_method=True)
+        self.RetireService = channel.unary_unary(
+                '/coopgate.v1.AdminService/RetireService',
+                request_serializer=coopgate_dot_v1_dot_admin__pb2.RetireServiceRequest.SerializeToString,
+                response_deserializer=coopgate_dot_v1_dot_admin__pb2.RetireServiceResponse.FromString,
+                _registered_method=True)
         self.DefineSharingAgreement = channel.unary_unary(
                 '/coopgate.v1.AdminService/DefineSharingAgreement',
                 request_serializer=coopgate_dot_v1_dot_admin__pb2.DefineSharingAgreementRequest.SerializeToString,
@@ -117,6 +122,15 @@ class AdminServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def RetireService(self, request, context):
+        """Takes a service out of the catalogue: ListServices no longer lists it, no case
+        can be opened on it, and its sharing agreements end; its cases keep their
+        history. DefineService with its id brings it back. Roles: admin.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
     def DefineSharingAgreement(self, request, context):
         """Roles: admin.
         """
@@ -158,6 +172,11 @@ def add_AdminServiceServicer_to_server(servicer, server):
                     servicer.ListServices,
                     request_deserializer=coopgate_dot_v1_dot_admin__pb2.ListServicesRequest.FromString,
                     response_serializer=coopgate_dot_v1_dot_admin__pb2.ListServicesResponse.SerializeToString,
+            ),
+            'RetireService': grpc.unary_unary_rpc_method_handler(
+                    servicer.RetireService,
+                    request_deserializer=coopgate_dot_v1_dot_admin__pb2.RetireServiceRequest.FromString,
+                    response_serializer=coopgate_dot_v1_dot_admin__pb2.RetireServiceResponse.SerializeToString,
             ),
             'DefineSharingAgreement': grpc.unary_unary_rpc_method_handler(
                     servicer.DefineSharingAgreement,
@@ -309,6 +328,33 @@ class AdminService:
             '/coopgate.v1.AdminService/ListServices',
             coopgate_dot_v1_dot_admin__pb2.ListServicesRequest.SerializeToString,
             coopgate_dot_v1_dot_admin__pb2.ListServicesResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def RetireService(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/coopgate.v1.AdminService/RetireService',
+            coopgate_dot_v1_dot_admin__pb2.RetireServiceRequest.SerializeToString,
+            coopgate_dot_v1_dot_admin__pb2.RetireServiceResponse.FromString,
             options,
             channel_credentials,
             insecure,

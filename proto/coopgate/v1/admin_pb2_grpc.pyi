@@ -47,6 +47,11 @@ class AdminServiceStub:
     """Roles: any role (a valid client certificate)."""
     ListServices: _grpc.UnaryUnaryMultiCallable[_admin_pb2.ListServicesRequest, _admin_pb2.ListServicesResponse]
     """Roles: any role (a valid client certificate)."""
+    RetireService: _grpc.UnaryUnaryMultiCallable[_admin_pb2.RetireServiceRequest, _admin_pb2.RetireServiceResponse]
+    """Takes a service out of the catalogue: ListServices no longer lists it, no case
+    can be opened on it, and its sharing agreements end; its cases keep their
+    history. DefineService with its id brings it back. Roles: admin.
+    """
     DefineSharingAgreement: _grpc.UnaryUnaryMultiCallable[_admin_pb2.DefineSharingAgreementRequest, _admin_pb2.DefineSharingAgreementResponse]
     """Roles: admin."""
     ListSharingAgreements: _grpc.UnaryUnaryMultiCallable[_admin_pb2.ListSharingAgreementsRequest, _admin_pb2.ListSharingAgreementsResponse]
@@ -71,6 +76,11 @@ class AdminServiceAsyncStub(AdminServiceStub):
     """Roles: any role (a valid client certificate)."""
     ListServices: _aio.UnaryUnaryMultiCallable[_admin_pb2.ListServicesRequest, _admin_pb2.ListServicesResponse]  # type: ignore[assignment]
     """Roles: any role (a valid client certificate)."""
+    RetireService: _aio.UnaryUnaryMultiCallable[_admin_pb2.RetireServiceRequest, _admin_pb2.RetireServiceResponse]  # type: ignore[assignment]
+    """Takes a service out of the catalogue: ListServices no longer lists it, no case
+    can be opened on it, and its sharing agreements end; its cases keep their
+    history. DefineService with its id brings it back. Roles: admin.
+    """
     DefineSharingAgreement: _aio.UnaryUnaryMultiCallable[_admin_pb2.DefineSharingAgreementRequest, _admin_pb2.DefineSharingAgreementResponse]  # type: ignore[assignment]
     """Roles: admin."""
     ListSharingAgreements: _aio.UnaryUnaryMultiCallable[_admin_pb2.ListSharingAgreementsRequest, _admin_pb2.ListSharingAgreementsResponse]  # type: ignore[assignment]
@@ -122,6 +132,17 @@ class AdminServiceServicer(metaclass=_abc_1.ABCMeta):
         context: _ServicerContext,
     ) -> _typing.Union[_admin_pb2.ListServicesResponse, _abc.Awaitable[_admin_pb2.ListServicesResponse]]:
         """Roles: any role (a valid client certificate)."""
+
+    @_abc_1.abstractmethod
+    def RetireService(
+        self,
+        request: _admin_pb2.RetireServiceRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_admin_pb2.RetireServiceResponse, _abc.Awaitable[_admin_pb2.RetireServiceResponse]]:
+        """Takes a service out of the catalogue: ListServices no longer lists it, no case
+        can be opened on it, and its sharing agreements end; its cases keep their
+        history. DefineService with its id brings it back. Roles: admin.
+        """
 
     @_abc_1.abstractmethod
     def DefineSharingAgreement(

@@ -497,6 +497,7 @@ class CaseHeader(_message.Message):
     OWNER_DUE_AT_FIELD_NUMBER: _builtins.int
     RESOLUTION_DUE_AT_FIELD_NUMBER: _builtins.int
     SUMMARY_FIELD_NUMBER: _builtins.int
+    CUSTOMER_LOCAL_ID_FIELD_NUMBER: _builtins.int
     case_id: _builtins.str
     service_id: _builtins.str
     status: Global___CaseStatus.ValueType
@@ -506,6 +507,11 @@ class CaseHeader(_message.Message):
     first_contact_channel: _common_pb2.Channel.ValueType
     relationship_owner_id: _builtins.str
     summary: _builtins.str
+    customer_local_id: _builtins.str
+    """The reader's own id for the customer (as it named them in OpenCase or a link),
+    when it has one; empty otherwise (then subject_id is all it knows them by), and
+    once the customer is erased. Never another partner's id.
+    """
     @_builtins.property
     def resolver_ids(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]: ...
     @_builtins.property
@@ -529,10 +535,11 @@ class CaseHeader(_message.Message):
         owner_due_at: _timestamp_pb2.Timestamp | None = ...,
         resolution_due_at: _timestamp_pb2.Timestamp | None = ...,
         summary: _builtins.str = ...,
+        customer_local_id: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["opened_at", b"opened_at", "owner_due_at", b"owner_due_at", "resolution_due_at", b"resolution_due_at"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["case_id", b"case_id", "first_contact_channel", b"first_contact_channel", "first_contact_partner_id", b"first_contact_partner_id", "opened_at", b"opened_at", "owner_due_at", b"owner_due_at", "relationship_owner_id", b"relationship_owner_id", "resolution_due_at", b"resolution_due_at", "resolver_ids", b"resolver_ids", "service_id", b"service_id", "status", b"status", "subject_id", b"subject_id", "summary", b"summary"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["case_id", b"case_id", "customer_local_id", b"customer_local_id", "first_contact_channel", b"first_contact_channel", "first_contact_partner_id", b"first_contact_partner_id", "opened_at", b"opened_at", "owner_due_at", b"owner_due_at", "relationship_owner_id", b"relationship_owner_id", "resolution_due_at", b"resolution_due_at", "resolver_ids", b"resolver_ids", "service_id", b"service_id", "status", b"status", "subject_id", b"subject_id", "summary", b"summary"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

@@ -82,6 +82,13 @@ async def test_show_list_and_watch_render_the_combined_view(
                 line = json.loads(await watcher.stdout.readline())
                 if line["item"].get("interaction", {}).get("summary", "").startswith("sent"):
                     break
+            # Then nothing happens for a second: the watch says what it waits for (on
+            # stderr, plain as it is no terminal; stdout keeps the items only).
+            assert watcher.stderr is not None
+            while b"waiting for the next event on the case" not in (
+                await watcher.stderr.readline()
+            ):
+                pass
     finally:
         watcher.terminate()
         await watcher.wait()
@@ -151,12 +158,25 @@ async def test_list_at_80_columns_shows_whole_ids_and_says_when_there_are_none(
     assert code == 0, err
     assert out.strip() == "no cases"
 
-    # The case at 80 columns: its header's ids (the customer's pseudonym is 50
+    # The case at 80 columns: its header's ids (a customer's pseudonym is 50
     # characters) fold whole, none is cut.
     code, out, err = await run_coopgate("case", "show", opened.case_id, *bank_args, columns=80)
     assert code == 0, err
     assert max(len(line) for line in out.splitlines()) <= 80
-    assert opened.header.subject_id
     squeezed = "".join(out.split()).replace("│", "")
-    assert opened.header.subject_id in squeezed
+    assert opened.case_id in squeezed
+    assert customer in squeezed  # the bank's own id for its customer
+    assert "customer (your id)" in out
+    telco_args = client_args(stack, "telco-a", Role.ADVISOR)
+    code, out, err = await run_coopgate("case", "show", opened.case_id, *telco_args, columns=80)
+    assert code == 0, err
+    assert max(len(line) for line in out.splitlines()) <= 80
+    telco_view = await stack.api("telco-a", Role.ADVISOR).cases.GetCaseView(
+        cases_pb2.GetCaseViewRequest(case_id=opened.case_id, purpose="incident-resolution")
+    )
+    pseudonym = telco_view.view.header.subject_id
+    assert len(pseudonym) >= 40
+    assert pseudonym in "".join(out.split()).replace("│", "")
+    assert "customer (your pseudonym)" in out  # the operator has no id of its own for them
+    assert customer not in out
     assert "…" not in out.split("┏")[0]  # the header panel cuts nothing

@@ -52,4 +52,6 @@ async def test_demo_without_a_stack_fails_at_once(tmp_path: Path) -> None:
     _, err = await asyncio.wait_for(process.communicate(), 30)
     assert process.returncode == 1
     assert "the gateway at 127.0.0.1:1 does not answer" in err.decode()
-    assert time.monotonic() - started < 10
+    # It used to wait 107 s; the bound leaves room for a loaded machine's slow start
+    # (11 s was measured with a load average of 17 on 2 cores).
+    assert time.monotonic() - started < 30
