@@ -59,6 +59,12 @@ _CONNECTION_LOST = (
 )
 
 
+#: SQLSTATE classes that say the server cannot serve now, not that the statement is
+#: wrong: 08 connection exception, 53 insufficient resources ("too many clients
+#: already", disk full), 57 operator intervention (shutting down, starting up).
+_SQLSTATE_UNAVAILABLE = frozenset({"08", "53", "57"})
+
+
 class WalCheckpointer:
     """Copies SQLite's write-ahead log back into the database from a thread of its own.
 
@@ -413,6 +419,12 @@ def store_errors() -> Iterator[None]:
     except DBAPIError as exc:
         if exc.connection_invalidated:
             raise Unavailable("the store connection was lost", reason="STORE_UNAVAILABLE") from exc
+        if str(getattr(exc.orig, "sqlstate", None) or "")[:2] in _SQLSTATE_UNAVAILABLE:
+            raise Unavailable("the store cannot serve now", reason="STORE_UNAVAILABLE") from exc
+        raise
+    except asyncpg.PostgresError as exc:  # raised as is while the pool connects
+        if str(exc.sqlstate or "")[:2] in _SQLSTATE_UNAVAILABLE:
+            raise Unavailable("the store cannot serve now", reason="STORE_UNAVAILABLE") from exc
         raise
 
 

@@ -447,3 +447,35 @@ async def test_a_read_the_server_ends_mid_statement_is_unavailable_and_the_next_
     assert failed.value.reason == "STORE_UNAVAILABLE"
     [(second,)] = await pg_store.read_rows(BACKEND_PID, {})
     assert second != first
+
+
+async def test_a_postgresql_server_refusing_connections_is_unavailable_not_internal(
+    pg_database_factory: object,
+) -> None:
+    """ "too many clients" (SQLSTATE 53300) says the server cannot serve now: the caller
+    is told UNAVAILABLE, to retry, not INTERNAL. A role allowed no connection gets the
+    same refusal from the server as a full one."""
+    import uuid
+
+    import asyncpg
+
+    from gateway.core.errors import Unavailable
+    from tests.conftest import PG_ADMIN_DSN
+
+    assert callable(pg_database_factory)
+    url = await pg_database_factory()
+    role = f"coopgate_full_{uuid.uuid4().hex[:8]}"
+    admin = await asyncpg.connect(PG_ADMIN_DSN)
+    await admin.execute(f'CREATE ROLE "{role}" LOGIN CONNECTION LIMIT 0')
+    from sqlalchemy.engine import make_url
+
+    store = create_store(make_url(url).set(username=role).render_as_string(hide_password=False))
+    try:
+        with pytest.raises(Unavailable) as refused:
+            async with store.read() as conn:
+                await conn.execute(text("SELECT 1"))
+        assert refused.value.reason == "STORE_UNAVAILABLE"
+    finally:
+        await store.close()
+        await admin.execute(f'DROP ROLE "{role}"')
+        await admin.close()
