@@ -37,7 +37,8 @@ _VISIBLE_CASE = select(cases).where(
     .exists(),
 )
 # The timeline's writes and the case by id, built once too (the activities' hot path).
-_CASE = select(cases).where(cases.c.case_id == bindparam("case_id"))
+#: The case row by id (``case_id``), for the activities, which act on any case.
+CASE_BY_ID = select(cases).where(cases.c.case_id == bindparam("case_id"))
 _SEEN = select(case_events.c.sequence).where(
     case_events.c.case_id == bindparam("case_id"), case_events.c.dedup_key == bindparam("dedup")
 )
@@ -160,7 +161,7 @@ async def set_status(
 
 
 async def _load_case(conn: AsyncConnection, case_id: str) -> CaseRow:
-    row = (await conn.execute(_CASE, {"case_id": case_id})).first()
+    row = (await conn.execute(CASE_BY_ID, {"case_id": case_id})).first()
     if row is None:
         raise NotFound(f"case {case_id!r} not found", reason="CASE_NOT_FOUND")
     return _case_row(row)
