@@ -53,6 +53,7 @@ class IncidentActivities:
         self.follow_up = FollowUpActivities(store, cases)
         # The activities a step may stand for, by name (what `run_steps` runs).
         self.steps = StepActivities(
+            store,
             {
                 RECORD_CASE_STATUS: self.lifecycle.record_case_status,
                 RECORD_CASE_ERASED: self.lifecycle.record_case_erased,
@@ -65,7 +66,7 @@ class IncidentActivities:
                 TELL_CUSTOMER: self.follow_up.tell_customer,
                 ESCALATE: self.follow_up.escalate,
                 RECORD_KPIS: self.follow_up.record_kpis,
-            }
+            },
         )
 
     def all(self) -> list[Callable[..., Any]]:
