@@ -190,6 +190,10 @@ def _closed_or_unavailable(exc: RPCError) -> Exception:
     )
 
 
+#: Workflow tasks one worker runs at once (see `worker_options`).
+MAX_WORKFLOW_TASKS = 8
+
+
 def worker_options(*workflow_modules: str) -> dict[str, Any]:
     """The worker's settings for workflows defined in ``workflow_modules``; the incident
     benchmark's bare worker runs under the same, for its own module.
@@ -203,7 +207,15 @@ def worker_options(*workflow_modules: str) -> dict[str, Any]:
     no longer sees is a non-deterministic call made from these modules' own globals
     (``datetime.now``): the replay tests on recorded histories catch those."""
     restrictions = SandboxRestrictions.default.with_passthrough_modules(*workflow_modules)
-    return {"workflow_runner": SandboxedWorkflowRunner(restrictions=restrictions)}
+    return {
+        "workflow_runner": SandboxedWorkflowRunner(restrictions=restrictions),
+        # A workflow task runs its local activities (the store writes of a coarse run)
+        # before it completes, within its 10 s timeout. With the SDK's default of 100 in
+        # flight, 100 incidents opened at once had their tasks queue for the store and the
+        # loop together past that timeout ("Workflow task not found"), each retried 13-16
+        # times. Fewer at once, the others wait on the server, where no timeout runs.
+        "max_concurrent_workflow_tasks": MAX_WORKFLOW_TASKS,
+    }
 
 
 #: The gateway worker's settings (`worker_options` for the ``workflows`` package).
