@@ -26,6 +26,9 @@ RECORD_KPIS = "record_kpis"
 TELL_CUSTOMER = "tell_customer"
 #: Record that the case's workflow ended because its customer was erased (audited).
 RECORD_CASE_ERASED = "record_case_erased"
+#: A milestone's steps in one activity, in order (patch ``PATCH_COARSE_STEPS``): each
+#: step is one of the activities above, with its input, idempotent as that one is.
+RUN_STEPS = "run_steps"
 
 
 @dataclass(slots=True, frozen=True)
@@ -280,3 +283,42 @@ class CaseState:
     current_offer_partner_id: str
     findings: tuple[Finding, ...]
     decision: OwnershipDecision | None
+
+
+@dataclass(slots=True, frozen=True)
+class Step:
+    """One step of ``RUN_STEPS``: exactly one field is set, named after the activity
+    the step stands for, holding that activity's input."""
+
+    record_case_status: RecordCaseStatusInput | None = None
+    tell_customer: MilestoneInput | None = None
+    notify_customer: NotifyInput | None = None
+    request_diagnosis: DiagnosisRequestInput | None = None
+    record_unresponsive: UnresponsiveInput | None = None
+    record_ownership_decision: RecordDecisionInput | None = None
+    offer_ownership: OfferInput | None = None
+    assign_owner: AssignOwnerInput | None = None
+    escalate: EscalateInput | None = None
+    record_kpis: KpiInput | None = None
+    record_case_erased: CaseErasedInput | None = None
+
+    @classmethod
+    def of(cls, activity: str, arg: object) -> Step:
+        """The step standing for ``activity`` with ``arg`` (KeyError: not a step)."""
+        if activity not in cls.__dataclass_fields__:
+            raise KeyError(activity)
+        return cls(**{activity: arg})  # type: ignore[arg-type]
+
+    def activity(self) -> tuple[str, object]:
+        """The activity this step stands for, and its input."""
+        for name in self.__dataclass_fields__:
+            arg = getattr(self, name)
+            if arg is not None:
+                return name, arg
+        raise ValueError("a step with no activity")
+
+
+@dataclass(slots=True, frozen=True)
+class StepsInput:
+    case_id: str
+    steps: tuple[Step, ...]

@@ -61,6 +61,7 @@ with workflow.unsafe.imports_passed_through():
 from workflows.incident_state import (
     ACTIVITY_RETRY,
     ACTIVITY_TIMEOUT,
+    PATCH_COARSE_STEPS,
     PATCH_ENDS_WHEN_ERASED,
     IncidentState,
 )
@@ -85,14 +86,18 @@ class IncidentWorkflow(IncidentState):
         with contextlib.suppress(asyncio.CancelledError):
             await body
         assert self._erased is not None
+        self._steps.clear()  # nothing taken before the erasure goes out after it
         await self._act(
             RECORD_CASE_ERASED,
             CaseErasedInput(case_id=incident.case_id, reason=self._erased.reason),
         )
+        await self._flush()
         return IncidentOutcome(case_id=incident.case_id, status="ERASED", owner_id=self._owner)
 
     async def _run(self, incident: IncidentInput) -> IncidentOutcome:
-        context = await workflow.execute_activity(
+        self._coarse = workflow.patched(PATCH_COARSE_STEPS)
+        load = workflow.execute_local_activity if self._coarse else workflow.execute_activity
+        context = await load(
             LOAD_INCIDENT,
             LoadIncidentInput(case_id=incident.case_id),
             start_to_close_timeout=ACTIVITY_TIMEOUT,
@@ -129,6 +134,7 @@ class IncidentWorkflow(IncidentState):
         await self._set_status("CLOSED")
         await self._notify("closed", "Your case is closed. Thank you.")
         await self._record_kpis(context)
+        await self._flush()
         return IncidentOutcome(case_id=context.case_id, status="CLOSED", owner_id=self._owner)
 
     # -- diagnosis -------------------------------------------------------------
@@ -316,6 +322,7 @@ class IncidentWorkflow(IncidentState):
         self._reopens += 1
         await self._set_status("REOPENED")
         await self._notify("reopened", "We have reopened your case and are on it again.")
+        await self._flush()
         await workflow.wait_condition(workflow.all_handlers_finished)
         workflow.continue_as_new(
             carried_over(
@@ -347,8 +354,11 @@ class IncidentWorkflow(IncidentState):
     async def _wait(
         self, context: IncidentContext, done: Callable[[], bool], until: datetime | None
     ) -> None:
-        """Wait for ``done`` or ``until``, escalating any SLA that runs out meanwhile."""
+        """Wait for ``done`` or ``until``, escalating any SLA that runs out meanwhile.
+        What the run did before it waits is done first (`_flush`)."""
+        await self._flush()
         while not done():
+            await self._flush()  # an escalation of the last turn
             now = workflow.now()
             if until is not None and now >= until:
                 return

@@ -20,6 +20,7 @@ with workflow.unsafe.imports_passed_through():
     from workflows.contracts import (
         NOTIFY_CUSTOMER,
         RECORD_CASE_STATUS,
+        RUN_STEPS,
         TELL_CUSTOMER,
         CaseErased,
         CaseState,
@@ -32,6 +33,8 @@ with workflow.unsafe.imports_passed_through():
         OwnershipDecision,
         RecordCaseStatusInput,
         ResolveRequest,
+        Step,
+        StepsInput,
     )
     from workflows.incident_rules import (
         check_answer,
@@ -49,6 +52,13 @@ PATCH_NOTICES_BY_REFERENCE = "notices-by-reference"
 #: An erased customer's case ends its workflow (the ``erase`` signal, or a run that
 #: starts on an erased case): no further partner work, no notification.
 PATCH_ENDS_WHEN_ERASED = "ends-when-erased"
+#: The run acts in coarse steps: what it does between two waits (statuses, the customer's
+#: notifications, requests, the decision, an offer, ...) goes to the store as one local
+#: activity, ``RUN_STEPS``, run by the worker inside the workflow task (no activity task
+#: through the server, one marker in the history). Each step is idempotent as the
+#: activity it stands for, so a retried batch, or one run again on another worker after
+#: a crash, records and sends nothing twice.
+PATCH_COARSE_STEPS = "coarse-steps"
 
 ACTIVITY_TIMEOUT = timedelta(seconds=10)
 ACTIVITY_RETRY = RetryPolicy(
@@ -81,6 +91,10 @@ class IncidentState:
         self._erased: CaseErased | None = None
         #: Whether this run ends when erased (``PATCH_ENDS_WHEN_ERASED``).
         self._ends_when_erased = False
+        #: Whether this run acts in coarse steps (``PATCH_COARSE_STEPS``), and the steps
+        #: taken since the last wait.
+        self._coarse = False
+        self._steps: list[Step] = []
 
     # -- what the run waits for ---------------------------------------------------
 
@@ -93,8 +107,28 @@ class IncidentState:
     # -- activities ------------------------------------------------------------
 
     async def _act(self, name: str, arg: object) -> None:
+        """Run activity ``name``; in a coarse run, take it as a step of the next batch
+        (`_flush`, before the run waits for anything)."""
+        if self._coarse:
+            self._steps.append(Step.of(name, arg))
+            return
         await workflow.execute_activity(
             name, arg, start_to_close_timeout=ACTIVITY_TIMEOUT, retry_policy=ACTIVITY_RETRY
+        )
+
+    async def _flush(self) -> None:
+        """The steps taken since the last wait, in order, as one local activity."""
+        if not self._steps:
+            return
+        assert self._context is not None
+        steps, self._steps = tuple(self._steps), []
+        await workflow.execute_local_activity(
+            RUN_STEPS,
+            StepsInput(case_id=self._context.case_id, steps=steps),
+            start_to_close_timeout=ACTIVITY_TIMEOUT,
+            retry_policy=ACTIVITY_RETRY,
+            # What the batch did, in the history and the UI (names only, no data).
+            summary=", ".join(step.activity()[0] for step in steps),
         )
 
     async def _set_status(self, status: str) -> None:

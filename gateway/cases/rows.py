@@ -36,6 +36,24 @@ _VISIBLE_CASE = select(cases).where(
     )
     .exists(),
 )
+# The timeline's writes and the case by id, built once too (the activities' hot path).
+#: The case row by id (``case_id``), for the activities, which act on any case.
+CASE_BY_ID = select(cases).where(cases.c.case_id == bindparam("case_id"))
+_SEEN = select(case_events.c.sequence).where(
+    case_events.c.case_id == bindparam("case_id"), case_events.c.dedup_key == bindparam("dedup")
+)
+_NEXT_SEQUENCE = (
+    update(cases)
+    .where(cases.c.case_id == bindparam("case"))
+    .values(last_sequence=cases.c.last_sequence + 1, updated_at=bindparam("now"))
+    .returning(cases.c.last_sequence)
+)
+_APPEND = insert(case_events)
+_SET_STATUS = (
+    update(cases)
+    .where(cases.c.case_id == bindparam("case"))
+    .values(status=bindparam("new_status"), updated_at=bindparam("now"))
+)
 
 
 @dataclass(slots=True, frozen=True)
@@ -94,37 +112,25 @@ async def append_event(
     With a ``dedup_key`` the append happens once: a retry returns None.
     """
     if dedup_key is not None:
-        seen = (
-            await conn.execute(
-                select(case_events.c.sequence).where(
-                    case_events.c.case_id == case_id, case_events.c.dedup_key == dedup_key
-                )
-            )
-        ).first()
+        seen = (await conn.execute(_SEEN, {"case_id": case_id, "dedup": dedup_key})).first()
         if seen is not None:
             return None
-    sequence = (
-        await conn.execute(
-            update(cases)
-            .where(cases.c.case_id == case_id)
-            .values(last_sequence=cases.c.last_sequence + 1, updated_at=_now())
-            .returning(cases.c.last_sequence)
-        )
-    ).scalar_one()
+    sequence = (await conn.execute(_NEXT_SEQUENCE, {"case": case_id, "now": _now()})).scalar_one()
     item.sequence = sequence
     key = await sealer.key(conn, case_id)
     await conn.execute(
-        insert(case_events).values(
-            case_id=case_id,
-            sequence=sequence,
-            occurred_at=item.occurred_at.ToDatetime(dt.UTC),
-            source_partner_id=source_partner_id,
-            category=category,
-            item=sealer.seal(
+        _APPEND,
+        {
+            "case_id": case_id,
+            "sequence": sequence,
+            "occurred_at": item.occurred_at.ToDatetime(dt.UTC),
+            "source_partner_id": source_partner_id,
+            "category": category,
+            "item": sealer.seal(
                 key, item.SerializeToString(deterministic=True), f"{case_id}/{sequence}"
             ),
-            dedup_key=dedup_key,
-        )
+            "dedup_key": dedup_key,
+        },
     )
     announce(conn, CASE, case_id)  # its watchers wake once this commits
     return int(sequence)
@@ -140,9 +146,7 @@ async def set_status(
     """Move the case projection to ``status`` and record the change on the timeline
     (dated ``at``, by default now: a case opened is received when it is opened, so
     that its first items' times follow their sequence)."""
-    result = await conn.execute(
-        update(cases).where(cases.c.case_id == case_id).values(status=status, updated_at=_now())
-    )
+    result = await conn.execute(_SET_STATUS, {"case": case_id, "new_status": status, "now": _now()})
     if result.rowcount == 0:
         raise NotFound(f"case {case_id!r} does not exist")
     item = cases_pb2.TimelineItem(status_change=cases_pb2.StatusChange(status=status))
@@ -157,7 +161,7 @@ async def set_status(
 
 
 async def _load_case(conn: AsyncConnection, case_id: str) -> CaseRow:
-    row = (await conn.execute(select(cases).where(cases.c.case_id == case_id))).first()
+    row = (await conn.execute(CASE_BY_ID, {"case_id": case_id})).first()
     if row is None:
         raise NotFound(f"case {case_id!r} not found", reason="CASE_NOT_FOUND")
     return _case_row(row)

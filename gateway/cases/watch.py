@@ -9,7 +9,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from coopgate.v1 import cases_pb2
-from sqlalchemy import select
+from sqlalchemy import bindparam, select
 
 from gateway.cases.feed import CaseFeed
 from gateway.cases.reader import CaseReader
@@ -23,6 +23,15 @@ from gateway.telemetry import annotate, instruments
 
 WATCH_BATCH = 200
 WATCH_IDLE_SECONDS = 5.0
+#: The events after a position (built once: a watch reads it at every wake-up).
+_EVENTS_AFTER = (
+    select(case_events)
+    .where(
+        case_events.c.case_id == bindparam("case_id"), case_events.c.sequence > bindparam("after")
+    )
+    .order_by(case_events.c.sequence)
+    .limit(WATCH_BATCH)
+)
 
 
 @dataclass(slots=True, frozen=True)
@@ -129,14 +138,7 @@ class CaseWatch:
                 conn,
                 row.case_id,
                 (
-                    await conn.execute(
-                        select(case_events)
-                        .where(
-                            case_events.c.case_id == row.case_id, case_events.c.sequence > position
-                        )
-                        .order_by(case_events.c.sequence)
-                        .limit(WATCH_BATCH)
-                    )
+                    await conn.execute(_EVENTS_AFTER, {"case_id": row.case_id, "after": position})
                 ).all(),
             )
             header = await self._header(conn, caller, row)

@@ -19,7 +19,21 @@ from gateway.orchestration.diagnosis import DiagnosisActivities
 from gateway.orchestration.followup import FollowUpActivities
 from gateway.orchestration.lifecycle import LifecycleActivities
 from gateway.orchestration.ownership import OwnershipActivities
+from gateway.orchestration.steps import StepActivities
 from gateway.store import Store
+from workflows.contracts import (
+    ASSIGN_OWNER,
+    ESCALATE,
+    NOTIFY_CUSTOMER,
+    OFFER_OWNERSHIP,
+    RECORD_CASE_ERASED,
+    RECORD_CASE_STATUS,
+    RECORD_KPIS,
+    RECORD_OWNERSHIP_DECISION,
+    RECORD_UNRESPONSIVE,
+    REQUEST_DIAGNOSIS,
+    TELL_CUSTOMER,
+)
 
 
 class IncidentActivities:
@@ -37,6 +51,23 @@ class IncidentActivities:
         self.diagnosis = DiagnosisActivities(store, cases, rules, pseudonyms)
         self.ownership = OwnershipActivities(store, cases, rules, audit)
         self.follow_up = FollowUpActivities(store, cases)
+        # The activities a step may stand for, by name (what `run_steps` runs).
+        self.steps = StepActivities(
+            store,
+            {
+                RECORD_CASE_STATUS: self.lifecycle.record_case_status,
+                RECORD_CASE_ERASED: self.lifecycle.record_case_erased,
+                REQUEST_DIAGNOSIS: self.diagnosis.request_diagnosis,
+                RECORD_UNRESPONSIVE: self.diagnosis.record_unresponsive,
+                RECORD_OWNERSHIP_DECISION: self.ownership.record_ownership_decision,
+                OFFER_OWNERSHIP: self.ownership.offer_ownership,
+                ASSIGN_OWNER: self.ownership.assign_owner,
+                NOTIFY_CUSTOMER: self.follow_up.notify_customer,
+                TELL_CUSTOMER: self.follow_up.tell_customer,
+                ESCALATE: self.follow_up.escalate,
+                RECORD_KPIS: self.follow_up.record_kpis,
+            },
+        )
 
     def all(self) -> list[Callable[..., Any]]:
         return [
@@ -52,4 +83,5 @@ class IncidentActivities:
             self.follow_up.tell_customer,
             self.follow_up.escalate,
             self.follow_up.record_kpis,
+            self.steps.run_steps,
         ]

@@ -3,17 +3,15 @@
 from __future__ import annotations
 
 from coopgate.v1 import cases_pb2, work_pb2
-from sqlalchemy import select
 from temporalio import activity
 
-from gateway.cases.rows import CASE_STATUS_CATEGORY, INTERACTION_CATEGORY, append_event
+from gateway.cases.rows import CASE_BY_ID, CASE_STATUS_CATEGORY, INTERACTION_CATEGORY, append_event
 from gateway.cases.service import Cases
 from gateway.consent.rules import ConsentRules, Flow
 from gateway.core.caller import Caller, Role
 from gateway.crypto.pseudonyms import Pseudonyms
 from gateway.orchestration.shared import ts
 from gateway.store import Store
-from gateway.store.schema import cases
 from gateway.work.delivery import enqueue
 from workflows.contracts import (
     RECORD_UNRESPONSIVE,
@@ -39,9 +37,7 @@ class DiagnosisActivities:
     async def request_diagnosis(self, request: DiagnosisRequestInput) -> None:
         """Send the partner a diagnosis request carrying only what consent lets it see."""
         async with self._store.write() as conn:
-            case = (
-                await conn.execute(select(cases).where(cases.c.case_id == request.case_id))
-            ).one()
+            case = (await conn.execute(CASE_BY_ID, {"case_id": request.case_id})).one()
             reader = Caller(partner_id=request.partner_id, role=Role.PARTNER, person_id="")
             local = await self._cases.local_ids.local_id(conn, request.partner_id, case.subject_id)
             diagnosis = work_pb2.DiagnosisRequest(

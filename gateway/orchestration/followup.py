@@ -12,7 +12,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 from temporalio import activity
 
 from gateway.cases.resolutions import open_resolution
-from gateway.cases.rows import CASE_STATUS_CATEGORY, INTERACTION_CATEGORY, append_event
+from gateway.cases.rows import CASE_BY_ID, CASE_STATUS_CATEGORY, INTERACTION_CATEGORY, append_event
 from gateway.cases.service import Cases
 from gateway.orchestration.notices import compose
 from gateway.orchestration.shared import now, tell
@@ -76,7 +76,7 @@ class FollowUpActivities:
     ) -> None:
         """The notification on the case's timeline (sealed) and on the partner's work
         stream, once per ``notification_id``; nothing for an erased case."""
-        case = (await conn.execute(select(cases).where(cases.c.case_id == case_id))).one()
+        case = (await conn.execute(CASE_BY_ID, {"case_id": case_id})).one()
         partner, channel = await _last_contact(conn, self._cases, case)
         notification = cases_pb2.Notification(
             notification_id=notification_id,

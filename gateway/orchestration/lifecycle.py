@@ -11,6 +11,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 from temporalio import activity
 
 from gateway.audit.log import AuditLog, AuditRecord
+from gateway.cases.rows import CASE_BY_ID
 from gateway.cases.service import Cases
 from gateway.orchestration.shared import tell
 from gateway.store import Store
@@ -79,7 +80,7 @@ class LifecycleActivities:
 
     async def _tell_participants_closed(self, case_id: str) -> None:
         async with self._store.write() as conn:
-            case = (await conn.execute(select(cases).where(cases.c.case_id == case_id))).one()
+            case = (await conn.execute(CASE_BY_ID, {"case_id": case_id})).one()
             rows = (
                 await conn.execute(
                     select(case_participants.c.partner_id, case_participants.c.role).where(
@@ -105,7 +106,7 @@ class LifecycleActivities:
 async def incident_context(conn: AsyncConnection, case_id: str) -> IncidentContext:
     """What the incident workflow decides on: the service chain, its ownership policy
     (an agreement with the partner first contacted may override it) and service levels."""
-    case = (await conn.execute(select(cases).where(cases.c.case_id == case_id))).one()
+    case = (await conn.execute(CASE_BY_ID, {"case_id": case_id})).one()
     definition = (
         await conn.execute(
             select(services.c.definition).where(services.c.service_id == case.service_id)

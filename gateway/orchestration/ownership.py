@@ -12,7 +12,7 @@ from temporalio import activity
 
 from gateway.audit.log import AuditLog, AuditRecord
 from gateway.cases.derived import CitedFinding, redacted_explanation, stored_explanation
-from gateway.cases.rows import CASE_STATUS_CATEGORY, append_event, set_status
+from gateway.cases.rows import CASE_BY_ID, CASE_STATUS_CATEGORY, append_event, set_status
 from gateway.cases.service import Cases
 from gateway.consent.rules import ConsentRules
 from gateway.core.caller import Caller, Role
@@ -91,9 +91,7 @@ class OwnershipActivities:
     async def record_ownership_decision(self, request: RecordDecisionInput) -> None:
         decision = request.decision
         async with self._store.write() as conn:
-            case = (
-                await conn.execute(select(cases).where(cases.c.case_id == request.case_id))
-            ).one()
+            case = (await conn.execute(CASE_BY_ID, {"case_id": request.case_id})).one()
             try:
                 context: IncidentContext | None = await incident_context(conn, case.case_id)
             except NoResultFound:  # the service is gone: the policy's terms are left out
@@ -140,9 +138,7 @@ class OwnershipActivities:
     async def offer_ownership(self, request: OfferInput) -> None:
         """Offer ownership to a candidate, the decision explained as it may see it."""
         async with self._store.write() as conn:
-            case = (
-                await conn.execute(select(cases).where(cases.c.case_id == request.case_id))
-            ).one()
+            case = (await conn.execute(CASE_BY_ID, {"case_id": request.case_id})).one()
             explanation = await self._explained_to(conn, case, request)
             offer = work_pb2.OwnershipOffer(
                 offer_id=request.offer_id,
@@ -192,9 +188,7 @@ class OwnershipActivities:
     @activity.defn(name=ASSIGN_OWNER)
     async def assign_owner(self, request: AssignOwnerInput) -> None:
         async with self._store.write() as conn:
-            case = (
-                await conn.execute(select(cases).where(cases.c.case_id == request.case_id))
-            ).one()
+            case = (await conn.execute(CASE_BY_ID, {"case_id": request.case_id})).one()
             resolver_role = cases_pb2.PARTICIPANT_ROLE_RESOLVER
             owner_role = cases_pb2.PARTICIPANT_ROLE_RELATIONSHIP_OWNER
             current_resolvers = set(

@@ -19,6 +19,7 @@ from temporalio.common import WorkflowIDConflictPolicy, WorkflowIDReusePolicy
 from temporalio.exceptions import WorkflowAlreadyStartedError
 from temporalio.service import RPCError, RPCStatusCode
 from temporalio.worker import Worker
+from temporalio.worker.workflow_sandbox import SandboxedWorkflowRunner, SandboxRestrictions
 
 from gateway.core.caller import time_left
 from gateway.core.errors import FailedPrecondition, InvalidArgument, Unavailable
@@ -189,9 +190,36 @@ def _closed_or_unavailable(exc: RPCError) -> Exception:
     )
 
 
-#: The worker's settings, shared with the incident benchmark's bare worker (so that
-#: the anchor runs under the same ones): the SDK's defaults.
-WORKER_OPTIONS: dict[str, Any] = {}
+#: Workflow tasks one worker runs at once (see `worker_options`).
+MAX_WORKFLOW_TASKS = 8
+
+
+def worker_options(*workflow_modules: str) -> dict[str, Any]:
+    """The worker's settings for workflows defined in ``workflow_modules``; the incident
+    benchmark's bare worker runs under the same, for its own module.
+
+    The sandbox imports a workflow's modules afresh for every workflow it starts, and
+    compiles them from source where no bytecode is cached (PYTHONDONTWRITEBYTECODE):
+    36% of the embedded stack's busy time under the incident benchmark. Ours are
+    deterministic and import nothing but temporalio and the standard library, with no
+    side effects (tests/test_import_direction.py), so they are imported once per process
+    and passed through. The sandbox still runs each workflow in its own context; what it
+    no longer sees is a non-deterministic call made from these modules' own globals
+    (``datetime.now``): the replay tests on recorded histories catch those."""
+    restrictions = SandboxRestrictions.default.with_passthrough_modules(*workflow_modules)
+    return {
+        "workflow_runner": SandboxedWorkflowRunner(restrictions=restrictions),
+        # A workflow task runs its local activities (the store writes of a coarse run)
+        # before it completes, within its 10 s timeout. With the SDK's default of 100 in
+        # flight, 100 incidents opened at once had their tasks queue for the store and the
+        # loop together past that timeout ("Workflow task not found"), each retried 13-16
+        # times. Fewer at once, the others wait on the server, where no timeout runs.
+        "max_concurrent_workflow_tasks": MAX_WORKFLOW_TASKS,
+    }
+
+
+#: The gateway worker's settings (`worker_options` for the ``workflows`` package).
+WORKER_OPTIONS: dict[str, Any] = worker_options("workflows")
 
 
 def create_worker(

@@ -18,6 +18,7 @@ import threading
 import time
 from collections.abc import AsyncIterator, Callable, Iterator, Mapping, Sequence
 from contextlib import asynccontextmanager, contextmanager
+from contextvars import ContextVar
 from typing import Any, Concatenate, ParamSpec, TypeVar
 
 import asyncpg
@@ -37,6 +38,10 @@ from gateway.store.statements import driver_statement
 log = logging.getLogger(__name__)
 
 _WRITER = "coopgate_writer"
+#: The `Store.one_write` open in this context: its store, connection and task.
+_JOINED: ContextVar[tuple[Store, AsyncConnection, asyncio.Task[Any] | None] | None] = ContextVar(
+    "coopgate_one_write", default=None
+)
 P = ParamSpec("P")
 T = TypeVar("T")
 #: How long a writer waits for another process's write lock before UNAVAILABLE.
@@ -145,9 +150,26 @@ class Store:
 
     @asynccontextmanager
     async def write(self) -> AsyncIterator[AsyncConnection]:
-        """A write transaction, committed when the block exits cleanly."""
+        """A write transaction, committed when the block exits cleanly (inside this task's
+        `one_write`: that one, committed when it ends)."""
+        joined = _JOINED.get()
+        if joined is not None and joined[0] is self and joined[2] is asyncio.current_task():
+            yield joined[1]
+            return
         async with self._writer_turn(), self._transaction(writer=True) as conn:
             yield conn
+
+    @asynccontextmanager
+    async def one_write(self) -> AsyncIterator[AsyncConnection]:
+        """A write transaction that every `write` this task opens in it joins: several
+        writes committed together or not at all, with one commit. Tasks it starts do not
+        join (each of those gets a transaction of its own, as ever)."""
+        async with self.write() as conn:
+            token = _JOINED.set((self, conn, asyncio.current_task()))
+            try:
+                yield conn
+            finally:
+                _JOINED.reset(token)
 
     @asynccontextmanager
     async def _writer_turn(self) -> AsyncIterator[None]:

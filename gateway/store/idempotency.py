@@ -20,7 +20,7 @@ from collections.abc import Awaitable, Callable
 from typing import TypeVar
 
 from google.protobuf.message import Message
-from sqlalchemy import ColumnElement, insert, or_, select, update
+from sqlalchemy import ColumnElement, bindparam, insert, or_, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncConnection
 
@@ -33,6 +33,20 @@ from gateway.store.schema import idempotency_keys, subject_links
 R = TypeVar("R", bound=Message)
 
 _KEY = re.compile(r"^[\x21-\x7e]{1,128}$")
+
+# Statements built once: every mutating call runs them.
+_STORED = select(
+    idempotency_keys.c.request_hash, idempotency_keys.c.response, idempotency_keys.c.erased_at
+).where(
+    idempotency_keys.c.partner_id == bindparam("partner"),
+    idempotency_keys.c.method == bindparam("method"),
+    idempotency_keys.c.idempotency_key == bindparam("key"),
+)
+_LINKED = select(subject_links.c.subject_id).where(
+    subject_links.c.partner_id == bindparam("partner"),
+    subject_links.c.local_hash == bindparam("local_hash"),
+)
+_REMEMBER = insert(idempotency_keys)
 
 
 def request_fingerprint(request: Message) -> bytes:
@@ -56,17 +70,7 @@ async def _stored(
     conn: AsyncConnection, caller: Caller, method: str, key: str, fingerprint: bytes
 ) -> bytes | None:
     row = (
-        await conn.execute(
-            select(
-                idempotency_keys.c.request_hash,
-                idempotency_keys.c.response,
-                idempotency_keys.c.erased_at,
-            ).where(
-                idempotency_keys.c.partner_id == caller.partner_id,
-                idempotency_keys.c.method == method,
-                idempotency_keys.c.idempotency_key == key,
-            )
-        )
+        await conn.execute(_STORED, {"partner": caller.partner_id, "method": method, "key": key})
     ).first()
     if row is None:
         return None
@@ -103,13 +107,9 @@ async def _concerns(
     if "customer_local_id" in request.DESCRIPTOR.fields_by_name:
         local_id = getattr(request, "customer_local_id")  # noqa: B009 - checked just above
         if local_id:
+            digest = index.digest(caller.partner_id, local_id)
             subject_id = (
-                await conn.execute(
-                    select(subject_links.c.subject_id).where(
-                        subject_links.c.partner_id == caller.partner_id,
-                        subject_links.c.local_hash == index.digest(caller.partner_id, local_id),
-                    )
-                )
+                await conn.execute(_LINKED, {"partner": caller.partner_id, "local_hash": digest})
             ).scalar()
     return subject_id, case_id
 
@@ -146,16 +146,17 @@ async def _remember(
 ) -> None:
     subject_id, case_id = await _concerns(conn, index, caller, request, response)
     await conn.execute(
-        insert(idempotency_keys).values(
-            partner_id=caller.partner_id,
-            method=method,
-            idempotency_key=key,
-            request_hash=fingerprint,
-            response=response.SerializeToString(deterministic=True),
-            created_at=dt.datetime.now(dt.UTC),
-            subject_id=subject_id,
-            case_id=case_id,
-        )
+        _REMEMBER,
+        {
+            "partner_id": caller.partner_id,
+            "method": method,
+            "idempotency_key": key,
+            "request_hash": fingerprint,
+            "response": response.SerializeToString(deterministic=True),
+            "created_at": dt.datetime.now(dt.UTC),
+            "subject_id": subject_id,
+            "case_id": case_id,
+        },
     )
 
 

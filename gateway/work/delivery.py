@@ -43,6 +43,32 @@ _ERASED = select(case_keys.c.case_id).where(
 )
 
 
+# Statements built once: on the delivery path, building and finding a statement in
+# SQLAlchemy's cache cost more than running it.
+_UNACKED = (
+    select(work_items.c.work_id, work_items.c.item, work_items.c.deliveries)
+    .where(work_items.c.partner_id == bindparam("partner"), work_items.c.acked_at.is_(None))
+    .order_by(work_items.c.created_at, work_items.c.work_id)
+    .limit(bindparam("window"))
+)
+_DELIVERED = (
+    update(work_items)
+    .where(work_items.c.work_id.in_(bindparam("ids", expanding=True)))
+    .values(deliveries=work_items.c.deliveries + 1)
+)
+_ACKNOWLEDGE = (
+    update(work_items)
+    .where(
+        work_items.c.work_id.in_(bindparam("ids", expanding=True)),
+        work_items.c.partner_id == bindparam("partner"),
+        work_items.c.acked_at.is_(None),
+    )
+    .values(acked_at=bindparam("now"))
+)
+_QUEUED = select(work_items.c.work_id).where(work_items.c.work_id == bindparam("id"))
+_ENQUEUE = insert(work_items)
+
+
 class PartnerWork:
     def __init__(self, store: Store, audit: AuditLog | None = None) -> None:
         self.store = store
@@ -67,25 +93,12 @@ class PartnerWork:
             # An idle poll only reads: a write transaction (on SQLite, the one
             # writer lock) is taken only when there is something to deliver.
             async with self.store.read() as conn:
-                rows = (
-                    await conn.execute(
-                        select(work_items.c.work_id, work_items.c.item, work_items.c.deliveries)
-                        .where(
-                            work_items.c.partner_id == caller.partner_id,
-                            work_items.c.acked_at.is_(None),
-                        )
-                        .order_by(work_items.c.created_at, work_items.c.work_id)
-                        .limit(in_flight + len(sent))
-                    )
-                ).all()
+                window = {"partner": caller.partner_id, "window": in_flight + len(sent)}
+                rows = (await conn.execute(_UNACKED, window)).all()
             fresh = [r for r in rows if r.work_id not in sent][: max(0, in_flight - len(sent))]
             if fresh:
                 async with self.store.write() as conn:
-                    await conn.execute(
-                        update(work_items)
-                        .where(work_items.c.work_id.in_([r.work_id for r in fresh]))
-                        .values(deliveries=work_items.c.deliveries + 1)
-                    )
+                    await conn.execute(_DELIVERED, {"ids": [r.work_id for r in fresh]})
             sent &= {r.work_id for r in rows}  # acknowledged items leave the in-flight window
             for row in fresh:
                 item = work_pb2.WorkItem.FromString(row.item)
@@ -120,13 +133,8 @@ class PartnerWork:
             notices = [i for i in ids if i.startswith(NOTICE_PREFIX)]
             erased = await self._acknowledge_notices(conn, caller, notices) if notices else 0
             result = await conn.execute(
-                update(work_items)
-                .where(
-                    work_items.c.work_id.in_(ids),
-                    work_items.c.partner_id == caller.partner_id,
-                    work_items.c.acked_at.is_(None),
-                )
-                .values(acked_at=dt.datetime.now(dt.UTC))
+                _ACKNOWLEDGE,
+                {"ids": list(ids), "partner": caller.partner_id, "now": dt.datetime.now(dt.UTC)},
             )
             announce(conn, WORK, caller.partner_id)  # the in-flight window opens
             return work_pb2.AcknowledgeResponse(acknowledged=result.rowcount + erased)
@@ -187,9 +195,7 @@ async def enqueue(
 
     Returns whether the item was new.
     """
-    exists = (
-        await conn.execute(select(work_items.c.work_id).where(work_items.c.work_id == work_id))
-    ).first()
+    exists = (await conn.execute(_QUEUED, {"id": work_id})).first()
     if exists is not None:
         return False
     payload = item.WhichOneof("payload")
@@ -209,14 +215,15 @@ async def enqueue(
         ):
             inject_into(item)
     await conn.execute(
-        insert(work_items).values(
-            work_id=work_id,
-            partner_id=partner_id,
-            created_at=now,
-            item=item.SerializeToString(deterministic=True),
-            deliveries=0,
-            case_id=case_id,
-        )
+        _ENQUEUE,
+        {
+            "work_id": work_id,
+            "partner_id": partner_id,
+            "created_at": now,
+            "item": item.SerializeToString(deterministic=True),
+            "deliveries": 0,
+            "case_id": case_id,
+        },
     )
     announce(conn, WORK, partner_id)
     return True

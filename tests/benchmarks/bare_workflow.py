@@ -56,7 +56,10 @@ async def serve(address: str, namespace: str, task_queue: str) -> None:
     from temporalio.client import Client
     from temporalio.worker import Worker
 
-    from gateway.orchestration.temporal import WORKER_OPTIONS
+    from gateway.orchestration.temporal import worker_options
+
+    # By its module's name (this file also runs as __main__): the sandbox imports that.
+    from tests.benchmarks import bare_workflow
 
     client = await Client.connect(address, namespace=namespace)
     stop = asyncio.Event()
@@ -66,9 +69,9 @@ async def serve(address: str, namespace: str, task_queue: str) -> None:
     async with Worker(
         client,
         task_queue=task_queue,
-        workflows=[BareWorkflow],
-        activities=[noop],
-        **WORKER_OPTIONS,
+        workflows=[bare_workflow.BareWorkflow],
+        activities=[bare_workflow.noop],
+        **worker_options(bare_workflow.__name__),
     ):
         print("ready", flush=True)
         await stop.wait()

@@ -5,8 +5,10 @@ server: the ``skipping_env`` and ``incident`` fixtures (registered by conftest.p
 from __future__ import annotations
 
 import asyncio
+import json
 import sys
 import uuid
+from collections import Counter
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 from datetime import timedelta
@@ -15,7 +17,8 @@ from pathlib import Path
 import pytest
 from coopgate.v1 import admin_pb2, cases_pb2, common_pb2, work_pb2
 from sqlalchemy import select
-from temporalio.client import WorkflowExecutionStatus
+from temporalio.api.history.v1 import HistoryEvent
+from temporalio.client import WorkflowExecutionStatus, WorkflowHistory
 from temporalio.testing import WorkflowEnvironment
 
 from gateway.core.caller import Caller, Role
@@ -212,3 +215,29 @@ async def _fast_services(runtime: Runtime) -> None:
     await admin.define_service(
         ADMIN, admin_pb2.DefineServiceRequest(idempotency_key="fast", service=service)
     )
+
+
+def local_activity(event: HistoryEvent) -> tuple[str, str] | None:
+    """A local activity's type and summary (a run_steps batch's step names), from its
+    marker: the marker keeps no input."""
+    marker = event.marker_recorded_event_attributes
+    if not event.HasField("marker_recorded_event_attributes") or (
+        marker.marker_name != "core_local_activity"
+    ):
+        return None
+    data = json.loads(marker.details["data"].payloads[0].data)
+    summary = event.user_metadata.summary.data
+    return data["activity_type"], json.loads(summary) if summary else ""
+
+
+def asked(history: WorkflowHistory) -> Counter[str]:
+    """Every activity the run asked for, local ones and run_steps' steps included."""
+    counted: Counter[str] = Counter()
+    for event in history.events:
+        if event.HasField("activity_task_scheduled_event_attributes"):
+            counted[event.activity_task_scheduled_event_attributes.activity_type.name] += 1
+        elif (local := local_activity(event)) is not None:
+            counted[local[0]] += 1
+            if local[0] == "run_steps":
+                counted.update(local[1].split(", "))
+    return counted

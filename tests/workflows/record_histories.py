@@ -46,6 +46,7 @@ from workflows.contracts import (
     RECORD_OWNERSHIP_DECISION,
     RECORD_UNRESPONSIVE,
     REQUEST_DIAGNOSIS,
+    RUN_STEPS,
     TELL_CUSTOMER,
     AssignOwnerInput,
     CaseErased,
@@ -69,6 +70,7 @@ from workflows.contracts import (
     RecordDecisionInput,
     ResolveRequest,
     ServiceLevelSpec,
+    StepsInput,
     UnresponsiveInput,
 )
 
@@ -159,8 +161,17 @@ class StubActivities:
     async def record_kpis(self, request: KpiInput) -> None:
         pass
 
+    @activity.defn(name=RUN_STEPS)
+    async def run_steps(self, request: StepsInput) -> None:
+        """Each step as its activity would run it (they all return None)."""
+        steps = {f.__name__: f for f in self.all() if f.__name__ != "run_steps"}
+        for step in request.steps:
+            name, arg = step.activity()
+            await steps[name](arg)
+
     def all(self) -> list[Callable[..., Awaitable[Any]]]:
         return [
+            self.run_steps,
             self.load_incident,
             self.record_case_status,
             self.request_diagnosis,
@@ -364,6 +375,17 @@ SCENARIOS = (
     Scenario("reopen_continue_as_new", reopen_continue_as_new),
     Scenario("notices_by_reference", notices_by_reference),
     Scenario("erased_while_owned", erased_while_owned),
+    # Since the patch coarse-steps: what the run does between two waits is one local
+    # activity (run_steps), load_incident a local activity too.
+    Scenario("coarse_owner_accepts", owner_accepts),
+    Scenario(
+        "coarse_unresponsive_late_findings",
+        unresponsive_late_findings,
+        early=Finding("bank-a", "card-token", "OK", confidence=0.95),
+    ),
+    Scenario("coarse_sla_escalations", sla_escalations, levels=FAST_LEVELS),
+    Scenario("coarse_reopen_continue_as_new", reopen_continue_as_new),
+    Scenario("coarse_erased_while_owned", erased_while_owned),
 )
 
 

@@ -174,7 +174,12 @@ async def test_watch_ends_cleanly_when_the_case_closes(stack: Stack, unique: Key
     call = bank.cases.WatchCase(
         cases_pb2.WatchCaseRequest(case_id=case_id, purpose="incident-resolution")
     )
-    # Stand in for the workflow's last step: stop it, then close the projection.
+    # Stand in for the workflow's last step: stop it, then close the projection. Its first
+    # steps go out together (one batch since coarse-steps): let them land first, or the
+    # status they record could come after the one this test records.
+    async with asyncio.timeout(20):
+        while (await view(bank, case_id)).header.status < cases_pb2.CASE_STATUS_DIAGNOSING:
+            await asyncio.sleep(0.05)
     await stack.client.get_workflow_handle(case_id).terminate("closing for the test")
     await asyncio.sleep(0.5)
     await stack.runtime.domain.cases.progress.record_status(case_id, "CLOSED")

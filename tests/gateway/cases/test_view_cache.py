@@ -511,11 +511,13 @@ async def test_changes_to_the_case_show_on_the_next_view(
     assert summaries(after)[-1] == "customer called back"
     before = await read_until_kept(builds, shared.bank, case_id)
 
-    # A status change, through the gateway's own activity (with its timeline event).
-    await stack.runtime.domain.cases.progress.record_status(case_id, "DIAGNOSING")
+    # A status change, through the gateway's own activity (with its timeline event); one
+    # the stopped workflow cannot have reached (its first steps land together, DIAGNOSING
+    # among them, since coarse-steps).
+    await stack.runtime.domain.cases.progress.record_status(case_id, "AWAITING_OWNER")
     after = await read(shared.bank, case_id)
-    assert after.header.status == cases_pb2.CASE_STATUS_DIAGNOSING
-    assert after.timeline[-1].status_change.status == cases_pb2.CASE_STATUS_DIAGNOSING
+    assert after.header.status == cases_pb2.CASE_STATUS_AWAITING_OWNER
+    assert after.timeline[-1].status_change.status == cases_pb2.CASE_STATUS_AWAITING_OWNER
     assert after.position == before.position + 1
     before = await read_until_kept(builds, shared.bank, case_id)
 

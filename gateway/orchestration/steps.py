@@ -1,0 +1,33 @@
+"""`run_steps`: a milestone's steps in one activity (the workflow's coarse runs).
+
+Each step is one of the other activities with its input, run here in order as that
+activity would run alone, and all of them in one write transaction (each activity's
+own write joins it, `Store.one_write`): the batch lands whole or not at all, with one
+commit. Each step is idempotent by the ids the workflow gave it, so a batch retried, or
+run again after a crash, records and sends nothing twice.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable, Mapping
+from typing import Any
+
+from temporalio import activity
+
+from gateway.store import Store
+from workflows.contracts import RUN_STEPS, StepsInput
+
+
+class StepActivities:
+    def __init__(
+        self, store: Store, activities: Mapping[str, Callable[[Any], Awaitable[None]]]
+    ) -> None:
+        self._store = store
+        self._activities = dict(activities)
+
+    @activity.defn(name=RUN_STEPS)
+    async def run_steps(self, request: StepsInput) -> None:
+        async with self._store.one_write():
+            for step in request.steps:
+                name, arg = step.activity()
+                await self._activities[name](arg)
