@@ -5,6 +5,11 @@ activity would run alone, and all of them in one write transaction (each activit
 own write joins it, `Store.one_write`): the batch lands whole or not at all, with one
 commit. Each step is idempotent by the ids the workflow gave it, so a batch retried, or
 run again after a crash, records and sends nothing twice.
+
+When the process traces, each step is a span of its own under the batch's, named as the
+activity would be alone (``RunActivity:request_diagnosis``) and carrying the same case,
+partner, rule and outcome: an incident's trace reads the same whether its workflow ran
+steps one activity each (histories from before the coarse runs) or in batches.
 """
 
 from __future__ import annotations
@@ -14,7 +19,9 @@ from typing import Any
 
 from temporalio import activity
 
+from gateway.orchestration.tracing import activity_attributes
 from gateway.store import Store
+from gateway.telemetry import annotate, tracer, tracing_on
 from workflows.contracts import RUN_STEPS, StepsInput
 
 
@@ -30,4 +37,9 @@ class StepActivities:
         async with self._store.one_write():
             for step in request.steps:
                 name, arg = step.activity()
-                await self._activities[name](arg)
+                if not tracing_on():
+                    await self._activities[name](arg)
+                    continue
+                with tracer(__name__).start_as_current_span(f"RunActivity:{name}"):
+                    annotate(**activity_attributes(arg))
+                    await self._activities[name](arg)

@@ -38,11 +38,12 @@ class ActivityAttributes(Interceptor):
 class _Annotating(ActivityInboundInterceptor):
     async def execute_activity(self, input: ExecuteActivityInput) -> Any:
         if input.args:
-            annotate(**_attributes(input.args[0]))
+            annotate(**activity_attributes(input.args[0]))
         return await super().execute_activity(input)
 
 
-def _attributes(request: Any) -> dict[str, str]:
+def activity_attributes(request: Any) -> dict[str, str]:
+    """An activity's (or a step's) span attributes, from its one input dataclass."""
     decision = getattr(request, "decision", None)
     accepted = getattr(request, "accepted", None)
     if accepted is not None:

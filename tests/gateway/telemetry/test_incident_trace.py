@@ -97,12 +97,17 @@ async def test_a_partner_that_opens_a_case_in_its_trace_finds_the_whole_incident
         stage.cast[kind] for kind in scenario.companies
     )
     # Temporal's interceptor puts the workflow's spans (its run, each activity it starts)
-    # under the span that started it; each activity's run is under its start.
+    # under the span that started it; each activity's run is under its start. The
+    # workflow runs a milestone's steps as one batch (`run_steps`): each step's span is
+    # under the batch's run, itself under its start, under the workflow's start.
     for span in asked:
-        parent = incident.parent(span)
-        assert parent is not None
-        assert parent.name == "StartActivity:request_diagnosis"
-        assert incident.parent(parent) is start
+        batch = incident.parent(span)
+        assert batch is not None
+        assert batch.name == "RunActivity:run_steps"
+        started = incident.parent(batch)
+        assert started is not None
+        assert started.name.startswith("StartActivity:run_steps")
+        assert incident.parent(started) is start
     # Each request is a work item (producer span) the partner's SDK continued (consumer
     # span), under which its SubmitFinding reached the gateway, which signalled the workflow.
     telco_asked = next(s for s in asked if s.attributes["coopgate.partner"] == telco)  # type: ignore[index]
