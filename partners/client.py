@@ -21,7 +21,7 @@ import grpc
 from partners.admin_calls import AdminCalls
 from partners.calls import PERSON_METADATA_KEY
 from partners.case_calls import CaseCalls
-from partners.channel import PartnerCredentials, secure_channel
+from partners.channel import PartnerCredentials, gateway_target, secure_channel
 from partners.consent_calls import ConsentCalls
 from partners.retry import RetryPolicy
 from partners.work_calls import WorkCalls
@@ -40,7 +40,7 @@ class PartnerClient(CaseCalls, ConsentCalls, AdminCalls, WorkCalls):
 
     def __init__(
         self,
-        target: str,
+        target: str | Sequence[str],
         credentials: PartnerCredentials,
         *,
         person: str = "",
@@ -57,7 +57,7 @@ class PartnerClient(CaseCalls, ConsentCalls, AdminCalls, WorkCalls):
         self._init(channel, person=person, deadline=deadline, retry=retry, key_prefix=key_prefix)
         self._owns_channel = True
         self._rng = rng or random.Random()
-        self.target = target
+        self.target = gateway_target(target)
 
     def acting_as(self, person: str) -> PartnerClient:
         """The same connection, recording ``person`` as the acting advisor."""
