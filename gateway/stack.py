@@ -17,7 +17,7 @@ import logging
 import os
 import signal
 import socket
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import IO
@@ -36,6 +36,7 @@ from gateway.admin.registry import Admin
 from gateway.api.quota import PartnerQuota
 from gateway.api.server import Domain, ServerTLS, create_server, mark_serving
 from gateway.audit.checkpoints import Checkpointer
+from gateway.audit.integrity import verify_log_at_start
 from gateway.audit.log import AuditLog
 from gateway.audit.note import Signer
 from gateway.audit.service import Audit
@@ -61,6 +62,7 @@ from gateway.orchestration.devserver import (
 from gateway.orchestration.temporal import TemporalIncidents, connect, create_worker
 from gateway.settings import Settings
 from gateway.store import Store, create_store, migrate
+from gateway.store.integrity import StoreDamaged, check_sqlite_file
 from gateway.store.localids import LocalIdIndex
 from gateway.work.delivery import PartnerWork
 
@@ -228,6 +230,7 @@ async def open_runtime(
     retention: asyncio.Task[None] | None = None
     try:
         store.local_ids = LocalIdIndex(keys.identifier)
+        await _refuse_damaged(check_sqlite_file(store))
         await migrate(store, keys=keys.for_migrations())
         if client is None:
             client = await connect(settings)
@@ -249,6 +252,7 @@ async def open_runtime(
                 Ed25519PrivateKey.from_private_bytes(keys.checkpoint),
             ),
         )
+        await _refuse_damaged(verify_log_at_start(store, checkpointer))
         feed = CaseFeed(store, slow_after=settings.slow_watcher_seconds)
         sealer = Sealer(keys.master)
         cases = Cases(store, pseudonyms, incidents, rules, vocabulary, feed, sealer)
@@ -297,6 +301,13 @@ async def open_runtime(
         if audit is not None:
             await audit.close()
         await store.close()
+
+
+async def _refuse_damaged(check: Awaitable[object]) -> None:
+    try:
+        await check
+    except StoreDamaged as exc:
+        raise StackError(str(exc)) from None
 
 
 @dataclass(slots=True)
