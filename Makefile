@@ -54,6 +54,7 @@ bench: $(STAMP)
 	$(BIN)/python -m tests.benchmarks.consent_decision $(BENCH_ARGS)
 	$(BIN)/python -m tests.benchmarks.audit_log $(AUDIT_BENCH_ARGS)
 	$(BIN)/python -m tests.benchmarks.case_view $(VIEW_BENCH_ARGS)
+	$(BIN)/python -m tests.benchmarks.incident $(INCIDENT_BENCH_ARGS)
 	$(BIN)/python -m tests.benchmarks.memory $(MEMORY_BENCH_ARGS)
 
 clean:

@@ -264,7 +264,7 @@ async def open_runtime(
             checkpoints = asyncio.create_task(
                 checkpointer.run(settings.checkpoint_interval_seconds), name="audit-checkpoints"
             )
-        erasure = Erasure(store, audit, sealer)
+        erasure = Erasure(store, audit, sealer, incidents)
         if settings.case_retention_days > 0 and settings.retention_sweep_seconds > 0:
             retention = asyncio.create_task(
                 erasure.run_retention(

@@ -21,6 +21,11 @@ ASSIGN_OWNER = "assign_owner"
 NOTIFY_CUSTOMER = "notify_customer"
 ESCALATE = "escalate"
 RECORD_KPIS = "record_kpis"
+#: Tell the customer of a milestone, the text composed and sealed by the gateway (the
+#: workflow names the milestone and references only: patch ``PATCH_NOTICES_BY_REFERENCE``).
+TELL_CUSTOMER = "tell_customer"
+#: Record that the case's workflow ended because its customer was erased (audited).
+RECORD_CASE_ERASED = "record_case_erased"
 
 
 @dataclass(slots=True, frozen=True)
@@ -86,6 +91,8 @@ class IncidentContext:
     service_level: ServiceLevelSpec
     #: Seconds since the epoch at which the case was opened.
     opened_at_s: float
+    #: The case's customer was erased (or its retention ended) before this run began.
+    erased: bool = False
 
 
 @dataclass(slots=True, frozen=True)
@@ -184,6 +191,28 @@ class NotifyInput:
 
 
 @dataclass(slots=True, frozen=True)
+class MilestoneInput:
+    """A milestone to tell the customer of: ids and references only, never text (the
+    workflow's history is out of erasure's reach). The gateway composes the message."""
+
+    case_id: str
+    #: As ``NotifyInput.milestone``.
+    milestone: str
+    notification_id: str
+    #: For ``owner-assigned``: the partner that now owns the relationship.
+    owner_id: str = ""
+    #: For ``resolved``: the owner's resolution, as the gateway stored it (sealed).
+    resolution_id: str = ""
+
+
+@dataclass(slots=True, frozen=True)
+class CaseErasedInput:
+    case_id: str
+    #: ``customer-request`` (the customer was erased) or ``retention-expired``.
+    reason: str
+
+
+@dataclass(slots=True, frozen=True)
 class EscalateInput:
     case_id: str
     escalation_id: str
@@ -215,8 +244,13 @@ class OwnershipAnswer:
 
 @dataclass(slots=True, frozen=True)
 class ResolveRequest:
+    """The owner resolved the case. The gateway sends ``resolution_id`` (its text is
+    kept in the store, sealed under the case key) and leaves ``resolution`` empty;
+    ``resolution`` is the text as older gateways sent it."""
+
     partner_id: str
-    resolution: str
+    resolution: str = ""
+    resolution_id: str = ""
 
 
 @dataclass(slots=True, frozen=True)
@@ -225,6 +259,14 @@ class CustomerAnswer:
 
     partner_id: str
     reason: str = ""
+
+
+@dataclass(slots=True, frozen=True)
+class CaseErased:
+    """The case's customer was erased, or its retention ended: the workflow ends."""
+
+    #: As ``CaseErasedInput.reason``.
+    reason: str
 
 
 @dataclass(slots=True, frozen=True)

@@ -25,11 +25,14 @@ with workflow.unsafe.imports_passed_through():
         ESCALATE,
         LOAD_INCIDENT,
         OFFER_OWNERSHIP,
+        RECORD_CASE_ERASED,
         RECORD_KPIS,
         RECORD_OWNERSHIP_DECISION,
         RECORD_UNRESPONSIVE,
         REQUEST_DIAGNOSIS,
         AssignOwnerInput,
+        CaseErased,
+        CaseErasedInput,
         DiagnosisRequestInput,
         EscalateInput,
         IncidentContext,
@@ -55,7 +58,12 @@ with workflow.unsafe.imports_passed_through():
     from workflows.ownership import decide_ownership
 
 # Not passed through: it is workflow code, checked by the sandbox like this module.
-from workflows.incident_state import ACTIVITY_RETRY, ACTIVITY_TIMEOUT, IncidentState
+from workflows.incident_state import (
+    ACTIVITY_RETRY,
+    ACTIVITY_TIMEOUT,
+    PATCH_ENDS_WHEN_ERASED,
+    IncidentState,
+)
 
 
 @workflow.defn
@@ -64,6 +72,26 @@ class IncidentWorkflow(IncidentState):
 
     @workflow.run
     async def run(self, incident: IncidentInput) -> IncidentOutcome:
+        if not workflow.patched(PATCH_ENDS_WHEN_ERASED):
+            return await self._run(incident)
+        self._ends_when_erased = True
+        body = asyncio.create_task(self._run(incident))
+        await workflow.wait_condition(lambda: body.done() or self._erased is not None)
+        if body.done():
+            return await body  # closed, or continued as new (raised)
+        # Erased: whatever the case waited for or asked is cancelled; nobody is told
+        # anything more about it (the gateway's erasure told the recipients).
+        body.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await body
+        assert self._erased is not None
+        await self._act(
+            RECORD_CASE_ERASED,
+            CaseErasedInput(case_id=incident.case_id, reason=self._erased.reason),
+        )
+        return IncidentOutcome(case_id=incident.case_id, status="ERASED", owner_id=self._owner)
+
+    async def _run(self, incident: IncidentInput) -> IncidentOutcome:
         context = await workflow.execute_activity(
             LOAD_INCIDENT,
             LoadIncidentInput(case_id=incident.case_id),
@@ -72,6 +100,9 @@ class IncidentWorkflow(IncidentState):
             result_type=IncidentContext,
         )
         self._context = context
+        if context.erased and self._ends_when_erased:
+            self.erase(CaseErased(reason="customer-request"))
+            await workflow.wait_condition(lambda: False)  # ``run`` ends it
         if incident.carried is not None:
             carried = incident.carried
             self._round, self._reopens = carried.round, carried.reopens
@@ -262,10 +293,16 @@ class IncidentWorkflow(IncidentState):
                     )
         self._resolved_at = workflow.now()
         await self._set_status("RESOLVED")
+        resolution = self._resolution
         await self._notify(
             "resolved",
-            f"Your problem is solved: {self._resolution.resolution} "
-            "Tell us if it works again, or if it does not.",
+            # Runs recorded before PATCH_NOTICES_BY_REFERENCE (never on a patched run:
+            # their resolution is a reference, composed by the gateway).
+            f"Your problem is solved: {resolution.resolution} "
+            "Tell us if it works again, or if it does not."
+            if resolution.resolution
+            else "",
+            resolution_id=resolution.resolution_id,
         )
         window_end = self._resolved_at + timedelta(
             seconds=context.service_level.confirmation_window_s

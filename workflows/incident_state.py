@@ -20,10 +20,13 @@ with workflow.unsafe.imports_passed_through():
     from workflows.contracts import (
         NOTIFY_CUSTOMER,
         RECORD_CASE_STATUS,
+        TELL_CUSTOMER,
+        CaseErased,
         CaseState,
         CustomerAnswer,
         Finding,
         IncidentContext,
+        MilestoneInput,
         NotifyInput,
         OwnershipAnswer,
         OwnershipDecision,
@@ -38,6 +41,14 @@ with workflow.unsafe.imports_passed_through():
         merge_finding,
         notification_id,
     )
+
+#: Patches (``workflow.patched``): runs recorded before them replay the old way.
+#: Customer notifications name the milestone and references only; the gateway composes
+#: (and seals) their text, so no customer text enters the history.
+PATCH_NOTICES_BY_REFERENCE = "notices-by-reference"
+#: An erased customer's case ends its workflow (the ``erase`` signal, or a run that
+#: starts on an erased case): no further partner work, no notification.
+PATCH_ENDS_WHEN_ERASED = "ends-when-erased"
 
 ACTIVITY_TIMEOUT = timedelta(seconds=10)
 ACTIVITY_RETRY = RetryPolicy(
@@ -67,6 +78,9 @@ class IncidentState:
         self._customer: tuple[str, CustomerAnswer] | None = None
         self._notifications = 0
         self._context: IncidentContext | None = None
+        self._erased: CaseErased | None = None
+        #: Whether this run ends when erased (``PATCH_ENDS_WHEN_ERASED``).
+        self._ends_when_erased = False
 
     # -- what the run waits for ---------------------------------------------------
 
@@ -90,26 +104,54 @@ class IncidentState:
         )
         self._status = status
 
-    async def _notify(self, milestone: str, message: str) -> None:
+    async def _notify(self, milestone: str, message: str, resolution_id: str = "") -> None:
+        """Tell the customer of ``milestone``. ``message`` is the text runs recorded before
+        ``PATCH_NOTICES_BY_REFERENCE`` sent; newer runs send references only."""
         assert self._context is not None
         self._notifications += 1
+        notification = notification_id(
+            self._context.case_id, self._round, self._reopens, self._notifications
+        )
+        if workflow.patched(PATCH_NOTICES_BY_REFERENCE):
+            await self._act(
+                TELL_CUSTOMER,
+                MilestoneInput(
+                    case_id=self._context.case_id,
+                    milestone=milestone,
+                    notification_id=notification,
+                    owner_id=self._owner if milestone == "owner-assigned" else "",
+                    resolution_id=resolution_id,
+                ),
+            )
+            return
         await self._act(
             NOTIFY_CUSTOMER,
             NotifyInput(
                 case_id=self._context.case_id,
                 milestone=milestone,
                 message=message,
-                notification_id=notification_id(
-                    self._context.case_id, self._round, self._reopens, self._notifications
-                ),
+                notification_id=notification,
             ),
         )
 
     # -- messages from the gateway -----------------------------------------------
 
     @workflow.signal
+    def erase(self, notice: CaseErased) -> None:
+        """The customer was erased, or the case's retention ended: the run ends (runs
+        recorded before ``PATCH_ENDS_WHEN_ERASED`` never receive this)."""
+        if self._erased is None:
+            self._erased = notice
+
+    def _refuse_if_erased(self) -> None:
+        if self._erased is not None:
+            raise ValueError("the case's customer was erased")
+
+    @workflow.signal
     def submit_finding(self, finding: Finding) -> None:
         """A partner's finding; a late one is recorded and may change the resolvers."""
+        if self._erased is not None:
+            return
         requested = self._requested_at.get(finding.component)
         response_s = (workflow.now() - requested).total_seconds() if requested is not None else None
         current = self._findings.get(finding.component)
@@ -127,6 +169,7 @@ class IncidentState:
 
     @accept_ownership.validator
     def _validate_accept(self, answer: OwnershipAnswer) -> None:
+        self._refuse_if_erased()
         check_answer(self._answers, self._offer, answer, "accept")
 
     @workflow.update
@@ -136,6 +179,7 @@ class IncidentState:
 
     @decline_ownership.validator
     def _validate_decline(self, answer: OwnershipAnswer) -> None:
+        self._refuse_if_erased()
         check_answer(self._answers, self._offer, answer, "decline")
 
     @workflow.update
@@ -146,6 +190,7 @@ class IncidentState:
 
     @resolve.validator
     def _validate_resolve(self, request: ResolveRequest) -> None:
+        self._refuse_if_erased()
         check_resolve(self._resolution, self._owner, request)
 
     @workflow.update
@@ -156,6 +201,7 @@ class IncidentState:
 
     @confirm.validator
     def _validate_confirm(self, answer: CustomerAnswer) -> None:
+        self._refuse_if_erased()
         check_customer(self._customer, self._resolved_at, "confirm")
         assert self._context is not None
         check_confirmation_relay(answer, self._owner, self._context.first_contact_partner_id)
@@ -170,6 +216,7 @@ class IncidentState:
     def _validate_reopen(self, answer: CustomerAnswer) -> None:
         """Any participating partner may relay a reopening (the customer may come
         back through another door); the gateway checks participation."""
+        self._refuse_if_erased()
         check_customer(self._customer, self._resolved_at, "reopen")
 
     @workflow.query

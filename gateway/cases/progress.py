@@ -3,6 +3,7 @@ the resolution, the customer's answer to it, and the statuses the workflow recor
 
 from __future__ import annotations
 
+import hashlib
 from typing import Any
 
 from coopgate.v1 import cases_pb2
@@ -10,9 +11,10 @@ from sqlalchemy import select
 
 from gateway.cases.incidents import Incidents
 from gateway.cases.reader import CaseReader
+from gateway.cases.resolutions import forget_resolution, store_resolution
 from gateway.cases.rows import _load_case, _participating_case, set_status
 from gateway.core.caller import Caller
-from gateway.core.errors import FieldViolation, InvalidArgument, NotFound
+from gateway.core.errors import FailedPrecondition, FieldViolation, InvalidArgument, NotFound
 from gateway.crypto.sealing import Sealer
 from gateway.store import Store
 from gateway.store.idempotency import run_once_external
@@ -75,13 +77,33 @@ class CaseProgress:
         async with self.store.read() as conn:
             await _participating_case(conn, caller, request.case_id)
 
+        # The text stays here, sealed under the case key; the workflow gets its id (its
+        # history is out of erasure's reach). A retry with the same key reuses the id.
+        resolution_id = hashlib.sha256(
+            f"{caller.partner_id}\0{request.idempotency_key}".encode()
+        ).hexdigest()[:32]
+
         async def effect() -> cases_pb2.ResolveCaseResponse:
-            await self.incidents.resolve(
-                request.case_id,
-                contracts.ResolveRequest(
-                    partner_id=caller.partner_id, resolution=request.resolution
-                ),
-            )
+            async with self.store.write() as conn:
+                await store_resolution(
+                    conn,
+                    self.sealer,
+                    request.case_id,
+                    resolution_id,
+                    caller.partner_id,
+                    request.resolution,
+                )
+            try:
+                await self.incidents.resolve(
+                    request.case_id,
+                    contracts.ResolveRequest(
+                        partner_id=caller.partner_id, resolution_id=resolution_id
+                    ),
+                )
+            except FailedPrecondition:
+                async with self.store.write() as conn:  # refused: not the case's resolution
+                    await forget_resolution(conn, request.case_id, resolution_id)
+                raise
             return cases_pb2.ResolveCaseResponse(
                 header=await self._current_header(caller, request.case_id)
             )

@@ -14,6 +14,7 @@ import logging
 import uuid
 from collections import defaultdict
 from collections.abc import Iterable, Sequence
+from typing import Protocol
 
 from coopgate.v1 import cases_pb2, identity_pb2, work_pb2
 from sqlalchemy import Row, delete, insert, select, tuple_, update
@@ -25,10 +26,12 @@ from gateway.core.errors import NotFound
 from gateway.crypto.sealing import Sealer
 from gateway.identity.subjects import LocalIds, require_local_id
 from gateway.store import Store
+from gateway.store.changes import WORK, announce
 from gateway.store.idempotency import erase_responses, run_once
 from gateway.store.schema import (
     case_keys,
     case_participants,
+    case_resolutions,
     cases,
     consent_requests,
     consents,
@@ -50,6 +53,12 @@ NOTICE_CASES = 1000
 RETENTION_BATCH = 100
 
 
+class Workflows(Protocol):
+    """The erased cases' workflows (`TemporalIncidents`, in orchestration)."""
+
+    async def end_erased(self, case_ids: Sequence[str], reason: str) -> None: ...
+
+
 def _now() -> dt.datetime:
     return dt.datetime.now(dt.UTC)
 
@@ -61,6 +70,7 @@ async def shred_cases(conn: AsyncConnection, sealer: Sealer, case_ids: list[str]
         return
     await sealer.destroy(conn, case_ids)
     await conn.execute(delete(work_items).where(work_items.c.case_id.in_(case_ids)))
+    await conn.execute(delete(case_resolutions).where(case_resolutions.c.case_id.in_(case_ids)))
     await conn.execute(delete(consent_requests).where(consent_requests.c.case_id.in_(case_ids)))
     await conn.execute(
         update(case_participants)
@@ -106,6 +116,7 @@ async def send_notices(
                     subject_id=subject,
                 )
             )
+            announce(conn, WORK, partner_id)
             sent.append((partner_id, work_id, chunk))
     return sent
 
@@ -133,11 +144,15 @@ def notified(
 
 
 class Erasure:
-    def __init__(self, store: Store, audit: AuditLog, sealer: Sealer) -> None:
+    def __init__(
+        self, store: Store, audit: AuditLog, sealer: Sealer, workflows: Workflows | None = None
+    ) -> None:
         self.sealer = sealer
         self.store = store
         self.audit = audit
         self.local_ids = LocalIds(store, sealer)
+        #: Told of the erased cases once an erasure is committed, so their workflows end.
+        self.workflows = workflows
 
     async def erase(
         self, caller: Caller, request: identity_pb2.EraseCustomerRequest
@@ -176,13 +191,20 @@ class Erasure:
                     *notified(caller.partner_id, caller.person_id, subject, notices),
                 ],
             )
+            ended.extend(erased)
             return identity_pb2.EraseCustomerResponse(erased_cases=len(erased))
 
+        ended: list[str] = []
         response, _ = await run_once(
             self.store, caller, "EraseCustomer", request, identity_pb2.EraseCustomerResponse, action
         )
         await self._truncate_wal()
+        await self._end_workflows(ended, "customer-request")
         return response
+
+    async def _end_workflows(self, case_ids: list[str], reason: str) -> None:
+        if self.workflows is not None and case_ids:
+            await self.workflows.end_erased(case_ids, reason)
 
     async def _notify(
         self,
@@ -282,6 +304,7 @@ class Erasure:
                     ],
                 )
             total += len(rows)
+            await self._end_workflows([r.case_id for r in rows], "retention-expired")
         if total:
             await self._truncate_wal()
         return total

@@ -33,7 +33,7 @@ class IncidentActivities:
         audit: AuditLog,
         pseudonyms: Pseudonyms,
     ) -> None:
-        self.lifecycle = LifecycleActivities(store, cases)
+        self.lifecycle = LifecycleActivities(store, cases, audit)
         self.diagnosis = DiagnosisActivities(store, cases, rules, pseudonyms)
         self.ownership = OwnershipActivities(store, cases, rules, audit)
         self.follow_up = FollowUpActivities(store, cases)
@@ -42,12 +42,14 @@ class IncidentActivities:
         return [
             self.lifecycle.load_incident,
             self.lifecycle.record_case_status,
+            self.lifecycle.record_case_erased,
             self.diagnosis.request_diagnosis,
             self.diagnosis.record_unresponsive,
             self.ownership.record_ownership_decision,
             self.ownership.offer_ownership,
             self.ownership.assign_owner,
             self.follow_up.notify_customer,
+            self.follow_up.tell_customer,
             self.follow_up.escalate,
             self.follow_up.record_kpis,
         ]

@@ -11,8 +11,10 @@ from sqlalchemy import delete, insert, select
 from sqlalchemy.ext.asyncio import AsyncConnection
 from temporalio import activity
 
+from gateway.cases.resolutions import open_resolution
 from gateway.cases.rows import CASE_STATUS_CATEGORY, INTERACTION_CATEGORY, append_event
 from gateway.cases.service import Cases
+from gateway.orchestration.notices import compose
 from gateway.orchestration.shared import now, tell
 from gateway.store import Store
 from gateway.store.schema import case_events, case_kpis, case_participants, cases
@@ -21,8 +23,10 @@ from workflows.contracts import (
     ESCALATE,
     NOTIFY_CUSTOMER,
     RECORD_KPIS,
+    TELL_CUSTOMER,
     EscalateInput,
     KpiInput,
+    MilestoneInput,
     NotifyInput,
 )
 
@@ -32,51 +36,84 @@ class FollowUpActivities:
         self._store = store
         self._cases = cases
 
+    @activity.defn(name=TELL_CUSTOMER)
+    async def tell_customer(self, request: MilestoneInput) -> None:
+        """Tell the customer of a milestone through the partner and channel they last
+        used, in words composed here (the workflow sends ids and references only)."""
+        async with self._store.write() as conn:
+            resolution = ""
+            if request.milestone == "resolved":
+                resolution = await open_resolution(
+                    conn, self._cases.reader.sealer, request.case_id, request.resolution_id
+                )
+            message = compose(request.milestone, owner=request.owner_id, resolution=resolution)
+            await self._deliver(
+                conn, request.case_id, request.notification_id, request.milestone, message
+            )
+
     @activity.defn(name=NOTIFY_CUSTOMER)
     async def notify_customer(self, request: NotifyInput) -> None:
-        """Tell the customer through the partner and channel they last used."""
+        """`tell_customer` for runs recorded before the workflow sent references only:
+        their text as the workflow composed it (a "resolved" one without text: the
+        case's latest resolution, as the gateway now sends resolutions by reference)."""
         async with self._store.write() as conn:
-            case = (
-                await conn.execute(select(cases).where(cases.c.case_id == request.case_id))
-            ).one()
-            partner, channel = await _last_contact(conn, self._cases, case)
-            notification = cases_pb2.Notification(
-                notification_id=request.notification_id,
-                partner_id=partner,
-                channel=channel,  # type: ignore[arg-type]
-                milestone=request.milestone,
-                message=request.message,
+            message = request.message
+            if not message.strip():
+                resolution = await open_resolution(conn, self._cases.reader.sealer, request.case_id)
+                message = compose(request.milestone, resolution=resolution)
+            await self._deliver(
+                conn, request.case_id, request.notification_id, request.milestone, message.strip()
             )
-            notification.sent_at.GetCurrentTime()
-            item = cases_pb2.TimelineItem(notification=notification)
-            item.occurred_at.CopyFrom(notification.sent_at)
-            if not await append_event(
-                conn,
-                self._cases.reader.sealer,
-                case.case_id,
-                item,
-                source_partner_id="",
-                category=CASE_STATUS_CATEGORY,
-                dedup_key=request.notification_id,
-            ):
-                return
-            await enqueue(
-                conn,
-                f"{request.notification_id}:notify",
-                partner,
-                work_pb2.WorkItem(
-                    customer_notification=work_pb2.CustomerNotification(
-                        notification_id=request.notification_id,
-                        case_id=case.case_id,
-                        customer_local_id=await self._cases.local_ids.local_id(
-                            conn, partner, case.subject_id
-                        ),
-                        channel=channel,  # type: ignore[arg-type]
-                        milestone=request.milestone,
-                        message=request.message,
-                    )
-                ),
-            )
+
+    async def _deliver(
+        self,
+        conn: AsyncConnection,
+        case_id: str,
+        notification_id: str,
+        milestone: str,
+        message: str,
+    ) -> None:
+        """The notification on the case's timeline (sealed) and on the partner's work
+        stream, once per ``notification_id``; nothing for an erased case."""
+        case = (await conn.execute(select(cases).where(cases.c.case_id == case_id))).one()
+        partner, channel = await _last_contact(conn, self._cases, case)
+        notification = cases_pb2.Notification(
+            notification_id=notification_id,
+            partner_id=partner,
+            channel=channel,  # type: ignore[arg-type]
+            milestone=milestone,
+            message=message,
+        )
+        notification.sent_at.GetCurrentTime()
+        item = cases_pb2.TimelineItem(notification=notification)
+        item.occurred_at.CopyFrom(notification.sent_at)
+        if not await append_event(
+            conn,
+            self._cases.reader.sealer,
+            case.case_id,
+            item,
+            source_partner_id="",
+            category=CASE_STATUS_CATEGORY,
+            dedup_key=notification_id,
+        ):
+            return
+        await enqueue(
+            conn,
+            f"{notification_id}:notify",
+            partner,
+            work_pb2.WorkItem(
+                customer_notification=work_pb2.CustomerNotification(
+                    notification_id=notification_id,
+                    case_id=case.case_id,
+                    customer_local_id=await self._cases.local_ids.local_id(
+                        conn, partner, case.subject_id
+                    ),
+                    channel=channel,  # type: ignore[arg-type]
+                    milestone=milestone,
+                    message=message,
+                )
+            ),
+        )
 
     @activity.defn(name=ESCALATE)
     async def escalate(self, request: EscalateInput) -> None:

@@ -10,13 +10,22 @@ from sqlalchemy import or_, select
 from sqlalchemy.ext.asyncio import AsyncConnection
 from temporalio import activity
 
+from gateway.audit.log import AuditLog, AuditRecord
 from gateway.cases.service import Cases
 from gateway.orchestration.shared import tell
 from gateway.store import Store
-from gateway.store.schema import case_participants, cases, services, sharing_agreements
+from gateway.store.schema import (
+    case_keys,
+    case_participants,
+    cases,
+    services,
+    sharing_agreements,
+)
 from workflows.contracts import (
     LOAD_INCIDENT,
+    RECORD_CASE_ERASED,
     RECORD_CASE_STATUS,
+    CaseErasedInput,
     ComponentSpec,
     IncidentContext,
     LoadIncidentInput,
@@ -27,9 +36,10 @@ from workflows.contracts import (
 
 
 class LifecycleActivities:
-    def __init__(self, store: Store, cases: Cases) -> None:
+    def __init__(self, store: Store, cases: Cases, audit: AuditLog) -> None:
         self._store = store
         self._cases = cases
+        self._audit = audit
 
     @activity.defn(name=LOAD_INCIDENT)
     async def load_incident(self, request: LoadIncidentInput) -> IncidentContext:
@@ -41,6 +51,31 @@ class LifecycleActivities:
         await self._cases.progress.record_status(request.case_id, request.status)
         if request.status == "CLOSED":
             await self._tell_participants_closed(request.case_id)
+
+    @activity.defn(name=RECORD_CASE_ERASED)
+    async def record_case_erased(self, request: CaseErasedInput) -> None:
+        """The case's workflow ended because its customer was erased (or its retention
+        ended): in the audit log."""
+        async with self._store.write() as conn:
+            subject = (
+                await conn.execute(
+                    select(cases.c.subject_id).where(cases.c.case_id == request.case_id)
+                )
+            ).scalar()
+            await self._audit.record_in(
+                conn,
+                [
+                    AuditRecord(
+                        kind="erasure",
+                        action="case.workflow_ended",
+                        actor_partner_id="coopgate",
+                        subject_id=subject or "",
+                        case_id=request.case_id,
+                        reason="the case's customer was erased: its workflow ended",
+                        details=(("why", request.reason),),
+                    )
+                ],
+            )
 
     async def _tell_participants_closed(self, case_id: str) -> None:
         async with self._store.write() as conn:
@@ -139,6 +174,12 @@ async def incident_context(conn: AsyncConnection, case_id: str) -> IncidentConte
             ),
         ),
         opened_at_s=case.opened_at.timestamp(),
+        erased=(
+            await conn.execute(
+                select(case_keys.c.wrapped_key).where(case_keys.c.case_id == case_id)
+            )
+        ).scalar()
+        is None,
     )
 
 

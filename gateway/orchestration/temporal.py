@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import logging
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -17,7 +18,7 @@ from temporalio.client import (
 from temporalio.common import WorkflowIDConflictPolicy, WorkflowIDReusePolicy
 from temporalio.contrib.opentelemetry import TracingInterceptor
 from temporalio.exceptions import WorkflowAlreadyStartedError
-from temporalio.service import RPCError
+from temporalio.service import RPCError, RPCStatusCode
 from temporalio.worker import Worker
 
 from gateway.core.caller import time_left
@@ -26,6 +27,7 @@ from gateway.orchestration.activities import IncidentActivities
 from gateway.settings import Settings
 from workflows import IncidentWorkflow
 from workflows.contracts import (
+    CaseErased,
     CustomerAnswer,
     Finding,
     IncidentInput,
@@ -49,6 +51,8 @@ async def connect(settings: Settings) -> Client:
         interceptors=[TracingInterceptor()],
     )
 
+
+log = logging.getLogger(__name__)
 
 #: The largest message the gateway sends a workflow (a signal's or an update's argument),
 #: encoded. Temporal refuses a payload over 2 MiB by failing the workflow task that
@@ -123,6 +127,20 @@ class TemporalIncidents:
         except RPCError as exc:
             raise _closed_or_unavailable(exc) from exc
 
+    async def end_erased(self, case_ids: Sequence[str], reason: str) -> None:
+        """Tell each case's workflow that its customer was erased (``reason``:
+        ``customer-request``) or its retention ended: a running one ends, cancelling what
+        it waited for (`IncidentWorkflow.erase`). A finished one is left as it is; one
+        that cannot be reached is logged (its next run, if any, starts erased)."""
+        for case_id in case_ids:
+            try:
+                await self._client.get_workflow_handle(case_id).signal(
+                    IncidentWorkflow.erase, CaseErased(reason=reason)
+                )
+            except RPCError as exc:
+                if exc.status != RPCStatusCode.NOT_FOUND:  # NOT_FOUND: finished, or none
+                    log.warning("could not end the workflow of erased case %s: %s", case_id, exc)
+
     async def accept(self, case_id: str, answer: OwnershipAnswer) -> str:
         return await self._update(case_id, "accept_ownership", answer)
 
@@ -163,14 +181,17 @@ class TemporalIncidents:
 
 
 def _closed_or_unavailable(exc: RPCError) -> Exception:
-    from temporalio.service import RPCStatusCode
-
     if exc.status == RPCStatusCode.NOT_FOUND:
         return FailedPrecondition("the case is closed", reason="CASE_CLOSED")
     return Unavailable(
         "the workflow engine cannot be reached; retry with the same idempotency key",
         reason="WORKFLOW_ENGINE_UNAVAILABLE",
     )
+
+
+#: The worker's settings, shared with the incident benchmark's bare worker (so that
+#: the anchor runs under the same ones): the SDK's defaults.
+WORKER_OPTIONS: dict[str, Any] = {}
 
 
 def create_worker(
@@ -182,5 +203,5 @@ def create_worker(
         task_queue=task_queue,
         workflows=workflows,
         activities=activities.all(),
-        **kwargs,  # type: ignore[arg-type]
+        **{**WORKER_OPTIONS, **kwargs},
     )

@@ -165,6 +165,15 @@ INVENTORY: dict[str, Entry] = {
         "key destroyed: unreadable (interactions, findings, notes, decisions)",
     ),
     "case_events.dedup_key": _ref(),
+    "case_resolutions.case_id": _ref(erasure=_DELETED),
+    "case_resolutions.resolution_id": _ref(erasure=_DELETED),
+    "case_resolutions.partner_id": _org(_WITH_CASE),
+    "case_resolutions.sealed_text": Entry(
+        Holds.CUSTOMER_DATA,
+        Protection.SEALED_CASE_KEY,
+        _WITH_CASE,
+        "key destroyed, " + _DELETED + " (the owner's resolution)",
+    ),
     "case_kpis.case_id": _ref(),
     "case_kpis.service_id": _org(_WITH_CASE),
     "case_kpis.details": Entry(

