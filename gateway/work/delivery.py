@@ -12,7 +12,7 @@ the erased customer: acknowledging it empties it and is audited.
 from __future__ import annotations
 
 import datetime as dt
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Collection
 
 from coopgate.v1 import work_pb2
 from sqlalchemy import bindparam, insert, select, update
@@ -36,6 +36,22 @@ MAX_ACK_BATCH = 1000
 _ERASED = select(case_keys.c.case_id).where(
     case_keys.c.case_id == bindparam("case_id"), case_keys.c.wrapped_key.is_(None)
 )
+
+
+async def _lock_in_order(conn: AsyncConnection, work_ids: Collection[str]) -> list[str]:
+    """Lock the items' rows in work id order before changing them (PostgreSQL): two
+    streams of one partner (two instances of its backend, or a stream its client left
+    open) and its acknowledgements touch the same rows, and rows locked in different
+    orders deadlocked (measured with two replicas). SQLite writers are serialized."""
+    if conn.dialect.name == "sqlite":
+        return list(work_ids)
+    rows = await conn.execute(
+        select(work_items.c.work_id)
+        .where(work_items.c.work_id.in_(work_ids))
+        .order_by(work_items.c.work_id)
+        .with_for_update()
+    )
+    return list(rows.scalars())
 
 
 class PartnerWork:
@@ -76,9 +92,10 @@ class PartnerWork:
             fresh = [r for r in rows if r.work_id not in sent][: max(0, in_flight - len(sent))]
             if fresh:
                 async with self.store.write() as conn:
+                    ids = await _lock_in_order(conn, [r.work_id for r in fresh])
                     await conn.execute(
                         update(work_items)
-                        .where(work_items.c.work_id.in_([r.work_id for r in fresh]))
+                        .where(work_items.c.work_id.in_(ids))
                         .values(deliveries=work_items.c.deliveries + 1)
                     )
             sent &= {r.work_id for r in rows}  # acknowledged items leave the in-flight window
@@ -104,6 +121,7 @@ class PartnerWork:
             ids = set(request.work_ids)
             notices = [i for i in ids if i.startswith(NOTICE_PREFIX)]
             erased = await self._acknowledge_notices(conn, caller, notices) if notices else 0
+            await _lock_in_order(conn, ids)
             result = await conn.execute(
                 update(work_items)
                 .where(

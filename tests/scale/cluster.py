@@ -189,6 +189,13 @@ class Cluster:
             await channel.close()
         for process in [*self.gateways, *self.workers]:
             process.stop()
+            problems = [
+                line
+                for line in process.tail(20000).splitlines()
+                if "Error" in line or "ERROR" in line or "Exception" in line
+            ]
+            if problems:  # shown with a failure's captured output
+                print(f"--- {process.name}: {len(problems)} error lines, last:", *problems[-5:])
 
 
 def dev_server(workdir: Path) -> Process:
@@ -208,6 +215,10 @@ def dev_server(workdir: Path) -> Process:
     )
 
 
+#: Calls :func:`with_retries` had to send again, for the tests' reports.
+RETRIES: Counter[str] = Counter()
+
+
 async def with_retries(
     call: Callable[[], object], *, attempts: int = 60, pause: float = 0.25
 ) -> object:
@@ -223,6 +234,7 @@ async def with_retries(
             )
             if not retriable or attempt == attempts - 1:
                 raise
+            RETRIES["calls"] += 1
             await asyncio.sleep(pause)
     raise AssertionError("unreachable")
 
@@ -254,6 +266,8 @@ class CountingPartner:
                     await self.handle(response.item)
             except grpc.aio.AioRpcError:
                 await asyncio.sleep(0.2)  # the replica went away: subscribe again
+            finally:
+                call.cancel()  # a handler that failed leaves the stream open otherwise
 
     async def handle(self, item: work_pb2.WorkItem) -> None:
         kind = item.WhichOneof("payload") or ""
@@ -352,7 +366,7 @@ async def view(api: Api, case_id: str) -> cases_pb2.CaseView:
 
 
 async def until_status(
-    api: Api, case_id: str, status: int, timeout: float = 90
+    api: Api, case_id: str, status: int, timeout: float = 150
 ) -> cases_pb2.CaseView:
     async with asyncio.timeout(timeout):
         while True:

@@ -6,6 +6,7 @@ from __future__ import annotations
 import uuid
 from collections.abc import AsyncIterator, Callable
 from datetime import timedelta
+from functools import partial
 from pathlib import Path
 
 import pytest
@@ -18,7 +19,7 @@ from gateway.settings import Settings
 from gateway.stack import Pki, open_runtime
 from partners import PartnerCredentials
 from tests.conftest import Api
-from tests.scale.cluster import Cluster, keys_environment
+from tests.scale.cluster import Cluster, keys_environment, with_retries
 
 #: The reference chain of nfc-payment, component -> partner.
 CHAIN = {
@@ -44,20 +45,22 @@ async def seed(cluster: Cluster) -> None:
         pass
 
 
-async def quick_service(admin: Api, name: str, deadline: float = 30) -> str:
-    """A copy of nfc-payment with deadlines in seconds, so real time suffices (long
+async def quick_service(
+    admin: Api, name: str, deadline: float = 30, base: str = "nfc-payment"
+) -> str:
+    """A copy of ``base`` with deadlines in seconds, so real time suffices (long
     enough to outlast a killed worker's activity timeout, 10 s)."""
-    service = (
-        await admin.admin.GetService(admin_pb2.GetServiceRequest(service_id="nfc-payment"))
-    ).service
+    got = await with_retries(
+        partial(admin.admin.GetService, admin_pb2.GetServiceRequest(service_id=base), timeout=20)
+    )
+    assert isinstance(got, admin_pb2.GetServiceResponse)
+    service = got.service
     service.service_id = name
     for component in service.components:
         component.diagnosis_deadline.FromTimedelta(timedelta(seconds=deadline))
     service.ownership_policy.acceptance_deadline.FromTimedelta(timedelta(seconds=20))
-    await admin.admin.DefineService(
-        admin_pb2.DefineServiceRequest(idempotency_key=f"define-{name}", service=service),
-        timeout=20,
-    )
+    define = admin_pb2.DefineServiceRequest(idempotency_key=f"define-{name}", service=service)
+    await with_retries(partial(admin.admin.DefineService, define, timeout=20))
     return name
 
 
