@@ -25,6 +25,7 @@ import sys
 import tempfile
 import time
 import uuid
+from functools import partial
 from pathlib import Path
 
 import grpc
@@ -39,7 +40,7 @@ from gateway.settings import Settings
 from gateway.stack import ensure_pki, open_runtime
 from partners import PartnerCredentials
 from tests.benchmarks.common import database
-from tests.scale.cluster import Cluster, keys_environment, open_request
+from tests.scale.cluster import Cluster, keys_environment, open_request, with_retries
 from tests.scale.conftest import seed
 
 BIN = Path(sys.executable).parent
@@ -88,7 +89,8 @@ async def open_cases(cluster: Cluster, n: int, concurrency: int) -> list[str]:
         api = apis[k % len(apis)]
         for i in queue:
             request = open_request("nfc-payment", f"mem-{tag}-{i}", f"cust-{tag}-{i}")
-            reply = await api.cases.OpenCase(request, timeout=60)
+            reply = await with_retries(partial(api.cases.OpenCase, request, timeout=60))
+            assert isinstance(reply, cases_pb2.OpenCaseResponse)
             opened.append(reply.case_id)
 
     await asyncio.gather(*(opener(k) for k in range(concurrency)))
@@ -102,10 +104,8 @@ async def read_views(cluster: Cluster, case_ids: list[str], concurrency: int) ->
     async def reader(k: int) -> None:
         api = apis[k % len(apis)]
         for case_id in queue:
-            await api.cases.GetCaseView(
-                cases_pb2.GetCaseViewRequest(case_id=case_id, purpose="incident-resolution"),
-                timeout=60,
-            )
+            request = cases_pb2.GetCaseViewRequest(case_id=case_id, purpose="incident-resolution")
+            await with_retries(partial(api.cases.GetCaseView, request, timeout=60))
 
     await asyncio.gather(*(reader(k) for k in range(concurrency)))
 
@@ -140,17 +140,15 @@ async def attach_watchers(
     writer = cluster.api("bank-a", Role.ADVISOR)
     start = time.perf_counter()
     for i, case_id in enumerate(watched):
-        await writer.cases.AppendInteraction(
-            cases_pb2.AppendInteractionRequest(
-                idempotency_key=f"wake-{case_id}",
-                case_id=case_id,
-                interaction=cases_pb2.Interaction(
-                    channel=common_pb2.CHANNEL_PHONE, summary=f"woken {i}"
-                ),
+        change = cases_pb2.AppendInteractionRequest(
+            idempotency_key=f"wake-{case_id}",
+            case_id=case_id,
+            interaction=cases_pb2.Interaction(
+                channel=common_pb2.CHANNEL_PHONE, summary=f"woken {i}"
             ),
-            timeout=30,
         )
-    await asyncio.wait_for(done.wait(), 120)
+        await with_retries(partial(writer.cases.AppendInteraction, change, timeout=30))
+    await asyncio.wait_for(done.wait(), 600)
     elapsed = time.perf_counter() - start
     for task in tasks:
         task.add_done_callback(lambda t: t.exception() if not t.cancelled() else None)
