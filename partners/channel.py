@@ -1,7 +1,9 @@
-"""An mTLS channel to the gateway from a partner's certificate files."""
+"""An mTLS channel to the gateway from a partner's certificate files, spread over
+every gateway replica by gRPC's own client-side ``round_robin`` load balancing."""
 
 from __future__ import annotations
 
+import ipaddress
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -15,6 +17,50 @@ RECONNECT_OPTIONS: tuple[tuple[str, int], ...] = (
     ("grpc.min_reconnect_backoff_ms", 200),
     ("grpc.max_reconnect_backoff_ms", 5000),
 )
+
+
+#: Calls and streams go to every address the target resolves to in turn (one
+#: subchannel per replica), skipping those not connected: the default
+#: (``pick_first``) would send everything to the first replica while it lives.
+BALANCING_OPTIONS: tuple[tuple[str, str], ...] = (("grpc.lb_policy_name", "round_robin"),)
+
+
+def gateway_target(addresses: str | Sequence[str]) -> str:
+    """One gRPC target for several gateway replicas.
+
+    ``["10.0.0.5:7443", "10.0.0.6:7443"]`` gives ``ipv4:10.0.0.5:7443,10.0.0.6:7443``
+    (gRPC's static address list; IPv6 as ``[::1]:7443``). A single address or a
+    target already spelled out (``dns:///gateway.example:7443``, whose every address
+    record is a replica) is returned as it is. A comma-separated string is a list.
+    """
+    listed = [addresses] if isinstance(addresses, str) else list(addresses)
+    if len(listed) == 1:
+        listed = [a.strip() for a in listed[0].split(",") if a.strip()]
+    if len(listed) == 1:
+        return listed[0]
+    if not listed:
+        raise ValueError("no gateway address given")
+    families = {_family(address) for address in listed}
+    if len(families) != 1:
+        raise ValueError(
+            f"gateway addresses {listed} must all be IPv4 or all IPv6 host:port "
+            "(for host names, one dns:/// name whose address records are the replicas)"
+        )
+    return f"{families.pop()}:{','.join(listed)}"
+
+
+def _family(address: str) -> str:
+    host, sep, port = address.rpartition(":")
+    if not sep or not port.isdigit():
+        raise ValueError(f"gateway address {address!r} is not host:port")
+    try:
+        ip = ipaddress.ip_address(host.strip("[]"))
+    except ValueError:
+        raise ValueError(
+            f"gateway address {address!r}: a list of replicas takes IP addresses "
+            "(for host names, one dns:/// name whose address records are the replicas)"
+        ) from None
+    return "ipv4" if ip.version == 4 else "ipv6"
 
 
 @dataclass(slots=True, frozen=True)
@@ -41,16 +87,23 @@ class PartnerCredentials:
 
 
 def secure_channel(
-    target: str,
+    target: str | Sequence[str],
     credentials: PartnerCredentials,
     *,
     server_name: str = "localhost",
     interceptors: Sequence[grpc.aio.ClientInterceptor] = (),
 ) -> grpc.aio.Channel:
-    """A ``grpc.aio`` channel; create it on the event loop that will use it."""
+    """A ``grpc.aio`` channel to one gateway or several replicas (see
+    :func:`gateway_target`), calls spread over them; create it on the event loop that
+    will use it. Every replica must present a certificate for ``server_name`` issued by
+    the gateway's CA, whatever address it was reached at."""
     return grpc.aio.secure_channel(
-        target,
+        gateway_target(target),
         credentials.channel_credentials(),
-        options=[("grpc.ssl_target_name_override", server_name), *RECONNECT_OPTIONS],
+        options=[
+            ("grpc.ssl_target_name_override", server_name),
+            *RECONNECT_OPTIONS,
+            *BALANCING_OPTIONS,
+        ],
         interceptors=list(interceptors) or None,
     )

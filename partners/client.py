@@ -22,7 +22,7 @@ from partners.admin_calls import AdminCalls
 from partners.audit_calls import AuditCalls
 from partners.calls import PERSON_METADATA_KEY
 from partners.case_calls import CaseCalls
-from partners.channel import PartnerCredentials, secure_channel
+from partners.channel import PartnerCredentials, gateway_target, secure_channel
 from partners.consent_calls import ConsentCalls
 from partners.retry import RetryPolicy
 from partners.work_calls import WorkCalls
@@ -41,7 +41,7 @@ class PartnerClient(CaseCalls, ConsentCalls, AdminCalls, AuditCalls, WorkCalls):
 
     def __init__(
         self,
-        target: str,
+        target: str | Sequence[str],
         credentials: PartnerCredentials,
         *,
         person: str = "",
@@ -58,7 +58,7 @@ class PartnerClient(CaseCalls, ConsentCalls, AdminCalls, AuditCalls, WorkCalls):
         self._init(channel, person=person, deadline=deadline, retry=retry, key_prefix=key_prefix)
         self._owns_channel = True
         self._rng = rng or random.Random()
-        self.target = target
+        self.target = gateway_target(target)
 
     def acting_as(self, person: str) -> PartnerClient:
         """The same connection, recording ``person`` as the acting advisor."""

@@ -19,10 +19,10 @@ from temporalio.testing import WorkflowEnvironment
 
 from gateway.core.caller import Role
 from gateway.crypto.pki import CertificateAuthority
+from gateway.orchestration.devserver import DEV_SERVER_TUNING
 from gateway.orchestration.temporal import create_worker
 from gateway.settings import Settings
 from gateway.stack import (
-    DEV_SERVER_TUNING,
     Pki,
     Runtime,
     ensure_pki,

@@ -6,8 +6,9 @@ import asyncio
 import difflib
 import os
 import sys
+from collections.abc import Callable
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, TypeVar
 
 import typer
 from rich.console import Console
@@ -23,6 +24,10 @@ from gateway.settings import Settings
 app = typer.Typer(no_args_is_help=True, add_completion=False, help="The Coopgate gateway.")
 ca_app = typer.Typer(no_args_is_help=True, help="The gateway's certificate authority.")
 app.add_typer(ca_app, name="ca")
+secrets_app = typer.Typer(
+    no_args_is_help=True, help="The gateway's keys, the same on every replica and worker."
+)
+app.add_typer(secrets_app, name="secrets")
 app.add_typer(audit_app, name="audit")
 app.add_typer(case_app, name="case")
 app.add_typer(consent_app, name="consent")
@@ -31,6 +36,7 @@ app.command()(trace)
 app.command()(stats)
 
 err = Console(stderr=True)
+_T = TypeVar("_T")
 
 DataDir = Annotated[
     Path | None,
@@ -54,11 +60,12 @@ def _logging(settings: Settings) -> None:
 
 def _run(coro: object) -> None:
     from gateway.crypto.keyfiles import KeyFileError
+    from gateway.orchestration.devserver import DevServerError
     from gateway.stack import StackError
 
     try:
         asyncio.run(coro)  # type: ignore[arg-type]
-    except (StackError, KeyFileError) as exc:
+    except (StackError, KeyFileError, DevServerError) as exc:
         err.print(f"[red]error:[/red] {exc}")
         raise typer.Exit(1) from None
     except KeyboardInterrupt:
@@ -112,19 +119,58 @@ def worker(data_dir: DataDir = None) -> None:
 @app.command()
 def migrate(data_dir: DataDir = None) -> None:
     """Bring the store's schema up to date."""
+    from gateway.crypto.keyfiles import KeyFileError
+    from gateway.crypto.keyset import GatewayKeys
     from gateway.store import create_store
     from gateway.store import migrate as do_migrate
 
     async def go() -> None:
         settings = _settings(data_dir)
+        try:
+            keys = GatewayKeys.load(settings, create=False).for_migrations()
+        except KeyFileError:
+            keys = None  # a migration that needs them says so
         store = create_store(settings.effective_database_url)
         try:
-            await do_migrate(store, secrets_dir=settings.secrets_dir)
+            await do_migrate(store, secrets_dir=settings.secrets_dir, keys=keys)
         finally:
             await store.close()
 
     _run(go())
     err.print("schema is up to date")
+
+
+@secrets_app.command("init")
+def secrets_init(data_dir: DataDir = None) -> None:
+    """Create the keys missing in the secrets directory (COOPGATE_SECRETS_DIR, default
+    DATA_DIR/secrets), mode 0600; existing ones are kept."""
+    from gateway.crypto.keyset import GatewayKeys
+
+    settings = _settings(data_dir)
+    _run_sync(lambda: GatewayKeys.load(settings, create=True))
+    err.print(f"keys in {settings.secrets_dir}")
+
+
+@secrets_app.command("env")
+def secrets_env(data_dir: DataDir = None) -> None:
+    """Print the keys as COOPGATE_*_KEY settings (KEY=base64 lines) for a deployment's
+    secret store; never creates one."""
+    from gateway.crypto.keyset import GatewayKeys
+
+    settings = _settings(data_dir)
+    keys = _run_sync(lambda: GatewayKeys.load(settings, create=False))
+    for name, value in keys.as_environment().items():
+        typer.echo(f"{name}={value}")
+
+
+def _run_sync(make: Callable[[], _T]) -> _T:
+    from gateway.crypto.keyfiles import KeyFileError
+
+    try:
+        return make()
+    except KeyFileError as exc:
+        err.print(f"[red]error:[/red] {exc}")
+        raise typer.Exit(1) from None
 
 
 @ca_app.command("init")

@@ -441,6 +441,12 @@ def store_errors() -> Iterator[None]:
     except DBAPIError as exc:
         if exc.connection_invalidated:
             raise Unavailable("the store connection was lost", reason="STORE_UNAVAILABLE") from exc
+        if getattr(exc.orig, "sqlstate", None) in _RETRY_SQLSTATES:
+            # PostgreSQL rolled the transaction back for another's sake: nothing of it
+            # happened, and the same call succeeds when retried (with its key).
+            raise Unavailable(
+                "the store gave way to another write", reason="STORE_CONFLICT"
+            ) from exc
         if str(getattr(exc.orig, "sqlstate", None) or "")[:2] in _SQLSTATE_UNAVAILABLE:
             raise Unavailable("the store cannot serve now", reason="STORE_UNAVAILABLE") from exc
         raise
@@ -448,6 +454,10 @@ def store_errors() -> Iterator[None]:
         if str(exc.sqlstate or "")[:2] in _SQLSTATE_UNAVAILABLE:
             raise Unavailable("the store cannot serve now", reason="STORE_UNAVAILABLE") from exc
         raise
+
+
+#: Deadlock detected, serialization failure.
+_RETRY_SQLSTATES = frozenset({"40P01", "40001"})
 
 
 def create_store(url: str, *, pool_size: int = 32, **engine_kwargs: Any) -> Store:

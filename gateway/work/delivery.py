@@ -12,7 +12,7 @@ the erased customer: acknowledging it empties it and is audited.
 from __future__ import annotations
 
 import datetime as dt
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Collection
 
 from coopgate.v1 import work_pb2
 from opentelemetry.trace import SpanKind
@@ -67,6 +67,23 @@ _ACKNOWLEDGE = (
 )
 _QUEUED = select(work_items.c.work_id).where(work_items.c.work_id == bindparam("id"))
 _ENQUEUE = insert(work_items)
+_LOCK = (
+    select(work_items.c.work_id)
+    .where(work_items.c.work_id.in_(bindparam("ids", expanding=True)))
+    .order_by(work_items.c.work_id)
+    .with_for_update()
+)
+
+
+async def _lock_in_order(conn: AsyncConnection, work_ids: Collection[str]) -> list[str]:
+    """Lock the items' rows in work id order before changing them (PostgreSQL): two
+    streams of one partner (two instances of its backend, or a stream its client left
+    open) and its acknowledgements touch the same rows, and rows locked in different
+    orders deadlocked (measured with two replicas). SQLite writers are serialized."""
+    if conn.dialect.name == "sqlite":
+        return list(work_ids)
+    rows = await conn.execute(_LOCK, {"ids": list(work_ids)})
+    return list(rows.scalars())
 
 
 class PartnerWork:
@@ -98,7 +115,8 @@ class PartnerWork:
             fresh = [r for r in rows if r.work_id not in sent][: max(0, in_flight - len(sent))]
             if fresh:
                 async with self.store.write() as conn:
-                    await conn.execute(_DELIVERED, {"ids": [r.work_id for r in fresh]})
+                    ids = await _lock_in_order(conn, [r.work_id for r in fresh])
+                    await conn.execute(_DELIVERED, {"ids": ids})
             sent &= {r.work_id for r in rows}  # acknowledged items leave the in-flight window
             for row in fresh:
                 item = work_pb2.WorkItem.FromString(row.item)
@@ -132,6 +150,7 @@ class PartnerWork:
             ids = set(request.work_ids)
             notices = [i for i in ids if i.startswith(NOTICE_PREFIX)]
             erased = await self._acknowledge_notices(conn, caller, notices) if notices else 0
+            await _lock_in_order(conn, ids)
             result = await conn.execute(
                 _ACKNOWLEDGE,
                 {"ids": list(ids), "partner": caller.partner_id, "now": dt.datetime.now(dt.UTC)},

@@ -38,7 +38,11 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("--cert", type=Path, help="client certificate (PEM)")
     parser.add_argument("--key", type=Path, help="client key (PEM)")
     parser.add_argument("--ca", type=Path, help="the gateway's CA (PEM)")
-    parser.add_argument("--target", default="127.0.0.1:7443", help="gateway host:port")
+    parser.add_argument(
+        "--target",
+        default="127.0.0.1:7443",
+        help="gateway host:port, or several replicas comma-separated (round robin)",
+    )
     parser.add_argument("--server-name", default="localhost", help="name in the gateway's cert")
     parser.add_argument(
         "--fault",

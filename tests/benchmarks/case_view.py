@@ -33,9 +33,9 @@ from temporalio.testing import WorkflowEnvironment
 
 from gateway.api.interceptors import GatewayInterceptor
 from gateway.core.caller import Caller, Role
+from gateway.orchestration.devserver import DEV_SERVER_TUNING
 from gateway.settings import Settings
 from gateway.stack import (
-    DEV_SERVER_TUNING,
     Runtime,
     ensure_pki,
     freeze_heap,

@@ -36,9 +36,10 @@ from pathlib import Path
 from temporalio.testing import WorkflowEnvironment
 
 from gateway.core.caller import Role
+from gateway.orchestration.devserver import DEV_SERVER_TUNING
 from gateway.orchestration.temporal import create_worker
 from gateway.settings import Settings
-from gateway.stack import DEV_SERVER_TUNING, ensure_pki, open_runtime, start_gateway
+from gateway.stack import ensure_pki, open_runtime, start_gateway
 from partners import Channel, PartnerClient, PartnerCredentials
 from partners.console import Accounts
 from tests.benchmarks.common import database

@@ -36,11 +36,11 @@ from temporalio.client import Client
 from temporalio.testing import WorkflowEnvironment
 
 from gateway.core.caller import Role
+from gateway.orchestration.devserver import DEV_SERVER_TUNING
 from gateway.orchestration.temporal import create_worker
 from gateway.orchestration.tracing import client_interceptors
 from gateway.settings import Settings
 from gateway.stack import (
-    DEV_SERVER_TUNING,
     Pki,
     Runtime,
     ensure_pki,
