@@ -333,7 +333,7 @@ async def open_runtime(
                 agreements=agreements,
                 cases=cases,
                 consents=consents,
-                work=PartnerWork(store, audit),
+                work=PartnerWork(store, audit, sealer),
                 identity=Identity(store, pseudonyms, identifier_hasher, audit, sealer),
                 erasure=erasure,
                 audit=Audit(store, checkpointer, pseudonyms, audit),

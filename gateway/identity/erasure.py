@@ -81,6 +81,7 @@ async def shred_cases(conn: AsyncConnection, sealer: Sealer, case_ids: list[str]
 
 async def send_notices(
     conn: AsyncConnection,
+    sealer: Sealer,
     subject: str,
     to_tell: Iterable[tuple[str, str, Sequence[str]]],
     reason: work_pb2.ErasureReason.ValueType,
@@ -88,7 +89,9 @@ async def send_notices(
     """An `ErasureNotice` (GDPR art. 19) on the work stream of each (partner, its own
     local id for the customer or "", the erased cases it took part in), at most
     `NOTICE_CASES` case ids a notice; returns (partner, work id, case ids) for each.
-    The notice names no case column, so shredding its cases leaves it in place."""
+    The notice names no case column, so shredding its cases leaves it in place; it is
+    kept sealed under the master key (it names the partner's id for a customer whose
+    subject key is destroyed) until acknowledged, which empties it."""
     now = _now()
     sent = []
     for partner_id, local_id, case_ids in sorted(to_tell):
@@ -110,7 +113,9 @@ async def send_notices(
                     work_id=work_id,
                     partner_id=partner_id,
                     created_at=now,
-                    item=item.SerializeToString(deterministic=True),
+                    item=await sealer.seal_item(
+                        conn, work_id, item.SerializeToString(deterministic=True), None
+                    ),
                     deliveries=0,
                     subject_id=subject,
                 )
@@ -228,7 +233,9 @@ class Erasure:
         linked = {partner for partner, _ in links}
         to_tell = [(p, local_id, sorted(taken_part[p])) for p, local_id in links]
         to_tell += [(p, "", sorted(cases)) for p, cases in taken_part.items() if p not in linked]
-        return await send_notices(conn, subject, to_tell, work_pb2.ERASURE_REASON_CUSTOMER_REQUEST)
+        return await send_notices(
+            conn, self.sealer, subject, to_tell, work_pb2.ERASURE_REASON_CUSTOMER_REQUEST
+        )
 
     @staticmethod
     async def _forget(conn: AsyncConnection, subject: str, links: list[tuple[str, str]]) -> None:
@@ -307,9 +314,8 @@ class Erasure:
             await self._truncate_wal()
         return total
 
-    @staticmethod
     async def _notify_expired(
-        conn: AsyncConnection, rows: Sequence[Row[tuple[str, str]]]
+        self, conn: AsyncConnection, rows: Sequence[Row[tuple[str, str]]]
     ) -> dict[str, list[tuple[str, str, tuple[str, ...]]]]:
         """An erasure notice (retention expiry) to every partner that took part in these
         cases, naming its cases of each customer; the notices sent, by subject."""
@@ -328,6 +334,7 @@ class Erasure:
             sent.setdefault(subject, []).extend(
                 await send_notices(
                     conn,
+                    self.sealer,
                     subject,
                     [(partner_id, "", sorted(case_ids))],
                     work_pb2.ERASURE_REASON_RETENTION_EXPIRED,

@@ -14,7 +14,6 @@ from pathlib import Path
 
 import pytest
 from coopgate.v1 import admin_pb2, cases_pb2, common_pb2, work_pb2
-from sqlalchemy import select
 from temporalio.client import WorkflowExecutionStatus
 from temporalio.testing import WorkflowEnvironment
 
@@ -23,6 +22,7 @@ from gateway.orchestration.temporal import create_worker
 from gateway.settings import Settings
 from gateway.stack import Runtime, open_runtime
 from gateway.store.schema import work_items
+from tests.helpers import queued_items
 from workflows import IncidentWorkflow
 from workflows.contracts import CaseState
 
@@ -162,13 +162,7 @@ class Incident:
         return view
 
     async def work(self, partner: str) -> list[work_pb2.WorkItem]:
-        async with self.runtime.store.read() as conn:
-            rows = await conn.execute(
-                select(work_items.c.item)
-                .where(work_items.c.partner_id == partner)
-                .order_by(work_items.c.created_at)
-            )
-            items = [work_pb2.WorkItem.FromString(r) for r in rows.scalars()]
+        items = await queued_items(self.runtime, work_items.c.partner_id == partner)
         return [
             i
             for i in items

@@ -27,7 +27,7 @@ from coopgate.v1 import (
     identity_pb2_grpc,
     work_pb2,
 )
-from sqlalchemy import select, text, update
+from sqlalchemy import and_, select, text, update
 
 from gateway.audit.merkle import leaf_hash, node_hash, perfect_subtrees, root_from_leaf_hashes
 from gateway.core.caller import Role
@@ -43,6 +43,7 @@ from gateway.store.schema import (
 )
 from tests.conftest import Api, Stack
 from tests.gateway.orchestration.test_incident_e2e import backends, play_to_closure, quick_service
+from tests.helpers import queued_items
 
 Key = Callable[[str], str]
 
@@ -146,18 +147,14 @@ async def _queued_notice(stack: Stack, partner: str, case_id: str) -> work_pb2.W
     """The erasure notice queued for this partner naming this case, as its work stream
     sends it, read from the store: a partner's stream sends at most 1000 unacknowledged
     items, and the shared stack's partners leave many unacknowledged."""
-    query = select(work_items.c.item).where(
+    query = and_(
         work_items.c.partner_id == partner,
         work_items.c.work_id.like("erasure-%"),
         work_items.c.acked_at.is_(None),
     )
     async with asyncio.timeout(30):
         while True:
-            async with stack.runtime.store.read() as conn:
-                items = [
-                    work_pb2.WorkItem.FromString(raw)
-                    for raw in (await conn.execute(query)).scalars()
-                ]
+            items = await queued_items(stack.runtime, query)
             found = [i for i in items if case_id in i.erasure_notice.case_ids]
             if found:
                 (item,) = found
@@ -264,14 +261,15 @@ async def test_nothing_readable_survives_erasure_and_every_recipient_is_told(
     )
 
     before = await _found_at_rest(stack, m.all())
-    # The search finds what is there: the local id, the consent, the request's reason.
-    assert {"local_id", "consent", "reason"} <= before.keys(), before
-    # The local id only in the messages that name it to its own partner (the consent
-    # prompt, notifications): the links hold its keyed hash and its sealed form only.
-    assert {c for c in before["local_id"] if not c.startswith("file:")} <= {
-        "work_items.item",
-        "consent_requests.prompt",
-    }, before
+    # The search finds what is there: the stored answers hold the summary, the note and
+    # the finding, the consent its notice version (erasure empties or deletes them all).
+    assert {"summary", "note", "finding", "consent"} <= before.keys(), before
+    # The local id and the consent request's reason are nowhere in clear, before erasure
+    # too: the links hold the id's keyed hash and sealed form, the messages that name it
+    # to its own partner (diagnosis requests, notifications, the consent prompt) and the
+    # consent request are sealed under the subject key, opened only to be sent.
+    assert "local_id" not in before, before
+    assert "reason" not in before, before
     subject = await _linked_and_sealed(stack, "bank-a", m.local_id)
     async with stack.runtime.store.read() as conn:
         local_ids = stack.runtime.domain.identity.local_ids
