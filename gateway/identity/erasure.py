@@ -8,7 +8,6 @@ What each table keeps, and what this does to it: docs/PRIVACY.md
 
 from __future__ import annotations
 
-import asyncio
 import datetime as dt
 import logging
 import uuid
@@ -17,7 +16,7 @@ from collections.abc import Iterable, Sequence
 from typing import Protocol
 
 from coopgate.v1 import cases_pb2, identity_pb2, work_pb2
-from sqlalchemy import Row, delete, insert, select, tuple_, update
+from sqlalchemy import Row, delete, func, insert, select, tuple_, update
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from gateway.audit.log import AuditLog, AuditRecord
@@ -264,9 +263,25 @@ class Erasure:
             await conn.execute(delete(table).where(table.c.subject_id == subject))
         await Sealer.destroy_subject_key(conn, subject)
 
+    async def next_expiry(self, retention: dt.timedelta) -> dt.datetime | None:
+        """When the next closed case (not shredded yet) reaches the end of ``retention``."""
+        async with self.store.read() as conn:
+            closed: dt.datetime | None = (
+                await conn.execute(
+                    select(func.min(cases.c.updated_at))
+                    .join(case_keys, case_keys.c.case_id == cases.c.case_id)
+                    .where(
+                        cases.c.status == cases_pb2.CASE_STATUS_CLOSED,
+                        case_keys.c.wrapped_key.is_not(None),
+                    )
+                )
+            ).scalar()
+        return None if closed is None else closed + retention
+
     async def expire(self, retention: dt.timedelta, now: dt.datetime | None = None) -> int:
-        """Shred every case closed for longer than ``retention`` (storage limitation,
-        art. 5(1)(e)), audited like an erasure; returns how many."""
+        """Shred every case closed for longer than ``retention`` before ``now`` (the
+        retention workflow's time; the clock if not given) (storage limitation, art.
+        5(1)(e)), audited like an erasure; returns how many."""
         cutoff = (now or _now()) - retention
         total = 0
         while True:
@@ -341,18 +356,6 @@ class Erasure:
                 )
             )
         return sent
-
-    async def run_retention(self, retention: dt.timedelta, interval: float) -> None:
-        """`expire` now and every ``interval`` seconds, until cancelled; a failed sweep is
-        logged and tried again at the next."""
-        while True:
-            try:
-                expired = await self.expire(retention)
-                if expired:
-                    log.info("retention: %d closed case(s) shredded", expired)
-            except Exception:
-                log.exception("retention sweep failed; trying again in %.0f s", interval)
-            await asyncio.sleep(interval)
 
     async def _truncate_wal(self) -> None:
         if not await self.store.truncate_wal():

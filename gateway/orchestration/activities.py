@@ -19,6 +19,7 @@ from gateway.orchestration.diagnosis import DiagnosisActivities
 from gateway.orchestration.followup import FollowUpActivities
 from gateway.orchestration.lifecycle import LifecycleActivities
 from gateway.orchestration.ownership import OwnershipActivities
+from gateway.orchestration.retention import RetentionActivities
 from gateway.store import Store
 
 
@@ -32,11 +33,13 @@ class IncidentActivities:
         rules: ConsentRules,
         audit: AuditLog,
         pseudonyms: Pseudonyms,
+        retention: RetentionActivities,
     ) -> None:
         self.lifecycle = LifecycleActivities(store, cases, audit)
         self.diagnosis = DiagnosisActivities(store, cases, rules, pseudonyms)
         self.ownership = OwnershipActivities(store, cases, rules, audit)
         self.follow_up = FollowUpActivities(store, cases)
+        self.retention = retention
 
     def all(self) -> list[Callable[..., Any]]:
         return [
@@ -52,4 +55,5 @@ class IncidentActivities:
             self.follow_up.tell_customer,
             self.follow_up.escalate,
             self.follow_up.record_kpis,
+            self.retention.expire_closed_cases,
         ]
