@@ -460,7 +460,7 @@ async def test_retention_shreds_a_closed_case_like_an_erasure(stack: Stack, uniq
             .values(status=cases_pb2.CASE_STATUS_CLOSED, updated_at=long_ago)
         )
     # The sweep's shredding, as `RetentionWorkflow`'s activity runs it (on Temporal's
-    # clock: tests/workflows/test_retention.py).
+    # clock: tests/workflows/test_at_rest.py).
     erasure = stack.runtime.domain.erasure
     swept = dt.datetime.now(dt.UTC)
     assert await erasure.expire(dt.timedelta(days=365)) >= 1
