@@ -6,7 +6,17 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-stamp
 PROTOS := $(wildcard proto/coopgate/v1/*.proto)
 
-.PHONY: run test setup generate check-generated lint typecheck pytest bench clean demo
+.PHONY: run test setup generate check-generated lint typecheck pytest bench clean demo browser
+
+## Debian's chromium, which the console's browser tests drive (Playwright's own
+## browser download is never used). Installed when missing: as root, or with sudo.
+CHROMIUM := /usr/bin/chromium
+$(CHROMIUM):
+	@if [ "$$(id -u)" = 0 ]; then SUDO=; else SUDO=sudo; fi; \
+	  $$SUDO apt-get install -y --no-install-recommends chromium || \
+	  ($$SUDO apt-get update && $$SUDO apt-get install -y --no-install-recommends chromium)
+
+browser: $(CHROMIUM)
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -37,7 +47,7 @@ lint: $(STAMP)
 typecheck: $(STAMP)
 	$(BIN)/mypy
 
-pytest: $(STAMP)
+pytest: $(STAMP) $(CHROMIUM)
 	$(BIN)/pytest $(PYTEST_ARGS)
 
 test: setup generate lint typecheck pytest
@@ -54,6 +64,9 @@ bench: $(STAMP)
 	$(BIN)/python -m tests.benchmarks.consent_decision $(BENCH_ARGS)
 	$(BIN)/python -m tests.benchmarks.audit_log $(AUDIT_BENCH_ARGS)
 	$(BIN)/python -m tests.benchmarks.case_view $(VIEW_BENCH_ARGS)
+	$(BIN)/python -m tests.benchmarks.incident $(INCIDENT_BENCH_ARGS)
+	$(BIN)/python -m tests.benchmarks.console $(CONSOLE_BENCH_ARGS)
+	$(BIN)/python -m tests.benchmarks.tracing $(TRACING_BENCH_ARGS)
 
 clean:
 	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache

@@ -41,6 +41,10 @@ def announce_stack(
     if partners is not None:
         table.add_row("client certificates", f"{settings.pki_dir / 'clients'} (every role)")
         table.add_row("partner logs", str(partners.log_dir / "<partner>.log"))
+        if partners.console_url():
+            table.add_row("console (bank-a)", partners.console_url())
+            for line in partners.console_sign_ins():
+                table.add_row("  sign in as", line)
         running = Table("reference partner", "pid", "state", box=None, padding=(0, 2))
         for child in partners.children:
             running.add_row(child.partner_id, str(child.process.pid), child.state)

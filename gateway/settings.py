@@ -9,6 +9,7 @@ only: a PostgreSQL ``database_url`` and a ``temporal_address``.
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Literal
 
 from pydantic import Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -51,6 +52,12 @@ class Settings(BaseSettings):
         description="`coopgate up` also runs the reference partner backends of the reference "
         "catalogue (and issues their certificates); false (or `up --no-partners`): the bare "
         "stack, for real deployments.",
+    )
+
+    console_listen: str = Field(
+        default="127.0.0.1:8480",
+        description="Where `coopgate up` serves the web console of one reference partner "
+        "(bank-a), beside the reference backends.",
     )
 
     max_streams_per_partner: int = Field(
@@ -115,6 +122,31 @@ class Settings(BaseSettings):
         description="Privacy notice / policy URL on consent receipts; default "
         "https://<server_name>/privacy.",
     )
+
+    # Observability (docs/OPERATIONS.md). Exporters, sampler and service name come from
+    # the standard OTEL_* variables; these are what the standard does not cover.
+    telemetry_store: bool = Field(
+        default=True,
+        description="Keep traces and metrics in data_dir/telemetry.db for `coopgate trace` "
+        "and `coopgate stats` (no collector needed); false: only what OTEL_* exports.",
+    )
+    telemetry_retention_hours: float = Field(
+        default=72.0, gt=0, description="How long data_dir/telemetry.db keeps spans and points."
+    )
+    prometheus_listen: str | None = Field(
+        default=None,
+        description="host:port where Prometheus scrapes the gateway's metrics "
+        "(a port of its own); unset: no scrape endpoint.",
+    )
+    log_format: Literal["text", "json"] = Field(
+        default="text",
+        description="text: readable lines; json: one JSON object a line. Both carry the "
+        "trace and span ids of the call or activity that logged.",
+    )
+
+    @property
+    def telemetry_db(self) -> Path:
+        return self.data_dir / "telemetry.db"
 
     @property
     def pki_dir(self) -> Path:

@@ -58,6 +58,7 @@ from gateway.orchestration.temporal import TemporalIncidents, connect, create_wo
 from gateway.settings import Settings
 from gateway.store import Store, create_store, migrate
 from gateway.store.localids import LocalIdIndex
+from gateway.telemetry import observing, waiting_work_gauge
 from gateway.work.delivery import PartnerWork
 
 log = logging.getLogger(__name__)
@@ -183,6 +184,9 @@ def require_free_ports(settings: Settings, *, embedded: bool) -> None:
     if embedded:
         require_free_port("127.0.0.1", settings.temporal_dev_port, "the Temporal dev server")
         require_free_port("127.0.0.1", settings.temporal_dev_ui_port, "the Temporal UI")
+    if settings.reference_partners:
+        host, _, port = settings.console_listen.rpartition(":")
+        require_free_port(host, int(port), "the console, COOPGATE_CONSOLE_LISTEN")
 
 
 def temporal_binary() -> str:
@@ -403,10 +407,12 @@ async def run_up(
     ready: asyncio.Event | None = None,
     stop: asyncio.Event | None = None,
     announce: bool = True,
+    observe: bool = False,
 ) -> None:
     """`coopgate up`: the whole stack in the foreground until SIGINT/SIGTERM; with the
     reference catalogue (``seed``) and ``settings.reference_partners``, its reference
-    partner backends too, once the gateway serves (stopped before it stops)."""
+    partner backends too, once the gateway serves (stopped before it stops). ``observe``:
+    telemetry from OTEL_* and the settings, set up after the dev server's spawn."""
     lock = DataDirLock(settings.data_dir)
     lock.acquire()
     dev_server: asyncio.subprocess.Process | None = None
@@ -422,7 +428,11 @@ async def run_up(
         if settings.temporal_address is None:
             dev_server = await start_dev_server(settings)
         _install_stop_handlers(stop)
-        async with open_runtime(settings, seed=seed) as runtime:
+        async with (
+            observing(settings, observe),
+            open_runtime(settings, seed=seed) as runtime,
+            waiting_work_gauge(runtime.domain.work.waiting, observe),
+        ):
             if seed:
                 await catalog.seed_agreements(runtime.domain.agreements)
             worker = create_worker(runtime.client, settings.task_queue, runtime.activities)
@@ -452,22 +462,30 @@ async def run_up(
         lock.release()
 
 
-async def run_worker(settings: Settings, stop: asyncio.Event | None = None) -> None:
+async def run_worker(
+    settings: Settings, stop: asyncio.Event | None = None, *, observe: bool = False
+) -> None:
     """`coopgate worker`: the Temporal worker alone (scale-out)."""
     stop = stop or asyncio.Event()
     _install_stop_handlers(stop)
-    async with open_runtime(settings) as runtime:
+    async with observing(settings, observe), open_runtime(settings) as runtime:
         worker: Worker = create_worker(runtime.client, settings.task_queue, runtime.activities)
         async with worker:
             await stop.wait()
 
 
-async def run_gateway(settings: Settings, stop: asyncio.Event | None = None) -> None:
+async def run_gateway(
+    settings: Settings, stop: asyncio.Event | None = None, *, observe: bool = False
+) -> None:
     """`coopgate gateway`: one stateless gateway replica (scale-out)."""
     stop = stop or asyncio.Event()
     pki = ensure_pki(settings)
     _install_stop_handlers(stop)
-    async with open_runtime(settings) as runtime:
+    async with (
+        observing(settings, observe),
+        open_runtime(settings) as runtime,
+        waiting_work_gauge(runtime.domain.work.waiting, observe),
+    ):
         gateway = await start_gateway(runtime, pki)
         freeze_heap()
         await stop.wait()

@@ -24,6 +24,7 @@ from google.protobuf.message import Message
 
 from partners.errors import from_rpc_error
 from partners.retry import RetryPolicy
+from partners.tracing import with_trace_context
 
 PERSON_METADATA_KEY = "x-coopgate-person"
 
@@ -82,7 +83,7 @@ class ClientBase:
     # -- the call path ------------------------------------------------------
 
     def _metadata(self) -> tuple[tuple[str, str], ...] | None:
-        return ((PERSON_METADATA_KEY, self._person),) if self._person else None
+        return with_trace_context(((PERSON_METADATA_KEY, self._person),) if self._person else None)
 
     def _key(self, given: str | None) -> str:
         return given or self.new_idempotency_key()

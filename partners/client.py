@@ -19,6 +19,7 @@ from collections.abc import Sequence
 import grpc
 
 from partners.admin_calls import AdminCalls
+from partners.audit_calls import AuditCalls
 from partners.calls import PERSON_METADATA_KEY
 from partners.case_calls import CaseCalls
 from partners.channel import PartnerCredentials, secure_channel
@@ -31,7 +32,7 @@ __all__ = ["DEFAULT_RETRY", "PERSON_METADATA_KEY", "PartnerClient"]
 DEFAULT_RETRY = RetryPolicy()
 
 
-class PartnerClient(CaseCalls, ConsentCalls, AdminCalls, WorkCalls):
+class PartnerClient(CaseCalls, ConsentCalls, AdminCalls, AuditCalls, WorkCalls):
     """One partner's connection to the gateway, as the certificate's partner and role.
 
     Create it inside the event loop that uses it; ``async with`` closes the channel.

@@ -30,8 +30,8 @@ from rich.table import Table
 
 from partners.channel import PartnerCredentials
 from partners.client import PartnerClient
-from partners.console import RichNarrator
 from partners.errors import GatewayError, Unimplemented
+from partners.narration import RichNarrator
 from partners.processes import Child, Children
 from partners.reference import COMPANIES
 from partners.scenarios import (
@@ -126,6 +126,7 @@ class Demo:
             "COOPGATE_LISTEN": f"127.0.0.1:{port}",
             "COOPGATE_TEMPORAL_DEV_PORT": str(dev_port),
             "COOPGATE_TEMPORAL_DEV_UI_PORT": str(ui_port),
+            "COOPGATE_CONSOLE_LISTEN": f"127.0.0.1:{_free_port()}",
         }
         log = self.workdir / "coopgate-up.log"
         child = await self.children.start(

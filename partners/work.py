@@ -137,14 +137,16 @@ Payload = (
 
 @dataclass(slots=True, frozen=True)
 class WorkItem:
-    """One delivery. ``payload`` is None for a kind this SDK does not know yet
-    (it is acknowledged like any other once the handler returns)."""
+    """One delivery: ``payload`` is None for a kind this SDK does not know yet (acknowledged
+    all the same); ``traceparent``/``tracestate``: the W3C Trace Context it was made in."""
 
     work_id: str
     created_at: dt.datetime | None
     #: How many times it was delivered before this delivery.
     redeliveries: int
     payload: Payload | None
+    traceparent: str = ""
+    tracestate: str = ""
 
 
 Handler = Callable[[WorkItem], Awaitable[None]]
@@ -223,11 +225,9 @@ def work_item_from_proto(item: work_pb2.WorkItem) -> WorkItem:
                 erased_at=_time(e.erased_at, e.HasField("erased_at")),
                 reason=ErasureReason.of(e.reason),
             )
+    created = _time(item.created_at, item.HasField("created_at"))
     return WorkItem(
-        work_id=item.work_id,
-        created_at=_time(item.created_at, item.HasField("created_at")),
-        redeliveries=item.redeliveries,
-        payload=payload,
+        item.work_id, created, item.redeliveries, payload, item.traceparent, item.tracestate
     )
 
 
@@ -261,6 +261,8 @@ class SubscriptionStats:
     handled: int = 0
     failed: int = 0
     acknowledged: int = 0
+    #: Items of kinds this subscription leaves to the partner's other subscribers.
+    left: int = 0
 
 
 class WorkSource(Protocol):
@@ -314,6 +316,7 @@ class WorkSubscription:
         reconnect: RetryPolicy = RECONNECT,
         redelivery: RetryPolicy = REDELIVERY,
         stop_grace: float = 5.0,
+        kinds: tuple[type, ...] = (),
     ) -> None:
         if concurrency < 1 or max_in_flight < 1:
             raise ValueError("concurrency and max_in_flight must be at least 1")
@@ -324,6 +327,7 @@ class WorkSubscription:
         self._reconnect = Backoff(reconnect)
         self._redelivery = Backoff(redelivery)
         self._stop_grace = stop_grace
+        self._kinds = kinds
         self._queue: asyncio.Queue[work_pb2.WorkItem | _Drop | _End] | None = None
         self._in_progress: set[str] = set()
         self._tasks: set[asyncio.Task[None]] = set()
@@ -443,6 +447,9 @@ class WorkSubscription:
             item = work_item_from_proto(got)
             if item.work_id in self._in_progress:
                 continue  # redelivered while its handler still runs
+            if self._kinds and not isinstance(item.payload, self._kinds):
+                self.stats.left += 1
+                continue  # another subscriber of this partner handles it
             self.stats.delivered += 1
             await self._slots.acquire()
             self._in_progress.add(item.work_id)

@@ -10,6 +10,7 @@ from coopgate.v1 import work_pb2
 
 from partners.calls import ClientBase
 from partners.retry import RetryPolicy
+from partners.tracing import continuing
 from partners.work import RECONNECT, REDELIVERY, Handler, WorkSubscription
 
 
@@ -40,16 +41,20 @@ class WorkCalls(ClientBase):
         concurrency: int = 4,
         reconnect: RetryPolicy | None = None,
         redelivery: RetryPolicy | None = None,
+        kinds: tuple[type, ...] = (),
     ) -> WorkSubscription:
         """This partner's work, handled by ``handler``; ``async with`` runs it in the
-        background, ``await subscription.run()`` in the foreground (partner role only)."""
+        background, ``await subscription.run()`` in the foreground (partner role only).
+        With ``kinds`` (payload classes), items of other kinds are neither handled nor
+        acknowledged: they stay for this partner's other subscribers (its backend)."""
         return WorkSubscription(
             self,
-            handler,
+            continuing(handler),
             max_in_flight=max_in_flight,
             concurrency=concurrency,
             reconnect=reconnect or RECONNECT,
             redelivery=redelivery or REDELIVERY,
+            kinds=kinds,
         )
 
     def _subscribe_call(

@@ -22,6 +22,7 @@ PACKAGES = ("gateway", "partners", "workflows")
 # `gateway/settings.py`, `banner.py` and `stack.py` are rooms of one module each.
 GATEWAY_ROOMS = (
     "settings",
+    "telemetry",
     "core",
     "store",
     "crypto",

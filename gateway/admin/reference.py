@@ -31,6 +31,9 @@ from gateway.settings import Settings
 from gateway.store import create_store
 from gateway.store.schema import partners as partners_table
 
+#: The reference partner whose web console `coopgate up` runs (``python -m partners.console``).
+CONSOLE_PARTNER = "bank-a"
+
 #: The administrator's and compliance officer's identity in the dev certificates.
 OPERATOR_PARTNER = BOOTSTRAP.partner_id
 OPERATOR_ROLES = (Role.ADMIN, Role.COMPLIANCE)
@@ -91,7 +94,7 @@ class PartnerProcess:
             said = self.log.read_text(errors="replace")
         except OSError:
             said = ""
-        return "ready" if " ready " in said else "connecting"
+        return "ready" if " ready " in said or " at http" in said else "connecting"
 
 
 class ReferencePartners:
@@ -105,6 +108,8 @@ class ReferencePartners:
         self.settings = settings
         self.log_dir = settings.data_dir / "partners"
         self.children: list[PartnerProcess] = []
+        #: The console's accounts file; ``sign-in.txt`` beside it holds the first sign-ins.
+        self.accounts = settings.data_dir / "console" / "accounts.toml"
 
     def argv(self, partner_id: str) -> list[str]:
         clients = self.settings.pki_dir / "clients"
@@ -121,16 +126,53 @@ class ReferencePartners:
             *("--parent-pid", str(os.getpid())),
         ]
 
+    def console_argv(self) -> list[str]:
+        """The web console of :data:`CONSOLE_PARTNER`, for its advisors and compliance
+        officer, with accounts made on first run (``--demo-accounts``)."""
+        return [
+            sys.executable,
+            "-m",
+            "partners.console",
+            *("--partner", CONSOLE_PARTNER, "--certs", str(self.settings.pki_dir / "clients")),
+            *("--ca", str(self.settings.pki_dir / "ca.pem")),
+            *("--target", self.target, "--server-name", self.settings.server_name),
+            *("--listen", self.settings.console_listen, "--accounts", str(self.accounts)),
+            "--demo-accounts",
+            *("--parent-pid", str(os.getpid())),
+        ]
+
+    @property
+    def console(self) -> PartnerProcess | None:
+        return next((c for c in self.children if c.partner_id == "console"), None)
+
+    def console_url(self) -> str:
+        """The address the console printed once it served (empty before)."""
+        child = self.console
+        if child is None:
+            return ""
+        with contextlib.suppress(OSError):
+            for line in child.log.read_text(errors="replace").splitlines():
+                if " at http" in line:
+                    return line.rpartition(" at ")[2].strip()
+        return ""
+
+    def console_sign_ins(self) -> list[str]:
+        """``person / password (role)`` lines of the accounts the console made first."""
+        with contextlib.suppress(OSError):
+            return (self.accounts.parent / "sign-in.txt").read_text().splitlines()
+        return []
+
     async def start(self, *, patience: float = 30.0) -> None:
         """Start one backend per reference partner; wait (up to ``patience`` s) until
         each says it is ready or has exited."""
         self.log_dir.mkdir(parents=True, exist_ok=True)
         env = dict(os.environ, PYTHONUNBUFFERED="1")
-        for partner_id, _, _ in PARTNERS:
+        runs = [(partner_id, self.argv(partner_id)) for partner_id, _, _ in PARTNERS]
+        for partner_id, argv in [*runs, ("console", self.console_argv())]:
             log = self.log_dir / f"{partner_id}.log"
             with log.open("ab") as sink:
                 process = await asyncio.create_subprocess_exec(
-                    *self.argv(partner_id),
+                    *argv,
                     stdin=asyncio.subprocess.DEVNULL,
                     stdout=sink,
                     stderr=sink,

@@ -14,6 +14,7 @@ exception becomes INTERNAL with a reference id in the log and nothing else.
 from __future__ import annotations
 
 import logging
+import time
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from dataclasses import dataclass
@@ -47,6 +48,9 @@ from gateway.core.errors import (
 )
 from gateway.crypto.pki import identity_from_pem
 from gateway.crypto.revocation import RevocationList
+from gateway.telemetry import annotate, metrics_on, tracing_on
+from gateway.telemetry.instruments import rpc_recorder
+from gateway.telemetry.spans import mark_status
 
 log = logging.getLogger(__name__)
 
@@ -191,7 +195,10 @@ class Gate:
 
 async def _abort(context: grpc.aio.ServicerContext[Any, Any], exc: BaseException) -> NoReturn:
     if isinstance(exc, CoopgateError):
+        # OpenTelemetry's server interceptor sees `abort`, not `abort_with_status`.
+        mark_status(exc.code)
         await context.abort_with_status(rpc_status.to_status(status_for(exc)))
+    mark_status(grpc.StatusCode.INTERNAL)
     ref = uuid.uuid4().hex[:12]
     log.error("unexpected error (ref %s)", ref, exc_info=exc)
     internal = status_pb2.Status(code=code_pb2.INTERNAL, message=f"internal error (ref {ref})")
@@ -240,8 +247,17 @@ class GatewayInterceptor(grpc.aio.ServerInterceptor):
         if wrapped is None or wrapped[0] is not handler:
             rule = self._rules.get(method, UNDECLARED)
             gate = self._gate if _changes_something(handler) else self._reading
-            wrapped = self._wrapped[method] = (handler, _wrap(handler, gate, rule, self._quota))
+            wrapped = self._wrapped[method] = (
+                handler,
+                _wrap(handler, gate, rule, self._quota, method),
+            )
         return wrapped[1]
+
+
+def _case_of(request: Any) -> str:
+    """The case a request names, for its span (requests without one: empty)."""
+    case_id = getattr(request, "case_id", "")
+    return case_id if isinstance(case_id, str) else ""
 
 
 def _limits(deserialize: Callable[[bytes], Any] | None) -> Callable[[Any], None] | None:
@@ -258,21 +274,23 @@ def _wrap(
     gate: Gate,
     rule: Rule,
     quota: PartnerQuota | None,
+    method: str = "",
 ) -> grpc.RpcMethodHandler[Any, Any]:
     if not rule.roles:
         return _refusing(handler, gate)
     check = _limits(handler.request_deserializer)
     if handler.unary_unary is not None:
         calls = None if quota is None else quota.calls
+        record = rpc_recorder(method) if metrics_on() else None
         return grpc.unary_unary_rpc_method_handler(
-            _wrap_unary(handler.unary_unary, gate, check, rule, calls),
+            _wrap_unary(handler.unary_unary, gate, check, rule, calls, record, tracing_on()),
             request_deserializer=_decoding(handler.request_deserializer),
             response_serializer=_sending_encoded(handler.response_serializer),
         )
     if handler.unary_stream is not None:
         streams = None if quota is None else quota.streams
         return grpc.unary_stream_rpc_method_handler(
-            _wrap_stream(handler.unary_stream, gate, check, rule, streams),
+            _wrap_stream(handler.unary_stream, gate, check, rule, streams, tracing_on()),
             request_deserializer=_decoding(handler.request_deserializer),
             response_serializer=handler.response_serializer,
         )
@@ -311,10 +329,15 @@ def _wrap_unary(
     check: Callable[[Any], None] | None,
     rule: Rule,
     calls: Slots | None,
+    record: Callable[[float, Any], None] | None = None,
+    traced: bool = False,
 ) -> Callable[..., Awaitable[Any]]:
     async def wrapper(request: Any, context: grpc.aio.ServicerContext[Any, Any]) -> Any:
+        started = time.perf_counter() if record is not None else 0.0
         try:
             caller = rule.admit(gate.caller(context))
+            if traced:
+                annotate(partner=caller.partner_id, case_id=_case_of(request))
             if gate.registered is not None:  # writes only: no await on a read
                 await gate.admit(caller)
             if calls is not None:
@@ -337,6 +360,8 @@ def _wrap_unary(
                 calls.give_back(caller.partner_id)
             reset_deadline(deadline)
             reset_caller(token)
+            if record is not None:
+                record(time.perf_counter() - started, context.code())
 
     return wrapper
 
@@ -347,12 +372,15 @@ def _wrap_stream(
     check: Callable[[Any], None] | None,
     rule: Rule,
     streams: Slots | None,
+    traced: bool = False,
 ) -> Callable[..., AsyncIterator[Any]]:
     async def wrapper(
         request: Any, context: grpc.aio.ServicerContext[Any, Any]
     ) -> AsyncIterator[Any]:
         try:
             caller = rule.admit(gate.caller(context))
+            if traced:
+                annotate(partner=caller.partner_id, case_id=_case_of(request))
             if gate.registered is not None:  # writes only: no await on a read
                 await gate.admit(caller)
             if streams is not None:

@@ -34,6 +34,7 @@ from gateway.core.caller import current_caller
 from gateway.core.errors import Aborted
 from gateway.identity.erasure import Erasure
 from gateway.identity.linking import Identity
+from gateway.telemetry import annotate
 from gateway.work.delivery import PartnerWork
 
 Context = grpc.aio.ServicerContext[Any, Any]
@@ -50,7 +51,9 @@ class CaseServicer(cases_pb2_grpc.CaseServiceServicer):
     async def OpenCase(
         self, request: cases_pb2.OpenCaseRequest, context: Context
     ) -> cases_pb2.OpenCaseResponse:
-        return await self._intake.open_case(current_caller(), request)
+        response = await self._intake.open_case(current_caller(), request)
+        annotate(case_id=response.case_id, service=request.service_id)
+        return response
 
     async def GetCaseView(self, request: cases_pb2.GetCaseViewRequest, context: Context) -> Any:
         # A `GetCaseViewResponse`, sent as encoded when the view was made.

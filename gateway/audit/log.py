@@ -16,6 +16,7 @@ import contextlib
 import datetime as dt
 import json
 import logging
+import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, fields
 from json.encoder import encode_basestring as _json_string
@@ -28,6 +29,8 @@ from gateway.audit.merkle import leaf_hash, node_hash
 from gateway.audit.store_tree import Node, read_nodes, root_nodes
 from gateway.store import Store
 from gateway.store.schema import audit_entries, audit_head, audit_nodes
+from gateway.telemetry import metrics_on
+from gateway.telemetry.instruments import audit_appended
 
 log = logging.getLogger(__name__)
 
@@ -319,7 +322,12 @@ class AuditLog:
 
     async def record_in(self, conn: AsyncConnection, records: Sequence[AuditRecord]) -> list[int]:
         """Record as part of the caller's transaction (committed with the action)."""
-        return await append(conn, records)
+        if not metrics_on():
+            return await append(conn, records)
+        started = time.perf_counter()
+        indices = await append(conn, records)
+        audit_appended(records, time.perf_counter() - started)
+        return indices
 
     async def record(self, records: Sequence[AuditRecord]) -> list[int]:
         """Record in a group commit shared with concurrent callers; durable on return."""
@@ -350,8 +358,11 @@ class AuditLog:
             # several share it (statements run on the loop, so none arrive during one).
             linger = len(batch) > 1
             merged = [record for records, _ in batch for record in records]
+            started = time.perf_counter()
             try:
                 indices, frontier = await self._store(merged)
+                if metrics_on():
+                    audit_appended(merged, time.perf_counter() - started)
             except Exception as exc:
                 self._frontier = None
                 for _, future in batch:

@@ -1,11 +1,13 @@
 """Waking case watchers when their case changes, without a query per watcher.
 
-One poller per gateway process reads the last sequence of every watched case
-in a single query each ``interval`` and wakes the watchers whose case moved,
-so a thousand watchers cost one query per tick; changes made by any replica
-or worker are seen, as they all write the same store. A watcher whose client
-stops reading is cut off after ``slow_after`` seconds instead of holding the
-gateway: it resumes from the last sequence it received.
+Each watcher subscribes to its case's change notifications (`store.changes`, topic
+``CASE``): a timeline write wakes it when it commits, whichever replica or worker
+made it (PostgreSQL NOTIFY across processes). Under that, one poller per gateway
+process reads the last sequence of every watched case in a single query each
+``interval`` and wakes the watchers whose case moved, so a lost notification delays
+a watcher by that much at most, and a thousand watchers cost one query per tick. A
+watcher whose client stops reading is cut off after ``slow_after`` seconds instead
+of holding the gateway: it resumes from the last sequence it received.
 """
 
 from __future__ import annotations
@@ -14,12 +16,13 @@ import asyncio
 import contextlib
 import logging
 from collections.abc import Callable, Coroutine
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 from sqlalchemy import select
 
 from gateway.store import Store
+from gateway.store.changes import CASE, SAFETY_SECONDS, Subscription
 from gateway.store.schema import cases
 
 log = logging.getLogger(__name__)
@@ -32,7 +35,8 @@ class Watcher:
     position: int
     #: Called once with the last sequence sent when the client stops reading.
     on_slow: Callable[[int], Coroutine[Any, Any, None]] | None
-    moved: asyncio.Event = field(default_factory=asyncio.Event)
+    #: Told when the case changes (by its writer, or by the feed's safety poll).
+    changes: Subscription
     #: Loop time at which the current write to the client began (None: not writing).
     writing_since: float | None = None
     delivered: int = 0
@@ -40,7 +44,9 @@ class Watcher:
 
 
 class CaseFeed:
-    def __init__(self, store: Store, interval: float = 0.2, slow_after: float = 30.0) -> None:
+    def __init__(
+        self, store: Store, interval: float = SAFETY_SECONDS, slow_after: float = 30.0
+    ) -> None:
         self.store = store
         self.interval = interval
         self.slow_after = slow_after
@@ -54,13 +60,15 @@ class CaseFeed:
         position: int,
         on_slow: Callable[[int], Coroutine[Any, Any, None]] | None = None,
     ) -> Watcher:
-        watcher = Watcher(case_id, position, on_slow, delivered=position)
+        subscription = self.store.changes.subscribe(CASE, case_id)
+        watcher = Watcher(case_id, position, on_slow, subscription, delivered=position)
         self._watchers.setdefault(case_id, set()).add(watcher)
         if self._poller is None or self._poller.done():
             self._poller = asyncio.create_task(self._poll(), name="case-feed")
         return watcher
 
     def forget(self, watcher: Watcher) -> None:
+        watcher.changes.close()
         group = self._watchers.get(watcher.case_id)
         if group is not None:
             group.discard(watcher)
@@ -69,9 +77,7 @@ class CaseFeed:
 
     async def wait(self, watcher: Watcher, idle: float) -> None:
         """Until the case moves past ``watcher.position`` or ``idle`` seconds pass."""
-        with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(watcher.moved.wait(), idle)
-        watcher.moved.clear()
+        await watcher.changes.wait(idle)
 
     @property
     def watching(self) -> int:
@@ -92,7 +98,7 @@ class CaseFeed:
                         for case_id, last in rows:
                             for watcher in self._watchers.get(case_id, ()):
                                 if last > watcher.position:
-                                    watcher.moved.set()
+                                    watcher.changes.notify()
             except Exception:
                 log.exception("case feed poll failed; retrying")
             now = loop.time()

@@ -16,6 +16,7 @@ from gateway.consent.rules import Flow
 from gateway.core.caller import Caller
 from gateway.core.errors import FailedPrecondition, NotFound
 from gateway.crypto.sealing import Sealer
+from gateway.store.changes import CASE, announce
 from gateway.store.schema import case_events, case_participants, cases
 
 #: Category of what the customer told the first-contact partner.
@@ -125,6 +126,7 @@ async def append_event(
             dedup_key=dedup_key,
         )
     )
+    announce(conn, CASE, case_id)  # its watchers wake once this commits
     return int(sequence)
 
 

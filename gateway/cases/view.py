@@ -30,7 +30,6 @@ from gateway.core.errors import InvalidArgument, NotFound
 from gateway.crypto.sealing import Sealer
 from gateway.store import Store
 from gateway.store.batched import BatchedRows
-from gateway.store.engine import driver_statement
 from gateway.store.schema import (
     case_events,
     case_keys,
@@ -40,6 +39,7 @@ from gateway.store.schema import (
     services,
     subjects,
 )
+from gateway.store.statements import driver_statement
 
 TIMELINE_CACHE_CASES = 512
 #: Views kept as served, per case, reader partner and purpose (see `ServedView`).

@@ -19,6 +19,7 @@ from gateway.core.caller import Caller
 from gateway.core.errors import InvalidArgument
 from gateway.store import Store
 from gateway.store.schema import case_events
+from gateway.telemetry import annotate, instruments
 
 WATCH_BATCH = 200
 WATCH_IDLE_SECONDS = 5.0
@@ -70,6 +71,8 @@ class CaseWatch:
         position = request.after_sequence
         watcher = self.feed.watch(request.case_id, position, on_slow)
         loop = asyncio.get_running_loop()
+        annotate(case_id=request.case_id)
+        instruments.watchers.add(1)
         try:
             while True:
                 batch = await self._watch_batch(caller, request.case_id, request.purpose, position)
@@ -100,6 +103,7 @@ class CaseWatch:
                 await self.feed.wait(watcher, WATCH_IDLE_SECONDS)
         finally:
             self.feed.forget(watcher)
+            instruments.watchers.add(-1)
 
     async def _watch_batch(
         self, caller: Caller, case_id: str, purpose: str, position: int

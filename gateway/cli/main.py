@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import difflib
-import logging
 import os
 import sys
 from pathlib import Path
@@ -16,6 +15,7 @@ from rich.console import Console
 from gateway.cli.audit import audit_app
 from gateway.cli.case import case_app
 from gateway.cli.consent import agreement_app, consent_app
+from gateway.cli.observe import stats, trace
 from gateway.core.caller import Role
 from gateway.crypto.pki import CertificateAuthority
 from gateway.settings import Settings
@@ -27,6 +27,8 @@ app.add_typer(audit_app, name="audit")
 app.add_typer(case_app, name="case")
 app.add_typer(consent_app, name="consent")
 app.add_typer(agreement_app, name="agreement")
+app.command()(trace)
+app.command()(stats)
 
 err = Console(stderr=True)
 
@@ -43,11 +45,11 @@ def _settings(data_dir: Path | None) -> Settings:
     return settings
 
 
-def _logging() -> None:
-    logging.basicConfig(
-        level=os.environ.get("COOPGATE_LOG_LEVEL", "INFO"),
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-    )
+def _logging(settings: Settings) -> None:
+    """Readable lines (or JSON: COOPGATE_LOG_FORMAT=json), each with its trace and span."""
+    from gateway.telemetry import configure_logging
+
+    configure_logging(settings.log_format, os.environ.get("COOPGATE_LOG_LEVEL", "INFO").upper())
 
 
 def _run(coro: object) -> None:
@@ -80,11 +82,11 @@ def up(
     the reference partners of the reference catalogue (unless --no-partners)."""
     from gateway.stack import run_up
 
-    _logging()
     settings = _settings(data_dir)
+    _logging(settings)
     if partners is not None:
         settings = settings.model_copy(update={"reference_partners": partners})
-    _run(run_up(settings, seed=seed))
+    _run(run_up(settings, seed=seed, observe=True))
 
 
 @app.command()
@@ -92,8 +94,9 @@ def gateway(data_dir: DataDir = None) -> None:
     """Run one gateway replica against the configured store and Temporal."""
     from gateway.stack import run_gateway
 
-    _logging()
-    _run(run_gateway(_settings(data_dir)))
+    settings = _settings(data_dir)
+    _logging(settings)
+    _run(run_gateway(settings, observe=True))
 
 
 @app.command()
@@ -101,8 +104,9 @@ def worker(data_dir: DataDir = None) -> None:
     """Run a Temporal worker alone against the configured store and Temporal."""
     from gateway.stack import run_worker
 
-    _logging()
-    _run(run_worker(_settings(data_dir)))
+    settings = _settings(data_dir)
+    _logging(settings)
+    _run(run_worker(settings, observe=True))
 
 
 @app.command()
@@ -270,6 +274,42 @@ def demo(
     command = [sys.executable, "-m", "partners.demo", *(scenarios or [])]
     command += ["--target", settings.listen, "--data-dir", str(settings.data_dir)]
     command += ["--server-name", settings.server_name]
+    raise typer.Exit(subprocess.run(command, check=False).returncode)
+
+
+@app.command()
+def console(
+    partner: Annotated[str, typer.Option("--as", help="The partner whose console it is.")],
+    listen: Annotated[str, typer.Option(help="host:port to serve on.")] = "127.0.0.1:8080",
+    accounts: Annotated[
+        Path | None, typer.Option(help="Local accounts file (TOML, Argon2id hashes).")
+    ] = None,
+    trusted_header: Annotated[
+        str, typer.Option(help="Sign people in by this header, set by a trusted proxy.")
+    ] = "",
+    data_dir: DataDir = None,
+) -> None:
+    """Serve a partner's web console for its advisors and compliance officers.
+
+    Runs `python -m partners.console` as a subprocess (the gateway never imports
+    partners), with the partner's certificates from DATA_DIR/pki/clients.
+    """
+    import subprocess
+
+    settings = _settings(data_dir)
+    command = [sys.executable, "-m", "partners.console", "--partner", partner]
+    command += [
+        "--certs",
+        str(settings.pki_dir / "clients"),
+        "--ca",
+        str(settings.pki_dir / "ca.pem"),
+    ]
+    command += ["--target", settings.listen, "--server-name", settings.server_name]
+    command += ["--listen", listen]
+    if accounts is not None:
+        command += ["--accounts", str(accounts)]
+    if trusted_header:
+        command += ["--trusted-header", trusted_header]
     raise typer.Exit(subprocess.run(command, check=False).returncode)
 
 

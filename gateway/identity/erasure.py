@@ -25,6 +25,7 @@ from gateway.core.errors import NotFound
 from gateway.crypto.sealing import Sealer
 from gateway.identity.subjects import LocalIds, require_local_id
 from gateway.store import Store
+from gateway.store.changes import WORK, announce
 from gateway.store.idempotency import erase_responses, run_once
 from gateway.store.schema import (
     case_keys,
@@ -119,6 +120,7 @@ async def send_notices(
                     subject_id=subject,
                 )
             )
+            announce(conn, WORK, partner_id)
             sent.append((partner_id, work_id, chunk))
     return sent
 

@@ -18,6 +18,7 @@ from gateway.orchestration.notices import compose
 from gateway.orchestration.shared import now, tell
 from gateway.store import Store
 from gateway.store.schema import case_events, case_kpis, case_participants, cases
+from gateway.telemetry import annotate, instruments
 from gateway.work.delivery import enqueue
 from workflows.contracts import (
     ESCALATE,
@@ -182,11 +183,13 @@ class FollowUpActivities:
     @activity.defn(name=RECORD_KPIS)
     async def record_kpis(self, request: KpiInput) -> None:
         async with self._store.write() as conn:
-            service_id = (
+            service_id, owner_id = (
                 await conn.execute(
-                    select(cases.c.service_id).where(cases.c.case_id == request.case_id)
+                    select(cases.c.service_id, cases.c.relationship_owner_id).where(
+                        cases.c.case_id == request.case_id
+                    )
                 )
-            ).scalar_one()
+            ).one()
             await conn.execute(delete(case_kpis).where(case_kpis.c.case_id == request.case_id))
             await conn.execute(
                 insert(case_kpis).values(
@@ -208,6 +211,18 @@ class FollowUpActivities:
                     recorded_at=now(),
                 )
             )
+        instruments.case_closed(
+            service_id=service_id,
+            owner_id=owner_id or "",
+            time_to_owner_s=request.time_to_owner_s,
+            time_to_resolution_s=request.time_to_resolution_s,
+            first_contact_resolution=request.first_contact_resolution,
+            breaches=request.sla_breaches,
+            reopen_count=request.reopens,
+            partner_response_s=request.partner_response_s,
+            unresponsive=request.unresponsive_partners,
+        )
+        annotate(service=service_id, outcome="closed")
 
 
 async def _last_contact(conn: AsyncConnection, domain: Cases, case: Any) -> tuple[str, int]:

@@ -16,7 +16,6 @@ from temporalio.client import (
     WorkflowUpdateRPCTimeoutOrCancelledError,
 )
 from temporalio.common import WorkflowIDConflictPolicy, WorkflowIDReusePolicy
-from temporalio.contrib.opentelemetry import TracingInterceptor
 from temporalio.exceptions import WorkflowAlreadyStartedError
 from temporalio.service import RPCError, RPCStatusCode
 from temporalio.worker import Worker
@@ -24,6 +23,7 @@ from temporalio.worker import Worker
 from gateway.core.caller import time_left
 from gateway.core.errors import FailedPrecondition, InvalidArgument, Unavailable
 from gateway.orchestration.activities import IncidentActivities
+from gateway.orchestration.tracing import client_interceptors, worker_interceptors
 from gateway.settings import Settings
 from workflows import IncidentWorkflow, RetentionWorkflow
 from workflows.contracts import (
@@ -49,7 +49,7 @@ async def connect(settings: Settings) -> Client:
         settings.effective_temporal_address,
         namespace=settings.temporal_namespace,
         tls=tls,
-        interceptors=[TracingInterceptor()],
+        interceptors=client_interceptors(),
     )
 
 
@@ -208,6 +208,11 @@ def _closed_or_unavailable(exc: RPCError) -> Exception:
     )
 
 
+#: The worker's settings, shared with the incident benchmark's bare worker (so that
+#: the anchor runs under the same ones): the SDK's defaults.
+WORKER_OPTIONS: dict[str, Any] = {}
+
+
 def create_worker(
     client: Client, task_queue: str, activities: IncidentActivities, **kwargs: object
 ) -> Worker:
@@ -217,5 +222,6 @@ def create_worker(
         task_queue=task_queue,
         workflows=workflows,
         activities=activities.all(),
-        **kwargs,  # type: ignore[arg-type]
+        interceptors=worker_interceptors(),
+        **{**WORKER_OPTIONS, **kwargs},
     )

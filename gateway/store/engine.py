@@ -18,21 +18,21 @@ import threading
 import time
 from collections.abc import AsyncIterator, Callable, Iterator, Mapping, Sequence
 from contextlib import asynccontextmanager, contextmanager
-from dataclasses import dataclass
 from typing import Any, Concatenate, ParamSpec, TypeVar
 
 import asyncpg
-from sqlalchemy import ClauseElement, Connection, Dialect, Engine, create_engine, event
+from sqlalchemy import ClauseElement, Connection, Engine, create_engine, event
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import DBAPIError, OperationalError
 from sqlalchemy.exc import TimeoutError as PoolTimeout
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
-from sqlalchemy.sql.compiler import SQLCompiler
 from sqlalchemy.util import await_only, greenlet_spawn
 
 from gateway.core.errors import Unavailable
+from gateway.store.changes import Changes
 from gateway.store.inline_sqlite import DRIVER as INLINE_DRIVER
 from gateway.store.localids import LocalIdIndex, NoLocalIdIndex
+from gateway.store.statements import driver_statement
 
 log = logging.getLogger(__name__)
 
@@ -100,39 +100,6 @@ class WalCheckpointer:
         self._thread.join()
 
 
-@dataclass(frozen=True, slots=True)
-class DriverStatement:
-    """A statement compiled once for a dialect, to run on the driver with positional
-    parameters; its rows come back as the driver returns them (no type processing)."""
-
-    sql: str
-    names: tuple[str, ...]
-    defaults: dict[str, Any]
-
-    def parameters(self, params: Mapping[str, object]) -> tuple[object, ...]:
-        return tuple(params[n] if n in params else self.defaults[n] for n in self.names)
-
-    def rows(self, conn: Connection, params: Mapping[str, object]) -> list[tuple[Any, ...]]:
-        """Run on ``conn`` (inside `Store.run_read`/`run_write`)."""
-        return [tuple(r) for r in conn.exec_driver_sql(self.sql, self.parameters(params))]
-
-
-_driver_statements: dict[tuple[ClauseElement, str], DriverStatement] = {}
-
-
-def driver_statement(statement: ClauseElement, dialect: Dialect) -> DriverStatement:
-    key = (statement, dialect.name)
-    found = _driver_statements.get(key)
-    if found is None:
-        compiled = statement.compile(dialect=dialect)
-        assert isinstance(compiled, SQLCompiler)
-        assert compiled.positiontup is not None, "a positional paramstyle is expected"
-        found = _driver_statements[key] = DriverStatement(
-            compiled.string, tuple(compiled.positiontup), dict(compiled.params)
-        )
-    return found
-
-
 #: Attempts of `Store.truncate_wal` (about 2.5 s of backing off in all).
 _TRUNCATE_ATTEMPTS = 8
 
@@ -157,6 +124,10 @@ class Store:
         self._driver_pool: asyncpg.Pool | None = None
         self._driver_pool_size = driver_pool_size
         self._driver_pool_opening = asyncio.Lock()
+        #: PostgreSQL: the database for asyncpg itself (`fetch_alone`, change notifications).
+        dsn = engine.url.set(drivername="postgresql").render_as_string(hide_password=False)
+        self._dsn = None if self.is_sqlite else dsn
+        self.changes = Changes(self._dsn)  # what commits here (on PostgreSQL: anywhere)
         #: The keyed hash of partners' local customer ids (set from the gateway's
         #: identifier key when the runtime opens; none on a bare store).
         self.local_ids: LocalIdIndex = NoLocalIdIndex()
@@ -203,8 +174,11 @@ class Store:
                     conn = await conn.execution_options(**{_WRITER: True})
                     if self.is_sqlite:
                         await conn.run_sync(_begin_sqlite_writer)
-                async with conn.begin():
-                    yield conn
+                with self.changes.collecting(conn, writer) as changed:
+                    async with conn.begin():
+                        yield conn
+                        await self.changes.publish(conn, changed)
+                self.changes.deliver(changed)  # committed
 
     async def run_read(
         self, fn: Callable[Concatenate[Connection, P], T], *args: P.args, **kwargs: P.kwargs
@@ -278,9 +252,8 @@ class Store:
                     """`fetch_alone` leaves no session state behind: nothing to reset
                     (asyncpg's default reset is a round trip at every release)."""
 
-                url = self.engine.url.set(drivername="postgresql")
                 self._driver_pool = await asyncpg.create_pool(
-                    url.render_as_string(hide_password=False),
+                    self._dsn,
                     min_size=0,
                     max_size=self._driver_pool_size,
                     reset=keep_as_is,
@@ -329,8 +302,11 @@ class Store:
                 conn = conn.execution_options(**{_WRITER: True})
                 if self.is_sqlite:
                     _begin_sqlite_writer(conn)
-            with conn.begin():
-                return fn(conn, *args, **kwargs)
+            with self.changes.collecting(conn, writer) as changed, conn.begin():
+                result = fn(conn, *args, **kwargs)
+                self.changes.publish_sync(conn, changed)
+            self.changes.deliver(changed)  # committed (on the loop's thread)
+            return result
 
     @asynccontextmanager
     async def _connection(self) -> AsyncIterator[AsyncConnection]:
@@ -376,6 +352,7 @@ class Store:
         return False
 
     async def close(self) -> None:
+        await self.changes.close()
         if self._hot is not None:
             self._hot.close()
             self._hot = None

@@ -14,13 +14,13 @@ key is gone by then): acknowledging it empties it and is audited.
 
 from __future__ import annotations
 
-import asyncio
 import datetime as dt
 from collections.abc import AsyncIterator, Sequence
 from typing import Any, NamedTuple
 
 from coopgate.v1 import work_pb2
-from sqlalchemy import Row, bindparam, insert, select, update
+from opentelemetry.trace import SpanKind
+from sqlalchemy import Row, bindparam, func, insert, select, update
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from gateway.audit.log import AuditLog, AuditRecord
@@ -29,13 +29,17 @@ from gateway.core.errors import InvalidArgument
 from gateway.crypto.sealing import Sealer
 from gateway.identity.erasure import NOTICE_PREFIX
 from gateway.store import Store
+from gateway.store.changes import SAFETY_SECONDS, WORK, Subscription, announce
 from gateway.store.idempotency import run_once
 from gateway.store.schema import case_keys, work_items
+from gateway.telemetry import inject_into, tracer, tracing_on
+from gateway.telemetry.spans import CASE_ID, PARTNER
 
-POLL_SECONDS = 0.2
 DEFAULT_IN_FLIGHT = 32
 MAX_IN_FLIGHT = 1000
 MAX_ACK_BATCH = 1000
+
+_tracer = tracer(__name__)
 
 
 #: A row when the case's key was destroyed (erased, or past its retention period).
@@ -78,6 +82,14 @@ class PartnerWork:
         if not 0 < in_flight <= MAX_IN_FLIGHT:
             raise InvalidArgument.field("max_in_flight", f"must be in 1..{MAX_IN_FLIGHT}")
         sent: set[str] = set()
+        # Subscribed before the first read: work committed while it reads wakes it at once.
+        with self.store.changes.subscribe(WORK, caller.partner_id) as changes:
+            async for response in self._deliver(caller, in_flight, sent, changes):
+                yield response
+
+    async def _deliver(
+        self, caller: Caller, in_flight: int, sent: set[str], changes: Subscription
+    ) -> AsyncIterator[work_pb2.SubscribeResponse]:
         while True:
             # An idle poll only reads: a write transaction (on SQLite, the one
             # writer lock) is taken only when there is something to deliver.
@@ -116,7 +128,19 @@ class PartnerWork:
                 sent.add(row.work_id)
                 yield work_pb2.SubscribeResponse(item=item)
             if not fresh:
-                await asyncio.sleep(POLL_SECONDS)
+                # Woken by new work or an acknowledgement that opens the window; read
+                # again after SAFETY_SECONDS regardless (a notification may be lost).
+                await changes.wait(SAFETY_SECONDS)
+
+    async def waiting(self) -> dict[str, int]:
+        """Items not yet acknowledged, per partner (the ``coopgate.work.waiting`` gauge)."""
+        async with self.store.read() as conn:
+            rows = await conn.execute(
+                select(work_items.c.partner_id, func.count())
+                .where(work_items.c.acked_at.is_(None))
+                .group_by(work_items.c.partner_id)
+            )
+            return {partner: count for partner, count in rows}
 
     async def acknowledge(
         self, caller: Caller, request: work_pb2.AcknowledgeRequest
@@ -139,6 +163,7 @@ class PartnerWork:
                 )
                 .values(acked_at=dt.datetime.now(dt.UTC))
             )
+            announce(conn, WORK, caller.partner_id)  # the in-flight window opens
             return work_pb2.AcknowledgeResponse(acknowledged=result.rowcount + erased)
 
         response, _ = await run_once(
@@ -216,6 +241,15 @@ async def enqueue(
     now = dt.datetime.now(dt.UTC)
     item.work_id = work_id
     item.created_at.FromDatetime(now)
+    # The item's own span (what it asks of the partner); the partner's answer to it is
+    # its child, through the item's traceparent.
+    if tracing_on():
+        with _tracer.start_as_current_span(
+            f"work {payload}",
+            kind=SpanKind.PRODUCER,
+            attributes={CASE_ID: case_id or "", PARTNER: partner_id},
+        ):
+            inject_into(item)
     stored = item.SerializeToString(deterministic=True)
     subject_id = None
     if sealed_for is not None:
@@ -232,4 +266,5 @@ async def enqueue(
             subject_id=subject_id,
         )
     )
+    announce(conn, WORK, partner_id)
     return True

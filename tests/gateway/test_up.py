@@ -10,9 +10,12 @@ import signal
 import socket
 import subprocess
 import sys
+import urllib.error
+import urllib.request
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import grpc
 import pytest
@@ -92,6 +95,16 @@ def processes_using(marker: str) -> list[int]:
     return pids
 
 
+async def wait_for_page(url: str, timeout: float = 60) -> Any:
+    """The page once its server answers (it starts after the gateway serves)."""
+    async with asyncio.timeout(timeout):
+        while True:
+            try:
+                return await asyncio.to_thread(urllib.request.urlopen, url, timeout=10)
+            except urllib.error.URLError:
+                await asyncio.sleep(0.2)
+
+
 async def wait_serving(target: str, creds: PartnerCredentials, timeout: float = 60) -> None:
     async with asyncio.timeout(timeout):
         while True:
@@ -127,6 +140,7 @@ async def up(tmp_path: Path) -> AsyncIterator[UpProcess]:
         COOPGATE_LISTEN=f"127.0.0.1:{gateway_port}",
         COOPGATE_TEMPORAL_DEV_PORT=str(temporal_port),
         COOPGATE_TEMPORAL_DEV_UI_PORT=str(ui_port),
+        COOPGATE_CONSOLE_LISTEN=f"127.0.0.1:{free_port()}",
         COOPGATE_LOG_LEVEL="WARNING",
         COOPGATE_REFERENCE_PARTNERS="false",  # the bare stack; test_up_runs_the_whole_system
     )
@@ -273,6 +287,13 @@ async def test_up_runs_the_whole_system_with_the_reference_partners(up: UpProces
         }
         assert "bank-a" in findings  # answered by the bank's backend itself
         assert len(reference_partners(up.data_dir)) == 8
+        # The bank's web console serves, and its first sign-ins were written for the banner.
+        console = f"http://{up.env['COOPGATE_CONSOLE_LISTEN']}"
+        page = await wait_for_page(f"{console}/sign-in")
+        assert page.status == 200
+        assert "script-src 'self'" in page.headers["content-security-policy"]
+        sign_ins = (up.data_dir / "console" / "sign-in.txt").read_text()
+        assert sign_ins.startswith("advisor / ")
         # The CLI finds its default certificate with no flag but the data dir's setting.
         (up.data_dir.parent / "cwd").mkdir()
         shown = subprocess.run(
@@ -292,6 +313,9 @@ async def test_up_runs_the_whole_system_with_the_reference_partners(up: UpProces
     assert code == 0, output
     assert "reference partner" in output
     assert "case open --as bank-a" in output
+    assert "console (bank-a)" in output
+    assert f"{console}/" in output
+    assert sign_ins.splitlines()[0] in output
     assert processes_using(str(up.data_dir)) == []
     assert "stopped    telco-a" in (up.data_dir / "partners" / "telco-a.log").read_text()
 

@@ -326,10 +326,19 @@ class WorkItem(_message.Message):
     CONSENT_PROMPT_FIELD_NUMBER: _builtins.int
     CASE_NOTICE_FIELD_NUMBER: _builtins.int
     ERASURE_NOTICE_FIELD_NUMBER: _builtins.int
+    TRACEPARENT_FIELD_NUMBER: _builtins.int
+    TRACESTATE_FIELD_NUMBER: _builtins.int
     work_id: _builtins.str
     """Acknowledge with this id."""
     redeliveries: _builtins.int
     """How many times this item was delivered before."""
+    traceparent: _builtins.str
+    """W3C Trace Context (https://www.w3.org/TR/trace-context/) of the incident's step that
+    made this item: a partner that continues it when acting on the item (its calls
+    carrying it as `traceparent` metadata) joins the incident's one trace. Empty when
+    the gateway does not trace.
+    """
+    tracestate: _builtins.str
     @_builtins.property
     def created_at(self) -> _timestamp_pb2.Timestamp: ...
     @_builtins.property
@@ -356,10 +365,12 @@ class WorkItem(_message.Message):
         consent_prompt: Global___ConsentPrompt | None = ...,
         case_notice: Global___CaseNotice | None = ...,
         erasure_notice: Global___ErasureNotice | None = ...,
+        traceparent: _builtins.str = ...,
+        tracestate: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["case_notice", b"case_notice", "consent_prompt", b"consent_prompt", "created_at", b"created_at", "customer_notification", b"customer_notification", "diagnosis_request", b"diagnosis_request", "erasure_notice", b"erasure_notice", "ownership_offer", b"ownership_offer", "payload", b"payload"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["case_notice", b"case_notice", "consent_prompt", b"consent_prompt", "created_at", b"created_at", "customer_notification", b"customer_notification", "diagnosis_request", b"diagnosis_request", "erasure_notice", b"erasure_notice", "ownership_offer", b"ownership_offer", "payload", b"payload", "redeliveries", b"redeliveries", "work_id", b"work_id"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["case_notice", b"case_notice", "consent_prompt", b"consent_prompt", "created_at", b"created_at", "customer_notification", b"customer_notification", "diagnosis_request", b"diagnosis_request", "erasure_notice", b"erasure_notice", "ownership_offer", b"ownership_offer", "payload", b"payload", "redeliveries", b"redeliveries", "traceparent", b"traceparent", "tracestate", b"tracestate", "work_id", b"work_id"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     _WhichOneofReturnType_payload: _TypeAlias = _typing.Literal["diagnosis_request", "ownership_offer", "customer_notification", "consent_prompt", "case_notice", "erasure_notice"]  # noqa: Y015
     _WhichOneofArgType_payload: _TypeAlias = _typing.Literal["payload", b"payload"]  # noqa: Y015

@@ -45,7 +45,6 @@ from gateway.cases.view import _VIEW_CASE, CaseViews, ServedView
 from gateway.core.caller import Caller, Role
 from gateway.core.errors import Unavailable
 from gateway.store import Store, create_store, migrate
-from gateway.store.engine import driver_statement
 from gateway.store.migrate import current_revision, downgrade
 from gateway.store.schema import (
     case_participants,
@@ -57,6 +56,7 @@ from gateway.store.schema import (
     sharing_agreements,
     subjects,
 )
+from gateway.store.statements import driver_statement
 from tests.conftest import Api, Stack
 from tests.gateway.cases.test_case_view import open_case, own_service, say, summaries
 from tests.helpers import error_info

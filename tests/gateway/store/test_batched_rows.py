@@ -68,14 +68,28 @@ async def test_callers_that_come_together_share_reads_and_each_gets_its_own_rows
     assert batched.reads < 10
 
 
+async def _until_a_slow_read_runs(store: Store) -> None:
+    """Until a read of this test's database is inside its ``pg_sleep``: its statement
+    has started, so its snapshot is taken (counting the batcher's reads is not enough:
+    on a loaded machine the statement may not have reached the server yet)."""
+    running = text(
+        "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database()"
+        " AND state = 'active' AND query LIKE '%pg_sleep%' AND pid <> pg_backend_pid()"
+    )
+    for _ in range(500):
+        async with store.read() as conn:
+            if (await conn.execute(running)).scalar():
+                return
+        await asyncio.sleep(0.005)
+    raise AssertionError("the slow read never started")
+
+
 async def test_a_caller_is_never_answered_by_a_read_that_started_before_it_asked(
     store: Store,
 ) -> None:
     batched = BatchedRows(store, ONE.where(SLOW), MANY.where(SLOW), "k", 0)
     early = asyncio.create_task(batched.rows("a"))
-    while batched.reads == 0:  # the early read has taken its snapshot and sleeps
-        await asyncio.sleep(0.01)
-    await asyncio.sleep(0.05)
+    await _until_a_slow_read_runs(store)  # the early read has taken its snapshot and sleeps
     async with store.write() as conn:
         await conn.execute(probe.insert(), [{"k": "a", "n": 3}])
     late = await batched.rows("a")

@@ -1,0 +1,272 @@
+"""What tracing costs: the case view's throughput and an incident's latency with tracing
+off and on (every trace sampled, spans and metrics to the embedded store, as `coopgate up`
+keeps them), side by side in one run.
+
+Two stacks in this process, one built with telemetry off (no OpenTelemetry or Temporal
+tracing interceptor, no per-call measure) and one with it on, over one Temporal dev
+server; their rounds alternate, so the machine's noise falls on both. The process's
+switches (`set_tracing`) follow the round: off means what `OTEL_SDK_DISABLED=true` gives.
+
+- view: `tests.benchmarks.case_view`'s load generator (a child process) on a case of 200
+  items, at 1 and 16 concurrent callers;
+- incident: OpenCase until the owner's AcceptOwnership returned, the four partners
+  answering their diagnosis requests at once through the SDK (work streams, findings,
+  the workflow's decision, the offer), incidents one after another.
+
+    python -m tests.benchmarks.tracing [--seconds 4] [--rounds 3] [--incidents 6]
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import json
+import os
+import statistics
+import sys
+import tempfile
+import time
+import uuid
+from collections.abc import AsyncIterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from temporalio.client import Client
+from temporalio.testing import WorkflowEnvironment
+
+from gateway.core.caller import Role
+from gateway.orchestration.temporal import create_worker
+from gateway.orchestration.tracing import client_interceptors
+from gateway.settings import Settings
+from gateway.stack import (
+    DEV_SERVER_TUNING,
+    Pki,
+    Runtime,
+    ensure_pki,
+    freeze_heap,
+    open_runtime,
+    start_gateway,
+)
+from gateway.telemetry import configure, set_tracing
+from partners import (
+    Channel,
+    DiagnosisRequest,
+    FindingStatus,
+    OwnershipOffer,
+    PartnerClient,
+    PartnerCredentials,
+    WorkItem,
+)
+from tests.benchmarks.case_view import run_child, seed_case
+
+NFC = {
+    "sim-secure-element": "telco-a",
+    "card-token": "bank-a",
+    "payment-terminal": "acquirer-a",
+    "nfc-stack": "handset-a",
+}
+
+
+@dataclass
+class Side:
+    """One stack: its gateway's address, its seeded case, its incidents' clocks."""
+
+    name: str
+    runtime: Runtime
+    target: str
+    case_id: str = ""
+    owned: dict[str, asyncio.Event] = field(default_factory=dict)
+    clients: list[PartnerClient] = field(default_factory=list)
+
+
+def switch(on: bool) -> None:
+    set_tracing(on, metrics=on)
+
+
+@contextlib.asynccontextmanager
+async def side(
+    name: str, on: bool, env: WorkflowEnvironment, pki: Pki, workdir: Path
+) -> AsyncIterator[tuple[Side, Client, Settings]]:
+    """A stack built with telemetry ``on`` or off (interceptors are chosen when built)."""
+    switch(on)
+    client = await Client.connect(
+        env.client.service_client.config.target_host,
+        namespace=env.client.namespace,
+        interceptors=client_interceptors(),
+    )
+    data_dir = workdir / name
+    data_dir.mkdir()
+    settings = Settings(
+        data_dir=data_dir,
+        listen="127.0.0.1:0",
+        database_url=f"sqlite:///{data_dir / 'coopgate.db'}",
+        task_queue=f"bench-{name}-{uuid.uuid4().hex[:8]}",
+        checkpoint_interval_seconds=0,
+    )
+    async with open_runtime(settings, client=client, seed=True) as runtime:
+        case_id, _ = await seed_case(runtime, "nfc-payment")
+        gateway = await start_gateway(runtime, pki)
+        try:
+            yield Side(name, runtime, f"127.0.0.1:{gateway.port}", case_id), client, settings
+        finally:
+            await gateway.stop(0)
+
+
+def credentials(pki: Pki, out: Path, partner: str, role: Role) -> PartnerCredentials:
+    files = pki.ca.issue_client(out, partner, role)
+    return PartnerCredentials(cert=files.cert, key=files.key, ca=files.ca)
+
+
+async def partners_answering(one: Side, pki: Pki, out: Path) -> contextlib.AsyncExitStack:
+    """Each partner of the NFC chain answers its diagnosis requests at once (the SIM is
+    faulty); the bank accepts ownership, which ends the incident's clock."""
+    stack = contextlib.AsyncExitStack()
+    for partner in sorted(set(NFC.values())):
+        client = PartnerClient(one.target, credentials(pki, out, partner, Role.PARTNER))
+        one.clients.append(client)
+
+        async def handle(item: WorkItem, client: PartnerClient = client) -> None:
+            work = item.payload
+            if isinstance(work, DiagnosisRequest):
+                faulty = work.component == "sim-secure-element"
+                await client.submit_finding(
+                    work.case_id,
+                    request_id=work.request_id,
+                    component=work.component,
+                    status=FindingStatus.FAULTY if faulty else FindingStatus.OK,
+                    confidence=0.9 if faulty else 0.95,
+                    fault_code="SE_LOCKED" if faulty else "",
+                    idempotency_key=f"f-{work.request_id}",
+                )
+            elif isinstance(work, OwnershipOffer):
+                await client.accept_ownership(
+                    work.case_id, work.offer_id, idempotency_key=f"a-{work.offer_id}"
+                )
+                one.owned.setdefault(work.case_id, asyncio.Event()).set()
+
+        await stack.enter_async_context(client.subscribe(handle))
+    return stack
+
+
+async def incident(one: Side, advisor: PartnerClient) -> float:
+    started = time.perf_counter()
+    opened = await advisor.open_case(
+        service_id="nfc-payment",
+        customer_local_id=f"bench-{uuid.uuid4().hex[:8]}",
+        channel=Channel.PHONE,
+        summary="cannot pay by phone",
+    )
+    owned = one.owned.setdefault(opened.case_id, asyncio.Event())
+    await asyncio.wait_for(owned.wait(), 60)
+    return time.perf_counter() - started
+
+
+def _pct(on: float, off: float) -> str:
+    return f"{(on / off - 1):+.1%}"
+
+
+async def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--seconds", type=float, default=4)
+    parser.add_argument("--warmup", type=float, default=0.5)
+    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--incidents", type=int, default=6, help="per side and round")
+    args = parser.parse_args()
+    os.environ.setdefault("OTEL_TRACES_SAMPLER", "always_on")
+
+    with tempfile.TemporaryDirectory() as tmp:
+        workdir = Path(tmp)
+        env = await WorkflowEnvironment.start_local(
+            dev_server_existing_path=str(Path(sys.executable).parent / "temporal"),
+            dev_server_extra_args=list(DEV_SERVER_TUNING),
+        )
+        telemetry = configure(Settings(data_dir=workdir))  # the embedded store, as `up`
+        pki = ensure_pki(Settings(data_dir=workdir))
+        out = workdir / "clients"
+        files = pki.ca.issue_client(out, "bank-a", Role.ADVISOR)
+        tls = ["--cert", str(files.cert), "--key", str(files.key), "--ca", str(files.ca)]
+        async with (
+            side("off", False, env, pki, workdir) as (off, off_client, off_settings),
+            side("on", True, env, pki, workdir) as (on, on_client, on_settings),
+        ):
+            sides = (off, on)
+            freeze_heap()  # as `coopgate up` does once serving
+            print(
+                "tracing off vs on (100% sampled, spans and metrics to the embedded store); "
+                "shared machine: ratios within one run only"
+            )
+            for concurrency in (1, 16):
+                rps: dict[str, list[float]] = {"off": [], "on": []}
+                cpu: dict[str, list[float]] = {"off": [], "on": []}
+                for _ in range(args.rounds):
+                    for one in sides:
+                        switch(one.name == "on")
+                        cpu_before = time.process_time()
+                        line = await run_child(
+                            [
+                                "--client", "load", "--method", "view", "--target", one.target,
+                                "--case-id", one.case_id, "--concurrency", str(concurrency),
+                                "--seconds", str(args.seconds), "--warmup", str(args.warmup),
+                                *tls,
+                            ]
+                        )  # fmt: skip
+                        calls = json.loads(line)["rps"] * args.seconds
+                        rps[one.name].append(calls / args.seconds)
+                        # This process's CPU per call (the gateway's work; warm-up calls
+                        # count in both sides alike): steadier than rps on a shared machine.
+                        cpu[one.name].append((time.process_time() - cpu_before) / calls * 1e6)
+                median = {k: statistics.median(v) for k, v in rps.items()}
+                per_call = {k: statistics.median(v) for k, v in cpu.items()}
+                print(
+                    f"  view, {concurrency:>2} callers: off {median['off']:5.0f} rps "
+                    f"{per_call['off']:5.0f} µs CPU/call | on {median['on']:5.0f} rps "
+                    f"{per_call['on']:5.0f} µs CPU/call | on vs off: throughput "
+                    f"{_pct(median['on'], median['off'])}, CPU/call "
+                    f"{_pct(per_call['on'], per_call['off'])}\n"
+                    f"      rounds rps off {[round(r) for r in rps['off']]} "
+                    f"on {[round(r) for r in rps['on']]}"
+                )
+
+            latencies: dict[str, list[float]] = {"off": [], "on": []}
+            workers = contextlib.AsyncExitStack()
+            for one, client, settings in (
+                (off, off_client, off_settings),
+                (on, on_client, on_settings),
+            ):
+                switch(one.name == "on")
+                worker = create_worker(client, settings.task_queue, one.runtime.activities)
+                await workers.enter_async_context(worker)
+                await workers.enter_async_context(await partners_answering(one, pki, out))
+            advisors = {
+                one.name: PartnerClient(
+                    one.target, credentials(pki, out, "bank-a", Role.ADVISOR), person="bench"
+                )
+                for one in sides
+            }
+            for one in sides:  # a first incident each, not counted (connections, caches)
+                switch(one.name == "on")
+                await incident(one, advisors[one.name])
+            for _ in range(args.rounds):
+                for one in sides:
+                    switch(one.name == "on")
+                    for _ in range(args.incidents):
+                        latencies[one.name].append(await incident(one, advisors[one.name]))
+            await workers.aclose()
+            for advisor in advisors.values():
+                await advisor.close()
+            for one in sides:
+                for partner in one.clients:
+                    await partner.close()
+            median = {k: statistics.median(v) * 1000 for k, v in latencies.items()}
+            print(
+                f"  incident, OpenCase to owner accepted: off {median['off']:6.0f} ms | "
+                f"on {median['on']:6.0f} ms | on vs off {_pct(median['on'], median['off'])} "
+                f"(n={len(latencies['on'])} each)"
+            )
+        telemetry.shutdown()
+        await env.shutdown()
+
+
+if __name__ == "__main__":
+    asyncio.run(main())

@@ -1,0 +1,67 @@
+"""Configuration by the standard OTEL_* variables, and log lines with trace ids. No
+provider is installed here (`configure` is the session fixture's, once): these check
+what it decides from the environment."""
+
+from __future__ import annotations
+
+import json
+import logging
+
+import pytest
+from opentelemetry import trace
+
+from gateway.settings import Settings
+from gateway.telemetry import TelemetryError, configure, tracing_on
+from gateway.telemetry.logs import JsonFormatter, TraceContextFilter
+from gateway.telemetry.setup import _load, _names, _resource
+from tests.gateway.telemetry.conftest import Memory
+
+
+def test_exporters_follow_otel_variables(monkeypatch: pytest.MonkeyPatch) -> None:
+    for name in ("OTEL_TRACES_EXPORTER", "OTEL_EXPORTER_OTLP_ENDPOINT"):
+        monkeypatch.delenv(name, raising=False)
+    assert _names("traces") == []  # no collector named: nothing exported, nothing retried
+    monkeypatch.setenv("OTEL_EXPORTER_OTLP_ENDPOINT", "http://collector:4317")
+    assert _names("traces") == ["otlp"]
+    assert _load("otlp", "traces").__module__.startswith("opentelemetry.exporter.otlp.proto.grpc")
+    monkeypatch.setenv("OTEL_EXPORTER_OTLP_PROTOCOL", "http/protobuf")
+    assert _load("otlp", "traces").__module__.startswith("opentelemetry.exporter.otlp.proto.http")
+    monkeypatch.setenv("OTEL_TRACES_EXPORTER", "console, otlp")
+    assert _names("traces") == ["console", "otlp"]
+    monkeypatch.setenv("OTEL_TRACES_EXPORTER", "none")
+    assert _names("traces") == []
+    monkeypatch.setenv("OTEL_METRICS_EXPORTER", "prometheus")
+    assert _load("prometheus", "metrics").__name__.endswith("PrometheusMetricReader")
+    with pytest.raises(TelemetryError, match="'zipkin', not installed"):
+        _load("zipkin", "traces")
+
+
+def test_service_name_from_otel_service_name(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("OTEL_SERVICE_NAME", raising=False)
+    monkeypatch.delenv("OTEL_RESOURCE_ATTRIBUTES", raising=False)
+    assert _resource().attributes["service.name"] == "coopgate-gateway"
+    monkeypatch.setenv("OTEL_SERVICE_NAME", "gateway-eu-1")
+    assert _resource().attributes["service.name"] == "gateway-eu-1"
+
+
+def test_sdk_disabled_sets_up_nothing(monkeypatch: pytest.MonkeyPatch, memory: Memory) -> None:
+    monkeypatch.setenv("OTEL_SDK_DISABLED", "true")
+    telemetry = configure(Settings(data_dir=memory.data_dir))
+    assert telemetry.tracer_provider is None
+    assert telemetry.meter_provider is None
+    assert not tracing_on()
+
+
+def test_log_lines_name_their_trace_and_span(memory: Memory) -> None:
+    record = logging.LogRecord("gateway.x", logging.INFO, __file__, 1, "case %s", ("c1",), None)
+    formatter, stamp = JsonFormatter(), TraceContextFilter()
+    with trace.get_tracer("test").start_as_current_span("step") as span:
+        stamp.filter(record)
+    line = json.loads(formatter.format(record))
+    context = span.get_span_context()
+    assert line["trace_id"] == trace.format_trace_id(context.trace_id)
+    assert line["span_id"] == trace.format_span_id(context.span_id)
+    assert (line["level"], line["logger"], line["message"]) == ("INFO", "gateway.x", "case c1")
+    outside = logging.LogRecord("gateway.x", logging.INFO, __file__, 1, "idle", (), None)
+    stamp.filter(outside)
+    assert json.loads(formatter.format(outside))["trace_id"] == "-"

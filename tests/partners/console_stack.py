@@ -1,0 +1,81 @@
+"""A partner's web console served in-process (uvicorn on a free port, on the test's
+event loop) against the real test stack, and Debian's Chromium driven by Playwright."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import socket
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import uvicorn
+from playwright.async_api import Browser, async_playwright
+
+from gateway.core.caller import Role
+from partners.console import Accounts, ConsoleSettings, create_app
+from partners.scenarios import Stage
+
+CHROMIUM = Path(os.environ.get("COOPGATE_CHROMIUM", "/usr/bin/chromium"))
+CHROMIUM_ARGS = [
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+    "--no-first-run",
+]
+ROOT = Path(__file__).resolve().parents[2]
+ARTIFACTS = Path(os.environ.get("COOPGATE_TEST_ARTIFACTS", ROOT / "test-artifacts")) / "console"
+PEOPLE = {"lea": ("advisor", "lea-password-1"), "cora": ("compliance", "cora-password-1")}
+
+
+@contextlib.asynccontextmanager
+async def console_for(
+    stage: Stage, partner: str, tmp: Path, *, poll: float = 0.5
+) -> AsyncIterator[str]:
+    """The console of ``partner`` (its advisor, compliance and partner certificates);
+    yields its base URL."""
+    accounts = tmp / "accounts.toml"
+    Accounts.write(accounts, PEOPLE)
+    settings = ConsoleSettings(
+        partner_id=partner,
+        target=stage.target,
+        advisor=stage.credentials(partner, Role.ADVISOR),
+        compliance=stage.credentials(partner, Role.COMPLIANCE),
+        work=stage.credentials(partner, Role.PARTNER),
+        accounts=accounts,
+        consent_poll_seconds=poll,
+    )
+    sock = socket.socket()
+    sock.bind(("127.0.0.1", 0))
+    port = sock.getsockname()[1]
+    server = uvicorn.Server(
+        uvicorn.Config(create_app(settings), log_level="warning", lifespan="on")
+    )
+    task = asyncio.create_task(server.serve(sockets=[sock]))
+    try:
+        async with asyncio.timeout(10):
+            while not server.started:
+                await asyncio.sleep(0.02)
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        server.should_exit = True
+        await task
+        sock.close()
+
+
+@contextlib.asynccontextmanager
+async def chromium() -> AsyncIterator[Browser]:
+    if not CHROMIUM.exists():
+        raise RuntimeError(f"{CHROMIUM} is missing: `make setup` installs Debian's chromium")
+    async with async_playwright() as playwright:
+        browser = await playwright.chromium.launch(
+            executable_path=str(CHROMIUM), args=CHROMIUM_ARGS, headless=True
+        )
+        try:
+            yield browser
+        finally:
+            await browser.close()
