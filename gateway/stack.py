@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import datetime as dt
 import fcntl
 import gc
 import logging
@@ -59,6 +58,7 @@ from gateway.orchestration.devserver import (
     start_dev_server,
     stop_process,
 )
+from gateway.orchestration.retention import RetentionActivities
 from gateway.orchestration.temporal import TemporalIncidents, connect, create_worker
 from gateway.settings import Settings
 from gateway.store import Store, create_store, migrate
@@ -231,7 +231,6 @@ async def open_runtime(
     audit: AuditLog | None = None
     feed: CaseFeed | None = None
     checkpoints: asyncio.Task[None] | None = None
-    retention: asyncio.Task[None] | None = None
     try:
         store.local_ids = LocalIdIndex(keys.identifier)
         await _refuse_damaged(check_sqlite_file(store))
@@ -270,14 +269,13 @@ async def open_runtime(
                 checkpointer.run(settings.checkpoint_interval_seconds), name="audit-checkpoints"
             )
         erasure = Erasure(store, audit, sealer, incidents)
-        if settings.case_retention_days > 0 and settings.retention_sweep_seconds > 0:
-            retention = asyncio.create_task(
-                erasure.run_retention(
-                    dt.timedelta(days=settings.case_retention_days),
-                    settings.retention_sweep_seconds,
-                ),
-                name="case-retention",
-            )
+        retention = RetentionActivities(
+            erasure, settings.case_retention_days, settings.retention_sweep_seconds
+        )
+        if retention.enabled:
+            # Closed cases are shredded on Temporal's clock (`RetentionWorkflow`), the
+            # same run kept by every process of the stack.
+            await incidents.ensure_retention()
         yield Runtime(
             settings=settings,
             store=store,
@@ -287,20 +285,19 @@ async def open_runtime(
                 agreements=agreements,
                 cases=cases,
                 consents=consents,
-                work=PartnerWork(store, audit),
+                work=PartnerWork(store, audit, sealer),
                 identity=Identity(store, pseudonyms, identifier_hasher, audit, sealer),
                 erasure=erasure,
                 audit=Audit(store, checkpointer, pseudonyms, audit),
             ),
-            activities=IncidentActivities(store, cases, rules, audit, pseudonyms),
+            activities=IncidentActivities(store, cases, rules, audit, pseudonyms, retention),
             audit=audit,
         )
     finally:
-        for task in (checkpoints, retention):
-            if task is not None:
-                task.cancel()
-                with contextlib.suppress(asyncio.CancelledError):
-                    await task
+        if checkpoints is not None:
+            checkpoints.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await checkpoints
         if feed is not None:
             await feed.close()
         if audit is not None:

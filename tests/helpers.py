@@ -9,13 +9,17 @@ from pathlib import Path
 from typing import TYPE_CHECKING, cast
 
 import grpc
+from coopgate.v1 import work_pb2
 from google.rpc import error_details_pb2, status_pb2
 from grpc_health.v1 import health_pb2
 from grpc_status import rpc_status
+from sqlalchemy import ColumnElement, select
 
 from gateway.core.caller import Role
+from gateway.store.schema import work_items
 
 if TYPE_CHECKING:
+    from gateway.stack import Runtime
     from tests.conftest import Stack
 
 
@@ -79,3 +83,20 @@ def client_args(stack: Stack, partner: str, role: Role) -> list[str]:
         "--as", partner, "--role", role.value, "--target", stack.target,
         "--cert", str(creds.cert), "--key", str(creds.key), "--ca", str(creds.ca),
     ]  # fmt: skip
+
+
+async def queued_items(runtime: Runtime, where: ColumnElement[bool]) -> list[work_pb2.WorkItem]:
+    """The work items ``where`` selects, as the partner's stream would send them: the
+    sealed ones (naming a partner's id for a customer) opened, oldest first."""
+    sealer = runtime.domain.work.sealer
+    assert sealer is not None
+    async with runtime.store.read() as conn:
+        rows = (
+            await conn.execute(
+                select(work_items.c.work_id, work_items.c.item, work_items.c.subject_id)
+                .where(where)
+                .order_by(work_items.c.created_at, work_items.c.work_id)
+            )
+        ).all()
+        opened = [await sealer.open_item(conn, r.work_id, r.item, r.subject_id) for r in rows]
+    return [work_pb2.WorkItem.FromString(raw) for raw in opened if raw is not None]

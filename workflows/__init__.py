@@ -4,7 +4,8 @@ that ``gateway`` implements. Imports temporalio and the standard library only.
 """
 
 from workflows.incident import IncidentWorkflow
+from workflows.retention import RetentionWorkflow
 
 TASK_QUEUE = "coopgate-incidents"
 
-__all__ = ["TASK_QUEUE", "IncidentWorkflow"]
+__all__ = ["TASK_QUEUE", "IncidentWorkflow", "RetentionWorkflow"]

@@ -322,3 +322,25 @@ class Step:
 class StepsInput:
     case_id: str
     steps: tuple[Step, ...]
+
+
+# -- retention: the sweep that shreds closed cases on Temporal's clock ---------
+
+EXPIRE_CLOSED_CASES = "expire_closed_cases"
+
+
+@dataclass(slots=True, frozen=True)
+class ExpireInput:
+    #: The workflow's time (seconds since the epoch): cases closed longer than the
+    #: retention period before it are shredded.
+    now_s: float
+
+
+@dataclass(slots=True, frozen=True)
+class ExpireResult:
+    expired: int
+    #: How long until the next sweep at most (the gateway's setting); 0: retention is
+    #: off, the sweep ends.
+    sweep_s: float
+    #: When the next closed case is due (seconds since the epoch), if any.
+    next_due_s: float | None = None

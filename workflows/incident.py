@@ -302,8 +302,10 @@ class IncidentWorkflow(IncidentState):
         resolution = self._resolution
         await self._notify(
             "resolved",
-            # Runs recorded before PATCH_NOTICES_BY_REFERENCE (never on a patched run:
-            # their resolution is a reference, composed by the gateway).
+            # The text only for a run recorded before PATCH_NOTICES_BY_REFERENCE, whose
+            # gateway sent the resolution's text; a patched run sends the reference and
+            # the gateway composes the words (so does notify_customer for an old run
+            # sent a reference: it finds the case's latest resolution).
             f"Your problem is solved: {resolution.resolution} "
             "Tell us if it works again, or if it does not."
             if resolution.resolution

@@ -79,6 +79,7 @@ class ConsentRequests:
                     f"partner {relay!r} cannot reach this customer", reason="NO_CHANNEL_TO_CUSTOMER"
                 )
             now = _now()
+            sealer, subject = self.local_ids.sealer, str(case.subject_id)
             request_id = f"creq-{uuid.uuid4().hex}"
             prompt = work_pb2.ConsentPrompt(
                 consent_request_id=request_id,
@@ -99,7 +100,11 @@ class ConsentRequests:
                     requested_by_partner_id=caller.partner_id,
                     relayed_by_partner_id=relay,
                     state=consents_pb2.CONSENT_STATE_REQUESTED,
-                    prompt=prompt.SerializeToString(deterministic=True),
+                    # Kept sealed under the customer's subject key (it names the
+                    # relay's own id for them), which erasure destroys.
+                    prompt=await sealer.seal_item(
+                        conn, request_id, prompt.SerializeToString(deterministic=True), subject
+                    ),
                     created_at=now,
                 )
             )
@@ -110,9 +115,12 @@ class ConsentRequests:
                     work_id=item.work_id,
                     partner_id=relay,
                     created_at=now,
-                    item=item.SerializeToString(deterministic=True),
+                    item=await sealer.seal_item(
+                        conn, item.work_id, item.SerializeToString(deterministic=True), subject
+                    ),
                     deliveries=0,
                     case_id=case.case_id,
+                    subject_id=subject,
                 )
             )
             await self.audit.record_in(

@@ -48,6 +48,12 @@ class Erased(Exception):
     """The case's key was destroyed: its data can no longer be read."""
 
 
+#: The first byte of a work item kept sealed (`Sealer.seal_item`): under the subject's
+#: key, or under the master key. A serialized `WorkItem` never starts with either (its
+#: first byte is a field tag, and no field is numbered 0), so clear items stay readable.
+ITEM_UNDER_SUBJECT_KEY = b"\x00"
+ITEM_UNDER_MASTER_KEY = b"\x01"
+
 #: Unwrapped case keys kept, by wrapped bytes (see `Sealer.unwrap`).
 UNWRAPPED_CACHE = 4096
 
@@ -128,6 +134,38 @@ class Sealer:
             return self.open(key, base64.b64decode(sealed), aad).decode()
         except Erased:
             return ERASED_TEXT
+
+    # -- work items that name a partner's own id for the customer -------------------
+
+    async def seal_item(
+        self, conn: AsyncConnection, work_id: str, item: bytes, subject_id: str | None
+    ) -> bytes:
+        """A work item as kept until delivered: sealed under the subject's key (erasure
+        destroys it), or, for an erasure notice (``subject_id`` None: its subject's key is
+        already destroyed), under the master key; acknowledging the notice empties it."""
+        aad = f"work/{work_id}"
+        if subject_id is None:
+            nonce = os.urandom(NONCE)
+            return ITEM_UNDER_MASTER_KEY + nonce + self._master.encrypt(nonce, item, aad.encode())
+        key = await self.subject_key(conn, subject_id)
+        return ITEM_UNDER_SUBJECT_KEY + self.seal(key, item, aad)
+
+    async def open_item(
+        self, conn: AsyncConnection, work_id: str, stored: bytes, subject_id: str | None
+    ) -> bytes | None:
+        """The serialized work item (``stored`` as `seal_item` made it, or clear); None
+        when its subject's key was destroyed."""
+        aad = f"work/{work_id}"
+        kind, sealed = stored[:1], stored[1:]
+        if kind == ITEM_UNDER_MASTER_KEY:
+            return self._master.decrypt(sealed[:NONCE], sealed[NONCE:], aad.encode())
+        if kind == ITEM_UNDER_SUBJECT_KEY:
+            key = await self.subject_key(conn, subject_id) if subject_id else None
+            try:
+                return self.open(key, sealed, aad)
+            except Erased:
+                return None
+        return stored
 
     async def erase(self, conn: AsyncConnection, subject_id: str) -> list[str]:
         """Destroy the keys of every case of this subject; returns those cases."""

@@ -8,7 +8,6 @@ What each table keeps, and what this does to it: docs/PRIVACY.md
 
 from __future__ import annotations
 
-import asyncio
 import datetime as dt
 import logging
 import uuid
@@ -17,7 +16,7 @@ from collections.abc import Iterable, Sequence
 from typing import Protocol
 
 from coopgate.v1 import cases_pb2, identity_pb2, work_pb2
-from sqlalchemy import Row, delete, insert, select, tuple_, update
+from sqlalchemy import Row, delete, func, insert, select, tuple_, update
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from gateway.audit.log import AuditLog, AuditRecord
@@ -82,6 +81,7 @@ async def shred_cases(conn: AsyncConnection, sealer: Sealer, case_ids: list[str]
 
 async def send_notices(
     conn: AsyncConnection,
+    sealer: Sealer,
     subject: str,
     to_tell: Iterable[tuple[str, str, Sequence[str]]],
     reason: work_pb2.ErasureReason.ValueType,
@@ -89,7 +89,9 @@ async def send_notices(
     """An `ErasureNotice` (GDPR art. 19) on the work stream of each (partner, its own
     local id for the customer or "", the erased cases it took part in), at most
     `NOTICE_CASES` case ids a notice; returns (partner, work id, case ids) for each.
-    The notice names no case column, so shredding its cases leaves it in place."""
+    The notice names no case column, so shredding its cases leaves it in place; it is
+    kept sealed under the master key (it names the partner's id for a customer whose
+    subject key is destroyed) until acknowledged, which empties it."""
     now = _now()
     sent = []
     for partner_id, local_id, case_ids in sorted(to_tell):
@@ -111,7 +113,9 @@ async def send_notices(
                     work_id=work_id,
                     partner_id=partner_id,
                     created_at=now,
-                    item=item.SerializeToString(deterministic=True),
+                    item=await sealer.seal_item(
+                        conn, work_id, item.SerializeToString(deterministic=True), None
+                    ),
                     deliveries=0,
                     subject_id=subject,
                 )
@@ -230,7 +234,9 @@ class Erasure:
         linked = {partner for partner, _ in links}
         to_tell = [(p, local_id, sorted(taken_part[p])) for p, local_id in links]
         to_tell += [(p, "", sorted(cases)) for p, cases in taken_part.items() if p not in linked]
-        return await send_notices(conn, subject, to_tell, work_pb2.ERASURE_REASON_CUSTOMER_REQUEST)
+        return await send_notices(
+            conn, self.sealer, subject, to_tell, work_pb2.ERASURE_REASON_CUSTOMER_REQUEST
+        )
 
     @staticmethod
     async def _forget(conn: AsyncConnection, subject: str, links: list[tuple[str, str]]) -> None:
@@ -259,9 +265,25 @@ class Erasure:
             await conn.execute(delete(table).where(table.c.subject_id == subject))
         await Sealer.destroy_subject_key(conn, subject)
 
+    async def next_expiry(self, retention: dt.timedelta) -> dt.datetime | None:
+        """When the next closed case (not shredded yet) reaches the end of ``retention``."""
+        async with self.store.read() as conn:
+            closed: dt.datetime | None = (
+                await conn.execute(
+                    select(func.min(cases.c.updated_at))
+                    .join(case_keys, case_keys.c.case_id == cases.c.case_id)
+                    .where(
+                        cases.c.status == cases_pb2.CASE_STATUS_CLOSED,
+                        case_keys.c.wrapped_key.is_not(None),
+                    )
+                )
+            ).scalar()
+        return None if closed is None else closed + retention
+
     async def expire(self, retention: dt.timedelta, now: dt.datetime | None = None) -> int:
-        """Shred every case closed for longer than ``retention`` (storage limitation,
-        art. 5(1)(e)), audited like an erasure; returns how many."""
+        """Shred every case closed for longer than ``retention`` before ``now`` (the
+        retention workflow's time; the clock if not given) (storage limitation, art.
+        5(1)(e)), audited like an erasure; returns how many."""
         cutoff = (now or _now()) - retention
         total = 0
         while True:
@@ -309,9 +331,8 @@ class Erasure:
             await self._truncate_wal()
         return total
 
-    @staticmethod
     async def _notify_expired(
-        conn: AsyncConnection, rows: Sequence[Row[tuple[str, str]]]
+        self, conn: AsyncConnection, rows: Sequence[Row[tuple[str, str]]]
     ) -> dict[str, list[tuple[str, str, tuple[str, ...]]]]:
         """An erasure notice (retention expiry) to every partner that took part in these
         cases, naming its cases of each customer; the notices sent, by subject."""
@@ -330,24 +351,13 @@ class Erasure:
             sent.setdefault(subject, []).extend(
                 await send_notices(
                     conn,
+                    self.sealer,
                     subject,
                     [(partner_id, "", sorted(case_ids))],
                     work_pb2.ERASURE_REASON_RETENTION_EXPIRED,
                 )
             )
         return sent
-
-    async def run_retention(self, retention: dt.timedelta, interval: float) -> None:
-        """`expire` now and every ``interval`` seconds, until cancelled; a failed sweep is
-        logged and tried again at the next."""
-        while True:
-            try:
-                expired = await self.expire(retention)
-                if expired:
-                    log.info("retention: %d closed case(s) shredded", expired)
-            except Exception:
-                log.exception("retention sweep failed; trying again in %.0f s", interval)
-            await asyncio.sleep(interval)
 
     async def _truncate_wal(self) -> None:
         if not await self.store.truncate_wal():

@@ -55,7 +55,7 @@ class LocalIds:
         if existing is not None:
             return str(existing)
         subject_id = await self.new_subject(conn)
-        await self.link(conn, partner_id, local_id, subject_id)
+        await self.link(conn, partner_id, local_id, subject_id, local_hash=local_hash)
         return subject_id
 
     async def linked_subject(
@@ -87,14 +87,21 @@ class LocalIds:
         return subject_id
 
     async def link(
-        self, conn: AsyncConnection, partner_id: str, local_id: str, subject_id: str
+        self,
+        conn: AsyncConnection,
+        partner_id: str,
+        local_id: str,
+        subject_id: str,
+        *,
+        local_hash: bytes | None = None,
     ) -> None:
-        """Join the partner's local id to the subject: its hash, and the id sealed."""
+        """Join the partner's local id to the subject: its hash (``local_hash`` when the
+        caller computed it already), and the id sealed."""
         key = await self.sealer.subject_key(conn, subject_id)
         await conn.execute(
             insert(subject_links).values(
                 partner_id=partner_id,
-                local_hash=self.store.local_ids.digest(partner_id, local_id),
+                local_hash=local_hash or self.store.local_ids.digest(partner_id, local_id),
                 sealed_local_id=Sealer.seal(key, local_id.encode(), _aad(subject_id, partner_id)),
                 subject_id=subject_id,
                 linked_at=_now(),

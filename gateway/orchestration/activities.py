@@ -19,6 +19,7 @@ from gateway.orchestration.diagnosis import DiagnosisActivities
 from gateway.orchestration.followup import FollowUpActivities
 from gateway.orchestration.lifecycle import LifecycleActivities
 from gateway.orchestration.ownership import OwnershipActivities
+from gateway.orchestration.retention import RetentionActivities
 from gateway.orchestration.steps import StepActivities
 from gateway.store import Store
 from workflows.contracts import (
@@ -46,6 +47,7 @@ class IncidentActivities:
         rules: ConsentRules,
         audit: AuditLog,
         pseudonyms: Pseudonyms,
+        retention: RetentionActivities,
     ) -> None:
         self.lifecycle = LifecycleActivities(store, cases, audit)
         self.diagnosis = DiagnosisActivities(store, cases, rules, pseudonyms)
@@ -68,6 +70,7 @@ class IncidentActivities:
                 RECORD_KPIS: self.follow_up.record_kpis,
             },
         )
+        self.retention = retention
 
     def all(self) -> list[Callable[..., Any]]:
         return [
@@ -84,4 +87,5 @@ class IncidentActivities:
             self.follow_up.escalate,
             self.follow_up.record_kpis,
             self.steps.run_steps,
+            self.retention.expire_closed_cases,
         ]

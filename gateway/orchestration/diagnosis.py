@@ -74,6 +74,8 @@ class DiagnosisActivities:
                 f"{request.request_id}:diagnosis",
                 request.partner_id,
                 work_pb2.WorkItem(diagnosis_request=diagnosis),
+                # It may name the partner's id for the customer, and carry the summary.
+                sealed_for=(self._cases.reader.sealer, case.subject_id),
             )
 
     @activity.defn(name=RECORD_UNRESPONSIVE)

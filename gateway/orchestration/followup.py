@@ -114,6 +114,7 @@ class FollowUpActivities:
                     message=message,
                 )
             ),
+            sealed_for=(self._cases.reader.sealer, case.subject_id),
         )
 
     @activity.defn(name=ESCALATE)

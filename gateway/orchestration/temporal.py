@@ -26,7 +26,7 @@ from gateway.core.errors import FailedPrecondition, InvalidArgument, Unavailable
 from gateway.orchestration.activities import IncidentActivities
 from gateway.orchestration.tracing import client_interceptors, worker_interceptors
 from gateway.settings import Settings
-from workflows import IncidentWorkflow
+from workflows import IncidentWorkflow, RetentionWorkflow
 from workflows.contracts import (
     CaseErased,
     CustomerAnswer,
@@ -35,6 +35,7 @@ from workflows.contracts import (
     OwnershipAnswer,
     ResolveRequest,
 )
+from workflows.retention import RETENTION_WORKFLOW
 
 
 async def connect(settings: Settings) -> Client:
@@ -105,6 +106,24 @@ class TemporalIncidents:
                 "the workflow engine cannot be reached; retry with the same idempotency key",
                 reason="WORKFLOW_ENGINE_UNAVAILABLE",
             ) from exc
+
+    @property
+    def retention_workflow_id(self) -> str:
+        return f"retention-{self._task_queue}"
+
+    async def ensure_retention(self) -> None:
+        """Start the retention sweep (`RetentionWorkflow`) unless it runs already; a
+        workflow engine that cannot be reached is logged (the next start tries again)."""
+        try:
+            await self._client.start_workflow(
+                RETENTION_WORKFLOW,  # by name: the no-argument run confuses mypy's overloads
+                id=self.retention_workflow_id,
+                task_queue=self._task_queue,
+                id_reuse_policy=WorkflowIDReusePolicy.ALLOW_DUPLICATE,
+                id_conflict_policy=WorkflowIDConflictPolicy.USE_EXISTING,
+            )
+        except RPCError as exc:
+            log.warning("could not start the retention sweep: %s", exc)
 
     async def status(self, case_id: str) -> WorkflowExecutionStatus | None:
         description = await self._client.get_workflow_handle(case_id).describe()
@@ -225,7 +244,7 @@ WORKER_OPTIONS: dict[str, Any] = worker_options("workflows")
 def create_worker(
     client: Client, task_queue: str, activities: IncidentActivities, **kwargs: object
 ) -> Worker:
-    workflows: Sequence[type] = [IncidentWorkflow]
+    workflows: Sequence[type] = [IncidentWorkflow, RetentionWorkflow]
     return Worker(
         client,
         task_queue=task_queue,

@@ -28,7 +28,7 @@ from gateway.core.caller import Caller
 from gateway.core.errors import FailedPrecondition, InvalidArgument
 from gateway.store import Store
 from gateway.store.localids import LocalIdIndex
-from gateway.store.schema import idempotency_keys, subject_links
+from gateway.store.schema import cases, idempotency_keys, subject_links
 
 R = TypeVar("R", bound=Message)
 
@@ -46,6 +46,7 @@ _LINKED = select(subject_links.c.subject_id).where(
     subject_links.c.partner_id == bindparam("partner"),
     subject_links.c.local_hash == bindparam("local_hash"),
 )
+_CASE_SUBJECT = select(cases.c.subject_id).where(cases.c.case_id == bindparam("case"))
 _REMEMBER = insert(idempotency_keys)
 
 
@@ -101,12 +102,17 @@ def _case_of(message: Message) -> str:
 async def _concerns(
     conn: AsyncConnection, index: LocalIdIndex, caller: Caller, request: Message, response: Message
 ) -> tuple[str | None, str | None]:
-    """The subject and case a call concerned, for erasure to find its stored response."""
+    """The subject and case a call concerned, for erasure to find its stored response.
+    A call naming a customer by local id concerns that customer: when it also names a
+    case (OpenCase names the case it opened), the case's subject, so the local id is
+    hashed once per call (by the action); else the subject its keyed hash finds."""
     case_id = _case_of(request) or _case_of(response) or None
     subject_id = None
     if "customer_local_id" in request.DESCRIPTOR.fields_by_name:
         local_id = getattr(request, "customer_local_id")  # noqa: B009 - checked just above
-        if local_id:
+        if local_id and case_id is not None:
+            subject_id = (await conn.execute(_CASE_SUBJECT, {"case": case_id})).scalar()
+        if local_id and subject_id is None:
             digest = index.digest(caller.partner_id, local_id)
             subject_id = (
                 await conn.execute(_LINKED, {"partner": caller.partner_id, "local_hash": digest})

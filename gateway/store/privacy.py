@@ -216,7 +216,12 @@ INVENTORY: dict[str, Entry] = {
     "consent_requests.subject_id": _ref(erasure=_DELETED),
     "consent_requests.requested_by_partner_id": _org(_WITH_CASE),
     "consent_requests.relayed_by_partner_id": _org(_WITH_CASE),
-    "consent_requests.prompt": Entry(Holds.CUSTOMER_DATA, Protection.CLEAR, _WITH_CASE, _DELETED),
+    "consent_requests.prompt": Entry(
+        Holds.CUSTOMER_ID,
+        Protection.SEALED_SUBJECT_KEY,
+        _WITH_CASE,
+        "subject key destroyed, " + _DELETED + " (the relay's id for the customer, the reason)",
+    ),
     "consent_requests.consent_id": _ref(erasure=_DELETED),
     # -- partner work
     "work_items.work_id": _ref("until acknowledged, then as long as the case"),
@@ -227,8 +232,11 @@ INVENTORY: dict[str, Entry] = {
         Holds.CUSTOMER_DATA,
         Protection.CLEAR,
         "until acknowledged, then as long as the case",
-        "deleted for the customer's cases; an erasure notice (naming the partner's "
-        "local id) is emptied when the partner acknowledges it",
+        "deleted for the customer's cases. An item naming the partner's id for the "
+        "customer is never clear: a diagnosis request, notification or consent prompt is "
+        "sealed under the subject key (destroyed), an erasure notice under the master key, "
+        "emptied when the partner acknowledges it; the others (offers, case notices) hold "
+        "case data, no local id",
     ),
     # -- the audit log: references and hashes only
     "audit_entries.kind": _org(_WITH_LOG),

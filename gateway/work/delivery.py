@@ -5,23 +5,28 @@ at least once: a stream that breaks before the acknowledgement gets the item
 again on the next subscription. Within one stream an item is sent once.
 
 Each item names its case, so that erasure and retention delete the items of a case.
-An erasure notice (work id ``erasure-…``, GDPR art. 19) names the partner's own id for
-the erased customer: acknowledging it empties it and is audited.
+An item that names the partner's own id for the customer (a customer notification, a
+consent prompt) is kept sealed under the customer's subject key, which erasure destroys,
+and opened only to be delivered (`Sealer.seal_item`). An erasure notice (work id
+``erasure-…``, GDPR art. 19) names it too, sealed under the master key (the subject's
+key is gone by then): acknowledging it empties it and is audited.
 """
 
 from __future__ import annotations
 
 import datetime as dt
-from collections.abc import AsyncIterator, Collection
+from collections.abc import AsyncIterator, Collection, Sequence
+from typing import Any, NamedTuple
 
 from coopgate.v1 import work_pb2
 from opentelemetry.trace import SpanKind
-from sqlalchemy import bindparam, func, insert, select, update
+from sqlalchemy import Row, bindparam, func, insert, select, update
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from gateway.audit.log import AuditLog, AuditRecord
 from gateway.core.caller import Caller
 from gateway.core.errors import InvalidArgument
+from gateway.crypto.sealing import Sealer
 from gateway.identity.erasure import NOTICE_PREFIX
 from gateway.store import Store
 from gateway.store.changes import SAFETY_SECONDS, WORK, Subscription, announce
@@ -46,7 +51,12 @@ _ERASED = select(case_keys.c.case_id).where(
 # Statements built once: on the delivery path, building and finding a statement in
 # SQLAlchemy's cache cost more than running it.
 _UNACKED = (
-    select(work_items.c.work_id, work_items.c.item, work_items.c.deliveries)
+    select(
+        work_items.c.work_id,
+        work_items.c.item,
+        work_items.c.deliveries,
+        work_items.c.subject_id,
+    )
     .where(work_items.c.partner_id == bindparam("partner"), work_items.c.acked_at.is_(None))
     .order_by(work_items.c.created_at, work_items.c.work_id)
     .limit(bindparam("window"))
@@ -86,10 +96,32 @@ async def _lock_in_order(conn: AsyncConnection, work_ids: Collection[str]) -> li
     return list(rows.scalars())
 
 
+class _Pending(NamedTuple):
+    work_id: str
+    item: bytes
+    deliveries: int
+
+
 class PartnerWork:
-    def __init__(self, store: Store, audit: AuditLog | None = None) -> None:
+    def __init__(
+        self, store: Store, audit: AuditLog | None = None, sealer: Sealer | None = None
+    ) -> None:
         self.store = store
         self.audit = audit
+        #: Opens the items kept sealed (None: a store whose items are all clear).
+        self.sealer = sealer
+
+    async def _opened(self, conn: AsyncConnection, rows: Sequence[Row[Any]]) -> list[_Pending]:
+        """The rows about to be sent, their items opened (sealed ones only now, on their
+        way to the partner); one whose customer was erased is left out."""
+        opened = []
+        for row in rows:
+            item: bytes | None = row.item
+            if self.sealer is not None:
+                item = await self.sealer.open_item(conn, row.work_id, row.item, row.subject_id)
+            if item is not None:
+                opened.append(_Pending(row.work_id, item, row.deliveries))
+        return opened
 
     async def subscribe(
         self, caller: Caller, request: work_pb2.SubscribeRequest
@@ -112,7 +144,10 @@ class PartnerWork:
             async with self.store.read() as conn:
                 window = {"partner": caller.partner_id, "window": in_flight + len(sent)}
                 rows = (await conn.execute(_UNACKED, window)).all()
-            fresh = [r for r in rows if r.work_id not in sent][: max(0, in_flight - len(sent))]
+                fresh = await self._opened(
+                    conn,
+                    [r for r in rows if r.work_id not in sent][: max(0, in_flight - len(sent))],
+                )
             if fresh:
                 async with self.store.write() as conn:
                     ids = await _lock_in_order(conn, [r.work_id for r in fresh])
@@ -207,10 +242,17 @@ class PartnerWork:
 
 
 async def enqueue(
-    conn: AsyncConnection, work_id: str, partner_id: str, item: work_pb2.WorkItem
+    conn: AsyncConnection,
+    work_id: str,
+    partner_id: str,
+    item: work_pb2.WorkItem,
+    *,
+    sealed_for: tuple[Sealer, str] | None = None,
 ) -> bool:
     """Queue an item for a partner once: the same ``work_id`` again is a no-op, and so
-    is an item about an erased case (a workflow still running after the erasure).
+    is an item about an erased case (a workflow still running after the erasure). An
+    item naming the partner's own id for the customer is given ``sealed_for`` (the
+    sealer, the customer's subject): it is kept sealed under the subject's key.
 
     Returns whether the item was new.
     """
@@ -233,15 +275,21 @@ async def enqueue(
             attributes={CASE_ID: case_id or "", PARTNER: partner_id},
         ):
             inject_into(item)
+    stored = item.SerializeToString(deterministic=True)
+    subject_id = None
+    if sealed_for is not None:
+        sealer, subject_id = sealed_for
+        stored = await sealer.seal_item(conn, work_id, stored, subject_id)
     await conn.execute(
         _ENQUEUE,
         {
             "work_id": work_id,
             "partner_id": partner_id,
             "created_at": now,
-            "item": item.SerializeToString(deterministic=True),
+            "item": stored,
             "deliveries": 0,
             "case_id": case_id,
+            "subject_id": subject_id,
         },
     )
     announce(conn, WORK, partner_id)

@@ -16,7 +16,6 @@ from pathlib import Path
 
 import pytest
 from coopgate.v1 import admin_pb2, cases_pb2, common_pb2, work_pb2
-from sqlalchemy import select
 from temporalio.api.history.v1 import HistoryEvent
 from temporalio.client import WorkflowExecutionStatus, WorkflowHistory
 from temporalio.testing import WorkflowEnvironment
@@ -26,6 +25,7 @@ from gateway.orchestration.temporal import create_worker
 from gateway.settings import Settings
 from gateway.stack import Runtime, open_runtime
 from gateway.store.schema import work_items
+from tests.helpers import queued_items
 from workflows import IncidentWorkflow
 from workflows.contracts import CaseState
 
@@ -165,13 +165,7 @@ class Incident:
         return view
 
     async def work(self, partner: str) -> list[work_pb2.WorkItem]:
-        async with self.runtime.store.read() as conn:
-            rows = await conn.execute(
-                select(work_items.c.item)
-                .where(work_items.c.partner_id == partner)
-                .order_by(work_items.c.created_at)
-            )
-            items = [work_pb2.WorkItem.FromString(r) for r in rows.scalars()]
+        items = await queued_items(self.runtime, work_items.c.partner_id == partner)
         return [
             i
             for i in items

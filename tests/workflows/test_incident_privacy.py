@@ -4,7 +4,8 @@ the case summary, an interaction and the owner's resolution, each with a marker,
 to a closed case; no event of the workflow's history holds a marker (its bytes as
 Temporal stores them, not a JSON rendering that would base64-encode payloads), while
 the customer was told the resolution in words composed by the gateway. And an erased
-customer's case ends its workflow: nobody is told anything more, and the log says so."""
+customer's case ends its workflow: nobody is told anything more, and the log says so.
+OpenCase hashes the customer's local id once."""
 
 from __future__ import annotations
 
@@ -18,6 +19,7 @@ from temporalio.api.enums.v1 import EventType
 from temporalio.client import WorkflowHistory
 
 from gateway.core.caller import Caller, Role
+from gateway.store.localids import LocalIdIndex
 from gateway.store.schema import audit_entries
 from tests.workflows.driver import Incident, asked
 from tests.workflows.test_incident_timeskipping import NFC, all_answer
@@ -142,3 +144,24 @@ async def test_an_erased_customers_case_ends_its_workflow_and_nobody_is_told_mor
     ended = [e for e in ended if e.get("action") == "case.workflow_ended"]
     assert len(ended) == 1
     assert ended[0]["details"] == {"why": "customer-request"}
+
+
+class _CountingIndex(LocalIdIndex):
+    """The store's own keyed hash, counting how often a local id is hashed."""
+
+    def __init__(self, inner: LocalIdIndex) -> None:
+        self.inner = inner
+        self.calls = 0
+
+    def digest(self, partner_id: str, local_id: str) -> bytes:
+        self.calls += 1
+        return self.inner.digest(partner_id, local_id)
+
+
+async def test_open_case_hashes_the_local_id_once(incident: Incident) -> None:
+    counting = _CountingIndex(incident.runtime.store.local_ids)
+    incident.runtime.store.local_ids = counting
+    await incident.open("bank-a", "nfc-payment")  # a customer seen for the first time
+    assert counting.calls == 1
+    await incident.open("bank-a", "nfc-payment", customer=incident.customer)  # known
+    assert counting.calls == 2

@@ -12,7 +12,6 @@ import asyncio
 import datetime as dt
 import uuid
 from collections.abc import Callable
-from pathlib import Path
 
 import grpc
 import pytest
@@ -27,22 +26,21 @@ from coopgate.v1 import (
     identity_pb2_grpc,
     work_pb2,
 )
-from sqlalchemy import select, text, update
+from sqlalchemy import and_, select, update
 
-from gateway.audit.merkle import leaf_hash, node_hash, perfect_subtrees, root_from_leaf_hashes
 from gateway.core.caller import Role
 from gateway.store.schema import (
     audit_entries,
-    audit_head,
-    audit_nodes,
     case_keys,
     cases,
     subject_keys,
     subject_links,
     work_items,
 )
+from tests.at_rest import found_in_columns, found_in_files, log_verifies
 from tests.conftest import Api, Stack
 from tests.gateway.orchestration.test_incident_e2e import backends, play_to_closure, quick_service
+from tests.helpers import queued_items
 
 Key = Callable[[str], str]
 
@@ -62,61 +60,11 @@ class Markers:
         return dict(vars(self))
 
 
-async def _found_in_files(directory: Path, markers: dict[str, str]) -> dict[str, list[str]]:
-    found: dict[str, list[str]] = {}
-    for path in sorted(p for p in directory.rglob("*") if p.is_file()):
-        data = path.read_bytes()
-        for name, marker in markers.items():
-            if marker.encode() in data:
-                found.setdefault(name, []).append(path.name)
-    return found
-
-
-async def _found_in_columns(stack: Stack, markers: dict[str, str]) -> dict[str, list[str]]:
-    """Every column of every table, as text or bytes (PostgreSQL; SQLite likewise)."""
-    found: dict[str, list[str]] = {}
-    async with stack.runtime.store.read() as conn:
-        if stack.backend == "postgres":
-            columns: list[tuple[str, str, str]] = [
-                tuple(row)
-                for row in await conn.execute(
-                    text(
-                        "SELECT table_name, column_name, data_type FROM information_schema.columns "
-                        "WHERE table_schema = 'public'"
-                    )
-                )
-            ]
-        else:
-            tables = (
-                await conn.execute(text("SELECT name FROM sqlite_master WHERE type = 'table'"))
-            ).scalars()
-            columns = []
-            for table in list(tables):
-                for row in (await conn.execute(text(f'PRAGMA table_info("{table}")'))).all():
-                    columns.append((table, row[1], "any"))
-        for table, column, data_type in columns:
-            for name, marker in markers.items():
-                if data_type == "bytea":
-                    where = f"position(convert_to(:m, 'UTF8') in \"{column}\") > 0"
-                elif stack.backend == "postgres":
-                    where = f'position(:m in CAST("{column}" AS text)) > 0'
-                else:
-                    where = f'instr(CAST("{column}" AS BLOB), CAST(:m AS BLOB)) > 0'
-                hits = (
-                    await conn.execute(
-                        text(f'SELECT count(*) FROM "{table}" WHERE {where}'), {"m": marker}
-                    )
-                ).scalar()
-                if hits:
-                    found.setdefault(name, []).append(f"{table}.{column}")
-    return found
-
-
 async def _found_at_rest(stack: Stack, markers: dict[str, str]) -> dict[str, list[str]]:
-    found = await _found_in_columns(stack, markers)
+    found = await found_in_columns(stack.runtime.store, markers)
     if stack.backend == "sqlite":
         assert await stack.runtime.store.truncate_wal()
-        for name, places in (await _found_in_files(stack.settings.data_dir, markers)).items():
+        for name, places in found_in_files(stack.settings.data_dir, markers).items():
             found.setdefault(name, []).extend(f"file:{p}" for p in places)
     return found
 
@@ -146,18 +94,14 @@ async def _queued_notice(stack: Stack, partner: str, case_id: str) -> work_pb2.W
     """The erasure notice queued for this partner naming this case, as its work stream
     sends it, read from the store: a partner's stream sends at most 1000 unacknowledged
     items, and the shared stack's partners leave many unacknowledged."""
-    query = select(work_items.c.item).where(
+    query = and_(
         work_items.c.partner_id == partner,
         work_items.c.work_id.like("erasure-%"),
         work_items.c.acked_at.is_(None),
     )
     async with asyncio.timeout(30):
         while True:
-            async with stack.runtime.store.read() as conn:
-                items = [
-                    work_pb2.WorkItem.FromString(raw)
-                    for raw in (await conn.execute(query)).scalars()
-                ]
+            items = await queued_items(stack.runtime, query)
             found = [i for i in items if case_id in i.erasure_notice.case_ids]
             if found:
                 (item,) = found
@@ -264,14 +208,15 @@ async def test_nothing_readable_survives_erasure_and_every_recipient_is_told(
     )
 
     before = await _found_at_rest(stack, m.all())
-    # The search finds what is there: the local id, the consent, the request's reason.
-    assert {"local_id", "consent", "reason"} <= before.keys(), before
-    # The local id only in the messages that name it to its own partner (the consent
-    # prompt, notifications): the links hold its keyed hash and its sealed form only.
-    assert {c for c in before["local_id"] if not c.startswith("file:")} <= {
-        "work_items.item",
-        "consent_requests.prompt",
-    }, before
+    # The search finds what is there: the stored answers hold the summary, the note and
+    # the finding, the consent its notice version (erasure empties or deletes them all).
+    assert {"summary", "note", "finding", "consent"} <= before.keys(), before
+    # The local id and the consent request's reason are nowhere in clear, before erasure
+    # too: the links hold the id's keyed hash and sealed form, the messages that name it
+    # to its own partner (diagnosis requests, notifications, the consent prompt) and the
+    # consent request are sealed under the subject key, opened only to be sent.
+    assert "local_id" not in before, before
+    assert "reason" not in before, before
     subject = await _linked_and_sealed(stack, "bank-a", m.local_id)
     async with stack.runtime.store.read() as conn:
         local_ids = stack.runtime.domain.identity.local_ids
@@ -458,31 +403,7 @@ async def test_local_ids_are_hashed_and_sealed_before_erasure(stack: Stack, uniq
 
 
 async def _log_verifies(stack: Stack) -> None:
-    """Every entry kept, and the stored tree hashes to the root of the entries."""
-    async with stack.runtime.store.read() as conn:
-        size = (await conn.execute(select(audit_head.c.size))).scalar_one()
-        entries = list(
-            (
-                await conn.execute(
-                    # Appends go on meanwhile (PostgreSQL reads each statement afresh).
-                    select(audit_entries.c.canonical)
-                    .where(audit_entries.c.idx < size)
-                    .order_by(audit_entries.c.idx)
-                )
-            ).scalars()
-        )
-        nodes = {
-            (level, idx): bytes(h)
-            for level, idx, h in await conn.execute(
-                select(audit_nodes.c.level, audit_nodes.c.idx, audit_nodes.c.hash)
-            )
-        }
-    assert len(entries) == size
-    parts = [nodes[key] for key in perfect_subtrees(0, size)]
-    stored_root = parts[-1]
-    for part in reversed(parts[:-1]):
-        stored_root = node_hash(part, stored_root)
-    assert root_from_leaf_hashes([leaf_hash(bytes(e)) for e in entries]) == stored_root
+    await log_verifies(stack.runtime.store)
 
 
 async def test_a_retry_after_erasure_answers_customer_erased(stack: Stack, unique: Key) -> None:
@@ -538,20 +459,14 @@ async def test_retention_shreds_a_closed_case_like_an_erasure(stack: Stack, uniq
             .where(cases.c.case_id == opened.case_id)
             .values(status=cases_pb2.CASE_STATUS_CLOSED, updated_at=long_ago)
         )
-    # The gateway's sweep (as `open_runtime` runs it every COOPGATE_RETENTION_SWEEP_SECONDS).
+    # The sweep's shredding, as `RetentionWorkflow`'s activity runs it (on Temporal's
+    # clock: tests/workflows/test_at_rest.py).
     erasure = stack.runtime.domain.erasure
     swept = dt.datetime.now(dt.UTC)
-    sweep = asyncio.create_task(erasure.run_retention(dt.timedelta(days=365), 0.05))
+    assert await erasure.expire(dt.timedelta(days=365)) >= 1
     key = select(case_keys.c.wrapped_key).where(case_keys.c.case_id == opened.case_id)
-    try:
-        async with asyncio.timeout(10):
-            while True:
-                async with stack.runtime.store.read() as conn:
-                    if (await conn.execute(key)).scalar() is None:
-                        break
-                await asyncio.sleep(0.05)
-    finally:
-        sweep.cancel()
+    async with stack.runtime.store.read() as conn:
+        assert (await conn.execute(key)).scalar() is None
     assert await erasure.expire(dt.timedelta(days=365)) == 0
     async with stack.runtime.store.read() as conn:
         (record,) = (

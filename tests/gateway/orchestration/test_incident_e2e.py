@@ -20,7 +20,6 @@ from pathlib import Path
 import grpc
 import pytest
 from coopgate.v1 import admin_pb2, cases_pb2, common_pb2, work_pb2
-from sqlalchemy import select
 from temporalio.testing import WorkflowEnvironment
 
 from gateway.core.caller import Role
@@ -29,6 +28,7 @@ from gateway.stack import Pki, open_runtime, start_gateway
 from gateway.store.schema import work_items
 from partners import PartnerCredentials
 from tests.conftest import Api, Stack
+from tests.helpers import queued_items
 
 BIN = Path(sys.executable).parent
 Key = Callable[[str], str]
@@ -323,15 +323,7 @@ async def test_killing_the_worker_mid_incident_loses_nothing_and_sends_nothing_t
         assert backend.seen["diagnosis_request"] == 1, (partner, log.read_text()[-2000:])
     # Work ids are primary keys, so count what was queued: a re-run activity that
     # minted new ids would show here as a second request or notification.
-    async with gw.runtime.store.read() as conn:
-        items = [
-            work_pb2.WorkItem.FromString(raw)
-            for raw in (
-                await conn.execute(
-                    select(work_items.c.item).where(work_items.c.work_id.like(f"{opened.case_id}%"))
-                )
-            ).scalars()
-        ]
+    items = await queued_items(gw.runtime, work_items.c.work_id.like(f"{opened.case_id}%"))
     kinds = Counter(i.WhichOneof("payload") for i in items)
     assert kinds["diagnosis_request"] == len(CHAIN)
     assert kinds["ownership_offer"] == 1
