@@ -12,7 +12,6 @@ from coopgate.v1 import cases_pb2, cases_pb2_grpc, common_pb2
 from google.protobuf import json_format
 from rich.console import Console, Group
 from rich.panel import Panel
-from rich.table import Table
 from rich.text import Text
 
 from gateway.cli.client import (
@@ -22,6 +21,7 @@ from gateway.cli.client import (
     JsonOpt,
     KeyOpt,
     PartnerOpt,
+    PlainTable,
     RoleOpt,
     TargetOpt,
     call,
@@ -86,7 +86,7 @@ def describe(item: cases_pb2.TimelineItem) -> tuple[str, str, str]:
 
 def render(view: cases_pb2.CaseView) -> Group:
     h = view.header
-    head = Table.grid(padding=(0, 2))
+    head = PlainTable.grid(padding=(0, 2))
     head.add_column(no_wrap=True)
     head.add_column(overflow="fold")  # ids wrap whole at 80 columns, never cut
     head.add_row("case", h.case_id)

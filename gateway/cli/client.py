@@ -116,10 +116,19 @@ KeyOpt = Annotated[Path | None, typer.Option("--key", help="Client key PEM.")]
 CaOpt = Annotated[Path | None, typer.Option("--ca", help="Gateway CA PEM.")]
 
 
+class PlainTable(Table):
+    """A table whose text cells are shown as written: partners' texts (a milestone
+    "[received]", a note holding "[bold]" or "[link=…]") are data, never rich markup
+    (which would swallow or restyle them)."""
+
+    def add_row(self, *renderables: Any, **kwargs: Any) -> None:
+        super().add_row(*(Text(r) if isinstance(r, str) else r for r in renderables), **kwargs)
+
+
 def fold_table(*headers: str, expand: bool = False) -> Table:
     """A table that cuts nothing: a cell too long for its column wraps, and a word
     longer than the column folds onto the next line instead of being cut."""
-    made = Table(*headers, expand=expand)
+    made = PlainTable(*headers, expand=expand)
     for column in made.columns:
         column.overflow = "fold"
     return made

@@ -17,6 +17,7 @@ from rich.console import Console
 from rich.table import Table
 from rich.text import Text
 
+from gateway.cli.client import PlainTable
 from gateway.settings import Settings
 from gateway.telemetry import LocalTelemetry, PointRow, SpanRow
 
@@ -145,7 +146,7 @@ def _bar(start: int, end: int, origin: int, total: int) -> Text:
 def render_trace(case_id: str, spans: list[SpanRow]) -> Table:
     origin = min(s.start_ns for s in spans)
     total = max(1, max(s.end_ns for s in spans) - origin)
-    table = Table(
+    table = PlainTable(
         title=f"case {case_id}: {len({s.trace_id for s in spans})} trace(s), {_seconds(total)}",
         show_edge=False,
         pad_edge=False,
@@ -306,7 +307,7 @@ def _closed(kpis: Kpis, group: str) -> tuple[float, float]:
 
 
 def service_table(kpis: Kpis) -> Table:
-    table = Table(title="per service (mean / max)", box=None, pad_edge=False)
+    table = PlainTable(title="per service (mean / max)", box=None, pad_edge=False)
     for column in ("service", "closed", "FCR", "to owner", "to resolution", "SLA", "reopen"):
         table.add_column(column, no_wrap=True, overflow="ellipsis", max_width=22)
     owner = kpis.by("coopgate.case.time_to_owner", "coopgate.service")
@@ -329,7 +330,7 @@ def service_table(kpis: Kpis) -> Table:
 
 
 def partner_table(kpis: Kpis) -> Table:
-    table = Table(title="per partner", box=None, pad_edge=False)
+    table = PlainTable(title="per partner", box=None, pad_edge=False)
     for column in ("partner", "answered", "response (mean / max)", "unresponsive", "waiting"):
         table.add_column(column, no_wrap=True, overflow="ellipsis", max_width=28)
     response = kpis.by("coopgate.partner.response_time", "coopgate.partner")
@@ -352,7 +353,7 @@ def partner_table(kpis: Kpis) -> Table:
 
 
 def operations_table(kpis: Kpis) -> Table:
-    table = Table(title="operations", box=None, pad_edge=False)
+    table = PlainTable(title="operations", box=None, pad_edge=False)
     table.add_column("what", no_wrap=True, overflow="ellipsis", max_width=46)
     table.add_column("figure", no_wrap=True, overflow="ellipsis", max_width=30)
     audit = kpis.by("coopgate.audit.append.duration", "")

@@ -180,3 +180,27 @@ async def test_list_at_80_columns_shows_whole_ids_and_says_when_there_are_none(
     assert "customer (your pseudonym)" in out  # the operator has no id of its own for them
     assert customer not in out
     assert "…" not in out.split("┏")[0]  # the header panel cuts nothing
+
+
+async def test_show_prints_partners_texts_as_written_never_as_markup(
+    stack: Stack, unique: Callable[[str], str]
+) -> None:
+    """Square brackets in what partners wrote are text: rich would read "[bold]" as a
+    style and drop it, and "[received]" (a notification's milestone) as an unknown tag."""
+    bank = stack.api("bank-a", Role.ADVISOR)
+    opened = await bank.cases.OpenCase(
+        cases_pb2.OpenCaseRequest(
+            idempotency_key=unique("k"),
+            service_id="nfc-payment",
+            customer_local_id=unique("cust"),
+            channel=common_pb2.CHANNEL_PHONE,
+            summary="till says [bold]DECLINED[/bold] [red]twice",
+        )
+    )
+    code, out, err = await run_coopgate(
+        "case", "show", opened.case_id, *client_args(stack, "bank-a", Role.ADVISOR)
+    )
+    assert code == 0, err
+    flat = " ".join(out.replace("│", " ").split())
+    assert "[bold]DECLINED[/bold]" in flat
+    assert "[red]twice" in flat
