@@ -104,7 +104,7 @@ class CaseIntake:
                 row = await _load_case(conn, recent)
                 return cases_pb2.OpenCaseResponse(
                     case_id=recent,
-                    header=await self.reader.header(conn, caller, row),
+                    header=await self.reader.header(conn, caller, row, local_id=""),
                     reopened_existing=True,
                 )
             case_id = f"case-{uuid.uuid4().hex}"
@@ -152,7 +152,7 @@ class CaseIntake:
             await _append_contact(conn, self.sealer, case_id, caller, request, now)
             row = await _load_case(conn, case_id)
             return cases_pb2.OpenCaseResponse(
-                case_id=case_id, header=await self.reader.header(conn, caller, row)
+                case_id=case_id, header=await self.reader.header(conn, caller, row, local_id="")
             )
 
         response, _replayed = await run_once(

@@ -53,7 +53,7 @@ class CaseProgress:
                 await self.incidents.accept(request.case_id, answer)
                 async with self.store.read() as conn:
                     row = await _load_case(conn, request.case_id)
-                    header = await self.reader.header(conn, caller, row)
+                    header = await self.reader.header(conn, caller, row, local_id="")
                 header.relationship_owner_id = caller.partner_id
                 return cases_pb2.AcceptOwnershipResponse(header=header)
             await self.incidents.decline(request.case_id, answer)
@@ -152,7 +152,9 @@ class CaseProgress:
 
     async def _current_header(self, caller: Caller, case_id: str) -> cases_pb2.CaseHeader:
         async with self.store.read() as conn:
-            return await self.reader.header(conn, caller, await _load_case(conn, case_id))
+            return await self.reader.header(
+                conn, caller, await _load_case(conn, case_id), local_id=""
+            )
 
     @staticmethod
     def _require_ids(case_id: str, other: str, other_field: str) -> None:

@@ -134,8 +134,13 @@ class CaseReader:
         row: CaseRow,
         participants: Sequence[Participant | Row[Any]] | None = None,
         key: AESGCM | Missing | None = MISSING,
+        *,
+        local_id: str | None = None,
     ) -> cases_pb2.CaseHeader:
-        return await conn.run_sync(self.header_in, caller, row, participants, key)
+        """``local_id=""``: a header without the reader's own id for the customer, for
+        the answers of calls that change a case; they are kept for the call's retries,
+        and a partner's id for a customer is never kept in clear."""
+        return await conn.run_sync(self.header_in, caller, row, participants, key, local_id)
 
     def header_in(
         self,

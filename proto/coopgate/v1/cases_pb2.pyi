@@ -510,7 +510,9 @@ class CaseHeader(_message.Message):
     customer_local_id: _builtins.str
     """The reader's own id for the customer (as it named them in OpenCase or a link),
     when it has one; empty otherwise (then subject_id is all it knows them by), and
-    once the customer is erased. Never another partner's id.
+    once the customer is erased. Never another partner's id. Set in what is read
+    (GetCaseView, ListCases, WatchCase); empty in the answers of calls that change a
+    case, which are kept for their retries and so hold no partner's id in clear.
     """
     @_builtins.property
     def resolver_ids(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]: ...
