@@ -439,7 +439,11 @@ def store_errors() -> Iterator[None]:
     except (OperationalError, sqlite3.OperationalError, OSError, ConnectionError) as exc:
         raise Unavailable("the store cannot be reached", reason="STORE_UNAVAILABLE") from exc
     except DBAPIError as exc:
-        if exc.connection_invalidated:
+        if exc.connection_invalidated or isinstance(
+            getattr(exc.orig, "__cause__", None), _CONNECTION_LOST
+        ):
+            # The driver's own error under SQLAlchemy's: the connection went away while
+            # the statement was sent (the server restarting); nothing was committed.
             raise Unavailable("the store connection was lost", reason="STORE_UNAVAILABLE") from exc
         if getattr(exc.orig, "sqlstate", None) in _RETRY_SQLSTATES:
             # PostgreSQL rolled the transaction back for another's sake: nothing of it

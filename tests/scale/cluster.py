@@ -6,6 +6,7 @@ their own; and partner backends that count what they were given."""
 from __future__ import annotations
 
 import asyncio
+import base64
 import contextlib
 import os
 import signal
@@ -16,14 +17,17 @@ from collections import Counter
 from collections.abc import AsyncIterator, Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import grpc
 from coopgate.v1 import cases_pb2, common_pb2, work_pb2
 from grpc_health.v1 import health_pb2
+from sqlalchemy.ext.asyncio import AsyncConnection
 
 from gateway.api.server import ServerTLS
 from gateway.core.caller import Role
-from gateway.crypto.keyset import GatewayKeys
+from gateway.crypto.keyset import GatewayKeys, env_name
+from gateway.crypto.sealing import Sealer
 from gateway.orchestration.devserver import DEV_SERVER_TUNING
 from gateway.settings import Settings
 from partners import PartnerCredentials, secure_channel
@@ -457,3 +461,17 @@ async def audit_verifies(
     assert code == 0, err
     assert out.startswith(f"OK: entries 0..{two.tree_size - 1} match checkpoint"), out
     return two.tree_size
+
+
+async def open_work_items(
+    conn: AsyncConnection, keys: dict[str, str], rows: Iterable[Any]
+) -> list[tuple[str, work_pb2.WorkItem]]:
+    """Stored work items (rows of case id, work id, item, subject id) opened as the
+    gateway opens them to send them: they are kept sealed under their subject's key."""
+    sealer = Sealer(base64.b64decode(keys[env_name("master")]))
+    opened = []
+    for case_id, work_id, stored, subject_id in rows:
+        raw = await sealer.open_item(conn, work_id, stored, subject_id)
+        assert raw is not None, work_id  # no customer of these tests is erased
+        opened.append((case_id, work_pb2.WorkItem.FromString(raw)))
+    return opened

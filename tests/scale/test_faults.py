@@ -15,7 +15,7 @@ from functools import partial
 from pathlib import Path
 
 import pytest
-from coopgate.v1 import cases_pb2, work_pb2
+from coopgate.v1 import cases_pb2
 from sqlalchemy import select
 
 from gateway.core.caller import Role
@@ -31,6 +31,7 @@ from tests.scale.cluster import (
     dev_server,
     keys_environment,
     open_request,
+    open_work_items,
     resolve_and_close,
     until_status,
     with_retries,
@@ -131,16 +132,19 @@ async def test_sigkill_of_gateway_worker_temporal_alone_and_together_loses_nothi
         async with store.read() as conn:
             rows = (
                 await conn.execute(
-                    select(work_items.c.case_id, work_items.c.item).where(
-                        work_items.c.case_id.in_(case_ids)
-                    )
+                    select(
+                        work_items.c.case_id,
+                        work_items.c.work_id,
+                        work_items.c.item,
+                        work_items.c.subject_id,
+                    ).where(work_items.c.case_id.in_(case_ids))
                 )
             ).all()
+            items = await open_work_items(conn, c.keys, rows)
     finally:
         await store.close()
     per_case: dict[str, Counter[str]] = {}
-    for case_id, raw in rows:
-        item = work_pb2.WorkItem.FromString(raw)
+    for case_id, item in items:
         kind: str = item.WhichOneof("payload") or ""
         if kind == "customer_notification":
             kind = f"notify:{item.customer_notification.milestone}"

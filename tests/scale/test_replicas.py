@@ -13,7 +13,7 @@ from collections import Counter
 from functools import partial
 
 import pytest
-from coopgate.v1 import cases_pb2, common_pb2, work_pb2
+from coopgate.v1 import cases_pb2, common_pb2
 from sqlalchemy import func, select
 from temporalio.client import Client
 
@@ -27,6 +27,7 @@ from tests.scale.cluster import (
     audit_verifies,
     counting_partners,
     open_request,
+    open_work_items,
     resolve_and_close,
     until_status,
     with_retries,
@@ -178,11 +179,15 @@ async def test_two_replicas_two_workers_one_store_a_replica_killed_mid_load(
         async with store.read() as conn:
             rows = (
                 await conn.execute(
-                    select(work_items.c.case_id, work_items.c.item).where(
-                        work_items.c.case_id.in_(case_ids)
-                    )
+                    select(
+                        work_items.c.case_id,
+                        work_items.c.work_id,
+                        work_items.c.item,
+                        work_items.c.subject_id,
+                    ).where(work_items.c.case_id.in_(case_ids))
                 )
             ).all()
+            items = await open_work_items(conn, c.keys, rows)
             stored_cases = (
                 await conn.execute(
                     select(func.count()).select_from(cases).where(cases.c.service_id == service_id)
@@ -199,8 +204,7 @@ async def test_two_replicas_two_workers_one_store_a_replica_killed_mid_load(
     finally:
         await store.close()
     per_case: dict[str, Counter[str]] = {}
-    for case_id, raw in rows:
-        item = work_pb2.WorkItem.FromString(raw)
+    for case_id, item in items:
         kind: str = item.WhichOneof("payload") or ""
         if kind == "customer_notification":
             kind = f"notify:{item.customer_notification.milestone}"
