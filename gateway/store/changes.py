@@ -128,11 +128,15 @@ class Changes:
         if not writer:
             yield pending
             return
-        conn.info[_PENDING] = pending
+        # The info dict held once: reading ``conn.info`` again after the connection was
+        # lost (a statement cut off by a server restart) makes SQLAlchemy reconnect
+        # synchronously, which fails outside its greenlet and hid the store's error.
+        info = conn.info
+        info[_PENDING] = pending
         try:
             yield pending
         finally:
-            conn.info.pop(_PENDING, None)
+            info.pop(_PENDING, None)
 
     def _payloads(self, pending: set[Change]) -> dict[str, Any]:
         return {"payloads": [f"{self._origin}:{topic}:{key}" for topic, key in sorted(pending)]}
