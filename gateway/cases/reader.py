@@ -11,7 +11,7 @@ from typing import Any
 from coopgate.v1 import admin_pb2, cases_pb2
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 from google.protobuf import timestamp_pb2
-from sqlalchemy import Connection, Row, select
+from sqlalchemy import Connection, Row, bindparam, select
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from gateway.audit.log import AuditRecord
@@ -25,6 +25,12 @@ from gateway.crypto.pseudonyms import Pseudonyms
 from gateway.crypto.sealing import ERASED_TEXT, MISSING, Erased, Missing, Sealer
 from gateway.identity.subjects import local_id_in
 from gateway.store.schema import case_participants, services
+from gateway.store.statements import driver_statement
+
+#: A case's participants (partner, role), for `CaseReader.header_in` (run on the driver).
+_PARTICIPANTS = select(case_participants.c.partner_id, case_participants.c.role).where(
+    case_participants.c.case_id == bindparam("case_id")
+)
 
 
 class CaseReader:
@@ -178,14 +184,18 @@ class CaseReader:
                 header.resolution_due_at, row.opened_at + levels.time_to_resolution.ToTimedelta()
             )
         if participants is None:
-            participants = conn.execute(
-                select(case_participants).where(case_participants.c.case_id == row.case_id)
-            ).all()
-        header.resolver_ids.extend(
-            sorted(
+            resolvers = [
+                partner_id
+                for partner_id, role in driver_statement(_PARTICIPANTS, conn.dialect).rows(
+                    conn, {"case_id": row.case_id}
+                )
+                if role == cases_pb2.PARTICIPANT_ROLE_RESOLVER
+            ]
+        else:
+            resolvers = [
                 p.partner_id for p in participants if p.role == cases_pb2.PARTICIPANT_ROLE_RESOLVER
-            )
-        )
+            ]
+        header.resolver_ids.extend(sorted(resolvers))
         return header
 
     def _service_levels_in(self, conn: Connection, row: CaseRow) -> admin_pb2.ServiceLevel | None:

@@ -21,6 +21,7 @@ from sqlalchemy import Connection, bindparam, insert, select, update
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from gateway.store.schema import case_keys, cases, subject_keys
+from gateway.store.statements import driver_statement
 
 NONCE = 12
 ERASED_TEXT = "[erased at the customer's request]"
@@ -98,7 +99,8 @@ class Sealer:
 
     def key_in(self, conn: Connection, case_id: str) -> AESGCM | None:
         """`key` on a synchronous connection."""
-        return self.unwrap(case_id, conn.execute(_KEY, {"case_id": case_id}).scalar())
+        rows = driver_statement(_KEY, conn.dialect).rows(conn, {"case_id": case_id})
+        return self.unwrap(case_id, rows[0][0] if rows else None)
 
     def unwrap(self, case_id: str, wrapped: bytes | None) -> AESGCM | None:
         """The key stored wrapped as ``wrapped`` (None: erased). Every read still fetches

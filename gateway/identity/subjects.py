@@ -20,6 +20,7 @@ from gateway.core.errors import InvalidArgument
 from gateway.crypto.sealing import Erased, Sealer, subject_key_name
 from gateway.store import Store
 from gateway.store.schema import subject_keys, subject_links, subjects
+from gateway.store.statements import driver_statement
 
 
 def _now() -> dt.datetime:
@@ -182,10 +183,13 @@ _LOCAL_ID = (
 def local_id_in(conn: Connection, sealer: Sealer, partner_id: str, subject_id: str) -> str:
     """`LocalIds.local_id` on a synchronous connection: the partner's own id for the
     customer ("" if it has none, or once the customer is erased), never another's."""
-    row = conn.execute(_LOCAL_ID, {"partner_id": partner_id, "subject_id": subject_id}).first()
-    if row is None:
+    rows = driver_statement(_LOCAL_ID, conn.dialect).rows(
+        conn, {"partner_id": partner_id, "subject_id": subject_id}
+    )
+    if not rows:
         return ""
-    return open_local_id(sealer, subject_id, partner_id, row.wrapped_key, row.sealed_local_id)
+    sealed, wrapped = rows[0]
+    return open_local_id(sealer, subject_id, partner_id, wrapped, sealed)
 
 
 def sealed_local_id_of(partner_id: Any, subject_id: Any) -> ScalarSelect[Any]:

@@ -24,6 +24,7 @@ from temporalio.worker.workflow_sandbox import SandboxedWorkflowRunner, SandboxR
 from gateway.core.caller import time_left
 from gateway.core.errors import FailedPrecondition, InvalidArgument, Unavailable
 from gateway.orchestration.activities import IncidentActivities
+from gateway.orchestration.converter import DATA_CONVERTER
 from gateway.orchestration.tracing import client_interceptors, worker_interceptors
 from gateway.settings import Settings
 from workflows import IncidentWorkflow, RetentionWorkflow
@@ -51,6 +52,7 @@ async def connect(settings: Settings) -> Client:
         namespace=settings.temporal_namespace,
         tls=tls,
         interceptors=client_interceptors(),
+        data_converter=DATA_CONVERTER,
     )
 
 

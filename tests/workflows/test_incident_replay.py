@@ -37,6 +37,7 @@ from temporalio.worker import (
 )
 from temporalio.workflow import ActivityHandle
 
+from gateway.orchestration.converter import DATA_CONVERTER
 from tests.workflows.driver import asked, local_activity
 from workflows import IncidentWorkflow
 
@@ -318,7 +319,10 @@ def _recorded(event: HistoryEvent) -> tuple[str, ...] | None:
 async def test_history_replays(name: str) -> None:
     history = _load(name)
     commands = _Commands()
-    replayer = Replayer(workflows=[IncidentWorkflow], interceptors=[commands])
+    # The gateway's converter (the histories were recorded with Temporal's default).
+    replayer = Replayer(
+        workflows=[IncidentWorkflow], interceptors=[commands], data_converter=DATA_CONVERTER
+    )
     result = await replayer.replay_workflow(history)
     assert result.replay_failure is None
     recorded = [c for c in map(_recorded, history.events) if c is not None]
