@@ -17,11 +17,11 @@ from collections import Counter
 from collections.abc import AsyncIterator, Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
 
 import grpc
 from coopgate.v1 import cases_pb2, common_pb2, work_pb2
 from grpc_health.v1 import health_pb2
+from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from gateway.api.server import ServerTLS
@@ -30,6 +30,7 @@ from gateway.crypto.keyset import GatewayKeys, env_name
 from gateway.crypto.sealing import Sealer
 from gateway.orchestration.devserver import DEV_SERVER_TUNING
 from gateway.settings import Settings
+from gateway.store.schema import work_items
 from partners import PartnerCredentials, secure_channel
 from tests.conftest import Api
 from tests.helpers import health_status
@@ -463,15 +464,37 @@ async def audit_verifies(
     return two.tree_size
 
 
-async def open_work_items(
-    conn: AsyncConnection, keys: dict[str, str], rows: Iterable[Any]
-) -> list[tuple[str, work_pb2.WorkItem]]:
-    """Stored work items (rows of case id, work id, item, subject id) opened as the
-    gateway opens them to send them: they are kept sealed under their subject's key."""
+async def work_kinds(
+    conn: AsyncConnection, keys: dict[str, str], case_ids: set[str]
+) -> dict[str, Counter[str]]:
+    """Each case's stored work items by kind (a notification by its milestone), opened as
+    the gateway opens them to send them: they are kept sealed under their subject's key."""
     sealer = Sealer(base64.b64decode(keys[env_name("master")]))
-    opened = []
-    for case_id, work_id, stored, subject_id in rows:
+    rows = await conn.execute(
+        select(
+            work_items.c.case_id, work_items.c.work_id, work_items.c.item, work_items.c.subject_id
+        ).where(work_items.c.case_id.in_(case_ids))
+    )
+    per_case: dict[str, Counter[str]] = {}
+    for case_id, work_id, stored, subject_id in rows.all():
         raw = await sealer.open_item(conn, work_id, stored, subject_id)
         assert raw is not None, work_id  # no customer of these tests is erased
-        opened.append((case_id, work_pb2.WorkItem.FromString(raw)))
-    return opened
+        item = work_pb2.WorkItem.FromString(raw)
+        kind: str = item.WhichOneof("payload") or ""
+        if kind == "customer_notification":
+            kind = f"notify:{item.customer_notification.milestone}"
+        per_case.setdefault(case_id, Counter())[kind] += 1
+    return per_case
+
+
+def assert_work_once(
+    per_case: dict[str, Counter[str]], case_ids: set[str], chain: int, milestones: Sequence[str]
+) -> None:
+    """Every case got exactly its work: a diagnosis request per company of the chain, one
+    offer, one customer notification per milestone."""
+    assert set(per_case) == case_ids
+    for case_id, kinds in per_case.items():
+        assert kinds["diagnosis_request"] == chain, (case_id, kinds)
+        assert kinds["ownership_offer"] == 1, (case_id, kinds)
+        for milestone in milestones:
+            assert kinds[f"notify:{milestone}"] == 1, (case_id, milestone, kinds)

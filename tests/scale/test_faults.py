@@ -16,25 +16,24 @@ from pathlib import Path
 
 import pytest
 from coopgate.v1 import cases_pb2
-from sqlalchemy import select
 
 from gateway.core.caller import Role
 from gateway.stack import Pki
 from gateway.store import create_store
-from gateway.store.schema import work_items
 from partners import PartnerCredentials
 from tests.scale.cluster import (
     Cluster,
     Process,
+    assert_work_once,
     audit_verifies,
     counting_partners,
     dev_server,
     keys_environment,
     open_request,
-    open_work_items,
     resolve_and_close,
     until_status,
     with_retries,
+    work_kinds,
 )
 from tests.scale.conftest import CHAIN, quick_service, seed
 
@@ -130,31 +129,15 @@ async def test_sigkill_of_gateway_worker_temporal_alone_and_together_loses_nothi
     store = create_store(c.database_url)
     try:
         async with store.read() as conn:
-            rows = (
-                await conn.execute(
-                    select(
-                        work_items.c.case_id,
-                        work_items.c.work_id,
-                        work_items.c.item,
-                        work_items.c.subject_id,
-                    ).where(work_items.c.case_id.in_(case_ids))
-                )
-            ).all()
-            items = await open_work_items(conn, c.keys, rows)
+            per_case = await work_kinds(conn, c.keys, case_ids)
     finally:
         await store.close()
-    per_case: dict[str, Counter[str]] = {}
-    for case_id, item in items:
-        kind: str = item.WhichOneof("payload") or ""
-        if kind == "customer_notification":
-            kind = f"notify:{item.customer_notification.milestone}"
-        per_case.setdefault(case_id, Counter())[kind] += 1
-    assert set(per_case) == case_ids
-    for case_id, kinds in per_case.items():
-        assert kinds["diagnosis_request"] == len(CHAIN), (case_id, kinds)
-        assert kinds["ownership_offer"] == 1, (case_id, kinds)
-        for milestone in ("received", "diagnosing", "owner-assigned", "resolved", "closed"):
-            assert kinds[f"notify:{milestone}"] == 1, (case_id, milestone, kinds)
+    assert_work_once(
+        per_case,
+        case_ids,
+        len(CHAIN),
+        ("received", "diagnosing", "owner-assigned", "resolved", "closed"),
+    )
     stored: Counter[str] = sum(per_case.values(), Counter())
     delivered = sum(sum(p.seen.values()) for p in partners.values())
     print(

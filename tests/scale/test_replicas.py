@@ -19,18 +19,19 @@ from temporalio.client import Client
 
 from gateway.core.caller import Role
 from gateway.store import create_store
-from gateway.store.schema import audit_entries, cases, work_items
+from gateway.store.schema import audit_entries, cases
 from tests.conftest import Api
 from tests.scale.cluster import (
     RETRIES,
     Cluster,
+    assert_work_once,
     audit_verifies,
     counting_partners,
     open_request,
-    open_work_items,
     resolve_and_close,
     until_status,
     with_retries,
+    work_kinds,
 )
 from tests.scale.conftest import CHAIN, quick_service
 
@@ -177,17 +178,7 @@ async def test_two_replicas_two_workers_one_store_a_replica_killed_mid_load(
     store = create_store(c.database_url)
     try:
         async with store.read() as conn:
-            rows = (
-                await conn.execute(
-                    select(
-                        work_items.c.case_id,
-                        work_items.c.work_id,
-                        work_items.c.item,
-                        work_items.c.subject_id,
-                    ).where(work_items.c.case_id.in_(case_ids))
-                )
-            ).all()
-            items = await open_work_items(conn, c.keys, rows)
+            per_case = await work_kinds(conn, c.keys, case_ids)
             stored_cases = (
                 await conn.execute(
                     select(func.count()).select_from(cases).where(cases.c.service_id == service_id)
@@ -203,18 +194,9 @@ async def test_two_replicas_two_workers_one_store_a_replica_killed_mid_load(
             decided_in_log = len(decided & case_ids)
     finally:
         await store.close()
-    per_case: dict[str, Counter[str]] = {}
-    for case_id, item in items:
-        kind: str = item.WhichOneof("payload") or ""
-        if kind == "customer_notification":
-            kind = f"notify:{item.customer_notification.milestone}"
-        per_case.setdefault(case_id, Counter())[kind] += 1
-    assert set(per_case) == case_ids
-    for case_id, kinds in per_case.items():
-        assert kinds["diagnosis_request"] == len(CHAIN), (case_id, kinds)
-        assert kinds["ownership_offer"] == 1, (case_id, kinds)
-        for milestone in ("received", "diagnosing", "owner-assigned", "resolved"):
-            assert kinds[f"notify:{milestone}"] == 1, (case_id, milestone, kinds)
+    assert_work_once(
+        per_case, case_ids, len(CHAIN), ("received", "diagnosing", "owner-assigned", "resolved")
+    )
     notified = Counter(m for p in partners.values() for (_, m) in p.notifications)
     counts = (stored_cases, decided_in_log, len(case_ids))
     assert counts == (LOAD + 1,) * 3, counts
