@@ -16,7 +16,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 
 from gateway.audit.merkle import consistency_ranges, inclusion_ranges, perfect_subtrees
 from gateway.store import Store
-from gateway.store.engine import store_errors
+from gateway.store.failures import store_errors
 from gateway.store.schema import audit_head
 
 Node = tuple[int, int]

@@ -16,21 +16,20 @@ import logging
 import sqlite3
 import threading
 import time
-from collections.abc import AsyncIterator, Callable, Iterator, Mapping, Sequence
-from contextlib import asynccontextmanager, contextmanager
+from collections.abc import AsyncIterator, Callable, Mapping, Sequence
+from contextlib import asynccontextmanager
 from contextvars import ContextVar
 from typing import Any, Concatenate, ParamSpec, TypeVar
 
 import asyncpg
 from sqlalchemy import ClauseElement, Connection, Engine, create_engine, event
 from sqlalchemy.engine import make_url
-from sqlalchemy.exc import DBAPIError, OperationalError
-from sqlalchemy.exc import TimeoutError as PoolTimeout
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
 from sqlalchemy.util import await_only, greenlet_spawn
 
 from gateway.core.errors import Unavailable
 from gateway.store.changes import Changes
+from gateway.store.failures import CONNECTION_LOST, store_errors
 from gateway.store.inline_sqlite import DRIVER as INLINE_DRIVER
 from gateway.store.localids import LocalIdIndex, NoLocalIdIndex
 from gateway.store.statements import driver_statement
@@ -51,23 +50,6 @@ SQLITE_LOCK_WAIT_SECONDS = 10.0
 _SQLITE_BUSY_MS = 20
 #: How long `fetch_alone` waits for a connection of its pool (PostgreSQL).
 _DRIVER_POOL_WAIT_SECONDS = 30.0
-#: What asyncpg raises when a connection is lost or cannot be made. Operator
-#: intervention (class 57): the server shutting down or ending the connection while a
-#: statement runs, or not accepting connections yet. InternalClientError: the server's
-#: goodbye still being read as a statement goes out ("another operation is in progress").
-_CONNECTION_LOST = (
-    asyncpg.PostgresConnectionError,
-    asyncpg.exceptions.OperatorInterventionError,
-    asyncpg.InterfaceError,
-    asyncpg.InternalClientError,
-    OSError,
-)
-
-
-#: SQLSTATE classes that say the server cannot serve now, not that the statement is
-#: wrong: 08 connection exception, 53 insufficient resources ("too many clients
-#: already", disk full), 57 operator intervention (shutting down, starting up).
-_SQLSTATE_UNAVAILABLE = frozenset({"08", "53", "57"})
 
 
 class WalCheckpointer:
@@ -258,7 +240,7 @@ class Store:
             async with pool.acquire(timeout=_DRIVER_POOL_WAIT_SECONDS) as driver:
                 try:
                     records = await driver.fetch(sql, *values)
-                except _CONNECTION_LOST as exc:
+                except CONNECTION_LOST as exc:
                     driver.terminate()  # the pool opens a fresh one for the next statement
                     raise Unavailable(
                         "the store connection was lost", reason="STORE_UNAVAILABLE"
@@ -267,7 +249,7 @@ class Store:
             raise Unavailable(
                 "every connection to the store is in use", reason="STORE_BUSY"
             ) from None
-        except _CONNECTION_LOST as exc:  # could not connect (or open the pool)
+        except CONNECTION_LOST as exc:  # could not connect (or open the pool)
             raise Unavailable("the store cannot be reached", reason="STORE_UNAVAILABLE") from exc
         return [tuple(r) for r in records]
 
@@ -427,41 +409,6 @@ def _connect_hot(path: str) -> sqlite3.Connection:
     conn.execute(f"PRAGMA busy_timeout={_SQLITE_BUSY_MS}")
     conn.execute("PRAGMA secure_delete=ON")
     return conn
-
-
-@contextmanager
-def store_errors() -> Iterator[None]:
-    """The store's failures as the domain's: UNAVAILABLE when it cannot be reached."""
-    try:
-        yield
-    except PoolTimeout as exc:
-        raise Unavailable("every connection to the store is in use", reason="STORE_BUSY") from exc
-    except (OperationalError, sqlite3.OperationalError, OSError, ConnectionError) as exc:
-        raise Unavailable("the store cannot be reached", reason="STORE_UNAVAILABLE") from exc
-    except DBAPIError as exc:
-        if exc.connection_invalidated or isinstance(
-            getattr(exc.orig, "__cause__", None), _CONNECTION_LOST
-        ):
-            # The driver's own error under SQLAlchemy's: the connection went away while
-            # the statement was sent (the server restarting); nothing was committed.
-            raise Unavailable("the store connection was lost", reason="STORE_UNAVAILABLE") from exc
-        if getattr(exc.orig, "sqlstate", None) in _RETRY_SQLSTATES:
-            # PostgreSQL rolled the transaction back for another's sake: nothing of it
-            # happened, and the same call succeeds when retried (with its key).
-            raise Unavailable(
-                "the store gave way to another write", reason="STORE_CONFLICT"
-            ) from exc
-        if str(getattr(exc.orig, "sqlstate", None) or "")[:2] in _SQLSTATE_UNAVAILABLE:
-            raise Unavailable("the store cannot serve now", reason="STORE_UNAVAILABLE") from exc
-        raise
-    except asyncpg.PostgresError as exc:  # raised as is while the pool connects
-        if str(exc.sqlstate or "")[:2] in _SQLSTATE_UNAVAILABLE:
-            raise Unavailable("the store cannot serve now", reason="STORE_UNAVAILABLE") from exc
-        raise
-
-
-#: Deadlock detected, serialization failure.
-_RETRY_SQLSTATES = frozenset({"40P01", "40001"})
 
 
 def create_store(url: str, *, pool_size: int = 32, **engine_kwargs: Any) -> Store:
