@@ -81,16 +81,21 @@ class CaseCalls(ClientBase):
                 return
 
     async def watch_case(
-        self, case_id: str, *, purpose: str, after_sequence: int = 0
+        self, case_id: str, *, purpose: str, after_sequence: int = 0, consent_changes: bool = False
     ) -> AsyncIterator[cases_pb2.WatchCaseResponse]:
         """Every change to the case's view from ``after_sequence`` on; reconnects after a
-        broken stream from the last item seen, and ends when the case is closed."""
+        broken stream from the last item seen, and ends when the case is closed. With
+        ``consent_changes``, also a response with ``consent_change`` set (and no item)
+        when a consent deciding what this partner sees of the case changed."""
         position = after_sequence
         backoff = Backoff(self._retry, self._rng)
         while True:
             call = self._cases.WatchCase(
                 cases_pb2.WatchCaseRequest(
-                    case_id=case_id, purpose=purpose, after_sequence=position
+                    case_id=case_id,
+                    purpose=purpose,
+                    after_sequence=position,
+                    consent_changes=consent_changes,
                 ),
                 metadata=self._metadata(),
             )

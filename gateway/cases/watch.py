@@ -18,6 +18,7 @@ from gateway.consent.rules import AccessDecision, ConsentRules, Flow
 from gateway.core.caller import Caller
 from gateway.core.errors import InvalidArgument
 from gateway.store import Store
+from gateway.store.changes import CONSENT, Subscription, consent_key
 from gateway.store.schema import case_events
 from gateway.telemetry import annotate, instruments
 
@@ -71,6 +72,9 @@ class CaseWatch:
         Ends when the case is closed and every event was sent. Changes made by
         any replica or worker reach every watcher (``CaseFeed``). A watcher that
         stops reading is dropped through ``on_slow(last sequence it was sent)``.
+        With ``consent_changes``, a consent of the case's customer naming the caller's
+        company as a recipient, granted or withdrawn (its store notification, from any
+        replica on PostgreSQL), sends a response carrying ``consent_change``.
         """
         if not request.case_id:
             raise InvalidArgument.field("case_id", "is required")
@@ -80,12 +84,17 @@ class CaseWatch:
         position = request.after_sequence
         watcher = self.feed.watch(request.case_id, position, on_slow)
         loop = asyncio.get_running_loop()
+        consents: Subscription | None = None
         annotate(case_id=request.case_id)
         instruments.watchers.add(1)
         try:
             while True:
                 batch = await self._watch_batch(caller, request.case_id, request.purpose, position)
                 row, header, events = batch.row, batch.header, batch.events
+                if request.consent_changes and consents is None:
+                    consents = self.store.changes.subscribe(
+                        CONSENT, consent_key(row.subject_id, caller.partner_id), watcher.changes
+                    )
                 allowed, cited = _allowed(events, batch.decisions)
                 if events:
                     await self.rules.audit.record(
@@ -107,10 +116,16 @@ class CaseWatch:
                 if events:
                     position = watcher.position = events[-1].sequence
                     continue
+                if consents is not None and consents.take():
+                    change = cases_pb2.ConsentChange()
+                    change.noticed_at.GetCurrentTime()
+                    yield cases_pb2.WatchCaseResponse(header=header, consent_change=change)
                 if row.status == cases_pb2.CASE_STATUS_CLOSED:
                     return
                 await self.feed.wait(watcher, WATCH_IDLE_SECONDS)
         finally:
+            if consents is not None:
+                consents.close()
             self.feed.forget(watcher)
             instruments.watchers.add(-1)
 

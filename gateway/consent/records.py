@@ -31,6 +31,7 @@ from gateway.core.errors import FailedPrecondition, InvalidArgument, NotFound, P
 from gateway.crypto.pseudonyms import Pseudonyms
 from gateway.crypto.sealing import Sealer
 from gateway.store import Store
+from gateway.store.changes import CONSENT, announce, consent_key
 from gateway.store.idempotency import run_once
 from gateway.store.schema import consent_events, consents
 
@@ -261,6 +262,8 @@ class Consents:
         now: dt.datetime,
     ) -> None:
         self.rules.epoch += 1
+        for recipient in consent.recipient_partner_ids:  # their case watches read again
+            announce(conn, CONSENT, consent_key(subject_id, recipient))
         sequence = (
             await conn.execute(
                 select(func.count())

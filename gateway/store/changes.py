@@ -2,11 +2,13 @@
 
 A write transaction announces a change as a topic and a key (`announce(conn, WORK,
 partner_id)`: new work for that partner; `announce(conn, CASE, case_id)`: the case's
-timeline moved). Nothing is announced before the transaction commits, and nothing of
-a transaction rolled back: in this process the store delivers its announcements once
-the commit returned; on PostgreSQL the same transaction also sends them with NOTIFY,
-which the server delivers at commit to every other process listening on the database
-(one LISTEN connection per process, `Changes`), so replicas wake each other.
+timeline moved; `announce(conn, CONSENT, consent_key(subject_id, recipient))`: a
+consent of that customer naming that recipient was granted or withdrawn). Nothing is
+announced before the transaction commits, and nothing of a transaction rolled back: in
+this process the store delivers its announcements once the commit returned; on
+PostgreSQL the same transaction also sends them with NOTIFY, which the server delivers
+at commit to every other process listening on the database (one LISTEN connection per
+process, `Changes`), so replicas wake each other.
 
 A notification may still be lost (a LISTEN connection dropped and reopened, a process
 on the same SQLite file): a waiter reads again after ``SAFETY_SECONDS`` anyway, so a
@@ -18,6 +20,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import hashlib
 import logging
 import uuid
 from collections.abc import Iterator
@@ -33,6 +36,8 @@ log = logging.getLogger(__name__)
 WORK = "work"
 #: A case's timeline moved (key: the case id).
 CASE = "case"
+#: A consent of a customer naming a recipient changed (key: `consent_key`).
+CONSENT = "consent"
 #: How often a waiter reads again without being told (the net under lost notifications).
 SAFETY_SECONDS = 1.0
 #: The PostgreSQL channel every process of a deployment listens on.
@@ -43,6 +48,13 @@ _NOTIFY = text(f"SELECT pg_notify('{CHANNEL}', p) FROM unnest(CAST(:payloads AS 
 _RECONNECT_SECONDS = 0.5
 
 Change = tuple[str, str]
+
+
+def consent_key(subject_id: str, recipient_partner_id: str) -> str:
+    """The key of the `CONSENT` topic for a customer and a recipient: a digest, so that
+    the notifications PostgreSQL carries between processes name no customer."""
+    digest = hashlib.sha256(f"{subject_id}\x00{recipient_partner_id}".encode()).hexdigest()
+    return digest[:32]
 
 
 def announce(conn: AsyncConnection | Connection, topic: str, key: str) -> None:
@@ -57,16 +69,28 @@ def announce(conn: AsyncConnection | Connection, topic: str, key: str) -> None:
 class Subscription:
     """Waits for changes to one key of one topic; made by `Changes.subscribe`."""
 
-    __slots__ = ("_changes", "_event", "key", "topic")
+    __slots__ = ("_changes", "_event", "_wakes", "key", "topic")
 
-    def __init__(self, changes: Changes, topic: str, key: str) -> None:
+    def __init__(
+        self, changes: Changes, topic: str, key: str, wakes: Subscription | None = None
+    ) -> None:
         self._changes = changes
         self._event = asyncio.Event()
+        self._wakes = wakes
         self.topic = topic
         self.key = key
 
     def notify(self) -> None:
         self._event.set()
+        if self._wakes is not None:
+            self._wakes.notify()
+
+    def take(self) -> bool:
+        """Whether a change was announced since the last `take` or `wait` (and forget it):
+        for a subscription that wakes another one's waiter (``wakes``)."""
+        told = self._event.is_set()
+        self._event.clear()
+        return told
 
     async def wait(self, within: float = SAFETY_SECONDS) -> bool:
         """Until a change is announced (since the last wait returned, or since subscribing)
@@ -102,9 +126,11 @@ class Changes:
         #: Notifications received from other processes (for tests and diagnostics).
         self.received = 0
 
-    def subscribe(self, topic: str, key: str) -> Subscription:
-        """A subscription to ``key`` of ``topic``; close it when done (or use ``with``)."""
-        subscription = Subscription(self, topic, key)
+    def subscribe(self, topic: str, key: str, wakes: Subscription | None = None) -> Subscription:
+        """A subscription to ``key`` of ``topic``; close it when done (or use ``with``).
+        ``wakes``: another subscription whose waiter each change wakes as well (one
+        waiter told of two kinds of change; `Subscription.take` says which came)."""
+        subscription = Subscription(self, topic, key, wakes)
         self._waiting.setdefault((topic, key), set()).add(subscription)
         if self._dsn is not None and (self._listener is None or self._listener.done()):
             self._listener = asyncio.get_running_loop().create_task(

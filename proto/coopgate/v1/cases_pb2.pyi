@@ -785,6 +785,7 @@ class WatchCaseRequest(_message.Message):
     CASE_ID_FIELD_NUMBER: _builtins.int
     PURPOSE_FIELD_NUMBER: _builtins.int
     AFTER_SEQUENCE_FIELD_NUMBER: _builtins.int
+    CONSENT_CHANGES_FIELD_NUMBER: _builtins.int
     case_id: _builtins.str
     """Limits: Required; printable ASCII (ID), at most 128 bytes."""
     purpose: _builtins.str
@@ -796,16 +797,24 @@ class WatchCaseRequest(_message.Message):
     """Resume after this sequence (0 = from the start).
     Limits: At least 0.
     """
+    consent_changes: _builtins.bool
+    """Also send a response carrying `consent_change` (and no item) whenever a consent
+    of the case's customer that names the caller's company as a recipient is
+    granted or withdrawn: items of the view may have become visible or withheld.
+    Off by default, so that clients written before it never see a response
+    without an item.
+    """
     def __init__(
         self,
         *,
         case_id: _builtins.str = ...,
         purpose: _builtins.str = ...,
         after_sequence: _builtins.int = ...,
+        consent_changes: _builtins.bool = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["after_sequence", b"after_sequence", "case_id", b"case_id", "purpose", b"purpose"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["after_sequence", b"after_sequence", "case_id", b"case_id", "consent_changes", b"consent_changes", "purpose", b"purpose"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -817,25 +826,60 @@ class WatchCaseResponse(_message.Message):
 
     ITEM_FIELD_NUMBER: _builtins.int
     HEADER_FIELD_NUMBER: _builtins.int
+    CONSENT_CHANGE_FIELD_NUMBER: _builtins.int
     @_builtins.property
-    def item(self) -> Global___TimelineItem: ...
+    def item(self) -> Global___TimelineItem:
+        """The new item; unset in a response that carries `consent_change`."""
+
     @_builtins.property
     def header(self) -> Global___CaseHeader:
         """Current header after this event."""
+
+    @_builtins.property
+    def consent_change(self) -> Global___ConsentChange:
+        """Set (only for a watch that asked for `consent_changes`) when a consent that
+        decides what the caller sees of this case changed: read the view again
+        (GetCaseView); the watch goes on after the same position.
+        """
 
     def __init__(
         self,
         *,
         item: Global___TimelineItem | None = ...,
         header: Global___CaseHeader | None = ...,
+        consent_change: Global___ConsentChange | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["header", b"header", "item", b"item"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["consent_change", b"consent_change", "header", b"header", "item", b"item"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["header", b"header", "item", b"item"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["consent_change", b"consent_change", "header", b"header", "item", b"item"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___WatchCaseResponse: _TypeAlias = WatchCaseResponse  # noqa: Y015
+
+@_typing.final
+class ConsentChange(_message.Message):
+    """What WatchCase says of a consent change: when it was noticed. Which consent
+    changed is not said (the caller lists its customer's consents if it needs to).
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    NOTICED_AT_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def noticed_at(self) -> _timestamp_pb2.Timestamp: ...
+    def __init__(
+        self,
+        *,
+        noticed_at: _timestamp_pb2.Timestamp | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["noticed_at", b"noticed_at"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["noticed_at", b"noticed_at"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ConsentChange: _TypeAlias = ConsentChange  # noqa: Y015
 
 @_typing.final
 class AppendInteractionRequest(_message.Message):
