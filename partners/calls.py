@@ -36,6 +36,11 @@ class ClientBase:
     """The state and call path the per-service calls of ``PartnerClient`` share."""
 
     _rng: random.Random
+    _cases: cases_pb2_grpc.CaseServiceAsyncStub
+    _consents: consents_pb2_grpc.ConsentServiceAsyncStub
+    _admin: admin_pb2_grpc.AdminServiceAsyncStub
+    _work: work_pb2_grpc.PartnerWorkServiceAsyncStub
+    _audit: audit_pb2_grpc.AuditServiceAsyncStub
 
     def _init(
         self,
@@ -45,13 +50,23 @@ class ClientBase:
         deadline: float,
         retry: RetryPolicy,
         key_prefix: str,
+        stubs_of: ClientBase | None = None,
     ) -> None:
+        """``stubs_of``: another client on the same channel whose service stubs are
+        reused (a stub holds no caller state; building one per call cost ~0.3 ms)."""
         self._channel = channel
         self._person = person
         self._deadline = deadline
         self._retry = retry
         self._key_prefix = key_prefix
         self._owns_channel = False
+        if stubs_of is not None and stubs_of._channel is channel:
+            self._cases = stubs_of._cases
+            self._consents = stubs_of._consents
+            self._admin = stubs_of._admin
+            self._work = stubs_of._work
+            self._audit = stubs_of._audit
+            return
         self._cases = cases_pb2_grpc.CaseServiceStub(channel)
         self._consents = consents_pb2_grpc.ConsentServiceStub(channel)
         self._admin = admin_pb2_grpc.AdminServiceStub(channel)

@@ -69,6 +69,7 @@ class PartnerClient(CaseCalls, ConsentCalls, AdminCalls, AuditCalls, WorkCalls):
             deadline=self._deadline,
             retry=self._retry,
             key_prefix=self._key_prefix,
+            stubs_of=self,
         )
         other._rng = self._rng
         other.target = self.target

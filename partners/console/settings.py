@@ -38,6 +38,4 @@ class ConsoleSettings:
     #: The gateway's checkpoint verifier key, pinned; empty: the first one seen is kept.
     verifier_key: str = ""
     purpose: str = "incident-resolution"
-    #: How often an open case page checks whether the customer's consents changed.
-    consent_poll_seconds: float = 2.0
     call_deadline: float = 10.0

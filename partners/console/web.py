@@ -22,6 +22,7 @@ from partners.channel import PartnerCredentials
 from partners.client import PartnerClient
 from partners.console.accounts import Accounts, Person
 from partners.console.desk import CaseSignals, Desk
+from partners.console.fanout import Watches
 from partners.console.settings import ConsoleSettings
 from partners.errors import (
     DeadlineExceeded,
@@ -80,6 +81,7 @@ class Console:
         )
         self.signals = CaseSignals()
         self.desk = Desk(self.signals)
+        self.watches = Watches()
         self.advisor_client: PartnerClient | None = None
         self.compliance_client: PartnerClient | None = None
         self.work_client: PartnerClient | None = None

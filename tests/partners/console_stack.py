@@ -33,9 +33,7 @@ PEOPLE = {"lea": ("advisor", "lea-password-1"), "cora": ("compliance", "cora-pas
 
 
 @contextlib.asynccontextmanager
-async def console_for(
-    stage: Stage, partner: str, tmp: Path, *, poll: float = 0.5
-) -> AsyncIterator[str]:
+async def console_for(stage: Stage, partner: str, tmp: Path) -> AsyncIterator[str]:
     """The console of ``partner`` (its advisor, compliance and partner certificates);
     yields its base URL."""
     accounts = tmp / "accounts.toml"
@@ -47,7 +45,6 @@ async def console_for(
         compliance=stage.credentials(partner, Role.COMPLIANCE),
         work=stage.credentials(partner, Role.PARTNER),
         accounts=accounts,
-        consent_poll_seconds=poll,
     )
     sock = socket.socket()
     sock.bind(("127.0.0.1", 0))
