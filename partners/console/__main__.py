@@ -108,7 +108,9 @@ async def serve(args: argparse.Namespace) -> int:
     sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
     sock.bind((host or "127.0.0.1", int(port)))
-    config = uvicorn.Config(create_app(settings), log_level="warning", access_log=False)
+    config = uvicorn.Config(
+        create_app(settings), log_level="warning", access_log=False, http="httptools"
+    )
     server = uvicorn.Server(config)
     bound = sock.getsockname()
     print(f"console for {args.partner} at http://{bound[0]}:{bound[1]}/", flush=True)

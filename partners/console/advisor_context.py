@@ -25,7 +25,7 @@ def case_context(console: Console, view: cases_pb2.CaseView) -> dict[str, Any]:
     return {
         "view": view,
         "h": render.header(h),
-        "rows": [render.row(i) for i in sorted(view.timeline, key=lambda i: i.sequence)],
+        "timeline": console.timeline(view.timeline),
         "withheld": render.withheld(view),
         "decision": decision,
         "offer": offer,

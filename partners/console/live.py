@@ -43,7 +43,7 @@ async def events(request: Request) -> Response:
 
 def _item_events(console: Console, change: cases_pb2.WatchCaseResponse) -> list[tuple[str, str]]:
     return [
-        ("item", console.fragment("_rows.html", rows=[render.row(change.item)])),
+        ("item", console.item_html(change.item)),
         ("header", console.fragment("_header.html", h=render.header(change.header))),
     ]
 

@@ -4,7 +4,9 @@ pages, and the advisor and compliance routes (``advisor.py``, ``compliance.py``)
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
+import functools
 import secrets
 import time
 from collections.abc import AsyncIterator, Mapping
@@ -12,12 +14,15 @@ from pathlib import Path
 from typing import Any
 
 import jinja2
+from coopgate.v1 import cases_pb2
+from markupsafe import Markup
 from starlette.datastructures import FormData
 from starlette.exceptions import HTTPException
 from starlette.requests import Request
 from starlette.responses import HTMLResponse, RedirectResponse, Response
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+import partners.console.render as render
 from partners.channel import PartnerCredentials
 from partners.client import PartnerClient
 from partners.console.accounts import Accounts, Person
@@ -35,6 +40,8 @@ from partners.errors import (
 )
 
 HERE = Path(__file__).parent
+#: Timeline items kept rendered (an item's HTML depends on its content alone).
+RENDERED_ITEMS = 8192
 CSP = (
     "default-src 'none'; script-src 'self'; style-src 'self'; img-src 'self'; "
     "connect-src 'self'; form-action 'self'; frame-ancestors 'none'; base-uri 'none'"
@@ -79,6 +86,9 @@ class Console:
             undefined=jinja2.StrictUndefined,
             auto_reload=False,
         )
+        #: An item's HTML by its serialized form: timeline items never change once
+        #: written, and the pages and live updates of a case show the same ones again.
+        self._item_html = functools.lru_cache(maxsize=RENDERED_ITEMS)(self._render_item)
         self.signals = CaseSignals()
         self.desk = Desk(self.signals)
         self.watches = Watches()
@@ -130,7 +140,8 @@ class Console:
         self, request: Request, template: str, http_status: int = 200, **context: Any
     ) -> HTMLResponse:
         person = signed_in(request, self)
-        flash = request.session.pop("flash", "") if "session" in request.scope else ""
+        session = request.session if "session" in request.scope else {}
+        flash = session.pop("flash", "") if "flash" in session else ""
         html = self.templates.get_template(template).render(
             person=person,
             partner=self.settings.partner_id,
@@ -143,6 +154,20 @@ class Console:
 
     def fragment(self, template: str, **context: Any) -> str:
         return self.templates.get_template(template).render(**context)
+
+    def timeline(self, items: Any) -> Markup:
+        """The ``<li>`` of each item, in sequence order (escaped by the template)."""
+        ordered = sorted(items, key=lambda i: i.sequence)
+        return Markup("").join(self.item_html(item) for item in ordered)
+
+    def item_html(self, item: cases_pb2.TimelineItem) -> Markup:
+        if not item.HasField("occurred_at"):  # shown with the time it is rendered
+            return self._render_item(item.SerializeToString(deterministic=True))
+        return self._item_html(item.SerializeToString(deterministic=True))
+
+    def _render_item(self, serialized: bytes) -> Markup:
+        item = cases_pb2.TimelineItem.FromString(serialized)
+        return Markup(self.fragment("_rows.html", rows=[render.row(item)]))
 
 
 def console_of(request: Request) -> Console:
@@ -183,7 +208,8 @@ def signed_in(request: Request, console: Console) -> Person | None:
     ):
         session.clear()
         return None
-    session["seen"] = now
+    if now - session.get("seen", 0) > min(60.0, s.idle_seconds / 20):
+        session["seen"] = now  # not at every request: each change signs a new cookie
     return Person(session["person"], session["role"], session.get("name", ""))
 
 
@@ -225,7 +251,10 @@ async def sign_in(request: Request) -> Response:
     console = console_of(request)
     form = await checked_form(request)
     person_id, password = field(form, "person", 128), field(form, "password", 1024)
-    person = console.accounts.check(person_id, password) if console.accounts else None
+    # Argon2 takes tens of milliseconds of CPU by design: in a thread (it releases the
+    # GIL), not on the loop that serves every open page.
+    accounts = console.accounts
+    person = await asyncio.to_thread(accounts.check, person_id, password) if accounts else None
     if person is None:
         return console.page(
             request,
