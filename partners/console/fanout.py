@@ -64,7 +64,7 @@ def status(text: str, tone: str = "") -> bytes:
     return encode("status", f"{tone}|{text}")
 
 
-DOWN = status("The gateway cannot be reached; retrying…", "down")
+DOWN = status("The gateway cannot be reached; retrying…", "offline")
 UP = status("Connected to the gateway again.", "up")
 
 
@@ -109,6 +109,10 @@ class SharedWatch:
                         page.inbox.put_nowait(("items", entry))
         self.pages.add(page)
         return page
+
+    def refresh(self, why: str) -> None:
+        """Read the view again for every page (and recover if the gateway is gone)."""
+        self._wake.put_nowait(why)
 
     def _send(self, message: Message) -> None:
         for page in self.pages:
@@ -168,9 +172,7 @@ class SharedWatch:
                     else:
                         self._send(("view", View(view, str(value))))
                 if kind == "failed":
-                    self._send(
-                        ("status", status("The gateway cannot be reached; retrying…", "down"))
-                    )
+                    self._send(("status", DOWN))
                     view = await self._reconnect()
                     self._send(("status", UP))
                     self._send(("view", View(view, "")))

@@ -19,6 +19,7 @@ from partners.client import PartnerClient
 from partners.console.advisor_context import case_context
 from partners.console.fanout import View, encode
 from partners.console.web import Console, console_of, csrf_token, require
+from partners.errors import DeadlineExceeded, Unavailable
 
 __all__ = ["case_context", "events"]
 
@@ -80,7 +81,12 @@ async def _stream(
                         yield event
             elif kind in ("view", "read"):
                 if kind == "read":
-                    value = View(await client.get_case_view(case_id, purpose=purpose), str(value))
+                    try:
+                        view = await client.get_case_view(case_id, purpose=purpose)
+                    except (Unavailable, DeadlineExceeded):
+                        shared.refresh("read")  # fails there too: all pages say so, recover
+                        continue
+                    value = View(view, str(value))
                 yield _view_event(console, value, page)
                 # Items sent before this view was read and not in it: shown again (the
                 # page keeps one of each).

@@ -33,14 +33,16 @@ PEOPLE = {"lea": ("advisor", "lea-password-1"), "cora": ("compliance", "cora-pas
 
 
 @contextlib.asynccontextmanager
-async def console_for(stage: Stage, partner: str, tmp: Path) -> AsyncIterator[str]:
-    """The console of ``partner`` (its advisor, compliance and partner certificates);
-    yields its base URL."""
+async def console_for(
+    stage: Stage, partner: str, tmp: Path, *, target: str | None = None
+) -> AsyncIterator[str]:
+    """The console of ``partner`` (its advisor, compliance and partner certificates),
+    to the stage's gateway or ``target``; yields its base URL."""
     accounts = tmp / "accounts.toml"
     Accounts.write(accounts, PEOPLE)
     settings = ConsoleSettings(
         partner_id=partner,
-        target=stage.target,
+        target=target or stage.target,
         advisor=stage.credentials(partner, Role.ADVISOR),
         compliance=stage.credentials(partner, Role.COMPLIANCE),
         work=stage.credentials(partner, Role.PARTNER),

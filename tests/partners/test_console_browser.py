@@ -7,14 +7,21 @@ reports no error (a CSP violation would be one)."""
 
 from __future__ import annotations
 
+import contextlib
 import re
+import socket
+from collections.abc import AsyncIterator
 from pathlib import Path
 
+import grpc
 import pytest
 from playwright.async_api import ConsoleMessage, Page, expect
 
+from gateway.api.server import create_server, mark_serving
+from gateway.stack import Pki
 from partners import Channel, Purpose
 from partners.scenarios import Stage, Timings
+from tests.conftest import Stack
 from tests.partners.backends import running_backends
 from tests.partners.console_stack import ARTIFACTS, PEOPLE, chromium, console_for
 
@@ -166,3 +173,74 @@ async def test_advisor_and_compliance_in_a_browser(stage: Stage, tmp_path: Path)
 def _error(errors: list[str], message: ConsoleMessage) -> None:
     if message.type == "error":
         errors.append(f"console: {message.text}")
+
+
+@contextlib.asynccontextmanager
+async def gateway_replica(stack: Stack, pki: Pki, port: int) -> AsyncIterator[grpc.aio.Server]:
+    """Another gateway server for the stack's runtime (same store, same workflows) on
+    ``port``, which the test stops and starts again without touching the shared one."""
+    server, _, health = create_server(f"127.0.0.1:{port}", pki.server, stack.runtime.domain)
+    await server.start()
+    await mark_serving(health, True)
+    try:
+        yield server
+    finally:
+        await server.stop(0)
+
+
+@pytest.mark.parametrize("stack", ["sqlite"], indirect=True)
+async def test_the_gateway_going_away_while_a_case_page_is_open(
+    stage: Stage, stack: Stack, pki: Pki, tmp_path: Path
+) -> None:
+    bank = stage.cast["bank"]
+    errors: list[str] = []
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    target = f"127.0.0.1:{port}"
+    service = await stage.service("nfc-payment")  # the cast's own copy
+    advisor = stage.client(bank, "advisor", "lea")  # through the shared gateway
+    opened = await advisor.open_case(
+        service_id=service,
+        customer_local_id=stage.customer(bank),
+        channel=Channel.PHONE,
+        summary="Card payments with the phone fail since this morning.",
+    )
+    async with (
+        gateway_replica(stack, pki, port) as replica,
+        console_for(stage, bank, tmp_path, target=target) as base,
+        chromium() as browser,
+    ):
+        page = await browser.new_page(viewport={"width": 1280, "height": 900})
+        page.on("console", lambda m: _error(errors, m))
+        page.on("pageerror", lambda e: errors.append(f"page error: {e}"))
+        await sign_in(page, base, "lea")
+        await page.goto(f"{base}/cases/{opened.case_id}")
+        status = page.locator("#live-status")
+        await expect(status).to_have_text("Live", timeout=LIVE)
+        banner = page.locator("#gateway-down")
+        await expect(banner).to_be_hidden()
+        await page.evaluate("window.unreloaded = true")
+
+        await replica.stop(0)  # the console's gateway is gone; the page stays open
+        await expect(status).to_have_text(re.compile("cannot be reached"), timeout=LIVE)
+        await expect(banner).to_be_visible()
+        await expect(banner).to_contain_text("reconnects by itself")
+        body = await page.locator("body").inner_text()
+        assert "Traceback" not in body, body
+        assert "Error" not in body, body
+        await page.screenshot(path=str(ARTIFACTS / "gateway-down.png"), full_page=True)
+
+        # It comes back (same address): the page says so and is live again, unreloaded.
+        async with gateway_replica(stack, pki, port):
+            await expect(status).to_have_text(re.compile("again"), timeout=LIVE)
+            await expect(banner).to_be_hidden()
+            await advisor.append_interaction(
+                opened.case_id, channel=Channel.PHONE, summary="Called back after the outage."
+            )
+            await expect(page.locator("#timeline")).to_contain_text(
+                "Called back after the outage.", timeout=LIVE
+            )
+            assert await page.evaluate("window.unreloaded === true")
+            await page.close()
+    assert not errors, errors

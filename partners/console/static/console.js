@@ -38,9 +38,11 @@ function live() {
   const box = document.getElementById("live");
   if (!box || !box.dataset.events || !window.EventSource) return;
   const status = document.getElementById("live-status");
+  const down = document.getElementById("gateway-down");
   const say = (text, tone) => {
     status.textContent = text;
     status.className = `live-status ${tone || ""}`;
+    if (down) down.hidden = tone !== "offline";
   };
   const source = new EventSource(box.dataset.events);
   source.addEventListener("open", () => say("Live", "up"));
