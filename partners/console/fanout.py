@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -27,6 +28,8 @@ from sse_starlette.event import ServerSentEvent
 from partners.client import PartnerClient
 from partners.console.desk import CaseSignals
 from partners.errors import DeadlineExceeded, GatewayError, Unavailable
+
+log = logging.getLogger(__name__)
 
 #: Seconds between attempts to reach the gateway again while it is down.
 RETRY_SECONDS = 1.0
@@ -95,6 +98,20 @@ class SharedWatch:
         self._wake = signals.open(self.case_id)
         self._ended: bytes | None = None
         self._task = asyncio.create_task(self._run(), name=f"console-watch-{self.case_id}")
+        self._task.add_done_callback(self._stopped)
+
+    def _stopped(self, task: asyncio.Task[None]) -> None:
+        """A stream that failed unexpectedly tells its pages (which then leave; a page
+        that opens again gets a new stream)."""
+        if task.cancelled() or task.exception() is None:
+            return
+        log.error("a case's live stream failed", exc_info=task.exception())
+        self._ended = status("The live view stopped: reload the page.", "down")
+        self._send(("end", self._ended))
+
+    @property
+    def failed(self) -> bool:
+        return self._task.done()
 
     def join(self, after: int) -> Page:
         page = Page(after)
@@ -218,7 +235,7 @@ class Watches:
     ) -> tuple[SharedWatch, Page]:
         key = (person_id, case_id)
         shared = self._shared.get(key)
-        if shared is None:
+        if shared is None or shared.failed:
             shared = self._shared[key] = SharedWatch(
                 key, client, purpose, after, item_events, signals
             )
@@ -227,9 +244,10 @@ class Watches:
     async def leave(self, shared: SharedWatch, page: Page) -> bool:
         """Whether this was the stream's last page (then it is closed)."""
         shared.pages.discard(page)
-        if shared.pages or self._shared.get(shared.key) is not shared:
+        if shared.pages:
             return False
-        del self._shared[shared.key]
+        if self._shared.get(shared.key) is shared:
+            del self._shared[shared.key]
         await shared.close()
         return True
 
