@@ -147,6 +147,19 @@ class Settings(BaseSettings):
     retention_sweep_seconds: float = Field(
         default=3600.0, ge=0, description="How often cases past their retention are looked for."
     )
+    workflow_start_sweep_seconds: float = Field(
+        default=30.0,
+        ge=0,
+        description="How often every gateway and worker starts the incident workflows of "
+        "cases committed without them (the process stopped between the two); also once at "
+        "start. 0: never in this process (another one's sweep still does).",
+    )
+    workflow_start_grace_seconds: float = Field(
+        default=10.0,
+        ge=0,
+        description="How old a case's pending workflow start must be before a sweep makes it "
+        "(younger ones are most likely being started by the OpenCase that wrote them).",
+    )
     # What every consent receipt says about who issues it and answers for it (Kantara
     # Consent Receipt v1.1 / ISO/IEC TS 27560): set these for a real deployment.
     receipt_issuer: str | None = Field(

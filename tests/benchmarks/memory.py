@@ -73,6 +73,7 @@ async def open_in_domain(cluster: Cluster, n: int) -> list[str]:
         database_url=cluster.database_url,
         temporal_address=cluster.temporal_address,
         checkpoint_interval_seconds=0,
+        workflow_start_sweep_seconds=0,
     ).model_copy(update=values)
     tag = uuid.uuid4().hex[:8]
     bank = Caller("bank-a", Role.ADVISOR, "bench")
@@ -210,7 +211,11 @@ async def main() -> None:
                     tls=pki.server,
                     keys=keys_environment(workdir / "vault"),
                     credentials=credentials,
-                    extra_env={"COOPGATE_DATABASE_POOL_SIZE": "32"},
+                    # No sweep either: it would start the workflows this benchmark leaves out.
+                    extra_env={
+                        "COOPGATE_DATABASE_POOL_SIZE": "32",
+                        "COOPGATE_WORKFLOW_START_SWEEP_SECONDS": "0",
+                    },
                 )
                 await seed(cluster)
                 gateway = cluster.add_gateway()
