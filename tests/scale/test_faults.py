@@ -26,7 +26,6 @@ from tests.scale.cluster import (
     Process,
     assert_work_once,
     audit_verifies,
-    counting_partners,
     dev_server,
     keys_environment,
     open_request,
@@ -36,6 +35,7 @@ from tests.scale.cluster import (
     work_kinds,
 )
 from tests.scale.conftest import CHAIN, quick_service, seed
+from tests.scale.counting import counting_partners
 
 #: Incidents opened before each fault.
 PER_FAULT = 3
