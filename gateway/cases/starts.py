@@ -3,7 +3,7 @@ the case's commit and the workflow's start (a transactional outbox).
 
 OpenCase writes the start to make (`workflow_starts`) in the case's own transaction,
 then starts the workflow. Once the start returned, the row is no longer needed: the
-process notes the case and deletes such rows in one statement at its next sweep. A
+process notes the case and deletes the rows noted within a second in one statement. A
 row still there after ``grace`` seconds is a start that may never have happened (the
 process stopped, Temporal was unreachable and the caller did not retry): the sweep,
 run by every gateway and worker at start and every ``interval`` seconds, starts it.
@@ -31,9 +31,10 @@ log = logging.getLogger(__name__)
 
 #: Rows looked at per sweep (the sweep goes on at the next one).
 SWEEP_BATCH = 200
-#: Started cases noted before their rows are deleted at once, without waiting for the
-#: next sweep (bounds what a process keeps in memory).
-_FLUSH_AT = 2000
+#: How soon after a start its row is deleted (with every other start noted meanwhile,
+#: in one statement): well within ``grace``, so that other processes' sweeps do not
+#: make those starts again.
+FLUSH_SECONDS = 1.0
 
 
 class WorkflowStarts:
@@ -49,6 +50,7 @@ class WorkflowStarts:
         #: process's sweep finds their rows and makes the start again: a no-op).
         self.enabled = enabled
         self._started: set[str] = set()
+        self._flushing: asyncio.Task[None] | None = None
         #: Workflows this process's sweeps started (for tests and diagnostics).
         self.swept = 0
 
@@ -57,11 +59,21 @@ class WorkflowStarts:
         await conn.execute(insert(workflow_starts).values(case_id=case_id, created_at=now))
 
     def started(self, case_id: str) -> None:
-        """The workflow of ``case_id`` was started: its row may go."""
-        if self.enabled:
-            self._started.add(case_id)
-            if len(self._started) >= _FLUSH_AT:
-                asyncio.get_running_loop().create_task(self._flush())
+        """The workflow of ``case_id`` was started: its row goes within ``FLUSH_SECONDS``."""
+        if not self.enabled:
+            return
+        self._started.add(case_id)
+        if self._flushing is None or self._flushing.done():
+            self._flushing = asyncio.get_running_loop().create_task(
+                self._flush_soon(), name="workflow-starts-flush"
+            )
+
+    async def _flush_soon(self) -> None:
+        await asyncio.sleep(FLUSH_SECONDS)
+        try:
+            await self._flush()
+        except CoopgateError as exc:  # kept for the next flush or sweep
+            log.warning("started workflows' rows not deleted yet: %s", exc)
 
     async def _flush(self) -> None:
         done, self._started = self._started, set()
@@ -115,11 +127,15 @@ class WorkflowStarts:
 
     async def run(self, interval: float) -> None:
         """Sweep now and every ``interval`` seconds, until cancelled."""
-        while True:
-            try:
-                await self.sweep()
-            except CoopgateError as exc:  # store or workflow engine away: next time
-                log.warning("workflow start sweep did not finish: %s", exc)
-            except Exception:
-                log.exception("workflow start sweep failed; retrying")
-            await asyncio.sleep(interval)
+        try:
+            while True:
+                try:
+                    await self.sweep()
+                except CoopgateError as exc:  # store or workflow engine away: next time
+                    log.warning("workflow start sweep did not finish: %s", exc)
+                except Exception:
+                    log.exception("workflow start sweep failed; retrying")
+                await asyncio.sleep(interval)
+        finally:
+            if self._flushing is not None:
+                self._flushing.cancel()
