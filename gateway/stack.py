@@ -345,6 +345,7 @@ async def start_gateway(runtime: Runtime, tls: Pki | ServerTLS) -> RunningGatewa
             quota=PartnerQuota(
                 runtime.settings.max_streams_per_partner, runtime.settings.max_inflight_per_partner
             ),
+            call_queue_seconds=runtime.settings.call_queue_seconds,
         )
     except OSError as exc:
         _, _, wanted = runtime.settings.listen.rpartition(":")

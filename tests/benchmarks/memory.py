@@ -119,13 +119,16 @@ async def read_views(cluster: Cluster, case_ids: list[str], concurrency: int) ->
 
 
 async def attach_watchers(
-    cluster: Cluster, case_ids: list[str], n: int, concurrency: int
+    cluster: Cluster, case_ids: list[str], n: int, concurrency: int, per_connection: int = 100
 ) -> tuple[list[grpc.aio.UnaryStreamCall[cases_pb2.WatchCaseRequest, object]], float, int]:
-    """``n`` watches on ``n`` cases (100 per connection, all opened at once), each woken
-    by one change (written ``concurrency`` at a time); returns the calls, the seconds
-    until every watcher had its change (or failed) and how many had it. A watch that
-    fails is counted in ``FAILURES`` by status and message."""
-    apis = [cluster.api("bank-a", Role.ADVISOR) for _ in range((n + 99) // 100)]
+    """``n`` watches on ``n`` cases (``per_connection`` per connection, all opened at
+    once), each woken by one change (written ``concurrency`` at a time); returns the
+    calls, the seconds until every watcher had its change (or failed) and how many had
+    it. A watch that fails is counted in ``FAILURES`` by status and message."""
+    apis = [
+        cluster.api("bank-a", Role.ADVISOR)
+        for _ in range((n + per_connection - 1) // per_connection)
+    ]
     calls = []
     woken = 0
     done = asyncio.Event()
@@ -133,7 +136,7 @@ async def attach_watchers(
 
     async def watch(k: int, case_id: str) -> None:
         nonlocal woken
-        call = apis[k // 100].cases.WatchCase(
+        call = apis[k // per_connection].cases.WatchCase(
             cases_pb2.WatchCaseRequest(case_id=case_id, purpose="incident-resolution")
         )
         calls.append(call)
@@ -181,6 +184,7 @@ async def main() -> None:
     parser.add_argument("--cases", type=int, default=10_000)
     parser.add_argument("--watchers", type=int, default=1000)
     parser.add_argument("--concurrency", type=int, default=32)
+    parser.add_argument("--per-connection", type=int, default=100, help="watches per channel")
     parser.add_argument("--backend", choices=["sqlite", "postgres"], default="sqlite")
     parser.add_argument("--via", choices=["domain", "api"], default="domain")
     parser.add_argument("--json", type=Path, help="default var/bench/memory-BACKEND.json")
@@ -245,7 +249,7 @@ async def main() -> None:
                         f"after one view of each case:    {viewed:7.1f} MB (+{viewed - base:.1f})"
                     )
                     calls, woke, woken = await attach_watchers(
-                        cluster, case_ids, args.watchers, args.concurrency
+                        cluster, case_ids, args.watchers, args.concurrency, args.per_connection
                     )
                     watched = rss_mb(pid)
                     print(
