@@ -160,7 +160,7 @@ class Settings(BaseSettings):
         ge=0,
         description="How often every gateway and worker starts the incident workflows of "
         "cases committed without them (the process stopped between the two); also once at "
-        "start. 0: never in this process (another one's sweep still does).",
+        "start. 0: no sweep in this process (another one's still does).",
     )
     workflow_start_grace_seconds: float = Field(
         default=10.0,

@@ -233,6 +233,7 @@ async def open_runtime(
     feed: CaseFeed | None = None
     checkpoints: asyncio.Task[None] | None = None
     sweeper: asyncio.Task[None] | None = None
+    starts: WorkflowStarts | None = None
     try:
         store.local_ids = LocalIdIndex(keys.identifier)
         await _refuse_damaged(check_sqlite_file(store))
@@ -261,12 +262,7 @@ async def open_runtime(
             await _refuse_damaged(verify_log_at_start(store, checkpointer))
         feed = CaseFeed(store, slow_after=settings.slow_watcher_seconds)
         sealer = Sealer(keys.master)
-        starts = WorkflowStarts(
-            store,
-            incidents,
-            grace=settings.workflow_start_grace_seconds,
-            enabled=settings.workflow_start_sweep_seconds > 0,
-        )
+        starts = WorkflowStarts(store, incidents, grace=settings.workflow_start_grace_seconds)
         cases = Cases(store, pseudonyms, incidents, rules, vocabulary, feed, sealer, starts)
         consents = Consents(store, vocabulary, pseudonyms, signer, audit, rules, sealer)
         agreements = SharingAgreements(store, vocabulary, audit)
@@ -276,7 +272,7 @@ async def open_runtime(
             checkpoints = asyncio.create_task(
                 checkpointer.run(settings.checkpoint_interval_seconds), name="audit-checkpoints"
             )
-        if starts.enabled:
+        if settings.workflow_start_sweep_seconds > 0:
             sweeper = asyncio.create_task(
                 starts.run(settings.workflow_start_sweep_seconds), name="workflow-start-sweep"
             )
@@ -311,6 +307,8 @@ async def open_runtime(
                 task.cancel()
                 with contextlib.suppress(asyncio.CancelledError):
                     await task
+        if starts is not None:
+            await starts.close()
         if feed is not None:
             await feed.close()
         if audit is not None:

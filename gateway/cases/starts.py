@@ -40,15 +40,10 @@ FLUSH_SECONDS = 1.0
 class WorkflowStarts:
     """The starts of the cases' incident workflows still to make, and their sweep."""
 
-    def __init__(
-        self, store: Store, incidents: Incidents, *, grace: float = 10.0, enabled: bool = True
-    ) -> None:
+    def __init__(self, store: Store, incidents: Incidents, *, grace: float = 10.0) -> None:
         self.store = store
         self.incidents = incidents
         self.grace = grace
-        #: Without a sweep in this process, started cases are not noted (another
-        #: process's sweep finds their rows and makes the start again: a no-op).
-        self.enabled = enabled
         self._started: set[str] = set()
         self._flushing: asyncio.Task[None] | None = None
         #: Workflows this process's sweeps started (for tests and diagnostics).
@@ -60,8 +55,6 @@ class WorkflowStarts:
 
     def started(self, case_id: str) -> None:
         """The workflow of ``case_id`` was started: its row goes within ``FLUSH_SECONDS``."""
-        if not self.enabled:
-            return
         self._started.add(case_id)
         if self._flushing is None or self._flushing.done():
             self._flushing = asyncio.get_running_loop().create_task(
@@ -127,15 +120,21 @@ class WorkflowStarts:
 
     async def run(self, interval: float) -> None:
         """Sweep now and every ``interval`` seconds, until cancelled."""
+        while True:
+            try:
+                await self.sweep()
+            except CoopgateError as exc:  # store or workflow engine away: next time
+                log.warning("workflow start sweep did not finish: %s", exc)
+            except Exception:
+                log.exception("workflow start sweep failed; retrying")
+            await asyncio.sleep(interval)
+
+    async def close(self) -> None:
+        """Delete the rows of the starts noted so far (before the store closes)."""
+        if self._flushing is not None:
+            self._flushing.cancel()
+            self._flushing = None
         try:
-            while True:
-                try:
-                    await self.sweep()
-                except CoopgateError as exc:  # store or workflow engine away: next time
-                    log.warning("workflow start sweep did not finish: %s", exc)
-                except Exception:
-                    log.exception("workflow start sweep failed; retrying")
-                await asyncio.sleep(interval)
-        finally:
-            if self._flushing is not None:
-                self._flushing.cancel()
+            await self._flush()
+        except CoopgateError as exc:  # swept later by any process: a start made again
+            log.warning("started workflows' rows not deleted: %s", exc)

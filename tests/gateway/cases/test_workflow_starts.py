@@ -74,7 +74,7 @@ async def test_a_case_committed_without_its_workflow_gets_it_from_the_sweep(
         await stack.client.get_workflow_handle(case_id).describe()
 
     # Another replica's sweep (any process's: they share the store) starts it.
-    replica = WorkflowStarts(stack.runtime.store, real, grace=0, enabled=False)
+    replica = WorkflowStarts(stack.runtime.store, real, grace=0)
     assert await replica.sweep() >= 1
     assert await _pending(stack, service_id) == []
     description = await stack.client.get_workflow_handle(case_id).describe()
