@@ -32,8 +32,15 @@ class CountingPartner:
     again_after_ack: list[str] = field(default_factory=list)
     notifications: Counter[tuple[str, str]] = field(default_factory=Counter)
     streams: int = 0
+    #: Items handled at once (1: in order, one after the other). A first-contact partner
+    #: gets every customer notification of its cases besides its diagnoses: one at a
+    #: time, its answers fell behind the soak's diagnosis deadline.
+    concurrency: int = 1
 
     async def run(self) -> None:
+        if self.concurrency > 1:
+            await self._run_concurrently()
+            return
         while True:
             call = self.api.work.Subscribe(work_pb2.SubscribeRequest(max_in_flight=64))
             self.streams += 1
@@ -44,6 +51,46 @@ class CountingPartner:
                 await asyncio.sleep(0.2)  # the replica went away: subscribe again
             finally:
                 call.cancel()  # a handler that failed leaves the stream open otherwise
+
+    async def _run_concurrently(self) -> None:
+        """``concurrency`` items at a time; an item whose handling failed ends the
+        stream, so that it comes again on the next one (it was not acknowledged)."""
+        slots = asyncio.Semaphore(self.concurrency)
+        while True:
+            await self._one_stream(slots)
+            await asyncio.sleep(0.2)  # the replica went away or an item failed: again
+
+    async def _one_stream(self, slots: asyncio.Semaphore) -> None:
+        call = self.api.work.Subscribe(work_pb2.SubscribeRequest(max_in_flight=64))
+        self.streams += 1
+        failed = asyncio.Event()
+        handling: set[asyncio.Task[None]] = set()
+
+        async def one(item: work_pb2.WorkItem) -> None:
+            try:
+                await self.handle(item)
+            except grpc.aio.AioRpcError:
+                failed.set()
+            finally:
+                slots.release()
+
+        async def read() -> None:
+            with contextlib.suppress(grpc.aio.AioRpcError):
+                async for response in call:
+                    await slots.acquire()
+                    task = asyncio.create_task(one(response.item))
+                    handling.add(task)
+                    task.add_done_callback(handling.discard)
+
+        reader = asyncio.create_task(read())
+        stopper = asyncio.create_task(failed.wait())
+        try:
+            await asyncio.wait({reader, stopper}, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            reader.cancel()
+            stopper.cancel()
+            call.cancel()
+            await asyncio.gather(reader, stopper, *handling, return_exceptions=True)
 
     async def handle(self, item: work_pb2.WorkItem) -> None:
         kind = item.WhichOneof("payload") or ""
@@ -116,6 +163,7 @@ async def counting_partners(
     *,
     faulty: str,
     accepting: str,
+    concurrency: int = 1,
 ) -> AsyncIterator[dict[str, CountingPartner]]:
     running = {
         partner: CountingPartner(
@@ -124,6 +172,7 @@ async def counting_partners(
             case_ids,
             faulty=partner == faulty,
             accepts=partner == accepting,
+            concurrency=concurrency,
         )
         for partner in partners
     }

@@ -6,8 +6,9 @@ two services, every case watched until it has an owner. At the end every case is
 gateway's memory stopped growing.
 
 Bounded for CI: ``COOPGATE_SOAK_INCIDENTS`` (default 2000) is the most it opens,
-``COOPGATE_SOAK_SECONDS`` (default 90) the longest it keeps opening; it reports how
-many it drove and at what rate."""
+``COOPGATE_SOAK_SECONDS`` (default 90) the longest it keeps opening,
+``COOPGATE_SOAK_IN_FLIGHT`` (default 24) how many incidents are open at once; it reports
+how many it drove, at what rate, and how long each took to an owner."""
 
 from __future__ import annotations
 
@@ -40,10 +41,14 @@ from tests.scale.test_replicas import temporal_visible
 
 INCIDENTS = int(os.environ.get("COOPGATE_SOAK_INCIDENTS", "2000"))
 SECONDS = float(os.environ.get("COOPGATE_SOAK_SECONDS", "90"))
-IN_FLIGHT = 24
+IN_FLIGHT = int(os.environ.get("COOPGATE_SOAK_IN_FLIGHT", "24"))
 #: Service -> (first contact, the partner whose component is at fault).
 SERVICES = {"nfc-payment": ("bank-a", "telco-a"), "smart-heating": ("energy-a", "thermo-a")}
 PARTNERS = ("telco-a", "bank-a", "acquirer-a", "handset-a", "thermo-a", "energy-a", "isp-a")
+
+
+def _p(values: list[float], q: int) -> float:
+    return sorted(values)[min(len(values) - 1, len(values) * q // 100)]
 
 
 async def _until_owned(api: Api, case_id: str, seen: Counter[str]) -> None:
@@ -100,9 +105,11 @@ async def test_soak_every_incident_accounted_for_and_memory_bounded(pg_cluster: 
     case_ids: set[str] = set()
     watched: Counter[str] = Counter()
     rss: list[tuple[int, float]] = []
+    opened_in: list[float] = []
+    owner_in: list[float] = []
     owned = 0
     async with counting_partners(
-        lambda p: c.api(p), PARTNERS, case_ids, faulty="", accepting=""
+        lambda p: c.api(p), PARTNERS, case_ids, faulty="", accepting="", concurrency=16
     ) as partners:
         for partner in partners.values():
             partner.accepts = True
@@ -119,10 +126,13 @@ async def test_soak_every_incident_accounted_for_and_memory_bounded(pg_cluster: 
                 opener = services[service_id][0]
                 api = openers[opener][i % 2]
                 request = open_request(service_id, f"soak-{tag}-{i}", f"c-{tag}-{i}")
+                began = time.monotonic()
                 reply = await with_retries(partial(api.cases.OpenCase, request, timeout=20))
                 assert isinstance(reply, cases_pb2.OpenCaseResponse)
                 case_ids.add(reply.case_id)
+                opened_in.append(time.monotonic() - began)
                 await _until_owned(api, reply.case_id, watched)
+                owner_in.append(time.monotonic() - began)
                 owned += 1
             finally:
                 slots.release()
@@ -193,7 +203,10 @@ async def test_soak_every_incident_accounted_for_and_memory_bounded(pg_cluster: 
     answered = Counter({p.partner: p.seen["diagnosis_request"] for p in partners.values()})
     print(
         f"\nsoak: {driven} incidents in {took:.0f} s ({driven / took:.1f}/s, {IN_FLIGHT} in "
-        f"flight), all owned; store {stored}, Temporal {len(visible)}, audit "
+        f"flight), all owned; seconds to open p50 {_p(opened_in, 50):.2f} max "
+        f"{max(opened_in):.1f}, to an owner p50 {_p(owner_in, 50):.1f} p90 "
+        f"{_p(owner_in, 90):.1f} max {max(owner_in):.1f}; store {stored}, Temporal "
+        f"{len(visible)}, audit "
         f"{len(decided & case_ids)}; {watched['watches saw an owner']} watches saw the "
         f"owner pushed ({watched['watches ended early']} ended early), {watched['events']} "
         "events; "
