@@ -122,8 +122,8 @@ class Settings(BaseSettings):
         ge=1,
         description="How long a call or stream that reached the gateway may wait to be taken "
         "up before gRPC cancels it (CANCELLED). gRPC's own default, 30 s, cancelled 15-22% of "
-        "1,000 watches opened at once on a loaded replica (its event loop takes calls up one "
-        "at a time); a unary call's own deadline still ends its wait first.",
+        "1,000 watches opened at once on a loaded replica (new calls are taken up on the event "
+        "loop that serves the others); a unary call's own deadline still ends its wait first.",
     )
     shutdown_grace_seconds: float = 5.0
     slow_watcher_seconds: float = Field(

@@ -172,9 +172,9 @@ def create_server(
             # bind the same port and the kernel would split partners' calls between them.
             ("grpc.so_reuseport", 0),
             ("grpc.keepalive_permit_without_calls", 1),
-            # grpc.aio takes calls up one per turn of the event loop: a burst of streams on
-            # a busy replica (1,000 watchers reconnecting) waited past gRPC's default 30 s
-            # and was cancelled. A unary call's deadline still ends its wait first.
+            # grpc.aio takes new calls up on the event loop that serves the others: a burst
+            # of streams on a busy replica (1,000 watches opened at once) waited past gRPC's
+            # default 30 s and was cancelled. A unary call's deadline still ends it first.
             ("grpc.server_max_unrequested_time_in_server", call_queue_seconds),
         ],
     )
