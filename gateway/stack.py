@@ -41,6 +41,7 @@ from gateway.audit.note import Signer
 from gateway.audit.service import Audit
 from gateway.cases.feed import CaseFeed
 from gateway.cases.service import Cases
+from gateway.cases.starts import WorkflowStarts
 from gateway.consent.receipts import ReceiptProfile, ReceiptSigner
 from gateway.consent.records import Consents
 from gateway.consent.rules import ConsentRules
@@ -231,6 +232,8 @@ async def open_runtime(
     audit: AuditLog | None = None
     feed: CaseFeed | None = None
     checkpoints: asyncio.Task[None] | None = None
+    sweeper: asyncio.Task[None] | None = None
+    starts: WorkflowStarts | None = None
     try:
         store.local_ids = LocalIdIndex(keys.identifier)
         await _refuse_damaged(check_sqlite_file(store))
@@ -259,7 +262,8 @@ async def open_runtime(
             await _refuse_damaged(verify_log_at_start(store, checkpointer))
         feed = CaseFeed(store, slow_after=settings.slow_watcher_seconds)
         sealer = Sealer(keys.master)
-        cases = Cases(store, pseudonyms, incidents, rules, vocabulary, feed, sealer)
+        starts = WorkflowStarts(store, incidents, grace=settings.workflow_start_grace_seconds)
+        cases = Cases(store, pseudonyms, incidents, rules, vocabulary, feed, sealer, starts)
         consents = Consents(store, vocabulary, pseudonyms, signer, audit, rules, sealer)
         agreements = SharingAgreements(store, vocabulary, audit)
         if seed:
@@ -267,6 +271,10 @@ async def open_runtime(
         if settings.checkpoint_interval_seconds > 0:
             checkpoints = asyncio.create_task(
                 checkpointer.run(settings.checkpoint_interval_seconds), name="audit-checkpoints"
+            )
+        if settings.workflow_start_sweep_seconds > 0:
+            sweeper = asyncio.create_task(
+                starts.run(settings.workflow_start_sweep_seconds), name="workflow-start-sweep"
             )
         erasure = Erasure(store, audit, sealer, incidents)
         retention = RetentionActivities(
@@ -294,10 +302,13 @@ async def open_runtime(
             audit=audit,
         )
     finally:
-        if checkpoints is not None:
-            checkpoints.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await checkpoints
+        for task in (checkpoints, sweeper):
+            if task is not None:
+                task.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await task
+        if starts is not None:
+            await starts.close()
         if feed is not None:
             await feed.close()
         if audit is not None:
@@ -332,6 +343,7 @@ async def start_gateway(runtime: Runtime, tls: Pki | ServerTLS) -> RunningGatewa
             quota=PartnerQuota(
                 runtime.settings.max_streams_per_partner, runtime.settings.max_inflight_per_partner
             ),
+            call_queue_seconds=runtime.settings.call_queue_seconds,
         )
     except OSError as exc:
         _, _, wanted = runtime.settings.listen.rpartition(":")

@@ -11,10 +11,14 @@ from pathlib import Path
 import grpc
 
 #: Reconnect quickly after the gateway restarts: gRPC's own default waits 1 s
-#: first and up to 120 s, longer than a call's retries are willing to wait.
+#: first and up to 120 s, longer than a call's retries are willing to wait. Not
+#: ``grpc.min_reconnect_backoff_ms``: gRPC reads it as the time a connection attempt
+#: (TCP, TLS handshake, HTTP/2 settings) may take — at 200 ms, a handshake slowed by a
+#: busy gateway or client timed out, and every call waiting for the connection failed
+#: UNAVAILABLE (300 of 1,000 watches opened at once on 10 channels). It keeps its
+#: default, 20 s.
 RECONNECT_OPTIONS: tuple[tuple[str, int], ...] = (
     ("grpc.initial_reconnect_backoff_ms", 200),
-    ("grpc.min_reconnect_backoff_ms", 200),
     ("grpc.max_reconnect_backoff_ms", 5000),
 )
 

@@ -135,6 +135,8 @@ class Domain:
 #: many items is the largest; the stores bound what it can hold).
 MAX_REQUEST_BYTES = 4 * 1024 * 1024
 MAX_RESPONSE_BYTES = 16 * 1024 * 1024
+#: How long a call that reached the server may wait to be taken up (``Settings``).
+CALL_QUEUE_SECONDS = 300
 
 
 def create_server(
@@ -144,12 +146,14 @@ def create_server(
     *,
     quota: PartnerQuota | None = None,
     rules: Mapping[str, Rule] = RULES,
+    call_queue_seconds: int = CALL_QUEUE_SECONDS,
 ) -> tuple[grpc.aio.Server, int, health.aio.HealthServicer]:
     """Build the server (not started). Returns it, its bound port and its health servicer.
 
     Every method of the contract it serves must have its rule in ``rules`` (the
     authorization table), else it refuses (``MissingRule``). ``quota`` limits each
-    partner's concurrent streams and in-flight calls (None: no limit)."""
+    partner's concurrent streams and in-flight calls (None: no limit). A call not
+    taken up within ``call_queue_seconds`` of its arrival is cancelled by gRPC."""
     require_rules(SERVICE_NAMES, rules)
     gateway = GatewayInterceptor(
         tls.revocations(), rules=rules, quota=quota, registered=domain.admin.is_registered
@@ -168,6 +172,10 @@ def create_server(
             # bind the same port and the kernel would split partners' calls between them.
             ("grpc.so_reuseport", 0),
             ("grpc.keepalive_permit_without_calls", 1),
+            # grpc.aio takes new calls up on the event loop that serves the others: a burst
+            # of streams on a busy replica (1,000 watches opened at once) waited past gRPC's
+            # default 30 s and was cancelled. A unary call's deadline still ends it first.
+            ("grpc.server_max_unrequested_time_in_server", call_queue_seconds),
         ],
     )
     cases_pb2_grpc.add_CaseServiceServicer_to_server(CaseServicer(domain.cases), server)

@@ -22,6 +22,7 @@ from gateway.cases.rows import (
     append_event,
     set_status,
 )
+from gateway.cases.starts import WorkflowStarts
 from gateway.consent.vocabulary import Vocabulary
 from gateway.core.caller import Caller
 from gateway.core.errors import (
@@ -58,9 +59,11 @@ class CaseIntake:
         vocabulary: Vocabulary,
         sealer: Sealer,
         reader: CaseReader,
+        starts: WorkflowStarts,
     ) -> None:
         self.store = store
         self.incidents = incidents
+        self.starts = starts
         self.vocabulary = vocabulary
         self.sealer = sealer
         self.local_ids = LocalIds(store, sealer)
@@ -148,6 +151,7 @@ class CaseIntake:
                 for partner in dict.fromkeys(chain)
             ]
             await conn.execute(insert(case_participants), participants)
+            await self.starts.record(conn, case_id, now)
             await set_status(conn, self.sealer, case_id, cases_pb2.CASE_STATUS_RECEIVED, now)
             await _append_contact(conn, self.sealer, case_id, caller, request, now)
             row = await _load_case(conn, case_id)
@@ -168,8 +172,10 @@ class CaseIntake:
                 )
             return response
         # Also on a replay: a crash between the commit and the start must not
-        # leave a case without its workflow.
+        # leave a case without its workflow (nor a caller that never retries: the
+        # start recorded with the case is swept, `WorkflowStarts`).
         await self.incidents.ensure_started(response.case_id, request.service_id, caller.partner_id)
+        self.starts.started(response.case_id)
         return response
 
     async def append_interaction(

@@ -17,6 +17,7 @@ from gateway.cases.intake import CaseIntake
 from gateway.cases.listing import CaseListing
 from gateway.cases.progress import CaseProgress
 from gateway.cases.reader import CaseReader
+from gateway.cases.starts import WorkflowStarts
 from gateway.cases.view import CaseViews
 from gateway.cases.watch import CaseWatch
 from gateway.consent.rules import ConsentRules
@@ -29,7 +30,16 @@ from gateway.store import Store
 class Cases:
     """The parts of the case service, made over the same store, rules and keys."""
 
-    __slots__ = ("intake", "listing", "local_ids", "progress", "reader", "views", "watching")
+    __slots__ = (
+        "intake",
+        "listing",
+        "local_ids",
+        "progress",
+        "reader",
+        "starts",
+        "views",
+        "watching",
+    )
 
     def __init__(
         self,
@@ -40,11 +50,14 @@ class Cases:
         vocabulary: Vocabulary,
         feed: CaseFeed,
         sealer: Sealer,
+        starts: WorkflowStarts | None = None,
     ) -> None:
+        #: The incident workflows to start, recorded with their cases, and their sweep.
+        self.starts = starts or WorkflowStarts(store, incidents)
         #: Headers, opened text, purpose checks and read records, shared by the parts.
         self.reader = CaseReader(pseudonyms, rules, vocabulary, sealer)
         #: Opening a case, interactions and findings.
-        self.intake = CaseIntake(store, incidents, vocabulary, sealer, self.reader)
+        self.intake = CaseIntake(store, incidents, vocabulary, sealer, self.reader, self.starts)
         #: Partners' own ids for the customers (found by keyed hash, kept sealed).
         self.local_ids = self.intake.local_ids
         #: Ownership answers, resolution, the customer's answer, recorded statuses.

@@ -13,7 +13,7 @@ from sqlalchemy import bindparam, select
 
 from gateway.cases.feed import CaseFeed
 from gateway.cases.reader import CaseReader
-from gateway.cases.rows import CaseRow, TimelineEvent, _visible_case
+from gateway.cases.rows import CaseRow, TimelineEvent, _load_case, _visible_case
 from gateway.consent.rules import AccessDecision, ConsentRules, Flow
 from gateway.core.caller import Caller
 from gateway.core.errors import InvalidArgument
@@ -156,6 +156,13 @@ class CaseWatch:
                     await conn.execute(_EVENTS_AFTER, {"case_id": row.case_id, "after": position})
                 ).all(),
             )
+            if events:
+                # The header at least as new as the events it goes with: a status change
+                # commits the row and its event together, and on PostgreSQL each statement
+                # sees what committed before it (one soak watcher got the OWNED event
+                # under a header still DIAGNOSING, then nothing more). Re-read only then:
+                # with no events, the first row says whether the case closed before them.
+                row = await _load_case(conn, row.case_id)
             header = await self._header(conn, caller, row)
             decisions = await self.rules.evaluate(
                 conn,

@@ -174,6 +174,10 @@ INVENTORY: dict[str, Entry] = {
         _WITH_CASE,
         "key destroyed, " + _DELETED + " (the owner's resolution)",
     ),
+    "workflow_starts.case_id": _ref(
+        "until the case's workflow is started (seconds)",
+        erasure="row deleted once the workflow is started (an erased case's ends at once)",
+    ),
     "case_kpis.case_id": _ref(),
     "case_kpis.service_id": _org(_WITH_CASE),
     "case_kpis.details": Entry(

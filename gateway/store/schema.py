@@ -219,6 +219,18 @@ case_resolutions = Table(
     Column("created_at", UtcDateTime, nullable=False),
 )
 
+# The case's incident workflow to start: written with the case, deleted once the start
+# is known to have happened; what is left is swept (`gateway.cases.starts`).
+workflow_starts = Table(
+    "workflow_starts",
+    metadata,
+    Column(
+        "case_id", String(64), ForeignKey("cases.case_id", ondelete="CASCADE"), primary_key=True
+    ),
+    Column("created_at", UtcDateTime, nullable=False),
+    Index("ix_workflow_starts_created", "created_at"),
+)
+
 idempotency_keys = Table(
     "idempotency_keys",
     metadata,

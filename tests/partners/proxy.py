@@ -8,9 +8,11 @@ import contextlib
 
 class TcpRelay:
     """Listens on 127.0.0.1 and relays bytes to ``target``; ``cut`` closes every
-    connection open now (new ones are still accepted)."""
+    connection open now (new ones are still accepted). ``delay``: the server's first
+    bytes on each connection are held that many seconds (a slow handshake)."""
 
-    def __init__(self, target: str) -> None:
+    def __init__(self, target: str, *, delay: float = 0.0) -> None:
+        self.delay = delay
         host, _, port = target.rpartition(":")
         self._upstream = (host, int(port))
         self._server: asyncio.Server | None = None
@@ -48,7 +50,7 @@ class TcpRelay:
         self._open |= {writer, up_writer}
         pumps = [
             asyncio.create_task(self._pump(reader, up_writer)),
-            asyncio.create_task(self._pump(up_reader, writer)),
+            asyncio.create_task(self._pump(up_reader, writer, self.delay)),
         ]
         self._pumps.update(pumps)
         await asyncio.gather(*pumps, return_exceptions=True)
@@ -58,9 +60,14 @@ class TcpRelay:
             w.transport.abort()
 
     @staticmethod
-    async def _pump(source: asyncio.StreamReader, sink: asyncio.StreamWriter) -> None:
+    async def _pump(
+        source: asyncio.StreamReader, sink: asyncio.StreamWriter, delay: float = 0.0
+    ) -> None:
         with contextlib.suppress(ConnectionError, OSError):
             while data := await source.read(65536):
+                if delay:
+                    await asyncio.sleep(delay)
+                    delay = 0.0
                 sink.write(data)
                 await sink.drain()
         sink.transport.abort()

@@ -4,6 +4,7 @@ still checks each replica's certificate against the gateway's name."""
 
 from __future__ import annotations
 
+import asyncio
 from collections import Counter
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
@@ -19,6 +20,7 @@ from gateway.core.caller import Role
 from gateway.stack import Pki
 from partners import PartnerCredentials, gateway_target, secure_channel
 from tests.helpers import health_status
+from tests.partners.proxy import TcpRelay
 
 if TYPE_CHECKING:
     Handler = grpc.RpcMethodHandler[Any, Any]
@@ -133,3 +135,21 @@ async def test_a_replica_whose_certificate_names_another_host_gets_no_call(
     finally:
         await alone.close()
     assert replicas.seen["impostor"] == 0
+
+
+async def test_a_slow_handshake_is_waited_for_not_failed(
+    replicas: Replicas, credentials: Callable[[str, Role], PartnerCredentials]
+) -> None:
+    """The SDK's fast reconnects must not shorten the time a connection attempt may take:
+    with ``grpc.min_reconnect_backoff_ms`` at 200 (gRPC's minimum connect timeout), a
+    handshake slower than that failed every call waiting for it with UNAVAILABLE (how
+    300 of 1,000 watches opened at once on a busy machine ended)."""
+    async with TcpRelay(replicas.addresses["one"], delay=1.0) as relay:
+        channel = secure_channel(relay.target, credentials("bank-a", Role.PARTNER))
+        try:
+            checks = [health_status(channel, timeout=10) for _ in range(20)]
+            statuses = await asyncio.gather(*checks)
+        finally:
+            await channel.close()
+    assert statuses == [health_pb2.HealthCheckResponse.SERVING] * 20
+    assert relay.connections == 1

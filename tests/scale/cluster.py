@@ -14,7 +14,7 @@ import socket
 import subprocess
 import sys
 from collections import Counter
-from collections.abc import AsyncIterator, Callable, Iterable, Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -242,115 +242,6 @@ async def with_retries(
             RETRIES["calls"] += 1
             await asyncio.sleep(pause)
     raise AssertionError("unreachable")
-
-
-@dataclass
-class CountingPartner:
-    """A partner backend that answers its chain component, accepts ownership offers
-    when ``accepts``, and counts every item it was given — and any item given again
-    after it acknowledged it, which must never happen."""
-
-    api: Api
-    partner: str
-    case_ids: set[str]
-    faulty: bool = False
-    accepts: bool = False
-    seen: Counter[str] = field(default_factory=Counter)
-    by_case: dict[str, Counter[str]] = field(default_factory=dict)
-    acked: set[str] = field(default_factory=set)
-    again_after_ack: list[str] = field(default_factory=list)
-    notifications: Counter[tuple[str, str]] = field(default_factory=Counter)
-    streams: int = 0
-
-    async def run(self) -> None:
-        while True:
-            call = self.api.work.Subscribe(work_pb2.SubscribeRequest(max_in_flight=64))
-            self.streams += 1
-            try:
-                async for response in call:
-                    await self.handle(response.item)
-            except grpc.aio.AioRpcError:
-                await asyncio.sleep(0.2)  # the replica went away: subscribe again
-            finally:
-                call.cancel()  # a handler that failed leaves the stream open otherwise
-
-    async def handle(self, item: work_pb2.WorkItem) -> None:
-        kind = item.WhichOneof("payload") or ""
-        case_id = getattr(getattr(item, kind, None), "case_id", "")
-        if item.work_id in self.acked:
-            self.again_after_ack.append(item.work_id)
-        if case_id in self.case_ids:
-            self.seen[kind] += 1
-            self.by_case.setdefault(case_id, Counter())[kind] += 1
-            if kind == "diagnosis_request":
-                await self._finding(item.diagnosis_request)
-            elif kind == "ownership_offer" and self.accepts:
-                offer = item.ownership_offer
-                await self.api.cases.AcceptOwnership(
-                    cases_pb2.AcceptOwnershipRequest(
-                        idempotency_key=f"accept-{offer.offer_id}",
-                        case_id=case_id,
-                        offer_id=offer.offer_id,
-                    ),
-                    timeout=20,
-                )
-            elif kind == "customer_notification":
-                self.notifications[(case_id, item.customer_notification.milestone)] += 1
-        await self.api.work.Acknowledge(
-            work_pb2.AcknowledgeRequest(
-                idempotency_key=f"ack-{item.work_id}", work_ids=[item.work_id]
-            ),
-            timeout=10,
-        )
-        self.acked.add(item.work_id)
-
-    async def _finding(self, request: work_pb2.DiagnosisRequest) -> None:
-        await self.api.cases.SubmitFinding(
-            cases_pb2.SubmitFindingRequest(
-                idempotency_key=f"finding-{request.request_id}",
-                case_id=request.case_id,
-                request_id=request.request_id,
-                finding=cases_pb2.Finding(
-                    component=request.component,
-                    status=(
-                        cases_pb2.FINDING_STATUS_FAULTY
-                        if self.faulty
-                        else cases_pb2.FINDING_STATUS_OK
-                    ),
-                    confidence=0.93,
-                    fault_code="SE_APPLET_LOCKED" if self.faulty else "",
-                ),
-            ),
-            timeout=20,
-        )
-
-
-@contextlib.asynccontextmanager
-async def counting_partners(
-    make_api: Callable[[str], Api],
-    partners: Iterable[str],
-    case_ids: set[str],
-    *,
-    faulty: str,
-    accepting: str,
-) -> AsyncIterator[dict[str, CountingPartner]]:
-    running = {
-        partner: CountingPartner(
-            make_api(partner),
-            partner,
-            case_ids,
-            faulty=partner == faulty,
-            accepts=partner == accepting,
-        )
-        for partner in partners
-    }
-    tasks = [asyncio.create_task(p.run()) for p in running.values()]
-    try:
-        yield running
-    finally:
-        for task in tasks:
-            task.cancel()
-        await asyncio.gather(*tasks, return_exceptions=True)
 
 
 def open_request(service_id: str, key: str, customer: str) -> cases_pb2.OpenCaseRequest:

@@ -3,7 +3,8 @@
 are SIGKILLed in the middle of incidents, each alone and then all at once, and
 started again. Every incident still reaches an owner and a resolution; no partner is
 given an item again after acknowledging it; the store holds exactly the work and the
-customer notifications each incident calls for; the audit log verifies."""
+customer notifications each incident calls for; the audit log verifies. And a case
+opened while Temporal is down gets its workflow with no retry from its caller."""
 
 from __future__ import annotations
 
@@ -14,19 +15,21 @@ from collections.abc import AsyncIterator, Callable
 from functools import partial
 from pathlib import Path
 
+import grpc
 import pytest
 from coopgate.v1 import cases_pb2
+from sqlalchemy import select
 
 from gateway.core.caller import Role
 from gateway.stack import Pki
 from gateway.store import create_store
+from gateway.store.schema import cases, workflow_starts
 from partners import PartnerCredentials
 from tests.scale.cluster import (
     Cluster,
     Process,
     assert_work_once,
     audit_verifies,
-    counting_partners,
     dev_server,
     keys_environment,
     open_request,
@@ -36,6 +39,7 @@ from tests.scale.cluster import (
     work_kinds,
 )
 from tests.scale.conftest import CHAIN, quick_service, seed
+from tests.scale.counting import counting_partners
 
 #: Incidents opened before each fault.
 PER_FAULT = 3
@@ -146,3 +150,57 @@ async def test_sigkill_of_gateway_worker_temporal_alone_and_together_loses_nothi
         f"per milestone, as expected); deliveries seen {delivered}, again after ack 0; "
         f"audit log {size} entries verified"
     )
+
+
+@pytest.mark.timeout(240)
+async def test_a_case_opened_while_temporal_is_down_gets_its_workflow_with_no_retry(
+    own_cluster: tuple[Cluster, Process],
+) -> None:
+    """OpenCase commits the case, then cannot start its workflow (the dev server is
+    SIGKILLed); the caller never retries. Once Temporal is back, a replica's sweep of
+    cases without their workflow starts it, and the incident reaches its owner."""
+    c, temporal = own_cluster
+    c.extra_env.update(
+        COOPGATE_WORKFLOW_START_SWEEP_SECONDS="2", COOPGATE_WORKFLOW_START_GRACE_SECONDS="1"
+    )
+    gateway, worker = c.add_gateway(), c.add_worker()
+    gateway.start()
+    worker.start()
+    await c.serving(gateway)
+    tag = uuid.uuid4().hex[:8]
+    service_id = await quick_service(c.api("coopgate", Role.ADMIN), f"nfc-{tag}")
+    bank = c.api("bank-a", Role.ADVISOR)
+    case_ids: set[str] = set()
+    async with counting_partners(
+        lambda p: c.api(p), CHAIN.values(), case_ids, faulty="telco-a", accepting="bank-a"
+    ):
+        temporal.kill()
+        request = open_request(service_id, f"open-{tag}", f"c-{tag}")
+        with pytest.raises(grpc.aio.AioRpcError) as failed:
+            await bank.cases.OpenCase(request, timeout=20)
+        assert failed.value.code() in (
+            grpc.StatusCode.UNAVAILABLE,
+            grpc.StatusCode.DEADLINE_EXCEEDED,
+        ), failed.value
+        store = create_store(c.database_url)
+        try:
+            async with store.read() as conn:
+                (case_id,) = (
+                    await conn.execute(
+                        select(cases.c.case_id).where(cases.c.service_id == service_id)
+                    )
+                ).scalars()
+                assert (
+                    await conn.execute(
+                        select(workflow_starts.c.case_id).where(
+                            workflow_starts.c.case_id == case_id
+                        )
+                    )
+                ).scalar() == case_id
+        finally:
+            await store.close()
+        case_ids.add(case_id)
+        temporal.start()
+        owned = await until_status(bank, case_id, cases_pb2.CASE_STATUS_OWNED, timeout=150)
+    assert owned.header.relationship_owner_id == "bank-a"
+    print(f"\nswept: the case opened while Temporal was down reached its owner ({case_id})")

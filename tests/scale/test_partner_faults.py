@@ -19,7 +19,8 @@ from coopgate.v1 import admin_pb2, cases_pb2, work_pb2
 
 from gateway.core.caller import Role
 from tests.conftest import Api, Stack
-from tests.scale.cluster import CountingPartner, open_request, until_status
+from tests.scale.cluster import open_request, until_status
+from tests.scale.counting import CountingPartner
 
 #: The misbehaving service's diagnosis deadline: the hang holds its incidents this long.
 HANG_SECONDS = 40

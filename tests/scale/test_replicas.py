@@ -26,7 +26,6 @@ from tests.scale.cluster import (
     Cluster,
     assert_work_once,
     audit_verifies,
-    counting_partners,
     open_request,
     resolve_and_close,
     until_status,
@@ -34,6 +33,7 @@ from tests.scale.cluster import (
     work_kinds,
 )
 from tests.scale.conftest import CHAIN, quick_service
+from tests.scale.counting import counting_partners
 
 #: Cases opened while a replica is killed.
 LOAD = 16
