@@ -4,6 +4,7 @@ it is sent; woken by the `CaseFeed`."""
 from __future__ import annotations
 
 import asyncio
+import datetime as dt
 from collections.abc import AsyncGenerator, Callable, Coroutine
 from dataclasses import dataclass
 from typing import Any
@@ -14,6 +15,7 @@ from sqlalchemy import bindparam, select
 from gateway.cases.feed import CaseFeed
 from gateway.cases.reader import CaseReader
 from gateway.cases.rows import CaseRow, TimelineEvent, _load_case, _visible_case
+from gateway.consent.checks import next_boundary
 from gateway.consent.rules import AccessDecision, ConsentRules, Flow
 from gateway.core.caller import Caller
 from gateway.core.errors import InvalidArgument
@@ -74,7 +76,9 @@ class CaseWatch:
         stops reading is dropped through ``on_slow(last sequence it was sent)``.
         With ``consent_changes``, a consent of the case's customer naming the caller's
         company as a recipient, granted or withdrawn (its store notification, from any
-        replica on PostgreSQL), sends a response carrying ``consent_change``.
+        replica on PostgreSQL), sends a response carrying ``consent_change``; so does
+        the moment such a consent starts or ends by its own dates (``valid_from``,
+        ``valid_until``), when nothing is written.
         """
         if not request.case_id:
             raise InvalidArgument.field("case_id", "is required")
@@ -85,6 +89,8 @@ class CaseWatch:
         watcher = self.feed.watch(request.case_id, position, on_slow)
         loop = asyncio.get_running_loop()
         consents: Subscription | None = None
+        #: When a given consent naming the caller next starts or ends (consent_changes).
+        boundary: dt.datetime | None = None
         annotate(case_id=request.case_id)
         instruments.watchers.add(1)
         try:
@@ -95,6 +101,7 @@ class CaseWatch:
                     consents = self.store.changes.subscribe(
                         CONSENT, consent_key(row.subject_id, caller.partner_id), watcher.changes
                     )
+                    boundary = await self._next_boundary(row.subject_id, caller.partner_id)
                 allowed, cited = _allowed(events, batch.decisions)
                 if events:
                     await self.rules.audit.record(
@@ -116,18 +123,28 @@ class CaseWatch:
                 if events:
                     position = watcher.position = events[-1].sequence
                     continue
-                if consents is not None and consents.take():
-                    change = cases_pb2.ConsentChange()
-                    change.noticed_at.GetCurrentTime()
-                    yield cases_pb2.WatchCaseResponse(header=header, consent_change=change)
+                idle = WATCH_IDLE_SECONDS
+                if consents is not None:
+                    now = dt.datetime.now(dt.UTC)
+                    if consents.take() or (boundary is not None and boundary <= now):
+                        change = cases_pb2.ConsentChange()
+                        change.noticed_at.FromDatetime(now)
+                        yield cases_pb2.WatchCaseResponse(header=header, consent_change=change)
+                        boundary = await self._next_boundary(row.subject_id, caller.partner_id)
+                    if boundary is not None:
+                        idle = min(idle, max((boundary - now).total_seconds(), 0.0))
                 if row.status == cases_pb2.CASE_STATUS_CLOSED:
                     return
-                await self.feed.wait(watcher, WATCH_IDLE_SECONDS)
+                await self.feed.wait(watcher, idle)
         finally:
             if consents is not None:
                 consents.close()
             self.feed.forget(watcher)
             instruments.watchers.add(-1)
+
+    async def _next_boundary(self, subject_id: str, partner_id: str) -> dt.datetime | None:
+        async with self.store.read() as conn:
+            return await next_boundary(conn, subject_id, partner_id, dt.datetime.now(dt.UTC))
 
     async def _watch_batch(
         self, caller: Caller, case_id: str, purpose: str, position: int

@@ -15,7 +15,7 @@ from gateway.core.caller import Caller
 from gateway.core.errors import FailedPrecondition, FieldViolation, InvalidArgument, NotFound
 from gateway.crypto.pki import PARTNER_ID_PATTERN
 from gateway.store.localids import LocalIdIndex
-from gateway.store.schema import partners, sharing_agreements, subject_links
+from gateway.store.schema import consents, partners, sharing_agreements, subject_links
 
 
 def validate_grant(vocabulary: Vocabulary, request: consents_pb2.GrantConsentRequest) -> None:
@@ -87,6 +87,29 @@ def involves(definition: bytes, partner_id: str) -> bool:
         consent.collected_by_partner_id,
         *consent.recipient_partner_ids,
     )
+
+
+async def next_boundary(
+    conn: AsyncConnection, subject_id: str, recipient_id: str, now: dt.datetime
+) -> dt.datetime | None:
+    """The next moment after ``now`` at which a given consent of this customer naming
+    ``recipient_id`` as a recipient starts or ends: what that recipient may see changes
+    then with nothing written (a watch tells of it as of a grant or a withdrawal)."""
+    rows = await conn.execute(
+        select(consents.c.valid_from, consents.c.valid_until, consents.c.definition).where(
+            consents.c.subject_id == subject_id,
+            consents.c.state == consents_pb2.CONSENT_STATE_GIVEN,
+            or_(consents.c.valid_from > now, consents.c.valid_until > now),
+        )
+    )
+    moments = [
+        moment
+        for valid_from, valid_until, definition in rows
+        if recipient_id in consents_pb2.Consent.FromString(bytes(definition)).recipient_partner_ids
+        for moment in (valid_from, valid_until)
+        if moment is not None and moment > now
+    ]
+    return min(moments, default=None)
 
 
 async def own_customer(

@@ -8,10 +8,15 @@ or a consent for another recipient, sends nothing of the kind."""
 from __future__ import annotations
 
 import asyncio
+import datetime as dt
+from collections.abc import AsyncIterator
 
 import grpc
+import pytest
 from coopgate.v1 import admin_pb2, cases_pb2, common_pb2, consents_pb2
+from google.protobuf import timestamp_pb2
 
+from tests.conftest import Stack
 from tests.gateway.consent.test_consent_api import (
     Key,
     Scene,
@@ -24,6 +29,18 @@ PURPOSE = "incident-resolution"
 #: Seconds a response may take: well under the watch's idle wake-up (5 s), so only the
 #: notification can deliver it in time.
 WITHIN = 4.0
+
+
+@pytest.fixture(autouse=True)
+async def listening(stack: Stack) -> AsyncIterator[None]:
+    """The gateway listening for other processes' changes throughout (PostgreSQL): its
+    listener starts with the first subscriber and, once connected, wakes every
+    subscriber in case a change went by unheard, which a watch then reports as a
+    consent change. Kept up, no such wake falls inside a test."""
+    changes = stack.runtime.store.changes
+    with changes.subscribe("test", "listening"):
+        await changes.listening()
+        yield
 
 
 Watch = grpc.aio.UnaryStreamCall[cases_pb2.WatchCaseRequest, cases_pb2.WatchCaseResponse]
@@ -135,3 +152,28 @@ async def test_no_consent_change_for_a_watch_that_did_not_ask_or_another_recipie
     finally:
         asked.cancel()
         plain.cancel()
+
+
+async def test_a_watch_is_told_when_a_consent_ends_by_its_own_date(
+    scene: Scene, unique: Key
+) -> None:
+    """A consent given until a moment a few seconds ahead: at that moment, with nothing
+    written, the watch says the consent changed and the view withholds the source's
+    items again."""
+    start = await view(scene.bank, scene.case_id)
+    call = watch(scene, start.position, consent_changes=True)
+    try:
+        await asyncio.sleep(0.3)
+        until = timestamp_pb2.Timestamp()
+        until.FromDatetime(dt.datetime.now(dt.UTC) + dt.timedelta(seconds=2))
+        await scene.bank.consents.GrantConsent(grant(scene, unique, valid_until=until))
+        assert (await next_response(call)).HasField("consent_change")  # the grant
+        assert telco_items(await view(scene.bank, scene.case_id)) == [
+            "SIM applet locked after OTA update"
+        ]
+        ended = await next_response(call)  # within WITHIN of the grant's answer
+        assert ended.HasField("consent_change")
+        assert ended.consent_change.noticed_at.ToDatetime(dt.UTC) >= until.ToDatetime(dt.UTC)
+        assert telco_items(await view(scene.bank, scene.case_id)) == []
+    finally:
+        call.cancel()
