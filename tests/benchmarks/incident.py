@@ -14,7 +14,12 @@ owner on a WatchCase stream, as an advisor sees it), then 50 and 100 opened at o
 (incidents per second, and the CPU of each process per incident).
 
     python -m tests.benchmarks.incident [--backend sqlite|postgres] [--rounds 3]
-        [--samples 15] [--json PATH]
+        [--samples 15] [--json PATH] [--no-drills]
+
+``--no-drills`` runs the partners with the same model faults (same findings, decision
+and owner) but without the demo's behaviour faults: the acquirer's malformed finding
+first and the handset maker's dropped stream are drills of a misbehaving partner, and
+the first waits out the SDK's redelivery backoff (0.25-0.5 s) in every incident.
 """
 
 from __future__ import annotations
@@ -51,6 +56,26 @@ BARE = "bare"
 _RETRIED = frozenset({"UNAVAILABLE", "CANCELLED", "DEADLINE_EXCEEDED"})
 _ATTEMPTS = 4
 COOPGATE = "coopgate"
+
+
+def partner_argv(reference: ReferencePartners, partner: str, drills: bool) -> list[str]:
+    """How the benchmark runs ``partner``: as `coopgate up` does (``--demo-faults``), or,
+    without ``drills``, with the same model faults standing (the same findings, decision
+    and owner) but none of the behaviour faults (the acquirer's garbage finding first,
+    refused and redelivered after the SDK's redelivery backoff, 0.25-0.5 s; the handset
+    maker dropping its stream on every new item)."""
+    argv = [*reference.argv(partner), "--capacity", "1000000"]
+    if drills:
+        return argv
+    from partners.reference import company
+    from partners.reference.__main__ import _demo_faults
+    from partners.reference.backend import Faults
+
+    behaviour = {name.partition("[")[0] for name in Faults.BEHAVIOUR}
+    model = [f for f in _demo_faults(company(partner).kind) if f.partition(":")[0] not in behaviour]
+    at = argv.index("--demo-faults")
+    argv[at : at + 1] = ["--standing-faults", *(f"--fault={f}" for f in model)]
+    return argv
 
 
 def _free_port() -> int:
@@ -106,7 +131,7 @@ async def _wait_port(port: int, process: asyncio.subprocess.Process, log: Path) 
 
 @contextlib.asynccontextmanager
 async def running_stack(
-    workdir: Path, database_url: str | None, logs_to: Path | None = None
+    workdir: Path, database_url: str | None, logs_to: Path | None = None, *, drills: bool = True
 ) -> AsyncIterator[Stack]:
     """Every process is started before this process makes any gRPC object."""
     data_dir = workdir / "var"
@@ -151,7 +176,7 @@ async def running_stack(
             logs.append(workdir / f"{partner}.log")
             with logs[-1].open("ab") as sink:
                 child = await asyncio.create_subprocess_exec(
-                    *reference.argv(partner), "--capacity", "1000000",
+                    *partner_argv(reference, partner, drills),
                     env=env, stdin=asyncio.subprocess.DEVNULL, stdout=sink, stderr=sink,
                     start_new_session=True,
                 )  # fmt: skip
@@ -385,6 +410,11 @@ async def main() -> None:
     parser.add_argument("--warmup", type=int, default=3)
     parser.add_argument("--settle", type=float, default=0.5, help="seconds after each burst")
     parser.add_argument("--json", type=Path, help="default var/bench/incident-BACKEND.json")
+    parser.add_argument(
+        "--no-drills",
+        action="store_true",
+        help="partners without the demo's behaviour faults (model faults kept)",
+    )
     args = parser.parse_args()
     out = args.json or Path("var/bench") / f"incident-{args.backend}.json"
     with tempfile.TemporaryDirectory() as tmp:
@@ -392,12 +422,16 @@ async def main() -> None:
         async with (
             database(args.backend, tmp) as url,
             running_stack(
-                workdir, url if args.backend == "postgres" else None, out.with_suffix(".logs")
+                workdir,
+                url if args.backend == "postgres" else None,
+                out.with_suffix(".logs"),
+                drills=not args.no_drills,
             ) as stack,
         ):
             summary = await measure(stack, args)
-    report(args.backend, summary, args.bursts)
+    report(args.backend + ("" if not args.no_drills else ", no drills"), summary, args.bursts)
     summary["backend"] = args.backend
+    summary["drills"] = not args.no_drills
     summary["machine"] = {"cpus": os.cpu_count(), "load_avg": os.getloadavg()}
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(summary, indent=1, default=str))
