@@ -144,6 +144,10 @@ class PartnerWork:
             async with self.store.read() as conn:
                 window = {"partner": caller.partner_id, "window": in_flight + len(sent)}
                 rows = (await conn.execute(_UNACKED, window)).all()
+                # Acknowledged items leave the in-flight window before it is filled again
+                # (pruned after filling, an acknowledgement that opened a full window sent
+                # nothing until the next safety read, a second later).
+                sent &= {r.work_id for r in rows}
                 fresh = await self._opened(
                     conn,
                     [r for r in rows if r.work_id not in sent][: max(0, in_flight - len(sent))],
@@ -152,7 +156,6 @@ class PartnerWork:
                 async with self.store.write() as conn:
                     ids = await _lock_in_order(conn, [r.work_id for r in fresh])
                     await conn.execute(_DELIVERED, {"ids": ids})
-            sent &= {r.work_id for r in rows}  # acknowledged items leave the in-flight window
             for row in fresh:
                 item = work_pb2.WorkItem.FromString(row.item)
                 item.redeliveries = row.deliveries
