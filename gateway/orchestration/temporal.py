@@ -100,10 +100,6 @@ class TemporalIncidents:
                 task_queue=self._task_queue,
                 id_reuse_policy=WorkflowIDReusePolicy.REJECT_DUPLICATE,
                 id_conflict_policy=WorkflowIDConflictPolicy.USE_EXISTING,
-                # Where this client's own worker polls the task queue (`coopgate up`), the
-                # server hands it the run's first workflow task in the start's answer: no
-                # dispatch through matching and no poll. Elsewhere the start is as before.
-                request_eager_start=True,
             )
         except WorkflowAlreadyStartedError:
             return  # already ran to completion: nothing to start again
