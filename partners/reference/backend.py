@@ -248,10 +248,7 @@ class ReferenceBackend:
 
     async def run(self) -> None:
         """Handle this partner's work until cancelled or stopped."""
-        # As many handled at once as the gateway sends in flight: an answer that waits on
-        # the gateway (an offer accepted waits for the case's workflow) does not hold up
-        # the items queued behind it, as it would in a company's backend.
-        self.subscription = self.client.subscribe(self.handle, max_in_flight=32, concurrency=32)
+        self.subscription = self.client.subscribe(self.handle, max_in_flight=32, concurrency=8)
         await self.subscription.run()
 
     def stop(self) -> None:
