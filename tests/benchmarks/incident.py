@@ -20,6 +20,21 @@ owner on a WatchCase stream, as an advisor sees it), then 50 and 100 opened at o
 and owner) but without the demo's behaviour faults: the acquirer's malformed finding
 first and the handset maker's dropped stream are drills of a misbehaving partner, and
 the first waits out the SDK's redelivery backoff (0.25-0.5 s) in every incident.
+
+Figures (2 Dec 2026, SQLite, this 2-core machine shared with three other sessions at load
+average 9-16: the bare anchor itself moved 3.1-12.7 workflows/s between runs, so only
+differences well beyond that mean anything; ``--rounds 2 --samples 10`` unless said):
+
+| run | p50 | p99 | 50 / 100 at once | CPU (gateway+worker, dev server) |
+|---|---|---|---|---|
+| before (b93ad48), drills, 3 x 15 | 870 ms, 5.3x | 2019 ms, 2.6x | 31% / 33% | 350 + 121 ms, 4.4x |
+| after (e0625ee), drills | 813 ms, 5.8x | 1113 ms, 2.9x | 22% / 20% | 293 + 104 ms, 4.8x |
+| before, ``--no-drills`` | 579 ms, 3.0x | 1301 ms, 2.7x | 44% / 34% | 336 + 109 ms, 4.2x |
+| after, ``--no-drills`` | 1115 ms, 4.4x | 1515 ms, 1.5x | 29% / 29% | 324 + 119 ms, 4.1x |
+
+Counted rather than timed (same stack, ``--no-drills`` partners): Acknowledge calls per
+incident 10.0 -> 9.6 one at a time and 10.1 -> 6.1 with 50 opened at once (the SDK's
+shared acknowledgements), for 10 work items each.
 """
 
 from __future__ import annotations
