@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import hashlib
 import logging
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
@@ -74,6 +75,19 @@ _RECONNECTABLE = frozenset(
 )
 
 
+#: The most work ids one acknowledgement carries (the gateway's limit per call).
+MAX_ACK_BATCH = 1000
+
+
+def acknowledgement_key(work_ids: Sequence[str]) -> str:
+    """The idempotency key of acknowledging ``work_ids``: the same ids, the same key (a
+    retried acknowledgement replays), whatever order they were handled in."""
+    if len(work_ids) == 1:
+        return f"ack-{work_ids[0]}"
+    joined = "\n".join(sorted(work_ids)).encode()
+    return f"ack-{len(work_ids)}-{hashlib.sha256(joined).hexdigest()}"
+
+
 #: Backoff between attempts to reopen a broken stream (unbounded attempts).
 RECONNECT = RetryPolicy(initial_backoff=0.2, max_backoff=10.0)
 #: Backoff before subscribing again to get a failed item back.
@@ -124,7 +138,10 @@ class WorkSubscription:
 
     - at most ``concurrency`` handlers run at once; the gateway sends at most
       ``max_in_flight`` unacknowledged items;
-    - an item is acknowledged only after its handler returned; a handler that
+    - an item is acknowledged only after its handler returned (items whose handlers
+      return while an acknowledgement is on its way go together in the next one, so a
+      busy partner makes one call for many items, and an idle one waits for nothing);
+      a handler that
       raises leaves it unacknowledged, and the subscription starts again after
       ``redelivery`` backoff so the gateway sends it again;
     - a broken stream is reopened with ``reconnect`` backoff, forever, until
@@ -162,6 +179,9 @@ class WorkSubscription:
         self._redelivery_timer: asyncio.TimerHandle | None = None
         self._stopping = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
+        #: Handled items waiting for their acknowledgement, and the task sending them.
+        self._acks: list[tuple[str, asyncio.Future[bool]]] = []
+        self._acking: asyncio.Task[None] | None = None
         self.stats = SubscriptionStats()
 
     # -- lifecycle ----------------------------------------------------------
@@ -245,6 +265,10 @@ class WorkSubscription:
             if self._redelivery_timer is not None:
                 self._redelivery_timer.cancel()
             await self._finish_handlers()
+            if self._acking is not None and not self._acking.done():
+                self._acking.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await self._acking
 
     async def _read(
         self,
@@ -300,12 +324,7 @@ class WorkSubscription:
                 self._schedule_redelivery()
                 return
             self.stats.handled += 1
-            try:
-                await self._client.acknowledge(
-                    [item.work_id], idempotency_key=f"ack-{item.work_id}"
-                )
-            except GatewayError as exc:
-                log.warning("acknowledging %s failed (%s); it will come again", item.work_id, exc)
+            if not await self._acknowledged(item.work_id):
                 self._schedule_redelivery()
                 return
             self.stats.acknowledged += 1
@@ -313,6 +332,37 @@ class WorkSubscription:
         finally:
             self._in_progress.discard(item.work_id)
             self._slots.release()
+
+    def _acknowledged(self, work_id: str) -> asyncio.Future[bool]:
+        """Whether ``work_id`` was acknowledged: it goes in the next acknowledgement,
+        sent at once unless one is on its way (then right after it)."""
+        done: asyncio.Future[bool] = asyncio.get_running_loop().create_future()
+        self._acks.append((work_id, done))
+        if self._acking is None or self._acking.done():
+            self._acking = asyncio.create_task(self._acknowledge_batches())
+        return done
+
+    async def _acknowledge_batches(self) -> None:
+        while self._acks:
+            batch, self._acks = self._acks[:MAX_ACK_BATCH], self._acks[MAX_ACK_BATCH:]
+            ids = [work_id for work_id, _ in batch]
+            try:
+                await self._client.acknowledge(ids, idempotency_key=acknowledgement_key(ids))
+            except GatewayError as exc:
+                log.warning(
+                    "acknowledging %d item(s) failed (%s); they will come again", len(ids), exc
+                )
+                _settle(batch, False)
+            except asyncio.CancelledError:
+                for _, done in [*batch, *self._acks]:
+                    done.cancel()
+                raise
+            except Exception as exc:
+                for _, done in batch:
+                    if not done.done():
+                        done.set_exception(exc)  # raised in each item's handling task
+            else:
+                _settle(batch, True)
 
     def _schedule_redelivery(self) -> None:
         if self._redelivery_timer is not None or self._stopping.is_set():
@@ -333,3 +383,9 @@ class WorkSubscription:
             task.cancel()
         if pending:
             await asyncio.wait(pending)
+
+
+def _settle(batch: Sequence[tuple[str, asyncio.Future[bool]]], acknowledged: bool) -> None:
+    for _, done in batch:
+        if not done.done():
+            done.set_result(acknowledged)

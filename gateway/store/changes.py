@@ -32,8 +32,12 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 
 log = logging.getLogger(__name__)
 
-#: New or acknowledged work for a partner (key: the partner id).
+#: New work for a partner (key: the partner id).
 WORK = "work"
+#: Work a partner acknowledged (key: the partner id): its in-flight window opened. Apart
+#: from `WORK`, so that a stream whose window is not full reads again for new work only,
+#: not after each acknowledgement.
+WINDOW = "window"
 #: A case's timeline moved (key: the case id).
 CASE = "case"
 #: A consent of a customer naming a recipient changed (key: `consent_key`).

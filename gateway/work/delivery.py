@@ -29,7 +29,7 @@ from gateway.core.errors import InvalidArgument
 from gateway.crypto.sealing import Sealer
 from gateway.identity.erasure import NOTICE_PREFIX
 from gateway.store import Store
-from gateway.store.changes import SAFETY_SECONDS, WORK, Subscription, announce
+from gateway.store.changes import SAFETY_SECONDS, WINDOW, WORK, Subscription, announce
 from gateway.store.idempotency import run_once
 from gateway.store.schema import case_keys, work_items
 from gateway.telemetry import inject_into, tracer, tracing_on
@@ -131,12 +131,20 @@ class PartnerWork:
             raise InvalidArgument.field("max_in_flight", f"must be in 1..{MAX_IN_FLIGHT}")
         sent: set[str] = set()
         # Subscribed before the first read: work committed while it reads wakes it at once.
-        with self.store.changes.subscribe(WORK, caller.partner_id) as changes:
-            async for response in self._deliver(caller, in_flight, sent, changes):
+        with (
+            self.store.changes.subscribe(WORK, caller.partner_id) as work,
+            self.store.changes.subscribe(WINDOW, caller.partner_id) as opened,
+        ):
+            async for response in self._deliver(caller, in_flight, sent, work, opened):
                 yield response
 
     async def _deliver(
-        self, caller: Caller, in_flight: int, sent: set[str], changes: Subscription
+        self,
+        caller: Caller,
+        in_flight: int,
+        sent: set[str],
+        work: Subscription,
+        opened: Subscription,
     ) -> AsyncIterator[work_pb2.SubscribeResponse]:
         while True:
             # An idle poll only reads: a write transaction (on SQLite, the one
@@ -144,6 +152,10 @@ class PartnerWork:
             async with self.store.read() as conn:
                 window = {"partner": caller.partner_id, "window": in_flight + len(sent)}
                 rows = (await conn.execute(_UNACKED, window)).all()
+                # Acknowledged items leave the in-flight window before it is filled again
+                # (pruned after filling, an acknowledgement that opened a full window sent
+                # nothing until the next safety read, a second later).
+                sent &= {r.work_id for r in rows}
                 fresh = await self._opened(
                     conn,
                     [r for r in rows if r.work_id not in sent][: max(0, in_flight - len(sent))],
@@ -152,16 +164,18 @@ class PartnerWork:
                 async with self.store.write() as conn:
                     ids = await _lock_in_order(conn, [r.work_id for r in fresh])
                     await conn.execute(_DELIVERED, {"ids": ids})
-            sent &= {r.work_id for r in rows}  # acknowledged items leave the in-flight window
             for row in fresh:
                 item = work_pb2.WorkItem.FromString(row.item)
                 item.redeliveries = row.deliveries
                 sent.add(row.work_id)
                 yield work_pb2.SubscribeResponse(item=item)
             if not fresh:
-                # Woken by new work or an acknowledgement that opens the window; read
-                # again after SAFETY_SECONDS regardless (a notification may be lost).
-                await changes.wait(SAFETY_SECONDS)
+                # Woken by new work, or, when the window is full, by an acknowledgement
+                # that opens it (only then: an acknowledgement sends nothing new while
+                # there is room); read again after SAFETY_SECONDS regardless (a
+                # notification may be lost).
+                full = len(sent) >= in_flight
+                await (opened if full else work).wait(SAFETY_SECONDS)
 
     async def waiting(self) -> dict[str, int]:
         """Items not yet acknowledged, per partner (the ``coopgate.work.waiting`` gauge)."""
@@ -190,7 +204,7 @@ class PartnerWork:
                 _ACKNOWLEDGE,
                 {"ids": list(ids), "partner": caller.partner_id, "now": dt.datetime.now(dt.UTC)},
             )
-            announce(conn, WORK, caller.partner_id)  # the in-flight window opens
+            announce(conn, WINDOW, caller.partner_id)  # the in-flight window opens
             return work_pb2.AcknowledgeResponse(acknowledged=result.rowcount + erased)
 
         response, _ = await run_once(

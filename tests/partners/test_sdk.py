@@ -5,6 +5,7 @@ acknowledges only handled items and survives a broken stream."""
 from __future__ import annotations
 
 import asyncio
+import itertools
 import socket
 from collections.abc import Awaitable, Callable
 from typing import TypeVar
@@ -225,6 +226,72 @@ async def test_work_is_acknowledged_only_after_the_handler_succeeded(stage: Stag
             await eventually(lambda: again.stats.subscriptions == 1, "a new subscription")
             await asyncio.sleep(0.8)  # several of the gateway's delivery polls
         assert diagnoses(opened.case_id) == []
+
+
+async def test_items_handled_together_are_acknowledged_in_one_call(stage: Stage) -> None:
+    """Handlers that return while an acknowledgement is due share it: one call for
+    several items (the gateway took them all: none comes again)."""
+    service_id = await stage.service("nfc-payment")
+    bank = stage.cast["bank"]
+    attempts = Attempts()
+    handled: list[str] = []
+    together = asyncio.Event()
+
+    async def handler(item: WorkItem) -> None:
+        handled.append(item.work_id)
+        if len(handled) >= 3:  # received, diagnosing, the diagnosis request
+            together.set()
+        await asyncio.wait_for(together.wait(), 10)
+
+    async with PartnerClient(
+        stage.target, _creds(stage, "bank"), interceptors=[attempts]
+    ) as client:
+        async with client.subscribe(handler, concurrency=4) as subscription:
+            await stage.client(bank, "advisor").open_case(
+                service_id=service_id,
+                customer_local_id=stage.customer(bank),
+                channel=Channel.PHONE,
+                summary="cannot pay by phone",
+            )
+            await eventually(lambda: subscription.stats.acknowledged >= 3, "the acknowledgements")
+        acknowledged = list(handled)
+        calls = [key for method, key in attempts.seen if method.endswith("/Acknowledge")]
+        assert len(calls) < subscription.stats.acknowledged, calls
+        assert any(key.startswith("ack-3-") for key in calls), calls
+
+        handled.clear()
+        async with client.subscribe(handler) as again:
+            await eventually(lambda: again.stats.subscriptions == 1, "a new subscription")
+            await asyncio.sleep(0.8)
+        assert not set(handled) & set(acknowledged)
+
+
+async def test_a_full_window_opens_at_the_acknowledgement(stage: Stage) -> None:
+    """With room for one item in flight, each next item comes as soon as the last one
+    is acknowledged (woken by the acknowledgement), not at the gateway's safety read a
+    second later."""
+    service_id = await stage.service("nfc-payment")
+    bank = stage.cast["bank"]
+    arrived: list[float] = []
+
+    async def handler(item: WorkItem) -> None:
+        arrived.append(asyncio.get_running_loop().time())
+
+    async with (
+        PartnerClient(stage.target, _creds(stage, "bank")) as client,
+        client.subscribe(handler, max_in_flight=1, concurrency=1) as subscription,
+    ):
+        await stage.client(bank, "advisor").open_case(
+            service_id=service_id,
+            customer_local_id=stage.customer(bank),
+            channel=Channel.PHONE,
+            summary="cannot pay by phone",
+        )
+        # received, diagnosing, the diagnosis request: queued together, sent one by one
+        await eventually(lambda: subscription.stats.acknowledged >= 3, "three items")
+    gaps = [later - earlier for earlier, later in itertools.pairwise(arrived[:3])]
+    assert len(gaps) == 2
+    assert max(gaps) < 0.5, gaps  # SAFETY_SECONDS is 1 s
 
 
 async def test_a_refused_subscription_is_raised_not_retried(stage: Stage) -> None:
