@@ -13,6 +13,10 @@ variables (and the settings the standard has no variable for).
   (``grpc``, the default, or ``http/protobuf``).
 - ``OTEL_TRACES_SAMPLER`` / ``_ARG``, ``OTEL_SERVICE_NAME``, ``OTEL_RESOURCE_ATTRIBUTES``,
   ``OTEL_BSP_*``, ``OTEL_METRIC_EXPORT_INTERVAL``: read by the SDK itself.
+- ``OTEL_METRICS_EXEMPLAR_FILTER``: unset, ``always_off`` here (the SDK's default,
+  ``trace_based``, keeps an exemplar of every measurement made in a sampled span: with
+  every trace sampled, that doubled what the per-call measures cost; neither the
+  embedded store nor the Prometheus reader keeps exemplars). Set it to have them.
 - ``COOPGATE_TELEMETRY_STORE`` (on by default): spans and points also go to
   ``DATA_DIR/telemetry.db`` for `coopgate trace` and `coopgate stats`.
 - ``COOPGATE_PROMETHEUS_LISTEN``: a Prometheus scrape endpoint on a port of its own.
@@ -31,7 +35,7 @@ from importlib.metadata import entry_points
 from typing import Any
 
 from opentelemetry import metrics, trace
-from opentelemetry.sdk.metrics import MeterProvider
+from opentelemetry.sdk.metrics import AlwaysOffExemplarFilter, MeterProvider
 from opentelemetry.sdk.metrics.export import MetricReader, PeriodicExportingMetricReader
 from opentelemetry.sdk.metrics.view import ExplicitBucketHistogramAggregation, View
 from opentelemetry.sdk.resources import SERVICE_NAME, Resource
@@ -208,7 +212,14 @@ def configure(
     if local is not None:
         readers.append(PeriodicExportingMetricReader(LocalMetricExporter(local), 10_000))
     if readers:
-        meters = MeterProvider(metric_readers=readers, resource=resource, views=_views())
+        meters = MeterProvider(
+            metric_readers=readers,
+            resource=resource,
+            views=_views(),
+            exemplar_filter=None
+            if os.environ.get("OTEL_METRICS_EXEMPLAR_FILTER")
+            else AlwaysOffExemplarFilter(),
+        )
         metrics.set_meter_provider(meters)
         telemetry.meter_provider = meters
     set_tracing(telemetry.tracing, metrics=telemetry.meter_provider is not None)

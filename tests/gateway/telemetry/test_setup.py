@@ -65,3 +65,23 @@ def test_log_lines_name_their_trace_and_span(memory: Memory) -> None:
     outside = logging.LogRecord("gateway.x", logging.INFO, __file__, 1, "idle", (), None)
     stamp.filter(outside)
     assert json.loads(formatter.format(outside))["trace_id"] == "-"
+
+
+def test_no_exemplars_unless_asked(memory: Memory) -> None:
+    """OTEL_METRICS_EXEMPLAR_FILTER unset: a measure made in a sampled span keeps no
+    exemplar (the SDK's trace_based default doubled the per-call measures' cost)."""
+    from gateway.telemetry.instruments import audit_append
+
+    with trace.get_tracer("test").start_as_current_span("sampled") as span:
+        assert span.get_span_context().trace_flags.sampled
+        audit_append.record(0.001)
+    points = [
+        point
+        for resource in memory.metrics().resource_metrics
+        for scope in resource.scope_metrics
+        for metric in scope.metrics
+        if metric.name == "coopgate.audit.append.duration"
+        for point in metric.data.data_points
+    ]
+    assert points
+    assert all(not point.exemplars for point in points)
