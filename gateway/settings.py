@@ -196,10 +196,12 @@ class Settings(BaseSettings):
 
     # Observability (docs/OPERATIONS.md). Exporters, sampler and service name come from
     # the standard OTEL_* variables; these are what the standard does not cover.
-    telemetry_store: bool = Field(
-        default=True,
+    telemetry_store: bool | None = Field(
+        default=None,
         description="Keep traces and metrics in data_dir/telemetry.db for `coopgate trace` "
-        "and `coopgate stats` (no collector needed); false: only what OTEL_* exports.",
+        "and `coopgate stats` (no collector needed); false: only what OTEL_* exports; "
+        "unset: where the data dir exists when the process starts (`coopgate up` makes "
+        "it; a replica configured by settings alone makes none).",
     )
     telemetry_retention_hours: float = Field(
         default=72.0, gt=0, description="How long data_dir/telemetry.db keeps spans and points."

@@ -37,7 +37,7 @@ def _store(data_dir: Path | None) -> LocalTelemetry:
     if not settings.telemetry_db.exists():
         err.print(
             f"[red]error:[/red] no telemetry store at {settings.telemetry_db}: it is written "
-            "by `coopgate up` (COOPGATE_TELEMETRY_STORE, on by default)"
+            "by `coopgate up` (COOPGATE_TELEMETRY_STORE, on where the data dir exists)"
         )
         raise typer.Exit(1)
     return LocalTelemetry(settings.telemetry_db)

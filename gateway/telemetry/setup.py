@@ -17,7 +17,8 @@ variables (and the settings the standard has no variable for).
   ``trace_based``, keeps an exemplar of every measurement made in a sampled span: with
   every trace sampled, that doubled what the per-call measures cost; neither the
   embedded store nor the Prometheus reader keeps exemplars). Set it to have them.
-- ``COOPGATE_TELEMETRY_STORE`` (on by default): spans and points also go to
+- ``COOPGATE_TELEMETRY_STORE`` (on where the data dir exists at start, as under
+  `coopgate up`; true/false to force): spans and points also go to
   ``DATA_DIR/telemetry.db`` for `coopgate trace` and `coopgate stats`.
 - ``COOPGATE_PROMETHEUS_LISTEN``: a Prometheus scrape endpoint on a port of its own.
 
@@ -167,6 +168,13 @@ def _views() -> list[View]:
     ]
 
 
+def keeps_local(settings: Settings) -> bool:
+    """Whether this process keeps its traces and metrics in ``data_dir/telemetry.db``."""
+    if settings.telemetry_store is not None:
+        return settings.telemetry_store
+    return settings.data_dir.is_dir()
+
+
 def configure(
     settings: Settings,
     *,
@@ -183,7 +191,7 @@ def configure(
     resource = _resource()
     local = (
         LocalTelemetry(settings.telemetry_db, retention_hours=settings.telemetry_retention_hours)
-        if settings.telemetry_store
+        if keeps_local(settings)
         else None
     )
     exporters: list[SpanExporter] = [_load(n, "traces")() for n in _names("traces")]

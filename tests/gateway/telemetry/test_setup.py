@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import logging
+from pathlib import Path
 
 import pytest
 from opentelemetry import trace
@@ -13,7 +14,7 @@ from opentelemetry import trace
 from gateway.settings import Settings
 from gateway.telemetry import TelemetryError, configure, tracing_on
 from gateway.telemetry.logs import JsonFormatter, TraceContextFilter
-from gateway.telemetry.setup import _load, _names, _resource
+from gateway.telemetry.setup import _load, _names, _resource, keeps_local
 from tests.gateway.telemetry.conftest import Memory
 
 
@@ -85,3 +86,14 @@ def test_no_exemplars_unless_asked(memory: Memory) -> None:
     ]
     assert points
     assert all(not point.exemplars for point in points)
+
+
+def test_local_store_where_the_data_dir_exists(tmp_path: Path) -> None:
+    """`coopgate up` makes its data dir and keeps telemetry there; a replica configured
+    by settings alone has none and makes none, unless told to keep a store."""
+    absent = tmp_path / "absent"
+    assert not keeps_local(Settings(data_dir=absent))
+    assert not absent.exists()
+    assert keeps_local(Settings(data_dir=tmp_path))
+    assert keeps_local(Settings(data_dir=absent, telemetry_store=True))
+    assert not keeps_local(Settings(data_dir=tmp_path, telemetry_store=False))
