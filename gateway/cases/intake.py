@@ -7,6 +7,7 @@ import datetime as dt
 import uuid
 
 from coopgate.v1 import cases_pb2, common_pb2
+from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 from sqlalchemy import insert, select, update
 from sqlalchemy.ext.asyncio import AsyncConnection
 
@@ -31,7 +32,7 @@ from gateway.core.errors import (
     InvalidArgument,
     PermissionDenied,
 )
-from gateway.crypto.sealing import Sealer
+from gateway.crypto.sealing import MISSING, Missing, Sealer
 from gateway.identity.subjects import LocalIds
 from gateway.store import Store
 from gateway.store.idempotency import run_once
@@ -152,11 +153,15 @@ class CaseIntake:
             ]
             await conn.execute(insert(case_participants), participants)
             await self.starts.record(conn, case_id, now)
-            await set_status(conn, self.sealer, case_id, cases_pb2.CASE_STATUS_RECEIVED, now)
-            await _append_contact(conn, self.sealer, case_id, caller, request, now)
+            # The case's key, just made, is at hand: not read back for each use.
+            await set_status(
+                conn, self.sealer, case_id, cases_pb2.CASE_STATUS_RECEIVED, now, key=key
+            )
+            await _append_contact(conn, self.sealer, case_id, caller, request, now, key)
             row = await _load_case(conn, case_id)
             return cases_pb2.OpenCaseResponse(
-                case_id=case_id, header=await self.reader.header(conn, caller, row, local_id="")
+                case_id=case_id,
+                header=await self.reader.header(conn, caller, row, key=key, local_id=""),
             )
 
         response, _replayed = await run_once(
@@ -328,8 +333,10 @@ async def _append_contact(
     caller: Caller,
     request: cases_pb2.OpenCaseRequest,
     now: dt.datetime,
+    key: AESGCM | Missing | None = MISSING,
 ) -> None:
-    """The customer's report, as the partner they contacted took it."""
+    """The customer's report, as the partner they contacted took it (sealed under the
+    case's ``key``, read when not given)."""
     contact = cases_pb2.TimelineItem(
         interaction=cases_pb2.Interaction(
             interaction_id=f"int-{uuid.uuid4().hex[:16]}",
@@ -350,6 +357,7 @@ async def _append_contact(
         contact,
         source_partner_id=caller.partner_id,
         category=INTERACTION_CATEGORY,
+        key=key,
     )
 
 

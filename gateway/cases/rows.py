@@ -8,6 +8,7 @@ import datetime as dt
 from dataclasses import dataclass, field
 
 from coopgate.v1 import cases_pb2
+from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 from sqlalchemy import bindparam, insert, select, update
 from sqlalchemy.ext.asyncio import AsyncConnection
 
@@ -15,7 +16,7 @@ from gateway.cases.derived import DerivedDecision
 from gateway.consent.rules import Flow
 from gateway.core.caller import Caller
 from gateway.core.errors import FailedPrecondition, NotFound
-from gateway.crypto.sealing import Sealer
+from gateway.crypto.sealing import MISSING, Missing, Sealer
 from gateway.store.changes import CASE, announce
 from gateway.store.schema import case_events, case_participants, cases
 
@@ -106,10 +107,12 @@ async def append_event(
     source_partner_id: str,
     category: str,
     dedup_key: str | None = None,
+    key: AESGCM | Missing | None = MISSING,
 ) -> int | None:
     """Append one timeline item to a case; returns its sequence number.
 
-    With a ``dedup_key`` the append happens once: a retry returns None.
+    With a ``dedup_key`` the append happens once: a retry returns None. ``key``: the
+    case's key when the caller holds it already in this transaction (read otherwise).
     """
     if dedup_key is not None:
         seen = (await conn.execute(_SEEN, {"case_id": case_id, "dedup": dedup_key})).first()
@@ -117,7 +120,8 @@ async def append_event(
             return None
     sequence = (await conn.execute(_NEXT_SEQUENCE, {"case": case_id, "now": _now()})).scalar_one()
     item.sequence = sequence
-    key = await sealer.key(conn, case_id)
+    if isinstance(key, Missing):
+        key = await sealer.key(conn, case_id)
     await conn.execute(
         _APPEND,
         {
@@ -142,6 +146,7 @@ async def set_status(
     case_id: str,
     status: cases_pb2.CaseStatus.ValueType,
     at: dt.datetime | None = None,
+    key: AESGCM | Missing | None = MISSING,
 ) -> None:
     """Move the case projection to ``status`` and record the change on the timeline
     (dated ``at``, by default now: a case opened is received when it is opened, so
@@ -156,7 +161,7 @@ async def set_status(
         item.occurred_at.FromDatetime(at)
     item.status_change.changed_at.CopyFrom(item.occurred_at)
     await append_event(
-        conn, sealer, case_id, item, source_partner_id="", category=CASE_STATUS_CATEGORY
+        conn, sealer, case_id, item, source_partner_id="", category=CASE_STATUS_CATEGORY, key=key
     )
 
 

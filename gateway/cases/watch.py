@@ -10,6 +10,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from coopgate.v1 import cases_pb2
+from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 from sqlalchemy import bindparam, select
 
 from gateway.cases.feed import CaseFeed
@@ -19,6 +20,7 @@ from gateway.consent.checks import next_boundary
 from gateway.consent.rules import AccessDecision, ConsentRules, Flow
 from gateway.core.caller import Caller
 from gateway.core.errors import InvalidArgument
+from gateway.crypto.sealing import MISSING, Missing
 from gateway.store import Store
 from gateway.store.changes import CONSENT, Subscription, consent_key
 from gateway.store.schema import case_events
@@ -166,13 +168,15 @@ class CaseWatch:
     ) -> WatchBatch:
         async with self.store.read() as conn:
             row = await _visible_case(conn, caller, case_id)
-            events = await self._open_events(
-                conn,
-                row.case_id,
-                (
-                    await conn.execute(_EVENTS_AFTER, {"case_id": row.case_id, "after": position})
-                ).all(),
-            )
+            rows = (
+                await conn.execute(_EVENTS_AFTER, {"case_id": row.case_id, "after": position})
+            ).all()
+            # The case's key read once for the batch's events and the header's summary
+            # (the first contact's), and only when either needs it.
+            key: AESGCM | Missing | None = MISSING
+            if rows or caller.partner_id == row.first_contact_partner_id:
+                key = await self.reader.sealer.key(conn, row.case_id)
+            events = await self._open_events(conn, row.case_id, rows, key) if rows else []
             if events:
                 # The header at least as new as the events it goes with: a status change
                 # commits the row and its event together, and on PostgreSQL each statement
@@ -180,7 +184,7 @@ class CaseWatch:
                 # under a header still DIAGNOSING, then nothing more). Re-read only then:
                 # with no events, the first row says whether the case closed before them.
                 row = await _load_case(conn, row.case_id)
-            header = await self._header(conn, caller, row)
+            header = await self._header(conn, caller, row, key=key)
             decisions = await self.rules.evaluate(
                 conn,
                 reader_partner_id=caller.partner_id,

@@ -7,7 +7,7 @@ import json
 from typing import Any
 
 from coopgate.v1 import cases_pb2, work_pb2
-from sqlalchemy import delete, insert, select
+from sqlalchemy import bindparam, delete, insert, select
 from sqlalchemy.ext.asyncio import AsyncConnection
 from temporalio import activity
 
@@ -77,7 +77,7 @@ class FollowUpActivities:
         """The notification on the case's timeline (sealed) and on the partner's work
         stream, once per ``notification_id``; nothing for an erased case."""
         case = (await conn.execute(CASE_BY_ID, {"case_id": case_id})).one()
-        partner, channel = await _last_contact(conn, self._cases, case)
+        partner, channel, local_id = await _last_contact(conn, self._cases, case)
         notification = cases_pb2.Notification(
             notification_id=notification_id,
             partner_id=partner,
@@ -106,8 +106,10 @@ class FollowUpActivities:
                 customer_notification=work_pb2.CustomerNotification(
                     notification_id=notification_id,
                     case_id=case.case_id,
-                    customer_local_id=await self._cases.local_ids.local_id(
-                        conn, partner, case.subject_id
+                    customer_local_id=(
+                        local_id
+                        if local_id is not None
+                        else await self._cases.local_ids.local_id(conn, partner, case.subject_id)
                     ),
                     channel=channel,  # type: ignore[arg-type]
                     milestone=milestone,
@@ -225,21 +227,27 @@ class FollowUpActivities:
         annotate(service=service_id, outcome="closed")
 
 
-async def _last_contact(conn: AsyncConnection, domain: Cases, case: Any) -> tuple[str, int]:
-    """The partner and channel of the customer's latest contact on this case."""
-    rows = (
-        await conn.execute(
-            select(case_events)
-            .where(
-                case_events.c.case_id == case.case_id,
-                case_events.c.category == INTERACTION_CATEGORY,
-            )
-            .order_by(case_events.c.sequence.desc())
-            .limit(20)
-        )
-    ).all()
+#: The case's latest interactions (``case_id``), built once (every notification reads them).
+_LATEST_INTERACTIONS = (
+    select(case_events)
+    .where(
+        case_events.c.case_id == bindparam("case_id"),
+        case_events.c.category == INTERACTION_CATEGORY,
+    )
+    .order_by(case_events.c.sequence.desc())
+    .limit(20)
+)
+
+
+async def _last_contact(
+    conn: AsyncConnection, domain: Cases, case: Any
+) -> tuple[str, int, str | None]:
+    """The partner and channel of the customer's latest contact on this case, and that
+    partner's id for the customer when it was read to find them (else None)."""
+    rows = (await conn.execute(_LATEST_INTERACTIONS, {"case_id": case.case_id})).all()
     for event in await domain.reader.open_events(conn, case.case_id, rows):
         interaction = event.item.interaction
-        if await domain.local_ids.local_id(conn, interaction.partner_id, case.subject_id):
-            return interaction.partner_id, interaction.channel
-    return case.first_contact_partner_id, case.first_contact_channel
+        local_id = await domain.local_ids.local_id(conn, interaction.partner_id, case.subject_id)
+        if local_id:
+            return interaction.partner_id, interaction.channel, local_id
+    return case.first_contact_partner_id, case.first_contact_channel, None

@@ -6,7 +6,7 @@ import datetime as dt
 from typing import Any
 
 from coopgate.v1 import admin_pb2, cases_pb2, work_pb2
-from sqlalchemy import or_, select
+from sqlalchemy import bindparam, or_, select
 from sqlalchemy.ext.asyncio import AsyncConnection
 from temporalio import activity
 
@@ -103,31 +103,37 @@ class LifecycleActivities:
             )
 
 
-async def incident_context(conn: AsyncConnection, case_id: str) -> IncidentContext:
+# Statements built once (each incident reads its context twice).
+_DEFINITION = select(services.c.definition).where(services.c.service_id == bindparam("service"))
+_AGREEMENTS = (
+    select(sharing_agreements.c.definition)
+    .where(
+        sharing_agreements.c.service_id == bindparam("service"),
+        sharing_agreements.c.valid_from <= bindparam("now"),
+        or_(
+            sharing_agreements.c.valid_until.is_(None),
+            sharing_agreements.c.valid_until > bindparam("now"),
+        ),
+    )
+    .order_by(sharing_agreements.c.agreement_id)
+)
+_WRAPPED_KEY = select(case_keys.c.wrapped_key).where(case_keys.c.case_id == bindparam("case_id"))
+
+
+async def incident_context(
+    conn: AsyncConnection, case_id: str, case: Any | None = None
+) -> IncidentContext:
     """What the incident workflow decides on: the service chain, its ownership policy
-    (an agreement with the partner first contacted may override it) and service levels."""
-    case = (await conn.execute(CASE_BY_ID, {"case_id": case_id})).one()
-    definition = (
-        await conn.execute(
-            select(services.c.definition).where(services.c.service_id == case.service_id)
-        )
-    ).scalar_one()
+    (an agreement with the partner first contacted may override it) and service levels.
+    ``case``: the case's row when the caller read it already in this transaction."""
+    if case is None:
+        case = (await conn.execute(CASE_BY_ID, {"case_id": case_id})).one()
+    definition = (await conn.execute(_DEFINITION, {"service": case.service_id})).scalar_one()
     now = dt.datetime.now(dt.UTC)
     agreements = [
         admin_pb2.SharingAgreement.FromString(d)
         for d in (
-            await conn.execute(
-                select(sharing_agreements.c.definition)
-                .where(
-                    sharing_agreements.c.service_id == case.service_id,
-                    sharing_agreements.c.valid_from <= now,
-                    or_(
-                        sharing_agreements.c.valid_until.is_(None),
-                        sharing_agreements.c.valid_until > now,
-                    ),
-                )
-                .order_by(sharing_agreements.c.agreement_id)
-            )
+            await conn.execute(_AGREEMENTS, {"service": case.service_id, "now": now})
         ).scalars()
     ]
     service = admin_pb2.Service.FromString(definition)
@@ -175,12 +181,7 @@ async def incident_context(conn: AsyncConnection, case_id: str) -> IncidentConte
             ),
         ),
         opened_at_s=case.opened_at.timestamp(),
-        erased=(
-            await conn.execute(
-                select(case_keys.c.wrapped_key).where(case_keys.c.case_id == case_id)
-            )
-        ).scalar()
-        is None,
+        erased=(await conn.execute(_WRAPPED_KEY, {"case_id": case_id})).scalar() is None,
     )
 
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 from coopgate.v1 import cases_pb2, work_pb2
-from sqlalchemy import delete, insert, select, update
+from sqlalchemy import bindparam, delete, insert, select, update
 from sqlalchemy.exc import NoResultFound
 from sqlalchemy.ext.asyncio import AsyncConnection
 from temporalio import activity
@@ -36,6 +36,25 @@ from workflows.ownership import decide_ownership, owner_reason
 
 #: The purpose under which a partner offered ownership is shown the decision's findings.
 OFFER_PURPOSE = DIAGNOSIS_PURPOSE
+
+
+# Statements built once (`assign_owner` runs in every incident).
+_PARTNERS_IN_ROLE = select(case_participants.c.partner_id).where(
+    case_participants.c.case_id == bindparam("case_id"),
+    case_participants.c.role == bindparam("role"),
+)
+_SET_OWNER = (
+    update(cases)
+    .where(cases.c.case_id == bindparam("case"))
+    .values(relationship_owner_id=bindparam("owner"))
+)
+_DROP_OWNERS = delete(case_participants).where(
+    case_participants.c.case_id == bindparam("case_id"),
+    case_participants.c.role.in_(
+        [cases_pb2.PARTICIPANT_ROLE_RESOLVER, cases_pb2.PARTICIPANT_ROLE_RELATIONSHIP_OWNER]
+    ),
+)
+_ADD_PARTICIPANTS = insert(case_participants)
 
 
 def _decision_proto(
@@ -93,7 +112,7 @@ class OwnershipActivities:
         async with self._store.write() as conn:
             case = (await conn.execute(CASE_BY_ID, {"case_id": request.case_id})).one()
             try:
-                context: IncidentContext | None = await incident_context(conn, case.case_id)
+                context: IncidentContext | None = await incident_context(conn, case.case_id, case)
             except NoResultFound:  # the service is gone: the policy's terms are left out
                 context = None
             item = cases_pb2.TimelineItem(
@@ -194,10 +213,7 @@ class OwnershipActivities:
             current_resolvers = set(
                 (
                     await conn.execute(
-                        select(case_participants.c.partner_id).where(
-                            case_participants.c.case_id == case.case_id,
-                            case_participants.c.role == resolver_role,
-                        )
+                        _PARTNERS_IN_ROLE, {"case_id": case.case_id, "role": resolver_role}
                     )
                 ).scalars()
             )
@@ -211,19 +227,10 @@ class OwnershipActivities:
                         conn, self._cases.reader.sealer, case.case_id, cases_pb2.CASE_STATUS_OWNED
                     )
                 return  # a retry: already recorded
+            await conn.execute(_SET_OWNER, {"case": case.case_id, "owner": request.owner_id})
+            await conn.execute(_DROP_OWNERS, {"case_id": case.case_id})
             await conn.execute(
-                update(cases)
-                .where(cases.c.case_id == case.case_id)
-                .values(relationship_owner_id=request.owner_id)
-            )
-            await conn.execute(
-                delete(case_participants).where(
-                    case_participants.c.case_id == case.case_id,
-                    case_participants.c.role.in_([resolver_role, owner_role]),
-                )
-            )
-            await conn.execute(
-                insert(case_participants),
+                _ADD_PARTICIPANTS,
                 [
                     {
                         "case_id": case.case_id,

@@ -8,7 +8,7 @@ import datetime as dt
 from coopgate.v1 import work_pb2
 from sqlalchemy.ext.asyncio import AsyncConnection
 
-from gateway.work.delivery import enqueue
+from gateway.work.delivery import enqueue_all
 
 
 def now() -> dt.datetime:
@@ -20,8 +20,11 @@ def ts(seconds: float) -> dt.datetime:
 
 
 async def tell(conn: AsyncConnection, partners: set[str], notice: work_pb2.CaseNotice) -> None:
-    """Queue one case notice to each partner, once (work id = notice id + partner)."""
+    """Queue one case notice to each partner, once (work id = notice id + partner), all
+    of them with one insert."""
+    items = []
     for partner in sorted(partners):
         item = work_pb2.WorkItem()
         item.case_notice.CopyFrom(notice)
-        await enqueue(conn, f"{notice.notice_id}:{partner}", partner, item)
+        items.append((f"{notice.notice_id}:{partner}", partner, item))
+    await enqueue_all(conn, notice.case_id, items)

@@ -20,7 +20,7 @@ from typing import Any, NamedTuple
 
 from coopgate.v1 import work_pb2
 from opentelemetry.trace import SpanKind
-from sqlalchemy import Row, bindparam, func, insert, select, update
+from sqlalchemy import bindparam, func, insert, select, update
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from gateway.audit.log import AuditLog, AuditRecord
@@ -42,9 +42,14 @@ MAX_ACK_BATCH = 1000
 _tracer = tracer(__name__)
 
 
-#: A row when the case's key was destroyed (erased, or past its retention period).
-_ERASED = select(case_keys.c.case_id).where(
-    case_keys.c.case_id == bindparam("case_id"), case_keys.c.wrapped_key.is_(None)
+#: Whether an item is queued already (``id``), and whether the case's key was destroyed
+#: (``case_id``: erased, or past its retention period): one statement for both of
+#: `enqueue`'s checks.
+_QUEUED_OR_ERASED = select(
+    select(work_items.c.work_id).where(work_items.c.work_id == bindparam("id")).exists(),
+    select(case_keys.c.case_id)
+    .where(case_keys.c.case_id == bindparam("case_id"), case_keys.c.wrapped_key.is_(None))
+    .exists(),
 )
 
 
@@ -75,7 +80,9 @@ _ACKNOWLEDGE = (
     )
     .values(acked_at=bindparam("now"))
 )
-_QUEUED = select(work_items.c.work_id).where(work_items.c.work_id == bindparam("id"))
+_QUEUED_AMONG = select(work_items.c.work_id).where(
+    work_items.c.work_id.in_(bindparam("ids", expanding=True))
+)
 _ENQUEUE = insert(work_items)
 _LOCK = (
     select(work_items.c.work_id)
@@ -96,6 +103,15 @@ async def _lock_in_order(conn: AsyncConnection, work_ids: Collection[str]) -> li
     return list(rows.scalars())
 
 
+class _Unacked(NamedTuple):
+    """A row of `_UNACKED`, as the driver returns it."""
+
+    work_id: str
+    item: bytes
+    deliveries: int
+    subject_id: str | None
+
+
 class _Pending(NamedTuple):
     work_id: str
     item: bytes
@@ -111,12 +127,12 @@ class PartnerWork:
         #: Opens the items kept sealed (None: a store whose items are all clear).
         self.sealer = sealer
 
-    async def _opened(self, conn: AsyncConnection, rows: Sequence[Row[Any]]) -> list[_Pending]:
+    async def _opened(self, conn: AsyncConnection, rows: Sequence[_Unacked]) -> list[_Pending]:
         """The rows about to be sent, their items opened (sealed ones only now, on their
         way to the partner); one whose customer was erased is left out."""
         opened = []
         for row in rows:
-            item: bytes | None = row.item
+            item: bytes | None = bytes(row.item)
             if self.sealer is not None:
                 item = await self.sealer.open_item(conn, row.work_id, row.item, row.subject_id)
             if item is not None:
@@ -147,23 +163,24 @@ class PartnerWork:
         opened: Subscription,
     ) -> AsyncIterator[work_pb2.SubscribeResponse]:
         while True:
-            # An idle poll only reads: a write transaction (on SQLite, the one
-            # writer lock) is taken only when there is something to deliver.
-            async with self.store.read() as conn:
-                window = {"partner": caller.partner_id, "window": in_flight + len(sent)}
-                rows = (await conn.execute(_UNACKED, window)).all()
-                # Acknowledged items leave the in-flight window before it is filled again
-                # (pruned after filling, an acknowledgement that opened a full window sent
-                # nothing until the next safety read, a second later).
-                sent &= {r.work_id for r in rows}
-                fresh = await self._opened(
-                    conn,
-                    [r for r in rows if r.work_id not in sent][: max(0, in_flight - len(sent))],
-                )
-            if fresh:
+            # An idle poll only reads, one statement and no transaction (`read_rows`: a
+            # statement reads one consistent snapshot by itself); a write transaction (on
+            # SQLite, the one writer lock) is taken only when there is something to
+            # deliver, and the items are opened in it (their subject's key read there).
+            window = {"partner": caller.partner_id, "window": in_flight + len(sent)}
+            rows = [_Unacked(*r) for r in await self.store.read_rows(_UNACKED, window)]
+            # Acknowledged items leave the in-flight window before it is filled again
+            # (pruned after filling, an acknowledgement that opened a full window sent
+            # nothing until the next safety read, a second later).
+            sent &= {r.work_id for r in rows}
+            due = [r for r in rows if r.work_id not in sent][: max(0, in_flight - len(sent))]
+            fresh: list[_Pending] = []
+            if due:
                 async with self.store.write() as conn:
-                    ids = await _lock_in_order(conn, [r.work_id for r in fresh])
-                    await conn.execute(_DELIVERED, {"ids": ids})
+                    fresh = await self._opened(conn, due)
+                    if fresh:
+                        ids = await _lock_in_order(conn, [r.work_id for r in fresh])
+                        await conn.execute(_DELIVERED, {"ids": ids})
             for row in fresh:
                 item = work_pb2.WorkItem.FromString(row.item)
                 item.redeliveries = row.deliveries
@@ -270,14 +287,59 @@ async def enqueue(
 
     Returns whether the item was new.
     """
-    exists = (await conn.execute(_QUEUED, {"id": work_id})).first()
-    if exists is not None:
+    case_id = _case_of(item)
+    queued, erased = (
+        await conn.execute(_QUEUED_OR_ERASED, {"id": work_id, "case_id": case_id or ""})
+    ).one()
+    if queued or erased:
         return False
-    payload = item.WhichOneof("payload")
-    case_id: str | None = getattr(item, payload).case_id if payload else None
-    if case_id and (await conn.execute(_ERASED, {"case_id": case_id})).first() is not None:
-        return False
+    row = _row(work_id, partner_id, item, dt.datetime.now(dt.UTC))
+    if sealed_for is not None:
+        sealer, row["subject_id"] = sealed_for
+        row["item"] = await sealer.seal_item(conn, work_id, row["item"], row["subject_id"])
+    await conn.execute(_ENQUEUE, row)
+    announce(conn, WORK, partner_id)
+    return True
+
+
+async def enqueue_all(
+    conn: AsyncConnection, case_id: str, items: Sequence[tuple[str, str, work_pb2.WorkItem]]
+) -> int:
+    """`enqueue` for several items about one case, none of them sealed (``items``: work
+    id, partner, item): each queued once, none for an erased case, with one statement
+    for what is queued already, one for the erasure and one insert for all of them.
+    Returns how many were new."""
+    if not items:
+        return 0
+    ids = [work_id for work_id, _, _ in items]
+    queued = set((await conn.execute(_QUEUED_AMONG, {"ids": ids})).scalars())
+    if len(queued) == len(set(ids)):
+        return 0
+    if (await conn.execute(_QUEUED_OR_ERASED, {"id": "", "case_id": case_id})).one()[1]:
+        return 0
     now = dt.datetime.now(dt.UTC)
+    rows = []
+    for work_id, partner_id, item in items:
+        if work_id not in queued:
+            queued.add(work_id)
+            rows.append(_row(work_id, partner_id, item, now))
+    await conn.execute(_ENQUEUE, rows)
+    for row in rows:
+        announce(conn, WORK, row["partner_id"])
+    return len(rows)
+
+
+def _case_of(item: work_pb2.WorkItem) -> str | None:
+    payload = item.WhichOneof("payload")
+    return getattr(item, payload).case_id if payload else None
+
+
+def _row(
+    work_id: str, partner_id: str, item: work_pb2.WorkItem, now: dt.datetime
+) -> dict[str, Any]:
+    """The stored row of a new item, in clear (`enqueue` seals it when it must)."""
+    payload = item.WhichOneof("payload")
+    case_id = _case_of(item)
     item.work_id = work_id
     item.created_at.FromDatetime(now)
     # The item's own span (what it asks of the partner); the partner's answer to it is
@@ -289,22 +351,12 @@ async def enqueue(
             attributes={CASE_ID: case_id or "", PARTNER: partner_id},
         ):
             inject_into(item)
-    stored = item.SerializeToString(deterministic=True)
-    subject_id = None
-    if sealed_for is not None:
-        sealer, subject_id = sealed_for
-        stored = await sealer.seal_item(conn, work_id, stored, subject_id)
-    await conn.execute(
-        _ENQUEUE,
-        {
-            "work_id": work_id,
-            "partner_id": partner_id,
-            "created_at": now,
-            "item": stored,
-            "deliveries": 0,
-            "case_id": case_id,
-            "subject_id": subject_id,
-        },
-    )
-    announce(conn, WORK, partner_id)
-    return True
+    return {
+        "work_id": work_id,
+        "partner_id": partner_id,
+        "created_at": now,
+        "item": item.SerializeToString(deterministic=True),
+        "deliveries": 0,
+        "case_id": case_id,
+        "subject_id": None,
+    }

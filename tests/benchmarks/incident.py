@@ -41,6 +41,22 @@ opened it used to wait for the stream's next safety read, a second later.
 Counted rather than timed (same stack, ``--no-drills`` partners): Acknowledge calls per
 incident 10.0 -> 9.6 one at a time and 10.1 -> 6.1 with 50 opened at once (the SDK's
 shared acknowledgements), for 10 work items each.
+
+Fewer transactions and statements (branch speed3; SQLite, ``--no-drills``, 2 x 10, the
+same load; 6c8689f before, 8dc1503 after):
+
+| run | p50 | p99 | 50 / 100 at once | CPU (gateway+worker, dev server) |
+|---|---|---|---|---|
+| before | 337 ms, 3.6x | 464 ms, 2.5x | 38% / 24% | 280 + 102 ms, 4.4x |
+| after | 357 ms, 3.4x | 494 ms, 1.9x | 22% / 28% | 260 + 102 ms, 4.2x |
+| after, drills, 3 x 15 | 736 ms, 6.0x | 1974 ms, 4.0x | 26% / 32% | 296 + 115 ms, 4.2x |
+
+Counted with a (temporary) SQLite trace callback in `coopgate up`, per incident over the
+158 of a ``--rounds 1 --samples 5`` run: transactions 65.1 -> 52.5 (work delivery's idle
+reads 17.4 -> 5.9: one statement outside any transaction, a write only to deliver),
+statements 472 -> 436 (executemany rows each; case-key reads 59.0 -> 37.6, work enqueue
+37.2 -> 27.5). Left: WatchCase reads 16.5 and idempotency 15.3 transactions, the audit
+group commit 7.3 (the watcher's audited reads), orchestration steps 4.0.
 """
 
 from __future__ import annotations
