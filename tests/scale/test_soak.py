@@ -75,7 +75,7 @@ async def _until_owned(api: Api, case_id: str, seen: Counter[str]) -> None:
 
 
 @pytest.mark.soak
-@pytest.mark.timeout(300)
+@pytest.mark.timeout(SECONDS + 240)  # opening, then the last incidents to an owner
 async def test_soak_every_incident_accounted_for_and_memory_bounded(pg_cluster: Cluster) -> None:
     c = pg_cluster
     gateway, worker = c.add_gateway(), c.add_worker()
