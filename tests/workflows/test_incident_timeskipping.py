@@ -17,6 +17,8 @@ from temporalio.client import WorkflowExecutionStatus
 from temporalio.worker import Replayer
 
 from gateway.core.errors import FailedPrecondition
+from gateway.orchestration.converter import DATA_CONVERTER
+from gateway.orchestration.temporal import WORKER_OPTIONS
 from gateway.store.schema import case_kpis, case_participants
 from tests.workflows.driver import ADMIN, Incident
 from workflows import IncidentWorkflow
@@ -292,7 +294,13 @@ async def test_recorded_history_replays_deterministically(incident: Incident) ->
     handle = incident.env.client.get_workflow_handle(incident.case_id)
     await handle.result()
     history = await handle.fetch_history()
-    await Replayer(workflows=[IncidentWorkflow]).replay_workflow(history)
+    # Replayed as the gateway's worker runs it: its data converter and workflow runner.
+    replayer = Replayer(
+        workflows=[IncidentWorkflow],
+        data_converter=DATA_CONVERTER,
+        workflow_runner=WORKER_OPTIONS["workflow_runner"],
+    )
+    await replayer.replay_workflow(history)
 
 
 async def test_an_agreement_overrides_the_policy_and_the_partners_deadline(
