@@ -333,6 +333,13 @@ def console(
     trusted_header: Annotated[
         str, typer.Option(help="Sign people in by this header, set by a trusted proxy.")
     ] = "",
+    inbox: Annotated[
+        Path | None,
+        typer.Option(
+            help="SQLite file keeping the offers and consent prompts the console received "
+            "(default: desk.sqlite beside --accounts)."
+        ),
+    ] = None,
     data_dir: DataDir = None,
 ) -> None:
     """Serve a partner's web console for its advisors and compliance officers.
@@ -356,6 +363,8 @@ def console(
         command += ["--accounts", str(accounts)]
     if trusted_header:
         command += ["--trusted-header", trusted_header]
+    if inbox is not None:
+        command += ["--inbox", str(inbox)]
     raise typer.Exit(subprocess.run(command, check=False).returncode)
 
 

@@ -46,6 +46,12 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("--trusted-header", default="", help="person header set by a proxy")
     parser.add_argument("--trusted-proxy", action="append", default=[])
     parser.add_argument("--no-offers", action="store_true", help="do not take work (offers)")
+    parser.add_argument(
+        "--inbox",
+        type=Path,
+        help="SQLite file keeping the offers and consent prompts received, so a restart "
+        "keeps them (default: desk.sqlite beside --accounts; without either, memory)",
+    )
     parser.add_argument("--verifier-key", default="", help="pin the checkpoint verifier key")
     parser.add_argument("--https-only", action="store_true", help="secure session cookie")
     parser.add_argument("--parent-pid", type=int, help="stop when this process is gone")
@@ -103,6 +109,7 @@ async def serve(args: argparse.Namespace) -> int:
         trusted_proxies=tuple(args.trusted_proxy) or ("127.0.0.1",),
         verifier_key=args.verifier_key,
         https_only=args.https_only,
+        inbox=args.inbox or (args.accounts.parent / "desk.sqlite" if args.accounts else None),
     )
     host, _, port = args.listen.rpartition(":")
     sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)

@@ -16,6 +16,7 @@ from partners.console.advisor_context import case_context
 from partners.console.live import events
 from partners.console.web import checked_form, console_of, field, require
 from partners.enums import CaseStatus, Channel
+from partners.errors import NotFound
 
 STATUSES = [s.label for s in CaseStatus if s != CaseStatus.UNSPECIFIED]
 #: The time-left filter's choices: label → seconds before the next SLA deadline.
@@ -78,7 +79,13 @@ async def case_page(request: Request) -> Response:
     console = console_of(request)
     case_id = request.path_params["case_id"]
     start = time.perf_counter()
-    view = await console.as_person(person).get_case_view(case_id, purpose=console.settings.purpose)
+    try:
+        view = await console.as_person(person).get_case_view(
+            case_id, purpose=console.settings.purpose
+        )
+    except NotFound:
+        await console.desk.forget(case_id)  # erased, or shredded at retention
+        raise
     answered = (time.perf_counter() - start) * 1000
     response = console.page(request, "case.html", **case_context(console, view))
     # The gateway's own answer time, for the browser's tools and the benchmark: what
@@ -170,7 +177,7 @@ async def answer_consent(request: Request) -> Response:
     else:
         await client.refuse_consent_request(prompt.consent_request_id, channel=prompt.channel)
         flash = "The customer's refusal is recorded."
-    console.desk.prompt_answered(case_id, prompt.consent_request_id)
+    await console.desk.prompt_answered(case_id, prompt.consent_request_id)
     return _back(request, case_id, flash)
 
 
@@ -190,7 +197,7 @@ async def answer_offer(request: Request) -> Response:
         reason = field(form, "reason", 2000) or "declined by the advisor"
         await client.decline_ownership(case_id, offer.offer_id, reason=reason)
         flash = "Ownership declined."
-    console.desk.answered(case_id)
+    await console.desk.answered(case_id)
     return _back(request, case_id, flash)
 
 

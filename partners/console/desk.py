@@ -3,7 +3,9 @@ offers to accept or decline, and consent prompts the advisor puts to the custome
 the line. The console receives them on the partner's work stream (partner-role
 certificate), only these two kinds, leaving the rest to the partner's backend; and
 ``CaseSignals`` tells open case pages to read the case again when something the watch
-does not carry changed (a consent granted here, an offer answered)."""
+does not carry changed (a consent granted here, an offer answered). With an
+``Inbox`` the desk writes each item down before the subscription acknowledges it, so a
+restarted console still has the offers and prompts nobody answered yet."""
 
 from __future__ import annotations
 
@@ -12,6 +14,7 @@ import datetime as dt
 from collections import defaultdict
 
 from partners.client import PartnerClient
+from partners.console.inbox import Inbox
 from partners.work import ConsentPrompt, OwnershipOffer, WorkItem, WorkSubscription
 
 
@@ -48,18 +51,32 @@ class CaseSignals:
 class Desk:
     """Offers and consent prompts waiting for one of this partner's people."""
 
-    def __init__(self, signals: CaseSignals) -> None:
+    def __init__(self, signals: CaseSignals, inbox: Inbox | None = None) -> None:
         self.signals = signals
+        self.inbox = inbox
         self.offers: dict[str, OwnershipOffer] = {}
         self.prompts: dict[str, dict[str, ConsentPrompt]] = defaultdict(dict)
         self._subscription: WorkSubscription | None = None
+        if inbox is not None:
+            offers, prompts = inbox.load(dt.datetime.now(dt.UTC))
+            for offer in offers:
+                self.offers[offer.case_id] = offer
+            for prompt in prompts:
+                self.prompts[prompt.case_id][prompt.consent_request_id] = prompt
 
     async def handle(self, item: WorkItem) -> None:
+        """Keep the item (written down first: a failed write leaves it unacknowledged,
+        so the gateway sends it again) and wake the case's open pages."""
         match item.payload:
             case OwnershipOffer() as offer:
+                if self.inbox is not None:
+                    await asyncio.to_thread(self.inbox.put_offer, offer)
                 self.offers[offer.case_id] = offer
                 self.signals.changed(offer.case_id, "offer")
             case ConsentPrompt() as prompt:
+                if self.inbox is not None:
+                    now = dt.datetime.now(dt.UTC)
+                    await asyncio.to_thread(self.inbox.put_prompt, prompt, now)
                 self.prompts[prompt.case_id][prompt.consent_request_id] = prompt
                 self.signals.changed(prompt.case_id, "prompt")
 
@@ -76,12 +93,25 @@ class Desk:
             return None
         if offer.deadline is not None and offer.deadline < dt.datetime.now(dt.UTC):
             del self.offers[case_id]
+            if self.inbox is not None:
+                self.inbox.drop_offer(case_id)
             return None
         return offer
 
-    def answered(self, case_id: str) -> None:
+    async def answered(self, case_id: str) -> None:
         self.offers.pop(case_id, None)
+        if self.inbox is not None:
+            await asyncio.to_thread(self.inbox.drop_offer, case_id)
         self.signals.changed(case_id, "offer answered")
+
+    async def forget(self, case_id: str) -> None:
+        """The case is gone at the gateway (erased): so are its offer and prompts here."""
+        self.offers.pop(case_id, None)
+        prompts = self.prompts.pop(case_id, {})
+        if self.inbox is not None:
+            await asyncio.to_thread(self.inbox.drop_offer, case_id)
+            for request_id in prompts:
+                await asyncio.to_thread(self.inbox.drop_prompt, case_id, request_id)
 
     def prompts_of(self, case_id: str) -> list[ConsentPrompt]:
         return list(self.prompts.get(case_id, {}).values())
@@ -89,6 +119,11 @@ class Desk:
     def prompt(self, case_id: str, request_id: str) -> ConsentPrompt | None:
         return self.prompts.get(case_id, {}).get(request_id)
 
-    def prompt_answered(self, case_id: str, request_id: str) -> None:
-        self.prompts.get(case_id, {}).pop(request_id, None)
+    async def prompt_answered(self, case_id: str, request_id: str) -> None:
+        waiting = self.prompts.get(case_id, {})
+        waiting.pop(request_id, None)
+        if not waiting:
+            self.prompts.pop(case_id, None)
+        if self.inbox is not None:
+            await asyncio.to_thread(self.inbox.drop_prompt, case_id, request_id)
         self.signals.changed(case_id, "consent")

@@ -37,5 +37,8 @@ class ConsoleSettings:
     https_only: bool = False
     #: The gateway's checkpoint verifier key, pinned; empty: the first one seen is kept.
     verifier_key: str = ""
+    #: Where the desk keeps the offers and consent prompts it received (SQLite); without
+    #: it they live in memory alone, and a restart forgets those nobody answered yet.
+    inbox: Path | None = None
     purpose: str = "incident-resolution"
     call_deadline: float = 10.0

@@ -28,6 +28,7 @@ from partners.client import PartnerClient
 from partners.console.accounts import Accounts, Person
 from partners.console.desk import CaseSignals, Desk
 from partners.console.fanout import Watches
+from partners.console.inbox import Inbox
 from partners.console.settings import ConsoleSettings
 from partners.errors import (
     DeadlineExceeded,
@@ -90,7 +91,7 @@ class Console:
         #: written, and the pages and live updates of a case show the same ones again.
         self._item_html = functools.lru_cache(maxsize=RENDERED_ITEMS)(self._render_item)
         self.signals = CaseSignals()
-        self.desk = Desk(self.signals)
+        self.desk = Desk(self.signals, Inbox(settings.inbox) if settings.inbox else None)
         self.watches = Watches()
         self.advisor_client: PartnerClient | None = None
         self.compliance_client: PartnerClient | None = None
@@ -126,6 +127,8 @@ class Console:
             for client in (self.advisor_client, self.compliance_client, self.work_client):
                 if client is not None:
                     await client.close()
+            if self.desk.inbox is not None:
+                self.desk.inbox.close()
 
     def as_person(self, person: Person) -> PartnerClient:
         """The connection for the person's role, acting as them on every call."""

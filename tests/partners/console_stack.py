@@ -5,8 +5,11 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import http.client
 import os
+import re
 import socket
+import urllib.parse
 from collections.abc import AsyncIterator
 from pathlib import Path
 
@@ -34,10 +37,16 @@ PEOPLE = {"lea": ("advisor", "lea-password-1"), "cora": ("compliance", "cora-pas
 
 @contextlib.asynccontextmanager
 async def console_for(
-    stage: Stage, partner: str, tmp: Path, *, target: str | None = None
+    stage: Stage,
+    partner: str,
+    tmp: Path,
+    *,
+    target: str | None = None,
+    inbox: Path | None = None,
 ) -> AsyncIterator[str]:
     """The console of ``partner`` (its advisor, compliance and partner certificates),
-    to the stage's gateway or ``target``; yields its base URL."""
+    to the stage's gateway or ``target``, its desk kept in ``inbox`` when given; yields
+    its base URL."""
     accounts = tmp / "accounts.toml"
     Accounts.write(accounts, PEOPLE)
     settings = ConsoleSettings(
@@ -47,6 +56,7 @@ async def console_for(
         compliance=stage.credentials(partner, Role.COMPLIANCE),
         work=stage.credentials(partner, Role.PARTNER),
         accounts=accounts,
+        inbox=inbox,
     )
     sock = socket.socket()
     sock.bind(("127.0.0.1", 0))
@@ -78,3 +88,44 @@ async def chromium() -> AsyncIterator[Browser]:
             yield browser
         finally:
             await browser.close()
+
+
+class Browserless:
+    """Requests with one cookie jar (http.client, in a thread)."""
+
+    def __init__(self, port: int) -> None:
+        self.port, self.cookie = port, ""
+
+    def _request(
+        self, method: str, path: str, form: dict[str, str] | None
+    ) -> tuple[int, dict[str, str], str]:
+        conn = http.client.HTTPConnection("127.0.0.1", self.port, timeout=30)
+        headers = {"Cookie": self.cookie} if self.cookie else {}
+        body = None
+        if form is not None:
+            body = urllib.parse.urlencode(form)
+            headers["Content-Type"] = "application/x-www-form-urlencoded"
+        conn.request(method, path, body=body, headers=headers)
+        response = conn.getresponse()
+        got = {k.lower(): v for k, v in response.getheaders()}
+        if "set-cookie" in got:
+            self.cookie = got["set-cookie"].split(";")[0]
+        text = response.read().decode()
+        conn.close()
+        return response.status, got, text
+
+    async def get(self, path: str) -> tuple[int, dict[str, str], str]:
+        return await asyncio.to_thread(self._request, "GET", path, None)
+
+    async def post(self, path: str, form: dict[str, str]) -> tuple[int, dict[str, str], str]:
+        return await asyncio.to_thread(self._request, "POST", path, form)
+
+
+async def sign_in_without_browser(client: Browserless, person: str, password: str) -> int:
+    _, _, page = await client.get("/sign-in")
+    token = re.search(r'name="csrf" value="([^"]+)"', page)
+    assert token is not None
+    status, _, _ = await client.post(
+        "/sign-in", {"csrf": token.group(1), "person": person, "password": password, "next": ""}
+    )
+    return status

@@ -6,11 +6,9 @@ page), served by uvicorn on a free port."""
 from __future__ import annotations
 
 import asyncio
-import http.client
 import os
 import re
 import socket
-import urllib.parse
 from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 
@@ -22,6 +20,7 @@ from gateway.audit.note import Checkpoint, Signer
 from gateway.core.caller import Role
 from partners import PartnerCredentials
 from partners.console import Accounts, ConsoleSettings, create_app, proofs
+from tests.partners.console_stack import Browserless, sign_in_without_browser
 
 # -- proofs -------------------------------------------------------------------------
 
@@ -90,37 +89,6 @@ def test_accounts_check_argon2_hashes(tmp_path: Path) -> None:
 # -- the web layer, the gateway down ----------------------------------------------------
 
 
-class Browserless:
-    """Requests with one cookie jar (http.client, in a thread)."""
-
-    def __init__(self, port: int) -> None:
-        self.port, self.cookie = port, ""
-
-    def _request(
-        self, method: str, path: str, form: dict[str, str] | None
-    ) -> tuple[int, dict[str, str], str]:
-        conn = http.client.HTTPConnection("127.0.0.1", self.port, timeout=30)
-        headers = {"Cookie": self.cookie} if self.cookie else {}
-        body = None
-        if form is not None:
-            body = urllib.parse.urlencode(form)
-            headers["Content-Type"] = "application/x-www-form-urlencoded"
-        conn.request(method, path, body=body, headers=headers)
-        response = conn.getresponse()
-        got = {k.lower(): v for k, v in response.getheaders()}
-        if "set-cookie" in got:
-            self.cookie = got["set-cookie"].split(";")[0]
-        text = response.read().decode()
-        conn.close()
-        return response.status, got, text
-
-    async def get(self, path: str) -> tuple[int, dict[str, str], str]:
-        return await asyncio.to_thread(self._request, "GET", path, None)
-
-    async def post(self, path: str, form: dict[str, str]) -> tuple[int, dict[str, str], str]:
-        return await asyncio.to_thread(self._request, "POST", path, form)
-
-
 def _free_port() -> int:
     with socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))
@@ -159,16 +127,6 @@ async def offline_console(
         sock.close()
 
 
-async def _sign_in(client: Browserless, person: str, password: str) -> int:
-    _, _, page = await client.get("/sign-in")
-    token = re.search(r'name="csrf" value="([^"]+)"', page)
-    assert token is not None
-    status, _, _ = await client.post(
-        "/sign-in", {"csrf": token.group(1), "person": person, "password": password, "next": ""}
-    )
-    return status
-
-
 async def test_pages_carry_the_csp_and_every_post_needs_the_csrf_token(
     offline_console: Browserless,
 ) -> None:
@@ -182,8 +140,8 @@ async def test_pages_carry_the_csp_and_every_post_needs_the_csrf_token(
     assert not re.search(r"<script>|\son\w+=", page)  # nothing inline for the CSP to refuse
     refused, _, _ = await client.post("/sign-in", {"person": "lea", "password": "lea-pass-1"})
     assert refused == 403
-    assert await _sign_in(client, "lea", "wrong") == 401
-    assert await _sign_in(client, "lea", "lea-pass-1") == 303
+    assert await sign_in_without_browser(client, "lea", "wrong") == 401
+    assert await sign_in_without_browser(client, "lea", "lea-pass-1") == 303
     assert (await client.post("/sign-out", {}))[0] == 403  # signed in, still no token
 
 
@@ -191,7 +149,7 @@ async def test_gateway_down_is_a_page_and_sessions_expire(offline_console: Brows
     client = offline_console
     status, headers, _ = await client.get("/cases")
     assert (status, headers["location"]) == (303, "/sign-in?next=/cases")
-    assert await _sign_in(client, "lea", "lea-pass-1") == 303
+    assert await sign_in_without_browser(client, "lea", "lea-pass-1") == 303
     status, _, page = await client.get("/cases")
     assert status == 503
     assert "The gateway cannot be reached" in page
