@@ -63,6 +63,8 @@ from workflows.incident_state import (
     ACTIVITY_TIMEOUT,
     PATCH_COARSE_STEPS,
     PATCH_ENDS_WHEN_ERASED,
+    PATCH_NOTICES_BY_REFERENCE,
+    PATCH_PATCHES_FIRST,
     IncidentState,
 )
 
@@ -96,6 +98,9 @@ class IncidentWorkflow(IncidentState):
 
     async def _run(self, incident: IncidentInput) -> IncidentOutcome:
         self._coarse = workflow.patched(PATCH_COARSE_STEPS)
+        if workflow.patched(PATCH_PATCHES_FIRST):
+            # Asked now, remembered for `_notify` (each patch is asked once per run).
+            workflow.patched(PATCH_NOTICES_BY_REFERENCE)
         load = workflow.execute_local_activity if self._coarse else workflow.execute_activity
         context = await load(
             LOAD_INCIDENT,

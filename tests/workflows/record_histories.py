@@ -386,6 +386,8 @@ SCENARIOS = (
     Scenario("coarse_sla_escalations", sla_escalations, levels=FAST_LEVELS),
     Scenario("coarse_reopen_continue_as_new", reopen_continue_as_new),
     Scenario("coarse_erased_while_owned", erased_while_owned),
+    # Since the patch patches-first: every patch asked before the first local activity.
+    Scenario("patches_first_owner_accepts", owner_accepts),
 )
 
 

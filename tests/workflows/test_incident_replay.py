@@ -40,6 +40,12 @@ from temporalio.workflow import ActivityHandle
 from gateway.orchestration.converter import DATA_CONVERTER
 from tests.workflows.driver import asked, local_activity
 from workflows import IncidentWorkflow
+from workflows.incident_state import (
+    PATCH_COARSE_STEPS,
+    PATCH_ENDS_WHEN_ERASED,
+    PATCH_NOTICES_BY_REFERENCE,
+    PATCH_PATCHES_FIRST,
+)
 
 HISTORIES = Path(__file__).parent / "histories"
 
@@ -139,6 +145,18 @@ COVERS: dict[str, dict[str, int]] = {
     # Since the patch coarse-steps, the same paths with what the run does between two
     # waits in one local activity (run_steps, its steps counted by name as well).
     "coarse_owner_accepts": {
+        "load_incident": 1,
+        "run_steps": 5,
+        "tell_customer": 5,
+        "record_case_status": 4,
+        "request_diagnosis": 4,
+        "record_ownership_decision": 1,
+        "offer_ownership": 1,
+        "assign_owner": 1,
+        "record_kpis": 1,
+    },
+    # Since patches-first: the same path, every patch asked before the first local activity.
+    "patches_first_owner_accepts": {
         "load_incident": 1,
         "run_steps": 5,
         "tell_customer": 5,
@@ -327,3 +345,35 @@ async def test_history_replays(name: str) -> None:
     assert result.replay_failure is None
     recorded = [c for c in map(_recorded, history.events) if c is not None]
     assert commands.sent == recorded
+
+
+def _markers(history: WorkflowHistory) -> list[str]:
+    """The history's patch ids and local activities, in order (``local`` for the latter)."""
+    found = []
+    for event in history.events:
+        if not event.HasField("marker_recorded_event_attributes"):
+            continue
+        marker = event.marker_recorded_event_attributes
+        if marker.marker_name == "core_patch":
+            found.append(json.loads(marker.details["patch-data"].payloads[0].data)["id"])
+        elif marker.marker_name == "core_local_activity":
+            found.append("local")
+    return found
+
+
+def test_since_patches_first_every_patch_precedes_the_first_local_activity() -> None:
+    """A patch asked after a local activity can land in the next workflow task and
+    replay the old way (PATCH_PATCHES_FIRST): the current code asks every patch first."""
+    markers = _markers(_load("patches_first_owner_accepts"))
+    first_local = markers.index("local")
+    patches = [m for m in markers if m != "local"]
+    assert set(patches) == {
+        PATCH_ENDS_WHEN_ERASED,
+        PATCH_COARSE_STEPS,
+        PATCH_PATCHES_FIRST,
+        PATCH_NOTICES_BY_REFERENCE,
+    }
+    assert markers[:first_local] == patches
+    # Before the patch, the notices' patch came after load_incident's local activity.
+    before = _markers(_load("coarse_owner_accepts"))
+    assert before.index(PATCH_NOTICES_BY_REFERENCE) > before.index("local")
