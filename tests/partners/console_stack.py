@@ -18,7 +18,7 @@ from playwright.async_api import Browser, async_playwright
 
 from gateway.core.caller import Role
 from partners.console import Accounts, ConsoleSettings, create_app
-from partners.scenarios import Stage
+from partners.scenarios import Stage, Timings
 
 CHROMIUM = Path(os.environ.get("COOPGATE_CHROMIUM", "/usr/bin/chromium"))
 CHROMIUM_ARGS = [
@@ -33,6 +33,22 @@ CHROMIUM_ARGS = [
 ROOT = Path(__file__).resolve().parents[2]
 ARTIFACTS = Path(os.environ.get("COOPGATE_TEST_ARTIFACTS", ROOT / "test-artifacts")) / "console"
 PEOPLE = {"lea": ("advisor", "lea-password-1"), "cora": ("compliance", "cora-password-1")}
+
+
+async def nfc_service(stage: Stage, *, diagnosis: float, acceptance: float) -> str:
+    """A copy of nfc-payment for the stage, each component given ``diagnosis`` seconds
+    and the offer ``acceptance`` seconds."""
+    components = [c.name for c in (await stage.admin.get_service("nfc-payment")).components]
+    return await stage.service(
+        "nfc-payment",
+        Timings(
+            diagnosis=dict.fromkeys(components, diagnosis),
+            acceptance=acceptance,
+            time_to_owner=600,
+            time_to_resolution=3600,
+            confirmation_window=600,
+        ),
+    )
 
 
 @contextlib.asynccontextmanager

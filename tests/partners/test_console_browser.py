@@ -20,10 +20,10 @@ from playwright.async_api import ConsoleMessage, Page, expect
 from gateway.api.server import create_server, mark_serving
 from gateway.stack import Pki
 from partners import Channel, Purpose
-from partners.scenarios import Stage, Timings
+from partners.scenarios import Stage
 from tests.conftest import Stack
 from tests.partners.backends import running_backends
-from tests.partners.console_stack import ARTIFACTS, PEOPLE, chromium, console_for
+from tests.partners.console_stack import ARTIFACTS, PEOPLE, chromium, console_for, nfc_service
 
 FINDINGS = "diagnostic.findings"
 NOTES = "interaction.history"
@@ -42,17 +42,7 @@ async def sign_in(page: Page, base: str, person: str) -> None:
 async def test_advisor_and_compliance_in_a_browser(stage: Stage, tmp_path: Path) -> None:
     cast = stage.cast
     bank, telco = cast["bank"], cast["operator"]
-    components = [c.name for c in (await stage.admin.get_service("nfc-payment")).components]
-    service = await stage.service(
-        "nfc-payment",
-        Timings(
-            diagnosis=dict.fromkeys(components, 3.0),
-            acceptance=60,
-            time_to_owner=600,
-            time_to_resolution=3600,
-            confirmation_window=600,
-        ),
-    )
+    service = await nfc_service(stage, diagnosis=3.0, acceptance=60)
     await stage.agree(service, telco, bank, (FINDINGS, NOTES), (Purpose.INCIDENT_RESOLUTION,))
     customer = stage.customer(bank)
     errors: list[str] = []

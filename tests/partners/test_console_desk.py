@@ -17,9 +17,15 @@ from partners.console.desk import CaseSignals, Desk
 from partners.console.inbox import Inbox
 from partners.enums import CaseStatus
 from partners.items import ConsentPrompt, OwnershipDecision, OwnershipOffer, WorkItem
-from partners.scenarios import Stage, Timings
+from partners.scenarios import Stage
 from tests.partners.backends import running_backends
-from tests.partners.console_stack import PEOPLE, Browserless, console_for, sign_in_without_browser
+from tests.partners.console_stack import (
+    PEOPLE,
+    Browserless,
+    console_for,
+    nfc_service,
+    sign_in_without_browser,
+)
 
 NOW = dt.datetime.now(dt.UTC)
 
@@ -106,17 +112,7 @@ async def test_an_item_the_desk_could_not_write_down_is_not_taken(tmp_path: Path
 async def test_an_offer_survives_the_console_restarting(stage: Stage, tmp_path: Path) -> None:
     cast = stage.cast
     bank = cast["bank"]
-    components = [c.name for c in (await stage.admin.get_service("nfc-payment")).components]
-    service = await stage.service(
-        "nfc-payment",
-        Timings(
-            diagnosis=dict.fromkeys(components, 2.0),
-            acceptance=120,
-            time_to_owner=600,
-            time_to_resolution=3600,
-            confirmation_window=600,
-        ),
-    )
+    service = await nfc_service(stage, diagnosis=2.0, acceptance=120)
     inbox = tmp_path / "console" / "desk.sqlite"
     faults = {"operator": ("payment-applet-locked",)}
     advisor = stage.client(bank, "advisor", "lea")

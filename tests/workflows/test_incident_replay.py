@@ -155,18 +155,6 @@ COVERS: dict[str, dict[str, int]] = {
         "assign_owner": 1,
         "record_kpis": 1,
     },
-    # Since patches-first: the same path, every patch asked before the first local activity.
-    "patches_first_owner_accepts": {
-        "load_incident": 1,
-        "run_steps": 5,
-        "tell_customer": 5,
-        "record_case_status": 4,
-        "request_diagnosis": 4,
-        "record_ownership_decision": 1,
-        "offer_ownership": 1,
-        "assign_owner": 1,
-        "record_kpis": 1,
-    },
     "coarse_unresponsive_late_findings": {
         "load_incident": 1,
         "run_steps": 7,
@@ -223,6 +211,9 @@ COVERS: dict[str, dict[str, int]] = {
         "record_case_erased": 1,
     },
 }
+
+# Since patches-first: the same path, every patch asked before the first local activity.
+COVERS["patches_first_owner_accepts"] = COVERS["coarse_owner_accepts"]
 
 #: How each history's run ended (the others: CLOSED).
 ENDED = {"erased_while_owned": "ERASED", "coarse_erased_while_owned": "ERASED"}
