@@ -123,7 +123,8 @@ async def append_event(
     item.sequence = sequence
     if isinstance(key, Missing):
         key = await sealer.key(conn, case_id)
-    await conn.execute(
+    await execute(
+        conn,
         _APPEND,
         {
             "case_id": case_id,

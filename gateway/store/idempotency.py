@@ -152,7 +152,8 @@ async def _remember(
     response: Message,
 ) -> None:
     subject_id, case_id = await _concerns(conn, index, caller, request, response)
-    await conn.execute(
+    await execute(
+        conn,
         _REMEMBER,
         {
             "partner_id": caller.partner_id,
