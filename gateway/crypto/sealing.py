@@ -95,7 +95,7 @@ class Sealer:
 
     async def key(self, conn: AsyncConnection, case_id: str) -> AESGCM | None:
         """The case's key, or None once erased."""
-        return await conn.run_sync(self.key_in, case_id)
+        return self.unwrap(case_id, (await execute(conn, _KEY, {"case_id": case_id})).scalar())
 
     def key_in(self, conn: Connection, case_id: str) -> AESGCM | None:
         """`key` on a synchronous connection."""

@@ -161,6 +161,19 @@ async def execute(
     sync = conn.sync_connection
     if sync is None or sync.dialect.driver != "inline":
         return await conn.execute(statement, params)
-    driver = sync.connection.driver_connection
+    return _run_inline(sync, statement, params)
+
+
+def execute_in(
+    conn: Connection, statement: Executable, params: Mapping[str, object]
+) -> Rows | CursorResult[Any]:
+    """`execute` on a synchronous connection (inside `Store.run_read`/`run_write`)."""
+    if conn.dialect.driver != "inline":
+        return conn.execute(statement, params)
+    return _run_inline(conn, statement, params)
+
+
+def _run_inline(conn: Connection, statement: Executable, params: Mapping[str, object]) -> Rows:
+    driver = conn.connection.driver_connection
     assert isinstance(driver, sqlite3.Connection)
-    return _inline_statement(cast(ClauseElement, statement), sync.dialect).run(driver, params)
+    return _inline_statement(cast(ClauseElement, statement), conn.dialect).run(driver, params)
