@@ -31,8 +31,17 @@ class DriverStatement:
         return tuple(params[n] if n in params else self.defaults[n] for n in self.names)
 
     def rows(self, conn: Connection, params: Mapping[str, object]) -> list[tuple[Any, ...]]:
-        """Run on ``conn`` (inside `Store.run_read`/`run_write`)."""
-        return [tuple(r) for r in conn.exec_driver_sql(self.sql, self.parameters(params))]
+        """Run on ``conn`` (inside `Store.run_read`/`run_write`); on the inline SQLite
+        driver straight on its connection (no execution context or result object)."""
+        values = self.parameters(params)
+        if conn.dialect.driver != "inline":
+            return [tuple(r) for r in conn.exec_driver_sql(self.sql, values)]
+        driver = conn.connection.driver_connection
+        assert isinstance(driver, sqlite3.Connection)
+        try:
+            return driver.execute(self.sql, values).fetchall()
+        except sqlite3.Error as exc:  # as SQLAlchemy raises it, for the callers' handlers
+            raise DBAPIError.instance(self.sql, values, exc, sqlite3.Error) from exc
 
 
 _driver_statements: dict[tuple[ClauseElement, str], DriverStatement] = {}
