@@ -108,7 +108,7 @@ class InlineStatement:
 
     def run(self, driver: sqlite3.Connection, params: Mapping[str, object]) -> Rows:
         values = tuple(
-            (p(v) if v is not None else v) if p is not None else v
+            p(v) if p is not None else v  # as SQLAlchemy does, None included
             for p, v in zip(
                 self.binds,
                 (params[n] if n in params else self.defaults[n] for n in self.names),

@@ -77,9 +77,10 @@ throughput ratios swing with it. CPU per incident measured apart, three interlea
 129/130/139 -> 112/111/108 ms one at a time, 119/123/128 -> 110/107/108 ms in bursts; the
 dev server 47-49 -> 44-47 ms. Statements through SQLAlchemy's Core execution per
 incident (counted over 23 incidents): 206 -> 66 at 22e5045 (the consent lookup's 8 went
-since), and its 63 driver statements per incident now skip its execution context. With the telemetry store off
-(``COOPGATE_TELEMETRY_STORE=false``, so no spans) the same stack took 86 ms per incident
-(3.0x): tracing every call, activity and step costs about a tenth of the process.
+since), and its 63 driver statements per incident now skip its execution context. With
+the telemetry store off (``COOPGATE_TELEMETRY_STORE=false``, so no spans) the same stack
+took 86 ms per incident (3.0x): tracing every call, activity and step costs about a
+tenth of the process.
 
 The drills' extra ~400 ms is the partners' (workflow histories, 8 incidents): three
 findings are in by 47-90 ms, the acquirer's real one 309-538 ms after the start, after
