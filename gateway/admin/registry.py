@@ -15,7 +15,7 @@ from typing import Literal
 from coopgate.v1 import admin_pb2
 from google.protobuf import duration_pb2
 from google.protobuf.message import Message
-from sqlalchemy import delete, insert, or_, select, update
+from sqlalchemy import bindparam, delete, insert, or_, select, update
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from gateway.audit.log import AuditLog, AuditRecord
@@ -26,6 +26,7 @@ from gateway.crypto.pki import PARTNER_ID_PATTERN
 from gateway.store import Store
 from gateway.store.idempotency import run_once
 from gateway.store.schema import partners, service_components, services, sharing_agreements
+from gateway.store.statements import execute
 
 SERVICE_ID_PATTERN = re.compile(r"^[a-z][a-z0-9-]{1,62}$")
 NAME_PATTERN = re.compile(r"^[a-z][a-z0-9.-]{0,99}$")
@@ -352,13 +353,15 @@ async def end_agreements(conn: AsyncConnection, service_id: str, at: dt.datetime
     return [str(agreement_id) for agreement_id, _ in rows]
 
 
+#: A service's current definition by id (built once: read by every case opened).
+_DEFINITION = select(services.c.definition).where(services.c.service_id == bindparam("service_id"))
+
+
 async def load_service(conn: AsyncConnection, service_id: str, *, field: str) -> admin_pb2.Service:
     """The current definition of a service; an unknown id is bad input naming ``field``."""
     if not service_id:
         raise InvalidArgument.field(field, "is required")
-    definition = (
-        await conn.execute(select(services.c.definition).where(services.c.service_id == service_id))
-    ).scalar()
+    definition = (await execute(conn, _DEFINITION, {"service_id": service_id})).scalar()
     if definition is None:
         raise InvalidArgument.field(
             field, f"unknown service {service_id!r}", reason="UNKNOWN_SERVICE"

@@ -19,6 +19,7 @@ from gateway.core.errors import FailedPrecondition, NotFound
 from gateway.crypto.sealing import MISSING, Missing, Sealer
 from gateway.store.changes import CASE, announce
 from gateway.store.schema import case_events, case_participants, cases
+from gateway.store.statements import execute
 
 #: Category of what the customer told the first-contact partner.
 INTERACTION_CATEGORY = "interaction.history"
@@ -115,14 +116,15 @@ async def append_event(
     case's key when the caller holds it already in this transaction (read otherwise).
     """
     if dedup_key is not None:
-        seen = (await conn.execute(_SEEN, {"case_id": case_id, "dedup": dedup_key})).first()
+        seen = (await execute(conn, _SEEN, {"case_id": case_id, "dedup": dedup_key})).first()
         if seen is not None:
             return None
-    sequence = (await conn.execute(_NEXT_SEQUENCE, {"case": case_id, "now": _now()})).scalar_one()
+    sequence = (await execute(conn, _NEXT_SEQUENCE, {"case": case_id, "now": _now()})).scalar_one()
     item.sequence = sequence
     if isinstance(key, Missing):
         key = await sealer.key(conn, case_id)
-    await conn.execute(
+    await execute(
+        conn,
         _APPEND,
         {
             "case_id": case_id,
@@ -151,7 +153,9 @@ async def set_status(
     """Move the case projection to ``status`` and record the change on the timeline
     (dated ``at``, by default now: a case opened is received when it is opened, so
     that its first items' times follow their sequence)."""
-    result = await conn.execute(_SET_STATUS, {"case": case_id, "new_status": status, "now": _now()})
+    result = await execute(
+        conn, _SET_STATUS, {"case": case_id, "new_status": status, "now": _now()}
+    )
     if result.rowcount == 0:
         raise NotFound(f"case {case_id!r} does not exist")
     item = cases_pb2.TimelineItem(status_change=cases_pb2.StatusChange(status=status))
@@ -166,7 +170,7 @@ async def set_status(
 
 
 async def _load_case(conn: AsyncConnection, case_id: str) -> CaseRow:
-    row = (await conn.execute(CASE_BY_ID, {"case_id": case_id})).first()
+    row = (await execute(conn, CASE_BY_ID, {"case_id": case_id})).first()
     if row is None:
         raise NotFound(f"case {case_id!r} not found", reason="CASE_NOT_FOUND")
     return _case_row(row)
@@ -180,7 +184,7 @@ async def _visible_case(conn: AsyncConnection, caller: Caller, case_id: str) -> 
     """The case if the caller's partner takes part in it; NOT_FOUND otherwise,
     so that a case's existence is not revealed to outsiders."""
     row = (
-        await conn.execute(_VISIBLE_CASE, {"case_id": case_id, "partner_id": caller.partner_id})
+        await execute(conn, _VISIBLE_CASE, {"case_id": case_id, "partner_id": caller.partner_id})
     ).first()
     if row is None:
         raise NotFound(f"case {case_id!r} not found", reason="CASE_NOT_FOUND")

@@ -24,6 +24,7 @@ from gateway.crypto.sealing import MISSING, Missing
 from gateway.store import Store
 from gateway.store.changes import CONSENT, Subscription, consent_key
 from gateway.store.schema import case_events
+from gateway.store.statements import execute
 from gateway.telemetry import annotate, instruments
 
 WATCH_BATCH = 200
@@ -169,7 +170,7 @@ class CaseWatch:
         async with self.store.read() as conn:
             row = await _visible_case(conn, caller, case_id)
             rows = (
-                await conn.execute(_EVENTS_AFTER, {"case_id": row.case_id, "after": position})
+                await execute(conn, _EVENTS_AFTER, {"case_id": row.case_id, "after": position})
             ).all()
             # The case's key read once for the batch's events and the header's summary
             # (the first contact's), and only when either needs it.

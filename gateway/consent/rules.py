@@ -42,6 +42,7 @@ from gateway.store.schema import (
     consents,
     sharing_agreements,
 )
+from gateway.store.statements import execute_in
 
 #: The gateway's own events (status, ownership): every participant may see them.
 GATEWAY_SOURCE = ""
@@ -235,7 +236,7 @@ def _lookup(
     }
     ordered = sorted(sources)
     params.update((f"source{n}", source) for n, source in enumerate(ordered))
-    for row in conn.execute(_lookup_statement(len(ordered)), params):
+    for row in execute_in(conn, _lookup_statement(len(ordered)), params).all():
         valid_from, valid_until = row.valid_from, row.valid_until
         if valid_from > at:
             changes.append(valid_from)

@@ -21,7 +21,7 @@ from sqlalchemy import Connection, bindparam, insert, select, update
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from gateway.store.schema import case_keys, cases, subject_keys
-from gateway.store.statements import driver_statement
+from gateway.store.statements import driver_statement, execute
 
 NONCE = 12
 ERASED_TEXT = "[erased at the customer's request]"
@@ -81,7 +81,7 @@ class Sealer:
 
     async def subject_key(self, conn: AsyncConnection, subject_id: str) -> AESGCM | None:
         """The subject's key, or None once erased (or for a subject that has none)."""
-        wrapped = (await conn.execute(_SUBJECT_KEY, {"subject_id": subject_id})).scalar()
+        wrapped = (await execute(conn, _SUBJECT_KEY, {"subject_id": subject_id})).scalar()
         return self.unwrap(subject_key_name(subject_id), wrapped)
 
     @staticmethod
@@ -95,7 +95,7 @@ class Sealer:
 
     async def key(self, conn: AsyncConnection, case_id: str) -> AESGCM | None:
         """The case's key, or None once erased."""
-        return await conn.run_sync(self.key_in, case_id)
+        return self.unwrap(case_id, (await execute(conn, _KEY, {"case_id": case_id})).scalar())
 
     def key_in(self, conn: Connection, case_id: str) -> AESGCM | None:
         """`key` on a synchronous connection."""

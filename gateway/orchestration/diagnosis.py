@@ -12,6 +12,7 @@ from gateway.core.caller import Caller, Role
 from gateway.crypto.pseudonyms import Pseudonyms
 from gateway.orchestration.shared import ts
 from gateway.store import Store
+from gateway.store.statements import execute
 from gateway.work.delivery import enqueue
 from workflows.contracts import (
     RECORD_UNRESPONSIVE,
@@ -37,7 +38,7 @@ class DiagnosisActivities:
     async def request_diagnosis(self, request: DiagnosisRequestInput) -> None:
         """Send the partner a diagnosis request carrying only what consent lets it see."""
         async with self._store.write() as conn:
-            case = (await conn.execute(CASE_BY_ID, {"case_id": request.case_id})).one()
+            case = (await execute(conn, CASE_BY_ID, {"case_id": request.case_id})).one()
             reader = Caller(partner_id=request.partner_id, role=Role.PARTNER, person_id="")
             local = await self._cases.local_ids.local_id(conn, request.partner_id, case.subject_id)
             diagnosis = work_pb2.DiagnosisRequest(

@@ -18,6 +18,7 @@ from gateway.orchestration.notices import compose
 from gateway.orchestration.shared import now, tell
 from gateway.store import Store
 from gateway.store.schema import case_events, case_kpis, case_participants, cases
+from gateway.store.statements import execute
 from gateway.telemetry import annotate, instruments
 from gateway.work.delivery import enqueue
 from workflows.contracts import (
@@ -76,7 +77,7 @@ class FollowUpActivities:
     ) -> None:
         """The notification on the case's timeline (sealed) and on the partner's work
         stream, once per ``notification_id``; nothing for an erased case."""
-        case = (await conn.execute(CASE_BY_ID, {"case_id": case_id})).one()
+        case = (await execute(conn, CASE_BY_ID, {"case_id": case_id})).one()
         partner, channel, local_id = await _last_contact(conn, self._cases, case)
         notification = cases_pb2.Notification(
             notification_id=notification_id,

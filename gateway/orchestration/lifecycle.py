@@ -22,6 +22,7 @@ from gateway.store.schema import (
     services,
     sharing_agreements,
 )
+from gateway.store.statements import execute
 from workflows.contracts import (
     LOAD_INCIDENT,
     RECORD_CASE_ERASED,
@@ -80,7 +81,7 @@ class LifecycleActivities:
 
     async def _tell_participants_closed(self, case_id: str) -> None:
         async with self._store.write() as conn:
-            case = (await conn.execute(CASE_BY_ID, {"case_id": case_id})).one()
+            case = (await execute(conn, CASE_BY_ID, {"case_id": case_id})).one()
             rows = (
                 await conn.execute(
                     select(case_participants.c.partner_id, case_participants.c.role).where(
@@ -127,7 +128,7 @@ async def incident_context(
     (an agreement with the partner first contacted may override it) and service levels.
     ``case``: the case's row when the caller read it already in this transaction."""
     if case is None:
-        case = (await conn.execute(CASE_BY_ID, {"case_id": case_id})).one()
+        case = (await execute(conn, CASE_BY_ID, {"case_id": case_id})).one()
     definition = (await conn.execute(_DEFINITION, {"service": case.service_id})).scalar_one()
     now = dt.datetime.now(dt.UTC)
     agreements = [

@@ -21,6 +21,7 @@ from gateway.orchestration.lifecycle import incident_context
 from gateway.orchestration.shared import now, tell, ts
 from gateway.store import Store
 from gateway.store.schema import case_events, case_participants, cases
+from gateway.store.statements import execute
 from gateway.work.delivery import enqueue
 from workflows.contracts import (
     ASSIGN_OWNER,
@@ -110,7 +111,7 @@ class OwnershipActivities:
     async def record_ownership_decision(self, request: RecordDecisionInput) -> None:
         decision = request.decision
         async with self._store.write() as conn:
-            case = (await conn.execute(CASE_BY_ID, {"case_id": request.case_id})).one()
+            case = (await execute(conn, CASE_BY_ID, {"case_id": request.case_id})).one()
             try:
                 context: IncidentContext | None = await incident_context(conn, case.case_id, case)
             except NoResultFound:  # the service is gone: the policy's terms are left out
@@ -157,7 +158,7 @@ class OwnershipActivities:
     async def offer_ownership(self, request: OfferInput) -> None:
         """Offer ownership to a candidate, the decision explained as it may see it."""
         async with self._store.write() as conn:
-            case = (await conn.execute(CASE_BY_ID, {"case_id": request.case_id})).one()
+            case = (await execute(conn, CASE_BY_ID, {"case_id": request.case_id})).one()
             explanation = await self._explained_to(conn, case, request)
             offer = work_pb2.OwnershipOffer(
                 offer_id=request.offer_id,
@@ -207,7 +208,7 @@ class OwnershipActivities:
     @activity.defn(name=ASSIGN_OWNER)
     async def assign_owner(self, request: AssignOwnerInput) -> None:
         async with self._store.write() as conn:
-            case = (await conn.execute(CASE_BY_ID, {"case_id": request.case_id})).one()
+            case = (await execute(conn, CASE_BY_ID, {"case_id": request.case_id})).one()
             resolver_role = cases_pb2.PARTICIPANT_ROLE_RESOLVER
             owner_role = cases_pb2.PARTICIPANT_ROLE_RELATIONSHIP_OWNER
             current_resolvers = set(

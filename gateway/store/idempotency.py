@@ -29,6 +29,7 @@ from gateway.core.errors import FailedPrecondition, InvalidArgument
 from gateway.store import Store
 from gateway.store.localids import LocalIdIndex
 from gateway.store.schema import cases, idempotency_keys, subject_links
+from gateway.store.statements import execute
 
 R = TypeVar("R", bound=Message)
 
@@ -71,7 +72,7 @@ async def _stored(
     conn: AsyncConnection, caller: Caller, method: str, key: str, fingerprint: bytes
 ) -> bytes | None:
     row = (
-        await conn.execute(_STORED, {"partner": caller.partner_id, "method": method, "key": key})
+        await execute(conn, _STORED, {"partner": caller.partner_id, "method": method, "key": key})
     ).first()
     if row is None:
         return None
@@ -151,7 +152,8 @@ async def _remember(
     response: Message,
 ) -> None:
     subject_id, case_id = await _concerns(conn, index, caller, request, response)
-    await conn.execute(
+    await execute(
+        conn,
         _REMEMBER,
         {
             "partner_id": caller.partner_id,

@@ -32,6 +32,7 @@ from gateway.store import Store
 from gateway.store.changes import SAFETY_SECONDS, WINDOW, WORK, Subscription, announce
 from gateway.store.idempotency import run_once
 from gateway.store.schema import case_keys, work_items
+from gateway.store.statements import execute
 from gateway.telemetry import inject_into, tracer, tracing_on
 from gateway.telemetry.spans import CASE_ID, PARTNER
 
@@ -289,7 +290,7 @@ async def enqueue(
     """
     case_id = _case_of(item)
     queued, erased = (
-        await conn.execute(_QUEUED_OR_ERASED, {"id": work_id, "case_id": case_id or ""})
+        await execute(conn, _QUEUED_OR_ERASED, {"id": work_id, "case_id": case_id or ""})
     ).one()
     if queued or erased:
         return False
@@ -297,7 +298,7 @@ async def enqueue(
     if sealed_for is not None:
         sealer, row["subject_id"] = sealed_for
         row["item"] = await sealer.seal_item(conn, work_id, row["item"], row["subject_id"])
-    await conn.execute(_ENQUEUE, row)
+    await execute(conn, _ENQUEUE, row)
     announce(conn, WORK, partner_id)
     return True
 

@@ -57,6 +57,36 @@ reads 17.4 -> 5.9: one statement outside any transaction, a write only to delive
 statements 472 -> 436 (executemany rows each; case-key reads 59.0 -> 37.6, work enqueue
 37.2 -> 27.5). Left: WatchCase reads 16.5 and idempotency 15.3 transactions, the audit
 group commit 7.3 (the watcher's audited reads), orchestration steps 4.0.
+
+Hot statements straight on the SQLite driver (branch speed4: `statements.execute`,
+`execute_in` and `DriverStatement.rows` on the inline driver; 568592a before, 64427b7
+after). Interleaved on the same machine, load average 3.6-5.5 (other sessions'
+benchmarks), before from a checkout of 568592a on PYTHONPATH, ``--rounds 2 --samples 10``:
+
+| run | p50 | p99 | 50 / 100 at once | CPU (gateway+worker, dev server) |
+|---|---|---|---|---|
+| before, ``--no-drills`` | 147 ms, 3.7x | 301 ms, 2.4x | 27% / 23% | 118 + 49 ms, 4.1x |
+| after, ``--no-drills`` | 160 ms, 2.7x | 189 ms, 1.4x | 32% / 25% | 112 + 48 ms, 3.5x |
+| before, drills | 529 ms, 10.9x | 711 ms (bare 20 s) | 20% / 28% | 136 + 52 ms, 4.1x |
+| after, drills | 537 ms, 11.5x | 669 ms, 3.6x | 29% / 28% | 115 + 54 ms, 3.8x |
+
+The bare anchor moved 40-58 ms p50 and 17-42 workflows/s between bursts, and one bare
+workflow in a burst now and then takes 20 s (two workflow task timeouts), so latency and
+throughput ratios swing with it. CPU per incident measured apart, three interleaved pairs
+(30 incidents one at a time, then two bursts of 50; no drills; load 3-9): gateway+worker
+129/130/139 -> 112/111/108 ms one at a time, 119/123/128 -> 110/107/108 ms in bursts; the
+dev server 47-49 -> 44-47 ms. Statements through SQLAlchemy's Core execution per
+incident (counted over 23 incidents): 206 -> 66 at 22e5045 (the consent lookup's 8 went
+since), and its 63 driver statements per incident now skip its execution context. With
+the telemetry store off (``COOPGATE_TELEMETRY_STORE=false``, so no spans) the same stack
+took 86 ms per incident (3.0x): tracing every call, activity and step costs about a
+tenth of the process.
+
+The drills' extra ~400 ms is the partners' (workflow histories, 8 incidents): three
+findings are in by 47-90 ms, the acquirer's real one 309-538 ms after the start, after
+the gateway refused its malformed first finding and the SDK's redelivery backoff
+(0.25-0.5 s) ran out; from the last finding to the owner takes 45-70 ms, as without
+drills.
 """
 
 from __future__ import annotations
