@@ -27,8 +27,6 @@ from tests.partners.console_stack import (
     sign_in_without_browser,
 )
 
-NOW = dt.datetime.now(dt.UTC)
-
 
 def _offer(case_id: str, deadline: dt.datetime | None) -> OwnershipOffer:
     return OwnershipOffer(
@@ -61,7 +59,9 @@ def _prompt(case_id: str, request_id: str) -> ConsentPrompt:
 
 
 def _item(payload: OwnershipOffer | ConsentPrompt) -> WorkItem:
-    return WorkItem(work_id="w", created_at=NOW, redeliveries=0, payload=payload)
+    return WorkItem(
+        work_id="w", created_at=dt.datetime.now(dt.UTC), redeliveries=0, payload=payload
+    )
 
 
 async def test_the_desk_reads_back_what_it_kept_and_forgets_what_was_answered(
@@ -69,9 +69,10 @@ async def test_the_desk_reads_back_what_it_kept_and_forgets_what_was_answered(
 ) -> None:
     path = tmp_path / "desk.sqlite"
     desk = Desk(CaseSignals(), Inbox(path))
-    open_offer = _offer("case-1", NOW + dt.timedelta(minutes=5))
+    now = dt.datetime.now(dt.UTC)
+    open_offer = _offer("case-1", now + dt.timedelta(minutes=5))
     await desk.handle(_item(open_offer))
-    await desk.handle(_item(_offer("case-2", NOW - dt.timedelta(seconds=1))))  # past due
+    await desk.handle(_item(_offer("case-2", now - dt.timedelta(seconds=1))))  # past due
     await desk.handle(_item(_prompt("case-1", "cr-1")))
     await desk.handle(_item(_prompt("case-1", "cr-2")))
     await desk.handle(_item(_offer("case-3", None)))
