@@ -108,28 +108,17 @@ def _traced(
     return handler  # the contract has no client-streaming method: served untraced
 
 
-class ServerSpans(grpc.aio.ServerInterceptor):
-    """The outermost interceptor when this process traces (`tracing_on`)."""
+class ServerSpans:
+    """The server spans of a process that traces (`tracing_on`): the gateway's
+    interceptor wraps each method's handler with `traced` once, outermost, so a call
+    costs the span and no interceptor more (a second one cost a continuation and two
+    coroutines a call, about a fifth of what tracing added to the case view's CPU)."""
 
     def __init__(self) -> None:
         self._tracer = trace.get_tracer("gateway.api")
-        self._wrapped: dict[
-            str, tuple[grpc.RpcMethodHandler[Any, Any], grpc.RpcMethodHandler[Any, Any]]
-        ] = {}
 
-    async def intercept_service(
-        self,
-        continuation: Callable[
-            [grpc.HandlerCallDetails], Awaitable[grpc.RpcMethodHandler[Any, Any] | None]
-        ],
-        handler_call_details: grpc.HandlerCallDetails,
-    ) -> grpc.RpcMethodHandler[Any, Any] | None:
-        handler = await continuation(handler_call_details)
-        if handler is None:
-            return None
-        method = handler_call_details.method
-        # One traced handler per method and handler (the gateway's are built once too).
-        wrapped = self._wrapped.get(method)
-        if wrapped is None or wrapped[0] is not handler:
-            wrapped = self._wrapped[method] = (handler, _traced(handler, method, self._tracer))
-        return wrapped[1]
+    def traced(
+        self, handler: grpc.RpcMethodHandler[Any, Any], method: str
+    ) -> grpc.RpcMethodHandler[Any, Any]:
+        """``handler`` with a SERVER span around each call of ``method``."""
+        return _traced(handler, method, self._tracer)

@@ -24,6 +24,7 @@ from gateway.core.caller import Role
 from partners.scenarios import SCENARIOS, Outcome, Stage, perform
 from tests.conftest import Stack
 from tests.gateway.telemetry.conftest import Memory
+from tests.helpers import health_status
 from tests.partners.backends import running_backends
 
 #: What each scenario produced, for the scan (filled by the tests that play them).
@@ -284,6 +285,7 @@ async def test_a_cancelled_stream_ends_its_span_and_refusals_carry_their_status(
             cases_pb2.GetCaseViewRequest(case_id="case-nope", purpose="incident-resolution")
         )
     assert missing.value.code() == grpc.StatusCode.NOT_FOUND
+    await health_status(advisor.channel)
     await asyncio.sleep(0.3)  # the cancelled stream's handler winds down
 
     spans = Trace(memory.finished())
@@ -297,3 +299,7 @@ async def test_a_cancelled_stream_ends_its_span_and_refusals_carry_their_status(
     # A caller's mistake is not the server's error (OpenTelemetry's RPC conventions).
     assert view.status.status_code is not StatusCode.ERROR
     assert not [line for line in memory.lines[logged:] if "detach" in line.lower()]
+    # Methods open to any certificate (health, reflection) have their spans too.
+    check = spans.one("/grpc.health.v1.Health/Check")
+    assert check.kind is SpanKind.SERVER
+    assert (check.attributes or {})["rpc.service"] == "grpc.health.v1.Health"
