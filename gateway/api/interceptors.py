@@ -209,9 +209,10 @@ async def _abort(context: grpc.aio.ServicerContext[Any, Any], exc: BaseException
 class GatewayInterceptor(grpc.aio.ServerInterceptor):
     """Authentication from the certificate, authorization by ``rules``, the partner's
     ``quota`` (None: no limit) and the error mapping, for every RPC; with ``registered``,
-    only a registered partner's certificates act (administrators' aside). A method ``rules``
-    does not declare answers PERMISSION_DENIED; health and reflection are open to any
-    valid certificate."""
+    only a registered partner's certificates act (administrators' aside); with ``spans``
+    (a process that traces), every call, health and reflection too, runs in its server
+    span. A method ``rules`` does not declare answers PERMISSION_DENIED; health and
+    reflection are open to any valid certificate."""
 
     def __init__(
         self,
