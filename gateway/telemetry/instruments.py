@@ -9,6 +9,7 @@ KPIs are derived data, and consent covers them."""
 from __future__ import annotations
 
 import asyncio
+import time
 from collections.abc import Callable, Iterable, Sequence
 from typing import Any
 
@@ -86,6 +87,7 @@ class _Deferred:
     def __init__(self) -> None:
         self._pending: list[tuple[Callable[..., None], float, Any]] = []
         self._timer: asyncio.TimerHandle | None = None
+        self._due = 0.0
 
     def add(self, record: Callable[..., None], value: float, labels: Any = None) -> None:
         self._pending.append((record, value, labels))
@@ -96,6 +98,10 @@ class _Deferred:
                 self._timer = asyncio.get_running_loop().call_later(self.DELAY, self.flush)
             except RuntimeError:  # no event loop here
                 self.flush()
+                return
+            self._due = time.monotonic() + 2 * self.DELAY
+        elif time.monotonic() > self._due:  # its loop stopped before the timer fired
+            self.flush()
 
     def flush(self) -> None:
         if self._timer is not None:

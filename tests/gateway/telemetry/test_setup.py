@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import time
 from pathlib import Path
 
 import pytest
@@ -117,3 +118,20 @@ async def test_per_call_measures_go_in_batches_and_never_wait_long() -> None:
     deferred.add(lambda v, labels: recorded.append(v), 9.0)
     deferred.flush()
     assert recorded[-1] == 9.0
+
+
+def test_measures_left_by_a_loop_that_stopped_go_with_the_next_one() -> None:
+    from gateway.telemetry.instruments import _Deferred
+
+    recorded: list[float] = []
+    deferred = _Deferred()
+    deferred.DELAY = 0.05
+
+    async def one(value: float) -> None:
+        deferred.add(lambda v, labels: recorded.append(v), value)
+
+    asyncio.run(one(1.0))  # its loop closes before the batch's timer fires
+    assert recorded == []
+    time.sleep(0.2)
+    asyncio.run(one(2.0))  # past the first timer's time: both go
+    assert recorded == [1.0, 2.0]
