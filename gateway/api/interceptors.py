@@ -50,6 +50,7 @@ from gateway.crypto.pki import identity_from_pem
 from gateway.crypto.revocation import RevocationList
 from gateway.telemetry import annotate, metrics_on, tracing_on
 from gateway.telemetry.instruments import rpc_recorder
+from gateway.telemetry.server import ServerSpans
 from gateway.telemetry.spans import mark_status
 
 log = logging.getLogger(__name__)
@@ -208,9 +209,10 @@ async def _abort(context: grpc.aio.ServicerContext[Any, Any], exc: BaseException
 class GatewayInterceptor(grpc.aio.ServerInterceptor):
     """Authentication from the certificate, authorization by ``rules``, the partner's
     ``quota`` (None: no limit) and the error mapping, for every RPC; with ``registered``,
-    only a registered partner's certificates act (administrators' aside). A method ``rules``
-    does not declare answers PERMISSION_DENIED; health and reflection are open to any
-    valid certificate."""
+    only a registered partner's certificates act (administrators' aside); with ``spans``
+    (a process that traces), every call, health and reflection too, runs in its server
+    span. A method ``rules`` does not declare answers PERMISSION_DENIED; health and
+    reflection are open to any valid certificate."""
 
     def __init__(
         self,
@@ -219,8 +221,10 @@ class GatewayInterceptor(grpc.aio.ServerInterceptor):
         rules: Mapping[str, Rule] = RULES,
         quota: PartnerQuota | None = None,
         registered: Callable[[str], Awaitable[bool]] | None = None,
+        spans: ServerSpans | None = None,
     ) -> None:
         self._gate = Gate(revoked, registered)
+        self._spans = spans
         self._reading = Gate(revoked)
         self._rules = rules
         self._quota = quota
@@ -239,18 +243,19 @@ class GatewayInterceptor(grpc.aio.ServerInterceptor):
         if handler is None:
             return handler
         method = handler_call_details.method
-        if method.startswith(_OPEN_SERVICES):
-            return handler
         # One wrapped handler per method and handler, built once (this runs for every call):
-        # the method's rule is resolved here, so a call costs a set membership.
+        # the method's rule is resolved here, so a call costs a set membership. With
+        # ``spans``, the server span is the outermost wrapping (health and reflection too).
         wrapped = self._wrapped.get(method)
         if wrapped is None or wrapped[0] is not handler:
-            rule = self._rules.get(method, UNDECLARED)
-            gate = self._gate if _changes_something(handler) else self._reading
-            wrapped = self._wrapped[method] = (
-                handler,
-                _wrap(handler, gate, rule, self._quota, method),
-            )
+            made = handler
+            if not method.startswith(_OPEN_SERVICES):
+                rule = self._rules.get(method, UNDECLARED)
+                gate = self._gate if _changes_something(handler) else self._reading
+                made = _wrap(handler, gate, rule, self._quota, method)
+            if self._spans is not None:
+                made = self._spans.traced(made, method)
+            wrapped = self._wrapped[method] = (handler, made)
         return wrapped[1]
 
 

@@ -44,7 +44,7 @@ from opentelemetry.sdk.trace import SpanProcessor, TracerProvider
 from opentelemetry.sdk.trace.export import BatchSpanProcessor, SpanExporter
 
 from gateway.settings import Settings
-from gateway.telemetry.instruments import watch_work_waiting
+from gateway.telemetry.instruments import flush_measures, watch_work_waiting
 from gateway.telemetry.local import LocalMetricExporter, LocalSpanExporter, LocalTelemetry
 
 DEFAULT_SERVICE_NAME = "coopgate-gateway"
@@ -72,6 +72,7 @@ class Telemetry:
         return self.tracer_provider is not None
 
     def shutdown(self) -> None:
+        flush_measures()
         if self.tracer_provider is not None:
             self.tracer_provider.shutdown()
         if self.meter_provider is not None:

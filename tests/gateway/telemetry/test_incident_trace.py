@@ -24,6 +24,7 @@ from gateway.core.caller import Role
 from partners.scenarios import SCENARIOS, Outcome, Stage, perform
 from tests.conftest import Stack
 from tests.gateway.telemetry.conftest import Memory
+from tests.helpers import health_status
 from tests.partners.backends import running_backends
 
 #: What each scenario produced, for the scan (filled by the tests that play them).
@@ -284,6 +285,7 @@ async def test_a_cancelled_stream_ends_its_span_and_refusals_carry_their_status(
             cases_pb2.GetCaseViewRequest(case_id="case-nope", purpose="incident-resolution")
         )
     assert missing.value.code() == grpc.StatusCode.NOT_FOUND
+    await health_status(advisor.channel)
     await asyncio.sleep(0.3)  # the cancelled stream's handler winds down
 
     spans = Trace(memory.finished())
@@ -297,3 +299,38 @@ async def test_a_cancelled_stream_ends_its_span_and_refusals_carry_their_status(
     # A caller's mistake is not the server's error (OpenTelemetry's RPC conventions).
     assert view.status.status_code is not StatusCode.ERROR
     assert not [line for line in memory.lines[logged:] if "detach" in line.lower()]
+    # Methods open to any certificate (health, reflection) have their spans too.
+    check = spans.one("/grpc.health.v1.Health/Check")
+    assert check.kind is SpanKind.SERVER
+    assert (check.attributes or {})["rpc.service"] == "grpc.health.v1.Health"
+
+
+async def test_each_call_is_measured_by_method_and_status(
+    stage: Stage, stack: Stack, memory: Memory
+) -> None:
+    """``rpc.server.call.duration``, by method and gRPC status, every call counted (the
+    measures go to the SDK in batches: `Memory.metrics` hands the waiting ones over)."""
+
+    def counts() -> dict[tuple[object, object], int]:
+        found: dict[tuple[object, object], int] = {}
+        for resource in memory.metrics().resource_metrics:
+            for scope in resource.scope_metrics:
+                for metric in scope.metrics:
+                    if metric.name != "rpc.server.call.duration":
+                        continue
+                    for point in metric.data.data_points:
+                        labels = point.attributes or {}
+                        key = (labels.get("rpc.method"), labels.get("rpc.grpc.status_code"))
+                        found[key] = point.count  # type: ignore[union-attr]
+        return found
+
+    before = counts()
+    advisor = stack.api(stage.cast["bank"], Role.ADVISOR)
+    for _ in range(3):
+        with pytest.raises(grpc.aio.AioRpcError):
+            await advisor.cases.GetCaseView(
+                cases_pb2.GetCaseViewRequest(case_id="case-nope", purpose="incident-resolution")
+            )
+    after = counts()
+    missing = ("GetCaseView", grpc.StatusCode.NOT_FOUND.value[0])
+    assert after[missing] - before.get(missing, 0) == 3
