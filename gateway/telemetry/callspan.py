@@ -16,7 +16,6 @@ span is the SDK's. With a tracer that is not the SDK's, the tracer makes them.""
 from __future__ import annotations
 
 import traceback
-from collections.abc import Mapping
 from time import time_ns
 from typing import Any
 
@@ -40,7 +39,6 @@ class CallSpans:
         limits = tracer._span_limits  # (private: the SDK is pinned in pyproject)
         self._max_attributes = limits.max_span_attributes
         self._max_length = limits.max_span_attribute_length
-        self._checked: dict[int, tuple[dict[str, AnyValue], bool]] = {}
 
     @staticmethod
     def for_tracer(tracer: trace.Tracer) -> CallSpans | None:
@@ -78,24 +76,9 @@ class CallSpans:
         )
         if sampling.decision is Decision.DROP:
             return trace.NonRecordingSpan(context)
-        given = sampling.attributes
-        span = CallSpan(self, name, context, parent_span, given, self._plain(attributes, given))
+        span = CallSpan(self, name, context, parent_span, dict(sampling.attributes))
         tracer.span_processor.on_start(span, parent_context=parent)  # type: ignore[arg-type]
         return span
-
-    def _plain(self, attributes: dict[str, AnyValue], given: Any) -> bool:
-        """Whether the sampler kept the span's attributes as given and they need no
-        cleaning (strings, numbers, booleans within the limits): checked once per dict
-        (each method's is made once), which is kept so that its id stays its own."""
-        checked = self._checked.get(id(attributes))
-        if checked is None:
-            plain = (
-                all(type(v) in _PLAIN and type(k) is str and k for k, v in attributes.items())
-                and self._max_length is None
-                and (self._max_attributes is None or len(attributes) <= self._max_attributes)
-            )
-            checked = self._checked[id(attributes)] = (attributes, plain)
-        return checked[1] and given == attributes
 
     def _ended(self, span: CallSpan) -> None:
         tracer = self._tracer
@@ -139,20 +122,18 @@ class CallSpan(trace.Span):
         name: str,
         context: SpanContext,
         parent: SpanContext | None,
-        attributes: Mapping[str, Any],
-        plain: bool = False,
+        attributes: dict[str, Any],
     ) -> None:
         self._spans = spans
         self._name = name
         self._context = context
         self._parent = parent
+        self._attributes: dict[str, Any] = {}
         self._events: list[sdk_trace.Event] = []
         self._status = _UNSET
         self._end: int | None = None
-        self._attributes: dict[str, Any] = dict(attributes) if plain else {}
-        if not plain:
-            for key, value in attributes.items():
-                self.set_attribute(key, value)
+        for key, value in attributes.items():
+            self.set_attribute(key, value)
         self._start = time_ns()
 
     def get_span_context(self) -> SpanContext:
