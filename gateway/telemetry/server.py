@@ -4,9 +4,7 @@ the caller's W3C ``traceparent`` (and ``baggage``) when its metadata carries one
 In place of OpenTelemetry's aio server interceptor (``opentelemetry-instrumentation-grpc``),
 which for every call built a new method handler, parsed the peer's address and the
 whole metadata into span attributes and wrapped the servicer context in a proxy: here
-each method's handler is wrapped once and a call costs the span itself, made by
-`gateway.telemetry.callspan` (the SDK's span, made for any use, cost about three times
-as much). Spans carry
+each method's handler is wrapped once and a call costs the span itself. Spans carry
 the same RPC attributes (``rpc.system``, ``rpc.service``, ``rpc.method``,
 ``rpc.grpc.status_code``) and end when the call ends, streams included (cancelled
 ones too). The status of a refused call is set by the gateway's interceptor
@@ -23,8 +21,6 @@ from opentelemetry import propagate, trace
 from opentelemetry.context import Context
 from opentelemetry.trace import SpanKind
 from opentelemetry.util.types import AnyValue
-
-from gateway.telemetry.callspan import CallSpans
 
 #: The metadata keys a caller's trace context comes in (W3C Trace Context and Baggage).
 _CONTEXT_KEYS = frozenset({"traceparent", "tracestate", "baggage"})
@@ -49,22 +45,17 @@ def _traced(
         "rpc.grpc.status_code": grpc.StatusCode.OK.value[0],
     }
 
-    spans = CallSpans.for_tracer(tracer)
-
     def start(context: grpc.aio.ServicerContext[Any, Any]) -> tuple[trace.Span, object]:
         """The call's span, made current (in the caller's context, if it sent one)."""
         parent = _remote_context(context.invocation_metadata())
-        if spans is not None:
-            span = spans.start(method, parent, attributes)
-        else:
-            span = tracer.start_span(
-                method,
-                parent,
-                SpanKind.SERVER,
-                attributes,
-                record_exception=False,
-                set_status_on_exception=False,
-            )
+        span = tracer.start_span(
+            method,
+            parent,
+            SpanKind.SERVER,
+            attributes,
+            record_exception=False,
+            set_status_on_exception=False,
+        )
         return span, otel_context.attach(trace.set_span_in_context(span, parent))
 
     def failed(span: trace.Span, error: Exception) -> None:
