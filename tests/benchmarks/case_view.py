@@ -28,7 +28,6 @@ from pathlib import Path
 
 import grpc
 from coopgate.v1 import admin_pb2, cases_pb2, cases_pb2_grpc, common_pb2, consents_pb2
-from opentelemetry.instrumentation.grpc import aio_server_interceptor
 from temporalio.testing import WorkflowEnvironment
 
 from gateway.api.interceptors import GatewayInterceptor
@@ -42,6 +41,8 @@ from gateway.stack import (
     open_runtime,
     start_gateway,
 )
+from gateway.telemetry import tracing_on
+from gateway.telemetry.server import ServerSpans
 from tests.benchmarks.common import database, summarize
 
 ECHO_METHOD = "/bench.Echo/Get"
@@ -168,10 +169,9 @@ def echo_server(payload: bytes, *, gateway_interceptors: bool = False) -> grpc.a
     async def get(request: bytes, context: grpc.aio.ServicerContext[bytes, bytes]) -> bytes:
         return payload
 
+    spans = ServerSpans() if tracing_on() else None
     server = grpc.aio.server(
-        interceptors=[aio_server_interceptor(), GatewayInterceptor()]  # type: ignore[no-untyped-call]
-        if gateway_interceptors
-        else None
+        interceptors=[GatewayInterceptor(spans=spans)] if gateway_interceptors else None
     )
     server.add_generic_rpc_handlers(
         [
