@@ -115,7 +115,8 @@ class InlineStatement:
         if self.expansion:
             params = dict(params)
             for name, names in self.expansion:
-                params.update(zip(names, cast(Sequence[object], params[name]), strict=True))
+                values = params[name] if name in params else self.defaults[name]
+                params.update(zip(names, cast(Sequence[object], values), strict=True))
         values = tuple(
             p(v) if p is not None else v  # as SQLAlchemy does, None included
             for p, v in zip(
@@ -164,24 +165,28 @@ class InlineStatement:
 
 
 _inline_statements: dict[tuple[Any, ...], InlineStatement] = {}
-#: A statement compiled for a dialect, and the names of its expanding (``IN``) parameters.
-_compiled: dict[tuple[ClauseElement, str], tuple[SQLCompiler, tuple[str, ...]]] = {}
+#: A statement compiled for a dialect, and the names of its expanding (``IN``)
+#: parameters; None for one SQLAlchemy must run (a parameter rendered as a literal).
+_compiled: dict[tuple[ClauseElement, str], tuple[SQLCompiler, tuple[str, ...]] | None] = {}
 #: Lists longer than this for an expanding parameter run through SQLAlchemy (its SQL,
 #: compiled per list length, is cached here only for the short lists of the hot paths).
 MAX_EXPANDED = 64
 
 
-def _compile(statement: ClauseElement, dialect: Dialect) -> tuple[SQLCompiler, tuple[str, ...]]:
+def _compile(
+    statement: ClauseElement, dialect: Dialect
+) -> tuple[SQLCompiler, tuple[str, ...]] | None:
     key = (statement, dialect.name)
-    found = _compiled.get(key)
-    if found is None:
+    if key not in _compiled:
         compiled = statement.compile(dialect=dialect)
         assert isinstance(compiled, SQLCompiler)
         assert compiled.positiontup is not None, "a positional paramstyle is expected"
         post = compiled.post_compile_params
-        assert all(p.expanding and not p.literal_execute for p in post), "IN lists only"
-        found = _compiled[key] = (compiled, tuple(sorted(p.key for p in post)))
-    return found
+        inline = all(p.expanding and not p.literal_execute for p in post)
+        _compiled[key] = (
+            (compiled, tuple(sorted(compiled.bind_names[p] for p in post))) if inline else None
+        )
+    return _compiled[key]
 
 
 def _inline_statement(
@@ -193,7 +198,9 @@ def _inline_statement(
     key = (statement, dialect.name, lengths)
     found = _inline_statements.get(key)
     if found is None:
-        compiled, expanding = _compile(statement, dialect)
+        found_compiled = _compile(statement, dialect)
+        assert found_compiled is not None
+        compiled, expanding = found_compiled
         processors: dict[str, Any] = dict(compiled._bind_processors)
         columns = compiled._result_columns
         results = tuple(c.type._cached_result_processor(dialect, None) for c in columns)
@@ -212,7 +219,6 @@ def _inline_statement(
             sql, names = state.statement, tuple(state.positiontup)
             processors.update(state.processors)
             expansion = tuple((n, tuple(state.parameter_expansion[n])) for n in expanding)
-            defaults = {n: v for n, v in defaults.items() if n not in expanding}
         found = _inline_statements[key] = InlineStatement(
             sql,
             names,
@@ -264,16 +270,22 @@ def _run_inline(
     params: Mapping[str, object] | Sequence[Mapping[str, object]],
 ) -> Rows | None:
     """The statement run on the inline driver, or None for SQLAlchemy to run it (an
-    empty list of parameter sets, an ``IN`` list longer than `MAX_EXPANDED`)."""
+    empty list of parameter sets, an ``IN`` list longer than `MAX_EXPANDED` or in an
+    ``executemany``, a parameter SQLAlchemy renders as a literal)."""
     driver = conn.connection.driver_connection
     assert isinstance(driver, sqlite3.Connection)
     clause = cast(ClauseElement, statement)
+    found = _compile(clause, conn.dialect)
+    if found is None:
+        return None
+    compiled, expanding = found
     if not isinstance(params, Mapping):
-        if not params or _compile(clause, conn.dialect)[1]:
+        if not params or expanding:
             return None
         return _inline_statement(clause, conn.dialect).run_many(driver, params)
-    _, expanding = _compile(clause, conn.dialect)
-    lengths = tuple(len(cast(Sized, params[n])) for n in expanding)
+    lengths = tuple(
+        len(cast(Sized, params[n] if n in params else compiled.params[n])) for n in expanding
+    )
     if any(n > MAX_EXPANDED for n in lengths):
         return None
     return _inline_statement(clause, conn.dialect, lengths).run(driver, params)

@@ -105,3 +105,22 @@ async def test_in_lists_of_every_length_match_sqlalchemys(store: Store) -> None:
             (ids[2], later),
             (ids[3], later),
         ]
+
+
+_OF_KINDS = (
+    select(partners.c.partner_id)
+    .where(partners.c.kind.in_([1, 3]), partners.c.partner_id.in_(bindparam("ids", expanding=True)))
+    .order_by(partners.c.partner_id)
+)
+
+
+async def test_an_in_list_given_in_the_statement_takes_its_own_values(store: Store) -> None:
+    """``in_([...])`` with values in the statement is an expanding parameter too, with a
+    default: it needs no value passed, beside one passed for another list."""
+    rows = [{"pid": f"st-k{k}", "name": "k", "kind": k, "at": AT} for k in (1, 2, 3)]
+    async with store.write() as conn:
+        await execute(conn, _ADD, rows)
+        params = {"ids": ["st-k1", "st-k2", "st-k3", "st-none"]}
+        ours = list((await execute(conn, _OF_KINDS, params)).scalars())
+        theirs = (await conn.execute(_OF_KINDS, params)).scalars().all()
+        assert ours == theirs == ["st-k1", "st-k3"]
