@@ -192,8 +192,8 @@ class Store:
         on the loop (none of them waits: the inline driver only awaits in statements).
         Per write, that spares a pool checkout, the writer option's connection clone, a
         connection close and four greenlet switches (connect, begin, commit, close).
-        A failed commit or rollback, or a connection SQLAlchemy invalidated, retires the
-        connection (closed back to its pool, which rolls back whatever is left)."""
+        A failed BEGIN, commit or rollback, or a connection SQLAlchemy invalidated,
+        retires the connection (`_retire_writer`); the next write takes another."""
         with store_errors():
             conn = self._writer
             if conn is None or conn.sync_connection is None or conn.sync_connection.invalidated:
