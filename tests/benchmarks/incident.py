@@ -103,7 +103,11 @@ bursts of 50): before 115/112, 122/120, 112/112, 104/106 ms; after the statement
 108/109, 101/94, 97/98; 28f53c6 96/98, 95/99 ms: 9-15% less than speed4's head
 (itself 12-15% less than before it), the dev server unchanged (44-52 ms). Two of the 15
 measuring clients crashed at exit (a fatal error in an extension at shutdown, base and
-4cc86f7 alike) after their figures, which were lost.
+4cc86f7 alike) after their figures, which were lost. In py-spy's GIL-holding samples
+of `coopgate up` (``--rounds 1 --samples 10``, e467dbf), stacks with a SQLAlchemy frame
+fell from 16% (speed4's profile) to 10%; what is left there: the read transactions'
+connect, begin and close (`Store.read`), the watch's and the header's reads, and the
+idempotency record.
 
 The drills' extra ~400 ms is the partners' (workflow histories, 8 incidents): three
 findings are in by 47-90 ms, the acquirer's real one 309-538 ms after the start, after
