@@ -18,6 +18,7 @@ from gateway.audit.merkle import consistency_ranges, inclusion_ranges, perfect_s
 from gateway.store import Store
 from gateway.store.failures import store_errors
 from gateway.store.schema import audit_head
+from gateway.store.statements import execute_in
 
 Node = tuple[int, int]
 
@@ -91,8 +92,8 @@ def read_nodes(conn: Connection, wanted: Collection[Node]) -> dict[Node, bytes]:
     for n, (level, index) in enumerate(wanted):
         params[f"l{n}"] = level
         params[f"i{n}"] = index
-    rows = conn.execute(_nodes_query(len(wanted)), params)
-    return {(row.level, row.idx): bytes(row.hash) for row in rows}
+    rows = execute_in(conn, _nodes_query(len(wanted)), params).all()
+    return {(level, idx): bytes(hash_) for level, idx, hash_ in rows}
 
 
 async def fetch_nodes(conn: AsyncConnection, wanted: Collection[Node]) -> dict[Node, bytes]:

@@ -8,7 +8,7 @@ import uuid
 
 from coopgate.v1 import cases_pb2, common_pb2
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
-from sqlalchemy import insert, select, update
+from sqlalchemy import bindparam, insert, select, update
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from gateway.admin.registry import load_service, require_in_catalogue
@@ -37,6 +37,7 @@ from gateway.identity.subjects import LocalIds
 from gateway.store import Store
 from gateway.store.idempotency import run_once
 from gateway.store.schema import case_participants, cases
+from gateway.store.statements import execute
 from workflows import contracts
 
 MAX_SUMMARY = 4000
@@ -48,6 +49,23 @@ REPORTABLE_FINDINGS = (
     cases_pb2.FINDING_STATUS_FAULTY,
     cases_pb2.FINDING_STATUS_UNKNOWN,
 )
+
+# OpenCase's statements, built once (`statements.execute`).
+_RESOLVED_BEFORE = (
+    select(cases.c.case_id)
+    .where(
+        cases.c.subject_id == bindparam("subject_id"),
+        cases.c.service_id == bindparam("service_id"),
+        cases.c.status == cases_pb2.CASE_STATUS_RESOLVED,
+    )
+    .order_by(cases.c.opened_at.desc())
+    .limit(1)
+)
+_NEW_CASE = insert(cases)  # every column named
+_SUMMARY = (
+    update(cases).where(cases.c.case_id == bindparam("id")).values(summary=bindparam("sealed"))
+)
+_PARTICIPANTS = insert(case_participants)  # every column named
 
 
 class CaseIntake:
@@ -90,15 +108,10 @@ class CaseIntake:
             )
             now = _now()
             recent = (
-                await conn.execute(
-                    select(cases.c.case_id)
-                    .where(
-                        cases.c.subject_id == subject_id,
-                        cases.c.service_id == service.service_id,
-                        cases.c.status == cases_pb2.CASE_STATUS_RESOLVED,
-                    )
-                    .order_by(cases.c.opened_at.desc())
-                    .limit(1)
+                await execute(
+                    conn,
+                    _RESOLVED_BEFORE,
+                    {"subject_id": subject_id, "service_id": service.service_id},
                 )
             ).scalar()
             if recent is not None:
@@ -112,27 +125,32 @@ class CaseIntake:
                     reopened_existing=True,
                 )
             case_id = f"case-{uuid.uuid4().hex}"
-            await conn.execute(
-                insert(cases).values(
-                    case_id=case_id,
-                    service_id=service.service_id,
-                    service_version=service.version,
-                    subject_id=subject_id,
-                    first_contact_partner_id=caller.partner_id,
-                    first_contact_channel=request.channel,
-                    status=cases_pb2.CASE_STATUS_RECEIVED,
-                    summary="",
-                    relationship_owner_id=None,
-                    opened_at=now,
-                    updated_at=now,
-                    last_sequence=0,
-                )
+            await execute(
+                conn,
+                _NEW_CASE,
+                {
+                    "case_id": case_id,
+                    "service_id": service.service_id,
+                    "service_version": service.version,
+                    "subject_id": subject_id,
+                    "first_contact_partner_id": caller.partner_id,
+                    "first_contact_channel": request.channel,
+                    "status": cases_pb2.CASE_STATUS_RECEIVED,
+                    "summary": "",
+                    "relationship_owner_id": None,
+                    "opened_at": now,
+                    "updated_at": now,
+                    "last_sequence": 0,
+                },
             )
             key = await self.sealer.create_key(conn, case_id)
-            await conn.execute(
-                update(cases)
-                .where(cases.c.case_id == case_id)
-                .values(summary=self.sealer.seal_text(key, request.summary, f"{case_id}/summary"))
+            await execute(
+                conn,
+                _SUMMARY,
+                {
+                    "id": case_id,
+                    "sealed": self.sealer.seal_text(key, request.summary, f"{case_id}/summary"),
+                },
             )
             participants = [
                 {
@@ -151,7 +169,7 @@ class CaseIntake:
                 }
                 for partner in dict.fromkeys(chain)
             ]
-            await conn.execute(insert(case_participants), participants)
+            await execute(conn, _PARTICIPANTS, participants)
             await self.starts.record(conn, case_id, now)
             # The case's key, just made, is at hand: not read back for each use.
             await set_status(

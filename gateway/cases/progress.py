@@ -7,7 +7,7 @@ import hashlib
 from typing import Any
 
 from coopgate.v1 import cases_pb2
-from sqlalchemy import select
+from sqlalchemy import bindparam, select
 
 from gateway.cases.incidents import Incidents
 from gateway.cases.reader import CaseReader
@@ -19,7 +19,10 @@ from gateway.crypto.sealing import Sealer
 from gateway.store import Store
 from gateway.store.idempotency import run_once_external
 from gateway.store.schema import cases
+from gateway.store.statements import execute
 from workflows import contracts
+
+_STATUS = select(cases.c.status).where(cases.c.case_id == bindparam("id"))
 
 
 class CaseProgress:
@@ -170,9 +173,7 @@ class CaseProgress:
         """Activity body: move the projection to a ``CaseStatus`` by short name."""
         status = cases_pb2.CaseStatus.Value(f"CASE_STATUS_{status_name}")
         async with self.store.write() as conn:
-            current = (
-                await conn.execute(select(cases.c.status).where(cases.c.case_id == case_id))
-            ).scalar()
+            current = (await execute(conn, _STATUS, {"id": case_id})).scalar()
             if current is None:
                 raise NotFound(f"case {case_id!r} does not exist")
             if current != status:  # activities may be retried: record each change once

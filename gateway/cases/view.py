@@ -41,7 +41,7 @@ from gateway.store.schema import (
     subject_keys,
     subjects,
 )
-from gateway.store.statements import driver_statement
+from gateway.store.statements import driver_statement, execute_in
 
 TIMELINE_CACHE_CASES = 512
 #: Views kept as served, per case, reader partner and purpose (see `ServedView`).
@@ -319,7 +319,7 @@ class CaseViews:
         at = _now()
         raw = driver_statement(_VIEW_CASE, conn.dialect).rows(conn, {"case_id": case_id})
         _require_participant(raw, caller, case_id)
-        rows = conn.execute(_VIEW_CASE, {"case_id": case_id}).all()
+        rows = execute_in(conn, _VIEW_CASE, {"case_id": case_id}).all()
         first = rows[0]
         row = CaseRow(*first[: len(_CASE_ROW_FIELDS)])
         participants = [
@@ -390,7 +390,7 @@ class CaseViews:
         if cached is not None and cached[0] == row.last_sequence and key is not None:
             self._timelines.move_to_end(row.case_id)
             return cached[1]
-        rows = conn.execute(_TIMELINE, {"case_id": row.case_id}).all()
+        rows = execute_in(conn, _TIMELINE, {"case_id": row.case_id}).all()
         timeline = Timeline.of(self._open_events_in(conn, row.case_id, rows, key))
         if timeline.events and timeline.position == row.last_sequence and key is not None:
             self._timelines[row.case_id] = (row.last_sequence, timeline)

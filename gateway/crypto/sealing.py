@@ -27,6 +27,10 @@ NONCE = 12
 ERASED_TEXT = "[erased at the customer's request]"
 
 
+_NEW_KEY = insert(case_keys).values(case_id=bindparam("id"), wrapped_key=bindparam("wrapped"))
+_NEW_SUBJECT_KEY = insert(subject_keys).values(
+    subject_id=bindparam("id"), wrapped_key=bindparam("wrapped")
+)
 _KEY = select(case_keys.c.wrapped_key).where(case_keys.c.case_id == bindparam("case_id"))
 _SUBJECT_KEY = select(subject_keys.c.wrapped_key).where(
     subject_keys.c.subject_id == bindparam("subject_id")
@@ -68,7 +72,7 @@ class Sealer:
         key = AESGCM.generate_key(bit_length=256)
         nonce = os.urandom(NONCE)
         wrapped = nonce + self._master.encrypt(nonce, key, case_id.encode())
-        await conn.execute(insert(case_keys).values(case_id=case_id, wrapped_key=wrapped))
+        await execute(conn, _NEW_KEY, {"id": case_id, "wrapped": wrapped})
         return AESGCM(key)
 
     async def create_subject_key(self, conn: AsyncConnection, subject_id: str) -> AESGCM:
@@ -76,7 +80,7 @@ class Sealer:
         key = AESGCM.generate_key(bit_length=256)
         nonce = os.urandom(NONCE)
         wrapped = nonce + self._master.encrypt(nonce, key, subject_key_name(subject_id).encode())
-        await conn.execute(insert(subject_keys).values(subject_id=subject_id, wrapped_key=wrapped))
+        await execute(conn, _NEW_SUBJECT_KEY, {"id": subject_id, "wrapped": wrapped})
         return AESGCM(key)
 
     async def subject_key(self, conn: AsyncConnection, subject_id: str) -> AESGCM | None:

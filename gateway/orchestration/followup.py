@@ -245,7 +245,7 @@ async def _last_contact(
 ) -> tuple[str, int, str | None]:
     """The partner and channel of the customer's latest contact on this case, and that
     partner's id for the customer when it was read to find them (else None)."""
-    rows = (await conn.execute(_LATEST_INTERACTIONS, {"case_id": case.case_id})).all()
+    rows = (await execute(conn, _LATEST_INTERACTIONS, {"case_id": case.case_id})).all()
     for event in await domain.reader.open_events(conn, case.case_id, rows):
         interaction = event.item.interaction
         local_id = await domain.local_ids.local_id(conn, interaction.partner_id, case.subject_id)

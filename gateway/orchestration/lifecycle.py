@@ -129,12 +129,12 @@ async def incident_context(
     ``case``: the case's row when the caller read it already in this transaction."""
     if case is None:
         case = (await execute(conn, CASE_BY_ID, {"case_id": case_id})).one()
-    definition = (await conn.execute(_DEFINITION, {"service": case.service_id})).scalar_one()
+    definition = (await execute(conn, _DEFINITION, {"service": case.service_id})).scalar_one()
     now = dt.datetime.now(dt.UTC)
     agreements = [
         admin_pb2.SharingAgreement.FromString(d)
         for d in (
-            await conn.execute(_AGREEMENTS, {"service": case.service_id, "now": now})
+            await execute(conn, _AGREEMENTS, {"service": case.service_id, "now": now})
         ).scalars()
     ]
     service = admin_pb2.Service.FromString(definition)
@@ -182,7 +182,7 @@ async def incident_context(
             ),
         ),
         opened_at_s=case.opened_at.timestamp(),
-        erased=(await conn.execute(_WRAPPED_KEY, {"case_id": case_id})).scalar() is None,
+        erased=(await execute(conn, _WRAPPED_KEY, {"case_id": case_id})).scalar() is None,
     )
 
 

@@ -228,9 +228,10 @@ class OwnershipActivities:
                         conn, self._cases.reader.sealer, case.case_id, cases_pb2.CASE_STATUS_OWNED
                     )
                 return  # a retry: already recorded
-            await conn.execute(_SET_OWNER, {"case": case.case_id, "owner": request.owner_id})
-            await conn.execute(_DROP_OWNERS, {"case_id": case.case_id})
-            await conn.execute(
+            await execute(conn, _SET_OWNER, {"case": case.case_id, "owner": request.owner_id})
+            await execute(conn, _DROP_OWNERS, {"case_id": case.case_id})
+            await execute(
+                conn,
                 _ADD_PARTICIPANTS,
                 [
                     {

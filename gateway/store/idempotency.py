@@ -112,11 +112,11 @@ async def _concerns(
     if "customer_local_id" in request.DESCRIPTOR.fields_by_name:
         local_id = getattr(request, "customer_local_id")  # noqa: B009 - checked just above
         if local_id and case_id is not None:
-            subject_id = (await conn.execute(_CASE_SUBJECT, {"case": case_id})).scalar()
+            subject_id = (await execute(conn, _CASE_SUBJECT, {"case": case_id})).scalar()
         if local_id and subject_id is None:
             digest = index.digest(caller.partner_id, local_id)
             subject_id = (
-                await conn.execute(_LINKED, {"partner": caller.partner_id, "local_hash": digest})
+                await execute(conn, _LINKED, {"partner": caller.partner_id, "local_hash": digest})
             ).scalar()
     return subject_id, case_id
 

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import sqlite3
 from collections import namedtuple
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence, Sized
 from dataclasses import dataclass
 from typing import Any, cast
 
@@ -91,6 +91,9 @@ class Rows:
     def scalar_one(self) -> Any:
         return self.one()[0]
 
+    def scalars(self) -> list[Any]:
+        return [r[0] for r in self._rows]
+
 
 @dataclass(frozen=True, slots=True)
 class InlineStatement:
@@ -105,8 +108,15 @@ class InlineStatement:
     binds: tuple[Callable[[Any], Any] | None, ...]
     results: tuple[Callable[[Any], Any] | None, ...]
     row: Callable[..., Any] | None
+    #: An expanding (``IN``) parameter's name and the names its values take, in order.
+    expansion: tuple[tuple[str, tuple[str, ...]], ...] = ()
 
     def run(self, driver: sqlite3.Connection, params: Mapping[str, object]) -> Rows:
+        if self.expansion:
+            params = dict(params)
+            for name, names in self.expansion:
+                values = params[name] if name in params else self.defaults[name]
+                params.update(zip(names, cast(Sequence[object], values), strict=True))
         values = tuple(
             p(v) if p is not None else v  # as SQLAlchemy does, None included
             for p, v in zip(
@@ -120,6 +130,28 @@ class InlineStatement:
             raw = cursor.fetchall() if cursor.description is not None else []
         except sqlite3.Error as exc:  # as SQLAlchemy raises it, for the callers' handlers
             raise DBAPIError.instance(self.sql, values, exc, sqlite3.Error) from exc
+        return self._rows(cursor, raw)
+
+    def run_many(self, driver: sqlite3.Connection, rows: Sequence[Mapping[str, object]]) -> Rows:
+        """One statement for many parameter sets (``executemany``; no expanding ones)."""
+        assert not self.expansion
+        binds, defaults = self.binds, self.defaults
+        values = [
+            tuple(
+                p(v) if p is not None else v
+                for p, v in zip(
+                    binds, (ps[n] if n in ps else defaults[n] for n in self.names), strict=True
+                )
+            )
+            for ps in rows
+        ]
+        try:
+            cursor = driver.executemany(self.sql, values)
+        except sqlite3.Error as exc:
+            raise DBAPIError.instance(self.sql, values, exc, sqlite3.Error) from exc
+        return Rows([], cursor.rowcount)
+
+    def _rows(self, cursor: sqlite3.Cursor, raw: list[Any]) -> Rows:
         if self.row is None:
             return Rows(raw, cursor.rowcount)
         results, row = self.results, self.row
@@ -132,57 +164,128 @@ class InlineStatement:
         )
 
 
-_inline_statements: dict[tuple[ClauseElement, str], InlineStatement] = {}
+_inline_statements: dict[tuple[Any, ...], InlineStatement] = {}
+#: A statement compiled for a dialect, and the names of its expanding (``IN``)
+#: parameters; None for one SQLAlchemy must run (a parameter rendered as a literal).
+_compiled: dict[tuple[ClauseElement, str], tuple[SQLCompiler, tuple[str, ...]] | None] = {}
+#: Lists longer than this for an expanding parameter run through SQLAlchemy (its SQL,
+#: compiled per list length, is cached here only for the short lists of the hot paths).
+MAX_EXPANDED = 64
 
 
-def _inline_statement(statement: ClauseElement, dialect: Dialect) -> InlineStatement:
+def _compile(
+    statement: ClauseElement, dialect: Dialect
+) -> tuple[SQLCompiler, tuple[str, ...]] | None:
     key = (statement, dialect.name)
-    found = _inline_statements.get(key)
-    if found is None:
+    if key not in _compiled:
         compiled = statement.compile(dialect=dialect)
         assert isinstance(compiled, SQLCompiler)
         assert compiled.positiontup is not None, "a positional paramstyle is expected"
-        assert not compiled.post_compile_params, "no expanding (IN) parameters"
-        processors = compiled._bind_processors
-        binds = tuple(cast(Any, processors.get(name)) for name in compiled.positiontup)
+        post = compiled.post_compile_params
+        inline = all(p.expanding and not p.literal_execute for p in post)
+        _compiled[key] = (
+            (compiled, tuple(sorted(compiled.bind_names[p] for p in post))) if inline else None
+        )
+    return _compiled[key]
+
+
+def _inline_statement(
+    statement: ClauseElement, dialect: Dialect, lengths: tuple[int, ...] = ()
+) -> InlineStatement:
+    """The statement compiled once, or once per length of its ``IN`` lists (`lengths`,
+    in the order of `_compile`'s names): SQLAlchemy's own expansion of the lists, done
+    once for those lengths, names the positions their values take."""
+    key = (statement, dialect.name, lengths)
+    found = _inline_statements.get(key)
+    if found is None:
+        found_compiled = _compile(statement, dialect)
+        assert found_compiled is not None
+        compiled, expanding = found_compiled
+        processors: dict[str, Any] = dict(compiled._bind_processors)
         columns = compiled._result_columns
         results = tuple(c.type._cached_result_processor(dialect, None) for c in columns)
         keys = [c.keyname for c in columns]
         row = namedtuple("Row", keys, rename=True) if keys else None
+        sql, names, defaults = compiled.string, tuple(compiled.positiontup or ()), compiled.params
+        expansion: tuple[tuple[str, tuple[str, ...]], ...] = ()
+        if expanding:
+            params = compiled.construct_params(
+                {n: [None] * k for n, k in zip(expanding, lengths, strict=True)},
+                escape_names=False,
+                _check=False,
+            )
+            state = compiled._process_parameters_for_postcompile(params)
+            assert state.positiontup is not None
+            sql, names = state.statement, tuple(state.positiontup)
+            processors.update(state.processors)
+            expansion = tuple((n, tuple(state.parameter_expansion[n])) for n in expanding)
         found = _inline_statements[key] = InlineStatement(
-            compiled.string,
-            tuple(compiled.positiontup),
-            dict(compiled.params),
-            binds,
+            sql,
+            names,
+            dict(defaults),
+            tuple(processors.get(name) for name in names),
             results,
             row,
+            expansion,
         )
     return found
 
 
 async def execute(
-    conn: AsyncConnection, statement: Executable, params: Mapping[str, object]
+    conn: AsyncConnection,
+    statement: Executable,
+    params: Mapping[str, object] | Sequence[Mapping[str, object]],
 ) -> Rows | CursorResult[Any]:
     """``await conn.execute(statement, params)`` for a statement built once at import
     (no Python-side column defaults: a SELECT, or an UPDATE or INSERT that names every
     value). On the inline SQLite driver it runs straight on the transaction's driver
-    connection (`InlineStatement`); elsewhere through SQLAlchemy as ever."""
+    connection (`InlineStatement`); elsewhere through SQLAlchemy as ever. A list of
+    parameter sets runs as one ``executemany``; an expanding ``IN`` parameter
+    (``bindparam(..., expanding=True)``) takes a list of up to `MAX_EXPANDED` values
+    here (longer lists go through SQLAlchemy)."""
     sync = conn.sync_connection
-    if sync is None or sync.dialect.driver != "inline":
-        return await conn.execute(statement, params)
-    return _run_inline(sync, statement, params)
+    if sync is not None and sync.dialect.driver == "inline":
+        rows = _run_inline(sync, statement, params)
+        if rows is not None:
+            return rows
+    return await conn.execute(statement, params)
 
 
 def execute_in(
-    conn: Connection, statement: Executable, params: Mapping[str, object]
+    conn: Connection,
+    statement: Executable,
+    params: Mapping[str, object] | Sequence[Mapping[str, object]],
 ) -> Rows | CursorResult[Any]:
     """`execute` on a synchronous connection (inside `Store.run_read`/`run_write`)."""
-    if conn.dialect.driver != "inline":
-        return conn.execute(statement, params)
-    return _run_inline(conn, statement, params)
+    if conn.dialect.driver == "inline":
+        rows = _run_inline(conn, statement, params)
+        if rows is not None:
+            return rows
+    return conn.execute(statement, params)
 
 
-def _run_inline(conn: Connection, statement: Executable, params: Mapping[str, object]) -> Rows:
+def _run_inline(
+    conn: Connection,
+    statement: Executable,
+    params: Mapping[str, object] | Sequence[Mapping[str, object]],
+) -> Rows | None:
+    """The statement run on the inline driver, or None for SQLAlchemy to run it (an
+    empty list of parameter sets, an ``IN`` list longer than `MAX_EXPANDED` or in an
+    ``executemany``, a parameter SQLAlchemy renders as a literal)."""
     driver = conn.connection.driver_connection
     assert isinstance(driver, sqlite3.Connection)
-    return _inline_statement(cast(ClauseElement, statement), conn.dialect).run(driver, params)
+    clause = cast(ClauseElement, statement)
+    found = _compile(clause, conn.dialect)
+    if found is None:
+        return None
+    compiled, expanding = found
+    if not isinstance(params, Mapping):
+        if not params or expanding:
+            return None
+        return _inline_statement(clause, conn.dialect).run_many(driver, params)
+    lengths = tuple(
+        len(cast(Sized, params[n] if n in params else compiled.params[n])) for n in expanding
+    )
+    if any(n > MAX_EXPANDED for n in lengths):
+        return None
+    return _inline_statement(clause, conn.dialect, lengths).run(driver, params)

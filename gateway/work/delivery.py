@@ -181,7 +181,7 @@ class PartnerWork:
                     fresh = await self._opened(conn, due)
                     if fresh:
                         ids = await _lock_in_order(conn, [r.work_id for r in fresh])
-                        await conn.execute(_DELIVERED, {"ids": ids})
+                        await execute(conn, _DELIVERED, {"ids": ids})
             for row in fresh:
                 item = work_pb2.WorkItem.FromString(row.item)
                 item.redeliveries = row.deliveries
@@ -218,7 +218,8 @@ class PartnerWork:
             notices = [i for i in ids if i.startswith(NOTICE_PREFIX)]
             erased = await self._acknowledge_notices(conn, caller, notices) if notices else 0
             await _lock_in_order(conn, ids)
-            result = await conn.execute(
+            result = await execute(
+                conn,
                 _ACKNOWLEDGE,
                 {"ids": list(ids), "partner": caller.partner_id, "now": dt.datetime.now(dt.UTC)},
             )
@@ -313,10 +314,10 @@ async def enqueue_all(
     if not items:
         return 0
     ids = [work_id for work_id, _, _ in items]
-    queued = set((await conn.execute(_QUEUED_AMONG, {"ids": ids})).scalars())
+    queued = set((await execute(conn, _QUEUED_AMONG, {"ids": ids})).scalars())
     if len(queued) == len(set(ids)):
         return 0
-    if (await conn.execute(_QUEUED_OR_ERASED, {"id": "", "case_id": case_id})).one()[1]:
+    if (await execute(conn, _QUEUED_OR_ERASED, {"id": "", "case_id": case_id})).one()[1]:
         return 0
     now = dt.datetime.now(dt.UTC)
     rows = []
@@ -324,7 +325,7 @@ async def enqueue_all(
         if work_id not in queued:
             queued.add(work_id)
             rows.append(_row(work_id, partner_id, item, now))
-    await conn.execute(_ENQUEUE, rows)
+    await execute(conn, _ENQUEUE, rows)
     for row in rows:
         announce(conn, WORK, row["partner_id"])
     return len(rows)

@@ -82,6 +82,33 @@ the telemetry store off (``COOPGATE_TELEMETRY_STORE=false``, so no spans) the sa
 took 86 ms per incident (3.0x): tracing every call, activity and step costs about a
 tenth of the process.
 
+The rest of the per-incident statements on the SQLite driver, and one kept writer
+connection (branch speed5: e0b18f8 before; 4cc86f7 the acknowledgement's and
+delivery's ``IN`` lists, OpenCase, the key inserts, the audit node reads and the writer
+connection; 28f53c6 the idempotency, incident context, owner and case view statements
+too). Interleaved from checkouts on PYTHONPATH, load average 3-14, ``--rounds 2
+--samples 10 --no-drills``, two runs:
+
+| run | p50 | p99 | 50 / 100 at once | CPU (gateway+worker, dev server) |
+|---|---|---|---|---|
+| before, run 1 | 220 ms, 4.0x | 371 ms, 4.0x | 32% / 37% | 121 + 49 ms, 3.3x |
+| 4cc86f7, run 1 | 144 ms, 3.0x | 196 ms, 2.0x | 42% / 49% | 104 + 45 ms, 2.9x |
+| before, run 2 | 160 ms, 3.2x | 349 ms, 0.8x | 41% / 28% | 112 + 50 ms, 3.4x |
+| 28f53c6, run 2 | 137 ms, 2.5x | 259 ms, 2.2x | 34% / 25% | 97 + 47 ms, 3.2x |
+
+The CPU ratio moves with the bare anchor's own CPU (52 ms in run 1, 44-47 in run 2).
+CPU per incident measured apart (as speed4's, gateway+worker, 30 one at a time / two
+bursts of 50): before 115/112, 122/120, 112/112, 104/106 ms; after the statements alone
+(c406963) 111/110, 116/116, 110/107; with the writer connection (4cc86f7) 106/102,
+108/109, 101/94, 97/98; 28f53c6 96/98, 95/99 ms: 9-15% less than speed4's head
+(itself 12-15% less than before it), the dev server unchanged (44-52 ms). Two of the 15
+measuring clients crashed at exit (a fatal error in an extension at shutdown, base and
+4cc86f7 alike) after their figures, which were lost. In py-spy's GIL-holding samples
+of `coopgate up` (``--rounds 1 --samples 10``, e467dbf), stacks with a SQLAlchemy frame
+fell from 16% (speed4's profile) to 10%; what is left there: the read transactions'
+connect, begin and close (`Store.read`), the watch's and the header's reads, and the
+idempotency record.
+
 The drills' extra ~400 ms is the partners' (workflow histories, 8 incidents): three
 findings are in by 47-90 ms, the acquirer's real one 309-538 ms after the start, after
 the gateway refused its malformed first finding and the SDK's redelivery backoff

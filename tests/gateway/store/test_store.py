@@ -7,6 +7,7 @@ from collections.abc import AsyncIterator
 
 import pytest
 from sqlalchemy import func, inspect, select, text
+from sqlalchemy.exc import IntegrityError
 
 from gateway.store import Store, create_store, migrate
 from gateway.store.migrate import current_revision, downgrade
@@ -380,6 +381,69 @@ async def test_a_free_sqlite_write_starts_without_yielding_to_the_loop(tmp_path:
             await conn.execute(text("INSERT INTO t VALUES (1)"))
         await other
         assert ran
+    finally:
+        await store.close()
+
+
+async def test_sqlite_writes_share_one_connection_and_each_commits_or_rolls_back_whole(
+    tmp_path: object,
+) -> None:
+    """Every write of the process runs on one kept writer connection (`_sqlite_write`):
+    a write that raises leaves nothing behind and the next one commits on the same
+    connection; a write whose COMMIT fails (a deferred foreign key, which leaves SQLite's
+    transaction open) retires the connection, and the next write begins afresh on
+    another, without the failed write's row."""
+    store = create_store(f"sqlite:///{tmp_path}/writer.db")
+    try:
+        async with store.write() as conn:
+            await conn.execute(text("CREATE TABLE p (id INTEGER PRIMARY KEY)"))
+            await conn.execute(text("CREATE TABLE c (p INTEGER REFERENCES p(id))"))
+            first = conn.sync_connection
+        with pytest.raises(RuntimeError):
+            async with store.write() as conn:
+                await conn.execute(text("INSERT INTO p VALUES (1)"))
+                raise RuntimeError("the write fails half-way")
+        async with store.write() as conn:
+            assert conn.sync_connection is first
+            assert (await conn.execute(text("SELECT count(*) FROM p"))).scalar() == 0
+            await conn.execute(text("INSERT INTO p VALUES (2)"))
+        with pytest.raises(IntegrityError):
+            async with store.write() as conn:
+                await conn.execute(text("PRAGMA defer_foreign_keys=ON"))
+                await conn.execute(text("INSERT INTO c VALUES (99)"))  # no such p
+        async with store.write() as conn:
+            assert conn.sync_connection is not first
+            await conn.execute(text("INSERT INTO c VALUES (2)"))
+        async with store.read() as conn:
+            rows = (await conn.execute(text("SELECT p FROM c"))).scalars().all()
+            assert rows == [2]
+            assert (await conn.execute(text("SELECT id FROM p"))).scalars().all() == [2]
+    finally:
+        await store.close()
+
+
+async def test_a_cancelled_sqlite_write_rolls_back_and_the_next_commits(tmp_path: object) -> None:
+    store = create_store(f"sqlite:///{tmp_path}/cancel.db")
+    try:
+        async with store.write() as conn:
+            await conn.execute(text("CREATE TABLE t (x INTEGER)"))
+        inside = asyncio.Event()
+
+        async def stuck() -> None:
+            async with store.write() as conn:
+                await conn.execute(text("INSERT INTO t VALUES (1)"))
+                inside.set()
+                await asyncio.sleep(60)
+
+        task = asyncio.create_task(stuck())
+        await inside.wait()
+        task.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await task
+        async with store.write() as conn:
+            await conn.execute(text("INSERT INTO t VALUES (2)"))
+        async with store.read() as conn:
+            assert (await conn.execute(text("SELECT x FROM t"))).scalars().all() == [2]
     finally:
         await store.close()
 
