@@ -54,7 +54,7 @@ from gateway.audit.store_tree import statement_reads
 from gateway.crypto.pseudonyms import KEY_BYTES, Pseudonyms
 from gateway.store import Store, create_store, migrate
 from gateway.store.schema import audit_entries, audit_head, audit_nodes
-from tests.benchmarks.common import database, now_ns, summarize
+from tests.benchmarks.common import database, now_ns, run_and_exit, summarize
 
 CHUNK = 50_000
 #: Where the indexed baseline's own rows start, past the copied log.
@@ -416,4 +416,4 @@ async def main() -> None:
 
 
 if __name__ == "__main__":
-    asyncio.run(main())
+    run_and_exit(main())

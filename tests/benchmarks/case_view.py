@@ -43,7 +43,7 @@ from gateway.stack import (
 )
 from gateway.telemetry import tracing_on
 from gateway.telemetry.server import ServerSpans
-from tests.benchmarks.common import database, summarize
+from tests.benchmarks.common import database, run_and_exit, summarize
 
 ECHO_METHOD = "/bench.Echo/Get"
 PARTNERS = ("bank-a", "telco-a", "acquirer-a", "handset-a")
@@ -396,4 +396,4 @@ async def main() -> None:
 
 
 if __name__ == "__main__":
-    asyncio.run(main())
+    run_and_exit(main())

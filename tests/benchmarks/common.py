@@ -6,15 +6,39 @@ run, on the same database, because these machines are noisy.
 
 from __future__ import annotations
 
+import asyncio
 import os
 import statistics
+import sys
 import time
+import traceback
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Coroutine
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 
 import asyncpg
+
+
+def run_and_exit(main: Coroutine[object, object, None]) -> None:
+    """Run a benchmark's ``main`` and leave at once, its figures printed and written:
+    gRPC's and Temporal's native threads could otherwise crash the interpreter's own
+    shutdown after the run (seen as "Fatal Python error: PyGILState_Release"), and
+    `make bench` would stop there (the CLI leaves the same way, sdk-python#300)."""
+    code = 0
+    try:
+        asyncio.run(main)
+    except SystemExit as exc:  # argparse's refusals, a benchmark's own verdict
+        code = exc.code if isinstance(exc.code, int) else (0 if exc.code is None else 1)
+    except KeyboardInterrupt:
+        code = 130
+    except BaseException:
+        traceback.print_exc()
+        code = 1
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(code)
+
 
 PG_ADMIN_DSN = os.environ.get("COOPGATE_TEST_PG_DSN", "postgresql://postgres@127.0.0.1:5432/test")
 

@@ -11,7 +11,6 @@ bare-engine baseline in the same run, a primary-key lookup of one consent row.
 from __future__ import annotations
 
 import argparse
-import asyncio
 import datetime as dt
 import random
 import tempfile
@@ -29,7 +28,7 @@ from gateway.store.schema import (
     sharing_agreements,
     subjects,
 )
-from tests.benchmarks.common import database, now_ns, summarize
+from tests.benchmarks.common import database, now_ns, run_and_exit, summarize
 
 PARTNERS = 400
 SERVICES = 50
@@ -241,4 +240,4 @@ async def main() -> None:
 
 
 if __name__ == "__main__":
-    asyncio.run(main())
+    run_and_exit(main())

@@ -43,7 +43,7 @@ from gateway.settings import Settings
 from gateway.stack import ensure_pki, open_runtime, start_gateway
 from partners import Channel, PartnerClient, PartnerCredentials
 from partners.console import Accounts
-from tests.benchmarks.common import database
+from tests.benchmarks.common import database, run_and_exit
 
 PASSWORD = "bench-password-1"
 
@@ -298,4 +298,4 @@ async def run(args: argparse.Namespace, http: Http, advisor: PartnerClient) -> N
 
 
 if __name__ == "__main__":
-    asyncio.run(main())
+    run_and_exit(main())

@@ -141,7 +141,7 @@ from gateway.admin.reference import ReferencePartners, issue_reference_certifica
 from gateway.core.caller import Role
 from gateway.settings import Settings
 from gateway.stack import ensure_pki
-from tests.benchmarks.common import database
+from tests.benchmarks.common import database, run_and_exit
 
 #: The partners of the nfc-payment chain (the bank is first contact and owner).
 NFC_PARTNERS = ("telco-a", "bank-a", "acquirer-a", "handset-a")
@@ -533,4 +533,4 @@ async def main() -> None:
 
 
 if __name__ == "__main__":
-    asyncio.run(main())
+    run_and_exit(main())

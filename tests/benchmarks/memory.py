@@ -44,7 +44,7 @@ from gateway.orchestration.devserver import DEV_SERVER_TUNING
 from gateway.settings import Settings
 from gateway.stack import ensure_pki, open_runtime
 from partners import PartnerCredentials
-from tests.benchmarks.common import database
+from tests.benchmarks.common import database, run_and_exit
 from tests.scale.cluster import Cluster, keys_environment, open_request, with_retries
 from tests.scale.conftest import seed
 
@@ -298,4 +298,4 @@ async def main() -> None:
 
 
 if __name__ == "__main__":
-    asyncio.run(main())
+    run_and_exit(main())

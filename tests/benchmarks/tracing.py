@@ -77,6 +77,7 @@ from partners import (
     WorkItem,
 )
 from tests.benchmarks.case_view import run_child, seed_case
+from tests.benchmarks.common import run_and_exit
 
 NFC = {
     "sim-secure-element": "telco-a",
@@ -328,4 +329,4 @@ async def main() -> None:
 
 
 if __name__ == "__main__":
-    asyncio.run(main())
+    run_and_exit(main())
