@@ -463,19 +463,7 @@ def _begin_sqlite_writer(conn: Connection) -> None:
     assert dbapi is not None
     deadline = time.monotonic() + SQLITE_LOCK_WAIT_SECONDS
     pause = 0.001
-    while True:
-        try:
-            dbapi.execute("BEGIN IMMEDIATE")
-            return
-        except sqlite3.OperationalError as exc:
-            if "locked" not in str(exc):
-                raise Unavailable(
-                    "the store cannot be reached", reason="STORE_UNAVAILABLE"
-                ) from exc
-            if time.monotonic() > deadline:
-                raise Unavailable(
-                    "the store is locked by another process", reason="STORE_BUSY"
-                ) from exc
+    while not _began_immediate(dbapi, deadline):
         await_only(asyncio.sleep(pause))
         pause = min(pause * 2, 0.05)
 
@@ -484,21 +472,25 @@ async def _begin_immediate(driver: sqlite3.Connection) -> None:
     """`_begin_sqlite_writer` on the loop itself (`Store._sqlite_write`)."""
     deadline = time.monotonic() + SQLITE_LOCK_WAIT_SECONDS
     pause = 0.001
-    while True:
-        try:
-            driver.execute("BEGIN IMMEDIATE")
-            return
-        except sqlite3.OperationalError as exc:
-            if "locked" not in str(exc):
-                raise Unavailable(
-                    "the store cannot be reached", reason="STORE_UNAVAILABLE"
-                ) from exc
-            if time.monotonic() > deadline:
-                raise Unavailable(
-                    "the store is locked by another process", reason="STORE_BUSY"
-                ) from exc
+    while not _began_immediate(driver, deadline):
         await asyncio.sleep(pause)
         pause = min(pause * 2, 0.05)
+
+
+def _began_immediate(driver: sqlite3.Connection, deadline: float) -> bool:
+    """One BEGIN IMMEDIATE: True when it took the write lock, False while another
+    process holds it (try again), UNAVAILABLE past ``deadline`` or on any other error."""
+    try:
+        driver.execute("BEGIN IMMEDIATE")
+        return True
+    except sqlite3.OperationalError as exc:
+        if "locked" not in str(exc):
+            raise Unavailable("the store cannot be reached", reason="STORE_UNAVAILABLE") from exc
+        if time.monotonic() > deadline:
+            raise Unavailable(
+                "the store is locked by another process", reason="STORE_BUSY"
+            ) from exc
+        return False
 
 
 def _connect_hot(path: str) -> sqlite3.Connection:
