@@ -9,6 +9,7 @@ import pytest
 from sqlalchemy import func, inspect, select, text
 from sqlalchemy.exc import IntegrityError
 
+from gateway.core.errors import Unavailable
 from gateway.store import Store, create_store, migrate
 from gateway.store.migrate import current_revision, downgrade
 from gateway.store.schema import metadata
@@ -446,6 +447,91 @@ async def test_a_cancelled_sqlite_write_rolls_back_and_the_next_commits(tmp_path
             assert (await conn.execute(text("SELECT x FROM t"))).scalars().all() == [2]
     finally:
         await store.close()
+
+
+async def test_sqlite_reads_reuse_kept_reader_connections(tmp_path: object) -> None:
+    """A read takes a kept reader connection and gives it back (`_sqlite_read`): the next
+    read runs on the same one; two reads open at once each have their own."""
+    store = create_store(f"sqlite:///{tmp_path}/readers.db")
+    try:
+        async with store.read() as conn:
+            first = conn.sync_connection
+        async with store.read() as conn:
+            assert conn.sync_connection is first
+            async with store.read() as other:  # open at the same time: another one
+                assert other.sync_connection is not first
+            second = other.sync_connection
+        # `run_read` as well, on one of the two kept.
+        assert await store.run_read(lambda c: c) in {first, second}
+    finally:
+        await store.close()
+
+
+async def test_concurrent_sqlite_reads_each_keep_their_snapshot_across_a_write(
+    tmp_path: object,
+) -> None:
+    """Two read transactions open at once on kept reader connections: each sees the
+    database as of its first statement, while a write commits between their
+    statements (WAL: the write does not wait for them); a read begun after it sees it."""
+    store = create_store(f"sqlite:///{tmp_path}/snapshots.db")
+    count = text("SELECT count(*) FROM t")
+    try:
+        async with store.write() as conn:
+            await conn.execute(text("CREATE TABLE t (x INTEGER)"))
+            await conn.execute(text("INSERT INTO t VALUES (1)"))
+        async with store.read() as one:
+            assert (await one.execute(count)).scalar() == 1
+            async with store.write() as conn:
+                await conn.execute(text("INSERT INTO t VALUES (2)"))
+            async with store.read() as two:
+                assert (await two.execute(count)).scalar() == 2
+                async with store.write() as conn:
+                    await conn.execute(text("INSERT INTO t VALUES (3)"))
+                assert (await one.execute(count)).scalar() == 1
+                assert (await two.execute(count)).scalar() == 2
+        async with store.read() as conn:
+            assert (await conn.execute(count)).scalar() == 3
+    finally:
+        await store.close()
+
+
+async def test_a_failed_sqlite_read_rolls_back_and_the_next_read_works(tmp_path: object) -> None:
+    """A read the database fails is rolled back and its connection closed, not kept; a
+    read that raises an error of its own is rolled back and its connection kept; the
+    next read works either way, in a fresh transaction."""
+    store = create_store(f"sqlite:///{tmp_path}/failed.db")
+    try:
+        async with store.write() as conn:
+            await conn.execute(text("CREATE TABLE t (x INTEGER)"))
+        with pytest.raises(Unavailable):  # the database's own error, as the store says it
+            async with store.read() as conn:
+                failed = conn.sync_connection
+                await conn.execute(text("SELECT nothing FROM nowhere"))
+        assert failed is not None
+        assert failed.closed
+        with pytest.raises(LookupError):
+            async with store.read() as conn:
+                kept = conn.sync_connection
+                assert kept is not failed
+                await conn.execute(text("SELECT count(*) FROM t"))
+                raise LookupError("not found")
+        async with store.write() as conn:
+            await conn.execute(text("INSERT INTO t VALUES (1)"))
+        async with store.read() as conn:
+            assert conn.sync_connection is kept
+            assert (await conn.execute(text("SELECT count(*) FROM t"))).scalar() == 1
+    finally:
+        await store.close()
+
+
+async def test_closing_the_store_closes_its_reader_connections(tmp_path: object) -> None:
+    store = create_store(f"sqlite:///{tmp_path}/close.db")
+    async with store.read() as one, store.read() as two:
+        pass
+    readers = [one.sync_connection, two.sync_connection]
+    assert all(c is not None and not c.closed for c in readers)
+    await store.close()
+    assert all(c is not None and c.closed for c in readers)
 
 
 @pytest.fixture
