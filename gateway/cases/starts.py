@@ -26,6 +26,7 @@ from gateway.cases.incidents import Incidents
 from gateway.core.errors import CoopgateError
 from gateway.store import Store
 from gateway.store.schema import cases, workflow_starts
+from gateway.store.statements import execute
 
 log = logging.getLogger(__name__)
 
@@ -35,6 +36,10 @@ SWEEP_BATCH = 200
 #: in one statement): well within ``grace``, so that other processes' sweeps do not
 #: make those starts again.
 FLUSH_SECONDS = 1.0
+
+
+#: A start to make, noted in the transaction that opens the case: built once.
+_RECORD = insert(workflow_starts)
 
 
 class WorkflowStarts:
@@ -51,7 +56,7 @@ class WorkflowStarts:
 
     async def record(self, conn: AsyncConnection, case_id: str, now: dt.datetime) -> None:
         """In the transaction that opens ``case_id``: its workflow is to be started."""
-        await conn.execute(insert(workflow_starts).values(case_id=case_id, created_at=now))
+        await execute(conn, _RECORD, {"case_id": case_id, "created_at": now})
 
     def started(self, case_id: str) -> None:
         """The workflow of ``case_id`` was started: its row goes within ``FLUSH_SECONDS``."""

@@ -20,11 +20,18 @@ from gateway.core.errors import InvalidArgument
 from gateway.crypto.sealing import Erased, Sealer, subject_key_name
 from gateway.store import Store
 from gateway.store.schema import subject_keys, subject_links, subjects
-from gateway.store.statements import driver_statement
+from gateway.store.statements import driver_statement, execute
 
 
 def _now() -> dt.datetime:
     return dt.datetime.now(dt.UTC)
+
+
+#: The subject a partner's local id (its keyed hash) is linked to: built once.
+_LINKED = select(subject_links.c.subject_id).where(
+    subject_links.c.partner_id == bindparam("partner"),
+    subject_links.c.local_hash == bindparam("local_hash"),
+)
 
 
 def _aad(subject_id: str, partner_id: str) -> str:
@@ -46,12 +53,7 @@ class LocalIds:
         """The internal subject a partner's local customer id maps to (created on first sight)."""
         local_hash = self.store.local_ids.digest(partner_id, local_id)
         existing = (
-            await conn.execute(
-                select(subject_links.c.subject_id).where(
-                    subject_links.c.partner_id == partner_id,
-                    subject_links.c.local_hash == local_hash,
-                )
-            )
+            await execute(conn, _LINKED, {"partner": partner_id, "local_hash": local_hash})
         ).scalar()
         if existing is not None:
             return str(existing)
@@ -71,12 +73,7 @@ class LocalIds:
         conn: AsyncConnection, partner_id: str, local_hash: bytes
     ) -> str | None:
         found = (
-            await conn.execute(
-                select(subject_links.c.subject_id).where(
-                    subject_links.c.partner_id == partner_id,
-                    subject_links.c.local_hash == local_hash,
-                )
-            )
+            await execute(conn, _LINKED, {"partner": partner_id, "local_hash": local_hash})
         ).scalar()
         return str(found) if found is not None else None
 

@@ -56,6 +56,11 @@ _DROP_OWNERS = delete(case_participants).where(
     ),
 )
 _ADD_PARTICIPANTS = insert(case_participants)
+#: The recorded decision's event (`_explained_to`, in every offer).
+_DECISION_EVENT = select(case_events).where(
+    case_events.c.case_id == bindparam("case"),
+    case_events.c.dedup_key == bindparam("dedup"),
+)
 
 
 def _decision_proto(
@@ -179,11 +184,8 @@ class OwnershipActivities:
         it cites decided (and audited) by the consent rules for the offer's purpose."""
         decision = request.decision
         row = (
-            await conn.execute(
-                select(case_events).where(
-                    case_events.c.case_id == case.case_id,
-                    case_events.c.dedup_key == decision.decision_id,
-                )
+            await execute(
+                conn, _DECISION_EVENT, {"case": case.case_id, "dedup": decision.decision_id}
             )
         ).first()
         derived = None
