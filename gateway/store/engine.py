@@ -54,7 +54,7 @@ _SQLITE_BUSY_MS = 20
 _DRIVER_POOL_WAIT_SECONDS = 30.0
 #: SQLite file: how many idle reader connections the store keeps (`_sqlite_read`); a
 #: read beyond them takes one from the pool and gives it back when done. Kept few, so
-#: that the pool's other users (migrations, the audit's statement reads) still find one.
+#: that whatever else takes a connection of the pool (migrations) still finds one.
 SQLITE_READERS_KEPT = 8
 
 
