@@ -1,102 +1,55 @@
-"""The store's engine: async SQLAlchemy over SQLite (embedded) or PostgreSQL.
-
-SQLite is set up for a server: foreign keys on, WAL, ``synchronous=NORMAL``,
-and ``BEGIN IMMEDIATE`` for writers so two writers queue at the start of their
-transactions instead of failing half-way. Statements run inline on the event
-loop (`inline_sqlite`), so nothing may wait inside SQLite: writers of this
-process queue on an asyncio lock, and a write lock held by another process is
-retried with asynchronous back-off (SQLite's own busy handler would block the
-loop); readers never wait for writers in WAL mode.
-"""
+"""The store's engine: async SQLAlchemy over SQLite (embedded) or PostgreSQL. On a
+SQLite file, every write of the process runs on one kept writer connection and reads
+on kept reader connections (`sqlite_file` has the file's own mechanics)."""
 
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import sqlite3
-import threading
-import time
 from collections.abc import AsyncIterator, Callable, Mapping, Sequence
 from contextlib import asynccontextmanager
 from contextvars import ContextVar
 from typing import Any, Concatenate, ParamSpec, TypeVar
 
 import asyncpg
-from sqlalchemy import ClauseElement, Connection, Engine, create_engine, event
+from sqlalchemy import ClauseElement, Connection, Engine, create_engine
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import DBAPIError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
-from sqlalchemy.util import await_only, greenlet_spawn
+from sqlalchemy.util import greenlet_spawn
 
 from gateway.core.errors import Unavailable
+from gateway.store import sqlite_file
 from gateway.store.changes import Changes
 from gateway.store.failures import CONNECTION_LOST, store_errors
 from gateway.store.inline_sqlite import DRIVER as INLINE_DRIVER
 from gateway.store.localids import LocalIdIndex, NoLocalIdIndex
+from gateway.store.sqlite_file import (
+    WRITER,
+    WalCheckpointer,
+    begin_immediate,
+    begin_sqlite_writer,
+    configure_sqlite,
+    connect_hot,
+    retire,
+)
 from gateway.store.statements import driver_statement
 
 log = logging.getLogger(__name__)
 
-_WRITER = "coopgate_writer"
 #: The `Store.one_write` open in this context: its store, connection and task.
 _JOINED: ContextVar[tuple[Store, AsyncConnection, asyncio.Task[Any] | None] | None] = ContextVar(
     "coopgate_one_write", default=None
 )
 P = ParamSpec("P")
 T = TypeVar("T")
-#: How long a writer waits for another process's write lock before UNAVAILABLE.
-SQLITE_LOCK_WAIT_SECONDS = 10.0
-#: SQLite's own busy wait, which blocks the loop: only for the rare reader wait
-#: (WAL index recovery); writers' waits happen in `_begin_sqlite_writer`.
-_SQLITE_BUSY_MS = 20
 #: How long `fetch_alone` waits for a connection of its pool (PostgreSQL).
 _DRIVER_POOL_WAIT_SECONDS = 30.0
 #: SQLite file: how many idle reader connections the store keeps (`_sqlite_read`); a
 #: read beyond them takes one from the pool and gives it back when done. Kept few, so
 #: that whatever else takes a connection of the pool (migrations) still finds one.
 SQLITE_READERS_KEPT = 8
-
-
-class WalCheckpointer:
-    """Copies SQLite's write-ahead log back into the database from a thread of its own.
-
-    SQLite checkpoints in the committing connection by default, every 1000 log
-    pages; the store's connections run on the event loop, where that stalled
-    every reply for milliseconds (a 4-record audit commit: p50 0.3 ms, p99 4.9 ms,
-    max 13 ms). The store's connections turn that off, and this thread runs a
-    PASSIVE checkpoint (never waits for readers or writers) every ``interval``
-    on its own connection; sqlite3 releases the GIL while it works.
-    """
-
-    def __init__(self, path: str, interval: float = 0.2) -> None:
-        self.path = path
-        self.interval = interval
-        self.runs = 0
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, name="sqlite-wal-checkpoint", daemon=True)
-        self._thread.start()
-
-    def _run(self) -> None:
-        try:
-            conn = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
-        except sqlite3.Error:
-            log.exception("WAL checkpointer cannot open %s", self.path)
-            return
-        try:
-            conn.execute(f"PRAGMA busy_timeout={int(self.interval * 1000)}")
-            while not self._stop.wait(self.interval):
-                try:
-                    conn.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchall()
-                    self.runs += 1
-                except sqlite3.Error:  # busy, or the file went away: try again later
-                    log.debug("WAL checkpoint skipped", exc_info=True)
-        finally:
-            conn.close()
-
-    def stop(self) -> None:
-        self._stop.set()
-        self._thread.join()
 
 
 #: Attempts of `Store.truncate_wal` (about 2.5 s of backing off in all).
@@ -187,7 +140,9 @@ class Store:
             await self._write_lock.acquire()
         else:
             try:
-                await asyncio.wait_for(self._write_lock.acquire(), SQLITE_LOCK_WAIT_SECONDS)
+                await asyncio.wait_for(
+                    self._write_lock.acquire(), sqlite_file.SQLITE_LOCK_WAIT_SECONDS
+                )
             except TimeoutError:
                 raise Unavailable(
                     "the store is busy with another write", reason="STORE_BUSY"
@@ -213,7 +168,7 @@ class Store:
                 await self._retire_writer()
                 conn = await self.engine.connect()
                 try:
-                    conn = await conn.execution_options(**{_WRITER: True})
+                    conn = await conn.execution_options(**{WRITER: True})
                 except BaseException:
                     await conn.close()
                     raise
@@ -223,7 +178,7 @@ class Store:
             try:
                 driver = sync.connection.driver_connection
                 assert isinstance(driver, sqlite3.Connection)
-                await _begin_immediate(driver)
+                await begin_immediate(driver)
                 transaction = sync.begin()  # the "begin" event emits nothing for writers
             except BaseException:
                 await self._retire_writer()
@@ -251,7 +206,7 @@ class Store:
         nothing needs resetting)."""
         conn, self._writer = self._writer, None
         if conn is not None:
-            await _retire(conn)
+            await retire(conn)
 
     @asynccontextmanager
     async def _sqlite_read(self) -> AsyncIterator[AsyncConnection]:
@@ -270,7 +225,7 @@ class Store:
             try:
                 transaction = sync.begin()  # the "begin" event emits BEGIN on the driver
             except BaseException:
-                await _retire(conn)
+                await retire(conn)
                 raise
             try:
                 yield conn
@@ -285,7 +240,7 @@ class Store:
             try:
                 transaction.commit()
             except BaseException:
-                await _retire(conn)
+                await retire(conn)
                 raise
             await self._return_reader(conn, True)
 
@@ -303,16 +258,16 @@ class Store:
             if isinstance(driver, sqlite3.Connection) and not driver.in_transaction:
                 self._readers.append(conn)
                 return
-        await _retire(conn)
+        await retire(conn)
 
     @asynccontextmanager
     async def _transaction(self, *, writer: bool) -> AsyncIterator[AsyncConnection]:
         with store_errors():
             async with self._connection() as conn:
                 if writer:
-                    conn = await conn.execution_options(**{_WRITER: True})
+                    conn = await conn.execution_options(**{WRITER: True})
                     if self.is_sqlite:
-                        await conn.run_sync(_begin_sqlite_writer)
+                        await conn.run_sync(begin_sqlite_writer)
                 with self.changes.collecting(conn, writer) as changed:
                     async with conn.begin():
                         yield conn
@@ -345,7 +300,7 @@ class Store:
         if self.is_sqlite and self._path is not None:
             try:
                 if self._hot is None:
-                    self._hot = _connect_hot(self._path)
+                    self._hot = connect_hot(self._path)
                 return self._hot.execute(compiled.sql, values).fetchall()
             except sqlite3.Error as exc:
                 raise Unavailable(
@@ -444,9 +399,9 @@ class Store:
     ) -> T:
         with self.engine.sync_engine.connect() as conn:
             if writer:
-                conn = conn.execution_options(**{_WRITER: True})
+                conn = conn.execution_options(**{WRITER: True})
                 if self.is_sqlite:
-                    _begin_sqlite_writer(conn)
+                    begin_sqlite_writer(conn)
             with self.changes.collecting(conn, writer) as changed, conn.begin():
                 result = fn(conn, *args, **kwargs)
                 self.changes.publish_sync(conn, changed)
@@ -481,7 +436,7 @@ class Store:
             return True
 
         def checkpoint() -> bool:
-            conn = _connect_hot(path)
+            conn = connect_hot(path)
             try:
                 busy = conn.execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchone()[0]
                 return bool(busy == 0)
@@ -501,7 +456,7 @@ class Store:
         await self._retire_writer()
         readers, self._readers = self._readers, []
         for conn in readers:
-            await _retire(conn)
+            await retire(conn)
         if self._hot is not None:
             self._hot.close()
             self._hot = None
@@ -514,66 +469,6 @@ class Store:
         await self.engine.dispose()
         if self._scans is not None:
             self._scans.dispose()
-
-
-async def _retire(conn: AsyncConnection) -> None:
-    """Close a kept SQLite connection (the writer, a reader) back to its pool, rolling
-    back on the driver whatever SQLite transaction is left open."""
-    sync = conn.sync_connection
-    with contextlib.suppress(Exception):
-        if sync is not None and not sync.invalidated:
-            driver = sync.connection.driver_connection
-            if isinstance(driver, sqlite3.Connection) and driver.in_transaction:
-                driver.rollback()
-    with contextlib.suppress(Exception):
-        await conn.close()
-
-
-def _begin_sqlite_writer(conn: Connection) -> None:
-    """Take the write lock with BEGIN IMMEDIATE, backing off asynchronously while
-    another process holds it (SQLAlchemy's ``begin`` then adopts the transaction:
-    the "begin" event emits nothing for writers, and the driver's commit and
-    rollback end whatever transaction the connection is in). Runs in SQLAlchemy's
-    greenlet, whose awaits suspend the calling task, not the loop."""
-    dbapi = conn.connection.driver_connection
-    assert dbapi is not None
-    deadline = time.monotonic() + SQLITE_LOCK_WAIT_SECONDS
-    pause = 0.001
-    while not _began_immediate(dbapi, deadline):
-        await_only(asyncio.sleep(pause))
-        pause = min(pause * 2, 0.05)
-
-
-async def _begin_immediate(driver: sqlite3.Connection) -> None:
-    """`_begin_sqlite_writer` on the loop itself (`Store._sqlite_write`)."""
-    deadline = time.monotonic() + SQLITE_LOCK_WAIT_SECONDS
-    pause = 0.001
-    while not _began_immediate(driver, deadline):
-        await asyncio.sleep(pause)
-        pause = min(pause * 2, 0.05)
-
-
-def _began_immediate(driver: sqlite3.Connection, deadline: float) -> bool:
-    """One BEGIN IMMEDIATE: True when it took the write lock, False while another
-    process holds it (try again), UNAVAILABLE past ``deadline`` or on any other error."""
-    try:
-        driver.execute("BEGIN IMMEDIATE")
-        return True
-    except sqlite3.OperationalError as exc:
-        if "locked" not in str(exc):
-            raise Unavailable("the store cannot be reached", reason="STORE_UNAVAILABLE") from exc
-        if time.monotonic() > deadline:
-            raise Unavailable(
-                "the store is locked by another process", reason="STORE_BUSY"
-            ) from exc
-        return False
-
-
-def _connect_hot(path: str) -> sqlite3.Connection:
-    conn = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
-    conn.execute(f"PRAGMA busy_timeout={_SQLITE_BUSY_MS}")
-    conn.execute("PRAGMA secure_delete=ON")
-    return conn
 
 
 def create_store(url: str, *, pool_size: int = 32, **engine_kwargs: Any) -> Store:
@@ -591,38 +486,13 @@ def create_store(url: str, *, pool_size: int = 32, **engine_kwargs: Any) -> Stor
         # Any sqlite URL runs on the inline driver (see inline_sqlite).
         parsed = parsed.set(drivername=f"sqlite+{INLINE_DRIVER}")
         engine = create_async_engine(parsed, **engine_kwargs)
-        _configure_sqlite(engine.sync_engine)
+        configure_sqlite(engine.sync_engine)
         # Long scans run on a thread of their own, on plain pysqlite connections.
         scans = create_engine(parsed.set(drivername="sqlite+pysqlite"), pool_size=2)
-        _configure_sqlite(scans)
+        configure_sqlite(scans)
         return Store(engine, scans)
     # No ping before each checkout: it was one of a proof's two round trips and two of
     # a view's. A connection the server dropped fails its statement instead, which the
     # store reports as UNAVAILABLE (clients retry those) while SQLAlchemy invalidates
     # the pool, so the retry gets a fresh connection.
     return Store(create_async_engine(url, **engine_kwargs), driver_pool_size=pool_size)
-
-
-def _configure_sqlite(sync_engine: Engine) -> None:
-    @event.listens_for(sync_engine, "connect")
-    def _on_connect(dbapi_connection: Any, _record: Any) -> None:
-        # Let the "begin" event below emit BEGIN itself (writers: `_begin_sqlite_writer`).
-        dbapi_connection.isolation_level = None
-        cursor = dbapi_connection.cursor()
-        for pragma in (
-            "PRAGMA foreign_keys=ON",
-            "PRAGMA journal_mode=WAL",
-            "PRAGMA synchronous=NORMAL",
-            "PRAGMA wal_autocheckpoint=0",  # WalCheckpointer does it off the loop
-            f"PRAGMA busy_timeout={_SQLITE_BUSY_MS}",
-            # Deleted rows are overwritten with zeros, not left in free space (issue 18).
-            "PRAGMA secure_delete=ON",
-        ):
-            cursor.execute(pragma)
-        cursor.close()
-
-    @event.listens_for(sync_engine, "begin")
-    def _on_begin(conn: Any) -> None:
-        if not conn.get_execution_options().get(_WRITER, False):
-            # Straight to the driver: an execution through SQLAlchemy costs more than BEGIN.
-            conn.connection.driver_connection.execute("BEGIN")
