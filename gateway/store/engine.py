@@ -20,12 +20,12 @@ from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_en
 from sqlalchemy.util import greenlet_spawn
 
 from gateway.core.errors import Unavailable
-from gateway.store import sqlite_file
 from gateway.store.changes import Changes
 from gateway.store.failures import CONNECTION_LOST, store_errors
 from gateway.store.inline_sqlite import DRIVER as INLINE_DRIVER
 from gateway.store.localids import LocalIdIndex, NoLocalIdIndex
 from gateway.store.sqlite_file import (
+    SQLITE_LOCK_WAIT_SECONDS,
     WRITER,
     WalCheckpointer,
     begin_immediate,
@@ -140,9 +140,7 @@ class Store:
             await self._write_lock.acquire()
         else:
             try:
-                await asyncio.wait_for(
-                    self._write_lock.acquire(), sqlite_file.SQLITE_LOCK_WAIT_SECONDS
-                )
+                await asyncio.wait_for(self._write_lock.acquire(), SQLITE_LOCK_WAIT_SECONDS)
             except TimeoutError:
                 raise Unavailable(
                     "the store is busy with another write", reason="STORE_BUSY"

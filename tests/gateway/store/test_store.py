@@ -178,9 +178,10 @@ async def test_a_sqlite_writer_gives_up_as_unavailable_when_the_lock_is_never_re
     import pytest
 
     from gateway.core.errors import Unavailable
-    from gateway.store import sqlite_file
+    from gateway.store import engine, sqlite_file
 
     assert isinstance(monkeypatch, pytest.MonkeyPatch)
+    monkeypatch.setattr(engine, "SQLITE_LOCK_WAIT_SECONDS", 0.2)
     monkeypatch.setattr(sqlite_file, "SQLITE_LOCK_WAIT_SECONDS", 0.2)
     path = f"{tmp_path}/stuck.db"
     store = create_store(f"sqlite:///{path}")
@@ -340,9 +341,10 @@ async def test_a_write_awaited_inside_another_write_fails_instead_of_hanging(
     import pytest
 
     from gateway.core.errors import Unavailable
-    from gateway.store import sqlite_file
+    from gateway.store import engine, sqlite_file
 
     assert isinstance(monkeypatch, pytest.MonkeyPatch)
+    monkeypatch.setattr(engine, "SQLITE_LOCK_WAIT_SECONDS", 0.2)
     monkeypatch.setattr(sqlite_file, "SQLITE_LOCK_WAIT_SECONDS", 0.2)
     store = create_store(f"sqlite:///{tmp_path}/nested.db")
     try:
