@@ -18,8 +18,7 @@ from temporalio.client import (
 from temporalio.common import WorkflowIDConflictPolicy, WorkflowIDReusePolicy
 from temporalio.exceptions import WorkflowAlreadyStartedError
 from temporalio.service import RPCError, RPCStatusCode
-from temporalio.worker import Worker
-from temporalio.worker.workflow_sandbox import SandboxedWorkflowRunner, SandboxRestrictions
+from temporalio.worker import UnsandboxedWorkflowRunner, Worker
 
 from gateway.core.caller import time_left
 from gateway.core.errors import FailedPrecondition, InvalidArgument, Unavailable
@@ -100,6 +99,10 @@ class TemporalIncidents:
                 task_queue=self._task_queue,
                 id_reuse_policy=WorkflowIDReusePolicy.REJECT_DUPLICATE,
                 id_conflict_policy=WorkflowIDConflictPolicy.USE_EXISTING,
+                # The first workflow task comes back in the start's own answer when this
+                # process's worker polls the queue (the embedded stack); elsewhere the
+                # server ignores the request and the task is polled as usual.
+                request_eager_start=True,
             )
         except WorkflowAlreadyStartedError:
             return  # already ran to completion: nothing to start again
@@ -219,17 +222,19 @@ def worker_options(*workflow_modules: str) -> dict[str, Any]:
     """The worker's settings for workflows defined in ``workflow_modules``; the incident
     benchmark's bare worker runs under the same, for its own module.
 
-    The sandbox imports a workflow's modules afresh for every workflow it starts, and
-    compiles them from source where no bytecode is cached (PYTHONDONTWRITEBYTECODE):
-    36% of the embedded stack's busy time under the incident benchmark. Ours are
-    deterministic and import nothing but temporalio and the standard library, with no
-    side effects (tests/test_import_direction.py), so they are imported once per process
-    and passed through. The sandbox still runs each workflow in its own context; what it
-    no longer sees is a non-deterministic call made from these modules' own globals
-    (``datetime.now``): the replay tests on recorded histories catch those."""
-    restrictions = SandboxRestrictions.default.with_passthrough_modules(*workflow_modules)
+    Workflows run outside Temporal's sandbox. The sandbox used to import a workflow's
+    modules afresh for every workflow it started (36% of the embedded stack's busy time
+    under the incident benchmark), so ours were passed through it; from then on it no
+    longer saw what our own modules called, and what it still cost was its own: entering
+    its context for every activation and every payload it converted, and proxying the
+    builtins: 44% of the workflow worker's busy samples, 6% of the process's, in
+    py-spy's profile of `coopgate up` under the incident benchmark. What it guarded is guarded by tests instead: workflow modules
+    import only temporalio, themselves and a short list of the standard library, and
+    call no clock, I/O or hash of their own (tests/workflows/test_determinism.py); the
+    replay tests on recorded histories check that the code takes the recorded path."""
+    del workflow_modules  # kept for the callers: the runner no longer needs them
     return {
-        "workflow_runner": SandboxedWorkflowRunner(restrictions=restrictions),
+        "workflow_runner": UnsandboxedWorkflowRunner(),
         # A workflow task runs its local activities (the store writes of a coarse run)
         # before it completes, within its 10 s timeout. With the SDK's default of 100 in
         # flight, 100 incidents opened at once had their tasks queue for the store and the
