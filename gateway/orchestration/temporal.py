@@ -228,10 +228,11 @@ def worker_options(*workflow_modules: str) -> dict[str, Any]:
     longer saw what our own modules called, and what it still cost was its own: entering
     its context for every activation and every payload it converted, and proxying the
     builtins: 44% of the workflow worker's busy samples, 6% of the process's, in
-    py-spy's profile of `coopgate up` under the incident benchmark. What it guarded is guarded by tests instead: workflow modules
-    import only temporalio, themselves and a short list of the standard library, and
-    call no clock, I/O or hash of their own (tests/workflows/test_determinism.py); the
-    replay tests on recorded histories check that the code takes the recorded path."""
+    py-spy's profile of `coopgate up` under the incident benchmark. What it guarded is
+    guarded by tests instead: workflow modules import only temporalio, themselves and a
+    short list of the standard library, and call no clock, I/O or hash of their own
+    (tests/workflows/test_determinism.py); the replay tests on recorded histories check
+    that the code takes the recorded path."""
     del workflow_modules  # kept for the callers: the runner no longer needs them
     return {
         "workflow_runner": UnsandboxedWorkflowRunner(),
