@@ -50,7 +50,7 @@ def violations(source: str) -> list[str]:
         for name in names:
             top = name.split(".")[0]
             if top not in {"temporalio", "workflows"} and name not in ALLOWED_STDLIB:
-                found.append(f"line {node.lineno}: imports {name}")
+                found.append(f"line {getattr(node, 'lineno', '?')}: imports {name}")
         if isinstance(node, ast.Call):
             func = node.func
             if (
