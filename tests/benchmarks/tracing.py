@@ -29,13 +29,15 @@ for the incident in the median run, not at 16 callers.
 Then the store's exporter was made cheaper (rows without a key-by-key copy of the
 attributes, no index on every span's trace id nor on its end): its thread's CPU per
 view call at 16 callers, read from /proc per thread, went from 25 µs to 17-18 µs
-(2 interleaved pairs, load 6-10). The whole benchmark, 5 runs of the code before
-interleaved with 5 after (load 4-10, other sessions' benchmarks), could not tell them
-apart: before, 1 caller CPU +26.1% (+6.5..+36.4%), throughput -19.9% (-27.8..-0.4%),
-16 callers CPU +14.2% (+6.7..+49.0%), throughput -15.0% (-25.4..-3.9%), incident
-+8.9% (+2.3..+27.6%); after, 1 caller +14.3% (+6.2..+24.1%), -12.6% (-19.2..-6.4%),
-16 callers +24.6% (+8.3..+58.0%), -16.1% (-43.3..-2.3%), incident +13.2% (-1.5..
-+56.9%): the same code's on/off ratios swung by 20-50 points between runs there.
+(2 interleaved pairs, load 6-10). The whole benchmark, 7 runs of the code before
+interleaved with 7 after (load 3-12, other sessions' benchmarks), could not tell them
+apart: before, 1 caller CPU +29.6% (+6.5..+40.8%), throughput -22.4% (-28.5..-0.4%),
+16 callers CPU +12.6% (+1.6..+49.0%), throughput -13.0% (-25.4..+9.0%), incident
++8.9% (+2.3..+27.6%); after, 1 caller +14.3% (+6.2..+32.7%), -12.6% (-26.8..+0.8%),
+16 callers +24.6% (+8.3..+58.0%), -16.1% (-43.3..-2.3%), incident +15.8% (-1.5..
++66.0%): each median within the other's range, the same code's ratios swinging by
+20-50 points between runs there.
+
 What tracing costs per view call at 16 callers, timed in the gateway under that load
 (thread CPU around each piece): the SDK's `start_span` about 43 µs, `Span.end` 12, the
 two attributes the interceptor sets 9, the batched histogram records 12, the cyclic
