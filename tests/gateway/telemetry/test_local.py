@@ -96,4 +96,92 @@ def test_a_store_in_the_first_layout_keeps_its_spans(tmp_path: Path) -> None:
     indexes = {r[0] for r in db.execute("SELECT name FROM sqlite_master WHERE tbl_name = 'spans'")}
     db.close()
     assert "WITHOUT ROWID" not in layout
-    assert {"spans_trace", "spans_case", "spans_end"} <= indexes
+    assert indexes == {"spans", "spans_case", "spans_caseless"}
+
+
+def _row(
+    name: str, end_ns: int, case_id: str | None, trace_id: str = "a" * 32
+) -> tuple[object, ...]:
+    return (
+        trace_id,
+        name[:16].ljust(16, "0"),
+        None,
+        name,
+        "INTERNAL",
+        end_ns - 1,
+        end_ns,
+        "UNSET",
+        case_id,
+        "{}",
+    )
+
+
+def test_the_retention_sweep_takes_the_spans_that_ended_before_it_and_no_other(
+    tmp_path: Path,
+) -> None:
+    hour = 3600 * 10**9
+    now = time.time_ns()
+    store = LocalTelemetry(tmp_path / "telemetry.db", retention_hours=1)
+    store._last_sweep = -1e9  # the next write sweeps
+    # In the order they are exported: by their end, give or take a batch.
+    store.write_spans(
+        [
+            _row("old-1", now - 3 * hour, "case-1"),
+            _row("old-2", now - 2 * hour, "case-1"),
+            _row("kept-1", now - hour // 2, "case-1"),
+            _row("old-late", now - 2 * hour, "case-1"),  # exported after a younger one
+            _row("kept-2", now, "case-1"),
+        ]
+    )
+    assert [s.name for s in store.case_trace("case-1")] == ["old-late", "kept-1", "kept-2"]
+    store._last_sweep = -1e9
+    store.write_spans([_row("kept-3", now, "case-1")])
+    assert [s.name for s in store.case_trace("case-1")] == [
+        "old-late",
+        "kept-1",
+        "kept-2",
+        "kept-3",
+    ]
+
+    store._retention_ns = 0  # everything ended before now: every row goes
+    store._last_sweep = -1e9
+    store.write_spans([])
+    assert store.case_trace("case-1") == []
+    store.close()
+
+
+def test_a_case_trace_leaves_out_the_spans_of_other_cases_in_its_traces(tmp_path: Path) -> None:
+    now = time.time_ns()
+    store = LocalTelemetry(tmp_path / "telemetry.db")
+    store.write_spans(
+        [
+            _row("partner-job", now, None),
+            _row("view-1", now + 1, "case-1"),
+            _row("view-2", now + 2, "case-2"),
+            _row("elsewhere", now + 3, None, trace_id="b" * 32),
+        ]
+    )
+    assert [s.name for s in store.case_trace("case-1")] == ["partner-job", "view-1"]
+    assert [s.name for s in store.case_trace("case-2")] == ["partner-job", "view-2"]
+    store.close()
+
+
+def test_a_store_indexed_by_every_span_s_trace_drops_those_indexes(tmp_path: Path) -> None:
+    path = tmp_path / "telemetry.db"
+    store = LocalTelemetry(path)
+    store.write_spans([_row("root", time.time_ns(), "case-1")])
+    store.close()
+    db = sqlite3.connect(path)
+    db.execute("DROP INDEX spans_caseless")
+    db.execute("CREATE INDEX spans_trace ON spans (trace_id)")
+    db.execute("CREATE INDEX spans_end ON spans (end_ns)")
+    db.commit()
+    db.close()
+
+    store = LocalTelemetry(path)
+    assert [s.name for s in store.case_trace("case-1")] == ["root"]
+    store.close()
+    db = sqlite3.connect(path)
+    indexes = {r[0] for r in db.execute("SELECT name FROM sqlite_master WHERE tbl_name = 'spans'")}
+    db.close()
+    assert indexes == {"spans", "spans_case", "spans_caseless"}
