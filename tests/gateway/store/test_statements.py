@@ -1,18 +1,30 @@
 """`statements.execute`: the hot statements' fast path answers exactly as SQLAlchemy's
 own execution does (dates converted both ways, RETURNING, rowcount, errors), on every
-backend (on SQLite it bypasses SQLAlchemy; elsewhere it is SQLAlchemy)."""
+backend: on SQLite (the inline driver) and PostgreSQL (asyncpg) it bypasses SQLAlchemy's
+execution and runs on the transaction's own driver connection."""
 
 from __future__ import annotations
 
 import datetime as dt
 
 import pytest
-from sqlalchemy import bindparam, insert, select, update
-from sqlalchemy.exc import IntegrityError
+from sqlalchemy import (
+    Connection,
+    Float,
+    Numeric,
+    bindparam,
+    cast,
+    insert,
+    select,
+    type_coerce,
+    update,
+)
+from sqlalchemy.exc import DBAPIError, IntegrityError
 
+from gateway.core.errors import Unavailable
 from gateway.store import Store
-from gateway.store.schema import partners
-from gateway.store.statements import MAX_EXPANDED, execute
+from gateway.store.schema import partners, subject_links
+from gateway.store.statements import MAX_EXPANDED, Rows, driver_statement, execute, execute_in
 
 _BY_ID = select(partners).where(partners.c.partner_id == bindparam("pid"))
 _RENAME = (
@@ -54,9 +66,128 @@ async def test_a_conflict_is_sqlalchemys_integrity_error(store: Store) -> None:
     row = {"pid": "st-c", "name": "C", "kind": 1, "at": AT}
     async with store.write() as conn:
         await execute(conn, _ADD, row)
-    with pytest.raises(IntegrityError):
+    with pytest.raises(IntegrityError) as ours:
         async with store.write() as conn:
             await execute(conn, _ADD, row)
+    with pytest.raises(IntegrityError) as theirs:
+        async with store.write() as conn:
+            await conn.execute(_ADD, row)
+    _same_error(ours.value, theirs.value)
+
+
+_LINK = insert(subject_links).values(
+    partner_id=bindparam("pid"),
+    local_hash=bindparam("hash"),
+    sealed_local_id=bindparam("sealed"),
+    subject_id=bindparam("sid"),
+    linked_at=bindparam("at"),
+)
+
+
+async def test_a_missing_reference_is_sqlalchemys_integrity_error(store: Store) -> None:
+    row = {"pid": "st-nobody", "hash": b"h", "sealed": b"s", "sid": "st-none", "at": AT}
+    with pytest.raises(IntegrityError) as ours:
+        async with store.write() as conn:
+            await execute(conn, _LINK, row)
+    with pytest.raises(IntegrityError) as theirs:
+        async with store.write() as conn:
+            await conn.execute(_LINK, row)
+    _same_error(ours.value, theirs.value)
+
+
+def _same_error(ours: DBAPIError, theirs: DBAPIError) -> None:
+    """What callers and `store_errors` read of SQLAlchemy's error: its class, the
+    driver's error under it (and on asyncpg that one's cause and SQLSTATE)."""
+    assert type(ours) is type(theirs)
+    assert type(ours.orig) is type(theirs.orig)
+    assert ours.orig is not None
+    assert theirs.orig is not None
+    assert type(ours.orig.__cause__) is type(theirs.orig.__cause__)
+    assert getattr(ours.orig, "sqlstate", None) == getattr(theirs.orig, "sqlstate", None)
+    assert ours.connection_invalidated is theirs.connection_invalidated is False
+
+
+async def test_the_driver_runs_them_in_the_callers_transaction(store: Store) -> None:
+    """The driver's statements and SQLAlchemy's share one transaction: each sees the
+    other's writes, and a rollback undoes both (on PostgreSQL the first statement, ours
+    or SQLAlchemy's, begins it)."""
+    row = {"pid": "st-t", "name": "T", "kind": 1, "at": AT}
+    with pytest.raises(LookupError):
+        async with store.write() as conn:
+            added = await execute(conn, _ADD, row)
+            assert isinstance(added, Rows)  # the driver's path, on every backend
+            assert (await conn.execute(_BY_ID, {"pid": "st-t"})).one().display_name == "T"
+            await conn.execute(_RENAME, {"pid": "st-t", "name": "U", "at": AT})
+            assert (await execute(conn, _BY_ID, {"pid": "st-t"})).one().display_name == "U"
+            raise LookupError
+    async with store.read() as conn:
+        assert (await execute(conn, _BY_ID, {"pid": "st-t"})).first() is None
+
+
+_NUMBERS = select(
+    cast(partners.c.kind, Numeric(10, 2)).label("exact"),
+    type_coerce(cast(partners.c.kind, Numeric(10, 2)), Float).label("approx"),
+).where(partners.c.partner_id == bindparam("pid"))
+
+
+async def test_numbers_convert_as_sqlalchemys(store: Store) -> None:
+    """A result's conversion can depend on the type the server sends (a NUMERIC read as
+    a Float): converted as SQLAlchemy's cursor does."""
+    async with store.write() as conn:
+        await execute(conn, _ADD, {"pid": "st-n", "name": "N", "kind": 3, "at": AT})
+        for _ in range(2):  # the conversions are found once, then kept
+            ours = (await execute(conn, _NUMBERS, {"pid": "st-n"})).one()
+            theirs = (await conn.execute(_NUMBERS, {"pid": "st-n"})).one()
+            assert tuple(ours) == tuple(theirs)
+            assert [type(v) for v in ours] == [type(v) for v in theirs]
+
+
+def _sync_reads(conn: Connection, pid: str) -> tuple[object, ...]:
+    ours = execute_in(conn, _BY_ID, {"pid": pid})
+    assert isinstance(ours, Rows)
+    raw = driver_statement(_BY_ID, conn.dialect).rows(conn, {"pid": pid})
+    theirs = conn.execute(_BY_ID, {"pid": pid}).one()
+    assert tuple(ours.one()) == tuple(theirs)
+    assert len(raw) == 1
+    assert raw[0][0] == pid
+    return tuple(theirs)
+
+
+def _sync_writes(conn: Connection, rows: list[dict[str, object]]) -> int:
+    execute_in(conn, _ADD, rows)
+    renamed = execute_in(
+        conn, _RENAME_IN, {"ids": [r["pid"] for r in rows], "of_kind": 1, "name": "s", "at": AT}
+    )
+    return renamed.rowcount
+
+
+async def test_synchronous_connections_take_the_driver_path_too(store: Store) -> None:
+    """`execute_in` and `DriverStatement.rows` inside `run_write`/`run_read`."""
+    rows = [{"pid": f"st-s{i}", "name": "S", "kind": 1, "at": AT} for i in range(3)]
+    assert await store.run_write(_sync_writes, rows) == 3
+    read = await store.run_read(_sync_reads, "st-s1")
+    assert read[:2] == ("st-s1", "s")
+
+
+async def test_a_lost_connection_is_unavailable_and_renewed(store: Store) -> None:
+    """The server ending the transaction's connection: the driver's error is SQLAlchemy's
+    (the connection invalidated), so the store says UNAVAILABLE and the next
+    transaction gets a fresh connection."""
+    if store.is_sqlite:
+        pytest.skip("a PostgreSQL server's connection")
+    with pytest.raises(Unavailable) as caught:
+        async with store.write() as conn:
+            pid = (await conn.exec_driver_sql("SELECT pg_backend_pid()")).scalar()
+            await store.fetch_alone("SELECT pg_terminate_backend($1)", [pid])
+            await execute(conn, _BY_ID, {"pid": "st-a"})
+    assert caught.value.reason == "STORE_UNAVAILABLE"
+    cause = caught.value.__cause__
+    assert isinstance(cause, DBAPIError)
+    assert cause.connection_invalidated
+    async with store.write() as conn:
+        await execute(conn, _ADD, {"pid": "st-l", "name": "L", "kind": 1, "at": AT})
+    async with store.read() as conn:
+        assert (await execute(conn, _BY_ID, {"pid": "st-l"})).one().display_name == "L"
 
 
 _IN = (
