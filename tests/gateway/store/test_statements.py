@@ -9,20 +9,23 @@ import datetime as dt
 
 import pytest
 from sqlalchemy import (
+    BigInteger,
     Connection,
     Float,
     Numeric,
     bindparam,
     cast,
+    column,
     insert,
     select,
+    text,
     type_coerce,
     update,
 )
 from sqlalchemy.exc import DBAPIError, IntegrityError
 
 from gateway.core.errors import Unavailable
-from gateway.store import Store
+from gateway.store import Store, create_store, migrate
 from gateway.store.schema import partners, subject_links
 from gateway.store.statements import MAX_EXPANDED, Rows, driver_statement, execute, execute_in
 
@@ -255,3 +258,42 @@ async def test_an_in_list_given_in_the_statement_takes_its_own_values(store: Sto
         ours = list((await execute(conn, _OF_KINDS, params)).scalars())
         theirs = (await conn.execute(_OF_KINDS, params)).scalars().all()
         assert ours == theirs == ["st-k1", "st-k3"]
+
+
+#: The transaction's id (assigned by asking): two statements of one transaction see one.
+_XID = text("SELECT txid_current() AS xid").columns(column("xid", BigInteger))
+
+
+async def test_postgresql_reads_run_in_autocommit_and_writes_in_one_transaction(
+    database_url: str,
+) -> None:
+    """A read on PostgreSQL sends no BEGIN or COMMIT (each statement is a transaction of
+    its own, as READ COMMITTED reads anyway); a write on the same connection afterwards
+    is one transaction again, and its rollback still undoes it."""
+    if not database_url.startswith("postgresql"):
+        pytest.skip("PostgreSQL's transactions")
+    store = create_store(database_url, pool_size=1)  # one connection, reads and writes
+    await migrate(store)
+    try:
+        for _ in range(2):
+            async with store.read() as conn:
+                xids = {(await execute(conn, _XID, {})).scalar()}
+                xids.add((await conn.execute(_XID)).scalar())
+            assert len(xids) == 2
+            assert len(await store.run_read(_sync_xids)) == 2
+            with pytest.raises(LookupError):
+                async with store.write() as conn:
+                    await execute(conn, _ADD, {"pid": "st-w", "name": "W", "kind": 1, "at": AT})
+                    xids = {(await execute(conn, _XID, {})).scalar()}
+                    xids.add((await conn.execute(_XID)).scalar())
+                    assert len(xids) == 1
+                    raise LookupError
+            assert len(await store.run_write(_sync_xids)) == 1
+        async with store.read() as conn:
+            assert (await execute(conn, _BY_ID, {"pid": "st-w"})).first() is None
+    finally:
+        await store.close()
+
+
+def _sync_xids(conn: Connection) -> set[object]:
+    return {execute_in(conn, _XID, {}).scalar() for _ in range(2)}
