@@ -38,21 +38,26 @@ class DriverStatement:
         """Run on ``conn`` (inside `Store.run_read`/`run_write`); on the inline SQLite
         driver and on asyncpg straight on its connection (no execution context or result
         object)."""
-        values = self.parameters(params)
-        if conn.dialect.driver == "asyncpg":
-            try:
-                records = await_only(_fetch_pg(conn, self.sql, values))
-            except BaseException as exc:
-                _raise_as_sqlalchemy(conn, exc, self.sql, values)
-            return [tuple(r) for r in records]
-        if conn.dialect.driver != "inline":
-            return [tuple(r) for r in conn.exec_driver_sql(self.sql, values)]
-        driver = conn.connection.driver_connection
-        assert isinstance(driver, sqlite3.Connection)
+        return driver_rows(conn, self.sql, self.parameters(params))
+
+
+def driver_rows(conn: Connection, sql: str, values: Sequence[object]) -> list[tuple[Any, ...]]:
+    """SQL text in the driver's paramstyle run on ``conn`` as `exec_driver_sql` would run
+    it (no conversions), straight on the inline SQLite or asyncpg connection."""
+    if conn.dialect.driver == "asyncpg":
         try:
-            return driver.execute(self.sql, values).fetchall()
-        except sqlite3.Error as exc:  # as SQLAlchemy raises it, for the callers' handlers
-            raise DBAPIError.instance(self.sql, values, exc, sqlite3.Error) from exc
+            records = await_only(_fetch_pg(conn, sql, values))
+        except BaseException as exc:
+            _raise_as_sqlalchemy(conn, exc, sql, values)
+        return [tuple(r) for r in records]
+    if conn.dialect.driver != "inline":
+        return [tuple(r) for r in conn.exec_driver_sql(sql, tuple(values))]
+    driver = conn.connection.driver_connection
+    assert isinstance(driver, sqlite3.Connection)
+    try:
+        return driver.execute(sql, values).fetchall()
+    except sqlite3.Error as exc:  # as SQLAlchemy raises it, for the callers' handlers
+        raise DBAPIError.instance(sql, values, exc, sqlite3.Error) from exc
 
 
 _driver_statements: dict[tuple[ClauseElement, str], DriverStatement] = {}
