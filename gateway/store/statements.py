@@ -129,7 +129,7 @@ class InlineStatement:
     expansion: tuple[tuple[str, tuple[str, ...]], ...] = ()
     #: asyncpg: the result columns' types, whose conversions may depend on the type the
     #: server reports (as SQLAlchemy's cursor passes it); and those conversions, found
-    #: at the first run (`_pg_results`).
+    #: at the first run (`run_pg`).
     types: tuple[Any, ...] = ()
     pg_results: list[tuple[Callable[[Any], Any] | None, ...]] = field(default_factory=list)
 
