@@ -138,10 +138,17 @@ dev server 63-79 -> 60-69 ms; latency and throughput ratios move with the bare a
 (p50 69-82 ms, 9.5-24 workflows/s) more than with the change. In py-spy's samples of
 `coopgate up` (80 s of a run each) stacks with a SQLAlchemy frame fell from 30% to 13%;
 a fifth of the samples are still in the socket writes of a statement's round trip to
-PostgreSQL (one per statement, and BEGIN and COMMIT per write), the rest Temporal's
-worker (21%) and OpenTelemetry (11%). Left on SQLAlchemy's execution (2% of samples):
-the audit append (`exec_driver_sql` inside `run_sync`), OpenCase's new subject and link
-inserts, the escalation step and `CaseFeed`'s poll.
+PostgreSQL (one per statement, and BEGIN and COMMIT per write); Temporal's
+worker has 21% and OpenTelemetry 11%. Left on SQLAlchemy's execution (2% of samples):
+the audit append (`exec_driver_sql` inside `run_sync`, on the driver since 94fd670),
+OpenCase's new subject and link inserts, the escalation step and `CaseFeed`'s poll.
+
+With the audit append on the driver too (94fd670), two more pairs while another
+session's benchmark ran (load 5.5-10.7): 250 + 84 / 242 + 86 ms before, 240 + 94 /
+198 + 79 ms after (CPU per incident inflates with the load on both sides).
+SQLite (the same checkouts, two pairs, ``--backend sqlite``, load 1.6-10): 135 + 61 /
+126 + 66 ms before, 151 + 81 / 136 + 74 ms after; the dev server, which nothing here
+touches, moved as much, and SQLite's path only gained a method call per statement.
 """
 
 from __future__ import annotations
