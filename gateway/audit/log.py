@@ -29,6 +29,7 @@ from gateway.audit.merkle import leaf_hash, node_hash
 from gateway.audit.store_tree import Node, read_nodes, root_nodes
 from gateway.store import Store
 from gateway.store.schema import audit_entries, audit_head, audit_nodes
+from gateway.store.statements import driver_rows
 from gateway.telemetry import metrics_on
 from gateway.telemetry.instruments import audit_appended
 
@@ -279,7 +280,8 @@ def _append(
     if cursor is not None:
         first = int(cursor.execute(statements.move_head, head_params).fetchone()[0]) - count
     else:
-        first = int(conn.exec_driver_sql(statements.move_head, head_params).scalar_one()) - count
+        ((moved,),) = driver_rows(conn, statements.move_head, head_params)  # one row
+        first = int(moved) - count
     if before is not None and before[0] == first:
         known = dict(before[1])
     else:  # the left siblings a new leaf may be merged with: the subtrees of the root
@@ -291,7 +293,7 @@ def _append(
         cursor.close()
     else:
         assert statements.both_as_arrays is not None  # the other backend is PostgreSQL
-        conn.exec_driver_sql(statements.both_as_arrays, tuple(rows.as_arrays()))
+        driver_rows(conn, statements.both_as_arrays, tuple(rows.as_arrays()))
     return list(range(first, frontier[0])), frontier
 
 

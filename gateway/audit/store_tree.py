@@ -16,7 +16,6 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 
 from gateway.audit.merkle import consistency_ranges, inclusion_ranges, perfect_subtrees
 from gateway.store import Store
-from gateway.store.failures import store_errors
 from gateway.store.schema import audit_head
 from gateway.store.statements import execute_in
 
@@ -123,14 +122,8 @@ async def log_size(conn: AsyncConnection) -> int:
 
 @asynccontextmanager
 async def statement_reads(store: Store) -> AsyncIterator[AsyncConnection]:
-    """A connection for reads that each stand alone, such as a proof's one query. On
-    PostgreSQL it runs in autocommit: a statement is its own snapshot, and BEGIN and
-    ROLLBACK were two of a proof's four round trips. SQLite transactions cost no round
-    trip, so there it is the store's read transaction."""
-    if store.is_sqlite:
-        async with store.read() as conn:
-            yield conn
-        return
-    with store_errors():
-        async with store.engine.connect() as conn:
-            yield await conn.execution_options(isolation_level="AUTOCOMMIT")
+    """A connection for reads that each stand alone, such as a proof's one query: the
+    store's read transaction, which on PostgreSQL runs in autocommit (a statement is its
+    own snapshot, and BEGIN and ROLLBACK were two of a proof's four round trips)."""
+    async with store.read() as conn:
+        yield conn

@@ -27,8 +27,10 @@ from collections.abc import Iterator
 from typing import Any
 
 import asyncpg
-from sqlalchemy import Connection, text
+from sqlalchemy import Connection, column, text
 from sqlalchemy.ext.asyncio import AsyncConnection
+
+from gateway.store.statements import execute, execute_in
 
 log = logging.getLogger(__name__)
 
@@ -48,7 +50,10 @@ SAFETY_SECONDS = 1.0
 CHANNEL = "coopgate_changes"
 _PENDING = "coopgate_changes_pending"
 #: One statement, in the announcing transaction, for all of its announcements.
-_NOTIFY = text(f"SELECT pg_notify('{CHANNEL}', p) FROM unnest(CAST(:payloads AS text[])) AS p")
+#: (Its column named, so that `statements.execute` runs it on asyncpg itself.)
+_NOTIFY = text(
+    f"SELECT pg_notify('{CHANNEL}', p) FROM unnest(CAST(:payloads AS text[])) AS p"
+).columns(column("pg_notify"))
 _RECONNECT_SECONDS = 0.5
 
 Change = tuple[str, str]
@@ -174,11 +179,11 @@ class Changes:
     async def publish(self, conn: AsyncConnection, pending: set[Change]) -> None:
         """PostgreSQL: NOTIFY the others in the transaction itself (sent at its commit)."""
         if pending and self._dsn is not None:
-            await conn.execute(_NOTIFY, self._payloads(pending))
+            await execute(conn, _NOTIFY, self._payloads(pending))
 
     def publish_sync(self, conn: Connection, pending: set[Change]) -> None:
         if pending and self._dsn is not None:
-            conn.execute(_NOTIFY, self._payloads(pending))
+            execute_in(conn, _NOTIFY, self._payloads(pending))
 
     def deliver(self, pending: set[Change]) -> None:
         """Wake this process's subscribers of what was just committed."""

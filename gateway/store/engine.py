@@ -33,6 +33,7 @@ from gateway.store.sqlite_file import (
     configure_sqlite,
     connect_hot,
     retire,
+    truncate_wal,
 )
 from gateway.store.statements import driver_statement
 
@@ -46,14 +47,12 @@ P = ParamSpec("P")
 T = TypeVar("T")
 #: How long `fetch_alone` waits for a connection of its pool (PostgreSQL).
 _DRIVER_POOL_WAIT_SECONDS = 30.0
+#: PostgreSQL reads: each statement its own transaction (see `Store._transaction`).
+_AUTOCOMMIT: dict[str, Any] = {"isolation_level": "AUTOCOMMIT"}
 #: SQLite file: how many idle reader connections the store keeps (`_sqlite_read`); a
 #: read beyond them takes one from the pool and gives it back when done. Kept few, so
 #: that whatever else takes a connection of the pool (migrations) still finds one.
 SQLITE_READERS_KEPT = 8
-
-
-#: Attempts of `Store.truncate_wal` (about 2.5 s of backing off in all).
-_TRUNCATE_ATTEMPTS = 8
 
 
 class Store:
@@ -65,6 +64,8 @@ class Store:
         self.engine = engine
         self._scans = scans
         self.is_sqlite = engine.dialect.name == "sqlite"
+        #: PostgreSQL: read transactions' connections, in autocommit (`_transaction`).
+        self._reads = engine if self.is_sqlite else engine.execution_options(**_AUTOCOMMIT)
         # One writer at a time per process: SQLite has one write lock per database.
         self._write_lock = asyncio.Lock() if self.is_sqlite else None
         database = engine.url.database if self.is_sqlite else None
@@ -260,8 +261,12 @@ class Store:
 
     @asynccontextmanager
     async def _transaction(self, *, writer: bool) -> AsyncIterator[AsyncConnection]:
+        """A transaction on a connection of the pool. A read on PostgreSQL runs in
+        autocommit: at its READ COMMITTED isolation each statement of a transaction
+        reads a snapshot of its own anyway, so BEGIN and COMMIT (two round trips per
+        read) change nothing it sees."""
         with store_errors():
-            async with self._connection() as conn:
+            async with self._connection(self.engine if writer else self._reads) as conn:
                 if writer:
                     conn = await conn.execution_options(**{WRITER: True})
                     if self.is_sqlite:
@@ -377,9 +382,13 @@ class Store:
         serves, over a large log): on SQLite, whose statements otherwise run on the loop,
         it runs on a worker thread with a connection of its own, so that every other
         request goes on meanwhile (sqlite3 releases the GIL while it steps); on
-        PostgreSQL it is `run_read`, whose waits are already asynchronous."""
+        PostgreSQL it is `run_read` in a transaction (a cursor over the rows, with
+        ``yield_per``, needs one), whose waits are already asynchronous."""
         if self._scans is None:
-            return await self.run_read(fn, *args, **kwargs)
+            if self.is_sqlite:
+                return await self.run_read(fn, *args, **kwargs)
+            with store_errors():
+                return await greenlet_spawn(self._run_in, fn, False, args, kwargs, self.engine)
         scans = self._scans
 
         def scan() -> T:
@@ -394,8 +403,10 @@ class Store:
         writer: bool,
         args: tuple[object, ...],
         kwargs: dict[str, object],
+        engine: AsyncEngine | None = None,
     ) -> T:
-        with self.engine.sync_engine.connect() as conn:
+        engine = engine or (self.engine if writer else self._reads)
+        with engine.sync_engine.connect() as conn:
             if writer:
                 conn = conn.execution_options(**{WRITER: True})
                 if self.is_sqlite:
@@ -407,11 +418,13 @@ class Store:
             return result
 
     @asynccontextmanager
-    async def _connection(self) -> AsyncIterator[AsyncConnection]:
+    async def _connection(
+        self, engine: AsyncEngine | None = None
+    ) -> AsyncIterator[AsyncConnection]:
         if not self.is_sqlite:
             # Closing talks to the server: SQLAlchemy finishes it in a task of its own,
             # so that a cancelled caller still returns a clean connection to the pool.
-            async with self.engine.connect() as conn:
+            async with (engine or self.engine).connect() as conn:
                 yield conn
             return
         # Inline SQLite closes without suspending, so nothing can interrupt it; the
@@ -429,25 +442,7 @@ class Store:
         pages are already zeroed (``secure_delete``). Runs on a thread; while readers or
         the WAL checkpointer are in the way, tries again a few times. Returns whether it
         completed (PostgreSQL: there is nothing to do here, see docs/PRIVACY.md)."""
-        path = self._path
-        if path is None:
-            return True
-
-        def checkpoint() -> bool:
-            conn = connect_hot(path)
-            try:
-                busy = conn.execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchone()[0]
-                return bool(busy == 0)
-            except sqlite3.OperationalError:  # locked
-                return False
-            finally:
-                conn.close()
-
-        for attempt in range(_TRUNCATE_ATTEMPTS):
-            if await asyncio.to_thread(checkpoint):
-                return True
-            await asyncio.sleep(0.01 * 2**attempt)
-        return False
+        return self._path is None or await truncate_wal(self._path)
 
     async def close(self) -> None:
         await self.changes.close()

@@ -167,3 +167,28 @@ def configure_sqlite(sync_engine: Engine) -> None:
         if not conn.get_execution_options().get(WRITER, False):
             # Straight to the driver: an execution through SQLAlchemy costs more than BEGIN.
             conn.connection.driver_connection.execute("BEGIN")
+
+
+#: Attempts of `truncate_wal` (about 2.5 s of backing off in all).
+_TRUNCATE_ATTEMPTS = 8
+
+
+async def truncate_wal(path: str) -> bool:
+    """`Store.truncate_wal` on the file at ``path``: a TRUNCATE checkpoint on a thread,
+    tried again a few times while readers or the WAL checkpointer are in the way."""
+
+    def checkpoint() -> bool:
+        conn = connect_hot(path)
+        try:
+            busy = conn.execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchone()[0]
+            return bool(busy == 0)
+        except sqlite3.OperationalError:  # locked
+            return False
+        finally:
+            conn.close()
+
+    for attempt in range(_TRUNCATE_ATTEMPTS):
+        if await asyncio.to_thread(checkpoint):
+            return True
+        await asyncio.sleep(0.01 * 2**attempt)
+    return False

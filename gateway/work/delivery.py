@@ -100,7 +100,7 @@ async def _lock_in_order(conn: AsyncConnection, work_ids: Collection[str]) -> li
     orders deadlocked (measured with two replicas). SQLite writers are serialized."""
     if conn.dialect.name == "sqlite":
         return list(work_ids)
-    rows = await conn.execute(_LOCK, {"ids": list(work_ids)})
+    rows = await execute(conn, _LOCK, {"ids": list(work_ids)})
     return list(rows.scalars())
 
 

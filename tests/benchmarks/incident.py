@@ -114,6 +114,41 @@ findings are in by 47-90 ms, the acquirer's real one 309-538 ms after the start,
 the gateway refused its malformed first finding and the SDK's redelivery backoff
 (0.25-0.5 s) ran out; from the last finding to the owner takes 45-70 ms, as without
 drills.
+
+PostgreSQL's hot statements on asyncpg itself, and its reads in autocommit (branch
+speed8: df2624a before, 7ea9427 after; `statements.execute`/`execute_in`/
+`DriverStatement.rows` on the transaction's asyncpg connection, no BEGIN/COMMIT around
+reads, the NOTIFY and the work locks on the driver). ``--backend postgres --rounds 2
+--samples 10 --no-drills``, interleaved from checkouts on PYTHONPATH (load average at
+each run's start and end):
+
+| run | p50 | p99 | 50 / 100 at once | CPU (gateway+worker, dev server) | load |
+|---|---|---|---|---|---|
+| before 1 | 280 ms, 3.8x | 557 ms, 4.9x | 18% / 22% | 185 + 63 ms, 4.2x | 3.3-8.3 |
+| after 1 | 298 ms, 4.3x | 636 ms, 3.5x | 42% / 25% | 155 + 61 ms, 3.8x | 8.3-6.4 |
+| before 2 | 359 ms, 4.4x | 612 ms, 3.3x | 13% / 15% | 222 + 79 ms, 5.2x | 6.4-5.3 |
+| after 2 | 247 ms, 4.6x | 410 ms, 3.6x | 21% / 21% | 163 + 63 ms, 4.6x | 5.3-9.2 |
+| before 3 | 336 ms, 3.6x | 643 ms, 2.1x | 23% / 18% | 210 + 73 ms, 4.4x | 9.2-6.8 |
+| after 3 | 307 ms, 4.8x | 473 ms, 5.0x | 21% / 24% | 153 + 60 ms, 4.2x | 6.8-6.0 |
+| before 4 | 363 ms, 5.7x | 550 ms, 5.6x | 15% / 17% | 203 + 71 ms, 5.0x | 6.0-4.4 |
+| after 4 | 346 ms, 2.8x | 828 ms, 1.5x | 38% / 23% | 179 + 69 ms, 4.3x | 4.4-9.0 |
+
+Gateway+worker CPU per incident 185-222 (median 207) -> 153-179 ms (median 159), the
+dev server 63-79 -> 60-69 ms; latency and throughput ratios move with the bare anchor
+(p50 69-82 ms, 9.5-24 workflows/s) more than with the change. In py-spy's samples of
+`coopgate up` (80 s of a run each) stacks with a SQLAlchemy frame fell from 30% to 13%;
+a fifth of the samples are still in the socket writes of a statement's round trip to
+PostgreSQL (one per statement, and BEGIN and COMMIT per write); Temporal's
+worker has 21% and OpenTelemetry 11%. Left on SQLAlchemy's execution (2% of samples):
+the audit append (`exec_driver_sql` inside `run_sync`, on the driver since 94fd670),
+OpenCase's new subject and link inserts, the escalation step and `CaseFeed`'s poll.
+
+With the audit append on the driver too (94fd670), two more pairs while another
+session's benchmark ran (load 5.5-10.7): 250 + 84 / 242 + 86 ms before, 240 + 94 /
+198 + 79 ms after (CPU per incident inflates with the load on both sides).
+SQLite (the same checkouts, two pairs, ``--backend sqlite``, load 1.6-10): 135 + 61 /
+126 + 66 ms before, 151 + 81 / 136 + 74 ms after; the dev server, which nothing here
+touches, moved as much, and SQLite's path only gained a method call per statement.
 """
 
 from __future__ import annotations

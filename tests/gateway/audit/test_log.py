@@ -219,9 +219,9 @@ async def test_the_layout_migration_keeps_the_log_in_both_directions(store: Stor
 
 
 async def test_proof_reads_hold_no_transaction_on_postgresql(store: Store) -> None:
-    """`statement_reads`: on PostgreSQL each statement commits on its own (no BEGIN and
-    ROLLBACK round trips around a proof), and the connection goes back to the pool
-    transactional again; on SQLite it is the store's read transaction."""
+    """`statement_reads` (the store's reads): on PostgreSQL each statement commits on its
+    own (no BEGIN and ROLLBACK round trips around a proof), and the connection goes
+    back to the pool transactional again for writes; on SQLite reads are transactions."""
     from gateway.audit.store_tree import statement_reads
 
     async def in_transaction(conn: Any) -> bool:
@@ -235,6 +235,8 @@ async def test_proof_reads_hold_no_transaction_on_postgresql(store: Store) -> No
         assert await in_transaction(conn) is store.is_sqlite
     for _ in range(3):  # whichever pooled connection comes back
         async with store.read() as conn:
+            assert await in_transaction(conn) is store.is_sqlite
+        async with store.write() as conn:
             assert await in_transaction(conn)
 
 
