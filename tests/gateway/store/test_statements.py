@@ -172,12 +172,12 @@ async def test_synchronous_connections_take_the_driver_path_too(store: Store) ->
     assert read[:2] == ("st-s1", "s")
 
 
+@pytest.mark.parametrize("database_url", ["postgres"], indirect=True)
 async def test_a_lost_connection_is_unavailable_and_renewed(store: Store) -> None:
     """The server ending the transaction's connection: the driver's error is SQLAlchemy's
     (the connection invalidated), so the store says UNAVAILABLE and the next
     transaction gets a fresh connection."""
-    if store.is_sqlite:
-        pytest.skip("a PostgreSQL server's connection")
+    assert not store.is_sqlite
     with pytest.raises(Unavailable) as caught:
         async with store.write() as conn:
             pid = (await conn.exec_driver_sql("SELECT pg_backend_pid()")).scalar()
@@ -264,14 +264,14 @@ async def test_an_in_list_given_in_the_statement_takes_its_own_values(store: Sto
 _XID = text("SELECT txid_current() AS xid").columns(column("xid", BigInteger))
 
 
+@pytest.mark.parametrize("database_url", ["postgres"], indirect=True)
 async def test_postgresql_reads_run_in_autocommit_and_writes_in_one_transaction(
     database_url: str,
 ) -> None:
     """A read on PostgreSQL sends no BEGIN or COMMIT (each statement is a transaction of
     its own, as READ COMMITTED reads anyway); a write on the same connection afterwards
     is one transaction again, and its rollback still undoes it."""
-    if not database_url.startswith("postgresql"):
-        pytest.skip("PostgreSQL's transactions")
+    assert database_url.startswith("postgresql")
     store = create_store(database_url, pool_size=1)  # one connection, reads and writes
     await migrate(store)
     try:
