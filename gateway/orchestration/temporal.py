@@ -214,39 +214,31 @@ def _closed_or_unavailable(exc: RPCError) -> Exception:
     )
 
 
-#: Workflow tasks one worker runs at once (see `worker_options`).
+#: Workflow tasks one worker runs at once (see `WORKER_OPTIONS`).
 MAX_WORKFLOW_TASKS = 8
 
-
-def worker_options(*workflow_modules: str) -> dict[str, Any]:
-    """The worker's settings for workflows defined in ``workflow_modules``; the incident
-    benchmark's bare worker runs under the same, for its own module.
-
-    Workflows run outside Temporal's sandbox. The sandbox used to import a workflow's
-    modules afresh for every workflow it started (36% of the embedded stack's busy time
-    under the incident benchmark), so ours were passed through it; from then on it no
-    longer saw what our own modules called, and what it still cost was its own: entering
-    its context for every activation and every payload it converted, and proxying the
-    builtins: 44% of the workflow worker's busy samples, 6% of the process's, in
-    py-spy's profile of `coopgate up` under the incident benchmark. What it guarded is
-    guarded by tests instead: workflow modules import only temporalio, themselves and a
-    short list of the standard library, and call no clock, I/O or hash of their own
-    (tests/workflows/test_determinism.py); the replay tests on recorded histories check
-    that the code takes the recorded path."""
-    del workflow_modules  # kept for the callers: the runner no longer needs them
-    return {
-        "workflow_runner": UnsandboxedWorkflowRunner(),
-        # A workflow task runs its local activities (the store writes of a coarse run)
-        # before it completes, within its 10 s timeout. With the SDK's default of 100 in
-        # flight, 100 incidents opened at once had their tasks queue for the store and the
-        # loop together past that timeout ("Workflow task not found"), each retried 13-16
-        # times. Fewer at once, the others wait on the server, where no timeout runs.
-        "max_concurrent_workflow_tasks": MAX_WORKFLOW_TASKS,
-    }
-
-
-#: The gateway worker's settings (`worker_options` for the ``workflows`` package).
-WORKER_OPTIONS: dict[str, Any] = worker_options("workflows")
+#: Every worker's settings: the gateway's, and the incident benchmark's bare worker's.
+#:
+#: Workflows run outside Temporal's sandbox. The sandbox used to import a workflow's
+#: modules afresh for every workflow it started (36% of the embedded stack's busy time
+#: under the incident benchmark), so ours were passed through it; from then on it no
+#: longer saw what our own modules called, and what it still cost was its own: entering
+#: its context for every activation and every payload it converted, and proxying the
+#: builtins: 44% of the workflow worker's busy samples, 6% of the process's, in
+#: py-spy's profile of `coopgate up` under the incident benchmark. What it guarded is
+#: guarded by tests instead: workflow modules import only temporalio, themselves and a
+#: short list of the standard library, and call no clock, I/O or hash of their own
+#: (tests/workflows/test_determinism.py); the replay tests on recorded histories check
+#: that the code takes the recorded path.
+WORKER_OPTIONS: dict[str, Any] = {
+    "workflow_runner": UnsandboxedWorkflowRunner(),
+    # A workflow task runs its local activities (the store writes of a coarse run)
+    # before it completes, within its 10 s timeout. With the SDK's default of 100 in
+    # flight, 100 incidents opened at once had their tasks queue for the store and the
+    # loop together past that timeout ("Workflow task not found"), each retried 13-16
+    # times. Fewer at once, the others wait on the server, where no timeout runs.
+    "max_concurrent_workflow_tasks": MAX_WORKFLOW_TASKS,
+}
 
 
 def create_worker(

@@ -9,7 +9,8 @@ from __future__ import annotations
 import re
 import sqlite3
 from collections import namedtuple
-from collections.abc import Callable, Mapping, Sequence, Sized
+from collections.abc import AsyncIterator, Callable, Mapping, Sequence, Sized
+from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from typing import Any, NoReturn, cast
 
@@ -185,11 +186,7 @@ class InlineStatement:
         statement has begun it yet); rows as SQLAlchemy converts them, rowcount as it
         reads it (rows returned, or the command's status). ``values`` a list of tuples
         for an ``executemany`` (rowcount -1, as SQLAlchemy's)."""
-        adapter: Any = conn.connection.dbapi_connection
-        async with adapter._execute_mutex:  # one statement at a time, as SQLAlchemy's
-            if not adapter._started:
-                await adapter._start_transaction()
-            driver: asyncpg.Connection = adapter._connection
+        async with _pg_driver(conn) as driver:
             if isinstance(values, list):
                 await driver.executemany(self.sql, values)
                 return Rows([], -1)
@@ -229,13 +226,21 @@ class InlineStatement:
 _ROWCOUNT = re.compile(r"(?:SELECT|UPDATE|DELETE|INSERT \d+) (\d+)")
 
 
-async def _fetch_pg(conn: Connection, sql: str, values: Sequence[object]) -> list[Any]:
-    """`DriverStatement.rows` on asyncpg, in the transaction SQLAlchemy holds on ``conn``."""
+@asynccontextmanager
+async def _pg_driver(conn: Connection) -> AsyncIterator[asyncpg.Connection]:
+    """The asyncpg connection under ``conn``, for one statement at a time (SQLAlchemy's
+    adapter lock), in the transaction SQLAlchemy holds on it: begun here if no
+    statement has begun it yet, so that SQLAlchemy's commit and rollback end it."""
     adapter: Any = conn.connection.dbapi_connection
     async with adapter._execute_mutex:
         if not adapter._started:
             await adapter._start_transaction()
-        driver: asyncpg.Connection = adapter._connection
+        yield adapter._connection
+
+
+async def _fetch_pg(conn: Connection, sql: str, values: Sequence[object]) -> list[Any]:
+    """`DriverStatement.rows` on asyncpg, in the transaction SQLAlchemy holds on ``conn``."""
+    async with _pg_driver(conn) as driver:
         return cast(list[Any], await driver.fetch(sql, *values))
 
 

@@ -56,9 +56,9 @@ async def serve(address: str, namespace: str, task_queue: str) -> None:
     from temporalio.client import Client
     from temporalio.worker import Worker
 
-    from gateway.orchestration.temporal import worker_options
+    from gateway.orchestration.temporal import WORKER_OPTIONS
 
-    # By its module's name (this file also runs as __main__): the sandbox imports that.
+    # By its module's name (this file also runs as __main__, a module of its own).
     from tests.benchmarks import bare_workflow
 
     client = await Client.connect(address, namespace=namespace)
@@ -71,7 +71,7 @@ async def serve(address: str, namespace: str, task_queue: str) -> None:
         task_queue=task_queue,
         workflows=[bare_workflow.BareWorkflow],
         activities=[bare_workflow.noop],
-        **worker_options(bare_workflow.__name__),
+        **WORKER_OPTIONS,
     ):
         print("ready", flush=True)
         await stop.wait()

@@ -1,5 +1,5 @@
 """What keeps workflow code deterministic now that it runs outside Temporal's sandbox
-(`gateway.orchestration.temporal.worker_options`): a scan of every module in
+(`gateway.orchestration.temporal.WORKER_OPTIONS`): a scan of every module in
 ``workflows/`` for the imports and calls that would make a replay take another path.
 The replay tests on recorded histories (test_incident_replay.py) check the other half:
 that the code takes the recorded path."""
