@@ -46,6 +46,8 @@ class WatchBatch:
     header: cases_pb2.CaseHeader
     events: list[TimelineEvent]
     decisions: dict[Flow, AccessDecision]
+    #: Whether the read stopped at WATCH_BATCH events (more may follow at once).
+    full: bool = False
 
 
 class CaseWatch:
@@ -125,7 +127,11 @@ class CaseWatch:
                     watcher.delivered = item.sequence
                 if events:
                     position = watcher.position = events[-1].sequence
-                    continue
+                    if batch.full:
+                        continue  # more may be waiting: read on at once
+                    # A partial batch held everything committed when it was read. Whatever
+                    # committed since has announced itself on the subscription, so the
+                    # wait below returns at once for it: no read only to find nothing new.
                 idle = WATCH_IDLE_SECONDS
                 if consents is not None:
                     now = dt.datetime.now(dt.UTC)
@@ -196,7 +202,7 @@ class CaseWatch:
                     *(e.derived.cites for e in events if e.derived is not None)
                 ),
             )
-        return WatchBatch(row, header, events, decisions)
+        return WatchBatch(row, header, events, decisions, full=len(rows) == WATCH_BATCH)
 
 
 def _allowed(
