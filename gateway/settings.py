@@ -126,6 +126,19 @@ class Settings(BaseSettings):
         "loop that serves the others); a unary call's own deadline still ends its wait first.",
     )
     shutdown_grace_seconds: float = 5.0
+    untraced_methods: frozenset[str] = Field(
+        default=frozenset(
+            {
+                "/coopgate.v1.PartnerWorkService/Acknowledge",
+                "/grpc.health.v1.Health/Check",
+                "/grpc.health.v1.Health/Watch",
+            }
+        ),
+        description="gRPC methods served without a span when tracing is on (still measured "
+        "as rpc.server.call.duration): housekeeping that belongs to no incident, each call "
+        "otherwise its own one-span trace (a partner's acknowledgements: about 11 spans an "
+        "incident). A JSON list of /package.Service/Method names; [] traces every call.",
+    )
     slow_watcher_seconds: float = Field(
         default=30.0, description="A watch whose client reads nothing for this long is dropped."
     )

@@ -344,6 +344,7 @@ async def start_gateway(runtime: Runtime, tls: Pki | ServerTLS) -> RunningGatewa
                 runtime.settings.max_streams_per_partner, runtime.settings.max_inflight_per_partner
             ),
             call_queue_seconds=runtime.settings.call_queue_seconds,
+            untraced=runtime.settings.untraced_methods,
         )
     except OSError as exc:
         _, _, wanted = runtime.settings.listen.rpartition(":")

@@ -48,7 +48,7 @@ from gateway.core.errors import (
 )
 from gateway.crypto.pki import identity_from_pem
 from gateway.crypto.revocation import RevocationList
-from gateway.telemetry import annotate, metrics_on, tracing_on
+from gateway.telemetry import annotate, metrics_on
 from gateway.telemetry.instruments import rpc_recorder
 from gateway.telemetry.server import ServerSpans
 from gateway.telemetry.spans import mark_status
@@ -222,9 +222,11 @@ class GatewayInterceptor(grpc.aio.ServerInterceptor):
         quota: PartnerQuota | None = None,
         registered: Callable[[str], Awaitable[bool]] | None = None,
         spans: ServerSpans | None = None,
+        untraced: frozenset[str] = frozenset(),
     ) -> None:
         self._gate = Gate(revoked, registered)
         self._spans = spans
+        self._untraced = untraced
         self._reading = Gate(revoked)
         self._rules = rules
         self._quota = quota
@@ -249,11 +251,12 @@ class GatewayInterceptor(grpc.aio.ServerInterceptor):
         wrapped = self._wrapped.get(method)
         if wrapped is None or wrapped[0] is not handler:
             made = handler
+            traced = self._spans is not None and method not in self._untraced
             if not method.startswith(_OPEN_SERVICES):
                 rule = self._rules.get(method, UNDECLARED)
                 gate = self._gate if _changes_something(handler) else self._reading
-                made = _wrap(handler, gate, rule, self._quota, method)
-            if self._spans is not None:
+                made = _wrap(handler, gate, rule, self._quota, method, traced)
+            if traced and self._spans is not None:
                 made = self._spans.traced(made, method)
             wrapped = self._wrapped[method] = (handler, made)
         return wrapped[1]
@@ -280,6 +283,7 @@ def _wrap(
     rule: Rule,
     quota: PartnerQuota | None,
     method: str = "",
+    traced: bool = False,
 ) -> grpc.RpcMethodHandler[Any, Any]:
     if not rule.roles:
         return _refusing(handler, gate)
@@ -288,14 +292,14 @@ def _wrap(
         calls = None if quota is None else quota.calls
         record = rpc_recorder(method) if metrics_on() else None
         return grpc.unary_unary_rpc_method_handler(
-            _wrap_unary(handler.unary_unary, gate, check, rule, calls, record, tracing_on()),
+            _wrap_unary(handler.unary_unary, gate, check, rule, calls, record, traced),
             request_deserializer=_decoding(handler.request_deserializer),
             response_serializer=_sending_encoded(handler.response_serializer),
         )
     if handler.unary_stream is not None:
         streams = None if quota is None else quota.streams
         return grpc.unary_stream_rpc_method_handler(
-            _wrap_stream(handler.unary_stream, gate, check, rule, streams, tracing_on()),
+            _wrap_stream(handler.unary_stream, gate, check, rule, streams, traced),
             request_deserializer=_decoding(handler.request_deserializer),
             response_serializer=handler.response_serializer,
         )

@@ -147,13 +147,15 @@ def create_server(
     quota: PartnerQuota | None = None,
     rules: Mapping[str, Rule] = RULES,
     call_queue_seconds: int = CALL_QUEUE_SECONDS,
+    untraced: frozenset[str] = frozenset(),
 ) -> tuple[grpc.aio.Server, int, health.aio.HealthServicer]:
     """Build the server (not started). Returns it, its bound port and its health servicer.
 
     Every method of the contract it serves must have its rule in ``rules`` (the
     authorization table), else it refuses (``MissingRule``). ``quota`` limits each
     partner's concurrent streams and in-flight calls (None: no limit). A call not
-    taken up within ``call_queue_seconds`` of its arrival is cancelled by gRPC."""
+    taken up within ``call_queue_seconds`` of its arrival is cancelled by gRPC. When this
+    process traces, every call gets a server span but those of the ``untraced`` methods."""
     require_rules(SERVICE_NAMES, rules)
     # The server spans only when this process traces: off, a call has no wrapping more
     # (OpenTelemetry's interceptor, idle, still cost about 10% of the case view's CPU).
@@ -163,6 +165,7 @@ def create_server(
         quota=quota,
         registered=domain.admin.is_registered,
         spans=ServerSpans() if tracing_on() else None,
+        untraced=untraced,
     )
     server = grpc.aio.server(
         interceptors=[gateway],

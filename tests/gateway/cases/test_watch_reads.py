@@ -6,7 +6,7 @@ for a change notification."""
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterable, AsyncIterator, Callable
 from typing import Any
 
 import pytest
@@ -33,7 +33,7 @@ def _count_reads(watching: CaseWatch, monkeypatch: pytest.MonkeyPatch) -> list[i
     return reads
 
 
-async def _summaries(call: AsyncIterator[cases_pb2.WatchCaseResponse]) -> AsyncIterator[str]:
+async def _summaries(call: AsyncIterable[cases_pb2.WatchCaseResponse]) -> AsyncIterator[str]:
     async for response in call:
         if response.item.HasField("interaction"):
             yield response.item.interaction.summary

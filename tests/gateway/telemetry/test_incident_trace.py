@@ -299,10 +299,8 @@ async def test_a_cancelled_stream_ends_its_span_and_refusals_carry_their_status(
     # A caller's mistake is not the server's error (OpenTelemetry's RPC conventions).
     assert view.status.status_code is not StatusCode.ERROR
     assert not [line for line in memory.lines[logged:] if "detach" in line.lower()]
-    # Methods open to any certificate (health, reflection) have their spans too.
-    check = spans.one("/grpc.health.v1.Health/Check")
-    assert check.kind is SpanKind.SERVER
-    assert (check.attributes or {})["rpc.service"] == "grpc.health.v1.Health"
+    # Health checks belong to no incident: untraced (``Settings.untraced_methods``).
+    assert not spans.named("/grpc.health.v1.Health/Check")
 
 
 async def test_each_call_is_measured_by_method_and_status(
@@ -311,26 +309,54 @@ async def test_each_call_is_measured_by_method_and_status(
     """``rpc.server.call.duration``, by method and gRPC status, every call counted (the
     measures go to the SDK in batches: `Memory.metrics` hands the waiting ones over)."""
 
-    def counts() -> dict[tuple[object, object], int]:
-        found: dict[tuple[object, object], int] = {}
-        for resource in memory.metrics().resource_metrics:
-            for scope in resource.scope_metrics:
-                for metric in scope.metrics:
-                    if metric.name != "rpc.server.call.duration":
-                        continue
-                    for point in metric.data.data_points:
-                        labels = point.attributes or {}
-                        key = (labels.get("rpc.method"), labels.get("rpc.grpc.status_code"))
-                        found[key] = point.count  # type: ignore[union-attr]
-        return found
-
-    before = counts()
+    before = _call_counts(memory)
     advisor = stack.api(stage.cast["bank"], Role.ADVISOR)
     for _ in range(3):
         with pytest.raises(grpc.aio.AioRpcError):
             await advisor.cases.GetCaseView(
                 cases_pb2.GetCaseViewRequest(case_id="case-nope", purpose="incident-resolution")
             )
-    after = counts()
+    after = _call_counts(memory)
     missing = ("GetCaseView", grpc.StatusCode.NOT_FOUND.value[0])
     assert after[missing] - before.get(missing, 0) == 3
+
+
+async def test_acknowledgements_are_measured_not_traced(
+    stage: Stage, stack: Stack, memory: Memory
+) -> None:
+    """A partner's acknowledgements (``Settings.untraced_methods``) belong to no incident:
+    no span (each would be a trace of its own, about 11 an incident), but every call is
+    still in ``rpc.server.call.duration``; the calls around them keep their spans."""
+    memory.spans.clear()
+    before = _call_counts(memory)
+    api = stack.api(stage.cast["bank"], Role.PARTNER)
+    for n in range(2):
+        acked = await api.work.Acknowledge(
+            work_pb2.AcknowledgeRequest(idempotency_key=f"ack-untraced-{n}", work_ids=["w-none"])
+        )
+        assert acked.acknowledged == 0
+    with pytest.raises(grpc.aio.AioRpcError):
+        await api.cases.GetCaseView(
+            cases_pb2.GetCaseViewRequest(case_id="case-nope", purpose="incident-resolution")
+        )
+    after = _call_counts(memory)
+    ok = ("Acknowledge", grpc.StatusCode.OK.value[0])
+    assert after[ok] - before.get(ok, 0) == 2
+    names = {s.name for s in memory.finished()}
+    assert "/coopgate.v1.CaseService/GetCaseView" in names
+    assert not [n for n in names if n.endswith("/Acknowledge")]
+
+
+def _call_counts(memory: Memory) -> dict[tuple[object, object], int]:
+    """Calls counted in ``rpc.server.call.duration``, by method and status."""
+    found: dict[tuple[object, object], int] = {}
+    for resource in memory.metrics().resource_metrics:
+        for scope in resource.scope_metrics:
+            for metric in scope.metrics:
+                if metric.name != "rpc.server.call.duration":
+                    continue
+                for point in metric.data.data_points:
+                    labels = point.attributes or {}
+                    key = (labels.get("rpc.method"), labels.get("rpc.grpc.status_code"))
+                    found[key] = point.count  # type: ignore[union-attr]
+    return found
