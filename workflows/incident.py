@@ -64,6 +64,7 @@ from workflows.incident_state import (
     PATCH_COARSE_STEPS,
     PATCH_ENDS_WHEN_ERASED,
     PATCH_NOTICES_BY_REFERENCE,
+    PATCH_ONE_MARKER,
     PATCH_PATCHES_FIRST,
     IncidentState,
 )
@@ -75,7 +76,8 @@ class IncidentWorkflow(IncidentState):
 
     @workflow.run
     async def run(self, incident: IncidentInput) -> IncidentOutcome:
-        if not workflow.patched(PATCH_ENDS_WHEN_ERASED):
+        self._current = workflow.patched(PATCH_ONE_MARKER)
+        if not (self._current or workflow.patched(PATCH_ENDS_WHEN_ERASED)):
             return await self._run(incident)
         self._ends_when_erased = True
         body = asyncio.create_task(self._run(incident))
@@ -97,8 +99,8 @@ class IncidentWorkflow(IncidentState):
         return IncidentOutcome(case_id=incident.case_id, status="ERASED", owner_id=self._owner)
 
     async def _run(self, incident: IncidentInput) -> IncidentOutcome:
-        self._coarse = workflow.patched(PATCH_COARSE_STEPS)
-        if workflow.patched(PATCH_PATCHES_FIRST):
+        self._coarse = self._current or workflow.patched(PATCH_COARSE_STEPS)
+        if not self._current and workflow.patched(PATCH_PATCHES_FIRST):
             # Asked now, remembered for `_notify` (each patch is asked once per run).
             workflow.patched(PATCH_NOTICES_BY_REFERENCE)
         load = workflow.execute_local_activity if self._coarse else workflow.execute_activity

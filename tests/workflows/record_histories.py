@@ -388,6 +388,10 @@ SCENARIOS = (
     Scenario("coarse_erased_while_owned", erased_while_owned),
     # Since the patch patches-first: every patch asked before the first local activity.
     Scenario("patches_first_owner_accepts", owner_accepts),
+    # Since the patch one-marker: the same paths, one patch marker in all.
+    Scenario("one_marker_owner_accepts", owner_accepts),
+    Scenario("one_marker_erased_while_owned", erased_while_owned),
+    Scenario("one_marker_reopen_continue_as_new", reopen_continue_as_new),
 )
 
 

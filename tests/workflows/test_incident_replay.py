@@ -44,6 +44,7 @@ from workflows.incident_state import (
     PATCH_COARSE_STEPS,
     PATCH_ENDS_WHEN_ERASED,
     PATCH_NOTICES_BY_REFERENCE,
+    PATCH_ONE_MARKER,
     PATCH_PATCHES_FIRST,
 )
 
@@ -214,9 +215,17 @@ COVERS: dict[str, dict[str, int]] = {
 
 # Since patches-first: the same path, every patch asked before the first local activity.
 COVERS["patches_first_owner_accepts"] = COVERS["coarse_owner_accepts"]
+# Since one-marker: the same paths, one patch marker in all.
+for _path in ("owner_accepts", "erased_while_owned", "reopen_continue_as_new"):
+    COVERS[f"one_marker_{_path}"] = COVERS[f"coarse_{_path}"]
+COVERS["one_marker_reopen_continue_as_new.run2"] = COVERS["coarse_reopen_continue_as_new.run2"]
 
 #: How each history's run ended (the others: CLOSED).
-ENDED = {"erased_while_owned": "ERASED", "coarse_erased_while_owned": "ERASED"}
+ENDED = {
+    "erased_while_owned": "ERASED",
+    "coarse_erased_while_owned": "ERASED",
+    "one_marker_erased_while_owned": "ERASED",
+}
 
 
 def _load(name: str) -> WorkflowHistory:
@@ -368,3 +377,30 @@ def test_since_patches_first_every_patch_precedes_the_first_local_activity() -> 
     # Before the patch, the notices' patch came after load_incident's local activity.
     before = _markers(_load("coarse_owner_accepts"))
     assert before.index(PATCH_NOTICES_BY_REFERENCE) > before.index("local")
+
+
+@pytest.mark.parametrize(
+    "name",
+    [
+        "one_marker_owner_accepts",
+        "one_marker_erased_while_owned",
+        "one_marker_reopen_continue_as_new",
+        "one_marker_reopen_continue_as_new.run2",
+    ],
+)
+def test_since_one_marker_a_run_records_one_patch_marker_and_one_upsert(name: str) -> None:
+    """Each patch recorded its marker and an upsert of TemporalChangeVersion; a run
+    since PATCH_ONE_MARKER records only its own, first of all."""
+    history = _load(name)
+    markers = _markers(history)
+    assert [m for m in markers if m != "local"] == [PATCH_ONE_MARKER]
+    assert markers[0] == PATCH_ONE_MARKER
+    upserts = [
+        e
+        for e in history.events
+        if e.HasField("upsert_workflow_search_attributes_event_attributes")
+    ]
+    assert len(upserts) == 1
+    if name == "one_marker_owner_accepts":  # the same path as patches_first_owner_accepts
+        before = _load("patches_first_owner_accepts")
+        assert len(before.events) - len(history.events) == 6  # 4 markers + 4 upserts -> 1 + 1
