@@ -20,6 +20,8 @@ owner on a WatchCase stream, as an advisor sees it), then 50 and 100 opened at o
 and owner) but without the demo's behaviour faults: the acquirer's malformed finding
 first and the handset maker's dropped stream are drills of a misbehaving partner, and
 the first waits out the SDK's redelivery backoff (0.25-0.5 s) in every incident.
+`make bench` runs both: the orchestration's own row (no drills) first, then the one
+with the drills, as `coopgate up` runs its partners.
 
 What each change gained, run by run, is in docs/BENCHMARKS.md.
 """
@@ -418,7 +420,8 @@ async def main() -> None:
         help="partners without the demo's behaviour faults (model faults kept)",
     )
     args = parser.parse_args()
-    out = args.json or Path("var/bench") / f"incident-{args.backend}.json"
+    drills = "" if args.no_drills else "-drills"
+    out = args.json or Path("var/bench") / f"incident-{args.backend}{drills}.json"
     with tempfile.TemporaryDirectory() as tmp:
         workdir = Path(tmp)
         async with (
@@ -431,7 +434,8 @@ async def main() -> None:
             ) as stack,
         ):
             summary = await measure(stack, args)
-    report(args.backend + ("" if not args.no_drills else ", no drills"), summary, args.bursts)
+    label = ", no drills" if args.no_drills else ", with the demo's partner drills"
+    report(args.backend + label, summary, args.bursts)
     summary["backend"] = args.backend
     summary["drills"] = not args.no_drills
     summary["machine"] = {"cpus": os.cpu_count(), "load_avg": os.getloadavg()}
