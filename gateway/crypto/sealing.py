@@ -20,6 +20,7 @@ from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 from sqlalchemy import Connection, bindparam, insert, select, update
 from sqlalchemy.ext.asyncio import AsyncConnection
 
+from gateway.store.engine import batch_memo
 from gateway.store.schema import case_keys, cases, subject_keys
 from gateway.store.statements import driver_statement, execute
 
@@ -59,6 +60,8 @@ class Erased(Exception):
 ITEM_UNDER_SUBJECT_KEY = b"\x00"
 ITEM_UNDER_MASTER_KEY = b"\x01"
 
+#: The kinds of key a `Store.one_write` batch's memo keeps (`batch_memo`).
+_CASE, _SUBJECT = "case-key", "subject-key"
 #: Unwrapped case keys kept, by wrapped bytes (see `Sealer.unwrap`).
 UNWRAPPED_CACHE = 4096
 
@@ -84,13 +87,24 @@ class Sealer:
         return AESGCM(key)
 
     async def subject_key(self, conn: AsyncConnection, subject_id: str) -> AESGCM | None:
-        """The subject's key, or None once erased (or for a subject that has none)."""
+        """The subject's key, or None once erased (or for a subject that has none); read
+        once in a `Store.one_write` batch (`batch_memo`)."""
+        memo = batch_memo(conn)
+        if memo is not None and (_SUBJECT, subject_id) in memo:
+            found: AESGCM | None = memo[(_SUBJECT, subject_id)]
+            return found
         wrapped = (await execute(conn, _SUBJECT_KEY, {"subject_id": subject_id})).scalar()
-        return self.unwrap(subject_key_name(subject_id), wrapped)
+        key = self.unwrap(subject_key_name(subject_id), wrapped)
+        if memo is not None:
+            memo[(_SUBJECT, subject_id)] = key
+        return key
 
     @staticmethod
     async def destroy_subject_key(conn: AsyncConnection, subject_id: str) -> None:
         """Destroy the subject's key (erasure): what it sealed can no longer be read."""
+        memo = batch_memo(conn)
+        if memo is not None:
+            memo.pop((_SUBJECT, subject_id), None)
         await conn.execute(
             update(subject_keys)
             .where(subject_keys.c.subject_id == subject_id, subject_keys.c.wrapped_key.is_not(None))
@@ -98,8 +112,16 @@ class Sealer:
         )
 
     async def key(self, conn: AsyncConnection, case_id: str) -> AESGCM | None:
-        """The case's key, or None once erased."""
-        return self.unwrap(case_id, (await execute(conn, _KEY, {"case_id": case_id})).scalar())
+        """The case's key, or None once erased; read once in a `Store.one_write` batch
+        (`batch_memo`: a batch of the workflow's steps asked for it once a step)."""
+        memo = batch_memo(conn)
+        if memo is not None and (_CASE, case_id) in memo:
+            found: AESGCM | None = memo[(_CASE, case_id)]
+            return found
+        key = self.unwrap(case_id, (await execute(conn, _KEY, {"case_id": case_id})).scalar())
+        if memo is not None:
+            memo[(_CASE, case_id)] = key
+        return key
 
     def key_in(self, conn: Connection, case_id: str) -> AESGCM | None:
         """`key` on a synchronous connection."""
@@ -186,6 +208,10 @@ class Sealer:
     @staticmethod
     async def destroy(conn: AsyncConnection, case_ids: list[str]) -> None:
         """Destroy these cases' keys (erasure, or the end of their retention period)."""
+        memo = batch_memo(conn)
+        if memo is not None:
+            for case_id in case_ids:
+                memo.pop((_CASE, case_id), None)
         if case_ids:
             await conn.execute(
                 update(case_keys)

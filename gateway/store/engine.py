@@ -39,10 +39,26 @@ from gateway.store.statements import driver_statement
 
 log = logging.getLogger(__name__)
 
-#: The `Store.one_write` open in this context: its store, connection and task.
-_JOINED: ContextVar[tuple[Store, AsyncConnection, asyncio.Task[Any] | None] | None] = ContextVar(
-    "coopgate_one_write", default=None
-)
+#: The `Store.one_write` open in this context: its store, connection, task and memo.
+_JOINED: ContextVar[
+    tuple[Store, AsyncConnection, asyncio.Task[Any] | None, dict[Any, Any]] | None
+] = ContextVar("coopgate_one_write", default=None)
+
+
+def batch_memo(conn: AsyncConnection) -> dict[Any, Any] | None:
+    """The memo of the `Store.one_write` batch that ``conn`` is the transaction of (in
+    this task), else None: what its steps read again and again and nothing in it changes
+    unless the batch itself does (the case and subject keys of `Sealer`, read once a
+    batch instead of once a step). It lives as long as the batch's transaction. On
+    PostgreSQL a key another replica destroys while the batch runs is used until the
+    batch commits, as if the erasure had come just after it: what the batch sealed with
+    it can no more be read than anything else sealed with it."""
+    joined = _JOINED.get()
+    if joined is not None and joined[1] is conn and joined[2] is asyncio.current_task():
+        return joined[3]
+    return None
+
+
 P = ParamSpec("P")
 T = TypeVar("T")
 #: How long `fetch_alone` waits for a connection of its pool (PostgreSQL).
@@ -122,7 +138,7 @@ class Store:
         writes committed together or not at all, with one commit. Tasks it starts do not
         join (each of those gets a transaction of its own, as ever)."""
         async with self.write() as conn:
-            token = _JOINED.set((self, conn, asyncio.current_task()))
+            token = _JOINED.set((self, conn, asyncio.current_task(), {}))
             try:
                 yield conn
             finally:
