@@ -20,7 +20,7 @@ from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 from sqlalchemy import Connection, bindparam, insert, select, update
 from sqlalchemy.ext.asyncio import AsyncConnection
 
-from gateway.store.engine import batch_memo
+from gateway.store.batch import batch_memo
 from gateway.store.schema import case_keys, cases, subject_keys
 from gateway.store.statements import driver_statement, execute
 

@@ -9,7 +9,6 @@ import logging
 import sqlite3
 from collections.abc import AsyncIterator, Callable, Mapping, Sequence
 from contextlib import asynccontextmanager
-from contextvars import ContextVar
 from typing import Any, Concatenate, ParamSpec, TypeVar
 
 import asyncpg
@@ -20,6 +19,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_en
 from sqlalchemy.util import greenlet_spawn
 
 from gateway.core.errors import Unavailable
+from gateway.store.batch import ONE_WRITE
 from gateway.store.changes import Changes
 from gateway.store.failures import CONNECTION_LOST, store_errors
 from gateway.store.inline_sqlite import DRIVER as INLINE_DRIVER
@@ -38,26 +38,6 @@ from gateway.store.sqlite_file import (
 from gateway.store.statements import driver_statement
 
 log = logging.getLogger(__name__)
-
-#: The `Store.one_write` open in this context: its store, connection, task and memo.
-_JOINED: ContextVar[
-    tuple[Store, AsyncConnection, asyncio.Task[Any] | None, dict[Any, Any]] | None
-] = ContextVar("coopgate_one_write", default=None)
-
-
-def batch_memo(conn: AsyncConnection) -> dict[Any, Any] | None:
-    """The memo of the `Store.one_write` batch that ``conn`` is the transaction of (in
-    this task), else None: what its steps read again and again and nothing in it changes
-    unless the batch itself does (the case and subject keys of `Sealer`, read once a
-    batch instead of once a step). It lives as long as the batch's transaction. On
-    PostgreSQL a key another replica destroys while the batch runs is used until the
-    batch commits, as if the erasure had come just after it: what the batch sealed with
-    it can no more be read than anything else sealed with it."""
-    joined = _JOINED.get()
-    if joined is not None and joined[1] is conn and joined[2] is asyncio.current_task():
-        return joined[3]
-    return None
-
 
 P = ParamSpec("P")
 T = TypeVar("T")
@@ -120,7 +100,7 @@ class Store:
     async def write(self) -> AsyncIterator[AsyncConnection]:
         """A write transaction, committed when the block exits cleanly (inside this task's
         `one_write`: that one, committed when it ends)."""
-        joined = _JOINED.get()
+        joined = ONE_WRITE.get()
         if joined is not None and joined[0] is self and joined[2] is asyncio.current_task():
             yield joined[1]
             return
@@ -138,11 +118,11 @@ class Store:
         writes committed together or not at all, with one commit. Tasks it starts do not
         join (each of those gets a transaction of its own, as ever)."""
         async with self.write() as conn:
-            token = _JOINED.set((self, conn, asyncio.current_task(), {}))
+            token = ONE_WRITE.set((self, conn, asyncio.current_task(), {}))
             try:
                 yield conn
             finally:
-                _JOINED.reset(token)
+                ONE_WRITE.reset(token)
 
     @asynccontextmanager
     async def _writer_turn(self) -> AsyncIterator[None]:

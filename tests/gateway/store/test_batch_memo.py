@@ -14,7 +14,7 @@ from gateway.core.caller import Role
 from gateway.crypto import sealing
 from gateway.crypto.sealing import Sealer
 from gateway.store import Store
-from gateway.store.engine import batch_memo
+from gateway.store.batch import batch_memo
 from gateway.store.schema import subjects
 from tests.conftest import Stack
 from tests.gateway.cases.test_case_view import Key, open_case, own_service
