@@ -4,16 +4,14 @@ from __future__ import annotations
 
 import asyncio
 from contextvars import ContextVar
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from sqlalchemy.ext.asyncio import AsyncConnection
 
-if TYPE_CHECKING:
-    from gateway.store.engine import Store
-
-#: The `Store.one_write` open in this context: its store, connection, task and memo.
+#: The `Store.one_write` open in this context: its store (as an object: this module is
+#: below the engine), connection, task and memo.
 ONE_WRITE: ContextVar[
-    tuple[Store, AsyncConnection, asyncio.Task[Any] | None, dict[Any, Any]] | None
+    tuple[object, AsyncConnection, asyncio.Task[Any] | None, dict[Any, Any]] | None
 ] = ContextVar("coopgate_one_write", default=None)
 
 
