@@ -19,14 +19,16 @@ from tests.conftest import Stack
 from tests.gateway.cases.test_case_view import Key, open_case, own_service, say
 
 
-def _count_reads(watching: CaseWatch, monkeypatch: pytest.MonkeyPatch) -> list[int]:
-    """How many events each of the watch's store reads returned, in order."""
+def _count_reads(watching: CaseWatch, monkeypatch: pytest.MonkeyPatch, case_id: str) -> list[int]:
+    """How many events each of the watch's store reads of ``case_id`` returned, in order
+    (other watches of the stack, of other cases, are not counted)."""
     reads: list[int] = []
     read_batch: Callable[..., Any] = watching._read_batch
 
-    async def counted(*args: Any) -> watch_module.WatchBatch:
-        batch: watch_module.WatchBatch = await read_batch(*args)
-        reads.append(len(batch.events))
+    async def counted(caller: Any, read_case: str, *args: Any) -> watch_module.WatchBatch:
+        batch: watch_module.WatchBatch = await read_batch(caller, read_case, *args)
+        if read_case == case_id:
+            reads.append(len(batch.events))
         return batch
 
     monkeypatch.setattr(watching, "_read_batch", counted)
@@ -45,7 +47,7 @@ async def test_a_watch_reads_once_per_change_it_is_woken_for(
     service_id = await own_service(stack, unique, [])
     bank = stack.api("bank-a", Role.ADVISOR)
     case_id = await open_case(bank, service_id, unique("c"), unique)
-    reads = _count_reads(stack.runtime.domain.cases.watching, monkeypatch)
+    reads = _count_reads(stack.runtime.domain.cases.watching, monkeypatch, case_id)
     call = bank.cases.WatchCase(
         cases_pb2.WatchCaseRequest(case_id=case_id, purpose="incident-resolution")
     )
@@ -85,7 +87,7 @@ async def test_a_full_batch_is_followed_at_once_by_the_next(
     said = [f"earlier {n}" for n in range(5)]
     for summary in said:
         await say(bank, case_id, summary, unique)
-    reads = _count_reads(stack.runtime.domain.cases.watching, monkeypatch)
+    reads = _count_reads(stack.runtime.domain.cases.watching, monkeypatch, case_id)
     call = bank.cases.WatchCase(
         cases_pb2.WatchCaseRequest(case_id=case_id, purpose="incident-resolution")
     )
