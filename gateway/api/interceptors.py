@@ -251,13 +251,13 @@ class GatewayInterceptor(grpc.aio.ServerInterceptor):
         wrapped = self._wrapped.get(method)
         if wrapped is None or wrapped[0] is not handler:
             made = handler
-            traced = self._spans is not None and method not in self._untraced
+            spans = None if method in self._untraced else self._spans
             if not method.startswith(_OPEN_SERVICES):
                 rule = self._rules.get(method, UNDECLARED)
                 gate = self._gate if _changes_something(handler) else self._reading
-                made = _wrap(handler, gate, rule, self._quota, method, traced)
-            if traced and self._spans is not None:
-                made = self._spans.traced(made, method)
+                made = _wrap(handler, gate, rule, self._quota, method, spans is not None)
+            if spans is not None:
+                made = spans.traced(made, method)
             wrapped = self._wrapped[method] = (handler, made)
         return wrapped[1]
 

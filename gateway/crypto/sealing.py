@@ -14,6 +14,7 @@ import base64
 import datetime as dt
 import functools
 import os
+from typing import Any
 
 from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
@@ -62,6 +63,22 @@ ITEM_UNDER_MASTER_KEY = b"\x01"
 
 #: The kinds of key a `Store.one_write` batch's memo keeps (`batch_memo`).
 _CASE, _SUBJECT = "case-key", "subject-key"
+
+
+def _remembered(memo: dict[Any, Any], name: tuple[str, str]) -> AESGCM | None:
+    found: AESGCM | None = memo[name]
+    return found
+
+
+def _remember(
+    memo: dict[Any, Any] | None, name: tuple[str, str], key: AESGCM | None
+) -> AESGCM | None:
+    """``key``, kept in the batch's memo when there is one (None too: erased)."""
+    if memo is not None:
+        memo[name] = key
+    return key
+
+
 #: Unwrapped case keys kept, by wrapped bytes (see `Sealer.unwrap`).
 UNWRAPPED_CACHE = 4096
 
@@ -91,13 +108,11 @@ class Sealer:
         once in a `Store.one_write` batch (`batch_memo`)."""
         memo = batch_memo(conn)
         if memo is not None and (_SUBJECT, subject_id) in memo:
-            found: AESGCM | None = memo[(_SUBJECT, subject_id)]
-            return found
+            return _remembered(memo, (_SUBJECT, subject_id))
         wrapped = (await execute(conn, _SUBJECT_KEY, {"subject_id": subject_id})).scalar()
-        key = self.unwrap(subject_key_name(subject_id), wrapped)
-        if memo is not None:
-            memo[(_SUBJECT, subject_id)] = key
-        return key
+        return _remember(
+            memo, (_SUBJECT, subject_id), self.unwrap(subject_key_name(subject_id), wrapped)
+        )
 
     @staticmethod
     async def destroy_subject_key(conn: AsyncConnection, subject_id: str) -> None:
@@ -116,12 +131,9 @@ class Sealer:
         (`batch_memo`: a batch of the workflow's steps asked for it once a step)."""
         memo = batch_memo(conn)
         if memo is not None and (_CASE, case_id) in memo:
-            found: AESGCM | None = memo[(_CASE, case_id)]
-            return found
-        key = self.unwrap(case_id, (await execute(conn, _KEY, {"case_id": case_id})).scalar())
-        if memo is not None:
-            memo[(_CASE, case_id)] = key
-        return key
+            return _remembered(memo, (_CASE, case_id))
+        wrapped = (await execute(conn, _KEY, {"case_id": case_id})).scalar()
+        return _remember(memo, (_CASE, case_id), self.unwrap(case_id, wrapped))
 
     def key_in(self, conn: Connection, case_id: str) -> AESGCM | None:
         """`key` on a synchronous connection."""

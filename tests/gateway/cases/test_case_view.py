@@ -66,6 +66,13 @@ async def open_case(api: Api, service_id: str, customer: str, unique: Key) -> st
     return response.case_id
 
 
+async def own_case(stack: Stack, unique: Key) -> tuple[Api, str]:
+    """A case of a service of its own, opened by the bank's advisor: the advisor, the case."""
+    service_id = await own_service(stack, unique, [])
+    bank = stack.api("bank-a", Role.ADVISOR)
+    return bank, await open_case(bank, service_id, unique("c"), unique)
+
+
 async def say(api: Api, case_id: str, summary: str, unique: Key, category: str = "") -> int:
     response = await api.cases.AppendInteraction(
         cases_pb2.AppendInteractionRequest(

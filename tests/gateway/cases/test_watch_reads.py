@@ -14,9 +14,8 @@ from coopgate.v1 import cases_pb2
 
 from gateway.cases import watch as watch_module
 from gateway.cases.watch import CaseWatch
-from gateway.core.caller import Role
 from tests.conftest import Stack
-from tests.gateway.cases.test_case_view import Key, open_case, own_service, say
+from tests.gateway.cases.test_case_view import Key, own_case, say
 
 
 def _count_reads(watching: CaseWatch, monkeypatch: pytest.MonkeyPatch, case_id: str) -> list[int]:
@@ -44,9 +43,7 @@ async def _summaries(call: AsyncIterable[cases_pb2.WatchCaseResponse]) -> AsyncI
 async def test_a_watch_reads_once_per_change_it_is_woken_for(
     stack: Stack, unique: Key, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    service_id = await own_service(stack, unique, [])
-    bank = stack.api("bank-a", Role.ADVISOR)
-    case_id = await open_case(bank, service_id, unique("c"), unique)
+    bank, case_id = await own_case(stack, unique)
     reads = _count_reads(stack.runtime.domain.cases.watching, monkeypatch, case_id)
     call = bank.cases.WatchCase(
         cases_pb2.WatchCaseRequest(case_id=case_id, purpose="incident-resolution")
@@ -81,9 +78,7 @@ async def test_a_full_batch_is_followed_at_once_by_the_next(
     monkeypatch.setattr(watch_module, "_EVENTS_AFTER", watch_module._EVENTS_AFTER.limit(2))
     feed = stack.runtime.domain.cases.watching.feed
     monkeypatch.setattr(feed, "interval", 60.0)
-    service_id = await own_service(stack, unique, [])
-    bank = stack.api("bank-a", Role.ADVISOR)
-    case_id = await open_case(bank, service_id, unique("c"), unique)
+    bank, case_id = await own_case(stack, unique)
     said = [f"earlier {n}" for n in range(5)]
     for summary in said:
         await say(bank, case_id, summary, unique)

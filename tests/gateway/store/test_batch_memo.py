@@ -10,14 +10,13 @@ from typing import Any
 import pytest
 from sqlalchemy import insert
 
-from gateway.core.caller import Role
 from gateway.crypto import sealing
 from gateway.crypto.sealing import Sealer
 from gateway.store import Store
 from gateway.store.batch import batch_memo
 from gateway.store.schema import subjects
 from tests.conftest import Stack
-from tests.gateway.cases.test_case_view import Key, open_case, own_service
+from tests.gateway.cases.test_case_view import Key, own_case
 
 
 def _count_reads(monkeypatch: pytest.MonkeyPatch) -> list[tuple[Any, str]]:
@@ -75,9 +74,7 @@ async def test_a_batch_reads_a_subject_key_once_and_forgets_it_when_destroyed(
 async def test_a_batch_reads_a_case_key_once_and_a_new_batch_reads_it_again(
     stack: Stack, unique: Key, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    service_id = await own_service(stack, unique, [])
-    bank = stack.api("bank-a", Role.ADVISOR)
-    case_id = await open_case(bank, service_id, unique("c"), unique)
+    _, case_id = await own_case(stack, unique)
     store = stack.runtime.store
     sealer = stack.runtime.domain.cases.reader.sealer
     asked = _count_reads(monkeypatch)

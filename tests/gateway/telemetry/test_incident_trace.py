@@ -22,7 +22,7 @@ from typer.testing import CliRunner
 from gateway.cli.main import app
 from gateway.core.caller import Role
 from partners.scenarios import SCENARIOS, Outcome, Stage, perform
-from tests.conftest import Stack
+from tests.conftest import Api, Stack
 from tests.gateway.telemetry.conftest import Memory
 from tests.helpers import health_status
 from tests.partners.backends import running_backends
@@ -280,11 +280,7 @@ async def test_a_cancelled_stream_ends_its_span_and_refusals_carry_their_status(
             pass
     assert invalid.value.code() == grpc.StatusCode.INVALID_ARGUMENT
     advisor = stack.api(partner, Role.ADVISOR)
-    with pytest.raises(grpc.aio.AioRpcError) as missing:
-        await advisor.cases.GetCaseView(
-            cases_pb2.GetCaseViewRequest(case_id="case-nope", purpose="incident-resolution")
-        )
-    assert missing.value.code() == grpc.StatusCode.NOT_FOUND
+    assert await _view_of_no_case(advisor) == grpc.StatusCode.NOT_FOUND
     await health_status(advisor.channel)
     await asyncio.sleep(0.3)  # the cancelled stream's handler winds down
 
@@ -312,10 +308,7 @@ async def test_each_call_is_measured_by_method_and_status(
     before = _call_counts(memory)
     advisor = stack.api(stage.cast["bank"], Role.ADVISOR)
     for _ in range(3):
-        with pytest.raises(grpc.aio.AioRpcError):
-            await advisor.cases.GetCaseView(
-                cases_pb2.GetCaseViewRequest(case_id="case-nope", purpose="incident-resolution")
-            )
+        assert await _view_of_no_case(advisor) == grpc.StatusCode.NOT_FOUND
     after = _call_counts(memory)
     missing = ("GetCaseView", grpc.StatusCode.NOT_FOUND.value[0])
     assert after[missing] - before.get(missing, 0) == 3
@@ -335,10 +328,7 @@ async def test_acknowledgements_are_measured_not_traced(
             work_pb2.AcknowledgeRequest(idempotency_key=f"ack-untraced-{n}", work_ids=["w-none"])
         )
         assert acked.acknowledged == 0
-    with pytest.raises(grpc.aio.AioRpcError):
-        await api.cases.GetCaseView(
-            cases_pb2.GetCaseViewRequest(case_id="case-nope", purpose="incident-resolution")
-        )
+    assert await _view_of_no_case(api) == grpc.StatusCode.NOT_FOUND
     after = _call_counts(memory)
     ok = ("Acknowledge", grpc.StatusCode.OK.value[0])
     assert after[ok] - before.get(ok, 0) == 2
@@ -360,3 +350,12 @@ def _call_counts(memory: Memory) -> dict[tuple[object, object], int]:
                     key = (labels.get("rpc.method"), labels.get("rpc.grpc.status_code"))
                     found[key] = point.count  # type: ignore[union-attr]
     return found
+
+
+async def _view_of_no_case(api: Api) -> grpc.StatusCode:
+    """GetCaseView of a case that does not exist (``case-nope``): the code it fails with."""
+    with pytest.raises(grpc.aio.AioRpcError) as refused:
+        await api.cases.GetCaseView(
+            cases_pb2.GetCaseViewRequest(case_id="case-nope", purpose="incident-resolution")
+        )
+    return refused.value.code()

@@ -135,3 +135,12 @@ def test_measures_left_by_a_loop_that_stopped_go_with_the_next_one() -> None:
     time.sleep(0.2)
     asyncio.run(one(2.0))  # past the first timer's time: both go
     assert recorded == [1.0, 2.0]
+
+
+def test_untraced_methods_come_from_the_environment(monkeypatch: pytest.MonkeyPatch) -> None:
+    """``COOPGATE_UNTRACED_METHODS`` is a JSON list; ``[]`` traces every call."""
+    assert "/coopgate.v1.PartnerWorkService/Acknowledge" in Settings().untraced_methods
+    monkeypatch.setenv("COOPGATE_UNTRACED_METHODS", '["/coopgate.v1.CaseService/GetCaseView"]')
+    assert Settings().untraced_methods == {"/coopgate.v1.CaseService/GetCaseView"}
+    monkeypatch.setenv("COOPGATE_UNTRACED_METHODS", "[]")
+    assert Settings().untraced_methods == frozenset()
