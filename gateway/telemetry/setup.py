@@ -45,6 +45,7 @@ from opentelemetry.sdk.trace.export import BatchSpanProcessor, SpanExporter
 
 from gateway.settings import Settings
 from gateway.telemetry.instruments import flush_measures, watch_work_waiting
+from gateway.telemetry.lean import LeanTracerProvider
 from gateway.telemetry.local import LocalMetricExporter, LocalSpanExporter, LocalTelemetry
 
 DEFAULT_SERVICE_NAME = "coopgate-gateway"
@@ -201,7 +202,7 @@ def configure(
         processors.append(BatchSpanProcessor(LocalSpanExporter(local)))
     processors += [BatchSpanProcessor(e) for e in span_exporters]
     if processors:
-        provider = TracerProvider(resource=resource)  # the sampler from OTEL_TRACES_SAMPLER
+        provider = LeanTracerProvider(resource=resource)  # the sampler from OTEL_TRACES_SAMPLER
         for processor in processors:
             provider.add_span_processor(processor)
         trace.set_tracer_provider(provider)

@@ -7,10 +7,12 @@ import sqlite3
 import time
 from pathlib import Path
 
+import pytest
 from opentelemetry.sdk.trace import TracerProvider
 from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.trace import SpanKind, format_span_id, format_trace_id
 
+from gateway.telemetry.lean import LeanTracerProvider
 from gateway.telemetry.local import LocalSpanExporter, LocalTelemetry
 
 # The first layout, clustered on the span's ids, as stores written before hold it.
@@ -26,9 +28,12 @@ CREATE INDEX spans_end ON spans (end_ns);
 """
 
 
-def test_a_case_trace_holds_every_span_of_the_traces_that_touched_it(tmp_path: Path) -> None:
+@pytest.mark.parametrize("kind", [TracerProvider, LeanTracerProvider])
+def test_a_case_trace_holds_every_span_of_the_traces_that_touched_it(
+    tmp_path: Path, kind: type[TracerProvider]
+) -> None:
     store = LocalTelemetry(tmp_path / "telemetry.db")
-    provider = TracerProvider()
+    provider = kind(shutdown_on_exit=False)
     provider.add_span_processor(SimpleSpanProcessor(LocalSpanExporter(store)))
     tracer = provider.get_tracer("test")
     with (
