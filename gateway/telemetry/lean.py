@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import sys
 import traceback
 from collections.abc import Iterator, Mapping, Sequence
 from time import time_ns
@@ -111,30 +112,23 @@ class LeanSpan(ReadableSpan, trace_api.Span):
             logger.warning("Setting attribute on ended span.")
             return
         attributes = self._attributes
-        if type(attributes) is dict and self._fits(attributes, key, value):
+        tracer = self._tracer
+        kind = type(value)
+        if (
+            type(attributes) is dict
+            and type(key) is str
+            and key
+            and kind in _PRIMITIVES
+            and (kind is not str or len(value) <= tracer.longest)  # type: ignore[arg-type]
+            and (key in attributes or len(attributes) < tracer.most)
+        ):
             attributes[key] = value
-        else:
+        else:  # anything else, by the SDK's rules: its own mapping takes it
             self._bounded()[key] = value
 
     def set_attributes(self, attributes: Mapping[str, types.AnyValue]) -> None:
         for key, value in attributes.items():
             self.set_attribute(key, value)
-
-    def _fits(self, attributes: dict[str, Any], key: str, value: Any) -> bool:
-        """Whether ``value`` goes in as it is, by the SDK's rules (else the SDK's own
-        mapping takes it)."""
-        if type(value) not in _PRIMITIVES or type(key) is not str or not key:
-            return False
-        limits = self._tracer.limits
-        if type(value) is str:
-            longest = limits.max_span_attribute_length
-            if longest is not None and len(value) > longest:
-                return False
-        return (
-            key in attributes
-            or limits.max_span_attributes is None
-            or (len(attributes) < limits.max_span_attributes)
-        )
 
     def _bounded(self) -> BoundedAttributes:
         attributes = self._attributes
@@ -279,6 +273,10 @@ def _links(links: Sequence[trace_api.Link], limits: SpanLimits) -> BoundedList[t
     return BoundedList.from_seq(limits.max_links, kept)
 
 
+def _or_max(limit: int | None) -> int:
+    return sys.maxsize if limit is None else limit
+
+
 class LeanTracer(trace_api.Tracer):
     """Starts `LeanSpan`s, sampled by the provider's sampler as the SDK's tracer does."""
 
@@ -288,6 +286,9 @@ class LeanTracer(trace_api.Tracer):
         self.ids = provider.id_generator
         self.processor = provider.processors
         self.limits = provider.limits
+        #: The span attribute limits, as numbers (no limit: the largest).
+        self.most = _or_max(self.limits.max_span_attributes)
+        self.longest = _or_max(self.limits.max_span_attribute_length)
         self.scope = scope
 
     def start_span(

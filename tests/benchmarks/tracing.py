@@ -220,7 +220,7 @@ async def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--seconds", type=float, default=3)
     parser.add_argument("--warmup", type=float, default=0.5)
-    parser.add_argument("--rounds", type=int, default=5)
+    parser.add_argument("--rounds", type=int, default=7)
     parser.add_argument("--incidents", type=int, default=4, help="per side and round")
     parser.add_argument("--json", type=Path, default=Path("var/bench/tracing.json"))
     args = parser.parse_args()
