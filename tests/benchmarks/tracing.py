@@ -13,44 +13,11 @@ switches (`set_tracing`) follow the round: off means what `OTEL_SDK_DISABLED=tru
   answering their diagnosis requests at once through the SDK (work streams, findings,
   the workflow's decision, the offer), incidents one after another.
 
-    python -m tests.benchmarks.tracing [--seconds 3] [--rounds 5] [--incidents 4]
+    python -m tests.benchmarks.tracing [--seconds 3] [--rounds 7] [--incidents 4]
         [--json var/bench/tracing.json]
 
-Each figure is the median over rounds of that round's on over its off. Measured
-2026-12-02 on a shared 2-core machine (load 2-8), tracing on vs off, `--seconds 3
---rounds 5`, median over runs (range): after the server spans became
-`gateway.telemetry.server`'s, composed by the gateway's interceptor, the per-call
-measures went to the SDK in batches and the store's spans into a rowid table (7 runs):
-view at 1 caller, CPU per call +7.1% (+4.9..+15.4%), throughput -5.2% (-3.1..-13.2%);
-at 16 callers, CPU per call +24.4% (+15.6..+31.1%), throughput -17.6% (-1.3..-30.7%);
-incident latency +9.2% (-4.5..+18.0%). The target (at most 10%) is met at 1 caller and
-for the incident in the median run, not at 16 callers.
-
-Then the store's exporter was made cheaper (rows without a key-by-key copy of the
-attributes, no index on every span's trace id nor on its end): its thread's CPU per
-view call at 16 callers, read from /proc per thread, went from 25 µs to 17-18 µs
-(2 interleaved pairs, load 6-10). The whole benchmark, 7 runs of the code before
-interleaved with 7 after (load 3-12, other sessions' benchmarks), could not tell them
-apart: before, 1 caller CPU +29.6% (+6.5..+40.8%), throughput -22.4% (-28.5..-0.4%),
-16 callers CPU +12.6% (+1.6..+49.0%), throughput -13.0% (-25.4..+9.0%), incident
-+8.9% (+2.3..+27.6%); after, 1 caller +14.3% (+6.2..+32.7%), -12.6% (-26.8..+0.8%),
-16 callers +24.6% (+8.3..+58.0%), -16.1% (-43.3..-2.3%), incident +15.8% (-1.5..
-+66.0%): each median within the other's range, the same code's ratios swinging by
-20-50 points between runs there.
-
-What tracing costs per view call at 16 callers, timed in the gateway under that load
-(thread CPU around each piece): the SDK's `start_span` about 43 µs, `Span.end` 12, the
-two attributes the interceptor sets 9, the batched histogram records 12, the cyclic
-collector 7 more (49 collections per 1000 calls instead of 27: each span lives in the
-batch processor's queue until exported), the exporter's thread 14-17; a call costs
-450-700 µs off. The first four are the SDK's own work (its span object with its locks
-and lists, attribute checks, the metric SDK's record path), 2-3 times what they cost
-in a tight loop, and no cheaper call of its public API was found; what would cut them
-is a server span not made by the SDK's tracer (its `ReadableSpan`s made by hand, which
-the SDK asks users not to do). A batch of 64 for the store's processor
-(`OTEL_BSP_MAX_EXPORT_BATCH_SIZE`) cut the collector's share by 3 µs and cost the
-exporter as much. So at 16 callers, where this machine's two cores are saturated by
-the gateway and the load generator, the target is not met.
+Each figure is the median over rounds of that round's on over its off. The figures
+measured, and what changed between them, are in docs/BENCHMARKS.md ("Tracing's cost").
 """
 
 from __future__ import annotations
