@@ -67,6 +67,7 @@ bench: $(STAMP)
 	$(BIN)/python -m tests.benchmarks.incident --no-drills $(INCIDENT_BENCH_ARGS)
 	$(BIN)/python -m tests.benchmarks.incident $(INCIDENT_BENCH_ARGS)
 	$(BIN)/python -m tests.benchmarks.console $(CONSOLE_BENCH_ARGS)
+	$(BIN)/python -m tests.benchmarks.span_cost
 	$(BIN)/python -m tests.benchmarks.tracing $(TRACING_BENCH_ARGS)
 	$(BIN)/python -m tests.benchmarks.memory $(MEMORY_BENCH_ARGS)
 
