@@ -15,6 +15,7 @@ from opentelemetry import trace
 
 from gateway.settings import Settings
 from gateway.telemetry import TelemetryError, configure, tracing_on
+from gateway.telemetry.lean import LeanSpan, LeanTracerProvider
 from gateway.telemetry.logs import JsonFormatter, TraceContextFilter
 from gateway.telemetry.setup import _load, _names, _resource, keeps_local
 from tests.gateway.telemetry.conftest import Memory
@@ -144,3 +145,16 @@ def test_untraced_methods_come_from_the_environment(monkeypatch: pytest.MonkeyPa
     assert Settings().untraced_methods == {"/coopgate.v1.CaseService/GetCaseView"}
     monkeypatch.setenv("COOPGATE_UNTRACED_METHODS", "[]")
     assert Settings().untraced_methods == frozenset()
+
+
+def test_the_configured_provider_makes_lean_spans(memory: Memory) -> None:
+    """`configure` installs the lean provider: the spans it hands the exporters (those
+    of the whole incident trace in test_incident_trace) are `LeanSpan`s."""
+    provider = memory.telemetry.tracer_provider
+    assert isinstance(provider, LeanTracerProvider)
+    with provider.get_tracer("test").start_as_current_span("lean") as span:
+        span.set_attribute("coopgate.case_id", "case-lean")
+    assert isinstance(span, LeanSpan)
+    provider.force_flush()
+    (exported,) = [s for s in memory.spans.get_finished_spans() if s.name == "lean"]
+    assert dict(exported.attributes or {}) == {"coopgate.case_id": "case-lean"}
