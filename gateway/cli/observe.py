@@ -189,12 +189,23 @@ def partner_waits(spans: list[SpanRow]) -> dict[str, int]:
 
 
 def trace(
-    case_id: Annotated[str, typer.Argument(help="The case id (as `coopgate case` shows it).")],
+    case_id: Annotated[
+        str, typer.Argument(help="The case id, or its start if no other case's starts alike.")
+    ],
     data_dir: DataDir = None,
 ) -> None:
     """Print a case's trace as a waterfall: every step of the incident, who took it, when,
     and how long each partner took to act on what it was sent."""
-    spans = _store(data_dir).case_trace(case_id)
+    store = _store(data_dir)
+    spans = store.case_trace(case_id)
+    if not spans and case_id:
+        starting = store.cases_starting(case_id)
+        if len(starting) > 1:
+            err.print(f"{case_id!r} starts several cases' ids: " + ", ".join(starting))
+            raise typer.Exit(1)
+        if starting:  # a short id, as the demo's summary prints it
+            case_id = starting[0]
+            spans = store.case_trace(case_id)
     if not spans:
         err.print(
             f"no spans for case {case_id!r}: unknown case, older than the store keeps "

@@ -199,6 +199,21 @@ class LocalTelemetry:
             SpanRow(r[0], r[1], r[2], r[3], r[4], r[5], r[6], r[7], json.loads(r[9])) for r in rows
         ]
 
+    def cases_starting(self, prefix: str, limit: int = 5) -> list[str]:
+        """The cases whose id starts with ``prefix`` (as short as the demo prints them),
+        at most ``limit``, by the case index."""
+        with self._lock:
+            rows = (
+                self._conn()
+                .execute(
+                    "SELECT DISTINCT case_id FROM spans WHERE case_id >= ?1 AND case_id < ?2 "
+                    "ORDER BY case_id LIMIT ?3",
+                    (prefix, prefix + "\U0010ffff", limit),
+                )
+                .fetchall()
+            )
+        return [r[0] for r in rows]
+
     def points_since(self, since_ns: int) -> list[PointRow]:
         with self._lock:
             rows = (

@@ -259,6 +259,13 @@ def test_coopgate_trace_prints_the_waterfall_and_stats_the_kpis(memory: Memory) 
     assert any("audit appends" in line for line in stats.output.splitlines())
     missing = runner.invoke(app, ["trace", "no-such-case", "--data-dir", str(memory.data_dir)])
     assert missing.exit_code == 1
+    # The short id the demo's summary prints finds the same trace.
+    short = runner.invoke(app, ["trace", outcome.case_id[:13], "--data-dir", str(memory.data_dir)])
+    assert short.exit_code == 0, short.output
+    assert short.output == shown.output
+    several = runner.invoke(app, ["trace", "case-", "--data-dir", str(memory.data_dir)])
+    assert several.exit_code == 1
+    assert outcome.case_id in several.output
 
 
 async def test_a_cancelled_stream_ends_its_span_and_refusals_carry_their_status(
