@@ -9,13 +9,14 @@ SDK's `Span` pays for on every span whatever it holds: a lock, a bounded attribu
 mapping that checks each value through several calls, two bounded lists, and a second
 `ReadableSpan` copied out at the end.
 
-Measured under the case view's load at 16 callers on a 2-core machine, the SDK's span
-start took about 98 µs and its end 29 µs, several times their cost in a tight loop;
-with these spans tracing cost the view -4.8% of its throughput instead of -14.7%
-(docs/BENCHMARKS.md).
+Under the case view's load at 16 callers on a 2-core machine, the SDK's span start
+took about 98 µs and its end 29 µs, several times their cost in a tight loop. A lean
+server span takes 76 k instructions where the SDK's takes 182 k
+(`tests.benchmarks.span_cost` under callgrind), and tracing's cost to an incident's
+latency fell from +20% to +3..+11% (docs/BENCHMARKS.md, "Tracing's cost").
 
 What a span holds follows the SDK's rules: attribute values of the primitive types (and
-homogeneous sequences of them), at most ``OTEL_SPAN_ATTRIBUTE_COUNT_LIMIT`` of them,
+the sequences and maps of them the SDK takes), at most ``OTEL_SPAN_ATTRIBUTE_COUNT_LIMIT``,
 strings cut at ``OTEL_SPAN_ATTRIBUTE_VALUE_LENGTH_LIMIT``; an attribute that is not a
 string, bool, int or float of a legal length, or one past the limit, moves the span's
 attributes into the SDK's own `BoundedAttributes`, which then checks, drops and counts
