@@ -24,6 +24,9 @@ from gateway.store import Store
 from gateway.telemetry import annotate, tracer, tracing_on
 from workflows.contracts import RUN_STEPS, StepsInput
 
+#: Made once, as `work.delivery`'s: a step no longer asks the provider for its tracer.
+_tracer = tracer(__name__)
+
 
 class StepActivities:
     def __init__(
@@ -40,6 +43,6 @@ class StepActivities:
                 if not tracing_on():
                     await self._activities[name](arg)
                     continue
-                with tracer(__name__).start_as_current_span(f"RunActivity:{name}"):
+                with _tracer.start_as_current_span(f"RunActivity:{name}"):
                     annotate(**activity_attributes(arg))
                     await self._activities[name](arg)
