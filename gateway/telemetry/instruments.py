@@ -2,19 +2,21 @@
 the name): what a resolution desk is judged by, and what tells an operator why.
 
 Instruments come from the global meter, a no-op until `configure` installs a provider:
-recording then costs a method call. Labels are ids of services, partners, rules,
+recording then costs a method call. The three histograms recorded on every call or
+append (`PRODUCED`) are kept by `gateway.telemetry.produced` and handed to the same
+readers; they keep nothing until `configure` attaches its readers. Labels are ids of services, partners, rules,
 categories, purposes and outcomes, never a customer's identifier or any case text:
 KPIs are derived data, and consent covers them."""
 
 from __future__ import annotations
 
-import asyncio
-import time
 from collections.abc import Callable, Iterable, Sequence
 from typing import Any
 
 from opentelemetry import metrics
 from opentelemetry.metrics import CallbackOptions, Observation
+
+from gateway.telemetry.produced import ProducedHistogram, Series
 
 _meter = metrics.get_meter("coopgate")
 
@@ -58,85 +60,49 @@ consent_denials = _meter.create_counter(
     unit="{decision}",
     description="Reads of another partner's data refused, by category, purpose and reason.",
 )
-audit_append = _meter.create_histogram(
-    "coopgate.audit.append.duration", unit="s", description="One durable audit append."
+#: Calls and appends: sub-millisecond to seconds.
+FAST_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10)
+BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512)
+
+# The measures made on every call or append are kept here (`produced`): the SDK's
+# instruments cost several times more per record than the call's span.
+audit_append = ProducedHistogram(
+    "coopgate.audit.append.duration", "s", "One durable audit append.", FAST_BUCKETS
 )
-audit_batch = _meter.create_histogram(
-    "coopgate.audit.append.batch_size", unit="{entry}", description="Entries per audit append."
+audit_batch = ProducedHistogram(
+    "coopgate.audit.append.batch_size", "{entry}", "Entries per audit append.", BATCH_BUCKETS
 )
-rpc_duration = _meter.create_histogram(
+rpc_duration = ProducedHistogram(
     "rpc.server.call.duration",
-    unit="s",
-    description="Per call, by service, method and gRPC status code (OTel RPC conventions).",
+    "s",
+    "Per call, by service, method and gRPC status code (OTel RPC conventions).",
+    FAST_BUCKETS,
 )
+#: The histograms `configure` hands to its metric readers.
+PRODUCED = (audit_append, audit_batch, rpc_duration)
 watchers = _meter.create_up_down_counter(
     "coopgate.case.watchers", unit="{watcher}", description="Open WatchCase streams."
 )
 
 
-class _Deferred:
-    """Measures made on every call, handed to the SDK in batches: its ``record`` costs
-    several times more one call at a time (cold, between the call's other work) than in
-    a loop. A batch goes when it holds `BATCH` measures or a second after its first, on
-    the event loop (at once without one), and at `flush_measures` (before a test reads,
-    and at shutdown); a measure reaches the exporters at most that second late."""
-
-    BATCH = 128
-    DELAY = 1.0
-
-    def __init__(self) -> None:
-        self._pending: list[tuple[Callable[..., None], float, Any]] = []
-        self._timer: asyncio.TimerHandle | None = None
-        self._due = 0.0
-
-    def add(self, record: Callable[..., None], value: float, labels: Any = None) -> None:
-        self._pending.append((record, value, labels))
-        if len(self._pending) >= self.BATCH:
-            self.flush()
-        elif self._timer is None:
-            try:
-                self._timer = asyncio.get_running_loop().call_later(self.DELAY, self.flush)
-            except RuntimeError:  # no event loop here
-                self.flush()
-                return
-            self._due = time.monotonic() + 2 * self.DELAY
-        elif time.monotonic() > self._due:  # its loop stopped before the timer fired
-            self.flush()
-
-    def flush(self) -> None:
-        if self._timer is not None:
-            self._timer.cancel()
-            self._timer = None
-        pending, self._pending = self._pending, []
-        for record, value, labels in pending:
-            record(value, labels)
-
-
-_deferred = _Deferred()
-
-
-def flush_measures() -> None:
-    """Hand the per-call measures still waiting (see `_Deferred`) to the SDK now."""
-    _deferred.flush()
-
-
 def rpc_recorder(method: str) -> Callable[[float, Any], None]:
     """Records one call of ``method`` (``/package.Service/Method``): its seconds and its
-    ``grpc.StatusCode`` (None: OK), in the next batch (`_Deferred`). Labels are made once
-    per status."""
+    ``grpc.StatusCode`` (None: OK). A series per status, made at its first call."""
     _, service, name = method.split("/", 2) if method.count("/") == 2 else ("", "", method)
-    by_code: dict[Any, dict[str, Any]] = {}
+    by_code: dict[Any, Series] = {}
 
     def record(seconds: float, code: Any) -> None:
-        labels = by_code.get(code)
-        if labels is None:
-            labels = by_code[code] = {
-                "rpc.system": "grpc",
-                "rpc.service": service,
-                "rpc.method": name,
-                "rpc.grpc.status_code": code.value[0] if code is not None else 0,
-            }
-        _deferred.add(rpc_duration.record, seconds, labels)
+        series = by_code.get(code)
+        if series is None:
+            series = by_code[code] = rpc_duration.series(
+                {
+                    "rpc.system": "grpc",
+                    "rpc.service": service,
+                    "rpc.method": name,
+                    "rpc.grpc.status_code": code.value[0] if code is not None else 0,
+                }
+            )
+        series.record(seconds)
 
     return record
 
@@ -185,16 +151,19 @@ def case_closed(
         partner_unresponsive.add(1, {SERVICE: service_id, PARTNER: partner})
 
 
+_append = audit_append.series()
+_batch = audit_batch.series()
+
+
 def _sla_name(breach: str) -> str:
     """The SLA a breach entry names (entries may carry more after a colon)."""
     return breach.split(":", 1)[0][:64]
 
 
 def audit_appended(records: Sequence[Any], seconds: float) -> None:
-    """One audit append: its latency, its size (both in the next batch of measures) and
-    the consent denials it records."""
-    _deferred.add(audit_append.record, seconds)
-    _deferred.add(audit_batch.record, len(records))
+    """One audit append: its latency, its size and the consent denials it records."""
+    _append.record(seconds)
+    _batch.record(len(records))
     for record in records:
         if record.decision == "deny":
             for category in record.categories:

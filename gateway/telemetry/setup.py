@@ -44,16 +44,14 @@ from opentelemetry.sdk.trace import SpanProcessor, TracerProvider
 from opentelemetry.sdk.trace.export import BatchSpanProcessor, SpanExporter
 
 from gateway.settings import Settings
-from gateway.telemetry.instruments import flush_measures, watch_work_waiting
+from gateway.telemetry.instruments import PRODUCED, watch_work_waiting
 from gateway.telemetry.lean import LeanTracerProvider
 from gateway.telemetry.local import LocalMetricExporter, LocalSpanExporter, LocalTelemetry
+from gateway.telemetry.produced import attach
 
 DEFAULT_SERVICE_NAME = "coopgate-gateway"
 #: KPI durations run from seconds to days.
 _KPI_BUCKETS = (1, 5, 15, 30, 60, 120, 300, 600, 1800, 3600, 7200, 14400, 28800, 86400, 259200)
-#: Calls and appends: sub-millisecond to seconds.
-_FAST_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10)
-_BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512)
 
 
 class TelemetryError(Exception):
@@ -73,7 +71,6 @@ class Telemetry:
         return self.tracer_provider is not None
 
     def shutdown(self) -> None:
-        flush_measures()
         if self.tracer_provider is not None:
             self.tracer_provider.shutdown()
         if self.meter_provider is not None:
@@ -155,18 +152,6 @@ def _views() -> list[View]:
     return [
         View(instrument_name="coopgate.case.time_to_*", aggregation=kpis),
         View(instrument_name="coopgate.partner.response_time", aggregation=kpis),
-        View(
-            instrument_name="coopgate.audit.append.duration",
-            aggregation=ExplicitBucketHistogramAggregation(_FAST_BUCKETS),
-        ),
-        View(
-            instrument_name="coopgate.audit.append.batch_size",
-            aggregation=ExplicitBucketHistogramAggregation(_BATCH_BUCKETS),
-        ),
-        View(
-            instrument_name="rpc.server.call.duration",
-            aggregation=ExplicitBucketHistogramAggregation(_FAST_BUCKETS),
-        ),
     ]
 
 
@@ -230,6 +215,8 @@ def configure(
             if os.environ.get("OTEL_METRICS_EXEMPLAR_FILTER")
             else AlwaysOffExemplarFilter(),
         )
+        # The per-call histograms, kept outside the SDK (`produced`), until shutdown.
+        telemetry.closers.append(attach(readers, PRODUCED, resource))
         metrics.set_meter_provider(meters)
         telemetry.meter_provider = meters
     set_tracing(telemetry.tracing, metrics=telemetry.meter_provider is not None)

@@ -23,7 +23,6 @@ from gateway.orchestration.tracing import client_interceptors
 from gateway.settings import Settings
 from gateway.stack import Pki, open_runtime, start_gateway
 from gateway.telemetry import Telemetry, configure, set_tracing
-from gateway.telemetry.instruments import flush_measures
 from gateway.telemetry.logs import JsonFormatter, TraceContextFilter
 from partners import PartnerCredentials
 from tests.conftest import Stack
@@ -43,7 +42,6 @@ class Memory:
         return list(self.spans.get_finished_spans())
 
     def metrics(self) -> MetricsData:
-        flush_measures()
         data = self.reader.get_metrics_data()
         assert data is not None
         return data
@@ -52,7 +50,6 @@ class Memory:
         """Everything to DATA_DIR/telemetry.db now (its readers export every 10 s)."""
         assert self.telemetry.tracer_provider is not None
         assert self.telemetry.meter_provider is not None
-        flush_measures()
         self.telemetry.tracer_provider.force_flush()
         self.telemetry.meter_provider.force_flush()
 

@@ -309,8 +309,8 @@ async def test_a_cancelled_stream_ends_its_span_and_refusals_carry_their_status(
 async def test_each_call_is_measured_by_method_and_status(
     stage: Stage, stack: Stack, memory: Memory
 ) -> None:
-    """``rpc.server.call.duration``, by method and gRPC status, every call counted (the
-    measures go to the SDK in batches: `Memory.metrics` hands the waiting ones over)."""
+    """``rpc.server.call.duration``, by method and gRPC status, every call counted (kept
+    by `gateway.telemetry.produced`, collected with the SDK's metrics by the reader)."""
 
     before = _call_counts(memory)
     advisor = stack.api(stage.cast["bank"], Role.ADVISOR)

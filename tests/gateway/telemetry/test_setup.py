@@ -4,10 +4,8 @@ what it decides from the environment."""
 
 from __future__ import annotations
 
-import asyncio
 import json
 import logging
-import time
 from pathlib import Path
 
 import pytest
@@ -74,17 +72,17 @@ def test_log_lines_name_their_trace_and_span(memory: Memory) -> None:
 def test_no_exemplars_unless_asked(memory: Memory) -> None:
     """OTEL_METRICS_EXEMPLAR_FILTER unset: a measure made in a sampled span keeps no
     exemplar (the SDK's trace_based default doubled the per-call measures' cost)."""
-    from gateway.telemetry.instruments import audit_append
+    from gateway.telemetry.instruments import PARTNER, SERVICE, partner_response
 
     with trace.get_tracer("test").start_as_current_span("sampled") as span:
         assert span.get_span_context().trace_flags.sampled
-        audit_append.record(0.001)
+        partner_response.record(0.5, {SERVICE: "exemplars", PARTNER: "none"})
     points = [
         point
         for resource in memory.metrics().resource_metrics
         for scope in resource.scope_metrics
         for metric in scope.metrics
-        if metric.name == "coopgate.audit.append.duration"
+        if metric.name == "coopgate.partner.response_time"
         for point in metric.data.data_points
     ]
     assert points
@@ -100,42 +98,6 @@ def test_local_store_where_the_data_dir_exists(tmp_path: Path) -> None:
     assert keeps_local(Settings(data_dir=tmp_path))
     assert keeps_local(Settings(data_dir=absent, telemetry_store=True))
     assert not keeps_local(Settings(data_dir=tmp_path, telemetry_store=False))
-
-
-async def test_per_call_measures_go_in_batches_and_never_wait_long() -> None:
-    from gateway.telemetry.instruments import _Deferred
-
-    recorded: list[float] = []
-    deferred = _Deferred()
-    deferred.DELAY = 0.05
-    for value in (1.0, 2.0, 3.0):
-        deferred.add(lambda v, labels: recorded.append(v), value)
-    assert recorded == []  # waiting for more
-    await asyncio.sleep(0.3)
-    assert recorded == [1.0, 2.0, 3.0]  # the batch's delay is up
-    for _ in range(deferred.BATCH):
-        deferred.add(lambda v, labels: recorded.append(v), 0.5)
-    assert len(recorded) == 3 + deferred.BATCH  # a full batch goes at once
-    deferred.add(lambda v, labels: recorded.append(v), 9.0)
-    deferred.flush()
-    assert recorded[-1] == 9.0
-
-
-def test_measures_left_by_a_loop_that_stopped_go_with_the_next_one() -> None:
-    from gateway.telemetry.instruments import _Deferred
-
-    recorded: list[float] = []
-    deferred = _Deferred()
-    deferred.DELAY = 0.05
-
-    async def one(value: float) -> None:
-        deferred.add(lambda v, labels: recorded.append(v), value)
-
-    asyncio.run(one(1.0))  # its loop closes before the batch's timer fires
-    assert recorded == []
-    time.sleep(0.2)
-    asyncio.run(one(2.0))  # past the first timer's time: both go
-    assert recorded == [1.0, 2.0]
 
 
 def test_untraced_methods_come_from_the_environment(monkeypatch: pytest.MonkeyPatch) -> None:
