@@ -4,9 +4,9 @@ the name): what a resolution desk is judged by, and what tells an operator why.
 Instruments come from the global meter, a no-op until `configure` installs a provider:
 recording then costs a method call. The three histograms recorded on every call or
 append (`PRODUCED`) are kept by `gateway.telemetry.produced` and handed to the same
-readers; they keep nothing until `configure` attaches its readers. Labels are ids of services, partners, rules,
-categories, purposes and outcomes, never a customer's identifier or any case text:
-KPIs are derived data, and consent covers them."""
+readers; they keep nothing until `configure` attaches its readers. Labels are ids of
+services, partners, rules, categories, purposes and outcomes, never a customer's
+identifier or any case text: KPIs are derived data, and consent covers them."""
 
 from __future__ import annotations
 

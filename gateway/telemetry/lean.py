@@ -45,6 +45,7 @@ from opentelemetry.sdk.trace import (
     SpanLimits,
     SynchronousMultiSpanProcessor,
     TracerProvider,
+    sampling,
 )
 from opentelemetry.sdk.trace import SpanProcessor as SdkSpanProcessor
 from opentelemetry.sdk.trace.sampling import Sampler
@@ -56,6 +57,10 @@ from opentelemetry.util import types
 logger = logging.getLogger(__name__)
 
 _PRIMITIVES = frozenset({str, bool, int, float})
+_ALWAYS_ON = {
+    sampling.ALWAYS_ON.get_description(): True,
+    sampling.ParentBased(sampling.ALWAYS_ON).get_description(): False,  # type: ignore[no-untyped-call]
+}
 _UNSET = Status(StatusCode.UNSET)
 _SAMPLED = TraceFlags(TraceFlags.SAMPLED)
 _NOT_SAMPLED = TraceFlags(TraceFlags.DEFAULT)
@@ -98,7 +103,16 @@ class LeanSpan(ReadableSpan, trace_api.Span):
         self._record_exception = record_exception
         self._set_status_on_exception = set_status_on_exception
         if attributes:
-            self.set_attributes(attributes)
+            if len(attributes) <= tracer.most and all(
+                type(key) is str
+                and key
+                and type(value) in _PRIMITIVES
+                and (type(value) is not str or len(value) <= tracer.longest)
+                for key, value in attributes.items()
+            ):  # as `set_attribute` would take each of them: at once
+                self._attributes = dict(attributes)
+            else:
+                self.set_attributes(attributes)
 
     # -- recording ---------------------------------------------------------------
 
@@ -291,6 +305,10 @@ class LeanTracer(trace_api.Tracer):
         self.most = _or_max(self.limits.max_span_attributes)
         self.longest = _or_max(self.limits.max_span_attribute_length)
         self.scope = scope
+        #: The SDK's always-on samplers, told by their description, decide here: True for
+        #: ``always_on`` (every span sampled), False for ``parentbased_always_on`` (the
+        #: default: a root span sampled, a child as its parent was); None: ask the sampler.
+        self.always_on: bool | None = _ALWAYS_ON.get(self.sampler.get_description())
 
     def start_span(
         self,
@@ -312,8 +330,16 @@ class LeanTracer(trace_api.Tracer):
             trace_id = parent.trace_id
             random_trace_id = parent.trace_flags.random_trace_id
         links = links or ()
-        sampled = self.sampler.should_sample(context, trace_id, name, kind, attributes, links)
-        flags = _SAMPLED if sampled.decision.is_sampled() else _NOT_SAMPLED  # type: ignore[no-untyped-call]
+        if self.always_on is None:
+            sampled = self.sampler.should_sample(context, trace_id, name, kind, attributes, links)
+            recording = sampled.decision.is_recording()  # type: ignore[no-untyped-call]
+            flags = _SAMPLED if sampled.decision.is_sampled() else _NOT_SAMPLED  # type: ignore[no-untyped-call]
+            trace_state = sampled.trace_state
+            attributes = sampled.attributes  # the sampler's: as the SDK's tracer takes them
+        else:  # what the SDK's always-on samplers decide, without asking them
+            recording = self.always_on or parent is None or parent.trace_flags.sampled
+            flags = _SAMPLED if recording else _NOT_SAMPLED
+            trace_state = parent.trace_state if parent is not None else None
         if random_trace_id:
             flags = TraceFlags(flags | TraceFlags.RANDOM_TRACE_ID)
         span_context = SpanContext(
@@ -321,9 +347,9 @@ class LeanTracer(trace_api.Tracer):
             self.ids.generate_span_id(),
             is_remote=False,
             trace_flags=flags,
-            trace_state=sampled.trace_state,
+            trace_state=trace_state,
         )
-        if not sampled.decision.is_recording():  # type: ignore[no-untyped-call]
+        if not recording:
             return trace_api.NonRecordingSpan(span_context)
         span = LeanSpan(
             self,
@@ -331,7 +357,7 @@ class LeanTracer(trace_api.Tracer):
             span_context,
             parent,
             kind,
-            sampled.attributes,  # the sampler's: those asked for, as the SDK's tracer takes them
+            attributes,
             links,
             start_time,
             record_exception,

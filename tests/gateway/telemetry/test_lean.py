@@ -22,6 +22,7 @@ from opentelemetry.trace import (
     Status,
     StatusCode,
     TraceFlags,
+    TraceState,
 )
 
 from gateway.telemetry.lean import LeanSpan, LeanTracerProvider
@@ -72,12 +73,17 @@ def _script(tracer: trace.Tracer) -> None:
         with pytest.raises(Refused), quiet:
             raise Refused("unrecorded")
         manual = tracer.start_span(
-            "manual", context=trace.set_span_in_context(NonRecordingSpan(REMOTE)), start_time=10
+            "manual",
+            context=trace.set_span_in_context(NonRecordingSpan(REMOTE)),
+            attributes={"cut": "y" * 30, "seq": [1, 2]},  # at the start, by the same rules
+            start_time=10,
         )
         manual.set_status(Status(StatusCode.ERROR, "broken"))
         manual.end(end_time=20)
         manual.set_attribute("after", "end")  # ignored
         manual.end()  # a second end: ignored
+        crowded = {f"a{i}": i for i in range(8)}  # more at the start than the limit
+        tracer.start_span("crowded", attributes=crowded).end()
 
 
 def _shape(span: ReadableSpan, names: dict[int, str]) -> dict[str, Any]:
@@ -117,7 +123,14 @@ def test_the_same_calls_record_the_same_spans() -> None:
     sdk, _ = _recorded(TracerProvider, _script)
     lean, _ = _recorded(LeanTracerProvider, _script)
 
-    assert [s.name for s in lean] == ["child", "fails", "quiet", "manual", "root renamed"]
+    assert [s.name for s in lean] == [
+        "child",
+        "fails",
+        "quiet",
+        "manual",
+        "crowded",
+        "root renamed",
+    ]
     assert all(isinstance(s, LeanSpan) for s in lean)
     assert _shapes(lean) == _shapes(sdk)
     root = lean[-1]
@@ -149,6 +162,9 @@ def test_one_trace_parent_to_child() -> None:
     assert by_name["c"].parent == by_name["b"].context
 
 
+STATE = TraceState([("vendor", "x1")])
+
+
 @pytest.mark.parametrize("kind", PROVIDERS)
 @pytest.mark.parametrize(
     ("sampler", "parent", "recorded"),
@@ -156,7 +172,11 @@ def test_one_trace_parent_to_child() -> None:
         (ALWAYS_OFF, None, False),
         (ParentBased(ALWAYS_ON), None, True),
         (ParentBased(ALWAYS_ON), TraceFlags(TraceFlags.DEFAULT), False),
+        (ParentBased(ALWAYS_ON), TraceFlags(TraceFlags.SAMPLED), True),
         (ParentBased(ALWAYS_OFF), TraceFlags(TraceFlags.SAMPLED), True),
+        # The lean tracer decides for the always-on samplers itself: the same decisions.
+        (ALWAYS_ON, None, True),
+        (ALWAYS_ON, TraceFlags(TraceFlags.DEFAULT), True),
     ],
 )
 def test_the_sampler_decides(
@@ -167,7 +187,9 @@ def test_the_sampler_decides(
     def script(tracer: trace.Tracer) -> None:
         context = None
         if parent is not None:
-            remote = SpanContext(0x1234, 0x5678, is_remote=True, trace_flags=parent)
+            remote = SpanContext(
+                0x1234, 0x5678, is_remote=True, trace_flags=parent, trace_state=STATE
+            )
             context = trace.set_span_in_context(NonRecordingSpan(remote))
         with tracer.start_as_current_span("decided", context=context) as span:
             made.append((span, span.is_recording()))
@@ -183,6 +205,9 @@ def test_the_sampler_decides(
     assert [s.name for s in spans] == (["decided"] if recorded else [])
     if parent is not None:
         assert span.get_span_context().trace_id == 0x1234
+        assert span.get_span_context().trace_state == STATE  # the parent's, carried on
+    else:
+        assert not span.get_span_context().trace_state
 
 
 class _Stamping(SpanProcessor):
