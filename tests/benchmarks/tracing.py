@@ -2,10 +2,12 @@
 off and on (every trace sampled, spans and metrics to the embedded store, as `coopgate up`
 keeps them), side by side in one run.
 
-Two stacks in this process, one built with telemetry off (no OpenTelemetry or Temporal
-tracing interceptor, no per-call measure) and one with it on, over one Temporal dev
-server; their rounds alternate, so the machine's noise falls on both. The process's
-switches (`set_tracing`) follow the round: off means what `OTEL_SDK_DISABLED=true` gives.
+Four stacks in this process, built off, on, on, off (`LAYOUT`: a stack built later runs
+a little slower), with telemetry off (no OpenTelemetry or Temporal tracing interceptor,
+no per-call measure) or on, over one Temporal dev server; each round runs all four,
+starting one further on each time, so the machine's noise falls on both modes. The
+process's switches (`set_tracing`) follow the stack: off means what
+`OTEL_SDK_DISABLED=true` gives.
 
 - view: `tests.benchmarks.case_view`'s load generator (a child process) on a case of 200
   items, at 1 and 16 concurrent callers;
@@ -16,7 +18,8 @@ switches (`set_tracing`) follow the round: off means what `OTEL_SDK_DISABLED=tru
     python -m tests.benchmarks.tracing [--seconds 3] [--rounds 7] [--incidents 4]
         [--json var/bench/tracing.json]
 
-Each figure is the median over rounds of that round's on over its off. The figures
+Each figure is the median over rounds of that round's on over its off (each mode's two
+stacks together). The figures
 measured, and what changed between them, are in docs/BENCHMARKS.md ("Tracing's cost").
 """
 
@@ -78,8 +81,11 @@ class Side:
     """One stack: its gateway's address, its seeded case, its incidents' clocks."""
 
     name: str
+    on: bool
     runtime: Runtime
     target: str
+    client: Client
+    settings: Settings
     case_id: str = ""
     owned: dict[str, asyncio.Event] = field(default_factory=dict)
     clients: list[PartnerClient] = field(default_factory=list)
@@ -92,7 +98,7 @@ def switch(on: bool) -> None:
 @contextlib.asynccontextmanager
 async def side(
     name: str, on: bool, env: WorkflowEnvironment, pki: Pki, workdir: Path
-) -> AsyncIterator[tuple[Side, Client, Settings]]:
+) -> AsyncIterator[Side]:
     """A stack built with telemetry ``on`` or off (interceptors are chosen when built)."""
     switch(on)
     client = await Client.connect(
@@ -113,7 +119,8 @@ async def side(
         case_id, _ = await seed_case(runtime, "nfc-payment")
         gateway = await start_gateway(runtime, pki)
         try:
-            yield Side(name, runtime, f"127.0.0.1:{gateway.port}", case_id), client, settings
+            target = f"127.0.0.1:{gateway.port}"
+            yield Side(name, on, runtime, target, client, settings, case_id)
         finally:
             await gateway.stop(0)
 
@@ -171,10 +178,22 @@ def _pct(ratio: float) -> str:
     return f"{ratio - 1:+.1%}"
 
 
-def ordered(sides: tuple[Side, Side], round_: int) -> tuple[Side, Side]:
-    """Odd rounds run on first: a machine getting busier or quieter during a round
-    weighs on both sides alike over the run."""
-    return sides if round_ % 2 == 0 else (sides[1], sides[0])
+#: The stacks, built in this order (off, on, on, off): a stack built later ran a few
+#: percent slower than one built before it in the same process, whatever its telemetry
+#: (measured: on vs off at 16 callers -13.3% built off-then-on, -10.1% on-then-off), and
+#: in this order each mode's mean place is the same.
+LAYOUT = (("off-1", False), ("on-1", True), ("on-2", True), ("off-2", False))
+
+
+def ordered(sides: list[Side], round_: int) -> list[Side]:
+    """Each round starts one stack further on: a machine getting busier or quieter
+    during a round weighs on every stack alike over the run."""
+    start = round_ % len(sides)
+    return sides[start:] + sides[:start]
+
+
+def mode(one: Side) -> str:
+    return "on" if one.on else "off"
 
 
 def paired(on: list[float], off: list[float]) -> float:
@@ -208,11 +227,11 @@ async def main() -> None:
         out = workdir / "clients"
         files = pki.ca.issue_client(out, "bank-a", Role.ADVISOR)
         tls = ["--cert", str(files.cert), "--key", str(files.key), "--ca", str(files.ca)]
-        async with (
-            side("off", False, env, pki, workdir) as (off, off_client, off_settings),
-            side("on", True, env, pki, workdir) as (on, on_client, on_settings),
-        ):
-            sides = (off, on)
+        async with contextlib.AsyncExitStack() as built:
+            sides = [
+                await built.enter_async_context(side(name, on, env, pki, workdir))
+                for name, on in LAYOUT
+            ]
             freeze_heap()  # as `coopgate up` does once serving
             print(
                 "tracing off vs on (100% sampled, spans and metrics to the embedded store); "
@@ -222,8 +241,10 @@ async def main() -> None:
                 rps: dict[str, list[float]] = {"off": [], "on": []}
                 cpu: dict[str, list[float]] = {"off": [], "on": []}
                 for round_ in range(args.rounds):
+                    # Per mode, this round: calls, seconds, CPU seconds (both stacks).
+                    sums = {"off": [0.0, 0.0, 0.0], "on": [0.0, 0.0, 0.0]}
                     for one in ordered(sides, round_):
-                        switch(one.name == "on")
+                        switch(one.on)
                         cpu_before = time.process_time()
                         line = await run_child(
                             [
@@ -233,12 +254,18 @@ async def main() -> None:
                                 *tls,
                             ]
                         )  # fmt: skip
-                        calls = json.loads(line)["rps"] * args.seconds
-                        rps[one.name].append(calls / args.seconds)
                         # This process's CPU per call (the gateway's work, its exporters'
-                        # threads included; warm-up calls count in both sides alike):
+                        # threads included; warm-up calls count in both modes alike):
                         # steadier than rps on a shared machine.
-                        cpu[one.name].append((time.process_time() - cpu_before) / calls * 1e6)
+                        used = time.process_time() - cpu_before
+                        calls = json.loads(line)["rps"] * args.seconds
+                        total = sums[mode(one)]
+                        total[0] += calls
+                        total[1] += args.seconds
+                        total[2] += used
+                    for name, (calls, seconds, used) in sums.items():
+                        rps[name].append(calls / seconds)
+                        cpu[name].append(used / calls * 1e6)
                 throughput = paired(rps["on"], rps["off"])
                 per_call = paired(cpu["on"], cpu["off"])
                 median = {k: statistics.median(v) for k, v in rps.items()}
@@ -261,12 +288,9 @@ async def main() -> None:
 
             latencies: dict[str, list[list[float]]] = {"off": [], "on": []}
             workers = contextlib.AsyncExitStack()
-            for one, client, settings in (
-                (off, off_client, off_settings),
-                (on, on_client, on_settings),
-            ):
-                switch(one.name == "on")
-                worker = create_worker(client, settings.task_queue, one.runtime.activities)
+            for one in sides:
+                switch(one.on)
+                worker = create_worker(one.client, one.settings.task_queue, one.runtime.activities)
                 await workers.enter_async_context(worker)
                 await workers.enter_async_context(await partners_answering(one, pki, out))
             advisors = {
@@ -276,14 +300,17 @@ async def main() -> None:
                 for one in sides
             }
             for one in sides:  # a first incident each, not counted (connections, caches)
-                switch(one.name == "on")
+                switch(one.on)
                 await incident(one, advisors[one.name])
             for round_ in range(args.rounds):
+                took: dict[str, list[float]] = {"off": [], "on": []}
                 for one in ordered(sides, round_):
-                    switch(one.name == "on")
-                    latencies[one.name].append(
-                        [await incident(one, advisors[one.name]) for _ in range(args.incidents)]
-                    )
+                    switch(one.on)
+                    took[mode(one)] += [
+                        await incident(one, advisors[one.name]) for _ in range(args.incidents)
+                    ]
+                for name, durations in took.items():
+                    latencies[name].append(durations)
             await workers.aclose()
             for advisor in advisors.values():
                 await advisor.close()
@@ -305,7 +332,7 @@ async def main() -> None:
             print(
                 f"  incident, OpenCase to owner accepted: p50 off {p50['off']:6.0f} ms | "
                 f"on {p50['on']:6.0f} ms | on vs off {_pct(ratio)} "
-                f"(n={args.rounds * args.incidents} each)"
+                f"(n={2 * args.rounds * args.incidents} each)"
             )
         telemetry.shutdown()
         await env.shutdown()
