@@ -21,7 +21,9 @@ strings cut at ``OTEL_SPAN_ATTRIBUTE_VALUE_LENGTH_LIMIT``; an attribute that is 
 string, bool, int or float of a legal length, or one past the limit, moves the span's
 attributes into the SDK's own `BoundedAttributes`, which then checks, drops and counts
 as the SDK does. Events and links go through the SDK's bounded lists and attributes.
-Status follows the SDK's rules (UNSET ignored, OK final). Left out: the SDK's
+Status follows the SDK's rules (UNSET ignored, OK final). The SDK's always-on samplers
+(``always_on``, and ``parentbased_always_on``, the default) are not asked: the tracer
+makes their decision itself, the same one. Left out: the SDK's
 experimental tracer configurator and its internal metrics
 (``OTEL_PYTHON_SDK_INTERNAL_METRICS_ENABLED``), which this gateway does not turn on."""
 
