@@ -12,12 +12,12 @@ bisect and a few additions per reader.
 
 What the readers get is what the SDK would give for the same instrument and view:
 explicit-bucket histograms (a bucket counts the values up to its bound, inclusive;
-negative and non-finite values are dropped), with
-count, sum, min and max, in the temporality each reader asks for histograms (delta
-points start at the reader's previous collection and are left out when the interval had
-no value; cumulative ones start at the series' first value), under the ``coopgate``
-scope, with the provider's resource. `attach` hooks the readers after the provider has
-registered them."""
+negative and non-finite values are dropped) with count, sum, min and max, in the
+temporality each reader asks for histograms (a delta point starts at the reader's
+previous collection and none is made for an interval without values; a cumulative one
+starts when the series or the reader came), under the ``coopgate`` scope, with the
+provider's resource. `attach` hooks the readers after the provider has registered
+them."""
 
 from __future__ import annotations
 
@@ -51,7 +51,8 @@ _COUNT, _SUM, _MIN, _MAX, _START, _BUCKETS = range(6)
 
 
 class _Sink:
-    """A reader's place in a histogram: its temporality, when it last collected."""
+    """A reader's place in a histogram: its temporality, when it last collected (or was
+    attached)."""
 
     __slots__ = ("collected_ns", "temporality")
 
@@ -68,8 +69,8 @@ class Series:
     def __init__(self, histogram: ProducedHistogram, attributes: Mapping[str, Any]) -> None:
         self.attributes = dict(attributes)
         self._histogram = histogram
-        #: A state per attached reader (replaced, never changed in place, when one comes
-        #: or goes).
+        #: A state per attached reader: a reader coming or going replaces the dict, a
+        #: delta reader's collection swaps its state (both under the histogram's lock).
         self.states: dict[_Sink, list[Any]] = {}
 
     def record(self, value: float) -> None:
@@ -146,6 +147,9 @@ class ProducedHistogram:
                     continue
                 if delta:
                     series.states[sink] = self._fresh(now)
+                    # From the reader's previous collection, as the SDK's delta points
+                    # (from the series' first value, if it came after that).
+                    state[_START] = max(state[_START], sink.collected_ns)
                     taken.append((series.attributes, state))
                 else:
                     taken.append((series.attributes, list(state)))

@@ -6,6 +6,7 @@ providers (not the global one)."""
 from __future__ import annotations
 
 import math
+import time
 from collections.abc import Iterator
 from typing import Any
 
@@ -116,7 +117,9 @@ def test_each_reader_in_its_temporality(
     assert [p.count for p in first_delta] == [1]
     assert [p.count for p in first_cumulative] == [1]
     # An interval with nothing: the delta reader gets no point, the cumulative the same one.
+    time.sleep(0.002)
     assert points(delta.get_metrics_data(), "test.call.duration") == []
+    time.sleep(0.002)
     again = points(cumulative.get_metrics_data(), "test.call.duration")
     assert [(p.count, p.start_time_unix_nano) for p in again] == [
         (1, first_cumulative[0].start_time_unix_nano)
@@ -126,8 +129,9 @@ def test_each_reader_in_its_temporality(
     (second,) = points(delta.get_metrics_data(), "test.call.duration")
     assert (second.count, second.sum, second.min, second.max) == (2, 2.002, 0.002, 2.0)
     assert tuple(second.bucket_counts) == (0, 1, 0, 0, 1)
-    # A delta point starts where the reader's previous collection ended.
-    assert second.start_time_unix_nano >= first_delta[0].time_unix_nano
+    # A delta point starts at the reader's previous collection, the empty one included.
+    assert second.start_time_unix_nano > first_delta[0].time_unix_nano
+    assert second.start_time_unix_nano < second.time_unix_nano
     (total,) = points(cumulative.get_metrics_data(), "test.call.duration")
     assert (total.count, total.min, total.max) == (3, 0.002, 2.0)
     assert total.start_time_unix_nano == first_cumulative[0].start_time_unix_nano
