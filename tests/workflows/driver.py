@@ -10,7 +10,7 @@ import sys
 import uuid
 from collections import Counter
 from collections.abc import AsyncIterator, Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import timedelta
 from pathlib import Path
 
@@ -53,6 +53,8 @@ class Incident:
     case_id: str = ""
     service_id: str = ""
     customer: str = ""
+    #: Every case the test opened (`case_id` is the first): all are ended at teardown.
+    opened: list[str] = field(default_factory=list)
 
     def caller(self, partner: str) -> Caller:
         return Caller(partner, Role.ADVISOR, f"{partner}-advisor")
@@ -77,6 +79,7 @@ class Incident:
         )
         if not self.case_id:
             self.case_id, self.service_id = response.case_id, service
+        self.opened.append(response.case_id)
         return response.case_id
 
     async def state(self) -> CaseState:
@@ -194,8 +197,11 @@ async def incident(skipping_env: WorkflowEnvironment, tmp_path: Path) -> AsyncIt
             try:
                 yield incident
             finally:
-                if incident.case_id:
-                    handle = skipping_env.client.get_workflow_handle(incident.case_id)
+                # Every run the test left open ends before the worker stops: a worker shut
+                # down under a run's local activities made Temporal's core panic
+                # ("receive half not dropped") and the shutdown hang.
+                for case_id in incident.opened:
+                    handle = skipping_env.client.get_workflow_handle(case_id)
                     if (await handle.describe()).status == WorkflowExecutionStatus.RUNNING:
                         await handle.terminate("test finished")
 
