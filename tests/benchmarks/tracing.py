@@ -332,7 +332,7 @@ async def main() -> None:
             print(
                 f"  incident, OpenCase to owner accepted: p50 off {p50['off']:6.0f} ms | "
                 f"on {p50['on']:6.0f} ms | on vs off {_pct(ratio)} "
-                f"(n={2 * args.rounds * args.incidents} each)"
+                f"(n={sum(map(len, latencies['on']))} each)"
             )
         telemetry.shutdown()
         await env.shutdown()

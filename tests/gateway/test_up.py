@@ -21,6 +21,7 @@ import grpc
 import pytest
 from coopgate.v1 import cases_pb2, cases_pb2_grpc, common_pb2
 from grpc_health.v1 import health_pb2
+from prometheus_client.parser import text_string_to_metric_families
 
 from partners import PartnerCredentials, secure_channel
 from tests.helpers import health_status
@@ -154,6 +155,8 @@ async def up(tmp_path: Path) -> AsyncIterator[UpProcess]:
 
 async def test_up_serves_refuses_a_second_up_and_stops_cleanly(up: UpProcess) -> None:
     target = f"127.0.0.1:{up.gateway_port}"
+    scrape = f"127.0.0.1:{free_port()}"
+    up.env["COOPGATE_PROMETHEUS_LISTEN"] = scrape
     first = up.start()
     try:
         await wait_for_file(up.data_dir / "pki" / "ca.pem")
@@ -206,6 +209,21 @@ async def test_up_serves_refuses_a_second_up_and_stops_cleanly(up: UpProcess) ->
             check=True,
         )
         assert opened.case_id.encode() in listed.stdout
+
+        # Prometheus scrapes the gateway on a port of its own: the call just made is in
+        # rpc.server.call.duration, by method and status.
+        page = await wait_for_page(f"http://{scrape}/metrics")
+        samples = {
+            (
+                sample.name,
+                sample.labels.get("rpc_method"),
+                sample.labels.get("rpc_grpc_status_code"),
+            ): sample.value
+            for family in text_string_to_metric_families(page.read().decode())
+            for sample in family.samples
+        }
+        key = ("rpc_server_call_duration_seconds_count", "OpenCase", "0")
+        assert samples.get(key, 0) >= 1, sorted(k for k in samples if "rpc" in k[0])
     finally:
         code = await stop(first)
     output = up.log.read_text()
