@@ -13,14 +13,18 @@ process's switches (`set_tracing`) follow the stack: off means what
   items, at 1 and 16 concurrent callers;
 - incident: OpenCase until the owner's AcceptOwnership returned, the four partners
   answering their diagnosis requests at once through the SDK (work streams, findings,
-  the workflow's decision, the offer), incidents one after another.
+  the workflow's decision, the offer), incidents one after another. The partners run
+  in a process of their own, as other companies' systems do, with no OpenTelemetry
+  SDK: they pass the trace context on and record nothing, so what is measured is the
+  gateway's tracing. ``--partners-in-process`` runs them in this process instead, where
+  their consumer spans go to the gateway's store and their work shares its loop.
 
-    python -m tests.benchmarks.tracing [--seconds 3] [--rounds 7] [--incidents 4]
-        [--json var/bench/tracing.json]
+    python -m tests.benchmarks.tracing [--seconds 3] [--rounds 7] [--incidents 8]
+        [--partners-in-process] [--json var/bench/tracing.json]
 
 Each figure is the median over rounds of that round's on over its off (each mode's two
-stacks together). The figures
-measured, and what changed between them, are in docs/BENCHMARKS.md ("Tracing's cost").
+stacks together), with the rounds' lowest and highest. The figures measured, and what
+changed between them, are in docs/BENCHMARKS.md ("Tracing's cost").
 """
 
 from __future__ import annotations
@@ -35,7 +39,7 @@ import sys
 import tempfile
 import time
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -88,7 +92,6 @@ class Side:
     settings: Settings
     case_id: str = ""
     owned: dict[str, asyncio.Event] = field(default_factory=dict)
-    clients: list[PartnerClient] = field(default_factory=list)
 
 
 def switch(on: bool) -> None:
@@ -130,13 +133,29 @@ def credentials(pki: Pki, out: Path, partner: str, role: Role) -> PartnerCredent
     return PartnerCredentials(cert=files.cert, key=files.key, ca=files.ca)
 
 
-async def partners_answering(one: Side, pki: Pki, out: Path) -> contextlib.AsyncExitStack:
-    """Each partner of the NFC chain answers its diagnosis requests at once (the SIM is
-    faulty); the bank accepts ownership, which ends the incident's clock."""
-    stack = contextlib.AsyncExitStack()
+#: A partner's client certificate, key and CA, as paths.
+Files = dict[str, list[str]]
+
+
+def partner_files(pki: Pki, out: Path) -> Files:
+    """Each partner of the NFC chain's credentials, as files a child process reads."""
+    files: Files = {}
     for partner in sorted(set(NFC.values())):
-        client = PartnerClient(one.target, credentials(pki, out, partner, Role.PARTNER))
-        one.clients.append(client)
+        made = credentials(pki, out, partner, Role.PARTNER)
+        files[partner] = [str(made.cert), str(made.key), str(made.ca)]
+    return files
+
+
+async def partners_answering(
+    target: str, files: Files, owned: Callable[[str], None]
+) -> contextlib.AsyncExitStack:
+    """Each partner of the NFC chain answers its diagnosis requests at once (the SIM is
+    faulty); the bank accepts ownership, which ends the incident's clock (``owned``
+    is told the case)."""
+    stack = contextlib.AsyncExitStack()
+    for _, (cert, key, ca) in sorted(files.items()):
+        client = PartnerClient(target, PartnerCredentials(Path(cert), Path(key), Path(ca)))
+        stack.push_async_callback(client.close)  # after its stream ends (last in, first out)
 
         async def handle(item: WorkItem, client: PartnerClient = client) -> None:
             work = item.payload
@@ -155,10 +174,70 @@ async def partners_answering(one: Side, pki: Pki, out: Path) -> contextlib.Async
                 await client.accept_ownership(
                     work.case_id, work.offer_id, idempotency_key=f"a-{work.offer_id}"
                 )
-                one.owned.setdefault(work.case_id, asyncio.Event()).set()
+                owned(work.case_id)
 
         await stack.enter_async_context(client.subscribe(handle))
     return stack
+
+
+def _owned_in(one: Side) -> Callable[[str], None]:
+    return lambda case_id: one.owned.setdefault(case_id, asyncio.Event()).set()
+
+
+async def partners_child(spec: str) -> None:
+    """The partners' own process (``--partners-for SPEC``): every stack's partners
+    answer; each accepted ownership is one line, ``owned STACK CASE``, on stdout; the
+    process ends when its stdin closes. No OpenTelemetry SDK here: the partners pass
+    the trace context on (as the SDK does without one) and record nothing."""
+    wanted = json.loads(spec)
+    async with contextlib.AsyncExitStack() as stack:
+        for name, target in wanted["targets"].items():
+
+            def owned(case_id: str, name: str = name) -> None:
+                print(f"owned {name} {case_id}", flush=True)
+
+            await stack.enter_async_context(
+                await partners_answering(target, wanted["files"], owned)
+            )
+        print("ready", flush=True)
+        await asyncio.get_running_loop().run_in_executor(None, sys.stdin.read)
+
+
+@contextlib.asynccontextmanager
+async def partners_process(sides: list[Side], files: Files) -> AsyncIterator[None]:
+    """The partners in a process of their own (`partners_child`) for the block: they are
+    other companies' systems, whose work and tracing are not the gateway's."""
+    spec = json.dumps({"targets": {one.name: one.target for one in sides}, "files": files})
+    process = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "tests.benchmarks.tracing", "--partners-for", spec,
+        stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE,
+    )  # fmt: skip
+    assert process.stdin is not None
+    assert process.stdout is not None
+    stdout = process.stdout
+    try:
+        ready = await asyncio.wait_for(stdout.readline(), 60)
+        if ready.strip() != b"ready":
+            raise RuntimeError(f"the partners' process did not start: {ready[:200]!r}")
+        by_name = {one.name: one for one in sides}
+
+        async def read() -> None:
+            async for line in stdout:
+                _, name, case_id = line.decode().split()
+                _owned_in(by_name[name])(case_id)
+
+        reading = asyncio.create_task(read())
+        try:
+            yield
+        finally:
+            reading.cancel()
+    finally:
+        process.stdin.close()
+        try:
+            await asyncio.wait_for(process.wait(), 30)
+        except TimeoutError:
+            process.kill()
+            await process.wait()
 
 
 async def incident(one: Side, advisor: PartnerClient) -> float:
@@ -202,14 +281,29 @@ def paired(on: list[float], off: list[float]) -> float:
     return statistics.median(a / b for a, b in zip(on, off, strict=True))
 
 
+def spread(on: list[float], off: list[float]) -> str:
+    """The rounds' lowest and highest on / off: how far one round's figure can be trusted."""
+    ratios = [a / b for a, b in zip(on, off, strict=True)]
+    return f"rounds {_pct(min(ratios))}..{_pct(max(ratios))}"
+
+
 async def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--seconds", type=float, default=3)
     parser.add_argument("--warmup", type=float, default=0.5)
     parser.add_argument("--rounds", type=int, default=7)
-    parser.add_argument("--incidents", type=int, default=4, help="per side and round")
+    parser.add_argument("--incidents", type=int, default=8, help="per stack and round")
     parser.add_argument("--json", type=Path, default=Path("var/bench/tracing.json"))
+    parser.add_argument(
+        "--partners-in-process",
+        action="store_true",
+        help="the incidents' partners in this process (their spans then count as ours)",
+    )
+    parser.add_argument("--partners-for", help=argparse.SUPPRESS)
     args = parser.parse_args()
+    if args.partners_for:
+        await partners_child(args.partners_for)
+        return
     os.environ.setdefault("OTEL_TRACES_SAMPLER", "always_on")
     results: dict[str, object] = {
         "args": {k: str(v) for k, v in vars(args).items()},
@@ -280,8 +374,9 @@ async def main() -> None:
                     f"  view, {concurrency:>2} callers: off {median['off']:5.0f} rps "
                     f"{cpu_median['off']:5.0f} µs CPU/call | on {median['on']:5.0f} rps "
                     f"{cpu_median['on']:5.0f} µs CPU/call\n"
-                    f"      on vs off: throughput {_pct(throughput)}, "
-                    f"CPU/call {_pct(per_call)}\n"
+                    f"      on vs off: throughput {_pct(throughput)} "
+                    f"({spread(rps['on'], rps['off'])}), CPU/call {_pct(per_call)} "
+                    f"({spread(cpu['on'], cpu['off'])})\n"
                     f"      rounds rps off {[round(r) for r in rps['off']]} "
                     f"on {[round(r) for r in rps['on']]}"
                 )
@@ -292,7 +387,15 @@ async def main() -> None:
                 switch(one.on)
                 worker = create_worker(one.client, one.settings.task_queue, one.runtime.activities)
                 await workers.enter_async_context(worker)
-                await workers.enter_async_context(await partners_answering(one, pki, out))
+            answering = partner_files(pki, out)
+            if args.partners_in_process:
+                for one in sides:
+                    switch(one.on)
+                    await workers.enter_async_context(
+                        await partners_answering(one.target, answering, _owned_in(one))
+                    )
+            else:
+                await workers.enter_async_context(partners_process(sides, answering))
             advisors = {
                 one.name: PartnerClient(
                     one.target, credentials(pki, out, "bank-a", Role.ADVISOR), person="bench"
@@ -314,16 +417,11 @@ async def main() -> None:
             await workers.aclose()
             for advisor in advisors.values():
                 await advisor.close()
-            for one in sides:
-                for partner in one.clients:
-                    await partner.close()
             p50 = {
                 k: statistics.median(x for r in v for x in r) * 1000 for k, v in latencies.items()
             }
-            ratio = paired(
-                [statistics.median(r) for r in latencies["on"]],
-                [statistics.median(r) for r in latencies["off"]],
-            )
+            medians = {k: [statistics.median(r) for r in v] for k, v in latencies.items()}
+            ratio = paired(medians["on"], medians["off"])
             results["incident"] = {
                 "seconds": latencies,
                 "p50_ms": p50,
@@ -332,7 +430,9 @@ async def main() -> None:
             print(
                 f"  incident, OpenCase to owner accepted: p50 off {p50['off']:6.0f} ms | "
                 f"on {p50['on']:6.0f} ms | on vs off {_pct(ratio)} "
-                f"(n={sum(map(len, latencies['on']))} each)"
+                f"({spread(medians['on'], medians['off'])}; "
+                f"n={sum(map(len, latencies['on']))} each, partners "
+                f"{'in this process' if args.partners_in_process else 'in their own'})"
             )
         telemetry.shutdown()
         await env.shutdown()
