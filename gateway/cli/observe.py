@@ -17,7 +17,7 @@ from rich.console import Console
 from rich.table import Table
 from rich.text import Text
 
-from gateway.cli.client import PlainTable
+from gateway.cli.client import PlainTable, fold_table, print_table
 from gateway.settings import Settings
 from gateway.telemetry import LocalTelemetry, PointRow, SpanRow
 
@@ -377,14 +377,6 @@ def operations_table(kpis: Kpis) -> Table:
             f"{summary.count}, {summary.mean * 1000:.1f} / {summary.most * 1000:.1f} ms, "
             f"~{mean_batch:.1f} each",
         )
-    for (metric, labels), value in sorted(kpis.counters.items()):
-        if metric == "coopgate.consent.denials":
-            named = dict(labels)
-            table.add_row(
-                f"consent denied: {named.get('coopgate.category')} for "
-                f"{named.get('coopgate.purpose')}",
-                f"{value:.0f} ({named.get('coopgate.reason')})",
-            )
     calls: dict[str, Summary] = defaultdict(Summary)
     failed: dict[str, int] = defaultdict(int)
     for (metric, labels), summary in kpis.histograms.items():
@@ -407,14 +399,33 @@ def operations_table(kpis: Kpis) -> Table:
     return table
 
 
+def consent_table(kpis: Kpis) -> Table:
+    """The consent denials by category, purpose and reason, most first: whole names,
+    never cut (a compliance officer reads them), folded where the terminal is narrow."""
+    table = fold_table("category", "purpose", "reason", "denied")
+    denials = [
+        (dict(labels), value)
+        for (metric, labels), value in kpis.counters.items()
+        if metric == "coopgate.consent.denials" and value
+    ]
+    for named, value in sorted(denials, key=lambda d: (-d[1], sorted(d[0].items()))):
+        table.add_row(
+            named.get("coopgate.category", ""),
+            named.get("coopgate.purpose", ""),
+            named.get("coopgate.reason", ""),
+            f"{value:.0f}",
+        )
+    return table
+
+
 def stats(
     since: Annotated[
         str, typer.Option(help="The window: 90s, 30m, 1h, 7d (up to the store's retention).")
     ] = "1h",
     data_dir: DataDir = None,
 ) -> None:
-    """Print the resolution KPIs per service and partner, and the operational figures,
-    over the last ``--since``."""
+    """Print the resolution KPIs per service and partner, the operational figures and
+    the consent denials, over the last ``--since``."""
     window = parse_since(since)
     horizon = time.time_ns() - int(window.total_seconds() * 1e9)
     kpis = Kpis.of(_store(data_dir).points_since(horizon))
@@ -422,3 +433,6 @@ def stats(
     for table in (service_table(kpis), partner_table(kpis), operations_table(kpis)):
         out.print()
         out.print(table)
+    out.print()
+    out.print("consent denials", style="italic")
+    print_table(out, consent_table(kpis), empty="none")
