@@ -15,6 +15,7 @@ import grpc
 import pytest
 from coopgate.v1 import admin_pb2_grpc, cases_pb2_grpc, consents_pb2_grpc, work_pb2_grpc
 from temporalio.client import Client
+from temporalio.service import RPCError
 from temporalio.testing import WorkflowEnvironment
 
 from gateway.core.caller import Role
@@ -178,6 +179,22 @@ class Stack:
         return Api(channel)
 
 
+async def end_open_runs(client: Client, task_queue: str) -> int:
+    """Terminate every run still open on ``task_queue``, before its worker stops: a
+    worker stopped under a run's local activities had Temporal's core panic ("receive
+    half not dropped") and its shutdown hang (f8914e7). Returns how many were ended."""
+    ended = 0
+    query = f'TaskQueue="{task_queue}" AND ExecutionStatus="Running"'
+    async for execution in client.list_workflows(query):
+        handle = client.get_workflow_handle(execution.id, run_id=execution.run_id)
+        try:
+            await handle.terminate("test session finished")
+            ended += 1
+        except RPCError:  # ended meanwhile
+            pass
+    return ended
+
+
 @pytest.fixture(scope="session", params=["sqlite", "postgres"])
 async def stack(
     request: pytest.FixtureRequest,
@@ -216,6 +233,7 @@ async def stack(
             try:
                 yield stack
             finally:
+                await end_open_runs(temporal_env.client, settings.task_queue)
                 for channel in stack.channels:
                     await channel.close()
                 await gateway.stop(0)

@@ -25,7 +25,7 @@ from gateway.stack import Pki, open_runtime, start_gateway
 from gateway.telemetry import Telemetry, configure, set_tracing
 from gateway.telemetry.logs import JsonFormatter, TraceContextFilter
 from partners import PartnerCredentials
-from tests.conftest import Stack
+from tests.conftest import Stack, end_open_runs
 
 
 @dataclass
@@ -125,6 +125,7 @@ async def stack(
             try:
                 yield stack
             finally:
+                await end_open_runs(client, settings.task_queue)
                 for channel in stack.channels:
                     await channel.close()
                 await gateway.stop(0)
