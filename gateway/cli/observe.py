@@ -403,6 +403,7 @@ def consent_table(kpis: Kpis) -> Table:
     """The consent denials by category, purpose and reason, most first: whole names,
     never cut (a compliance officer reads them), folded where the terminal is narrow."""
     table = fold_table("category", "purpose", "reason", "denied")
+    table.box, table.pad_edge = None, False  # as the other tables of `stats`
     denials = [
         (dict(labels), value)
         for (metric, labels), value in kpis.counters.items()
