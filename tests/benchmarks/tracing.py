@@ -100,14 +100,21 @@ def switch(on: bool) -> None:
 
 @contextlib.asynccontextmanager
 async def side(
-    name: str, on: bool, env: WorkflowEnvironment, pki: Pki, workdir: Path
+    name: str,
+    on: bool,
+    env: WorkflowEnvironment,
+    pki: Pki,
+    workdir: Path,
+    *,
+    temporal_tracing: bool = True,
 ) -> AsyncIterator[Side]:
-    """A stack built with telemetry ``on`` or off (interceptors are chosen when built)."""
+    """A stack built with telemetry ``on`` or off (interceptors are chosen when built);
+    without ``temporal_tracing``, its Temporal client has no tracing interceptor."""
     switch(on)
     client = await Client.connect(
         env.client.service_client.config.target_host,
         namespace=env.client.namespace,
-        interceptors=client_interceptors(),
+        interceptors=client_interceptors() if temporal_tracing else [],
     )
     data_dir = workdir / name
     data_dir.mkdir()
@@ -180,7 +187,7 @@ async def partners_answering(
     return stack
 
 
-def _owned_in(one: Side) -> Callable[[str], None]:
+def owned_in(one: Side) -> Callable[[str], None]:
     return lambda case_id: one.owned.setdefault(case_id, asyncio.Event()).set()
 
 
@@ -224,7 +231,7 @@ async def partners_process(sides: list[Side], files: Files) -> AsyncIterator[Non
         async def read() -> None:
             async for line in stdout:
                 _, name, case_id = line.decode().split()
-                _owned_in(by_name[name])(case_id)
+                owned_in(by_name[name])(case_id)
 
         reading = asyncio.create_task(read())
         try:
@@ -253,7 +260,7 @@ async def incident(one: Side, advisor: PartnerClient) -> float:
     return time.perf_counter() - started
 
 
-def _pct(ratio: float) -> str:
+def pct(ratio: float) -> str:
     return f"{ratio - 1:+.1%}"
 
 
@@ -284,7 +291,7 @@ def paired(on: list[float], off: list[float]) -> float:
 def spread(on: list[float], off: list[float]) -> str:
     """The rounds' lowest and highest on / off: how far one round's figure can be trusted."""
     ratios = [a / b for a, b in zip(on, off, strict=True)]
-    return f"rounds {_pct(min(ratios))}..{_pct(max(ratios))}"
+    return f"rounds {pct(min(ratios))}..{pct(max(ratios))}"
 
 
 async def main() -> None:
@@ -374,8 +381,8 @@ async def main() -> None:
                     f"  view, {concurrency:>2} callers: off {median['off']:5.0f} rps "
                     f"{cpu_median['off']:5.0f} µs CPU/call | on {median['on']:5.0f} rps "
                     f"{cpu_median['on']:5.0f} µs CPU/call\n"
-                    f"      on vs off: throughput {_pct(throughput)} "
-                    f"({spread(rps['on'], rps['off'])}), CPU/call {_pct(per_call)} "
+                    f"      on vs off: throughput {pct(throughput)} "
+                    f"({spread(rps['on'], rps['off'])}), CPU/call {pct(per_call)} "
                     f"({spread(cpu['on'], cpu['off'])})\n"
                     f"      rounds rps off {[round(r) for r in rps['off']]} "
                     f"on {[round(r) for r in rps['on']]}"
@@ -392,7 +399,7 @@ async def main() -> None:
                 for one in sides:
                     switch(one.on)
                     await workers.enter_async_context(
-                        await partners_answering(one.target, answering, _owned_in(one))
+                        await partners_answering(one.target, answering, owned_in(one))
                     )
             else:
                 await workers.enter_async_context(partners_process(sides, answering))
@@ -429,7 +436,7 @@ async def main() -> None:
             }
             print(
                 f"  incident, OpenCase to owner accepted: p50 off {p50['off']:6.0f} ms | "
-                f"on {p50['on']:6.0f} ms | on vs off {_pct(ratio)} "
+                f"on {p50['on']:6.0f} ms | on vs off {pct(ratio)} "
                 f"({spread(medians['on'], medians['off'])}; "
                 f"n={sum(map(len, latencies['on']))} each, partners "
                 f"{'in this process' if args.partners_in_process else 'in their own'})"
