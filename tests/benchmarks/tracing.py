@@ -92,10 +92,12 @@ class Side:
     settings: Settings
     case_id: str = ""
     owned: dict[str, asyncio.Event] = field(default_factory=dict)
+    #: Per-call and KPI measures while this stack runs (with tracing, unless told).
+    measures: bool = False
 
-
-def switch(on: bool) -> None:
-    set_tracing(on, metrics=on)
+    def use(self) -> None:
+        """The process's switches as this stack was built (they are read per call)."""
+        set_tracing(self.on, metrics=self.measures)
 
 
 @contextlib.asynccontextmanager
@@ -107,10 +109,13 @@ async def side(
     workdir: Path,
     *,
     temporal_tracing: bool = True,
+    measures: bool | None = None,
 ) -> AsyncIterator[Side]:
     """A stack built with telemetry ``on`` or off (interceptors are chosen when built);
-    without ``temporal_tracing``, its Temporal client has no tracing interceptor."""
-    switch(on)
+    without ``temporal_tracing``, its Temporal client has no tracing interceptor;
+    ``measures`` false: no per-call or KPI measures (default: as ``on``)."""
+    measures = on if measures is None else measures
+    set_tracing(on, metrics=measures)  # as `Side.use`: the interceptors are chosen now
     client = await Client.connect(
         env.client.service_client.config.target_host,
         namespace=env.client.namespace,
@@ -130,7 +135,16 @@ async def side(
         gateway = await start_gateway(runtime, pki)
         try:
             target = f"127.0.0.1:{gateway.port}"
-            yield Side(name, on, runtime, target, client, settings, case_id)
+            yield Side(
+                name,
+                on,
+                runtime,
+                target,
+                client,
+                settings,
+                case_id,
+                measures=measures,
+            )
         finally:
             await gateway.stop(0)
 
@@ -247,6 +261,47 @@ async def partners_process(sides: list[Side], files: Files) -> AsyncIterator[Non
             await process.wait()
 
 
+@contextlib.asynccontextmanager
+async def incidents_served(
+    sides: list[Side],
+    pki: Pki,
+    out: Path,
+    *,
+    partners_in_process: bool = False,
+    warmup: int = 1,
+) -> AsyncIterator[dict[str, PartnerClient]]:
+    """Each stack's worker and answering partners (`partners_process`, or here), and an
+    advisor per stack (by name), each stack having run ``warmup`` incidents not counted
+    (connections, caches)."""
+    async with contextlib.AsyncExitStack() as served:
+        for one in sides:
+            one.use()
+            await served.enter_async_context(
+                create_worker(one.client, one.settings.task_queue, one.runtime.activities)
+            )
+        answering = partner_files(pki, out)
+        if partners_in_process:
+            for one in sides:
+                one.use()
+                await served.enter_async_context(
+                    await partners_answering(one.target, answering, owned_in(one))
+                )
+        else:
+            await served.enter_async_context(partners_process(sides, answering))
+        advisors: dict[str, PartnerClient] = {}
+        for one in sides:
+            advisor = PartnerClient(
+                one.target, credentials(pki, out, "bank-a", Role.ADVISOR), person="bench"
+            )
+            served.push_async_callback(advisor.close)
+            advisors[one.name] = advisor
+        for one in sides:
+            one.use()
+            for _ in range(warmup):
+                await incident(one, advisor=advisors[one.name])
+        yield advisors
+
+
 async def incident(one: Side, advisor: PartnerClient) -> float:
     started = time.perf_counter()
     opened = await advisor.open_case(
@@ -345,7 +400,7 @@ async def main() -> None:
                     # Per mode, this round: calls, seconds, CPU seconds (both stacks).
                     sums = {"off": [0.0, 0.0, 0.0], "on": [0.0, 0.0, 0.0]}
                     for one in ordered(sides, round_):
-                        switch(one.on)
+                        one.use()
                         cpu_before = time.process_time()
                         line = await run_child(
                             [
@@ -389,41 +444,18 @@ async def main() -> None:
                 )
 
             latencies: dict[str, list[list[float]]] = {"off": [], "on": []}
-            workers = contextlib.AsyncExitStack()
-            for one in sides:
-                switch(one.on)
-                worker = create_worker(one.client, one.settings.task_queue, one.runtime.activities)
-                await workers.enter_async_context(worker)
-            answering = partner_files(pki, out)
-            if args.partners_in_process:
-                for one in sides:
-                    switch(one.on)
-                    await workers.enter_async_context(
-                        await partners_answering(one.target, answering, owned_in(one))
-                    )
-            else:
-                await workers.enter_async_context(partners_process(sides, answering))
-            advisors = {
-                one.name: PartnerClient(
-                    one.target, credentials(pki, out, "bank-a", Role.ADVISOR), person="bench"
-                )
-                for one in sides
-            }
-            for one in sides:  # a first incident each, not counted (connections, caches)
-                switch(one.on)
-                await incident(one, advisors[one.name])
-            for round_ in range(args.rounds):
-                took: dict[str, list[float]] = {"off": [], "on": []}
-                for one in ordered(sides, round_):
-                    switch(one.on)
-                    took[mode(one)] += [
-                        await incident(one, advisors[one.name]) for _ in range(args.incidents)
-                    ]
-                for name, durations in took.items():
-                    latencies[name].append(durations)
-            await workers.aclose()
-            for advisor in advisors.values():
-                await advisor.close()
+            async with incidents_served(
+                sides, pki, out, partners_in_process=args.partners_in_process
+            ) as advisors:
+                for round_ in range(args.rounds):
+                    took: dict[str, list[float]] = {"off": [], "on": []}
+                    for one in ordered(sides, round_):
+                        one.use()
+                        took[mode(one)] += [
+                            await incident(one, advisors[one.name]) for _ in range(args.incidents)
+                        ]
+                    for name, durations in took.items():
+                        latencies[name].append(durations)
             p50 = {
                 k: statistics.median(x for r in v for x in r) * 1000 for k, v in latencies.items()
             }

@@ -31,21 +31,14 @@ from pathlib import Path
 
 from temporalio.testing import WorkflowEnvironment
 
-from gateway.core.caller import Role
 from gateway.orchestration.devserver import DEV_SERVER_TUNING
-from gateway.orchestration.temporal import create_worker
 from gateway.settings import Settings
 from gateway.stack import ensure_pki, freeze_heap
-from gateway.telemetry import configure, set_tracing
-from partners import PartnerClient
+from gateway.telemetry import configure
 from tests.benchmarks import tracing
 from tests.benchmarks.common import run_and_exit
 
 VARIANTS = ("off", "on", "notemporal", "nometrics")
-
-
-def _switch(variant: str) -> None:
-    set_tracing(variant != "off", metrics=variant in ("on", "notemporal"))
 
 
 async def main() -> None:
@@ -70,7 +63,8 @@ async def main() -> None:
         pki = ensure_pki(Settings(data_dir=workdir))
         out = workdir / "clients"
         async with contextlib.AsyncExitStack() as built:
-            sides: list[tuple[str, tracing.Side]] = []
+            sides: list[tracing.Side] = []
+            variant_of: dict[str, str] = {}
             for n, variant in enumerate(variants):
                 one = await built.enter_async_context(
                     tracing.side(
@@ -80,57 +74,32 @@ async def main() -> None:
                         pki,
                         workdir,
                         temporal_tracing=variant != "notemporal",
+                        measures=variant in ("on", "notemporal"),
                     )
                 )
-                sides.append((variant, one))
-            for variant, one in sides:
-                _switch(variant)
-                await built.enter_async_context(
-                    create_worker(one.client, one.settings.task_queue, one.runtime.activities)
+                sides.append(one)
+                variant_of[one.name] = variant
+            advisors = await built.enter_async_context(
+                tracing.incidents_served(
+                    sides, pki, out, partners_in_process=args.partners_in_process, warmup=2
                 )
-            answering = tracing.partner_files(pki, out)
-            if args.partners_in_process:
-                for variant, one in sides:
-                    _switch(variant)
-                    await built.enter_async_context(
-                        await tracing.partners_answering(
-                            one.target, answering, tracing.owned_in(one)
-                        )
-                    )
-            else:
-                await built.enter_async_context(
-                    tracing.partners_process([one for _, one in sides], answering)
-                )
-            advisors = {
-                one.name: PartnerClient(
-                    one.target,
-                    tracing.credentials(pki, out, "bank-a", Role.ADVISOR),
-                    person="bench",
-                )
-                for _, one in sides
-            }
-            for variant, one in sides:  # not counted: connections, caches
-                _switch(variant)
-                for _ in range(2):
-                    await tracing.incident(one, advisors[one.name])
+            )
             freeze_heap()
             latency: dict[str, list[float]] = {v: [] for v in variants}
             cpu: dict[str, list[float]] = {v: [] for v in variants}
             for round_ in range(args.rounds):
-                start = round_ % len(sides)
                 took: dict[str, list[float]] = {v: [] for v in variants}
                 used: dict[str, float] = dict.fromkeys(variants, 0.0)
-                for variant, one in sides[start:] + sides[:start]:
-                    _switch(variant)
+                for one in tracing.ordered(sides, round_):
+                    one.use()
                     before = time.process_time()
+                    variant = variant_of[one.name]
                     for _ in range(args.incidents):
                         took[variant].append(await tracing.incident(one, advisors[one.name]))
                     used[variant] += time.process_time() - before
                 for variant in took:
                     latency[variant].append(statistics.median(took[variant]))
                     cpu[variant].append(used[variant] / len(took[variant]))
-            for advisor in advisors.values():
-                await advisor.close()
         partners = "in this process" if args.partners_in_process else "in their own"
         print(f"incident, each variant against off ({args.rounds} rounds, partners {partners})")
         print(f"  off: p50 {statistics.median(latency['off']) * 1000:.0f} ms")
