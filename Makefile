@@ -70,6 +70,7 @@ bench: $(STAMP)
 	$(BIN)/python -m tests.benchmarks.span_cost
 	$(BIN)/python -m tests.benchmarks.tracing $(TRACING_BENCH_ARGS)
 	$(BIN)/python -m tests.benchmarks.tracing_parts $(TRACING_PARTS_BENCH_ARGS)
+	$(BIN)/python -m tests.benchmarks.tracing_instructions $(TRACING_INSTRUCTIONS_BENCH_ARGS)
 	$(BIN)/python -m tests.benchmarks.memory $(MEMORY_BENCH_ARGS)
 
 clean:
