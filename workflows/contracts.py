@@ -242,6 +242,8 @@ class KpiInput:
 class OwnershipAnswer:
     offer_id: str
     partner_id: str
+    #: Empty from the gateway since the decline's reason stays out of the history; runs
+    #: recorded before kept what partners sent (the workflow never read it).
     reason: str = ""
 
 

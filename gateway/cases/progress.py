@@ -46,10 +46,10 @@ class CaseProgress:
         self._require_ids(request.case_id, request.offer_id, "offer_id")
         async with self.store.read() as conn:
             await _participating_case(conn, caller, request.case_id)
-        reason = "" if accept else request.reason  # type: ignore[union-attr]
-        answer = contracts.OwnershipAnswer(
-            offer_id=request.offer_id, partner_id=caller.partner_id, reason=reason
-        )
+        # Ids only, as for the customer's answer: a decline's free-text reason is not the
+        # workflow's to keep (its history is out of erasure's reach), and it decides
+        # nothing there (the next candidate is offered the case whatever it says).
+        answer = contracts.OwnershipAnswer(offer_id=request.offer_id, partner_id=caller.partner_id)
 
         async def effect() -> Any:
             if accept:

@@ -1,5 +1,5 @@
-"""What tracing costs a case view call, counted in instructions: a measure the machine's
-noise does not move (`tests.benchmarks.tracing` measures throughput, whose rounds on a
+"""What tracing costs, counted in instructions: a measure the machine's noise does not
+move (`tests.benchmarks.tracing` measures throughput and latency, whose rounds on a
 shared 2-core machine spread over 25-40 points).
 
 For each mode, one gateway stack in a process of its own (``--serve MODE``), run under
@@ -8,23 +8,28 @@ warmed up: ``off`` (no OpenTelemetry provider, no per-call measures: what
 ``OTEL_SDK_DISABLED=true`` gives), ``on`` (every trace sampled, spans and metrics to the
 embedded store, as `coopgate up` keeps them), ``spans`` (on, without the per-call
 measures), ``nostore`` (on without the embedded store: spans to an exporter that keeps
-nothing, measures read by none).
-`tests.benchmarks.case_view`'s load generator, a process outside valgrind, then calls
-the view at ``--callers`` concurrent callers. Counting is switched on for an idle window
-and for the load's window (followed by a pause for the span exporter's last batch); each
-is dumped (``callgrind_control``), and a call's count is
+nothing, measures read by none), ``notemporal`` (on, without Temporal's tracing
+interceptor). The stack's worker runs in that process, the incidents' partners in one
+of their own (`tests.benchmarks.tracing.incidents_served`).
 
-    (load window's instructions - idle rate x its length) / calls made in it
+The load (``--load``): ``view``, `tests.benchmarks.case_view`'s load generator (a
+process outside valgrind) calling the case view at ``--callers`` concurrent callers for
+``--seconds``; or ``incident``, ``--incidents`` incidents one after another (OpenCase
+until the owner's acceptance, as in `tests.benchmarks.tracing`). Counting is switched
+on for an idle window and for the load's window (followed by a pause for the span
+exporter's last batch); each is dumped (``callgrind_control``), and a unit's count is
 
-over the whole process (every thread: the event loop, gRPC's, the exporters').
+    (load window's instructions - idle rate x its length) / units done in it
 
-    python -m tests.benchmarks.tracing_instructions [--modes off,on] [--callers 16]
-        [--seconds 40] [--warmup 20] [--json var/bench/tracing_instructions.json]
-        [--keep DIR]
+over the whole process (every thread: the event loop, gRPC's, the exporters', the
+worker's).
 
-(``--keep``: each mode's load-window dump, for ``callgrind_annotate``.)
+    python -m tests.benchmarks.tracing_instructions [--load view|incident]
+        [--modes off,on] [--callers 16] [--seconds 40] [--incidents 20] [--warmup N]
+        [--json var/bench/tracing_instructions.json] [--keep DIR]
 
-Valgrind runs the gateway 30-60 times slower: a mode takes 3-5 minutes.
+(``--keep``: each mode's load-window dump, for ``callgrind_annotate``.) Valgrind runs
+the gateway 30-60 times slower: a mode takes 3-5 minutes.
 """
 
 from __future__ import annotations
@@ -47,20 +52,22 @@ from gateway.core.caller import Role
 from gateway.orchestration.devserver import DEV_SERVER_TUNING
 from gateway.settings import Settings
 from gateway.stack import ensure_pki, freeze_heap
-from gateway.telemetry import configure, set_tracing
+from gateway.telemetry import configure
 from tests.benchmarks.common import run_and_exit
 
-MODES = ("off", "on", "spans", "nostore")
+MODES = ("off", "on", "spans", "nostore", "notemporal")
 _TOTALS = re.compile(rb"^(?:summary|totals):\s*(\d+)", re.MULTILINE)
 
 
 async def serve(mode: str, temporal: str, workdir: Path) -> None:
-    """The child under valgrind: one stack, its address and case on stdout, until stdin
-    closes."""
+    """The child under valgrind: one stack, its address and case on stdout; then, for
+    each ``incidents N`` line on stdin, N incidents one after another (the stack's
+    worker here, its partners in a process of their own), ``done`` when they are
+    over; it ends when stdin closes."""
     # Imported here: the parent needs none of the stack's telemetry.
     from opentelemetry.sdk.trace.export import SpanExporter, SpanExportResult
 
-    from tests.benchmarks.tracing import side
+    from tests.benchmarks.tracing import incident, incidents_served, side
 
     class _Nowhere(SpanExporter):
         def export(self, spans: object) -> SpanExportResult:
@@ -76,24 +83,34 @@ async def serve(mode: str, temporal: str, workdir: Path) -> None:
             configure(Settings(data_dir=workdir))
     env = WorkflowEnvironment.from_client(await Client.connect(temporal))
     pki = ensure_pki(Settings(data_dir=workdir))
-    async with side(mode, on, env, pki, workdir, measures=mode in ("on", "nostore")) as one:
-        set_tracing(on, metrics=one.measures)
-        files = pki.ca.issue_client(workdir / "clients", "bank-a", Role.ADVISOR)
-        freeze_heap()
-        print(
-            json.dumps(
-                {
-                    "target": one.target,
-                    "case_id": one.case_id,
-                    "tls": [
-                        "--cert", str(files.cert), "--key", str(files.key),
-                        "--ca", str(files.ca),
-                    ],
-                }
-            ),
-            flush=True,
-        )  # fmt: skip
-        await asyncio.get_running_loop().run_in_executor(None, sys.stdin.read)
+    measures = mode in ("on", "nostore", "notemporal")
+    built = side(
+        mode, on, env, pki, workdir, temporal_tracing=mode != "notemporal", measures=measures
+    )
+    async with built as one:
+        one.use()
+        out = workdir / "clients"
+        files = pki.ca.issue_client(out, "bank-a", Role.ADVISOR)
+        async with incidents_served([one], pki, out, warmup=0) as advisors:
+            freeze_heap()
+            print(
+                json.dumps(
+                    {
+                        "target": one.target,
+                        "case_id": one.case_id,
+                        "tls": [
+                            "--cert", str(files.cert), "--key", str(files.key),
+                            "--ca", str(files.ca),
+                        ],
+                    }
+                ),
+                flush=True,
+            )  # fmt: skip
+            loop = asyncio.get_running_loop()
+            while line := await loop.run_in_executor(None, sys.stdin.readline):
+                for _ in range(int(line.split()[1])):
+                    await incident(one, advisors[one.name])
+                print("done", flush=True)
 
 
 async def load(served: dict[str, object], callers: int, seconds: float) -> float:
@@ -153,7 +170,21 @@ async def measure(
         if not line:
             raise RuntimeError(f"{mode}: the stack under valgrind did not start")
         served = json.loads(line)
-        await load(served, args.callers, args.warmup)  # warm-up, not counted
+
+        async def work(amount: float) -> float:
+            """The load's unit of work done ``amount`` times (seconds of view calls, or
+            incidents); how many units that was."""
+            if args.load == "view":
+                return await load(served, args.callers, amount)
+            assert child.stdin is not None
+            assert child.stdout is not None
+            child.stdin.write(f"incidents {int(amount)}\n".encode())
+            await child.stdin.drain()
+            if (await child.stdout.readline()).strip() != b"done":
+                raise RuntimeError(f"{mode}: the incidents did not finish")
+            return int(amount)
+
+        await work(args.warmup)  # not counted
         await asyncio.sleep(args.tail)  # its spans exported before the idle window
         await control("-i", "on", pid)
         idle_started = time.monotonic()
@@ -162,7 +193,7 @@ async def measure(
         await control("-d", pid)
         idle = dumped(out, before) / (time.monotonic() - idle_started)
         window_started = time.monotonic()
-        calls = await load(served, args.callers, args.seconds)
+        calls = await work(args.seconds if args.load == "view" else args.incidents)
         await asyncio.sleep(args.tail)  # the span exporter's last batch (5 s schedule)
         before = set(workdir.glob(out.name + "*"))
         await control("-d", pid)
@@ -186,10 +217,14 @@ async def measure(
 
 async def main() -> None:
     parser = argparse.ArgumentParser()
+    parser.add_argument("--load", choices=["view", "incident"], default="view")
     parser.add_argument("--modes", default="off,on")
-    parser.add_argument("--callers", type=int, default=16)
-    parser.add_argument("--seconds", type=float, default=40)
-    parser.add_argument("--warmup", type=float, default=20)
+    parser.add_argument("--callers", type=int, default=16, help="view: concurrent callers")
+    parser.add_argument("--seconds", type=float, default=40, help="view: the load's length")
+    parser.add_argument("--incidents", type=int, default=20, help="incident: how many")
+    parser.add_argument(
+        "--warmup", type=float, help="seconds of view load (default 20) or incidents (3)"
+    )
     parser.add_argument("--idle", type=float, default=10)
     parser.add_argument("--tail", type=float, default=6)
     parser.add_argument("--json", type=Path, default=Path("var/bench/tracing_instructions.json"))
@@ -202,6 +237,8 @@ async def main() -> None:
         args.workdir.mkdir(parents=True)
         await serve(args.serve, args.temporal, args.workdir)
         return
+    if args.warmup is None:
+        args.warmup = 20 if args.load == "view" else 3
     modes = args.modes.split(",")
     unknown = set(modes) - set(MODES)
     if unknown:
@@ -216,13 +253,19 @@ async def main() -> None:
         )
         try:
             temporal = env.client.service_client.config.target_host
-            print(f"instructions per view call at {args.callers} callers (whole gateway process)")
+            unit = "call" if args.load == "view" else "incident"
+            print(
+                f"instructions per view call at {args.callers} callers (whole gateway process)"
+                if args.load == "view"
+                else "instructions per incident, OpenCase to owner accepted (whole gateway "
+                "process: its worker included, not the partners)"
+            )
             for mode in modes:
                 got = await measure(mode, temporal, Path(tmp), args)
                 results[mode] = got
                 line = (
-                    f"  {mode:8s} {got['per_call'] / 1e3:8.0f} k per call "
-                    f"({got['calls']:.0f} calls in {got['window_s']:.0f} s; "
+                    f"  {mode:10s} {got['per_call'] / 1e3:8.0f} k per {unit} "
+                    f"({got['calls']:.0f} in {got['window_s']:.0f} s; "
                     f"idle {got['idle_per_s'] / 1e6:.1f} M/s)"
                 )
                 if mode != "off" and "off" in results:

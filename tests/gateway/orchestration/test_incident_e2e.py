@@ -32,6 +32,8 @@ from tests.helpers import queued_items
 
 BIN = Path(sys.executable).parent
 Key = Callable[[str], str]
+#: What the partners that decline an ownership offer say (a marker: never in a history).
+DECLINE_REASON = "no capacity this week, ask the operator"
 CHAIN = {
     "sim-secure-element": "telco-a",
     "card-token": "bank-a",
@@ -119,7 +121,7 @@ class PartnerBackend:
                             idempotency_key=f"decline-{offer.offer_id}",
                             case_id=case_id,
                             offer_id=offer.offer_id,
-                            reason="no capacity",
+                            reason=DECLINE_REASON,
                         )
                     )
             elif kind == "customer_notification":
@@ -229,6 +231,12 @@ async def test_four_partners_answer_over_grpc_and_the_case_closes_with_the_right
         assert backend.seen["diagnosis_request"] == 1, partner
     assert running["bank-a"].seen["ownership_offer"] == 1
     assert running["telco-a"].seen["ownership_offer"] == 1
+    # The bank's decline moved the offer on; its free-text reason is not the workflow's
+    # to keep (its history is out of erasure's reach), as the customer's reopen reason.
+    history = await stack.client.get_workflow_handle(opened.case_id).fetch_history()
+    recorded = b"".join(event.SerializeToString() for event in history.events)
+    assert b"decline_ownership" in recorded
+    assert DECLINE_REASON.encode() not in recorded
     # The customer heard of every milestone through the bank, where they called.
     milestones = [n.milestone for n in running["bank-a"].notifications]
     assert milestones[:2] == ["received", "diagnosing"]
