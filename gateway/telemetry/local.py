@@ -5,7 +5,9 @@ a collector.
 The store is an ordinary exporter behind the SDK's batching: the ``BatchSpanProcessor``
 and the ``PeriodicExportingMetricReader`` call it on their own threads, never on the
 event loop. Metrics are asked for as deltas, so a window (``--since 1h``) is the sum of
-the points written in it. Rows older than the retention go at the next export."""
+the points written in it. What is older than the retention goes at the next export
+(swept once a minute): points by their time, spans by their export batch, once every
+span in it ended before the horizon."""
 
 from __future__ import annotations
 
@@ -13,12 +15,13 @@ import json
 import sqlite3
 import threading
 import time
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from types import MappingProxyType
 from typing import Any
 
+import orjson
 from opentelemetry.sdk.metrics import (
     Counter,
     Histogram,
@@ -45,51 +48,56 @@ from opentelemetry.trace import SpanKind, StatusCode
 #: The attributes a span's case is found by: ours, and Temporal's workflow id (= case id).
 CASE_ATTRIBUTES = ("coopgate.case_id", "temporalWorkflowID")
 
-#: Spans in insertion order (a rowid table), which is the order they ended in, give or
-#: take an export batch: a batch's rows append to the table's last pages and to the
-#: case's index, where the rows of one case sit together. The spans that name no case
-#: are also indexed by trace, to find them in a case's traces. Measured on the exporter's
-#: thread, which competes with the event loop for the GIL: the first layout, clustered on
-#: (trace_id, span_id) (random keys, wide rows), cost about three times the CPU per span
-#: written; an index of every span's trace id (random keys: every row dirtied a page of
-#: its own, written to the WAL at each commit) and one on end_ns (for the retention
-#: sweep, which now goes by rowid) cost about 60% more than this layout.
-_SPANS = """CREATE TABLE IF NOT EXISTS spans (
-    trace_id TEXT NOT NULL, span_id TEXT NOT NULL, parent_id TEXT, name TEXT NOT NULL,
-    kind TEXT NOT NULL, start_ns INTEGER NOT NULL, end_ns INTEGER NOT NULL,
-    status TEXT NOT NULL, case_id TEXT, attributes TEXT NOT NULL
-)"""
+#: Spans are kept as their export batches: a batch is one row, its spans one JSON array
+#: (each span an array: trace id, span id, parent id, name, kind, start, end, status,
+#: case id, attributes), in the order exported (a rowid table); the cases a batch's spans
+#: name, and the traces of its spans that name none, index it. Measured on the
+#: exporter's thread, which competes with the event loop for the GIL: a row per span
+#: (its attributes' JSON, a statement step and an index entry each) cost 70 k
+#: instructions a span, a batch as one row 51 k (docs/BENCHMARKS.md, "3 Dec 2026,
+#: morning"); a row per span clustered on (trace_id, span_id), the first layout, about
+#: three times the CPU of a row per span in a rowid table.
 _SCHEMA = (
-    _SPANS,
-    "DROP INDEX IF EXISTS spans_trace",
-    "DROP INDEX IF EXISTS spans_end",
-    "CREATE INDEX IF NOT EXISTS spans_case ON spans (case_id) WHERE case_id IS NOT NULL",
-    "CREATE INDEX IF NOT EXISTS spans_caseless ON spans (trace_id) WHERE case_id IS NULL",
+    "CREATE TABLE IF NOT EXISTS span_batches (end_ns INTEGER NOT NULL, spans TEXT NOT NULL)",
+    """CREATE TABLE IF NOT EXISTS span_cases (
+    case_id TEXT NOT NULL, batch INTEGER NOT NULL, PRIMARY KEY (case_id, batch)
+) WITHOUT ROWID""",
+    """CREATE TABLE IF NOT EXISTS span_traces (
+    trace_id TEXT NOT NULL, batch INTEGER NOT NULL, PRIMARY KEY (trace_id, batch)
+) WITHOUT ROWID""",
     """CREATE TABLE IF NOT EXISTS points (
     at_ns INTEGER NOT NULL, name TEXT NOT NULL, unit TEXT NOT NULL, kind TEXT NOT NULL,
     attributes TEXT NOT NULL, count INTEGER, sum REAL, min REAL, max REAL, value REAL
 )""",
     "CREATE INDEX IF NOT EXISTS points_at ON points (at_ns)",
 )
-#: A store written before: its spans are moved into the new layout once, when opened, in
-#: the order they ended (the retention sweep goes by rowid).
-_MOVE_SPANS = (
-    "ALTER TABLE spans RENAME TO spans_clustered",
-    "DROP INDEX IF EXISTS spans_case",
-    "DROP INDEX IF EXISTS spans_end",
-    _SPANS,
-    "INSERT INTO spans SELECT * FROM spans_clustered ORDER BY end_ns",
-    "DROP TABLE spans_clustered",
-)
-#: The rows that ended before the horizon: those before the first (in rowid order) that
-#: did not, all of them once every row did. A row inserted out of its end's order (by an
-#: export batch's few seconds) goes at a later sweep, never before its time.
-_SWEEP_SPANS = """DELETE FROM spans WHERE rowid < coalesce(
-    (SELECT rowid FROM spans WHERE end_ns >= ?1 ORDER BY rowid LIMIT 1),
-    (SELECT max(rowid) + 1 FROM spans)
+#: A store written before kept a row per span (``spans``): its rows are moved into
+#: batches of this many once, when opened.
+_MOVED_BATCH = 512
+#: The batches whose spans all ended before the horizon: those before the first (in
+#: rowid order, the order exported) that did not, all of them once every one did. A span
+#: exported late (a long one) keeps its batch until it too is past the horizon.
+_FIRST_KEPT = """SELECT coalesce(
+    (SELECT rowid FROM span_batches WHERE end_ns >= ?1 ORDER BY rowid LIMIT 1),
+    (SELECT max(rowid) + 1 FROM span_batches), 0
 )"""
-#: Attributes as JSON, the encoder made once (``json.dumps`` with options makes one a call).
+#: Batch ids asked for in one statement (SQLite's bound-parameter limit is 999 in old
+#: builds).
+_IDS_PER_QUERY = 500
+#: The standard library's JSON encoder, made once (``json.dumps`` with options makes one
+#: a call): for what orjson refuses.
 _to_json = json.JSONEncoder(default=str, separators=(",", ":")).encode
+
+
+def _batch_json(rows: Sequence[SpanFields]) -> str:
+    """An export batch as one JSON document: orjson (1.3 µs a span with the standard
+    library's encoder, 0.13 with it, measured on view spans); what it refuses (an integer
+    past 64 bits, a key that is not a string) the standard library writes, anything not
+    JSON as its ``str``."""
+    try:
+        return orjson.dumps(rows, default=str).decode()
+    except orjson.JSONEncodeError:
+        return _to_json(rows)
 
 
 @dataclass(slots=True, frozen=True)
@@ -140,12 +148,11 @@ class LocalTelemetry:
             db.execute("PRAGMA synchronous=NORMAL")
             db.execute("PRAGMA busy_timeout=2000")
             db.execute("BEGIN IMMEDIATE")
-            layout = db.execute("SELECT sql FROM sqlite_master WHERE name = 'spans'").fetchone()
-            if layout is not None and "WITHOUT ROWID" in layout[0]:
-                for statement in _MOVE_SPANS:
-                    db.execute(statement)
             for statement in _SCHEMA:
                 db.execute(statement)
+            old = db.execute("SELECT sql FROM sqlite_master WHERE name = 'spans'").fetchone()
+            if old is not None:
+                self._move_rows(db, old[0])
             db.execute("COMMIT")
             self._db = db
         return self._db
@@ -158,13 +165,40 @@ class LocalTelemetry:
 
     # -- writing (exporter threads) --------------------------------------------
 
-    def write_spans(self, rows: Sequence[tuple[Any, ...]]) -> None:
+    def write_spans(self, rows: Sequence[SpanFields]) -> None:
+        """One export batch (`span_rows`), as one row."""
         with self._lock:
             db = self._conn()
             db.execute("BEGIN")
-            db.executemany("INSERT INTO spans VALUES (?,?,?,?,?,?,?,?,?,?)", rows)
+            if rows:
+                self._insert_batch(db, rows)
             self._sweep(db)
             db.execute("COMMIT")
+
+    @staticmethod
+    def _insert_batch(db: sqlite3.Connection, rows: Sequence[SpanFields]) -> None:
+        batch = db.execute(
+            "INSERT INTO span_batches VALUES (?, ?)",
+            (max(row[6] for row in rows), _batch_json(rows)),
+        ).lastrowid
+        db.executemany(
+            "INSERT INTO span_cases VALUES (?, ?)",
+            [(case, batch) for case in {row[8] for row in rows if row[8]}],
+        )
+        db.executemany(
+            "INSERT INTO span_traces VALUES (?, ?)",
+            [(trace, batch) for trace in {row[0] for row in rows if not row[8]}],
+        )
+
+    def _move_rows(self, db: sqlite3.Connection, layout: str) -> None:
+        """A store's rows of the earlier layouts (a row per span), moved into batches in
+        the order they were written (the order they ended, for the first layout), a
+        batch at a time."""
+        order = "end_ns" if "WITHOUT ROWID" in layout else "rowid"
+        old = db.execute(f"SELECT * FROM spans ORDER BY {order}")
+        while rows := old.fetchmany(_MOVED_BATCH):
+            self._insert_batch(db, [(*row[:9], json.loads(row[9])) for row in rows])
+        db.execute("DROP TABLE spans")
 
     def write_points(self, rows: Sequence[tuple[Any, ...]]) -> None:
         with self._lock:
@@ -179,7 +213,10 @@ class LocalTelemetry:
             return
         self._last_sweep = time.monotonic()
         horizon = time.time_ns() - self._retention_ns
-        db.execute(_SWEEP_SPANS, (horizon,))
+        (first_kept,) = db.execute(_FIRST_KEPT, (horizon,)).fetchone()
+        db.execute("DELETE FROM span_batches WHERE rowid < ?", (first_kept,))
+        db.execute("DELETE FROM span_cases WHERE batch < ?", (first_kept,))
+        db.execute("DELETE FROM span_traces WHERE batch < ?", (first_kept,))
         db.execute("DELETE FROM points WHERE at_ns < ?", (horizon,))
 
     # -- reading (the CLI) -----------------------------------------------------
@@ -189,15 +226,41 @@ class LocalTelemetry:
         case, oldest first."""
         with self._lock:
             db = self._conn()
-            rows = db.execute(
-                "SELECT * FROM spans WHERE case_id = ?1 UNION ALL "
-                "SELECT * FROM spans WHERE case_id IS NULL AND trace_id IN "
-                "(SELECT DISTINCT trace_id FROM spans WHERE case_id = ?1) ORDER BY start_ns",
-                (case_id,),
-            ).fetchall()
+            own = [
+                row
+                for row in self._spans_in(db, "span_cases", "case_id", [case_id])
+                if row[8] == case_id
+            ]
+            traces = {row[0] for row in own}
+            caseless = [
+                row
+                for row in self._spans_in(db, "span_traces", "trace_id", sorted(traces))
+                if row[8] is None and row[0] in traces
+            ]
+        rows = sorted(own + caseless, key=lambda row: row[5])
         return [
-            SpanRow(r[0], r[1], r[2], r[3], r[4], r[5], r[6], r[7], json.loads(r[9])) for r in rows
+            SpanRow(r[0], r[1], r[2], r[3], r[4], r[5], r[6], r[7], attributes=r[9]) for r in rows
         ]
+
+    @staticmethod
+    def _spans_in(
+        db: sqlite3.Connection, index: str, column: str, keys: Sequence[str]
+    ) -> list[list[Any]]:
+        """Every span of the batches ``index`` lists under ``keys``, in batch order."""
+        batches = sorted(
+            {
+                batch
+                for (batch,) in _each_in(
+                    db, f"SELECT batch FROM {index} WHERE {column} IN ({{}})", keys
+                )
+            }
+        )
+        spans: list[list[Any]] = []
+        for (document,) in _each_in(
+            db, "SELECT spans FROM span_batches WHERE rowid IN ({}) ORDER BY rowid", batches
+        ):
+            spans.extend(json.loads(document))
+        return spans
 
     def cases_starting(self, prefix: str, limit: int = 5) -> list[str]:
         """The cases whose id starts with ``prefix`` (as short as the demo prints them),
@@ -206,7 +269,7 @@ class LocalTelemetry:
             rows = (
                 self._conn()
                 .execute(
-                    "SELECT DISTINCT case_id FROM spans WHERE case_id >= ?1 AND case_id < ?2 "
+                    "SELECT DISTINCT case_id FROM span_cases WHERE case_id >= ?1 AND case_id < ?2 "
                     "ORDER BY case_id LIMIT ?3",
                     (prefix, prefix + "\U0010ffff", limit),
                 )
@@ -222,6 +285,14 @@ class LocalTelemetry:
                 .fetchall()
             )
         return [PointRow(r[0], r[1], r[2], r[3], json.loads(r[4]), *r[5:]) for r in rows]
+
+
+def _each_in(db: sqlite3.Connection, query: str, values: Sequence[Any]) -> Iterator[Any]:
+    """The rows of ``query`` (its ``IN ({})`` filled with ``values``), asked for a
+    part of the values at a time."""
+    for at in range(0, len(values), _IDS_PER_QUERY):
+        part = values[at : at + _IDS_PER_QUERY]
+        yield from db.execute(query.format(",".join("?" * len(part))), part)
 
 
 def _case_of(attributes: dict[str, Any]) -> str | None:
@@ -247,9 +318,14 @@ def _attributes(span: ReadableSpan) -> dict[str, Any]:
     return dict(attributes or {})
 
 
-def span_rows(spans: Sequence[ReadableSpan]) -> list[tuple[Any, ...]]:
-    """The store's rows for ``spans`` (those started and ended)."""
-    rows = []
+#: A span as the store keeps it: trace id, span id, parent id, name, kind, start, end,
+#: status, case id, attributes.
+SpanFields = tuple[str, str, str | None, str, str, int, int, str, str | None, dict[str, Any]]
+
+
+def span_rows(spans: Sequence[ReadableSpan]) -> list[SpanFields]:
+    """The store's fields of ``spans`` (those started and ended)."""
+    rows: list[SpanFields] = []
     for span in spans:
         context = span.context
         start, end = span.start_time, span.end_time
@@ -268,7 +344,7 @@ def span_rows(spans: Sequence[ReadableSpan]) -> list[tuple[Any, ...]]:
                 end,
                 _STATUS[span.status.status_code],
                 _case_of(attributes),
-                _to_json(attributes),
+                attributes,
             )
         )
     return rows

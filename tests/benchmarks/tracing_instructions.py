@@ -36,6 +36,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import json
 import os
 import re
@@ -59,11 +60,11 @@ MODES = ("off", "on", "spans", "nostore", "notemporal")
 _TOTALS = re.compile(rb"^(?:summary|totals):\s*(\d+)", re.MULTILINE)
 
 
-async def serve(mode: str, temporal: str, workdir: Path) -> None:
+async def serve(mode: str, load: str, temporal: str, workdir: Path) -> None:
     """The child under valgrind: one stack, its address and case on stdout; then, for
-    each ``incidents N`` line on stdin, N incidents one after another (the stack's
-    worker here, its partners in a process of their own), ``done`` when they are
-    over; it ends when stdin closes."""
+    each ``incidents N`` line on stdin, N incidents one after another (for the
+    incident ``load`` only: the stack's worker here, its partners in a process of
+    their own), ``done`` when they are over; it ends when stdin closes."""
     # Imported here: the parent needs none of the stack's telemetry.
     from opentelemetry.sdk.trace.export import SpanExporter, SpanExportResult
 
@@ -91,7 +92,11 @@ async def serve(mode: str, temporal: str, workdir: Path) -> None:
         one.use()
         out = workdir / "clients"
         files = pki.ca.issue_client(out, "bank-a", Role.ADVISOR)
-        async with incidents_served([one], pki, out, warmup=0) as advisors:
+        async with contextlib.AsyncExitStack() as served:
+            if load == "incident":
+                advisors = await served.enter_async_context(
+                    incidents_served([one], pki, out, warmup=0)
+                )
             freeze_heap()
             print(
                 json.dumps(
@@ -158,7 +163,8 @@ async def measure(
     child = await asyncio.create_subprocess_exec(
         "valgrind", "--tool=callgrind", "--instr-atstart=no", f"--callgrind-out-file={out}",
         sys.executable, "-m", "tests.benchmarks.tracing_instructions",
-        "--serve", mode, "--temporal", temporal, "--workdir", str(workdir / mode),
+        "--serve", mode, "--load", args.load, "--temporal", temporal,
+        "--workdir", str(workdir / mode),
         stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE,
         stderr=asyncio.subprocess.DEVNULL,
     )  # fmt: skip
@@ -235,7 +241,7 @@ async def main() -> None:
     args = parser.parse_args()
     if args.serve:
         args.workdir.mkdir(parents=True)
-        await serve(args.serve, args.temporal, args.workdir)
+        await serve(args.serve, args.load, args.temporal, args.workdir)
         return
     if args.warmup is None:
         args.warmup = 20 if args.load == "view" else 3
