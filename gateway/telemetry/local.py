@@ -54,9 +54,10 @@ CASE_ATTRIBUTES = ("coopgate.case_id", "temporalWorkflowID")
 #: name, and the traces of its spans that name none, index it. Measured on the
 #: exporter's thread, which competes with the event loop for the GIL: a row per span
 #: (its attributes' JSON, a statement step and an index entry each) cost 70 k
-#: instructions a span, a batch as one row 51 k (docs/BENCHMARKS.md, "3 Dec 2026,
-#: morning"); a row per span clustered on (trace_id, span_id), the first layout, about
-#: three times the CPU of a row per span in a rowid table.
+#: instructions a view span, a batch as one row 51 k with the standard library's JSON
+#: encoder, 27 k with orjson's (docs/BENCHMARKS.md, "3 Dec 2026, morning"); a row per
+#: span clustered on (trace_id, span_id), the first layout, about three times the CPU of
+#: a row per span in a rowid table.
 _SCHEMA = (
     "CREATE TABLE IF NOT EXISTS span_batches (end_ns INTEGER NOT NULL, spans TEXT NOT NULL)",
     """CREATE TABLE IF NOT EXISTS span_cases (
