@@ -9,18 +9,21 @@ from __future__ import annotations
 
 import asyncio
 import json
+import uuid
 from collections.abc import Iterable
 
 import grpc
 import pytest
 from coopgate.v1 import cases_pb2, work_pb2
-from opentelemetry import trace
+from opentelemetry import baggage, trace
+from opentelemetry import context as otel_context
 from opentelemetry.sdk.trace import ReadableSpan
-from opentelemetry.trace import SpanKind, StatusCode
+from opentelemetry.trace import SpanKind, StatusCode, format_trace_id
 from typer.testing import CliRunner
 
 from gateway.cli.main import app
 from gateway.core.caller import Role
+from partners import Channel
 from partners.scenarios import SCENARIOS, Outcome, Stage, perform
 from tests.conftest import Api, Stack
 from tests.gateway.telemetry.conftest import Memory
@@ -366,3 +369,30 @@ async def _view_of_no_case(api: Api) -> grpc.StatusCode:
             cases_pb2.GetCaseViewRequest(case_id="case-nope", purpose="incident-resolution")
         )
     return refused.value.code()
+
+
+async def test_a_callers_baggage_stays_out_of_the_workflow_history(
+    stage: Stage, stack: Stack
+) -> None:
+    """A partner's OpenCase carries its trace context and W3C baggage (free text it
+    chooses); the trace context crosses into the workflow's history (Temporal's headers),
+    the baggage does not: the history is out of erasure's reach."""
+    marker = f"BAGGAGE{uuid.uuid4().hex[:12]}"
+    bank = stage.cast["bank"]
+    service_id = await stage.service("nfc-payment")
+    advisor = stage.client(bank, "advisor", "baggage@bank")
+    token = otel_context.attach(baggage.set_baggage("bank.note", marker))
+    try:
+        with trace.get_tracer("bank").start_as_current_span("bank: customer calls") as root:
+            opened = await advisor.open_case(
+                service_id=service_id,
+                customer_local_id=stage.customer(bank),
+                channel=Channel.PHONE,
+                summary="cannot pay by phone",
+            )
+    finally:
+        otel_context.detach(token)
+    history = await stack.client.get_workflow_handle(opened.case_id).fetch_history()
+    recorded = b"".join(event.SerializeToString() for event in history.events)
+    assert format_trace_id(root.get_span_context().trace_id).encode() in recorded
+    assert marker.encode() not in recorded
