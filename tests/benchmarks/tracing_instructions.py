@@ -55,6 +55,8 @@ from gateway.settings import Settings
 from gateway.stack import ensure_pki, freeze_heap
 from gateway.telemetry import configure
 from tests.benchmarks.common import run_and_exit
+from tests.benchmarks.span_cost import Discard
+from tests.benchmarks.tracing import incident, incidents_served, side
 
 MODES = ("off", "on", "spans", "nostore", "notemporal")
 _TOTALS = re.compile(rb"^(?:summary|totals):\s*(\d+)", re.MULTILINE)
@@ -65,28 +67,24 @@ async def serve(mode: str, load: str, temporal: str, workdir: Path) -> None:
     each ``incidents N`` line on stdin, N incidents one after another (for the
     incident ``load`` only: the stack's worker here, its partners in a process of
     their own), ``done`` when they are over; it ends when stdin closes."""
-    # Imported here: the parent needs none of the stack's telemetry.
-    from opentelemetry.sdk.trace.export import SpanExporter, SpanExportResult
-
-    from tests.benchmarks.tracing import incident, incidents_served, side
-
-    class _Nowhere(SpanExporter):
-        def export(self, spans: object) -> SpanExportResult:
-            return SpanExportResult.SUCCESS
-
     on = mode != "off"
     if on:
         os.environ["OTEL_TRACES_SAMPLER"] = "always_on"
         if mode == "nostore":
-            nowhere = [_Nowhere()]
+            nowhere = [Discard()]
             configure(Settings(data_dir=workdir, telemetry_store=False), span_exporters=nowhere)
         else:
             configure(Settings(data_dir=workdir))
     env = WorkflowEnvironment.from_client(await Client.connect(temporal))
     pki = ensure_pki(Settings(data_dir=workdir))
-    measures = mode in ("on", "nostore", "notemporal")
     built = side(
-        mode, on, env, pki, workdir, temporal_tracing=mode != "notemporal", measures=measures
+        mode,
+        on,
+        env,
+        pki,
+        workdir,
+        temporal_tracing=mode != "notemporal",
+        measures=False if mode == "spans" else None,  # None: as ``on``
     )
     async with built as one:
         one.use()
