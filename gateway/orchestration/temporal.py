@@ -24,7 +24,7 @@ from gateway.core.caller import time_left
 from gateway.core.errors import FailedPrecondition, InvalidArgument, Unavailable
 from gateway.orchestration.activities import IncidentActivities
 from gateway.orchestration.converter import DATA_CONVERTER
-from gateway.orchestration.tracing import client_interceptors, worker_interceptors
+from gateway.orchestration.tracing import client_interceptors
 from gateway.settings import Settings
 from workflows import IncidentWorkflow, RetentionWorkflow
 from workflows.contracts import (
@@ -250,6 +250,5 @@ def create_worker(
         task_queue=task_queue,
         workflows=workflows,
         activities=activities.all(),
-        interceptors=worker_interceptors(),
         **{**WORKER_OPTIONS, **kwargs},
     )

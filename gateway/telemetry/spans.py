@@ -42,6 +42,12 @@ def annotate(**values: str) -> None:
             span.set_attribute(_ATTRIBUTES[key], value)
 
 
+def named(**values: str) -> dict[str, str]:
+    """``case_id``, ``service``, ``partner``, ``rule``, ``outcome`` as span attributes
+    (``coopgate.case_id``...), empty ones left out."""
+    return {_ATTRIBUTES[key]: value for key, value in values.items() if value}
+
+
 class _TraceCarrier(Protocol):
     traceparent: str
     tracestate: str

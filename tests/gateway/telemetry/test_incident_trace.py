@@ -100,18 +100,24 @@ async def test_a_partner_that_opens_a_case_in_its_trace_finds_the_whole_incident
     assert {s.attributes["coopgate.partner"] for s in asked} == set(  # type: ignore[index]
         stage.cast[kind] for kind in scenario.companies
     )
-    # Temporal's interceptor puts the workflow's spans (its run, each activity it starts)
-    # under the span that started it; each activity's run is under its start. The
-    # workflow runs a milestone's steps as one batch (`run_steps`): each step's span is
-    # under the batch's run, itself under its start, under the workflow's start.
+    # The workflow's spans (its run, each activity's) are under the span that started
+    # it. The workflow runs a milestone's steps as one batch (`run_steps`): each step's
+    # span is under the batch's run, itself under the workflow's start.
     for span in asked:
         batch = incident.parent(span)
         assert batch is not None
         assert batch.name == "RunActivity:run_steps"
-        started = incident.parent(batch)
-        assert started is not None
-        assert started.name.startswith("StartActivity:run_steps")
-        assert incident.parent(started) is start
+        assert batch.kind is SpanKind.SERVER
+        assert incident.parent(batch) is start
+    # Its signals and updates are instants under the workflow's start, linked to the
+    # call that sent them.
+    took = incident.named("HandleSignal:submit_finding")
+    sent = {s.context.span_id for s in incident.named("SignalWorkflow:submit_finding")}
+    assert len(took) == len(sent) == len(scenario.companies)
+    assert all(incident.parent(span) is start for span in took)
+    assert all(len(span.links) == 1 for span in took)
+    assert {span.links[0].context.span_id for span in took} == sent
+    assert not incident.named("ValidateUpdate:accept_ownership")
     # Each request is a work item (producer span) the partner's SDK continued (consumer
     # span), under which its SubmitFinding reached the gateway, which signalled the workflow.
     telco_asked = next(s for s in asked if s.attributes["coopgate.partner"] == telco)  # type: ignore[index]
