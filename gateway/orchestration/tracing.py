@@ -23,6 +23,10 @@ docs/BENCHMARKS.md), in three ways:
   replayed, none for an update's validation;
 - an activity's span carries its case, partner, rule and outcome from the start.
 
+It covers what the gateway and its workflows use: a client's starts, signals and
+updates; a workflow's activities, local activities and continuation (not queries,
+child workflows, external signals or Nexus operations, which they do not use).
+
 Span attributes are ids and outcomes; a failed step's status names the exception's
 type, never its message (a driver's message can quote the values it was given)."""
 

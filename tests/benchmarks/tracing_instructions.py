@@ -8,9 +8,10 @@ warmed up: ``off`` (no OpenTelemetry provider, no per-call measures: what
 ``OTEL_SDK_DISABLED=true`` gives), ``on`` (every trace sampled, spans and metrics to the
 embedded store, as `coopgate up` keeps them), ``spans`` (on, without the per-call
 measures), ``nostore`` (on without the embedded store: spans to an exporter that keeps
-nothing, measures read by none), ``notemporal`` (on, without Temporal's tracing
-interceptor). The stack's worker runs in that process, the incidents' partners in one
-of their own (`tests.benchmarks.tracing.incidents_served`).
+nothing, measures read by none), ``notemporal`` (on, without the Temporal tracing
+interceptor, `gateway.orchestration.tracing`). The stack's worker runs in that
+process, the incidents' partners in one of their own
+(`tests.benchmarks.tracing.incidents_served`).
 
 The load (``--load``): ``view``, `tests.benchmarks.case_view`'s load generator (a
 process outside valgrind) calling the case view at ``--callers`` concurrent callers for

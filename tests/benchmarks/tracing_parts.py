@@ -6,7 +6,8 @@ Variants (``--variants``, one stack each, in that order; ``off`` at least once):
 
 - ``off``: no telemetry (what ``OTEL_SDK_DISABLED=true`` gives);
 - ``on``: everything, as `coopgate up` has it (every trace sampled, the embedded store);
-- ``notemporal``: everything but Temporal's tracing interceptor (client and worker);
+- ``notemporal``: everything but the Temporal tracing interceptor (client and worker,
+  `gateway.orchestration.tracing`);
 - ``nometrics``: spans, no per-call or KPI measures.
 
     python -m tests.benchmarks.tracing_parts [--variants off,on,notemporal,off,notemporal,on]
