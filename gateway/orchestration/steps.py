@@ -21,7 +21,8 @@ from temporalio import activity
 
 from gateway.orchestration.tracing import activity_attributes
 from gateway.store import Store
-from gateway.telemetry import annotate, tracer, tracing_on
+from gateway.telemetry import tracer, tracing_on
+from gateway.telemetry.spans import named, step_span
 from workflows.contracts import RUN_STEPS, StepsInput
 
 #: Made once, as `work.delivery`'s: a step no longer asks the provider for its tracer.
@@ -43,6 +44,7 @@ class StepActivities:
                 if not tracing_on():
                     await self._activities[name](arg)
                     continue
-                with _tracer.start_as_current_span(f"RunActivity:{name}"):
-                    annotate(**activity_attributes(arg))
+                with step_span(
+                    _tracer, f"RunActivity:{name}", attributes=named(**activity_attributes(arg))
+                ):
                     await self._activities[name](arg)

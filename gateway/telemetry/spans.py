@@ -7,10 +7,14 @@ identifier (not even a pseudonym) or any text of the case."""
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import Any, Protocol
 
-from opentelemetry import propagate, trace
-from opentelemetry.trace import Status, StatusCode
+from opentelemetry import trace
+from opentelemetry.context import Context
+from opentelemetry.trace import SpanKind, Status, StatusCode
+from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapPropagator
 
 CASE_ID = "coopgate.case_id"
 SERVICE = "coopgate.service"
@@ -28,7 +32,66 @@ _ATTRIBUTES = {
 
 
 def tracer(name: str) -> trace.Tracer:
-    return trace.get_tracer(name)
+    """A module's tracer, which may be made at import, before `configure` installs the
+    provider (`ModuleTracer`)."""
+    return ModuleTracer(name)
+
+
+class ModuleTracer(trace.Tracer):
+    """A tracer asked of the provider at its first span once a provider is installed:
+    OpenTelemetry's `ProxyTracer`, which a tracer made before then is, puts one more
+    context manager around each of its spans for the process's life."""
+
+    def __init__(self, name: str) -> None:
+        self._name = name
+        self._real: trace.Tracer | None = None
+
+    def resolved(self) -> trace.Tracer:
+        """The provider's tracer (OpenTelemetry's proxy until a provider is installed)."""
+        if self._real is not None:
+            return self._real
+        provider = trace.get_tracer_provider()
+        real = provider.get_tracer(self._name)
+        if not isinstance(provider, trace.ProxyTracerProvider):
+            self._real = real
+        return real
+
+    def start_span(self, *args: Any, **kwargs: Any) -> trace.Span:
+        return self.resolved().start_span(*args, **kwargs)
+
+    def start_as_current_span(self, *args: Any, **kwargs: Any) -> Any:
+        return self.resolved().start_as_current_span(*args, **kwargs)
+
+
+@contextmanager
+def step_span(
+    tracer: trace.Tracer,
+    name: str,
+    kind: SpanKind = SpanKind.INTERNAL,
+    attributes: dict[str, str] | None = None,
+    context: Context | None = None,
+) -> Iterator[trace.Span]:
+    """A span current while a step runs. A step that fails leaves the status ERROR with
+    its exception's type alone: no message, no stack (a driver's message can quote the
+    values it was given, a customer's among them)."""
+    with tracer.start_as_current_span(
+        name,
+        context=context,
+        kind=kind,
+        attributes=attributes,
+        record_exception=False,
+        set_status_on_exception=False,
+    ) as span:
+        try:
+            yield span
+        except Exception as error:
+            failed(span, error)
+            raise
+
+
+def failed(span: trace.Span, error: BaseException) -> None:
+    """``span``'s status: ERROR, naming ``error``'s type (never its message)."""
+    span.set_status(Status(StatusCode.ERROR, type(error).__name__))
 
 
 def annotate(**values: str) -> None:
@@ -53,11 +116,15 @@ class _TraceCarrier(Protocol):
     tracestate: str
 
 
-def inject_into(item: _TraceCarrier) -> None:
-    """Write the current trace context into ``item``'s ``traceparent`` / ``tracestate``
-    (left empty when nothing is traced)."""
+#: The W3C Trace Context fields alone (a work item has no other: no baggage crosses).
+_TRACE_CONTEXT = TraceContextTextMapPropagator()
+
+
+def inject_into(item: _TraceCarrier, context: Context | None = None) -> None:
+    """Write the trace context (``context``'s, else the current one) into ``item``'s
+    ``traceparent`` / ``tracestate`` (left empty when nothing is traced)."""
     carrier: dict[str, str] = {}
-    propagate.inject(carrier)
+    _TRACE_CONTEXT.inject(carrier, context)
     item.traceparent = carrier.get("traceparent", "")
     item.tracestate = carrier.get("tracestate", "")
 

@@ -19,7 +19,7 @@ from collections.abc import AsyncIterator, Collection, Sequence
 from typing import Any, NamedTuple
 
 from coopgate.v1 import work_pb2
-from opentelemetry.trace import SpanKind
+from opentelemetry.trace import SpanKind, set_span_in_context
 from sqlalchemy import bindparam, func, insert, select, update
 from sqlalchemy.ext.asyncio import AsyncConnection
 
@@ -347,12 +347,13 @@ def _row(
     # The item's own span (what it asks of the partner); the partner's answer to it is
     # its child, through the item's traceparent.
     if tracing_on():
-        with _tracer.start_as_current_span(
+        span = _tracer.start_span(
             f"work {payload}",
             kind=SpanKind.PRODUCER,
             attributes={CASE_ID: case_id or "", PARTNER: partner_id},
-        ):
-            inject_into(item)
+        )
+        inject_into(item, set_span_in_context(span))
+        span.end()
     return {
         "work_id": work_id,
         "partner_id": partner_id,

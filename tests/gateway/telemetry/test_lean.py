@@ -69,6 +69,19 @@ def _script(tracer: trace.Tracer) -> None:
             child.set_status(StatusCode.ERROR, "too late")  # OK is final
         with pytest.raises(Refused), tracer.start_as_current_span("fails"):
             raise Refused("no")
+        with (
+            pytest.raises(Refused),
+            tracer.start_as_current_span(
+                "unmarked", record_exception=False, set_status_on_exception=False
+            ),
+        ):
+            raise Refused("neither recorded nor a status")
+        with pytest.raises(GeneratorExit), tracer.start_as_current_span("exits"):
+            raise GeneratorExit  # not an error: no event, no status
+        with tracer.start_as_current_span("ended later", end_on_exit=False) as later:
+            assert trace.get_current_span() is later
+        assert trace.get_current_span() is root
+        later.end()
         quiet = tracer.start_span("quiet", record_exception=False, set_status_on_exception=False)
         with pytest.raises(Refused), quiet:
             raise Refused("unrecorded")
@@ -126,6 +139,9 @@ def test_the_same_calls_record_the_same_spans() -> None:
     assert [s.name for s in lean] == [
         "child",
         "fails",
+        "unmarked",
+        "exits",
+        "ended later",
         "quiet",
         "manual",
         "crowded",
@@ -145,8 +161,14 @@ def test_the_same_calls_record_the_same_spans() -> None:
     assert lean[1].status.status_code is StatusCode.ERROR
     assert lean[1].events[0].attributes is not None
     assert str(lean[1].events[0].attributes["exception.type"]).endswith("Refused")
-    assert lean[3].parent == REMOTE
-    assert lean[3].context.trace_id == REMOTE.trace_id
+    manual = lean[6]
+    assert manual.parent == REMOTE
+    assert manual.context.trace_id == REMOTE.trace_id
+    unmarked, exits = lean[2], lean[3]
+    assert unmarked.status.status_code is StatusCode.UNSET
+    assert not unmarked.events
+    assert exits.status.status_code is StatusCode.UNSET
+    assert not exits.events
 
 
 def test_one_trace_parent_to_child() -> None:
