@@ -60,7 +60,7 @@ from temporalio.worker import (
     WorkflowOutboundInterceptor,
 )
 
-from gateway.telemetry import tracing_on
+from gateway.telemetry import tracer, tracing_on
 from gateway.telemetry.spans import failed, named, step_span
 
 #: The header Temporal's own tracing interceptor uses: one JSON map of the W3C fields.
@@ -68,7 +68,8 @@ HEADER = "_tracer-data"
 _JSON = b"json/plain"
 #: What crosses into Temporal's headers: the W3C trace context alone (no baggage).
 _TRACE_CONTEXT = TraceContextTextMapPropagator()
-_SCOPE = __name__
+#: Made once (at import; the provider's own tracer from the first span on).
+_tracer = tracer(__name__)
 
 
 def client_interceptors() -> list[Any]:
@@ -81,16 +82,13 @@ class TemporalTracing(temporal_client.Interceptor, Interceptor):
     """Spans for the client's starts, signals and updates, the workflows' runs and the
     activities', and the trace context carried between them."""
 
-    def __init__(self) -> None:
-        self.tracer = trace.get_tracer(_SCOPE)
-
     def intercept_client(
         self, next: temporal_client.OutboundInterceptor
     ) -> temporal_client.OutboundInterceptor:
-        return _Client(next, self.tracer)
+        return _Client(next)
 
     def intercept_activity(self, next: ActivityInboundInterceptor) -> ActivityInboundInterceptor:
-        return _Activity(next, self.tracer)
+        return _Activity(next)
 
     def workflow_interceptor_class(
         self, input: WorkflowInterceptorClassInput
@@ -134,12 +132,8 @@ def _context(headers: Mapping[str, Payload]) -> context_api.Context | None:
 
 
 class _Client(temporal_client.OutboundInterceptor):
-    def __init__(self, next: temporal_client.OutboundInterceptor, tracer: trace.Tracer) -> None:
-        super().__init__(next)
-        self.tracer = tracer
-
     def _span(self, name: str, workflow_id: str) -> AbstractContextManager[trace.Span]:
-        return step_span(self.tracer, name, SpanKind.CLIENT, {"temporalWorkflowID": workflow_id})
+        return step_span(_tracer, name, SpanKind.CLIENT, {"temporalWorkflowID": workflow_id})
 
     async def start_workflow(
         self, input: temporal_client.StartWorkflowInput
@@ -166,10 +160,6 @@ class _Client(temporal_client.OutboundInterceptor):
 
 
 class _Activity(ActivityInboundInterceptor):
-    def __init__(self, next: ActivityInboundInterceptor, tracer: trace.Tracer) -> None:
-        super().__init__(next)
-        self.tracer = tracer
-
     async def execute_activity(self, input: ExecuteActivityInput) -> Any:
         info = activity.info()
         attributes = {
@@ -180,7 +170,7 @@ class _Activity(ActivityInboundInterceptor):
         if input.args:
             attributes.update(named(**activity_attributes(input.args[0])))
         with step_span(
-            self.tracer,
+            _tracer,
             f"RunActivity:{info.activity_type}",
             SpanKind.SERVER,
             attributes,
@@ -220,7 +210,6 @@ class _Workflow(WorkflowInboundInterceptor):
 
     def __init__(self, next: WorkflowInboundInterceptor) -> None:
         super().__init__(next)
-        self.tracer = trace.get_tracer(_SCOPE)
         self.header: Payload | None = None
         self.parent: context_api.Context | None = None
 
@@ -249,7 +238,7 @@ class _Workflow(WorkflowInboundInterceptor):
             called = trace.get_current_span(context).get_span_context() if context else None
             links = (trace.Link(called),) if called is not None and called.is_valid else ()
         at = workflow.time_ns()
-        span = self.tracer.start_span(
+        span = _tracer.start_span(
             name,
             context=self.parent,
             kind=kind,
